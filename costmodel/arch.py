@@ -1,0 +1,324 @@
+"""Model architectures: typed description of a decoder-only transformer and its parameter count.
+
+Presets live in ``data/models/*.yaml``; a Hugging Face ``config.json`` is accepted too
+(:func:`from_hf_config`), offline. Parameter counts are computed per component from the
+architecture and checked in the tests against each model's published total.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InputError, from_validation_error
+from .specs import package_data_dir, read_yaml
+
+Activation = Literal["gelu", "relu", "swiglu", "geglu", "squared-relu"]
+GATED = ("swiglu", "geglu")
+
+
+class MoEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    experts: int = Field(ge=1)
+    top_k: int = Field(ge=1)
+    expert_ffn: int = Field(ge=1)
+    shared_experts: int = Field(default=0, ge=0)
+    shared_expert_ffn: int | None = Field(default=None, ge=1)  # default: expert_ffn
+    dense_layers: int = Field(default=0, ge=0)  # first layers with a dense MLP (DeepSeek)
+    router_bias: bool = False
+
+    @model_validator(mode="after")
+    def _k(self):
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        return self
+
+
+class MLAConfig(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434 section 2.1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    q_lora_rank: int | None = Field(default=None, ge=1)  # None: q projected directly
+    kv_lora_rank: int = Field(ge=1)
+    qk_nope_head_dim: int = Field(ge=1)
+    qk_rope_head_dim: int = Field(ge=1)
+    v_head_dim: int = Field(ge=1)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str = ""
+    family: str = "custom"
+    source: str = ""
+    layers: int = Field(ge=1)
+    hidden: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int | None = Field(default=None, ge=1)  # default: heads (MHA)
+    head_dim: int | None = Field(default=None, ge=1)  # default: hidden / heads
+    ffn: int = Field(ge=1)
+    activation: Activation = "swiglu"
+    vocab: int = Field(ge=1)
+    tied_embeddings: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    norms_per_layer: int = Field(default=2, ge=0)  # Gemma 2: 4 (pre and post)
+    positions: Literal["learned", "rope", "alibi", "none"] = "rope"
+    max_context: int = Field(default=2048, ge=1)
+    qkv_bias: bool = False
+    bias: bool = False  # biases on every linear layer (GPT-2/3)
+    parallel_block: bool = False  # attention and MLP side by side (GPT-J, Falcon)
+    attention: Literal["mha", "gqa", "mqa", "mla"] = "mha"
+    sliding_window: int | None = Field(default=None, ge=1)
+    sliding_window_every: int = Field(default=1, ge=1)  # 2: every other layer (Gemma 2)
+    mla: MLAConfig | None = None
+    moe: MoEConfig | None = None
+    published_params: int | None = Field(default=None, ge=1)
+    params_source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        kv = self.n_kv_heads
+        if self.heads % kv:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({kv})")
+        if self.head_dim is None and self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) is not divisible by heads ({self.heads}); set head_dim")
+        if self.attention == "mla" and self.mla is None:
+            raise ValueError("attention 'mla' needs an 'mla' section")
+        if self.attention == "mqa" and kv != 1:
+            raise ValueError("attention 'mqa' needs kv_heads 1")
+        if self.moe and self.moe.dense_layers > self.layers:
+            raise ValueError("moe.dense_layers exceeds layers")
+        return self
+
+    # ---- derived sizes
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.d_head
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.d_head
+
+    @property
+    def moe_layers(self) -> int:
+        return 0 if self.moe is None else self.layers - self.moe.dense_layers
+
+    @property
+    def dense_layers(self) -> int:
+        return self.layers - self.moe_layers
+
+    # ---- parameter counts per component
+    def attention_params(self) -> int:
+        h = self.hidden
+        if self.attention == "mla":
+            m = self.mla
+            qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+            if m.q_lora_rank:
+                q = h * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * self.heads * qk  # incl. q_a norm
+            else:
+                q = h * self.heads * qk
+            kv = h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank  # incl. kv_a norm
+            kv += m.kv_lora_rank * self.heads * (m.qk_nope_head_dim + m.v_head_dim)
+            o = self.heads * m.v_head_dim * h
+            return q + kv + o
+        p = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
+        if self.qkv_bias or self.bias:
+            p += self.q_dim + 2 * self.kv_dim
+        if self.bias:
+            p += h
+        return p
+
+    def _mlp_params(self, ffn: int, bias: bool) -> int:
+        mats = 3 if self.activation in GATED else 2
+        p = mats * self.hidden * ffn
+        if bias:
+            p += (mats - 1) * ffn + self.hidden
+        return p
+
+    def dense_mlp_params(self) -> int:
+        return self._mlp_params(self.ffn, self.bias)
+
+    def expert_params(self) -> int:
+        """One routed expert."""
+        return self._mlp_params(self.moe.expert_ffn, self.bias)
+
+    def shared_expert_params(self) -> int:
+        m = self.moe
+        return m.shared_experts * self._mlp_params(m.shared_expert_ffn or m.expert_ffn, self.bias)
+
+    def router_params(self) -> int:
+        return self.hidden * self.moe.experts + (self.moe.experts if self.moe.router_bias else 0)
+
+    def norm_params(self) -> int:
+        per = self.hidden * (2 if self.norm == "layernorm" else 1)
+        return per
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Parameters by component, summed over layers. Keys are stable (used in reports)."""
+        L = self.layers
+        out = {
+            "embedding": self.vocab * self.hidden,
+            "position_embedding": self.max_context * self.hidden if self.positions == "learned" else 0,
+            "attention": L * self.attention_params(),
+            "mlp_dense": self.dense_layers * self.dense_mlp_params(),
+            "moe_router": 0,
+            "moe_experts": 0,
+            "moe_shared_experts": 0,
+            "norms": L * self.norms_per_layer * self.norm_params() + self.norm_params(),
+            "lm_head": 0 if self.tied_embeddings else self.vocab * self.hidden,
+        }
+        if self.moe:
+            n = self.moe_layers
+            out["moe_router"] = n * self.router_params()
+            out["moe_experts"] = n * self.moe.experts * self.expert_params()
+            out["moe_shared_experts"] = n * self.shared_expert_params()
+        return out
+
+    @property
+    def params(self) -> int:
+        return sum(self.param_breakdown().values())
+
+    @property
+    def active_params(self) -> int:
+        """Parameters touched per token (MoE: top_k routed experts plus shared ones)."""
+        total = self.params
+        if self.moe:
+            total -= self.moe_layers * (self.moe.experts - self.moe.top_k) * self.expert_params()
+        return total
+
+    @property
+    def non_embedding_params(self) -> int:
+        b = self.param_breakdown()
+        return self.params - b["embedding"] - b["position_embedding"] - b["lm_head"]
+
+    def layer_params(self, moe_layer: bool | None = None) -> int:
+        """Parameters of one decoder layer (a MoE layer unless moe_layer is False)."""
+        p = self.attention_params() + self.norms_per_layer * self.norm_params()
+        if self.moe and moe_layer is not False:
+            return p + self.router_params() + self.moe.experts * self.expert_params() + self.shared_expert_params()
+        return p + self.dense_mlp_params()
+
+
+# ---------------------------------------------------------------------------------- loading
+
+def parse_model(data: object, file: str | Path = "<model>") -> ModelConfig:
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of model fields at the top level", file=file)
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, file) from None
+
+
+def models_dir() -> Path:
+    return package_data_dir("data") / "models"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in models_dir().glob("*.yaml"))
+
+
+def load_preset(name: str) -> ModelConfig:
+    path = models_dir() / f"{name}.yaml"
+    if not path.exists():
+        close = [p for p in list_presets() if name.split("-")[0] in p][:8]
+        hint = f"; similar: {', '.join(close)}" if close else "; run `costmodel model list`"
+        raise InputError(f"unknown model preset {name!r}{hint}", field="model")
+    return parse_model(read_yaml(path), path)
+
+
+def load_model(name_or_file: str) -> ModelConfig:
+    """A preset id, a preset-format YAML file, or a Hugging Face config.json."""
+    p = Path(name_or_file)
+    if p.suffix in (".json", ".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise InputError("file does not exist", file=p)
+        if p.suffix == ".json":
+            return from_hf_config(p)
+        return parse_model(read_yaml(p), p)
+    return load_preset(name_or_file)
+
+
+def from_hf_config(path: str | Path) -> ModelConfig:
+    """Read a Hugging Face transformers ``config.json`` (offline) into a ModelConfig."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=path) from None
+    if not isinstance(cfg, dict):
+        raise InputError("expected a JSON object", file=path)
+
+    def need(*keys):
+        for k in keys:
+            if k in cfg:
+                return cfg[k]
+        raise InputError(f"missing; expected one of {', '.join(keys)}", file=path, field=keys[0])
+
+    mt = str(cfg.get("model_type", "custom"))
+    hidden = need("hidden_size", "n_embd", "d_model")
+    heads = need("num_attention_heads", "n_head")
+    layers = need("num_hidden_layers", "n_layer")
+    gpt2 = mt in ("gpt2", "gpt_neo", "gptj", "opt")
+    act = str(cfg.get("hidden_act", cfg.get("activation_function", "silu")))
+    gated = not gpt2 and mt not in ("falcon", "gpt_bigcode")
+    activation = ("geglu" if "gelu" in act else "swiglu") if gated else ("relu" if act == "relu" else "gelu")
+    data: dict = dict(
+        id=path.stem.lower().replace("_", "-") if path.stem != "config" else (mt.replace("_", "-") or "hf-model"),
+        name=str(cfg.get("_name_or_path", path.name)),
+        family=mt,
+        source=f"Hugging Face config {path.name}",
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=cfg.get("num_key_value_heads") or (1 if cfg.get("multi_query") else heads),
+        ffn=cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_hidden_size") or 4 * hidden,
+        activation=activation,
+        vocab=need("vocab_size"),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", gpt2)),
+        norm="layernorm" if gpt2 or mt == "falcon" else "rmsnorm",
+        positions="learned" if gpt2 else ("alibi" if cfg.get("alibi") else "rope"),
+        max_context=cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048,
+        qkv_bias=bool(cfg.get("attention_bias", mt == "qwen2")),
+        bias=gpt2,
+    )
+    if cfg.get("head_dim"):
+        data["head_dim"] = cfg["head_dim"]
+    kv = data["kv_heads"]
+    data["attention"] = "mha" if kv == heads else ("mqa" if kv == 1 else "gqa")
+    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
+        data["sliding_window"] = cfg["sliding_window"]
+    if mt == "gemma2":
+        data.update(norms_per_layer=4, sliding_window_every=2, tied_embeddings=True)
+    n_exp = cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts")
+    if n_exp:
+        data["moe"] = dict(
+            experts=n_exp,
+            top_k=cfg.get("num_experts_per_tok", 2),
+            expert_ffn=cfg.get("moe_intermediate_size") or data["ffn"],
+            shared_experts=cfg.get("n_shared_experts") or 0,
+            dense_layers=cfg.get("first_k_dense_replace", 0),
+        )
+    if cfg.get("kv_lora_rank"):
+        data["attention"] = "mla"
+        data["mla"] = dict(
+            q_lora_rank=cfg.get("q_lora_rank"),
+            kv_lora_rank=cfg["kv_lora_rank"],
+            qk_nope_head_dim=cfg["qk_nope_head_dim"],
+            qk_rope_head_dim=cfg["qk_rope_head_dim"],
+            v_head_dim=cfg["v_head_dim"],
+        )
+    return parse_model(data, path)

@@ -1,0 +1,53 @@
+"""The `costmodel` command. Each verb lives in its own module and registers itself here."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ..errors import CostModelError
+from .common import err_console
+
+app = typer.Typer(
+    name="costmodel",
+    help="Hardware-aware cost, memory and time calculator for transformer training and inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Modules that define `register(app)`. A module that is not there yet is skipped.
+_COMMAND_MODULES = (
+    "hardware_cmd",
+    "model_cmd",
+    "train_cmd",
+    "infer_cmd",
+    "validate_cmd",
+    "roofline_cmd",
+    "bench_cmd",
+    "search_cmd",
+    "check_cmd",
+    "scale_cmd",
+)
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"{__package__}.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"{__package__}.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except CostModelError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

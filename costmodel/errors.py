@@ -1,0 +1,48 @@
+"""User-facing errors. The CLI turns these into a one-line message and exit code 2.
+
+Never raise AssertionError or let a pydantic ValidationError escape to the user: wrap it
+in :class:`InputError`, which names the file, the field and what was expected.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CostModelError(Exception):
+    """Base class for errors costmodel reports to the user."""
+
+    exit_code = 2
+
+
+class InputError(CostModelError):
+    """Bad user input: a spec, preset, plan or flag that cannot be used as given."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None):
+        self.file = str(file) if file is not None else None
+        self.field = field
+        self.detail = message
+        where = []
+        if self.file:
+            where.append(self.file)
+        if field:
+            where.append(f"field '{field}'")
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def from_validation_error(exc, file: str | Path | None) -> InputError:
+    """Convert a pydantic ValidationError into an InputError naming the first bad field."""
+    errs = exc.errors()
+    if not errs:
+        return InputError(str(exc), file=file)
+    first = errs[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-"))
+    msg = first.get("msg", "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    inp = first.get("input")
+    if first.get("type") == "missing":
+        msg = "missing required field"
+    elif inp is not None and not isinstance(inp, (dict, list)):
+        msg = f"{msg} (got {inp!r})"
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    return InputError(msg + more, file=file, field=loc or None)

@@ -1,0 +1,325 @@
+"""Hardware specs: YAML files validated into typed pydantic models.
+
+A spec is one of
+- ``AcceleratorSpec`` (kind ``gpu`` or ``tpu``): one rank as a framework sees it. For multi-die
+  packages (MI250X: 2 GCDs) every figure is per die, and ``dies_per_package`` says how many
+  dies one package holds.
+- ``CpuSpec`` (kind ``cpu``): a server CPU socket.
+- ``NvmeSpec`` (kind ``nvme``): one NVMe drive.
+- ``NodeSpec`` (kind ``node``): devices per node, host CPUs, DRAM, NVMe, the scale-up domain and
+  the scale-out network. Clusters and pod slices are nodes whose scale-up domain spans more
+  devices than one host holds (TPU ICI).
+
+Every spec carries ``sources``: a map from the top-level field it backs to a citation (URL or
+paper). All quantities are strings with units in YAML and base SI units in Python.
+Files are read with ``yaml.safe_load`` only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from .errors import InputError, from_validation_error
+from .units import Bytes, BytesPerSec, FlopsPerSec, Seconds, Watts
+
+DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemorySpec(_Strict):
+    capacity_bytes: Bytes = Field(alias="capacity")
+    bandwidth_bytes_per_s: BytesPerSec = Field(alias="bandwidth")
+    type: str | None = None  # HBM3, DDR5, ...
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FlopsTable(_Strict):
+    """Peak FLOP/s (OP/s for integers) per dtype; a dtype the chip lacks is left out."""
+
+    fp64: FlopsPerSec | None = None
+    fp32: FlopsPerSec | None = None
+    tf32: FlopsPerSec | None = None
+    bf16: FlopsPerSec | None = None
+    fp16: FlopsPerSec | None = None
+    fp8: FlopsPerSec | None = None
+    int8: FlopsPerSec | None = None
+    int4: FlopsPerSec | None = None
+    fp4: FlopsPerSec | None = None
+
+    def get(self, dtype: str) -> float | None:
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        return getattr(self, dtype)
+
+
+class LinkSpec(_Strict):
+    """A scale-up link (NVLink, Infinity Fabric, ICI): bandwidth per device, per direction."""
+
+    name: str
+    bandwidth_bytes_per_s: BytesPerSec = Field(alias="bandwidth")
+    topology: Literal["switch", "full-mesh", "ring", "torus-2d", "torus-3d", "none"] = "switch"
+    latency_s: Seconds = Field(default=2e-6, alias="latency")
+    links: int | None = Field(default=None, ge=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HostLinkSpec(_Strict):
+    """Host link (PCIe): ``bandwidth`` per direction."""
+
+    name: str
+    gen: int | None = Field(default=None, ge=1, le=7)
+    lanes: int | None = Field(default=None, ge=1, le=32)
+    bandwidth_bytes_per_s: BytesPerSec = Field(alias="bandwidth")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _SpecBase(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str
+    vendor: str
+    sources: dict[str, str] = Field(min_length=1)
+    price_per_hour_usd: float | None = Field(default=None, gt=0)
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _cited(self):
+        cited = set(self.sources)
+        aliases = {name: (f.alias or name) for name, f in type(self).model_fields.items()}
+        for field in self._cite_fields():
+            key = aliases.get(field, field)
+            if getattr(self, field, None) is not None and not ({key, field, "all"} & cited):
+                raise ValueError(f"'{key}' has no entry in 'sources' (cite a datasheet or paper)")
+        return self
+
+    def _cite_fields(self) -> tuple[str, ...]:
+        return ()
+
+
+class AcceleratorSpec(_SpecBase):
+    kind: Literal["gpu", "tpu"]
+    memory: MemorySpec
+    peak_flops: FlopsTable
+    sparse_flops: FlopsTable | None = None
+    scale_up: LinkSpec | None = None
+    host_link: HostLinkSpec | None = None
+    tdp_w: Watts = Field(alias="tdp")
+    dies_per_package: int = Field(default=1, ge=1)
+    # Calibration (efficiency) overlays are applied on top; see calibration.py.
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def _cite_fields(self):
+        return ("memory", "peak_flops", "scale_up", "host_link", "tdp_w")
+
+    @model_validator(mode="after")
+    def _has_matmul_dtype(self):
+        if self.peak_flops.bf16 is None and self.peak_flops.fp16 is None and self.peak_flops.fp32 is None:
+            raise ValueError("peak_flops needs at least one of bf16, fp16, fp32")
+        return self
+
+    def peak(self, dtype: str) -> float:
+        v = self.peak_flops.get(dtype)
+        if v is None:
+            raise InputError(f"{self.id} has no {dtype} peak in its spec", field="peak_flops")
+        return v
+
+
+class CpuSpec(_SpecBase):
+    kind: Literal["cpu"]
+    cores: int = Field(ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    base_clock_ghz: float | None = Field(default=None, gt=0)
+    memory: MemorySpec  # DRAM per socket (capacity = maximum supported)
+    peak_flops: FlopsTable
+    isa: list[str] = Field(default_factory=list)  # e.g. avx512, amx
+    tdp_w: Watts = Field(alias="tdp")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def _cite_fields(self):
+        return ("memory", "peak_flops", "tdp_w")
+
+
+class NvmeSpec(_SpecBase):
+    kind: Literal["nvme"]
+    capacity_bytes: Bytes = Field(alias="capacity")
+    read_bytes_per_s: BytesPerSec = Field(alias="read_bandwidth")
+    write_bytes_per_s: BytesPerSec = Field(alias="write_bandwidth")
+    interface: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def _cite_fields(self):
+        return ("capacity_bytes", "read_bytes_per_s", "write_bytes_per_s")
+
+
+class ScaleUpDomain(_Strict):
+    """Devices joined by the scale-up fabric; ``size`` may exceed one host (TPU ICI, NVL72)."""
+
+    size: int = Field(ge=1)
+    bandwidth_bytes_per_s: BytesPerSec = Field(alias="bandwidth")  # per device, per direction
+    latency_s: Seconds = Field(default=2e-6, alias="latency")
+    topology: Literal["switch", "full-mesh", "ring", "torus-2d", "torus-3d", "none"] = "switch"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ScaleOutNetwork(_Strict):
+    name: str
+    bandwidth_per_device_bytes_per_s: BytesPerSec = Field(alias="bandwidth_per_device")
+    latency_s: Seconds = Field(default=5e-6, alias="latency")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NodeSpec(_SpecBase):
+    kind: Literal["node"]
+    device: str  # an AcceleratorSpec id
+    devices_per_node: int = Field(ge=1)
+    host_cpu: str | None = None  # a CpuSpec id
+    host_cpus: int = Field(default=0, ge=0)
+    dram_bytes: Bytes | None = Field(default=None, alias="dram")
+    nvme: str | None = None  # an NvmeSpec id
+    nvme_drives: int = Field(default=0, ge=0)
+    scale_up: ScaleUpDomain
+    scale_out: ScaleOutNetwork | None = None
+    power_w: Watts | None = Field(default=None, alias="power")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def _cite_fields(self):
+        return ("devices_per_node", "scale_up", "scale_out")
+
+
+Spec = Annotated[Union[AcceleratorSpec, CpuSpec, NvmeSpec, NodeSpec], Field(discriminator="kind")]
+_SPEC_ADAPTER = TypeAdapter(Spec)
+
+
+# ---------------------------------------------------------------------------------- loading
+
+def package_data_dir(name: str) -> Path:
+    """Directory of shipped YAML: inside the wheel (costmodel/_data/NAME) or the checkout root."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "_data" / name
+    if shipped.is_dir():
+        return shipped
+    return here.parent / name
+
+
+def read_yaml(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=path) from None
+
+
+def parse_spec(data: object, file: str | Path = "<spec>") -> AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec:
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of spec fields at the top level", file=file)
+    if "kind" not in data:
+        raise InputError("missing required field; expected one of gpu, tpu, cpu, nvme, node", file=file, field="kind")
+    try:
+        return _SPEC_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        err = from_validation_error(exc, file)
+        # Drop the discriminator tag pydantic puts first in the location ("gpu.memory" -> "memory").
+        if err.field and err.field.split(".")[0] in ("gpu", "tpu", "cpu", "nvme", "node"):
+            err = InputError(err.detail, file=file, field=".".join(err.field.split(".")[1:]) or None)
+        raise err from None
+
+
+def load_spec_file(path: str | Path):
+    path = Path(path)
+    return parse_spec(read_yaml(path), path)
+
+
+def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
+    dirs = [package_data_dir("hardware")]
+    env = os.environ.get("COSTMODEL_HARDWARE_PATH", "")
+    dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs += [Path(p) for p in (extra or [])]
+    return dirs
+
+
+class HardwareLibrary:
+    """All specs visible: shipped ones, ``COSTMODEL_HARDWARE_PATH`` directories, extra files.
+
+    Later sources override earlier ones with the same id, so a user file can replace a
+    shipped spec without editing it.
+    """
+
+    def __init__(self, extra_files: list[str | Path] | None = None, extra_dirs: list[str | Path] | None = None):
+        self.specs: dict[str, AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec] = {}
+        self.files: dict[str, Path] = {}
+        for d in _search_dirs(extra_dirs):
+            if not d.exists():
+                if d != package_data_dir("hardware"):
+                    raise InputError("hardware directory does not exist", file=d)
+                continue
+            for f in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml")):
+                if "calibrated" in f.relative_to(d).parts:
+                    continue  # calibration overlays are not specs
+                self._add(f)
+        for f in extra_files or []:
+            self._add(Path(f))
+
+    def _add(self, path: Path):
+        spec = load_spec_file(path)
+        self.specs[spec.id] = spec
+        self.files[spec.id] = path
+
+    def ids(self) -> list[str]:
+        return sorted(self.specs)
+
+    def get(self, spec_id: str):
+        try:
+            return self.specs[spec_id]
+        except KeyError:
+            close = [i for i in self.ids() if spec_id.split("-")[0] in i][:6]
+            hint = f"; similar: {', '.join(close)}" if close else "; run `costmodel hardware list`"
+            raise InputError(f"unknown hardware id {spec_id!r}{hint}", field="hardware") from None
+
+    def device(self, spec_id: str) -> AcceleratorSpec:
+        spec = self.get(spec_id)
+        if isinstance(spec, NodeSpec):
+            return self.device(spec.device)
+        if not isinstance(spec, AcceleratorSpec):
+            raise InputError(f"{spec_id!r} is a {spec.kind} spec, not an accelerator", field="hardware")
+        return spec
+
+    def node_for(self, spec_id: str) -> NodeSpec | None:
+        spec = self.get(spec_id)
+        return spec if isinstance(spec, NodeSpec) else None
+
+    def check_references(self):
+        """Every node names a device, CPU and NVMe that exist; raise InputError otherwise."""
+        for sid, spec in self.specs.items():
+            if isinstance(spec, NodeSpec):
+                for field, ref, kinds in (("device", spec.device, ("gpu", "tpu")), ("host_cpu", spec.host_cpu, ("cpu",)), ("nvme", spec.nvme, ("nvme",))):
+                    if ref is None:
+                        continue
+                    other = self.specs.get(ref)
+                    if other is None or other.kind not in kinds:
+                        raise InputError(f"refers to {ref!r}, which is not a known {'/'.join(kinds)} spec", file=self.files[sid], field=field)
+
+
+def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
+    lib = HardwareLibrary(extra_files=hardware_files)
+    lib.check_references()
+    return lib
