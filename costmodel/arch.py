@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
 from .specs import package_data_dir, read_yaml
@@ -29,11 +29,14 @@ class MoEConfig(BaseModel):
     dense_layers: int = Field(default=0, ge=0)  # first layers with a dense MLP (DeepSeek)
     router_bias: bool = False
 
-    @model_validator(mode="after")
-    def _k(self):
-        if self.top_k > self.experts:
-            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
-        return self
+    @field_validator("top_k")
+    @classmethod
+    def _k(cls, top_k, info):
+        # a field validator, so the error names the field (moe.top_k)
+        experts = info.data.get("experts")
+        if experts is not None and top_k > experts:
+            raise ValueError(f"top_k ({top_k}) cannot exceed experts ({experts})")
+        return top_k
 
 
 class MLAConfig(BaseModel):
@@ -78,11 +81,18 @@ class ModelConfig(BaseModel):
     published_params: int | None = Field(default=None, ge=1)
     params_source: str = ""
 
+    @field_validator("kv_heads")
+    @classmethod
+    def _kv_divides_heads(cls, kv_heads, info):
+        # a field validator, so the error names the field (kv_heads)
+        heads = info.data.get("heads")
+        if kv_heads is not None and heads is not None and heads % kv_heads:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+        return kv_heads
+
     @model_validator(mode="after")
     def _consistent(self):
         kv = self.n_kv_heads
-        if self.heads % kv:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({kv})")
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) is not divisible by heads ({self.heads}); set head_dim")
         if self.attention == "mla" and self.mla is None:
@@ -284,7 +294,7 @@ def from_hf_config(path: str | Path) -> ModelConfig:
         layers=layers,
         hidden=hidden,
         heads=heads,
-        kv_heads=cfg.get("num_key_value_heads") or (1 if cfg.get("multi_query") else heads),
+        kv_heads=cfg.get("num_key_value_heads") or cfg.get("num_kv_heads") or (1 if cfg.get("multi_query") else heads),
         ffn=cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_hidden_size") or 4 * hidden,
         activation=activation,
         vocab=need("vocab_size"),
@@ -303,6 +313,17 @@ def from_hf_config(path: str | Path) -> ModelConfig:
         data["sliding_window"] = cfg["sliding_window"]
     if mt == "gemma2":
         data.update(norms_per_layer=4, sliding_window_every=2, tied_embeddings=True)
+    if mt == "falcon":
+        # transformers FalconDecoderLayer: parallel attention/MLP reading one shared LayerNorm (7B),
+        # or ln_attn + ln_mlp with new_decoder_architecture (40B/180B); FalconConfig ties embeddings
+        # by default and has no biases unless `bias` is set.
+        parallel = bool(cfg.get("parallel_attn", True))
+        if cfg.get("new_decoder_architecture"):
+            norms = cfg.get("num_ln_in_parallel_attn") or 2
+        else:
+            norms = 1 if parallel else 2
+        data.update(parallel_block=parallel, norms_per_layer=norms, bias=bool(cfg.get("bias", False)),
+                    tied_embeddings=bool(cfg.get("tie_word_embeddings", True)))
     n_exp = cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts")
     if n_exp:
         data["moe"] = dict(
@@ -311,6 +332,9 @@ def from_hf_config(path: str | Path) -> ModelConfig:
             expert_ffn=cfg.get("moe_intermediate_size") or data["ffn"],
             shared_experts=cfg.get("n_shared_experts") or 0,
             dense_layers=cfg.get("first_k_dense_replace", 0),
+            # DeepSeek-V3 aux-loss-free balancing keeps a per-expert gate bias, e_score_correction_bias
+            # (arXiv:2412.19437 section 2.1.2), stored in the checkpoint for every MoE layer
+            router_bias=cfg.get("topk_method") == "noaux_tc",
         )
     if cfg.get("kv_lora_rank"):
         data["attention"] = "mla"
