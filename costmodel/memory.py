@@ -1,0 +1,439 @@
+"""Per-device memory of training and inference, broken down by what holds it.
+
+Model states follow ZeRO's accounting (Rajbhandari et al. 2020, sec. 3: (2 + 2 + K) bytes per
+parameter with K = 12 for mixed-precision Adam) under three framework semantics:
+
+- ``pytorch``: what a plain PyTorch loop allocates (the measured truth's semantics): fp32
+  parameters that double as master weights, fp32 .grad created in backward and freed by
+  ``zero_grad(set_to_none=True)``, fused AdamW states in the parameter dtype, bf16 weight copies
+  made by autocast. DDP adds gradient buckets; FSDP shards parameters, grads and states.
+- ``megatron``: Megatron-LM (bf16 parameters, persistent fp32 main-grad buffer, fp32 master +
+  Adam states; distributed optimizer = ZeRO-1): 18 bytes/param unsharded
+  (megatron/training/theoretical_memory_usage.py), activations per Korthikanti et al. 2022.
+- ``deepspeed``: the ZeRO paper's 2 + 2 + 12 bytes/param.
+
+Activation terms are counted from the tensors each operator saves for backward; each term is a
+named function so it can be checked against the paper or the framework source it comes from.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .arch import GATED, ModelConfig
+from .workload import DTYPE_BYTES, InferJob, Parallel, TrainJob
+
+# cuBLAS/cuBLASLt workspaces the PyTorch caching allocator holds once forward and backward
+# have run: one 32 MiB workspace per (handle, stream) on Hopper (PyTorch's default
+# CUBLAS_WORKSPACE_CONFIG ":4096:8" = 8 x 4 MiB; c10/cuda/CUDABlasHandlePool.cpp), for the
+# forward thread and the autograd thread, cuBLAS and cuBLASLt: 4 x 32 MiB.
+CUBLAS_WORKSPACES_BYTES = 4 * 32 * 2**20
+# Memory the CUDA context, kernels and the allocator's fragmentation take outside
+# max_memory_allocated(); used only for the fits check. Typical H100 context ~ 0.5 GiB
+# (nvidia-smi minus torch.cuda.memory_reserved on an idle process) plus 3% fragmentation.
+CUDA_CONTEXT_BYTES = 0.5 * 2**30
+FRAGMENTATION_FRACTION = 0.03
+
+
+# ------------------------------------------------------------------------------ model states
+
+@dataclass(frozen=True)
+class StateBytesPerParam:
+    weights: float
+    grads: float
+    optimizer: float  # optimizer moments
+    master: float  # fp32 master copy where separate from the weights
+
+
+def optimizer_state_bytes(optimizer: str, state_dtype_bytes: float, hidden: int) -> float:
+    """Bytes of optimizer state per parameter.
+
+    AdamW: two moments (Loshchilov & Hutter 2019); adamw-8bit: two 1-byte moments plus block
+    scales (Dettmers et al. 2022, block 2048: +2*4/2048); SGD with momentum and Lion: one moment
+    (Chen et al. 2023); Adafactor: factored second moment, rows + columns per matrix (Shazeer &
+    Stern 2018), ~ 2 x 4 bytes / hidden per parameter for h x h-shaped matrices.
+    """
+    if optimizer == "adamw":
+        return 2 * state_dtype_bytes
+    if optimizer == "adamw-bf16":
+        return 4.0
+    if optimizer == "adamw-8bit":
+        return 2.0 + 2 * 4.0 / 2048
+    if optimizer in ("sgd", "lion"):
+        return state_dtype_bytes
+    if optimizer == "adafactor":
+        return 2 * 4.0 / hidden
+    raise ValueError(optimizer)
+
+
+def state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
+    p, fw = job.precision, job.framework
+    if fw == "pytorch":
+        if p in ("fp32", "amp-bf16", "amp-fp16"):
+            return StateBytesPerParam(4.0, 4.0, optimizer_state_bytes(job.optimizer, 4.0, hidden), 0.0)
+        if p == "bf16":  # everything bf16, AdamW states included (SCHEMA.md)
+            return StateBytesPerParam(2.0, 2.0, optimizer_state_bytes(job.optimizer, 2.0, hidden), 0.0)
+        # fp8 (Transformer Engine under PyTorch): fp32 master params, fp8 weight copy + scales
+        return StateBytesPerParam(4.0 + 1.0, 4.0, optimizer_state_bytes(job.optimizer, 4.0, hidden), 0.0)
+    if p == "fp32":
+        return StateBytesPerParam(4.0, 4.0, optimizer_state_bytes(job.optimizer, 4.0, hidden), 0.0)
+    w = 2.0 + (1.0 if p == "fp8" else 0.0)
+    grads = 4.0 if fw == "megatron" else 2.0  # Megatron accumulates into fp32 main_grad
+    return StateBytesPerParam(w, grads, optimizer_state_bytes(job.optimizer, 4.0, hidden), 4.0)
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters held by the most loaded pipeline stage on one tensor-parallel rank."""
+
+    total: float
+    per_layer: float  # one decoder layer (MoE layer where there are any), per device
+    layers: int  # decoder layers on the stage
+    embedding: float  # input embedding (+ lm head when on the same stage) per device
+    lm_head: float
+
+
+def stage_params(model: ModelConfig, par: Parallel) -> StageParams:
+    """Split layers evenly over pp stages; the first stage also holds the input embedding and
+    the last the LM head (Megatron-LM). Matmul weights and embeddings are split over tp, routed
+    experts over ep (and tp), norms are replicated."""
+    tp = par.tp
+    layers = -(-model.layers // par.pp)
+    norm = model.norms_per_layer * model.norm_params()
+    moe_layer = model.moe is not None and model.moe_layers > 0
+    per_layer = (model.layer_params(moe_layer=moe_layer) - norm) / tp + norm
+    if moe_layer:
+        experts = model.moe.experts * model.expert_params()
+        per_layer -= experts / tp
+        per_layer += experts / (tp * par.ep)
+    emb = (model.vocab * model.hidden + (model.max_context * model.hidden if model.positions == "learned" else 0)) / tp
+    head = 0.0 if model.tied_embeddings and par.pp == 1 else model.vocab * model.hidden / tp
+    if par.pp == 1:
+        total = layers * per_layer + emb + head + model.norm_params()
+    else:
+        total = layers * per_layer + max(emb, head + model.norm_params())
+    return StageParams(total=total, per_layer=per_layer, layers=layers, embedding=emb, lm_head=head)
+
+
+# ------------------------------------------------------------------------------ activations
+
+def pytorch_layer_activation_bytes(model: ModelConfig, tokens: float, precision: str) -> float:
+    """Bytes one decoder layer saves for backward in eager PyTorch (Hugging Face Llama/GPT-2
+    blocks), for `tokens` = micro-batch x sequence on one device, with flash SDPA.
+
+    amp (fp32 residual stream, autocast bf16 matmuls), per token, h = hidden, r = kv_dim / h,
+    f = ffn:
+      RMSNorm x2: fp32 input + fp32 normalised tensor          2 x 8h
+      q, k, v projections each cast their fp32 input to bf16   3 x 2h   (autocast does not cache
+                                                                          activation casts)
+      SDPA saves bf16 q (cast of the fp32 rotary output), k, v, output   2h + 4rh + 2h
+      gate/up projections cast their input                     2 x 2h
+      SwiGLU: gate, silu(gate), up, product (bf16)             4 x 2f
+    pure bf16: norms save an fp32 copy of the input plus the bf16 normalised tensor (6h each),
+    and q/k/v (gate/up) share one bf16 input.
+    fp32: every saved tensor is 4 bytes.
+    """
+    h, f = model.hidden, model.ffn
+    r = model.kv_dim / h
+    q = model.q_dim / h
+    gated = model.activation in GATED
+    ln = model.norm == "layernorm"
+    if precision in ("amp-bf16", "amp-fp16", "fp8"):
+        norm = 8.0 if not ln else 4.0 + 2.0  # LayerNorm: fp32 input saved, output cast to bf16 once
+        if model.family in ("gpt2", "gpt") or model.bias and not gated:
+            attn_in = 2.0  # fused c_attn: one cast
+        else:
+            attn_in = 3 * 2.0 if not ln else 2.0
+        sdpa = 2.0 * q + 4.0 * r + 2.0 * q
+        mlp_in = (2 * 2.0 if gated else 2.0) if not ln else 2.0
+        act = 8.0 * f if gated else 4.0 * f
+        per_token = 2 * norm + attn_in + sdpa + mlp_in
+        per_token = per_token * h + act
+    elif precision == "bf16":
+        norm = 6.0 if not ln else 2.0
+        per_token = (2 * norm + 2.0 + 2.0 * q + 4.0 * r + 2.0 * q + 2.0) * h + (8.0 * f if gated else 4.0 * f)
+    else:  # fp32
+        norm = 8.0 if not ln else 4.0
+        per_token = (2 * norm + 4.0 + 4.0 * q + 8.0 * r + 4.0 * q + 4.0) * h + (16.0 * f if gated else 8.0 * f)
+    if model.moe:
+        # Routed experts see top_k copies of each token: the MLP term scales with top_k and the
+        # expert ffn; router logits and probabilities (fp32, experts per token) are saved too.
+        act_moe = (8.0 if gated else 4.0) * model.moe.expert_ffn * model.moe.top_k
+        shared = (8.0 if gated else 4.0) * (model.moe.shared_expert_ffn or model.moe.expert_ffn) * model.moe.shared_experts
+        per_token += act_moe + shared - (8.0 * f if gated else 4.0 * f) + 8.0 * model.moe.experts + 2.0 * h * model.moe.top_k
+    return tokens * per_token
+
+
+def korthikanti_layer_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, par: Parallel,
+                                       recompute: str, flash: bool, dropout: bool = False) -> float:
+    """Korthikanti et al. 2022 (arXiv:2205.05198), sec. 4, per layer, 2-byte activations:
+    sbh (10 + 24/t + 5 a s / (h t))  without sequence parallelism,
+    sbh/t (34 + 5 a s / h)           with it;  selective recompute drops the 5as/h score terms;
+    full recompute keeps only the layer input, 2sbh (/t with sequence parallelism).
+    Generalised to GQA and SwiGLU MLPs by counting the same saved tensors; with `dropout` the
+    1-byte masks of the paper are included (34 = 11 + 19 + 4 for the GPT MLP of 4h).
+    """
+    s, b, h, a, t = seq, micro_batch, model.hidden, model.heads, par.tp
+    sp = par.sequence_parallel
+    if recompute == "full":
+        return 2.0 * s * b * h / (t if sp else 1) / par.cp
+    f = model.ffn
+    q, kv = model.q_dim, model.kv_dim
+    # Replicated (not split by tp unless sequence parallel): layernorm inputs 2x2h, qkv input 2h,
+    # MLP input 2h, dropout masks 2x h.
+    replicated = 4.0 * h + 2.0 * h + 2.0 * h + (2.0 * h if dropout else 0.0)
+    # Split by tp: Q, K (2(q+kv)), V (2kv), out-proj input (2q), MLP internals.
+    mlp = (3 * 2.0 * f) if model.activation in GATED else (2 * 2.0 * f)
+    split = 2.0 * (q + kv) + 2.0 * kv + 2.0 * q + mlp
+    scores = 0.0
+    if not flash and recompute != "selective":
+        scores = (5.0 if dropout else 4.0) * a * s  # softmax output (2) + its input to PV (2) [+ mask 1]
+    elif flash:
+        scores = 0.0
+    per_token = (replicated / (t if sp else 1)) + (split + scores) / t
+    return s * b * per_token / par.cp
+
+
+def logits_bytes(model: ModelConfig, tokens: float, tp: int, precision: str, phase: str) -> float:
+    """Loss-side buffers for a vocab-sized output (they dominate at large vocab).
+
+    HF causal-LM loss upcasts logits to fp32 and runs log_softmax + nll (transformers
+    loss_utils.ForCausalLMLoss). Forward peak: bf16 logits (2) + fp32 copy (4) + log-probs (4) =
+    10 bytes per logit; backward start: log-probs (4) + their gradient (4) + logits gradient (4) =
+    12 bytes per logit. fp32 training: 8 and 12.
+    """
+    V = model.vocab / tp
+    if phase == "forward":
+        per = 8.0 if precision == "fp32" else 10.0
+    else:
+        per = 12.0
+    return tokens * V * per
+
+
+# ------------------------------------------------------------------------------ training
+
+@dataclass
+class TrainMemory:
+    """Per-device bytes of one training step on the most loaded device."""
+
+    weights_bytes: float
+    grads_bytes: float
+    optimizer_bytes: float
+    master_bytes: float
+    grad_buffers_bytes: float  # persistent gradient buffers (DDP buckets, Megatron main_grad)
+    weight_copies_bytes: float  # autocast bf16 casts / FSDP gathered layers at peak
+    activations_bytes: float  # saved activations at peak (all in-flight micro-batches)
+    logits_bytes: float
+    runtime_bytes: float  # cuBLAS workspaces etc. counted by the allocator
+    steady_bytes: float  # allocated between steps
+    peak_bytes: float  # max allocated during a step (torch.cuda.max_memory_allocated)
+    peak_phase: str
+    offloaded_cpu_bytes: float = 0.0
+    offloaded_nvme_bytes: float = 0.0
+    candidates: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def in_flight_microbatches(par: Parallel, n_micro: int) -> float:
+    """Activations the first pipeline stage holds under 1F1B: min(pp, m) micro-batches
+    (Narayanan et al. 2021 sec. 2.2.1); interleaving adds (pp - 1) / (pp * v) of a stage
+    (Korthikanti et al. 2022 sec. 4.2.3)."""
+    if par.pp == 1:
+        return 1.0
+    f = float(min(par.pp, n_micro))
+    if par.interleave > 1:
+        f *= 1.0 + (par.pp - 1) / (par.pp * par.interleave)
+    return f
+
+
+def train_memory(model: ModelConfig, job: TrainJob, par: Parallel) -> TrainMemory:
+    sp = stage_params(model, par)
+    st = state_bytes_per_param(job, model.hidden)
+    dp_shard = par.dp * par.cp  # ZeRO shards over every data-parallel replica
+    z = par.zero_stage
+    P = sp.total
+    w_div = dp_shard if z >= 3 else 1
+    g_div = dp_shard if z >= 2 else 1
+    o_div = dp_shard if z >= 1 else 1
+    weights = st.weights * P / w_div
+    optimizer = st.optimizer * P / o_div
+    master = st.master * P / o_div
+    grads_full = st.grads * P / g_div
+    n_micro = job.grad_accum_steps(par)
+    mb = job.micro_batch
+    tokens = mb * job.seq_len / par.cp  # tokens per device per micro-batch (before tp split)
+    seq_div = par.tp if par.sequence_parallel else 1
+    amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
+    fsdp = z >= 3 and job.framework == "pytorch"
+
+    # Gradients: PyTorch creates .grad in backward (freed by zero_grad); Megatron/DeepSpeed keep
+    # a persistent gradient buffer; DDP keeps bucket copies of every gradient (gradient_as_bucket_view=False).
+    if job.framework == "pytorch":
+        persistent_grads = 0.0
+        grad_buffers = st.grads * P if (par.dp > 1 and z == 0) else 0.0
+    else:
+        persistent_grads = grads_full
+        grad_buffers = 0.0
+    created_grads = grads_full - persistent_grads
+
+    # Offload (ZeRO-Offload / Infinity): optimizer states (and master) or params leave the device.
+    off_cpu = off_nvme = 0.0
+    if job.offload_optimizer != "none":
+        moved = optimizer + master
+        optimizer = master = 0.0
+        if job.offload_optimizer == "cpu":
+            off_cpu += moved
+        else:
+            off_nvme += moved
+    if job.offload_params != "none":
+        moved = weights
+        weights = st.weights * sp.per_layer * 2  # two layers resident while streaming
+        if job.offload_params == "cpu":
+            off_cpu += moved
+        else:
+            off_nvme += moved
+
+    runtime = CUBLAS_WORKSPACES_BYTES
+    steady = weights + optimizer + master + persistent_grads + grad_buffers + runtime
+
+    # Activations
+    layers = sp.layers
+    if job.framework == "pytorch":
+        prec = "bf16" if fsdp and amp else job.precision
+        act_layer = pytorch_layer_activation_bytes(model, tokens / seq_div, prec) / (par.tp / seq_div if par.tp > 1 else 1)
+        ckpt_layer = (4.0 if job.precision in ("fp32", "amp-bf16", "amp-fp16") and not fsdp else 2.0) * tokens * model.hidden / seq_div
+        if job.recompute == "selective":
+            act_layer -= 0.0  # flash attention already saves no score matrix
+    else:
+        act_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "none", job.attention == "flash")
+        ckpt_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "full", True)
+    if job.attention == "standard" and job.framework == "pytorch" and job.recompute != "selective":
+        act_layer += 2.0 * 2.0 * model.heads * job.seq_len * tokens / par.tp  # bf16 scores + probs
+    inflight = in_flight_microbatches(par, n_micro)
+    if job.recompute == "full":
+        saved_all = layers * ckpt_layer * inflight
+        live_layer = act_layer
+    else:
+        saved_all = layers * act_layer * inflight
+        live_layer = 0.0
+    last_stage_tokens = tokens
+    lg_f = logits_bytes(model, last_stage_tokens, par.tp, job.precision, "forward")
+    lg_b = logits_bytes(model, last_stage_tokens, par.tp, job.precision, "backward")
+    if par.pp > 1:  # the first stage holds the most activations; the last the logits. Take both.
+        lg_f = lg_b = max(lg_f, lg_b) / max(1.0, inflight)  # conservative: logits of one micro-batch
+
+    # Weight copies for compute
+    cast_per_param = 2.0 if (amp and job.framework == "pytorch" and not fsdp) else 0.0
+    if fsdp:
+        gathered_layer = 2.0 * sp.per_layer * (1 - 1 / dp_shard) if amp or job.precision == "bf16" else 4.0 * sp.per_layer
+        cache_all = 2 * gathered_layer  # current + prefetched unit
+        cache_saved = 2 * gathered_layer
+    else:
+        cache_all = cast_per_param * (P - sp.embedding) / w_div
+        cache_saved = cache_all if job.recompute != "full" else cast_per_param * sp.lm_head
+    acc_grads = created_grads if n_micro > 1 else 0.0  # grads alive during later micro-batches
+    final_norm_bytes = 10.0 * tokens * model.hidden if job.framework == "pytorch" else 4.0 * tokens * model.hidden
+
+    cand: dict[str, float] = {}
+    cand["forward_loss"] = steady + acc_grads + cache_all + saved_all + final_norm_bytes + lg_f
+    cand["backward_start"] = steady + acc_grads + cache_saved + saved_all + final_norm_bytes + lg_b
+    # Backward sweep, lowest layer (grads of everything above exist, embedding grad still to come)
+    grad_l = created_grads * (sp.per_layer / P) if P else 0.0
+    bwd_transient = 4.0 * tokens * model.hidden / seq_div * 2  # grad of the residual stream + one input grad
+    sweep = steady + created_grads - grad_l - (created_grads * sp.embedding / P if P else 0.0)
+    sweep += (ckpt_layer * inflight if job.recompute == "full" else act_layer * inflight) + live_layer
+    sweep += (cast_per_param * sp.per_layer if not fsdp else cache_saved) + bwd_transient
+    cand["backward_end"] = sweep
+    opt_transient = 0.0 if job.fused_optimizer else 4.0 * P / o_div  # foreach AdamW temporaries
+    if job.offload_optimizer != "none":
+        opt_transient = 0.0
+    cand["optimizer"] = steady + created_grads + opt_transient
+    phase = max(cand, key=cand.get)
+    peak = cand[phase]
+    at_peak_act = saved_all if phase in ("forward_loss", "backward_start") else (act_layer + live_layer)
+    return TrainMemory(
+        weights_bytes=weights,
+        grads_bytes=grads_full,
+        optimizer_bytes=optimizer,
+        master_bytes=master,
+        grad_buffers_bytes=grad_buffers,
+        weight_copies_bytes=cache_all if phase == "forward_loss" else cache_saved,
+        activations_bytes=at_peak_act,
+        logits_bytes=lg_f if phase == "forward_loss" else (lg_b if phase == "backward_start" else 0.0),
+        runtime_bytes=runtime,
+        steady_bytes=steady,
+        peak_bytes=peak,
+        peak_phase=phase,
+        offloaded_cpu_bytes=off_cpu,
+        offloaded_nvme_bytes=off_nvme,
+        candidates=cand,
+    )
+
+
+def required_device_bytes(peak_allocated_bytes: float) -> float:
+    """Device memory needed for an allocator peak: + CUDA context + fragmentation margin."""
+    return peak_allocated_bytes * (1.0 + FRAGMENTATION_FRACTION) + CUDA_CONTEXT_BYTES
+
+
+# ------------------------------------------------------------------------------ inference
+
+def kv_cache_bytes(model: ModelConfig, batch: int, context: int, kv_dtype: str = "bf16", tp: int = 1,
+                   block_tokens: int | None = None) -> float:
+    """KV cache: 2 (K and V) x layers x batch x context x kv_heads x head_dim x bytes.
+    MLA caches the compressed latent plus the rotary key: (kv_lora_rank + qk_rope_head_dim) per
+    token and layer (DeepSeek-V2, arXiv:2405.04434 table 1). A sliding window caps the context on
+    windowed layers. Paged caches round each sequence up to whole blocks (vLLM, Kwon et al. 2023).
+    """
+    b = DTYPE_BYTES[kv_dtype]
+    ctx = context
+    if block_tokens:
+        ctx = -(-context // block_tokens) * block_tokens
+    if model.attention == "mla":
+        per_tok_layer = (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) * b
+        return model.layers * batch * ctx * per_tok_layer
+    per_tok_layer = 2 * model.kv_dim * b / tp
+    if model.sliding_window:
+        windowed = model.layers // model.sliding_window_every if model.sliding_window_every > 1 else model.layers
+        full = model.layers - windowed
+        wctx = min(ctx, model.sliding_window)
+        return batch * per_tok_layer * (full * ctx + windowed * wctx)
+    return model.layers * batch * ctx * per_tok_layer
+
+
+def decode_graph_workspace_bytes(model: ModelConfig, batch: int, context: int, act_bytes: float = 2.0) -> float:
+    """Intermediates of one decode step captured in a CUDA graph. The graph's private pool keeps
+    every intermediate of every layer (no reuse across layers), so per token and layer:
+    RMSNorm x2 in fp32 (input copy, square, normalised: 3 x 4h + 2h bf16 out, twice), fused qkv,
+    rotary products, attention output, o-proj, residuals (~ 12h bf16), gate/up, act, product (4f +
+    2f + 2f); plus attention scores and probabilities over the cache in fp32 (+ bf16 copy):
+    heads x context x 10 bytes.
+    """
+    h, f = model.hidden, model.ffn
+    qkv = model.q_dim + 2 * model.kv_dim
+    per_layer_tok = 2 * (3 * 4.0 * h + act_bytes * h) + act_bytes * (qkv + 2 * model.q_dim + 6 * h)
+    per_layer_tok += act_bytes * (4 * f) if model.activation in GATED else act_bytes * 2 * f
+    per_layer_tok += model.heads * context * 10.0
+    logits = model.vocab * (act_bytes + 4.0)
+    return batch * (model.layers * per_layer_tok + logits)
+
+
+@dataclass
+class InferMemory:
+    weights_bytes: float
+    kv_cache_bytes: float
+    workspace_bytes: float
+    runtime_bytes: float
+    peak_bytes: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode_memory(model: ModelConfig, job: InferJob, context: int, tp: int = 1) -> InferMemory:
+    w = model.params * DTYPE_BYTES[job.weight_dtype] / tp
+    kv = kv_cache_bytes(model, job.batch, context, job.kv_dtype, tp, job.paged_block_tokens)
+    ws = decode_graph_workspace_bytes(model, job.batch, context) / tp
+    runtime = CUBLAS_WORKSPACES_BYTES / 2  # one thread, cuBLAS + cuBLASLt
+    return InferMemory(weights_bytes=w, kv_cache_bytes=kv, workspace_bytes=ws, runtime_bytes=runtime,
+                       peak_bytes=w + kv + ws + runtime)

@@ -1,0 +1,77 @@
+"""What is being run: the parallel layout and the training / inference job.
+
+Names follow Megatron-LM where it has them (tp, pp, dp, micro/global batch).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Precision = Literal["fp32", "amp-bf16", "amp-fp16", "bf16", "fp8"]
+Optimizer = Literal["adamw", "adamw-bf16", "adamw-8bit", "sgd", "adafactor", "lion"]
+Recompute = Literal["none", "selective", "full"]
+Framework = Literal["pytorch", "megatron"]
+
+
+class Parallel(BaseModel):
+    """A parallel layout. devices = tp * pp * dp * cp (expert parallelism lives inside dp)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    dp: int = Field(default=1, ge=1)
+    cp: int = Field(default=1, ge=1)  # context parallel (ring attention)
+    ep: int = Field(default=1, ge=1)  # expert parallel, a divisor of dp * cp
+    sequence_parallel: bool = False
+    zero_stage: int = Field(default=0, ge=0, le=3)  # 3 = FSDP full sharding
+    interleave: int = Field(default=1, ge=1)  # virtual pipeline stages per device
+
+    @model_validator(mode="after")
+    def _ep(self):
+        if (self.dp * self.cp) % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide dp*cp ({self.dp * self.cp})")
+        if self.sequence_parallel and self.tp == 1:
+            object.__setattr__(self, "sequence_parallel", False)
+        return self
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+
+class TrainJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    micro_batch: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=2048, ge=1)
+    global_batch: int | None = Field(default=None, ge=1)  # None: micro_batch * dp (no accumulation)
+    precision: Precision = "amp-bf16"
+    optimizer: Optimizer = "adamw"
+    recompute: Recompute = "none"
+    attention: Literal["flash", "standard"] = "flash"
+    framework: Framework = "pytorch"
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_params: Literal["none", "cpu", "nvme"] = "none"
+    fused_optimizer: bool = True
+
+    def global_batch_for(self, par: Parallel) -> int:
+        return self.global_batch or self.micro_batch * par.dp
+
+    def grad_accum_steps(self, par: Parallel) -> int:
+        gb = self.global_batch_for(par)
+        return max(1, gb // (self.micro_batch * par.dp))
+
+
+class InferJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch: int = Field(default=1, ge=1)
+    prompt_len: int = Field(default=1024, ge=1)
+    gen_len: int = Field(default=128, ge=0)
+    weight_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
+    kv_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
+    compute_dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    cuda_graph: bool = True
+    paged_block_tokens: int | None = Field(default=None, ge=1)  # paged KV cache block size
+
+
+DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
