@@ -1,8 +1,20 @@
 """costmodel: hardware-aware cost, memory and time calculator for transformer training and inference."""
 from .errors import CostModelError, InputError
-from .arch import ModelConfig, load_model, list_presets
-from .specs import load_library
 
 __version__ = "0.1.0"
 
 __all__ = ["CostModelError", "InputError", "ModelConfig", "load_model", "list_presets", "load_library", "__version__"]
+
+# Imported on first use (PEP 562), so that `costmodel.bench`'s GPU-side runner works on a machine
+# with numpy and torch but without pydantic.
+_LAZY = {"ModelConfig": ".arch", "load_model": ".arch", "list_presets": ".arch", "load_library": ".specs"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

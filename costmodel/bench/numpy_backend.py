@@ -1,0 +1,162 @@
+"""numpy backend: the host CPU (GEMM through the BLAS numpy links, memory copy / read, elementwise).
+
+Always available. Buffers are sized past the last-level cache (``llc_bytes``, read from sysfs, or
+32 MiB when unknown) and rotated, so results are DRAM bandwidth, not cache bandwidth.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .records import gemm_bytes, gemm_flops
+from .timing import Case, n_sets, time_host
+
+# Fallback last-level cache size when sysfs does not say (typical server L3 slice per CCD/socket).
+DEFAULT_LLC_BYTES = 32 * 2**20
+# Host memory the numpy backend may take for rotated inputs (the dev machine has 24 GiB).
+MAX_SET_BYTES = 2 * 2**30
+
+NP_DTYPES = {"fp32": np.float32, "fp64": np.float64}
+# Relative error of a GEMM checked against float64 (METHOD.md: fp32 lands far under 1e-3).
+GEMM_TOL = {"fp32": 1e-4, "fp64": 1e-10}
+
+
+def llc_bytes() -> int:
+    """Largest cache size the kernel reports for cpu0 (sysfs), else DEFAULT_LLC_BYTES."""
+    best = 0
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in base.glob("index*"):
+            txt = (idx / "size").read_text().strip()
+            mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(txt[-1:], 1)
+            val = int(txt[:-1]) if txt[-1:] in "KMG" else int(txt)
+            best = max(best, val * mult)
+    except (OSError, ValueError):
+        pass
+    return best or DEFAULT_LLC_BYTES
+
+
+def threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class NumpyBench:
+    backend = "numpy"
+
+    def __init__(self, hardware: str = "cpu-host", quick: bool = False, seed: int = 0):
+        self.hardware = hardware
+        self.quick = quick
+        self.rng = np.random.default_rng(seed)
+        self.llc = llc_bytes()
+        self.budget_s = 0.12 if quick else 0.4
+        self.device = f"host CPU ({threads()} threads)"
+
+    # -------------------------------------------------------------------- shapes
+    def gemm_shapes(self) -> list[tuple[str, str, int, int, int]]:
+        """(op, dtype, m, n, k). Square sizes, and LLM-shaped m tokens x (k -> n) projections."""
+        out = []
+        sq = [128, 192, 256, 384, 512, 768, 1024] if self.quick else [64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
+        for n in sq:
+            out.append(("gemm", "fp32", n, n, n))
+        if not self.quick:
+            for n in (128, 256, 512, 1024):
+                out.append(("gemm", "fp64", n, n, n))
+        k, n = (1024, 2048) if self.quick else (2048, 4096)
+        ms = [1, 4, 16, 48, 128, 256, 512] if self.quick else [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048]
+        for m in ms:
+            out.append(("gemm_llm", "fp32", m, n, k))
+        return out
+
+    def mem_sizes(self) -> list[int]:
+        """Bytes per buffer: 2x to 16x the last-level cache."""
+        mult = [2, 3, 4, 6, 8] if self.quick else [2, 3, 4, 6, 8, 12, 16]
+        return [int(m * self.llc) // 4096 * 4096 for m in mult]
+
+    # -------------------------------------------------------------------- cases
+    def cases(self, ops: set[str] | None = None) -> list[Case]:
+        want = (lambda op: ops is None or op in ops)
+        cases: list[Case] = []
+        for op, dt, m, n, k in self.gemm_shapes():
+            if want(op) or want("gemm"):
+                cases.append(Case(f"{op} {dt} {m}x{n}x{k}", op, (lambda op=op, dt=dt, m=m, n=n, k=k: [self.gemm(op, dt, m, n, k)]),
+                                  weight=1 + gemm_flops(m, n, k) / 2e9))
+        for nbytes in self.mem_sizes():
+            for op in ("mem_copy", "mem_read", "elementwise_add"):
+                if want(op):
+                    cases.append(Case(f"{op} {nbytes / 2**20:.0f} MiB", op, (lambda op=op, nb=nbytes: [self.memory(op, nb)]), weight=1 + nbytes / 2**27))
+        return cases
+
+    def _base(self, op: str, **kw) -> dict:
+        rec = {"kind": "kernel", "op": op}
+        rec.update(kw)
+        rec.update({"hardware": self.hardware, "backend": self.backend, "device": self.device})
+        return rec
+
+    def gemm(self, op: str, dt: str, m: int, n: int, k: int) -> dict:
+        npdt = NP_DTYPES[dt]
+        per_set = (m * k + k * n + m * n) * np.dtype(npdt).itemsize
+        ns = n_sets(per_set, self.llc, MAX_SET_BYTES, cap=16)
+        A = [self.rng.standard_normal((m, k), dtype=np.float64).astype(npdt) for _ in range(ns)]
+        B = [self.rng.standard_normal((k, n), dtype=np.float64).astype(npdt) for _ in range(ns)]
+        C = [np.empty((m, n), dtype=npdt) for _ in range(ns)]
+
+        def fn(i):
+            np.matmul(A[i], B[i], out=C[i])
+
+        fn(0)  # correctness once, on a corner of the product
+        r, c = min(m, 32), min(n, 32)
+        ref = A[0][:r].astype(np.float64) @ B[0][:, :c].astype(np.float64)
+        err = np.linalg.norm(C[0][:r, :c] - ref) / max(np.linalg.norm(ref), 1e-30)
+        if not err < GEMM_TOL[dt] * max(1.0, np.sqrt(k) / 32):
+            raise RuntimeError(f"GEMM result wrong: relative error {err:.2e}")
+        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=5 if self.quick else 7)
+        F = gemm_flops(m, n, k)
+        rec = self._base(op, dtype=dt, m=m, n=n, k=k, s=t.median_s, tflops=F / t.median_s / 1e12, repeats=t.repeats)
+        if op == "gemm_llm":
+            rec["gbps"] = gemm_bytes(m, n, k, dt) / t.median_s / 1e9
+        return rec
+
+    def memory(self, op: str, nbytes: int) -> dict:
+        n = nbytes // 4
+        ns = 2  # each buffer is already >= 2x the last-level cache
+        src = [self.rng.standard_normal(n, dtype=np.float32) for _ in range(ns)]
+        if op == "mem_copy":
+            dst = [np.empty_like(src[0]) for _ in range(ns)]
+
+            def fn(i):
+                np.copyto(dst[i], src[i])
+
+            fn(0)
+            if not np.array_equal(dst[0][:: max(1, n // 4096)], src[0][:: max(1, n // 4096)]):
+                raise RuntimeError("copy result wrong")
+            traffic = 2 * nbytes
+        elif op == "mem_read":
+            res = [None]
+
+            def fn(i):
+                res[0] = np.add.reduce(src[i])
+
+            fn(0)
+            ref = float(np.sum(src[0], dtype=np.float64))
+            scale = float(np.sum(np.abs(src[0]), dtype=np.float64))
+            if not abs(float(res[0]) - ref) <= 1e-4 * scale:  # pairwise float32 sum: ~eps*log2(n)
+                raise RuntimeError("read (sum) result wrong")
+            traffic = nbytes
+        else:  # elementwise_add: out = a + b
+            other = [self.rng.standard_normal(n, dtype=np.float32) for _ in range(ns)]
+            dst = [np.empty_like(src[0]) for _ in range(ns)]
+
+            def fn(i):
+                np.add(src[i], other[i], out=dst[i])
+
+            fn(0)
+            if not np.allclose(dst[0][:4096], src[0][:4096] + other[0][:4096]):
+                raise RuntimeError("add result wrong")
+            traffic = 3 * nbytes
+        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=5 if self.quick else 7)
+        # SCHEMA.md: mem_copy 'bytes' is the buffer copied and gbps counts read + write;
+        # for elementwise ops 'bytes' is everything read and written.
+        rec_bytes = nbytes if op in ("mem_copy", "mem_read") else traffic
+        return self._base(op, bytes=rec_bytes, s=t.median_s, gbps=traffic / t.median_s / 1e9, repeats=t.repeats)

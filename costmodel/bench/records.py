@@ -1,0 +1,170 @@
+"""Kernel records in the ``kind: kernel`` format of ``shared/truth/SCHEMA.md``, and their bookkeeping.
+
+One JSON object per line. Field names follow SCHEMA.md (``s`` is seconds, except for ``sdpa_*``
+records, where ``s`` is the sequence length and ``s_time`` the seconds; ``gbps`` is 1e9 bytes/s,
+``tflops`` 1e12 FLOP/s). This harness adds a few fields SCHEMA.md does not forbid:
+
+- ``s_stream``: seconds per call when calls are queued back to back (no launch gap);
+  ``s`` is the median of isolated calls (synchronise, event, call, event), as in SCHEMA.md.
+- ``backend`` (numpy / torch / nccl), ``device`` (the name the runtime reports), ``repeats``.
+- ops this harness adds: ``elementwise_add``, ``gelu``, ``layernorm`` (``bytes`` = read + written),
+  ``nvme_read``, ``nvme_write``, ``d2h_pageable``.
+
+Only the standard library is imported here, so the GPU-side runner needs no pydantic.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+GEMM_OPS = ("gemm", "gemm_llm")
+MEM_OPS = ("mem_copy", "mem_read")
+ELEMENTWISE_OPS = ("elementwise_add", "gelu", "layernorm")
+HOST_OPS = ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable")
+ATTENTION_OPS = ("sdpa_fwd", "sdpa_fwd_bwd")
+NVME_OPS = ("nvme_read", "nvme_write")
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+
+# Bytes per element of each dtype name used in records.
+DTYPE_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+# Forward+backward FLOPs of flash attention as a multiple of the forward FLOPs: SCHEMA.md counts
+# 3.5x (backward = 2.5x forward: five matmuls of the forward's size, one of them the recompute of
+# the scores; FlashAttention-2 paper, Dao 2023, section 4 benchmark convention).
+SDPA_FWD_BWD_FACTOR = 3.5
+
+
+def gemm_flops(m: float, n: float, k: float, batch: float = 1) -> float:
+    """2mnk multiply-adds counted as two FLOPs each."""
+    return 2.0 * m * n * k * batch
+
+
+def gemm_bytes(m: float, n: float, k: float, dtype: str, batch: float = 1) -> float:
+    """Fewest bytes a GEMM moves: A (m x k) and B (k x n) read once, C (m x n) written once.
+
+    fp8 GEMMs write their output in bf16 (torch._scaled_mm with out_dtype=bf16)."""
+    e = DTYPE_BYTES[dtype]
+    out_e = 2 if dtype in ("fp8", "int8") else e
+    return batch * (e * (m * k + k * n) + out_e * m * n)
+
+
+def sdpa_flops(b: int, h: int, s: int, d: int, causal: bool = True, backward: bool = False) -> float:
+    """SCHEMA.md's count: 4*b*h*s^2*d forward (QK^T and PV), halved when causal, x3.5 fwd+bwd."""
+    f = 4.0 * b * h * s * s * d
+    if causal:
+        f /= 2.0
+    return f * (SDPA_FWD_BWD_FACTOR if backward else 1.0)
+
+
+def busbw_factor(op: str, world: int) -> float:
+    """nccl-tests 'bus bandwidth' factor (docs/PERFORMANCE.md of NVIDIA/nccl-tests):
+    all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n; send/recv 1."""
+    n = max(int(world), 1)
+    if op == "all_reduce":
+        return 2.0 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
+def record_time_s(rec: dict) -> float | None:
+    """Seconds of one isolated call: ``s_time`` for attention records (``s`` is a length there)."""
+    if rec.get("op") in ATTENTION_OPS:
+        v = rec.get("s_time")
+    else:
+        v = rec.get("s")
+    if v is None and rec.get("op") in HOST_OPS and rec.get("gbps") and rec.get("bytes"):
+        v = rec["bytes"] / (rec["gbps"] * 1e9)  # the truth file gives host copies as gbps only
+    return float(v) if v is not None else None
+
+
+def stream_time_s(rec: dict) -> float | None:
+    v = rec.get("s_stream")
+    return float(v) if v is not None else None
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def validate_record(rec: dict) -> list[str]:
+    """Problems with one record (empty list when it is valid), per SCHEMA.md's kernel format."""
+    probs: list[str] = []
+    if rec.get("kind") != "kernel":
+        probs.append("kind must be 'kernel'")
+    op = rec.get("op")
+    if not isinstance(op, str):
+        return probs + ["op missing"]
+    if not isinstance(rec.get("hardware"), str) or not rec.get("hardware"):
+        probs.append("hardware missing")
+    need: tuple[str, ...]
+    if op in GEMM_OPS:
+        need = ("m", "n", "k", "s", "tflops")
+        if rec.get("dtype") not in DTYPE_BYTES:
+            probs.append(f"dtype {rec.get('dtype')!r} unknown")
+    elif op == "cpu_gemm":
+        need = ("n", "s", "tflops")
+    elif op in MEM_OPS + ELEMENTWISE_OPS + NVME_OPS:
+        need = ("bytes", "s", "gbps")
+    elif op in HOST_OPS:
+        need = ("bytes", "gbps")
+    elif op in ATTENTION_OPS:
+        need = ("b", "h", "s", "d", "s_time", "tflops")
+    elif op in COLLECTIVE_OPS:
+        need = ("bytes", "s", "world") + (("gbps",) if op == "send_recv" else ("algbw_gbps", "busbw_gbps"))
+    else:
+        return probs + [f"op {op!r} unknown"]
+    for f in need:
+        if not _finite_positive(rec.get(f)):
+            probs.append(f"{f} must be a positive number (got {rec.get(f)!r})")
+    return probs
+
+
+def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False) -> Path:
+    """Write records one per line; a fresh file is written atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    if append:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(lines)
+        return path
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines."""
+    from ..errors import InputError  # costmodel.errors imports nothing heavy
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read records: {exc.strerror}", file=path) from None
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"line {i} is not JSON: {exc.msg}", file=path) from None
+        if not isinstance(rec, dict):
+            raise InputError(f"line {i} is not a JSON object", file=path)
+        if rec.get("kind") == "kernel":
+            out.append(rec)
+    return out
