@@ -1,0 +1,190 @@
+"""Inference time and memory: prefill (TTFT), decode per token (TPOT), throughput versus batch.
+
+Decode is a read of every active weight plus the KV cache per step, against bandwidth, versus the
+matmul work of `batch` tokens (Pope et al. 2022, "Efficiently scaling transformer inference",
+sec. 2; Kwon et al. 2023 for the paged KV cache).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .arch import GATED, ModelConfig
+from .flops import attention_core_flops, decode_flops_per_token, layer_gemms, lm_head_flops
+from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
+from .roofline import KERNEL_FLOOR_S, attention_op, efficiency_for, gemm_op, memory_op
+from .specs import AcceleratorSpec, NodeSpec
+from .workload import DTYPE_BYTES, InferJob
+
+# Kernels per decoder layer in a decode step besides the matmuls, HF-style Llama block captured
+# in one CUDA graph: 2 RMSNorms of 7 ops, rotary on q and k (6), KV-cache writes (2), attention
+# (1), residual adds (2), silu and mul (2) = 27, ~ 24 once fused qkv / gate-up remove splits.
+DECODE_SMALL_KERNELS_PER_LAYER = 24
+# Kernel-to-kernel time of back-to-back graph-launched kernels on Hopper (~ 2.5 us; CUDA graphs
+# remove the CPU launch but not the grid launch and drain). Fitted with the count above on the
+# public H100 decode steps at batch 1 (weights bound: 2.49 ms for 2.7 GB of bf16 weights).
+GRAPH_KERNEL_FLOOR_S = 2.5e-6
+# Host time per decoder layer of an eager (no CUDA graph) forward: Python + dispatcher, ~ 40 ops
+# at ~ 20 us (the training fit's forward share, costmodel.training.HOST_S_PER_LAYER / 2.5).
+EAGER_HOST_S_PER_LAYER = 5.39e-3 / 2.5
+
+
+@dataclass
+class DecodeEstimate:
+    step_s: float
+    weights_s: float
+    kv_s: float
+    small_kernels_s: float
+    host_s: float
+    tokens_per_s: float
+    bound: str
+
+
+def _gemm_dtype(job: InferJob, spec: AcceleratorSpec) -> str:
+    d = job.compute_dtype
+    return d if spec.peak_flops.get(d) else "bf16"
+
+
+def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
+                calibration: str | None = None, eff=None) -> DecodeEstimate:
+    """One decode step: `batch` new tokens, each attending to `context` cached positions."""
+    eff = eff or efficiency_for(spec, calibration)
+    b = job.batch
+    wbytes = DTYPE_BYTES[job.weight_dtype]
+    dtype = _gemm_dtype(job, spec)
+    weights_t = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, b, moe_layer):
+            k, nn = g.k, g.n
+            if g.name in ("qkv", "mlp_in", "expert_in", "shared_in"):
+                nn = max(1, nn // tp)
+            else:
+                k = max(1, k // tp)
+            count = g.count
+            m = g.m
+            if g.name in ("expert_in", "expert_out"):
+                # experts touched per step: all of them once batch * top_k >> experts
+                touched = min(model.moe.experts, b * model.moe.top_k)
+                count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes).time_s
+    weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes).time_s
+    kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
+    kv_t = model.layers * memory_op(eff, "attention_kv", kv).time_s
+    small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * (GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S)
+    host = 0.0 if job.cuda_graph else model.layers * EAGER_HOST_S_PER_LAYER * 0.6
+    gpu = weights_t + kv_t + small
+    step = max(gpu, host) if host else gpu
+    bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
+    return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
+
+
+def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
+                   calibration: str | None = None, eff=None) -> float:
+    """Forward pass over the prompt (batch x prompt_len tokens): matmuls, causal flash attention,
+    elementwise kernels, logits of the last position; eager host overhead bounds small prompts."""
+    eff = eff or efficiency_for(spec, calibration)
+    b, s = job.batch, job.prompt_len
+    tokens = b * s
+    dtype = _gemm_dtype(job, spec)
+    t = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, tokens, moe_layer):
+            k, nn = g.k, g.n
+            if g.name in ("qkv", "mlp_in", "expert_in", "shared_in"):
+                nn = max(1, nn // tp)
+            else:
+                k = max(1, k // tp)
+            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count).time_s
+    core = attention_core_flops(model, b, s, causal=True) / tp
+    t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
+    t += model.layers * memory_op(eff, "elementwise", ew).time_s
+    t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
+    host = 0.0 if job.cuda_graph else model.layers * EAGER_HOST_S_PER_LAYER
+    return max(t, host)
+
+
+@dataclass
+class InferEstimate:
+    model_id: str
+    hardware: str
+    tp: int
+    job: dict
+    memory: InferMemory
+    required_bytes: float
+    capacity_bytes: float
+    fits: bool
+    ttft_s: float
+    tpot_s: float
+    decode_bound: str
+    tokens_per_s: float
+    max_batch_that_fits: int
+    efficiency_source: str
+    throughput_curve: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["memory"] = self.memory.to_dict()
+        return d
+
+
+def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1) -> int:
+    """Largest batch whose weights + KV cache + workspace fit (0 if even batch 1 does not)."""
+    cap = spec.memory.capacity_bytes
+    lo, hi = 0, 1
+    while required_device_bytes(decode_memory(model, job.model_copy(update={"batch": hi}), context, tp).peak_bytes) <= cap:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 20:
+            return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if required_device_bytes(decode_memory(model, job.model_copy(update={"batch": mid}), context, tp).peak_bytes) <= cap:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
+                   node: NodeSpec | None = None, calibration: str | None = None) -> InferEstimate:
+    eff = efficiency_for(spec, calibration)
+    context = job.prompt_len + job.gen_len
+    mem = decode_memory(model, job, context, tp)
+    req = required_device_bytes(mem.peak_bytes)
+    ttft = prefill_time_s(model, spec, job, tp, eff=eff)
+    mid_ctx = job.prompt_len + job.gen_len // 2
+    d = decode_step(model, spec, job, mid_ctx, tp, eff=eff)
+    tp_comm = 0.0
+    if tp > 1:
+        from .comm_bridge import Links
+        links = Links.from_specs(spec, node, eff)
+        # 2 all-reduces of batch x hidden activations per layer (Megatron TP, Shoeybi et al. 2019)
+        tp_comm = 2 * model.layers * links.collective_time_s("all_reduce", job.batch * model.hidden * 2.0, tp)
+    tpot = d.step_s + tp_comm
+    mb = max_batch(model, spec, job, context, tp)
+    curve = []
+    bsz = 1
+    while bsz <= max(1, mb):
+        j = job.model_copy(update={"batch": bsz})
+        st = decode_step(model, spec, j, mid_ctx, tp, eff=eff).step_s + tp_comm
+        curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st})
+        bsz *= 2
+    return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
+                         capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
+                         ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,
+                         max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), throughput_curve=curve)
+
+
+def best_batch_under_latency(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, max_tpot_s: float, tp: int = 1) -> int:
+    """Largest batch (up to the memory limit) whose decode step stays under `max_tpot_s`."""
+    context = job.prompt_len + job.gen_len
+    best = 0
+    for bsz in range(1, max_batch(model, spec, job, context, tp) + 1):
+        if decode_step(model, spec, job.model_copy(update={"batch": bsz}), context, tp).step_s <= max_tpot_s:
+            best = bsz
+        else:
+            break
+    return best

@@ -1,0 +1,130 @@
+"""Roofline time of operators: time = max(FLOPs / achieved FLOP/s, bytes / achieved bandwidth)
++ launch overhead (Williams, Waterman & Patterson 2009).
+
+"Achieved" comes from a :class:`DeviceEfficiency` (costmodel.calibration): the spec's peaks times
+efficiency curves, fitted on the device when a calibration overlay exists, datasheet defaults
+otherwise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .specs import AcceleratorSpec
+
+# Smallest time of one kernel on a GPU, launched back to back in a stream or a CUDA graph
+# (launch + ramp + tail): ~ 4-6 us on H100 (decode steps of the public file: ~ 5 us per kernel
+# beyond the bandwidth term; Hopper kernel launch latency ~ 2-4 us, NVIDIA CUDA best-practices).
+KERNEL_FLOOR_S = 4.5e-6
+# Streaming multiprocessors used for wave quantisation in the default GEMM curve (H100 SXM: 132).
+SMS = 132
+
+
+class _DefaultEfficiency:
+    """Fallback when costmodel.calibration is not importable: fixed fractions of the peaks.
+
+    GEMM: 78% of dense peak for large shapes (the public H100 file: 773 of 989 TFLOP/s at 8192^3),
+    ramping with size as x / (x + x_half) in FLOPs; streaming bandwidth 90% of the datasheet
+    (3.0 of 3.35 TB/s measured copies), halved for ~1 MB transfers.
+    """
+
+    source = "datasheet defaults"
+    launch_overhead_s = KERNEL_FLOOR_S
+
+    def __init__(self, spec: AcceleratorSpec):
+        self.spec = spec
+
+    def gemm_flops_per_s(self, m, n, k, dtype="bf16"):
+        """0.78 x peak x wave utilisation: output tiles of 128 x 128 spread over the SMs
+        (CUTLASS/cuBLAS Hopper kernels; 132 SMs on H100 SXM), and a ramp in k for short
+        reductions (pipeline fill, k / (k + 256))."""
+        peak = self.spec.peak(dtype if self.spec.peak_flops.get(dtype) else "bf16")
+        tiles = math.ceil(m / 128) * math.ceil(n / 128)
+        waves = math.ceil(tiles / SMS)
+        util = tiles / (waves * SMS)
+        return peak * 0.78 * util * k / (k + 256)
+
+    def gemm_time_s(self, m, n, k, dtype="bf16", batch=1):
+        flops = 2.0 * m * n * k * batch
+        t_c = flops / self.gemm_flops_per_s(m, n, k, dtype)
+        b = 2.0 * (m * k + k * n + m * n) * batch
+        return max(t_c, b / self.mem_bytes_per_s(b))
+
+    def mem_bytes_per_s(self, nbytes):
+        bw = self.spec.memory.bandwidth_bytes_per_s * 0.9
+        return bw * nbytes / (nbytes + 2e6)
+
+    def attention_flops_per_s(self, b, h, s, d, causal=True, backward=False):
+        # public H100 file: flash fwd 257 TFLOP/s, fwd+bwd 139 TFLOP/s at b16 h16 s1024 d64
+        peak = self.spec.peak("bf16")
+        return peak * (0.14 if backward else 0.26)
+
+    def h2d_bytes_per_s(self, pinned=True):
+        link = self.spec.host_link.bandwidth_bytes_per_s if self.spec.host_link else 32e9
+        return link * (0.85 if pinned else 0.26)
+
+    def collective_time_s(self, op, nbytes, world):
+        return None
+
+
+def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None):
+    """The efficiency model for a device: a given overlay, the shipped calibration, or defaults."""
+    try:
+        from . import calibration as cal
+    except ImportError:  # calibration module not available: datasheet defaults
+        return _DefaultEfficiency(spec)
+    if calibration:
+        return cal.load_overlay(calibration, spec) if _takes_spec(cal.load_overlay) else cal.load_overlay(calibration)
+    return cal.shipped_efficiency(spec)
+
+
+def _takes_spec(fn) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class OpTime:
+    name: str
+    kind: str  # gemm | attention | memory | other
+    flops: float
+    bytes: float
+    time_s: float
+    bound: str  # compute | memory | latency
+    count: float = 1.0
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+
+def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count: float = 1.0,
+            elem_bytes: float = 2.0) -> OpTime:
+    m_i = max(1, int(round(m)))
+    flops = 2.0 * m_i * k * n
+    nbytes = elem_bytes * (m_i * k + k * n + m_i * n)
+    t = eff.gemm_time_s(m_i, n, k, dtype)
+    t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
+    t_cmp = flops / eff.gemm_flops_per_s(m_i, n, k, dtype)
+    bound = "compute" if t_cmp >= t_mem else "memory"
+    t = max(t, KERNEL_FLOOR_S)
+    if t <= KERNEL_FLOOR_S * 1.0001:
+        bound = "latency"
+    return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
+
+
+def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0) -> OpTime:
+    t = max(nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
+    bound = "memory" if t > KERNEL_FLOOR_S * 1.0001 else "latency"
+    return OpTime(name, "memory", flops * count, nbytes * count, t * count, bound, count)
+
+
+def attention_op(eff, name: str, b: int, heads: int, s: int, d: int, flops: float, backward: bool) -> OpTime:
+    rate = eff.attention_flops_per_s(b, heads, s, d, True, backward)
+    t = max(flops / rate, KERNEL_FLOOR_S)
+    nbytes = 2.0 * 4 * b * heads * s * d * (2 if backward else 1)
+    return OpTime(name, "attention", flops, nbytes, t, "compute", 1.0)
