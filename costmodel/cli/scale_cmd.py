@@ -36,7 +36,7 @@ def _fmt_usd(x: float | None) -> str:
     if x >= 1e6:
         return f"${x / 1e6:,.2f}M"
     if x >= 1e3:
-        return f"${x:,.0f}"
+        return f"${x / 1e3:,.1f}K"
     return f"${x:,.4g}"
 
 
@@ -278,18 +278,18 @@ def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | Non
     same_run = hw is not None and all(
         all(abs((d[k] or 0) - (ds[0][k] or 0)) <= 1e-9 * abs(ds[0][k] or 1) for k in run_cols) for d in ds)
     t = Table(title="Scaling laws compared" + ("" if reverse else " (compute-optimal for the same budget)"))
-    cols = ["law", "params", "tokens", "tok/param", "loss"]
+    cols = ["law", "params", "tokens", "tok/N", "loss"]
     if hw is not None and not same_run:
-        cols += ["time", "device-h", "energy", "cost"]
-    cols += ["$/1M served"]
+        cols += ["time", "cost"]  # device-hours and energy: see --json
+    cols += ["$/1M srv"]
     for c in cols:
         t.add_column(c, justify="left" if c == "law" else "right", no_wrap=True)
     for p, d in zip(plans, ds):
-        row = [p.law_id, _fmt_count(d["params"]), _fmt_count(d["tokens"]), f"{d['tokens_per_param']:.1f}",
+        tpp = d["tokens_per_param"]
+        row = [p.law_id, _fmt_count(d["params"]), _fmt_count(d["tokens"]), f"{tpp:.0f}" if tpp >= 100 else f"{tpp:.1f}",
                f"{d['predicted_loss']:.3f}"]
         if hw is not None and not same_run:
-            row += [fmt_time(d["train_time_s"]), f"{d['device_hours']:,.0f}", _fmt_kwh(d.get("energy_kwh")),
-                    _fmt_usd(d.get("cost_usd"))]
+            row += [fmt_time(d["train_time_s"]), _fmt_usd(d.get("cost_usd"))]
         row.append(_fmt_usd(d.get("cost_per_million_served_tokens_usd")))
         t.add_row(*row)
     console.print(t)
