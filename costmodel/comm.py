@@ -1,0 +1,655 @@
+"""Communication model: alpha-beta costs of collectives on a node's links, and the traffic of
+training layouts.
+
+Cost model
+----------
+Hockney's alpha-beta model (R. Hockney, "The communication challenge for MPP", Parallel
+Computing 20(3), 1994): a message of ``b`` bytes over a link costs ``alpha + b / beta``. A
+collective is a sequence of steps; its time is
+
+    t = launch_overhead + sum(step latencies) + wire_bytes_per_device / achieved_bandwidth
+
+where ``wire_bytes_per_device`` is what the busiest link of one device carries in one direction
+(the nccl-tests "bus bandwidth" view, below) and ``achieved_bandwidth`` is the nominal
+per-direction bandwidth of the spec times an achievable fraction (``CommParams``).
+
+Byte convention (nccl-tests, doc/PERFORMANCE.md; SCHEMA.md of the truth records): ``nbytes`` is
+the full buffer: the all-reduce buffer, the all-gather *output*, the reduce-scatter *input*, the
+all-to-all buffer of one rank (it keeps 1/n and sends (n-1)/n), the broadcast buffer, the
+point-to-point message.
+
+Bus-bandwidth factors (nccl-tests doc/PERFORMANCE.md, "Bus bandwidth"): busbw = algbw * factor,
+all-reduce 2(n-1)/n, all-gather and reduce-scatter (n-1)/n, all-to-all (n-1)/n, broadcast and
+point-to-point 1. The factor times ``nbytes`` is the per-device wire traffic of a ring, so an
+op's bandwidth term is ``bus_factor(op, n) * nbytes / bandwidth``.
+
+Algorithms
+----------
+``ring``          NCCL's rings (Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for
+                  clusters of workstations", JPDC 2009). Inside one scale-up domain every step
+                  runs at the scale-up bandwidth. A ring over several domains crosses the
+                  scale-out network; NCCL builds one ring per NIC ("channels"), so the group's L
+                  ranks in a domain drive L NICs: bandwidth min(scale-up, L x NIC).
+``flat_ring``     the textbook single ring: every step waits for the slowest link it crosses
+                  (one NIC when the ring leaves the domain). Kept as the naive baseline.
+``tree``          double binary tree (P. Sanders, J. Speck, J. L. Traeff, "Two-tree algorithms
+                  for full bandwidth broadcast, reduction and scan", Parallel Computing 35(12),
+                  2009; NCCL 2.4): logarithmic latency, 2 x buffer per device for all-reduce at
+                  90% of the ring bandwidth (NCCL src/graph/tuning.cc: tree busBw *= 0.9).
+                  All-gather / reduce-scatter use recursive doubling / halving (R. Thakur,
+                  R. Rabenseifner, W. Gropp, "Optimization of collective communication operations
+                  in MPICH", IJHPCA 19(1), 2005), the logarithmic algorithm NCCL calls PAT.
+``hierarchical``  intra scale-up domain, then across domains over the scale-out network (the L
+                  ranks of a domain each carry 1/L of the buffer over their own NIC), then intra
+                  again: reduce-scatter / all-reduce / all-gather for all-reduce (the 2D scheme of
+                  Jia et al. 2018, arXiv:1807.11205; Horovod's hierarchical all-reduce). Phases
+                  run one after the other.
+``auto``          the cheapest of the above, as NCCL's tuner picks the algorithm of least modelled
+                  time per call (NCCL src/graph/tuning.cc, ncclTopoGetAlgoTime).
+
+All-to-all is a direct pairwise exchange for every algorithm (NCCL implements it as grouped
+send/recv; Thakur et al. 2005 pairwise exchange): intra-domain and cross-domain parts move
+concurrently on their own links. Point-to-point is one message.
+
+Defaults (``DEFAULT_PARAMS``) were fitted on the truth file's 2 x H200 NVLink records (PyTorch
+2.11 eager ``torch.distributed`` with NCCL 2.28, sizes 1 MiB..1 GiB): a per-call overhead and an
+achieved fraction of the NVLink bandwidth, one for ring-pipelined collectives and one for direct
+copies. See ``DEFAULT_*`` below for the numbers and ``tests/test_comm.py`` for the error table.
+
+Calibration: ``collective_time_s(..., efficiency=obj)`` accepts an object with
+``collective_time_s(op, nbytes, world) -> float | None`` (``costmodel.calibration.DeviceEfficiency``)
+and uses its value, when it has one, for groups inside one scale-up domain.
+
+Everything here is a pure function of sizes in bytes and the link description.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Literal, Protocol
+
+import numpy as np
+
+from .errors import InputError
+
+Op = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv"]
+Algorithm = Literal["auto", "ring", "flat_ring", "tree", "hierarchical"]
+OPS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv")
+ALGORITHMS: tuple[str, ...] = ("ring", "flat_ring", "tree", "hierarchical")
+_AUTO_SET = ("ring", "tree", "hierarchical")  # flat_ring is never cheaper than ring
+
+_ALIASES = {
+    "allreduce": "all_reduce", "all_reduce": "all_reduce", "ar": "all_reduce",
+    "allgather": "all_gather", "all_gather": "all_gather", "ag": "all_gather",
+    "reducescatter": "reduce_scatter", "reduce_scatter": "reduce_scatter", "rs": "reduce_scatter",
+    "alltoall": "all_to_all", "all_to_all": "all_to_all", "a2a": "all_to_all",
+    "broadcast": "broadcast", "bcast": "broadcast",
+    "send_recv": "send_recv", "sendrecv": "send_recv", "p2p": "send_recv", "send": "send_recv",
+}
+
+# --------------------------------------------------------------------------- named constants
+
+# Per-call overhead of one collective issued from PyTorch eager mode (torch.distributed on NCCL),
+# as seen by CUDA events around the call: kernel launch, NCCL's proxy and the wait for the
+# peer's kernel. Source: truth file h100-h200-public.jsonl, 2 x H200 NVLink, NCCL 2.28: every
+# collective of 1 KiB..1 MiB takes 57-92 us (median 65 us) although its wire time is < 3 us.
+# Fitted together with the two efficiencies below (least maximum relative error over the 30
+# records of 1 MiB..1 GiB, with the spec's 2 us NVLink step latency on top). NCCL's own model is
+# baseLat 6.8-8.4 us plus per-step hwLat (NCCL src/graph/tuning.cc) and nccl-tests shows ~10-20 us
+# on NVLink: the rest is the framework. Inside a training step, where the CPU runs ahead of the
+# GPU, much of it can hide; pass CommParams(launch_overhead_s=...) to model that.
+DEFAULT_LAUNCH_OVERHEAD_S = 59e-6
+
+# Achieved fraction of the nominal per-direction scale-up bandwidth for ring-pipelined
+# collectives (all-reduce, all-gather, reduce-scatter, broadcast). Source: least-max-error fit on
+# the truth file's 2 x H200 records, 1 MiB..1 GiB (H200 NVLink 4: 450 GB/s per direction):
+# busbw at 1 GiB is 258-321 GB/s, i.e. 0.57-0.71 (all-reduce the highest, reduce-scatter the
+# lowest; one value for the class leaves all-reduce at 1 GiB +15% and reduce-scatter at
+# 64-256 MiB -15%). Measured at 2 GPUs; upper reference: NCCL reaches ~370 of 450 GB/s
+# (0.82) on 8 x H100 with NCCL_ALGO=Ring ("protocol overhead ~20%", S. Jeaugey,
+# https://github.com/NVIDIA/nccl-tests/issues/212).
+DEFAULT_RING_EFFICIENCY = 0.63
+
+# Achieved fraction for direct copies (all-to-all, send/recv): one copy per peer, no reduction
+# and no ring pipeline. Source: same fit; truth 2 x H200 all-to-all busbw 320 GB/s and send_recv
+# 354 GB/s at 1 GiB (0.71, 0.79 of 450 GB/s).
+DEFAULT_P2P_EFFICIENCY = 0.75
+
+# Achieved fraction of the scale-out NIC line rate. Source: "For NDR @ 400Gbps you should see
+# 46-48GB/s per NIC" (D. Addison, NVIDIA, https://github.com/NVIDIA/nccl-tests/issues/290):
+# 46 / 50 = 0.92.
+DEFAULT_SCALE_OUT_EFFICIENCY = 0.92
+
+# Double binary trees reach 90% of the ring's bus bandwidth (NCCL src/graph/tuning.cc,
+# ncclTopoTuneModel: "if (a == NCCL_ALGO_TREE) busBw = std::min(busBw*.9, maxTreeBw)").
+TREE_BANDWIDTH_FACTOR = 0.9
+
+# PyTorch DistributedDataParallel's default gradient bucket: bucket_cap_mb=25 (S. Li et al.,
+# "PyTorch Distributed: Experiences on Accelerating Data Parallel Training", VLDB 2020, sec. 3.2.3;
+# torch.nn.parallel.DistributedDataParallel docs). The MB there is MiB (25 * 1024 * 1024).
+DDP_BUCKET_BYTES = 25 * 1024 * 1024
+
+# Default per-step latencies when a spec gives none: NVLink ~2 us and InfiniBand ~5 us, the
+# defaults of costmodel.specs.LinkSpec / ScaleOutNetwork.
+_DEFAULT_INTRA_LATENCY_S = 2e-6
+_DEFAULT_INTER_LATENCY_S = 5e-6
+
+
+@dataclass(frozen=True)
+class CommParams:
+    """The few named parameters of the model (see the DEFAULT_* constants for their sources)."""
+
+    launch_overhead_s: float = DEFAULT_LAUNCH_OVERHEAD_S
+    ring_efficiency: float = DEFAULT_RING_EFFICIENCY
+    p2p_efficiency: float = DEFAULT_P2P_EFFICIENCY
+    scale_out_efficiency: float = DEFAULT_SCALE_OUT_EFFICIENCY
+
+    def __post_init__(self):
+        if self.launch_overhead_s < 0:
+            raise InputError(f"launch_overhead_s must be >= 0, got {self.launch_overhead_s}", field="launch_overhead_s")
+        for name in ("ring_efficiency", "p2p_efficiency", "scale_out_efficiency"):
+            v = getattr(self, name)
+            if not (0 < v <= 1):
+                raise InputError(f"{name} must be in (0, 1], got {v}", field=name)
+
+
+DEFAULT_PARAMS = CommParams()
+
+
+# --------------------------------------------------------------------------- links and groups
+
+@dataclass(frozen=True)
+class Links:
+    """What a collective needs to know about the hardware: two levels of links.
+
+    ``intra_*``: the scale-up domain (NVLink/NVSwitch, Infinity Fabric, ICI), bandwidth per device
+    per direction; ``domain_size`` devices share it. ``inter_*``: the scale-out network, bandwidth
+    per device per direction (a device's share of the node's NICs); None for a lone domain.
+    """
+
+    intra_bytes_per_s: float
+    domain_size: int
+    intra_latency_s: float = _DEFAULT_INTRA_LATENCY_S
+    inter_bytes_per_s: float | None = None
+    inter_latency_s: float = _DEFAULT_INTER_LATENCY_S
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.intra_bytes_per_s > 0:
+            raise InputError(f"intra bandwidth must be positive, got {self.intra_bytes_per_s}", field="intra_bytes_per_s")
+        if self.domain_size < 1:
+            raise InputError(f"domain_size must be >= 1, got {self.domain_size}", field="domain_size")
+        if self.inter_bytes_per_s is not None and not self.inter_bytes_per_s > 0:
+            raise InputError(f"inter bandwidth must be positive, got {self.inter_bytes_per_s}", field="inter_bytes_per_s")
+        if self.intra_latency_s < 0 or self.inter_latency_s < 0:
+            raise InputError("latencies must be >= 0", field="latency")
+
+    @classmethod
+    def from_spec(cls, spec, *, domain_size: int | None = None) -> "Links":
+        """From a ``NodeSpec`` (scale_up + scale_out) or an ``AcceleratorSpec`` (scale_up link, or
+        the host link when the device has no scale-up fabric: peers then talk over PCIe). An
+        accelerator alone does not say how many devices share its fabric: ``domain_size``
+        (default 8, an HGX baseboard) and no scale-out network."""
+        from .specs import AcceleratorSpec, NodeSpec
+
+        if isinstance(spec, NodeSpec):
+            if domain_size is not None:
+                raise InputError("a node spec fixes its scale-up domain size; domain_size is for accelerator specs", field="domain_size")
+            so = spec.scale_out
+            return cls(intra_bytes_per_s=spec.scale_up.bandwidth_bytes_per_s, domain_size=spec.scale_up.size,
+                       intra_latency_s=spec.scale_up.latency_s,
+                       inter_bytes_per_s=so.bandwidth_per_device_bytes_per_s if so else None,
+                       inter_latency_s=so.latency_s if so else _DEFAULT_INTER_LATENCY_S, name=spec.id)
+        if isinstance(spec, AcceleratorSpec):
+            size = domain_size or 8
+            if spec.scale_up is not None and spec.scale_up.topology != "none":
+                return cls(intra_bytes_per_s=spec.scale_up.bandwidth_bytes_per_s, domain_size=size,
+                           intra_latency_s=spec.scale_up.latency_s, name=spec.id)
+            if spec.host_link is not None:
+                return cls(intra_bytes_per_s=spec.host_link.bandwidth_bytes_per_s, domain_size=size,
+                           intra_latency_s=_DEFAULT_INTER_LATENCY_S, name=f"{spec.id} (PCIe)")
+            raise InputError(f"{spec.id} has neither scale_up nor host_link; cannot model communication", field="scale_up")
+        raise InputError(f"expected a node or accelerator spec, got {type(spec).__name__}")
+
+
+def as_links(node_or_links) -> Links:
+    return node_or_links if isinstance(node_or_links, Links) else Links.from_spec(node_or_links)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A communicator: ``size`` ranks, ``per_domain`` of them in each scale-up domain it spans.
+
+    ``Group(8, 8)``: a tensor-parallel group inside one DGX. ``Group(16, 1)``: a data-parallel
+    group with one rank per node. Use :meth:`strided` to derive ``per_domain`` from the ranks'
+    stride in a rank layout (Megatron orders tp fastest, then cp, pp ... so a tp group has
+    stride 1 and a dp group stride tp*cp*pp... whatever the layout, ``strided`` only needs the
+    stride).
+    """
+
+    size: int
+    per_domain: int
+
+    def __post_init__(self):
+        if int(self.size) != self.size or self.size < 1:
+            raise InputError(f"group size must be a positive integer, got {self.size}", field="size")
+        if int(self.per_domain) != self.per_domain or not (1 <= self.per_domain <= self.size):
+            raise InputError(f"per_domain must be an integer in 1..{self.size}, got {self.per_domain}", field="per_domain")
+
+    @property
+    def domains(self) -> int:
+        return -(-self.size // self.per_domain)
+
+    @property
+    def intra(self) -> bool:
+        return self.domains == 1
+
+    @classmethod
+    def strided(cls, size: int, stride: int, domain_size: int) -> "Group":
+        """Ranks r0, r0+stride, ... r0+(size-1)*stride with domains of ``domain_size`` consecutive
+        global ranks: ``per_domain = clamp(domain_size // stride, 1, size)``."""
+        if stride < 1 or domain_size < 1:
+            raise InputError(f"stride and domain_size must be >= 1 (got {stride}, {domain_size})", field="stride")
+        return cls(int(size), int(max(1, min(size, domain_size // stride))))
+
+    @classmethod
+    def on(cls, size: int, node_or_links, stride: int = 1) -> "Group":
+        return cls.strided(size, stride, as_links(node_or_links).domain_size)
+
+
+class CollectiveCalibration(Protocol):  # costmodel.calibration.DeviceEfficiency
+    def collective_time_s(self, op: str, nbytes: float, world: int) -> float | None: ...
+
+
+def normalize_op(op: str) -> str:
+    key = str(op).strip().lower().replace("-", "_").replace(" ", "_")
+    if key in _ALIASES:
+        return _ALIASES[key]
+    if key.replace("_", "") in _ALIASES:
+        return _ALIASES[key.replace("_", "")]
+    raise InputError(f"unknown collective {op!r}; expected one of {', '.join(OPS)}", field="op")
+
+
+def bus_factor(op: str, n: int | np.ndarray):
+    """nccl-tests busbw / algbw (doc/PERFORMANCE.md): all-reduce 2(n-1)/n, all-gather,
+    reduce-scatter and all-to-all (n-1)/n, broadcast and send/recv 1."""
+    op = normalize_op(op)
+    n = np.asarray(n, dtype=float)
+    if op == "all_reduce":
+        f = 2.0 * (n - 1.0) / n
+    elif op in ("all_gather", "reduce_scatter", "all_to_all"):
+        f = (n - 1.0) / n
+    else:
+        f = np.ones_like(n)
+    return float(f) if f.ndim == 0 else f
+
+
+# --------------------------------------------------------------------------- vectorised core
+
+def _log2c(x):
+    return np.ceil(np.log2(np.maximum(x, 1.0)))
+
+
+def _ring_bw(B_up, B_out, N, L, multi: bool):
+    if B_out is None:
+        return B_up
+    across = np.minimum(B_up, L * B_out) if multi else np.minimum(B_up, B_out)
+    return np.where(N > 1, across, B_up)
+
+
+def _terms(op: str, S, n, L, links: Links, params: CommParams, scale: float) -> dict[str, np.ndarray]:
+    """Modelled time of each algorithm (launch overhead included), as arrays broadcast together."""
+    S = np.asarray(S, dtype=float)
+    n = np.asarray(n, dtype=float)
+    L = np.minimum(np.asarray(L, dtype=float), n)
+    N = np.ceil(n / L)
+    au, ao = links.intra_latency_s, links.inter_latency_s
+    Bu_r = links.intra_bytes_per_s * params.ring_efficiency * scale
+    Bu_p = links.intra_bytes_per_s * params.p2p_efficiency * scale
+    Bo = None if links.inter_bytes_per_s is None else links.inter_bytes_per_s * params.scale_out_efficiency * scale
+    o = params.launch_overhead_s
+    multi = N > 1
+    if Bo is None and np.any(multi):
+        raise InputError(f"the group spans {int(np.max(N))} scale-up domains but {links.name or 'the links'} "
+                         "have no scale-out network", field="scale_out")
+    Bo_ = Bo if Bo is not None else np.inf
+
+    def ring_lat(steps, inter_steps):
+        inter_steps = np.where(multi, inter_steps, 0.0)
+        return (steps - inter_steps) * au + inter_steps * ao
+
+    def tree_lat(depth_factor):  # depth_factor: 2 for reduce+broadcast, 1 for one pass
+        return depth_factor * (_log2c(L) * au + np.where(multi, _log2c(N) * ao, 0.0))
+
+    B_ring = _ring_bw(Bu_r, Bo, N, L, multi=True)
+    B_flat = _ring_bw(Bu_r, Bo, N, L, multi=False)
+    out: dict[str, np.ndarray] = {}
+
+    if op in ("all_to_all", "send_recv"):
+        if op == "all_to_all":
+            intra_b = (L - 1.0) / n * S
+            inter_b = (n - L) / n * S
+            bw = np.maximum(intra_b / Bu_p, np.where(multi, inter_b / Bo_, 0.0))
+            lat = (L - 1.0) * au + (n - L) * ao  # pairwise exchange: one message per peer
+        else:
+            bw = S / np.where(multi, np.minimum(Bu_p, Bo_), Bu_p)
+            lat = np.where(multi, ao, au)
+        t = o + lat + bw
+        return {a: t for a in ALGORITHMS}
+
+    if op == "all_reduce":
+        steps, inter = 2.0 * (n - 1.0), 2.0 * (N - 1.0)
+        wire = 2.0 * (n - 1.0) / n * S
+        out["ring"] = o + ring_lat(steps, inter) + wire / B_ring
+        out["flat_ring"] = o + ring_lat(steps, inter) + wire / B_flat
+        out["tree"] = o + tree_lat(2.0) + 2.0 * S / (TREE_BANDWIDTH_FACTOR * B_ring)
+        # hierarchical: RS intra (S over L) + AR inter (S/L over N, best of ring/tree) + AG intra
+        intra = 2.0 * ((L - 1.0) * au + (L - 1.0) / L * S / Bu_r)
+        Sx = S / L
+        inter_ring = 2.0 * (N - 1.0) * ao + 2.0 * (N - 1.0) / N * Sx / Bo_
+        inter_tree = 2.0 * _log2c(N) * ao + 2.0 * Sx / (TREE_BANDWIDTH_FACTOR * Bo_)
+        hier = o + intra + np.minimum(inter_ring, inter_tree)
+        out["hierarchical"] = np.where(multi, hier, out["ring"])
+    elif op in ("all_gather", "reduce_scatter"):
+        steps, inter = n - 1.0, N - 1.0
+        wire = (n - 1.0) / n * S
+        out["ring"] = o + ring_lat(steps, inter) + wire / B_ring
+        out["flat_ring"] = o + ring_lat(steps, inter) + wire / B_flat
+        # recursive doubling / halving: log2 L steps inside, log2 N across; the cross-domain
+        # steps move (N-1)/N of the buffer over one NIC.
+        rd_bw = (L - 1.0) / n * S / Bu_r + np.where(multi, (N - 1.0) / N * S / Bo_, 0.0)
+        out["tree"] = o + tree_lat(1.0) + rd_bw
+        Sx = S / L
+        inter_ring = (N - 1.0) * ao + (N - 1.0) / N * Sx / Bo_
+        inter_rd = _log2c(N) * ao + (N - 1.0) / N * Sx / Bo_
+        hier = o + (L - 1.0) * au + (L - 1.0) / L * S / Bu_r + np.minimum(inter_ring, inter_rd)
+        out["hierarchical"] = np.where(multi, hier, out["ring"])
+    elif op == "broadcast":
+        steps, inter = n - 1.0, N - 1.0
+        out["ring"] = o + ring_lat(steps, inter) + S / B_ring  # pipelined chain
+        out["flat_ring"] = o + ring_lat(steps, inter) + S / B_flat
+        out["tree"] = o + tree_lat(1.0) + S / (TREE_BANDWIDTH_FACTOR * B_ring)
+        # scatter inside the root's domain, broadcast S/L across domains, all-gather inside.
+        Sx = S / L
+        inter = np.minimum((N - 1.0) * ao + Sx / Bo_, _log2c(N) * ao + Sx / (TREE_BANDWIDTH_FACTOR * Bo_))
+        hier = o + 2.0 * ((L - 1.0) * au + (L - 1.0) / L * S / Bu_r) + inter
+        out["hierarchical"] = np.where(multi, hier, out["ring"])
+    else:  # pragma: no cover - normalize_op guards this
+        raise InputError(f"unknown collective {op!r}", field="op")
+    return out
+
+
+def _select(terms: dict[str, np.ndarray], algorithm: str) -> np.ndarray:
+    if algorithm == "auto":
+        return np.minimum.reduce([terms[a] for a in _AUTO_SET])
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"unknown algorithm {algorithm!r}; expected auto, {', '.join(ALGORITHMS)}", field="algorithm")
+    return terms[algorithm]
+
+
+def _check_sizes(nbytes, n, L):
+    if np.any(np.asarray(nbytes) < 0):
+        raise InputError("nbytes must be >= 0", field="nbytes")
+    if np.any(np.asarray(n) < 1):
+        raise InputError("group size must be >= 1", field="size")
+    if np.any(np.asarray(L) < 1):
+        raise InputError("per_domain must be >= 1", field="per_domain")
+
+
+def collective_time_s_np(op: str, nbytes, group_size, per_domain, node_or_links, *, algorithm: str = "auto",
+                         params: CommParams = DEFAULT_PARAMS, efficiency: float | None = None) -> np.ndarray:
+    """Vectorised :func:`collective_time_s`: ``nbytes``, ``group_size`` and ``per_domain`` are
+    arrays (or scalars) broadcast together; returns seconds with their broadcast shape.
+
+    For layout searches over millions of candidates: no Python loop, a few dozen numpy
+    ufunc calls per op. ``efficiency`` (a float) scales every achieved bandwidth; calibration
+    objects are not consulted here (use the scalar function for those).
+    """
+    op = normalize_op(op)
+    links = as_links(node_or_links)
+    n = np.asarray(group_size, dtype=float)
+    L = np.asarray(per_domain, dtype=float)
+    _check_sizes(nbytes, n, L)
+    scale = 1.0 if efficiency is None else float(efficiency)
+    if not scale > 0:
+        raise InputError(f"efficiency must be positive, got {efficiency}", field="efficiency")
+    t = _select(_terms(op, nbytes, n, L, links, params, scale), algorithm)
+    single = np.broadcast_to(n <= 1, np.shape(t))
+    return np.where(single, 0.0, t)
+
+
+def collective_times_by_algorithm(op: str, nbytes: float, group: Group, node_or_links, *,
+                                  params: CommParams = DEFAULT_PARAMS) -> dict[str, float]:
+    """Each algorithm's modelled time (for reports and tests)."""
+    op = normalize_op(op)
+    if group.size <= 1:
+        return {a: 0.0 for a in ALGORITHMS}
+    terms = _terms(op, float(nbytes), group.size, group.per_domain, as_links(node_or_links), params, 1.0)
+    return {a: float(terms[a]) for a in ALGORITHMS}
+
+
+def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, algorithm: str = "auto",
+                      efficiency: "float | CollectiveCalibration | None" = None,
+                      params: CommParams = DEFAULT_PARAMS) -> float:
+    """Seconds for one collective of ``nbytes`` (nccl-tests buffer convention) over ``group``.
+
+    ``node_or_links``: a ``NodeSpec``, an ``AcceleratorSpec`` or :class:`Links`.
+    ``efficiency``: None (the defaults in ``params``); a float that scales every achieved
+    bandwidth; or a calibration object with ``collective_time_s(op, nbytes, world)``, whose value
+    is used as is for a group inside one scale-up domain when it returns one.
+    """
+    op = normalize_op(op)
+    if nbytes < 0:
+        raise InputError(f"nbytes must be >= 0, got {nbytes}", field="nbytes")
+    if not isinstance(group, Group):
+        raise InputError(f"expected a Group, got {type(group).__name__}", field="group")
+    if group.size <= 1:
+        return 0.0
+    if op == "send_recv" and group.size != 2:
+        raise InputError(f"send_recv is between 2 ranks; got a group of {group.size}", field="size")
+    scale = None
+    if efficiency is not None and hasattr(efficiency, "collective_time_s"):
+        if group.intra:
+            measured = efficiency.collective_time_s(op, float(nbytes), group.size)
+            if measured is not None:
+                return float(measured)
+    elif efficiency is not None:
+        scale = float(efficiency)
+    return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, node_or_links,
+                                      algorithm=algorithm, params=params, efficiency=scale))
+
+
+def busbw_bytes_per_s(op: str, nbytes: float, n: int, seconds: float) -> float:
+    """Bus bandwidth in the nccl-tests convention from a time (for comparing with records)."""
+    return bus_factor(op, n) * nbytes / seconds
+
+
+def predict_kernel_record(record: dict, node_or_links, **kw) -> float | None:
+    """Predicted seconds for a truth-file ``kernel`` record of a collective (SCHEMA.md: ``op``,
+    ``bytes`` = the full buffer, ``world`` GPUs of one host), or None for other ops."""
+    try:
+        op = normalize_op(record.get("op", ""))
+    except InputError:
+        return None
+    world = int(record.get("world", 1))
+    links = as_links(node_or_links)
+    group = Group(world, min(world, links.domain_size))
+    return collective_time_s(op, float(record["bytes"]), group, links, **kw)
+
+
+# --------------------------------------------------------------------------- training traffic
+
+@dataclass(frozen=True)
+class Collective:
+    """One kind of call in a layout's traffic: ``count`` calls of ``op`` on ``nbytes`` over ``group``."""
+
+    op: str
+    nbytes: float
+    group: Group
+    count: float = 1.0
+    what: str = ""
+
+    def time_s(self, node_or_links, **kw) -> float:
+        return self.count * collective_time_s(self.op, self.nbytes, self.group, node_or_links, **kw)
+
+    @property
+    def wire_bytes_per_device(self) -> float:
+        """Bytes one device sends (ring view) for all ``count`` calls."""
+        return self.count * bus_factor(self.op, self.group.size) * self.nbytes if self.group.size > 1 else 0.0
+
+
+def traffic_time_s(items: Iterable[Collective], node_or_links, **kw) -> float:
+    """Total time of a list of calls, issued one after another."""
+    links = as_links(node_or_links)
+    return sum(c.time_s(links, **kw) for c in items)
+
+
+@dataclass(frozen=True)
+class CommTime:
+    total_s: float     # all calls back to back
+    exposed_s: float   # what is left on the critical path after overlap with compute
+    calls: int
+
+
+def dp_grad_buckets(grad_bytes: float, group: Group, *, bucket_bytes: float = DDP_BUCKET_BYTES) -> list[Collective]:
+    """DDP gradient all-reduce in buckets (Li et al., VLDB 2020): ``grad_bytes`` = gradient bytes
+    of one replica (e.g. 4 x params for fp32 grads) in full buckets plus one remainder."""
+    if grad_bytes < 0 or bucket_bytes <= 0:
+        raise InputError("grad_bytes must be >= 0 and bucket_bytes > 0", field="bucket_bytes")
+    full = math.floor(grad_bytes / bucket_bytes)
+    rest = grad_bytes - full * bucket_bytes
+    out = []
+    if full:
+        out.append(Collective("all_reduce", bucket_bytes, group, full, "dp grad bucket"))
+    if rest > 0:
+        out.append(Collective("all_reduce", rest, group, 1, "dp grad bucket (last)"))
+    return out
+
+
+def dp_grad_sync_time_s(grad_bytes: float, group: Group, node_or_links, *, bucket_bytes: float = DDP_BUCKET_BYTES,
+                        overlap_fraction: float = 0.0, **kw) -> CommTime:
+    """Gradient all-reduce of data parallelism, bucketed, with ``overlap_fraction`` of it hidden
+    behind the backward pass (PyTorch DDP launches a bucket's all-reduce as soon as its gradients
+    are ready; Li et al. 2020, sec. 3.2.3). The last bucket is reduced after the last gradient is
+    produced, so it is always exposed."""
+    if not 0.0 <= overlap_fraction <= 1.0:
+        raise InputError(f"overlap_fraction must be in [0, 1], got {overlap_fraction}", field="overlap_fraction")
+    items = dp_grad_buckets(grad_bytes, group, bucket_bytes=bucket_bytes)
+    if not items or group.size <= 1:
+        return CommTime(0.0, 0.0, 0)
+    links = as_links(node_or_links)
+    total = traffic_time_s(items, links, **kw)
+    last = items[-1].time_s(links, **kw) / items[-1].count
+    exposed = max((1.0 - overlap_fraction) * total, last)
+    return CommTime(total, min(exposed, total), int(sum(c.count for c in items)))
+
+
+def zero_collectives(param_bytes: float, grad_bytes: float, group: Group, *, stage: int = 3,
+                     micro_batches: int = 1, reshard_after_forward: bool = True) -> list[Collective]:
+    """Per-step collectives of ZeRO / FSDP over the data-parallel ``group`` (Rajbhandari et al.,
+    "ZeRO", SC 2020, sec. 7: stages 1-2 move 2 x params per step (reduce-scatter of gradients +
+    all-gather of updated parameters, the same volume as an all-reduce); stage 3 moves 3 x
+    (parameters all-gathered for forward and again for backward, gradients reduce-scattered).
+
+    ``param_bytes``: the gathered parameters in their compute dtype (2 x params for bf16);
+    ``grad_bytes``: the gradients as reduced (4 x params for fp32 reduction). Stage 3 / FSDP
+    gathers per micro-batch (``micro_batches``) and reduce-scatters per micro-batch (FSDP without
+    ``no_sync``); ``reshard_after_forward=False`` (FSDP SHARD_GRAD_OP, ZeRO-2-like) gathers once.
+    """
+    if stage not in (1, 2, 3):
+        raise InputError(f"ZeRO stage must be 1, 2 or 3, got {stage}", field="stage")
+    if micro_batches < 1:
+        raise InputError(f"micro_batches must be >= 1, got {micro_batches}", field="micro_batches")
+    if stage in (1, 2):
+        return [Collective("reduce_scatter", grad_bytes, group, 1, "zero grad reduce-scatter"),
+                Collective("all_gather", param_bytes, group, 1, "zero param all-gather")]
+    gathers = (2 if reshard_after_forward else 1) * micro_batches
+    return [Collective("all_gather", param_bytes, group, gathers, "fsdp param all-gather (fwd+bwd)"),
+            Collective("reduce_scatter", grad_bytes, group, micro_batches, "fsdp grad reduce-scatter")]
+
+
+def tp_layer_collectives(activation_bytes: float, group: Group, *, sequence_parallel: bool = False,
+                         recompute: str = "none") -> list[Collective]:
+    """Tensor-parallel collectives of one transformer layer for one micro-batch.
+
+    ``activation_bytes``: the layer's input/output activation, b x s x h x dtype bytes (the full,
+    unsharded tensor). Megatron-LM (Shoeybi et al. 2019, arXiv:1909.08053, sec. 3, the f and g
+    operators): 2 all-reduces in forward (after attention and after the MLP) and 2 in backward.
+    With sequence parallelism (Korthikanti et al. 2022, arXiv:2205.05198, sec. 4.2.2) each
+    all-reduce becomes an all-gather before and a reduce-scatter after the block: 2 + 2 in
+    forward, 2 + 2 in backward, the same bytes on the wire. Full recompute re-runs the forward's
+    collectives in backward; selective recompute (attention core only) adds none.
+    """
+    if recompute not in ("none", "selective", "full"):
+        raise InputError(f"recompute must be none, selective or full, got {recompute!r}", field="recompute")
+    fwd_passes = 2.0 if recompute == "full" else 1.0
+    if sequence_parallel:
+        return [Collective("all_gather", activation_bytes, group, 2 * fwd_passes + 2, "sp all-gather"),
+                Collective("reduce_scatter", activation_bytes, group, 2 * fwd_passes + 2, "sp reduce-scatter")]
+    return [Collective("all_reduce", activation_bytes, group, 2 * fwd_passes + 2, "tp all-reduce")]
+
+
+def pp_p2p_per_microbatch(activation_bytes: float, tp: int = 1, *, scatter_gather: bool = True,
+                          interleave: int = 1) -> float:
+    """Bytes one device sends to the next pipeline stage per micro-batch, forward activation plus
+    backward gradient, b x s x h x dtype each. With Megatron's scatter/gather optimisation each of
+    the t tensor-parallel ranks sends 1/t (Narayanan et al. 2021, arXiv:2104.04473, sec. 4.1:
+    "reduced to bsh/t"); with an interleaved schedule of v model chunks per device a micro-batch
+    crosses v times as many stage boundaries (sec. 2.2.2: "the amount of communication also
+    increases by v")."""
+    if tp < 1 or interleave < 1:
+        raise InputError("tp and interleave must be >= 1", field="interleave")
+    per = activation_bytes / tp if scatter_gather else activation_bytes
+    return 2.0 * per * interleave
+
+
+def pp_p2p_time_s(activation_bytes: float, node_or_links, *, crosses_domains: bool = True, tp: int = 1,
+                  scatter_gather: bool = True, interleave: int = 1, **kw) -> float:
+    """Time of one micro-batch's pipeline sends from one stage to the next: the forward
+    activation and the backward gradient, each ``activation_bytes / tp`` with scatter/gather
+    (see :func:`pp_p2p_per_microbatch`), ``interleave`` times."""
+    per_message = pp_p2p_per_microbatch(activation_bytes, tp, scatter_gather=scatter_gather) / 2.0
+    pair = Group(2, 1 if crosses_domains else 2)
+    return 2.0 * interleave * collective_time_s("send_recv", per_message, pair, node_or_links, **kw)
+
+
+def moe_all_to_all(token_bytes: float, group: Group, *, top_k: int = 1, capacity_factor: float = 1.0,
+                   layers: int = 1) -> list[Collective]:
+    """Expert-parallel all-to-alls: 2 per MoE layer in forward (dispatch, combine) and 2 in
+    backward (GShard, Lepikhin et al. 2020, arXiv:2006.16668, sec. 3.2; Switch Transformer, Fedus
+    et al. 2021, arXiv:2101.03961, sec. 2.2). ``token_bytes``: one rank's tokens x hidden x dtype;
+    each token goes to ``top_k`` experts, buffers padded to ``capacity_factor``."""
+    if top_k < 1 or capacity_factor <= 0 or layers < 0:
+        raise InputError("top_k >= 1, capacity_factor > 0 and layers >= 0 required", field="top_k")
+    nbytes = token_bytes * top_k * capacity_factor
+    return [Collective("all_to_all", nbytes, group, 4 * layers, "moe dispatch/combine (2 fwd + 2 bwd)")]
+
+
+def cp_ring_attention(kv_block_bytes: float, group: Group, *, layers: int = 1) -> list[Collective]:
+    """Context parallelism with ring attention (H. Liu et al., "Ring Attention with Blockwise
+    Transformers", arXiv:2310.01889; Megatron-LM context_parallel): each layer's forward passes
+    the local K and V block (``kv_block_bytes`` = 2 x b x s/cp x kv_dim x dtype) around the ring,
+    cp - 1 send/recv steps; backward passes K, V and their gradients (2 x the bytes). Modelled as
+    point-to-point calls between neighbours, overlapped with the blockwise attention compute by
+    the caller."""
+    cp = group.size
+    if cp <= 1:
+        return []
+    pair = Group(2, 2 if group.intra else 1)
+    return [Collective("send_recv", kv_block_bytes, pair, (cp - 1) * layers, "cp ring kv (fwd)"),
+            Collective("send_recv", 2.0 * kv_block_bytes, pair, (cp - 1) * layers, "cp ring kv + dkv (bwd)")]
+
+
+def pipeline_bubble_fraction(pp: int, micro_batches: int, interleave: int = 1) -> float:
+    """Pipeline bubble as a fraction of the ideal (bubble-free) compute time: (p-1)/m for GPipe and
+    1F1B (PipeDream-Flush), (p-1)/(v m) with v interleaved model chunks per device (Narayanan et
+    al. 2021, arXiv:2104.04473, sec. 2.2.1-2.2.2). The bubble's share of the whole step is
+    b / (1 + b)."""
+    if pp < 1 or micro_batches < 1 or interleave < 1:
+        raise InputError("pp, micro_batches and interleave must be >= 1", field="micro_batches")
+    return (pp - 1) / (interleave * micro_batches)
+
+
+def pipeline_bubble_fraction_np(pp, micro_batches, interleave=1):
+    pp, m, v = (np.asarray(x, dtype=float) for x in (pp, micro_batches, interleave))
+    return (pp - 1.0) / (v * m)
