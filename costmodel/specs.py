@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
 from .units import Bytes, BytesPerSec, FlopsPerSec, Seconds, Watts
@@ -121,11 +121,23 @@ class AcceleratorSpec(_SpecBase):
     def _cite_fields(self):
         return ("memory", "peak_flops", "scale_up", "host_link", "tdp_w")
 
-    @model_validator(mode="after")
-    def _has_matmul_dtype(self):
-        if self.peak_flops.bf16 is None and self.peak_flops.fp16 is None and self.peak_flops.fp32 is None:
+    @field_validator("sparse_flops")
+    @classmethod
+    def _sparse_not_below_dense(cls, v, info):
+        dense = info.data.get("peak_flops")
+        for dt in DTYPES if (v is not None and dense is not None) else ():
+            s, d = getattr(v, dt), getattr(dense, dt)
+            if s is not None and d is not None and s < d:
+                raise ValueError(f"{dt} sparse peak {s:.4g} is below the dense peak {d:.4g} in peak_flops; "
+                                 "dense figures go in peak_flops, 2:4-sparse ones in sparse_flops")
+        return v
+
+    @field_validator("peak_flops")
+    @classmethod
+    def _has_matmul_dtype(cls, v):
+        if v.bf16 is None and v.fp16 is None and v.fp32 is None:
             raise ValueError("peak_flops needs at least one of bf16, fp16, fp32")
-        return self
+        return v
 
     def peak(self, dtype: str) -> float:
         v = self.peak_flops.get(dtype)
@@ -148,6 +160,14 @@ class CpuSpec(_SpecBase):
 
     def _cite_fields(self):
         return ("memory", "peak_flops", "tdp_w")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads_not_below_cores(cls, v, info):
+        cores = info.data.get("cores")
+        if v is not None and cores is not None and v < cores:
+            raise ValueError(f"{v} threads is fewer than the {cores} cores")
+        return v
 
 
 class NvmeSpec(_SpecBase):
@@ -200,6 +220,14 @@ class NodeSpec(_SpecBase):
     def _cite_fields(self):
         return ("devices_per_node", "scale_up", "scale_out")
 
+    @field_validator("scale_up")
+    @classmethod
+    def _domain_fits_node(cls, v, info):
+        per_node = info.data.get("devices_per_node")
+        if per_node and v.size % per_node and per_node % v.size:
+            raise ValueError(f"size {v.size} is neither a multiple nor a divisor of devices_per_node ({per_node})")
+        return v
+
 
 Spec = Annotated[Union[AcceleratorSpec, CpuSpec, NvmeSpec, NodeSpec], Field(discriminator="kind")]
 _SPEC_ADAPTER = TypeAdapter(Spec)
@@ -234,8 +262,11 @@ def parse_spec(data: object, file: str | Path = "<spec>") -> AcceleratorSpec | C
         raise InputError("expected a mapping of spec fields at the top level", file=file)
     if "kind" not in data:
         raise InputError("missing required field; expected one of gpu, tpu, cpu, nvme, node", file=file, field="kind")
+    if data["kind"] not in ("gpu", "tpu", "cpu", "nvme", "node"):
+        raise InputError(f"unknown kind {data['kind']!r}; expected one of gpu, tpu, cpu, nvme, node", file=file, field="kind")
     try:
-        return _SPEC_ADAPTER.validate_python(data)
+        # Quantities in files must carry their unit (a bare 80 could be GB, GiB or bytes).
+        return _SPEC_ADAPTER.validate_python(data, context={"units_required": True})
     except ValidationError as exc:
         err = from_validation_error(exc, file)
         # Drop the discriminator tag pydantic puts first in the location ("gpu.memory" -> "memory").

@@ -82,12 +82,15 @@ def parse_time(text: str) -> float:
 
 
 def _validator(parse, example: str, allow_zero: bool = True):
-    def check(v):
+    def check(v, info):
         if isinstance(v, bool):
             raise ValueError(f"expected a string with a unit like '{example}'")
         if isinstance(v, (int, float)):
             # Numbers are accepted only from Python callers who already hold base units;
-            # YAML specs must spell the unit (a bare number in a spec is a likely mistake).
+            # YAML specs must spell the unit (a bare number in a spec is a likely mistake):
+            # spec loaders validate with context {"units_required": True}.
+            if info.context and info.context.get("units_required"):
+                raise ValueError(f"a bare number has no unit; write it with one, like '{example}'")
             value = float(v)
         elif isinstance(v, str):
             value = parse(v)
