@@ -1,0 +1,69 @@
+"""`costmodel validate FILE.jsonl`: predicted against measured, per case and per metric."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..validate import validate_file
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+
+
+def _fmt(metric: str, v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if metric.endswith("bytes"):
+        return f"{v / 2**30:.3f} GiB"
+    if metric.endswith("seconds") or metric.endswith("per_token"):
+        return f"{v * 1e3:.3f} ms"
+    return f"{v:.4g}"
+
+
+def validate(
+    files: list[str] = typer.Argument(..., help="JSONL measurement files (SCHEMA.md format)."),
+    json_out: bool = JsonOpt,
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+    max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
+):
+    """Predict every record and report predicted against measured with relative errors."""
+    lib = library(hardware_file)
+    cases, summary, skipped = [], {}, []
+    for f in files:
+        rep = validate_file(f, lib, calibration)
+        cases += rep.cases
+        skipped += rep.skipped
+    from ..validate import MetricSummary, ValidationReport
+
+    groups: dict[str, list[float]] = {}
+    for c in cases:
+        groups.setdefault(f"{c.kind}.{c.metric}", []).append(abs(c.rel_error))
+    for k, v in sorted(groups.items()):
+        summary[k] = MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v))
+    report = ValidationReport(cases=cases, summary=summary, skipped=skipped)
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        t = Table(title="predicted vs measured")
+        for c in ("case", "kind", "metric", "measured", "predicted", "error"):
+            t.add_column(c, justify="right" if c in ("measured", "predicted", "error") else "left")
+        for c in cases:
+            err = f"{c.rel_error:+.1%}"
+            style = "red" if abs(c.rel_error) > 0.15 else ("yellow" if abs(c.rel_error) > 0.05 else "green")
+            t.add_row(c.name, c.kind, c.metric, _fmt(c.metric, c.measured), _fmt(c.metric, c.predicted), f"[{style}]{err}[/]")
+        console.print(t)
+        s = Table(title="summary (mean absolute percentage error)")
+        for c in ("kind.metric", "n", "mean |error|", "max |error|"):
+            s.add_column(c)
+        for k, v in summary.items():
+            s.add_row(k, str(v.n), f"{v.mape:.1%}", f"{v.max_abs_rel_error:.1%}")
+        console.print(s)
+        for sk in skipped[:5]:
+            console.print(f"[dim]skipped {sk}[/]")
+    if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate)

@@ -1,0 +1,288 @@
+"""`costmodel validate`: predict every measurement record and report the error.
+
+Reads JSONL records in the format of ``../shared/truth/SCHEMA.md`` (kinds kernel, train,
+decode_step, infer) and ``published`` records (data/published/*.jsonl: TFLOP/s per device and
+MFU of runs at scale). A record with ``"oom": true`` is a case of metric ``fits`` whose prediction
+must be ``false``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .arch import ModelConfig, load_model
+from .errors import InputError
+from .inference import decode_step, prefill_time_s
+from .memory import CUBLAS_WORKSPACES_BYTES, decode_memory, required_device_bytes
+from .roofline import efficiency_for
+from .specs import HardwareLibrary, load_library
+from .training import estimate_train
+from .workload import InferJob, Parallel, TrainJob
+
+
+class Case(BaseModel):
+    name: str
+    kind: str
+    metric: str
+    measured: float | bool
+    predicted: float | bool
+    rel_error: float
+
+
+class MetricSummary(BaseModel):
+    n: int
+    mape: float
+    max_abs_rel_error: float
+
+
+class ValidationReport(BaseModel):
+    cases: list[Case]
+    summary: dict[str, MetricSummary]
+    skipped: list[str] = []
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+_ARCH_DEFAULTS = {
+    "llama": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
+    "qwen2": dict(activation="swiglu", norm="rmsnorm", positions="rope", qkv_bias=True),
+    "mistral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
+    "mixtral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
+    "gpt2": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
+    "gpt": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
+}
+
+
+def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> ModelConfig:
+    """The architecture of a record: an inline dict (SCHEMA.md `model`) or a preset id."""
+    if isinstance(m, str):
+        return load_model(m)
+    if not isinstance(m, dict):
+        raise InputError("expected an object or a preset id", file=where, field="model")
+    if "preset" in m and "layers" not in m:
+        return load_model(m["preset"])
+    arch = m.get("arch", "llama")
+    if arch not in _ARCH_DEFAULTS:
+        raise InputError(f"unknown arch {arch!r}; expected one of {', '.join(_ARCH_DEFAULTS)}", file=where, field="model.arch")
+    d = dict(_ARCH_DEFAULTS[arch])
+    for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "tied_embeddings", "qkv_bias", "bias", "head_dim"):
+        if k in m and m[k] is not None:
+            d[k] = m[k]
+    if m.get("mlp") == "gelu":
+        d["activation"] = "gelu"
+    elif m.get("mlp") == "swiglu":
+        d["activation"] = "swiglu"
+    if m.get("norm"):
+        d["norm"] = m["norm"]
+    if m.get("positions") in ("learned", "rope", "alibi", "none"):
+        d["positions"] = m["positions"]
+    if d["positions"] == "learned":
+        d["max_context"] = m.get("max_context", m.get("n_positions", max(1024, seq_len or 1024)))
+    if arch == "mixtral" or m.get("moe_experts"):
+        d["moe"] = dict(experts=m["moe_experts"], top_k=m.get("moe_top_k", 2), expert_ffn=m["ffn"])
+    kv = d.get("kv_heads", d["heads"])
+    d["attention"] = "mha" if kv == d["heads"] else ("mqa" if kv == 1 else "gqa")
+    d["family"] = arch
+    d["id"] = "record-model"
+    try:
+        return ModelConfig.model_validate(d)
+    except Exception as exc:  # pydantic ValidationError
+        from .errors import from_validation_error
+
+        raise from_validation_error(exc, where) from None
+
+
+def _parallel(rec: dict) -> Parallel:
+    p = rec.get("parallel") or {}
+    sharding = p.get("sharding", "none")
+    zero = {"none": 0, "full": 3, "optimizer": 1, "grad": 2}.get(sharding, 0)
+    if "zero_stage" in p:
+        zero = p["zero_stage"]
+    return Parallel(tp=p.get("tp", 1), pp=p.get("pp", 1), dp=p.get("dp", rec.get("devices", 1)), cp=p.get("cp", 1),
+                    ep=p.get("ep", 1), sequence_parallel=bool(p.get("sequence_parallel", False)), zero_stage=zero,
+                    interleave=p.get("interleave", 1))
+
+
+def _rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas if meas else 0.0
+
+
+def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None) -> list[Case]:
+    model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
+    spec = lib.device(rec["hardware"])
+    node = lib.node_for(rec["node"]) if rec.get("node") else None
+    par = _parallel(rec)
+    fw = "megatron" if published or rec.get("framework", "").startswith("megatron") else "pytorch"
+    job = TrainJob(micro_batch=rec.get("micro_batch", 1), seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
+                   precision=rec.get("precision", "amp-bf16"), optimizer=rec.get("optimizer", "adamw"),
+                   recompute=rec.get("recompute", "none"), attention=rec.get("attention", "flash"), framework=fw)
+    est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
+    meas = rec.get("measured") or {}
+    name = rec.get("name", "?")
+    kind = rec["kind"]
+    out = []
+    if meas.get("oom"):
+        out.append(Case(name=name, kind=kind, metric="fits", measured=False, predicted=est.fits, rel_error=0.0 if not est.fits else 1.0))
+        return out
+    preds = {
+        "weights_bytes": est.memory.weights_bytes + CUBLAS_WORKSPACES_BYTES,
+        "steady_bytes": est.memory.steady_bytes,
+        "peak_bytes": est.memory.peak_bytes,
+        "step_seconds": est.step.total_s,
+        "tflops_per_device": est.tflops_per_device,
+        "mfu": est.mfu,
+        "hfu": est.hfu,
+    }
+    for metric, p in preds.items():
+        if metric in meas and isinstance(meas[metric], (int, float)):
+            out.append(Case(name=name, kind=kind, metric=metric, measured=float(meas[metric]), predicted=p, rel_error=_rel(p, meas[metric])))
+    return out
+
+
+def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None) -> list[Case]:
+    model = model_from_record(rec.get("model"), where)
+    spec = lib.device(rec["hardware"])
+    tp = (rec.get("parallel") or {}).get("tp", 1)
+    job = InferJob(batch=rec["batch"], cuda_graph=True)
+    ctx = rec["context_len"]
+    mem = decode_memory(model, job, ctx, tp)
+    meas = rec.get("measured") or {}
+    name = rec.get("name", "?")
+    if meas.get("oom"):
+        fits = required_device_bytes(mem.peak_bytes) <= spec.memory.capacity_bytes
+        return [Case(name=name, kind="decode_step", metric="fits", measured=False, predicted=fits, rel_error=0.0 if not fits else 1.0)]
+    d = decode_step(model, spec, job, ctx, tp, calibration=calibration)
+    preds = {"step_seconds": d.step_s, "peak_bytes": mem.peak_bytes, "kv_cache_bytes": mem.kv_cache_bytes}
+    return [Case(name=name, kind="decode_step", metric=k, measured=float(meas[k]), predicted=v, rel_error=_rel(v, meas[k]))
+            for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
+
+
+def _infer_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None) -> list[Case]:
+    model = model_from_record(rec.get("model"), where)
+    spec = lib.device(rec["hardware"])
+    prompt = rec.get("prompt_len", 128)
+    job = InferJob(batch=rec.get("batch", 1), prompt_len=prompt, gen_len=rec.get("gen_len", 128), cuda_graph=False)
+    meas = rec.get("measured") or {}
+    name = rec.get("name", "?")
+    # Eager HF generate: bf16 weights + dynamic cache; prefill holds the prompt's activations.
+    mem = decode_memory(model, job, prompt + job.gen_len)
+    prefill_act = job.batch * prompt * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3)
+    peak = mem.weights_bytes + mem.kv_cache_bytes + prefill_act + mem.runtime_bytes + job.batch * model.vocab * 4.0
+    if meas.get("oom"):
+        fits = required_device_bytes(peak) <= spec.memory.capacity_bytes
+        return [Case(name=name, kind="infer", metric="fits", measured=False, predicted=fits, rel_error=0.0 if not fits else 1.0)]
+    preds = {
+        "weights_bytes": mem.weights_bytes,
+        "peak_bytes": peak,
+        "prefill_seconds": prefill_time_s(model, spec, job, calibration=calibration),
+        "decode_seconds_per_token": decode_step(model, spec, job, prompt + job.gen_len // 2, calibration=calibration).step_s,
+    }
+    return [Case(name=name, kind="infer", metric=k, measured=float(meas[k]), predicted=v, rel_error=_rel(v, meas[k]))
+            for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
+
+
+def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs: dict) -> Case | None:
+    op = rec.get("op")
+    spec = lib.device(rec["hardware"])
+    key = spec.id
+    if key not in effs:
+        effs[key] = efficiency_for(spec, calibration)
+    eff = effs[key]
+    # SCHEMA.md: `s` is the time, except for sdpa records where `s` is the sequence and `s_time` the time
+    t = rec.get("s_time") if "s_time" in rec else rec.get("s")
+    name = f"{op}/{rec['hardware']}"
+    if op in ("gemm", "gemm_llm"):
+        m, n, k = rec["m"], rec["n"], rec["k"]
+        pred = eff.gemm_time_s(m, n, k, rec.get("dtype", "bf16"))
+        name = f"{op}/{rec.get('dtype')}/{m}x{n}x{k}"
+    elif op in ("mem_copy", "mem_read"):
+        moved = rec["bytes"] * (2 if op == "mem_copy" else 1)
+        pred = moved / eff.mem_bytes_per_s(moved)
+        name = f"{op}/{rec['bytes']}"
+    elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
+        pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
+        t = t if t is not None else rec["bytes"] / (rec["gbps"] * 1e9)
+    elif op in ("sdpa_fwd", "sdpa_fwd_bwd"):
+        b, h, s, d = rec["b"], rec["h"], rec["s"], rec["d"]
+        flops = 4.0 * b * h * s * s * d / 2 * (3.5 if op == "sdpa_fwd_bwd" else 1.0)
+        pred = flops / eff.attention_flops_per_s(b, h, s, d, True, op == "sdpa_fwd_bwd")
+        name = f"{op}/b{b}h{h}s{s}d{d}"
+    elif op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"):
+        from .comm_bridge import Links
+
+        links = Links.from_specs(spec, None, eff)
+        world = rec.get("world", 2)
+        if op == "send_recv":
+            pred = links.p2p_time_s(rec["bytes"], crosses_node=False)
+        else:
+            pred = links.collective_time_s(op, rec["bytes"], world, intra=True)
+        name = f"{op}/w{world}/{rec['bytes']}"
+    else:
+        return None
+    if t is None:
+        return None
+    return Case(name=name, kind="kernel", metric=f"{op}.seconds", measured=float(t), predicted=float(pred), rel_error=_rel(pred, t))
+
+
+def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | None = None,
+                     calibration: str | None = None) -> ValidationReport:
+    lib = lib or load_library()
+    cases: list[Case] = []
+    skipped: list[str] = []
+    effs: dict = {}
+    for where, rec in records:
+        kind = rec.get("kind")
+        try:
+            if kind == "train":
+                cases += _train_cases(rec, lib, where, False, calibration)
+            elif kind == "published":
+                cases += _train_cases(rec, lib, where, True, calibration)
+            elif kind == "decode_step":
+                cases += _decode_cases(rec, lib, where, calibration)
+            elif kind == "infer":
+                cases += _infer_cases(rec, lib, where, calibration)
+            elif kind == "kernel":
+                c = _kernel_case(rec, lib, calibration, effs)
+                if c is None:
+                    skipped.append(f"{where}: kernel op {rec.get('op')!r} not modelled")
+                else:
+                    cases.append(c)
+            else:
+                raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer or published", file=where, field="kind")
+        except KeyError as exc:
+            raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
+    summary: dict[str, MetricSummary] = {}
+    groups: dict[str, list[float]] = {}
+    for c in cases:
+        groups.setdefault(f"{c.kind}.{c.metric}", []).append(abs(c.rel_error))
+    for k, v in sorted(groups.items()):
+        summary[k] = MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v))
+    return ValidationReport(cases=cases, summary=summary, skipped=skipped)
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"line {i} is not valid JSON: {exc.msg}", file=path) from None
+        if not isinstance(rec, dict):
+            raise InputError(f"line {i}: expected a JSON object", file=path)
+        out.append((f"{path}:{i}", rec))
+    return out
+
+
+def validate_file(path: str | Path, lib: HardwareLibrary | None = None, calibration: str | None = None) -> ValidationReport:
+    return validate_records(read_records(path), lib, calibration)
