@@ -1,0 +1,73 @@
+"""`costmodel infer`: inference memory, TTFT, TPOT and throughput versus batch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..plan import infer
+from ..units import fmt_bytes, fmt_time
+from .common import HardwareFileOpt, JsonOpt, console, emit_json
+
+
+def infer_cmd(
+    model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
+    tp: int = typer.Option(1, help="Tensor-parallel size."),
+    batch: int = typer.Option(1, help="Concurrent sequences."),
+    prompt_len: int = typer.Option(1024, "--prompt-len"),
+    gen_len: int = typer.Option(128, "--gen-len"),
+    weight_dtype: str = typer.Option("bf16", help="fp32, bf16, fp16, fp8, int8, int4 (weight-only quantisation)."),
+    kv_dtype: str = typer.Option("bf16", help="KV-cache dtype."),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--eager"),
+    max_tpot_ms: Optional[float] = typer.Option(None, help="Report the largest batch under this per-token latency."),
+    calibration: Optional[str] = typer.Option(None, "--calibration"),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Weights + KV cache per device, prefill (TTFT) and decode (TPOT) time, throughput vs batch."""
+    from ..errors import InputError
+
+    for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
+        if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
+            raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
+    est = infer(model, hardware, tp=tp, batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype,
+                kv_dtype=kv_dtype, cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_file)
+    out = est.to_dict()
+    if max_tpot_ms is not None:
+        ok = [p for p in est.throughput_curve if p["tpot_s"] * 1e3 <= max_tpot_ms]
+        out["best_under_tpot"] = max(ok, key=lambda p: p["tokens_per_s"]) if ok else None
+    if json_out:
+        emit_json(out)
+    else:
+        t = Table(title=f"{est.model_id} inference on {est.tp} x {est.hardware}, batch {batch}, {prompt_len}+{gen_len} tokens")
+        t.add_column("item")
+        t.add_column("value", justify="right")
+        m = est.memory
+        for k, v in (("weights", m.weights_bytes), ("KV cache", m.kv_cache_bytes), ("workspace", m.workspace_bytes),
+                     ("peak allocated", m.peak_bytes), ("needed incl. context", est.required_bytes), ("capacity", est.capacity_bytes)):
+            t.add_row(k, fmt_bytes(v))
+        t.add_row("TTFT (prefill)", fmt_time(est.ttft_s))
+        t.add_row("TPOT (decode step)", fmt_time(est.tpot_s))
+        t.add_row("decode bound by", est.decode_bound)
+        t.add_row("tokens/s", f"{est.tokens_per_s:,.0f}")
+        t.add_row("max batch that fits", str(est.max_batch_that_fits))
+        console.print(t)
+        c = Table(title="throughput vs batch")
+        for col in ("batch", "TPOT", "tokens/s"):
+            c.add_column(col, justify="right")
+        for p in est.throughput_curve:
+            c.add_row(str(p["batch"]), fmt_time(p["tpot_s"]), f"{p['tokens_per_s']:,.0f}")
+        console.print(c)
+        if "best_under_tpot" in out:
+            b = out["best_under_tpot"]
+            console.print(f"best batch under {max_tpot_ms} ms/token: " + (f"{b['batch']} ({b['tokens_per_s']:,.0f} tokens/s)" if b else "none"))
+        console.print("[green]fits[/]" if est.fits else f"[bold red]does not fit[/]: needs {fmt_bytes(est.required_bytes)}; "
+                      "try --tp, --weight-dtype int8/fp8, --kv-dtype fp8 or a smaller batch/context")
+    if not est.fits:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("infer")(infer_cmd)

@@ -1,0 +1,133 @@
+"""`costmodel train`: memory and step-time breakdown of one training layout."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..plan import fix_suggestions, train
+from ..units import fmt_bytes, fmt_time
+from .common import HardwareFileOpt, JsonOpt, console, emit_json
+
+
+def train_cmd(
+    model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H", help="Device or node spec id."),
+    devices: Optional[int] = typer.Option(None, help="Total devices (default: nodes x devices per node, or tp*pp*dp)."),
+    nodes: Optional[int] = typer.Option(None, help="Number of nodes of a node spec."),
+    tp: int = typer.Option(1, help="Tensor-parallel size."),
+    pp: int = typer.Option(1, help="Pipeline-parallel size."),
+    dp: Optional[int] = typer.Option(None, help="Data-parallel size (default: the rest)."),
+    cp: int = typer.Option(1, help="Context-parallel size."),
+    ep: int = typer.Option(1, help="Expert-parallel size."),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
+    zero_stage: int = typer.Option(0, min=0, max=3, help="ZeRO stage (3 = FSDP)."),
+    interleave: int = typer.Option(1, help="Virtual pipeline stages per device."),
+    micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per device per forward/backward."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", help="Sequences per optimizer step."),
+    seq_len: int = typer.Option(2048, "--seq-len"),
+    precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
+    optimizer: str = typer.Option("adamw", help="adamw, adamw-bf16, adamw-8bit, sgd, adafactor, lion."),
+    recompute: str = typer.Option("none", help="none, selective, full."),
+    attention: str = typer.Option("flash", help="flash or standard."),
+    framework: Optional[str] = typer.Option(None, help="pytorch, megatron or deepspeed semantics (default: pytorch, megatron when tp/pp > 1)."),
+    offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
+    offload_params: str = typer.Option("none", help="none, cpu, nvme."),
+    steps: Optional[int] = typer.Option(None, help="Steps of the whole run (for days, energy and cost)."),
+    tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (alternative to --steps)."),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Memory per device and step time for a model on a layout; says when it does not fit."""
+    from ..errors import InputError
+    from ..specs import load_library
+    from ..training import DEFAULT_PUE, POWER_FRACTION_OF_TDP
+
+    for name, val, allowed in (("precision", precision, ("fp32", "amp-bf16", "amp-fp16", "bf16", "fp8")),
+                               ("recompute", recompute, ("none", "selective", "full")),
+                               ("attention", attention, ("flash", "standard")),
+                               ("optimizer", optimizer, ("adamw", "adamw-bf16", "adamw-8bit", "sgd", "adafactor", "lion")),
+                               ("offload-optimizer", offload_optimizer, ("none", "cpu", "nvme")),
+                               ("offload-params", offload_params, ("none", "cpu", "nvme"))):
+        if val not in allowed:
+            raise InputError(f"{val!r} is not one of {', '.join(allowed)}", field=name)
+    if framework == "deepspeed":
+        framework = "megatron"  # same persistent-buffer semantics with fp32 grads
+    est = train(model, hardware, devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep,
+                sequence_parallel=sequence_parallel, zero_stage=zero_stage, interleave=interleave,
+                micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
+                optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
+                offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
+                hardware_files=hardware_file)
+    spec = load_library(hardware_file).device(hardware)
+    price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
+    run = None
+    n_steps = steps if steps is not None else (int(tokens // est.tokens_per_step) if tokens else None)
+    if n_steps:
+        secs = n_steps * est.step.total_s
+        dev_h = secs / 3600 * est.devices
+        energy_kwh = dev_h * spec.tdp_w * POWER_FRACTION_OF_TDP / 1000 * DEFAULT_PUE
+        run = {"steps": n_steps, "seconds": secs, "days": secs / 86400, "device_hours": dev_h,
+               "energy_kwh": energy_kwh, "cost_usd": dev_h * price if price else None, "price_per_hour_usd": price}
+    out = est.to_dict()
+    out["run"] = run
+    out["fix_suggestions"] = [] if est.fits else fix_suggestions(est)
+    if json_out:
+        emit_json(out)
+    else:
+        _render(est, run)
+    if not est.fits:
+        raise typer.Exit(1)
+
+
+def _render(est, run):
+    mem = est.memory
+    t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}  layout {est.parallel}")
+    t.add_column("memory per device")
+    t.add_column("bytes", justify="right")
+    rows = [("weights", mem.weights_bytes), ("gradients (peak)", mem.grads_bytes), ("optimizer states", mem.optimizer_bytes),
+            ("master weights", mem.master_bytes), ("gradient buffers", mem.grad_buffers_bytes),
+            ("weight copies (autocast / gathered)", mem.weight_copies_bytes), ("activations at peak", mem.activations_bytes),
+            ("logits / loss buffers", mem.logits_bytes), ("runtime (cuBLAS workspaces)", mem.runtime_bytes)]
+    for k, v in rows:
+        if v:
+            t.add_row(k, fmt_bytes(v))
+    t.add_row("steady (between steps)", fmt_bytes(mem.steady_bytes))
+    t.add_row(f"[bold]peak allocated[/] ({mem.peak_phase})", f"[bold]{fmt_bytes(mem.peak_bytes)}[/]")
+    t.add_row("needed incl. CUDA context + fragmentation", fmt_bytes(est.required_bytes))
+    t.add_row("device capacity", fmt_bytes(est.capacity_bytes))
+    if mem.offloaded_cpu_bytes:
+        t.add_row("offloaded to host DRAM", fmt_bytes(mem.offloaded_cpu_bytes))
+    if mem.offloaded_nvme_bytes:
+        t.add_row("offloaded to NVMe", fmt_bytes(mem.offloaded_nvme_bytes))
+    console.print(t)
+    s = Table(title="step time breakdown")
+    s.add_column("part")
+    s.add_column("time", justify="right")
+    s.add_column("share", justify="right")
+    for k, v in est.step.parts().items():
+        if v > 0:
+            s.add_row(k.removesuffix("_s"), fmt_time(v), f"{v / est.step.total_s:.1%}")
+    s.add_row("[bold]total[/]", f"[bold]{fmt_time(est.step.total_s)}[/]", "100%")
+    console.print(s)
+    console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {est.mfu:.1%}   HFU {est.hfu:.1%}   "
+                  f"{est.tflops_per_device:.0f} TFLOP/s per device   efficiency: {est.efficiency_source}")
+    if run:
+        cost = f"${run['cost_usd']:,.0f}" if run["cost_usd"] else "n/a (no price)"
+        console.print(f"run: {run['steps']:,} steps, {run['days']:.1f} days, {run['device_hours']:,.0f} device-hours, "
+                      f"{run['energy_kwh']:,.0f} kWh, {cost}")
+    if not est.fits:
+        over = est.required_bytes - est.capacity_bytes
+        console.print(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
+                      f"({fmt_bytes(over)} over). Try:")
+        for tip in fix_suggestions(est):
+            console.print(f"  - {tip}")
+    else:
+        console.print(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

@@ -1,0 +1,86 @@
+"""Resolve user inputs (preset, hardware id, layout flags) into typed objects and estimates.
+
+The library entry points the CLI and the Python API share. No printing here.
+"""
+from __future__ import annotations
+
+from .arch import load_model
+from .errors import InputError
+from .inference import estimate_infer
+from .specs import load_library
+from .training import TrainEstimate, estimate_train
+from .workload import InferJob, Parallel, TrainJob
+
+
+def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None, nodes: int | None = None,
+          tp: int = 1, pp: int = 1, dp: int | None = None, cp: int = 1, ep: int = 1, sequence_parallel: bool = False,
+          zero_stage: int = 0, interleave: int = 1, micro_batch: int = 1, seq_len: int = 2048,
+          global_batch: int | None = None, precision: str = "amp-bf16", optimizer: str = "adamw",
+          recompute: str = "none", attention: str = "flash", framework: str | None = None,
+          offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
+          hardware_files: list[str] | None = None) -> TrainEstimate:
+    """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
+    node's devices. dp defaults to devices / (tp * pp * cp)."""
+    lib = load_library(hardware_files)
+    spec = lib.device(hardware)
+    node = lib.node_for(hardware)
+    if node is None and nodes:
+        raise InputError(f"--nodes needs a node spec (e.g. dgx-h100), got device {hardware!r}", field="nodes")
+    if devices is None:
+        devices = (nodes or 1) * node.devices_per_node if node else (tp * pp * cp * (dp or 1))
+    per = tp * pp * cp
+    if devices % per:
+        raise InputError(f"devices ({devices}) must be a multiple of tp*pp*cp ({per})", field="devices")
+    dp = dp or devices // per
+    if dp * per != devices:
+        raise InputError(f"tp*pp*cp*dp = {dp * per} but devices = {devices}", field="dp")
+    par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
+                   interleave=interleave)
+    if framework is None:
+        framework = "megatron" if (tp > 1 or pp > 1) else "pytorch"
+    job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
+                   optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
+                   offload_optimizer=offload_optimizer, offload_params=offload_params)
+    gb = job.global_batch_for(par)
+    if gb % (micro_batch * dp):
+        raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {micro_batch * dp}", field="global_batch")
+    m = load_model(model)
+    if m.heads % tp:
+        raise InputError(f"tp ({tp}) must divide the model's {m.heads} heads", field="tp")
+    if pp > m.layers:
+        raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
+    return estimate_train(m, spec, job, par, node=node, calibration=calibration)
+
+
+def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1, prompt_len: int = 1024,
+          gen_len: int = 128, weight_dtype: str = "bf16", kv_dtype: str = "bf16", cuda_graph: bool = True,
+          calibration: str | None = None, hardware_files: list[str] | None = None):
+    lib = load_library(hardware_files)
+    spec = lib.device(hardware)
+    node = lib.node_for(hardware)
+    m = load_model(model)
+    if m.n_kv_heads % tp and tp % m.n_kv_heads:
+        raise InputError(f"tp ({tp}) does not split the model's {m.n_kv_heads} kv heads", field="tp")
+    job = InferJob(batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                   cuda_graph=cuda_graph, compute_dtype="fp8" if weight_dtype == "fp8" else "bf16")
+    return estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
+
+
+def fix_suggestions(est: TrainEstimate) -> list[str]:
+    """Knobs that would make a layout that does not fit fit, from the memory breakdown."""
+    mem = est.memory
+    over = est.required_bytes - est.capacity_bytes
+    tips = []
+    par, job = est.parallel, est.job
+    if mem.optimizer_bytes + mem.master_bytes > over and par["zero_stage"] < 1 and par["dp"] > 1:
+        tips.append(f"--zero-stage 1 shards {(mem.optimizer_bytes + mem.master_bytes) / 2**30:.1f} GiB of optimizer state over dp={par['dp']}")
+    if par["zero_stage"] < 3 and par["dp"] > 1:
+        tips.append("--zero-stage 3 (FSDP) shards weights, gradients and optimizer states")
+    if job["recompute"] != "full" and mem.activations_bytes > 0.2 * over:
+        tips.append("--recompute full keeps only each layer's input for backward")
+    if job["micro_batch"] > 1:
+        tips.append("a smaller --micro-batch (with gradient accumulation) cuts activations proportionally")
+    tips.append("more --tp / --pp splits weights and activations over more devices")
+    if job["offload_optimizer"] == "none":
+        tips.append("--offload-optimizer cpu moves optimizer states to host DRAM (ZeRO-Offload)")
+    return tips
