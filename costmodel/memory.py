@@ -81,6 +81,22 @@ def state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
     return StateBytesPerParam(w, grads, optimizer_state_bytes(job.optimizer, 4.0, hidden), 4.0)
 
 
+def model_state_bytes(params: float, job: TrainJob, par: Parallel, hidden: int = 4096) -> dict[str, float]:
+    """Weights, gradients, optimizer states and master weights per device for `params`
+    parameters on one model-parallel rank, sharded over data parallelism by ZeRO stage:
+    stage 1 shards optimizer states (+ master), 2 also gradients, 3 also weights
+    (Rajbhandari et al. 2020, fig. 1)."""
+    st = state_bytes_per_param(job, hidden)
+    n = par.dp * par.cp
+    z = par.zero_stage
+    return {
+        "weights": st.weights * params / (n if z >= 3 else 1),
+        "grads": st.grads * params / (n if z >= 2 else 1),
+        "optimizer": st.optimizer * params / (n if z >= 1 else 1),
+        "master": st.master * params / (n if z >= 1 else 1),
+    }
+
+
 @dataclass(frozen=True)
 class StageParams:
     """Parameters held by the most loaded pipeline stage on one tensor-parallel rank."""
@@ -256,10 +272,8 @@ def train_memory(model: ModelConfig, job: TrainJob, par: Parallel) -> TrainMemor
     w_div = dp_shard if z >= 3 else 1
     g_div = dp_shard if z >= 2 else 1
     o_div = dp_shard if z >= 1 else 1
-    weights = st.weights * P / w_div
-    optimizer = st.optimizer * P / o_div
-    master = st.master * P / o_div
-    grads_full = st.grads * P / g_div
+    states = model_state_bytes(P, job, par, model.hidden)
+    weights, optimizer, master, grads_full = states["weights"], states["optimizer"], states["master"], states["grads"]
     n_micro = job.grad_accum_steps(par)
     mb = job.micro_batch
     tokens = mb * job.seq_len / par.cp  # tokens per device per micro-batch (before tp split)

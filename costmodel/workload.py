@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Precision = Literal["fp32", "amp-bf16", "amp-fp16", "bf16", "fp8"]
 Optimizer = Literal["adamw", "adamw-bf16", "adamw-8bit", "sgd", "adafactor", "lion"]
 Recompute = Literal["none", "selective", "full"]
-Framework = Literal["pytorch", "megatron"]
+Framework = Literal["pytorch", "megatron", "deepspeed"]
 
 
 class Parallel(BaseModel):

@@ -1,0 +1,71 @@
+"""CLI behaviour: exit codes 0/1/2, --json shapes, errors without tracebacks."""
+import json
+
+import pytest
+
+from costmodel.cli.app import main
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+def test_validate_json_shape(capsys, truth_file):
+    code, out, _ = run(capsys, "validate", str(truth_file), "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert {"name", "kind", "metric", "measured", "predicted", "rel_error"} <= set(d["cases"][0])
+    assert {"n", "mape", "max_abs_rel_error"} <= set(d["summary"]["train.peak_bytes"])
+
+
+def test_validate_oom_record_is_a_fits_case(capsys, tmp_path):
+    rec = {"kind": "train", "name": "too-big", "model": {"arch": "llama", "layers": 80, "hidden": 8192, "heads": 64,
+           "kv_heads": 8, "ffn": 28672, "vocab": 128256, "tied_embeddings": False}, "hardware": "h100-sxm", "devices": 1,
+           "parallel": {"dp": 1, "tp": 1, "pp": 1, "sharding": "none"}, "micro_batch": 1, "seq_len": 2048,
+           "precision": "amp-bf16", "optimizer": "adamw", "recompute": "none", "attention": "flash", "measured": {"oom": True}}
+    f = tmp_path / "oom.jsonl"
+    f.write_text(json.dumps(rec) + "\n")
+    code, out, _ = run(capsys, "validate", str(f), "--json")
+    case = json.loads(out)["cases"][0]
+    assert case["metric"] == "fits" and case["predicted"] is False
+
+
+def test_train_json_and_fit(capsys):
+    code, out, _ = run(capsys, "train", "llama-1.3b", "--micro-batch", "4", "--seq-len", "2048", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["fits"] is True
+    assert d["memory"]["peak_bytes"] > d["memory"]["steady_bytes"]
+
+
+def test_train_that_does_not_fit_exits_1_with_advice(capsys):
+    code, out, _ = run(capsys, "train", "llama2-70b", "--hardware", "h100-sxm")
+    assert code == 1
+    assert "does not fit" in out
+
+
+def test_bad_input_exits_2_without_traceback(capsys):
+    code, _, err = run(capsys, "train", "no-such-model")
+    assert code == 2
+    assert "Traceback" not in err and "no-such-model" in err
+    code, _, err = run(capsys, "train", "llama2-7b", "--precision", "fp9")
+    assert code == 2 and "precision" in err
+    code, _, err = run(capsys, "train", "llama2-7b", "--devices", "6", "--tp", "4")
+    assert code == 2 and "devices" in err
+
+
+def test_bad_record_file(capsys, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"kind": "train", "name": "x"}\nnot json\n')
+    code, _, err = run(capsys, "validate", str(f))
+    assert code == 2 and "bad.jsonl" in err
+
+
+def test_infer_json(capsys):
+    code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "8", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["max_batch_that_fits"] >= 8 and d["tpot_s"] > 0

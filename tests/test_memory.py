@@ -1,0 +1,86 @@
+"""Memory model: the ZeRO paper's and Korthikanti et al.'s published figures, monotonic
+behaviour, and the public H100 measurements."""
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmodel.arch import load_model
+from costmodel.memory import korthikanti_layer_activation_bytes, kv_cache_bytes, model_state_bytes, train_memory
+from costmodel.workload import Parallel, TrainJob
+
+
+@pytest.mark.parametrize("stage,expected_gb", [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.88)])
+def test_zero_paper_model_states(stage, expected_gb):
+    # Rajbhandari et al. 2020, fig. 1: 7.5B parameters, 64 devices, K = 12 (fp16 + Adam).
+    d = model_state_bytes(7.5e9, TrainJob(framework="deepspeed"), Parallel(dp=64, zero_stage=stage))
+    assert sum(d.values()) / 1e9 == pytest.approx(expected_gb, abs=0.05)  # the figure rounds to 3 digits
+
+
+def test_korthikanti_per_layer_formula():
+    # Korthikanti et al. 2022 eq. (2)-(4): sbh(34 + 5as/h), sbh(10 + 24/t + 5as/(ht)), sbh/t(34 + 5as/h)
+    m = load_model("gpt3-175b")
+    s, b, h, a = 2048, 1, m.hidden, m.heads
+    base = korthikanti_layer_activation_bytes(m, b, s, Parallel(), "none", flash=False, dropout=True)
+    assert base == pytest.approx(s * b * h * (34 + 5 * a * s / h))
+    t = 8
+    tp = korthikanti_layer_activation_bytes(m, b, s, Parallel(tp=t), "none", flash=False, dropout=True)
+    assert tp == pytest.approx(s * b * h * (10 + 24 / t + 5 * a * s / (h * t)))
+    sp = korthikanti_layer_activation_bytes(m, b, s, Parallel(tp=t, sequence_parallel=True), "none", flash=False, dropout=True)
+    assert sp == pytest.approx(s * b * h / t * (34 + 5 * a * s / h))
+    sel = korthikanti_layer_activation_bytes(m, b, s, Parallel(tp=t, sequence_parallel=True), "selective", flash=False, dropout=True)
+    assert sel == pytest.approx(s * b * h / t * 34)
+    full = korthikanti_layer_activation_bytes(m, b, s, Parallel(tp=t), "full", flash=True)
+    assert full == pytest.approx(2 * s * b * h)
+
+
+def test_kv_cache_matches_measured_bytes():
+    # public file: llama-1.3b, batch 8, 2049 positions -> 3,222,798,336 bytes
+    m = load_model("llama-1.3b")
+    assert kv_cache_bytes(m, 8, 2049) == 3222798336
+
+
+def test_gqa_and_mla_shrink_the_cache():
+    l3 = load_model("llama3-8b")  # 8 kv heads of 128: 2 * 32 * 8 * 128 * 2 bytes = 128 KiB/token
+    assert kv_cache_bytes(l3, 1, 1) == 2 * 32 * 8 * 128 * 2
+    ds = load_model("deepseek-v3")  # (512 + 64) * 61 layers * 2 bytes per token
+    assert kv_cache_bytes(ds, 1, 1) == (512 + 64) * 61 * 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(dp=st.sampled_from([1, 2, 4, 8, 16]), stage=st.integers(0, 3), seq=st.sampled_from([512, 1024, 4096]))
+def test_more_shards_never_raise_memory(dp, stage, seq):
+    m = load_model("llama2-7b")
+    job = TrainJob(seq_len=seq, framework="megatron")
+    a = train_memory(m, job, Parallel(dp=dp, zero_stage=stage)).peak_bytes
+    b = train_memory(m, job, Parallel(dp=dp * 2, zero_stage=stage)).peak_bytes
+    assert b <= a + 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(seq=st.sampled_from([256, 1024, 2048]), mb=st.integers(1, 8), rc=st.sampled_from(["none", "selective", "full"]))
+def test_longer_sequences_never_lower_peak(seq, mb, rc):
+    m = load_model("llama-350m")
+    a = train_memory(m, TrainJob(seq_len=seq, micro_batch=mb, recompute=rc), Parallel()).peak_bytes
+    b = train_memory(m, TrainJob(seq_len=2 * seq, micro_batch=mb, recompute=rc), Parallel()).peak_bytes
+    assert b >= a
+
+
+def test_full_recompute_lowers_peak():
+    m = load_model("llama-1.3b")
+    a = train_memory(m, TrainJob(seq_len=2048, micro_batch=4), Parallel()).peak_bytes
+    b = train_memory(m, TrainJob(seq_len=2048, micro_batch=4, recompute="full"), Parallel()).peak_bytes
+    assert b < a
+
+
+def test_public_memory_within_targets(truth_file):
+    from costmodel.validate import validate_file
+
+    rep = validate_file(truth_file)
+    for key in ("train.peak_bytes", "train.steady_bytes"):
+        s = rep.summary[key]
+        assert s.n == 24
+        assert s.mape < 0.03, key
+        assert s.max_abs_rel_error < 0.08, key
+    assert rep.summary["decode_step.kv_cache_bytes"].max_abs_rel_error < 1e-9
