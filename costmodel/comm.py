@@ -221,10 +221,10 @@ class Group:
     """A communicator: ``size`` ranks, ``per_domain`` of them in each scale-up domain it spans.
 
     ``Group(8, 8)``: a tensor-parallel group inside one DGX. ``Group(16, 1)``: a data-parallel
-    group with one rank per node. Use :meth:`strided` to derive ``per_domain`` from the ranks'
-    stride in a rank layout (Megatron orders tp fastest, then cp, pp ... so a tp group has
-    stride 1 and a dp group stride tp*cp*pp... whatever the layout, ``strided`` only needs the
-    stride).
+    group with one rank per node. :meth:`strided` derives ``per_domain`` from the distance between
+    consecutive ranks of the group in the global rank order: with tp varying fastest (Megatron,
+    Llama 3's [TP, CP, PP, DP]) a tp group has stride 1, a cp group stride tp, a pp group stride
+    tp*cp and a dp group stride tp*cp*pp.
     """
 
     size: int
