@@ -67,15 +67,25 @@ class _DefaultEfficiency:
         return None
 
 
-def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None):
-    """The efficiency model for a device: a given overlay, the shipped calibration, or defaults."""
-    try:
-        from . import calibration as cal
-    except ImportError:  # calibration module not available: datasheet defaults
-        return _DefaultEfficiency(spec)
+def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shipped: bool = False):
+    """The efficiency model for a device: a given overlay file, else (with `shipped`) the shipped
+    calibration for the device when costmodel.calibration provides one, else datasheet defaults.
+
+    The step-time models use the defaults unless an overlay is given: their host-overhead and
+    kernel-floor constants were fitted together with the default curves (see training.py).
+    """
     if calibration:
+        from . import calibration as cal
+
         return cal.load_overlay(calibration, spec) if _takes_spec(cal.load_overlay) else cal.load_overlay(calibration)
-    return cal.shipped_efficiency(spec)
+    if shipped:
+        try:
+            from . import calibration as cal
+
+            return cal.shipped_efficiency(spec)
+        except (ImportError, AttributeError):
+            pass
+    return _DefaultEfficiency(spec)
 
 
 def _takes_spec(fn) -> bool:

@@ -198,7 +198,7 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
     spec = lib.device(rec["hardware"])
     key = spec.id
     if key not in effs:
-        effs[key] = efficiency_for(spec, calibration)
+        effs[key] = efficiency_for(spec, calibration, shipped=True)
     eff = effs[key]
     # SCHEMA.md: `s` is the time, except for sdpa records where `s` is the sequence and `s_time` the time
     t = rec.get("s_time") if "s_time" in rec else rec.get("s")
