@@ -42,13 +42,18 @@ class Links:
             dpn = 8
         return cls(intra_bw, intra_lat, inter_bw, inter_lat, dpn, node, spec, eff)
 
+    def dp_ranks_per_node(self, par) -> int:
+        """Ranks of one data-parallel group inside a node: model-parallel ranks are packed
+        first (Megatron's rank order tp -> cp -> dp -> pp)."""
+        return max(1, min(par.dp * par.cp, self.devices_per_node // max(1, par.tp * par.cp)))
+
     def dp_intra(self, par) -> bool:
         return par.tp * par.pp * par.dp * par.cp <= self.devices_per_node
 
     def pp_crosses_node(self, par) -> bool:
         return par.tp * par.pp > self.devices_per_node or par.tp * par.dp * par.cp >= self.devices_per_node
 
-    def collective_time_s(self, op: str, nbytes: float, world: int, intra: bool = True) -> float:
+    def collective_time_s(self, op: str, nbytes: float, world: int, intra: bool = True, per_node: int | None = None) -> float:
         if world <= 1 or nbytes <= 0:
             return 0.0
         if intra and world <= self.devices_per_node and hasattr(self.eff, "collective_time_s"):
@@ -57,7 +62,7 @@ class Links:
                 return t
         try:
             from . import comm  # noqa: F401
-            t = _comm_time(op, nbytes, world, self, intra)
+            t = _comm_time(op, nbytes, world, self, intra, per_node)
             if t is not None:
                 return t
         except ImportError:
@@ -89,7 +94,7 @@ def _ring_time(op: str, nbytes: float, n: int, links: Links, intra: bool) -> flo
     return t_intra + t_inter
 
 
-def _comm_time(op, nbytes, world, links: Links, intra: bool):
+def _comm_time(op, nbytes, world, links: Links, intra: bool, per_node: int | None = None):
     from . import comm
 
     fn = getattr(comm, "collective_time_s", None)
@@ -97,7 +102,10 @@ def _comm_time(op, nbytes, world, links: Links, intra: bool):
     if fn is None or group_cls is None:
         return None
     try:
-        per_node = min(world, links.devices_per_node) if not intra else world
+        if intra:
+            per_node = world
+        else:
+            per_node = max(1, min(world, per_node or 1))
         group = group_cls(size=world, per_domain=per_node) if _has_field(group_cls, "per_domain") else group_cls(world)
         return float(fn(op, nbytes, group, links.node or links.spec))
     except Exception:  # comm's API differs: fall back to the ring model

@@ -221,16 +221,16 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     if dp_world > 1:
         if par.zero_stage >= 3:
             # FSDP/ZeRO-3: all-gather bf16 params in forward and backward, reduce-scatter grads.
-            ag = link.collective_time_s("all_gather", 2.0 * sp.total, dp_world, intra=link.dp_intra(par))
-            rs = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par))
+            ag = link.collective_time_s("all_gather", 2.0 * sp.total, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
+            rs = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
             total = (2 * ag + rs) * n_micro
             compute = n_micro * t_mb
             fsdp_exposed = max(total - compute * DP_OVERLAP_FRACTION, total * (1 - DP_OVERLAP_FRACTION))
         else:
-            op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=link.dp_intra(par))
+            op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
             if par.zero_stage >= 1 and job.framework != "pytorch":
-                op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par)) + \
-                    link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=link.dp_intra(par))
+                op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par)) + \
+                    link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
             backward_time = layers * (g_b + a_b + e_b)
             dp_exposed = max(op_t - DP_OVERLAP_FRACTION * backward_time, (1 - DP_OVERLAP_FRACTION) * op_t)
     # Optimizer: AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter 2019);
