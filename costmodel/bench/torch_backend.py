@@ -58,12 +58,14 @@ class TorchBench:
         if self.cuda:
             props = torch.cuda.get_device_properties(0)
             self.device = props.name
+            self.sms = int(props.multi_processor_count)
             self.l2 = int(getattr(props, "L2_cache_size", 0) or getattr(props, "l2_cache_size", 0) or 50 * 2**20)
             self.max_set = MAX_SET_BYTES_GPU
         else:
             from .numpy_backend import llc_bytes
 
             self.device = f"cpu (torch, {torch.get_num_threads()} threads)"
+            self.sms = None
             self.l2 = llc_bytes()
             self.max_set = MAX_SET_BYTES_CPU
         self.hardware = hardware or (hardware_id_from_name(self.device) if self.cuda else "cpu-host")
@@ -82,6 +84,8 @@ class TorchBench:
         rec = {"kind": "kernel", "op": op}
         rec.update(kw)
         rec.update({"hardware": self.hardware, "backend": self.backend, "device": self.device})
+        if self.sms:
+            rec["sms"] = self.sms  # multiprocessors: the calibration's wave-quantisation term uses it
         return rec
 
     def time(self, fn, nsets: int, *, warmup: int = 3, min_reps: int = 5, max_reps: int = 60, budget_s: float | None = None,
