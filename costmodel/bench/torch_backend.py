@@ -143,7 +143,7 @@ class TorchBench:
     def gemm_shapes(self) -> list[tuple[str, str, int, int, int]]:
         out = []
         if self.cuda:
-            sq = [256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384]
+            sq = [256, 512, 1024, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192, 10240, 12288, 16384]
             if self.quick:
                 sq = [512, 2048, 4096, 8192]
             for dt in self.dtypes:
@@ -155,7 +155,7 @@ class TorchBench:
                     out.append(("gemm", dt, n, n, n))
             # LLM-shaped: m tokens through a projection k -> n (Llama-3-70B's MLP up 8192 -> 28672
             # as in SCHEMA.md, 8B's 4096 -> 14336 and back, attention 4096 -> 4096).
-            ms = [1, 8, 32, 128, 512, 2048, 8192, 32768] if not self.quick else [1, 128, 2048, 8192]
+            ms = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 32768] if not self.quick else [1, 128, 2048, 8192]
             llm = [(8192, 28672), (4096, 14336), (14336, 4096), (4096, 4096)]
             if self.quick:
                 llm = llm[:2]
