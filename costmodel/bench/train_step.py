@@ -266,8 +266,36 @@ def decoder_layers(model):
 # ----------------------------------------------------------------------------- train case
 
 
+def release(state: dict):
+    """Free parameter, gradient and optimizer-state storage of a finished case.
+
+    Deleting the Python objects is not enough after DDP: on the H200 pair (torch 2.11) the
+    parameters of a DDP-wrapped model outlived ``del`` and ``gc.collect()`` until well into the
+    next case, inflating that case's ``weights_bytes``; emptying the storages frees them whoever
+    still holds the Parameter objects.
+    """
+    opt, model = state.pop("opt", None), state.pop("model", None)
+    if opt is not None:
+        opt.state.clear()
+    if model is not None:
+        for p in model.parameters():
+            p.grad = None
+            try:
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            except Exception:  # noqa: BLE001  (e.g. DTensor parameters under FSDP2)
+                pass
+
+
 def run_train(case: dict, spec: dict, dev: Dev, dist_info: dict, hold_outputs: bool, diag: dict):
-    """Returns (record, diag additions). Raises on errors other than OOM handled by the caller."""
+    """The case's record; OOM and other errors propagate to the caller."""
+    state: dict = {}
+    try:
+        return _train_body(case, spec, dev, dist_info, hold_outputs, diag, state)
+    finally:
+        release(state)
+
+
+def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     world = dist_info["world"]
     precision = case.get("precision", "amp-bf16")
     recompute = case.get("recompute", "none")
@@ -283,11 +311,14 @@ def run_train(case: dict, spec: dict, dev: Dev, dist_info: dict, hold_outputs: b
     cls, cfg = hf_model(spec, seq)
     pdtype = torch.float32 if precision == "amp-bf16" else torch.bfloat16
     diag["baseline_bytes"] = dev.allocated()
+    if diag["baseline_bytes"] > 512 * 2**20:
+        diag["warning"] = "more than 512 MiB allocated before the model was built: a leftover"
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with dev.device, default_dtype(pdtype):
             model = cls(cfg)
+    state["model"] = model
     model.train()
     params = sum(p.numel() for p in model.parameters())
     diag["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
@@ -332,6 +363,7 @@ def run_train(case: dict, spec: dict, dev: Dev, dist_info: dict, hold_outputs: b
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         diag["optimizer"] = f"AdamW foreach (fused failed: {e})"
         extra = (extra + ", " if extra else "") + "foreach AdamW"
+    state["opt"] = opt
 
     gen = torch.Generator(device="cpu").manual_seed(1234 + dist_info["rank"])
     ids = torch.randint(0, spec["vocab"], (mb, seq), generator=gen).to(dev.device)
