@@ -1,0 +1,1140 @@
+"""Device efficiency: datasheet peaks times efficiency curves, or curves fitted to measurements.
+
+The models never use a datasheet peak as an achieved rate. They ask a :class:`DeviceEfficiency`,
+built either from a spec alone (:func:`default_efficiency`: the peaks times default curves) or
+from a calibration overlay fitted to kernel records (:func:`fit_overlay`, written by
+``costmodel calibrate``, read by :func:`load_overlay`). :func:`shipped_efficiency` uses
+``hardware/calibrated/<id>.yaml`` when it exists and the defaults otherwise, and says which in
+``DeviceEfficiency.source``.
+
+The kernel time model (one form for GEMMs, memory-bound kernels and attention)::
+
+    t_kernel = t_min + smoothmax_p(W / P, B / BW)     # compute- or memory-bound, smooth corner
+    t_stream = smoothmax_q(t_floor, t_kernel)         # queued back to back: host dispatch floor
+    t_call   = t_gap + t_stream                       # one isolated call (SCHEMA.md's ``s``)
+
+with ``smoothmax_p(a, b) = (a^p + b^p)^(1/p)``; W is the work in FLOPs, B the fewest bytes
+moved. For GEMMs ``P = P_dtype * x / (x + x_half)`` with x = min(m, n): the saturating
+efficiency of small tiles (a decode GEMM with m = 1 uses a sliver of each tile). For attention
+``W`` counts the causal diagonal blocks (the kernel computes whole ``block`` x ``block`` tiles on
+the diagonal) and ``P = P_max * d / (d + d_half)`` (small heads keep the tensor cores less busy);
+non-causal kernels run ``noncausal_factor`` times faster per FLOP (no masking). Memory-bound
+kernels are ``t_min + B / BW``. Collectives are ``alpha + bytes * busbw_factor / busbw``
+(nccl-tests' bus bandwidth convention), per op and world size.
+
+Parameters are fitted by Levenberg-Marquardt on log times (relative errors), with a weak prior
+that keeps parameters the data cannot pin near their starting values. Everything is numpy.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .bench.records import (
+    ATTENTION_OPS,
+    COLLECTIVE_OPS,
+    DTYPE_BYTES,
+    ELEMENTWISE_OPS,
+    GEMM_OPS,
+    HOST_OPS,
+    MEM_OPS,
+    busbw_factor,
+    record_time_s,
+    sdpa_flops,
+    stream_time_s,
+)
+from .errors import InputError
+
+FORMAT = "costmodel-calibration/1"
+
+# ------------------------------------------------------------------------------------------------
+# Default efficiency curves (used with a spec's datasheet peaks when no calibration exists).
+#
+# Sources: data/measurements/h100-sxm-2026-11-23-kernels.jsonl (this harness on an H100 SXM,
+# torch 2.11 / CUDA 13.0) and shared/truth/h100-h200-public.jsonl (H100 GEMMs: bf16 8192^3 at
+# 773 of 989 TFLOP/s = 0.78, 16384^3 at 694 = 0.70; fp16 0.75; tf32 8192^3 at 401 of 494.5 = 0.81;
+# fp32 51.2 of 67 = 0.76; fp8 1362 of 1979 = 0.69; our run: bf16 0.70-0.75, fp8 0.64).
+DEFAULT_GEMM_EFFICIENCY = {"fp64": 0.75, "fp32": 0.75, "tf32": 0.75, "bf16": 0.74, "fp16": 0.72, "fp8": 0.64, "int8": 0.64,
+                           "int4": 0.5, "fp4": 0.5}
+# GEMMs with m = 1..128 tokens stream the weights at 2.5-2.6 TB/s of 3.35 on an H100 (truth file's
+# gemm_llm m = 1..128, 8192 -> 28672; our run 2.5-2.6): 0.77 of the datasheet bandwidth.
+DEFAULT_GEMM_BW_EFFICIENCY = 0.77
+# Large device copies: 3.00 TB/s of 3.35 on an H100 (truth: 4 GiB copy 3005 GB/s; ours 3010): 0.90.
+DEFAULT_COPY_BW_EFFICIENCY = 0.90
+# Reductions (a read): 3.01-3.06 TB/s of 3.35 at 4 GiB (truth 3011; ours 3063).
+DEFAULT_READ_BW_EFFICIENCY = 0.90
+# Fused elementwise kernels: add 3.03, gelu 2.83, layernorm 2.03 TB/s of 3.35 at 1 GiB (ours).
+DEFAULT_ELEMENTWISE_BW_EFFICIENCY = {"elementwise_add": 0.90, "gelu": 0.85, "layernorm": 0.60}
+# Host dispatch and kernel floors of PyTorch eager on an H100 host (ours): a copy kernel queued
+# back to back every 7.4 us; a cuBLAS GEMM every 15-25 us (bf16 18 us); one isolated call
+# (synchronise, launch, wait) adds 10-25 us; the smallest kernel runs ~3 us.
+DEFAULT_LAUNCH_OVERHEAD_S = 7.5e-6
+DEFAULT_GEMM_FLOOR_S = 18e-6
+DEFAULT_GEMM_GAP_S = 20e-6
+DEFAULT_KERNEL_MIN_S = 3e-6
+DEFAULT_MEM_GAP_S = 10e-6
+# GEMM small-tile saturation: x_half = 16 rows (fit to the H100 LLM-shaped GEMMs).
+DEFAULT_GEMM_X_HALF = 16.0
+# Smooth corners: compute/memory (p) and floor/kernel (q), fitted on the H100 records.
+DEFAULT_P = 3.0
+DEFAULT_Q = 4.0
+# Flash attention (SDPA, bf16) on the H100: causal forward 556-584 TFLOP/s at d=128, s>=4096 and
+# 417 at d=64; forward+backward 486-526 at d=128 (ours; truth: d=64, s=1024 fwd 258, fwd+bwd 139).
+# Expressed as P_max * d / (d + d_half) of the bf16 peak, with the diagonal-block term below.
+DEFAULT_ATTENTION = {
+    "sdpa_fwd": {"efficiency_max": 0.84, "head_dim_half": 56.0, "causal_block": 128.0, "noncausal_factor": 1.12},
+    "sdpa_fwd_bwd": {"efficiency_max": 0.78, "head_dim_half": 56.0, "causal_block": 128.0, "noncausal_factor": 1.0},
+}
+# Host links: pinned copies reach 54-55 of 64 GB/s (PCIe 5 x16; truth 54.9/55.1, ours 54.2) = 0.85;
+# pageable ones 7.8-16.8 GB/s (truth 16.8, ours 7.8-12.7; a staging copy through pinned memory) = 0.2.
+DEFAULT_H2D_PINNED_EFFICIENCY = 0.85
+DEFAULT_H2D_PAGEABLE_EFFICIENCY = 0.20
+DEFAULT_HOST_LATENCY_S = 10e-6
+
+# Fit settings.
+PRIOR_WEIGHT = 0.03  # residual weight of (log parameter - log start): a weak pull, ~3% per e-fold
+HOLDOUT_FRACTION = 0.25
+
+
+# ------------------------------------------------------------------------------------------------
+def smoothmax(a, b, p: float):
+    """(a^p + b^p)^(1/p), elementwise, computed without overflow."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    m = np.maximum(np.maximum(a, b), 1e-300)
+    return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Host-side terms shared by every kernel family."""
+
+    kernel_min_s: float = DEFAULT_KERNEL_MIN_S  # the smallest kernel's GPU time
+    gap_s: float = DEFAULT_GEMM_GAP_S  # added to one isolated call (sync, launch, wait)
+    floor_s: float = DEFAULT_GEMM_FLOOR_S  # back-to-back calls are never faster than this
+    q: float = DEFAULT_Q
+
+    def stream(self, t_kernel):
+        return smoothmax(self.floor_s, t_kernel, self.q)
+
+    def call(self, t_kernel):
+        return self.gap_s + self.stream(t_kernel)
+
+
+@dataclass(frozen=True)
+class GemmDtype:
+    flops_per_s: float
+    timing: Timing
+    tile: tuple[int, int] | None = None  # output tile (rows, cols) for wave quantisation, if fitted
+
+
+# Output tiles tried for wave quantisation (CUTLASS/cuBLAS Hopper kernels use 64..256 x 64..256
+# CTA tiles; the fit keeps the one that explains a dtype's records best, or none).
+TILE_CANDIDATES = (None, (64, 128), (128, 128), (128, 256), (256, 128), (256, 256))
+
+
+def wave_utilisation(m, n, tile: tuple[int, int] | None, units: float | None):
+    """Fraction of the processors busy when an m x n output in ``tile`` tiles runs in whole waves
+    of ``units`` tiles (the last wave partly empty): tiles / (ceil(tiles / units) * units)."""
+    if tile is None or not units:
+        return 1.0
+    tiles = np.ceil(np.asarray(m, dtype=float) / tile[0]) * np.ceil(np.asarray(n, dtype=float) / tile[1])
+    return tiles / (np.ceil(tiles / units) * units)
+
+
+@dataclass(frozen=True)
+class GemmCurve:
+    dtypes: Mapping[str, GemmDtype]
+    memory_bytes_per_s: float
+    x_half: float = DEFAULT_GEMM_X_HALF
+    p: float = DEFAULT_P
+    units: float | None = None  # streaming multiprocessors (GPU) for wave quantisation
+
+    def kernel_s(self, m, n, k, dtype: str, batch=1):
+        d = self.dtypes[dtype]
+        m, n, k, batch = (np.asarray(v, dtype=float) for v in (m, n, k, batch))
+        e = DTYPE_BYTES[dtype]
+        out_e = 2.0 if dtype in ("fp8", "int8") else e
+        flops = 2.0 * m * n * k * batch
+        nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
+        x = np.minimum(m, n)
+        rate = d.flops_per_s * x / (x + self.x_half) * wave_utilisation(m, n, d.tile, self.units)
+        return d.timing.kernel_min_s + smoothmax(flops / rate, nbytes / self.memory_bytes_per_s, self.p)
+
+
+@dataclass(frozen=True)
+class BandwidthCurve:
+    """``t_kernel = t_min + traffic / bytes_per_s`` (traffic = bytes read + written)."""
+
+    bytes_per_s: float
+    timing: Timing
+
+    def kernel_s(self, traffic_bytes):
+        return self.timing.kernel_min_s + np.asarray(traffic_bytes, dtype=float) / self.bytes_per_s
+
+
+@dataclass(frozen=True)
+class AttentionCurve:
+    flops_per_s_max: float
+    head_dim_half: float
+    causal_block: float
+    noncausal_factor: float
+    memory_bytes_per_s: float
+    timing: Timing
+    p: float = DEFAULT_P
+
+    def kernel_s(self, b, h, s, d, causal, backward: bool):
+        b, h, s, d = (np.asarray(v, dtype=float) for v in (b, h, s, d))
+        causal = np.asarray(causal, dtype=bool)
+        mult = 3.5 if backward else 1.0
+        # Work the kernel does: full tiles on the causal diagonal (s * block / 2 extra pairs).
+        pairs = np.where(causal, s * (s + self.causal_block) / 2.0, s * s)
+        work = 4.0 * b * h * d * pairs * mult
+        rate = self.flops_per_s_max * d / (d + self.head_dim_half) * np.where(causal, 1.0, self.noncausal_factor)
+        nbytes = 4.0 * b * h * s * d * 2.0 * (2.5 if backward else 1.0)  # q, k, v, o in bf16 (+ grads)
+        return self.timing.kernel_min_s + smoothmax(work / rate, nbytes / self.memory_bytes_per_s, self.p)
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    """Host copies: ``t = latency + bytes / bytes_per_s``."""
+
+    bytes_per_s: float
+    latency_s: float
+
+    def time_s(self, nbytes):
+        return self.latency_s + np.asarray(nbytes, dtype=float) / self.bytes_per_s
+
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """``t = alpha + bytes * busbw_factor(op, world) / busbw`` for one op at one world size."""
+
+    alpha_s: float
+    busbw_bytes_per_s: float
+
+    def time_s(self, op: str, nbytes, world: int):
+        return self.alpha_s + np.asarray(nbytes, dtype=float) * busbw_factor(op, world) / self.busbw_bytes_per_s
+
+
+# ------------------------------------------------------------------------------------------------
+class DeviceEfficiency:
+    """Achieved rates of one device. Immutable. Times are seconds, rates per second.
+
+    ``gemm_time_s``, ``mem_bytes_per_s`` and ``attention_flops_per_s`` describe kernels queued
+    back to back (as inside a training step): they include the host dispatch floor of each kernel
+    family, so callers add no launch overhead for them. ``*_call_time_s`` give one isolated call,
+    the convention of SCHEMA.md's kernel records. ``launch_overhead_s`` is the dispatch floor of
+    the cheapest kernel, for kernels the caller models itself.
+    """
+
+    __slots__ = ("device", "source", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives",
+                 "launch_overhead_s", "peaks", "_frozen")
+
+    def __init__(self, *, device: str, source: str, gemm: GemmCurve, copy: BandwidthCurve, read: BandwidthCurve,
+                 elementwise: Mapping[str, BandwidthCurve], attention: Mapping[str, AttentionCurve], host: Mapping[str, LinkFit],
+                 collectives: Mapping[str, Mapping[int, CollectiveFit]], launch_overhead_s: float, peaks: Mapping[str, float] | None = None):
+        s = object.__setattr__
+        s(self, "device", device)
+        s(self, "source", source)
+        s(self, "gemm", gemm)
+        s(self, "copy", copy)
+        s(self, "read", read)
+        s(self, "elementwise", dict(elementwise))
+        s(self, "attention", dict(attention))
+        s(self, "host", dict(host))
+        s(self, "collectives", {op: dict(v) for op, v in collectives.items()})
+        s(self, "launch_overhead_s", float(launch_overhead_s))
+        s(self, "peaks", dict(peaks or {}))
+        s(self, "_frozen", True)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("DeviceEfficiency is immutable")
+
+    def __repr__(self):
+        return f"DeviceEfficiency({self.device!r}, source={self.source!r})"
+
+    # ---------------------------------------------------------------- GEMM
+    def _dtype(self, dtype: str) -> str:
+        if dtype not in self.gemm.dtypes:
+            have = ", ".join(sorted(self.gemm.dtypes))
+            raise InputError(f"{self.device} has no {dtype} GEMM rate (have: {have})", field="dtype")
+        return dtype
+
+    def gemm_time_s(self, m, n, k, dtype: str, batch=1):
+        """Seconds for one GEMM (or a batch of ``batch`` same-shape GEMMs in one kernel), queued
+        back to back. Accepts numpy arrays for m, n, k (vectorised)."""
+        d = self._dtype(dtype)
+        t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def gemm_call_time_s(self, m, n, k, dtype: str, batch=1):
+        """Seconds for one isolated GEMM call (synchronise, launch, wait), as SCHEMA.md records time."""
+        d = self._dtype(dtype)
+        t = self.gemm.dtypes[d].timing.call(self.gemm.kernel_s(m, n, k, d, batch))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
+        """Achieved FLOP/s of one GEMM, its memory-bound regime (small m) included."""
+        f = 2.0 * np.asarray(m, dtype=float) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)
+        return float(f) if np.ndim(f) == 0 else f
+
+    # ---------------------------------------------------------------- memory
+    def mem_time_s(self, nbytes, kind: str = "copy"):
+        """Seconds to stream ``nbytes`` (read + written) through a copy or a read kernel."""
+        c = self.copy if kind == "copy" else self.read
+        t = c.timing.stream(c.kernel_s(nbytes))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def mem_bytes_per_s(self, nbytes, kind: str = "copy"):
+        """Achieved streaming bandwidth for a kernel moving ``nbytes`` (read + write counted)."""
+        r = np.asarray(nbytes, dtype=float) / self.mem_time_s(nbytes, kind)
+        return float(r) if np.ndim(r) == 0 else r
+
+    def elementwise_time_s(self, nbytes, op: str = "elementwise_add"):
+        c = self.elementwise.get(op) or self.elementwise.get("elementwise_add") or self.copy
+        t = c.timing.stream(c.kernel_s(nbytes))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def elementwise_bytes_per_s(self, nbytes, op: str = "elementwise_add"):
+        r = np.asarray(nbytes, dtype=float) / self.elementwise_time_s(nbytes, op)
+        return float(r) if np.ndim(r) == 0 else r
+
+    # ---------------------------------------------------------------- attention
+    def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        c = self.attention["sdpa_fwd_bwd" if backward else "sdpa_fwd"]
+        t = c.timing.stream(c.kernel_s(b, h, s, d, causal, backward))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def attention_flops_per_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        """Achieved FLOP/s of flash attention, FLOPs counted as SCHEMA.md does (4bhs^2d, /2 causal,
+        x3.5 forward+backward)."""
+        f = sdpa_flops(b, h, s, d, causal, backward) / self.attention_time_s(b, h, s, d, causal, backward)
+        return float(f) if np.ndim(f) == 0 else f
+
+    # ---------------------------------------------------------------- host link
+    def h2d_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
+        """Host-to-device bandwidth (asymptotic, or for a copy of ``nbytes``)."""
+        f = self.host["h2d_pinned" if pinned else "h2d_pageable"]
+        return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
+
+    def d2h_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
+        key = "d2h_pinned" if pinned else "d2h_pageable"
+        f = self.host.get(key) or self.host["h2d_pinned" if pinned else "h2d_pageable"]
+        return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
+
+    # ---------------------------------------------------------------- collectives
+    def collective_time_s(self, op: str, nbytes: float, world: int) -> float | None:
+        """Seconds of one collective on ``world`` devices, ``nbytes`` the whole buffer (nccl-tests
+        convention). None when no calibrated fit exists for ``op``. A fit at another world size
+        is reused through nccl-tests' bus-bandwidth factor (the nearest world size measured)."""
+        fits = self.collectives.get(op)
+        if not fits:
+            return None
+        w = world if world in fits else min(fits, key=lambda x: (abs(x - world), -x))
+        t = fits[w].time_s(op, nbytes, world)
+        return float(t) if np.ndim(t) == 0 else t
+
+    # ---------------------------------------------------------------- records
+    def predict_record_s(self, rec: Mapping[str, Any], stream: bool = False) -> float | None:
+        """Predicted seconds for a SCHEMA.md kernel record (isolated call, or back to back)."""
+        op = rec.get("op")
+        try:
+            if op in GEMM_OPS:
+                f = self.gemm_time_s if stream else self.gemm_call_time_s
+                return float(f(rec["m"], rec["n"], rec["k"], rec["dtype"]))
+            if op == "cpu_gemm":
+                n = rec["n"]
+                return float((self.gemm_time_s if stream else self.gemm_call_time_s)(n, n, n, rec.get("dtype", "fp32")))
+            if op in MEM_OPS:
+                c = self.copy if op == "mem_copy" else self.read
+                traffic = rec["bytes"] * (2 if op == "mem_copy" else 1)
+                return float((c.timing.stream if stream else c.timing.call)(c.kernel_s(traffic)))
+            if op in ELEMENTWISE_OPS:
+                c = self.elementwise.get(op)
+                if c is None:
+                    return None
+                return float((c.timing.stream if stream else c.timing.call)(c.kernel_s(rec["bytes"])))
+            if op in ATTENTION_OPS:
+                c = self.attention[op]
+                t = c.kernel_s(rec["b"], rec["h"], rec["s"], rec["d"], rec.get("causal", True), op == "sdpa_fwd_bwd")
+                return float(c.timing.stream(t) if stream else c.timing.call(t))
+            if op in HOST_OPS:
+                f = self.host.get(op)
+                return float(f.time_s(rec["bytes"])) if f else None
+            if op in COLLECTIVE_OPS:
+                return self.collective_time_s(op, rec["bytes"], int(rec["world"]))
+        except (KeyError, InputError):
+            return None
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults from a spec.
+
+def _spec_peaks(spec) -> dict[str, float]:
+    out = {}
+    for dt in ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4"):
+        v = spec.peak_flops.get(dt)
+        if v:
+            out[dt] = float(v)
+    return out
+
+
+def default_efficiency(spec) -> DeviceEfficiency:
+    """Datasheet peaks x the default efficiency curves above (each constant cites its source)."""
+    peaks = _spec_peaks(spec)
+    bw = float(spec.memory.bandwidth_bytes_per_s)
+    gemm_t = Timing(DEFAULT_KERNEL_MIN_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_FLOOR_S, DEFAULT_Q)
+    gemm = GemmCurve({dt: GemmDtype(p * DEFAULT_GEMM_EFFICIENCY.get(dt, 0.7), gemm_t) for dt, p in peaks.items()},
+                     bw * DEFAULT_GEMM_BW_EFFICIENCY, DEFAULT_GEMM_X_HALF, DEFAULT_P)
+    mem_t = Timing(DEFAULT_KERNEL_MIN_S, DEFAULT_MEM_GAP_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_Q)
+    copy = BandwidthCurve(bw * DEFAULT_COPY_BW_EFFICIENCY, mem_t)
+    read = BandwidthCurve(bw * DEFAULT_READ_BW_EFFICIENCY, mem_t)
+    elem = {op: BandwidthCurve(bw * e, mem_t) for op, e in DEFAULT_ELEMENTWISE_BW_EFFICIENCY.items()}
+    half = peaks.get("bf16") or peaks.get("fp16") or peaks.get("fp32")
+    att = {op: AttentionCurve(half * a["efficiency_max"], a["head_dim_half"], a["causal_block"], a["noncausal_factor"],
+                              bw * DEFAULT_COPY_BW_EFFICIENCY, gemm_t) for op, a in DEFAULT_ATTENTION.items()}
+    host = {}
+    hl = getattr(spec, "host_link", None)
+    link_bw = float(hl.bandwidth_bytes_per_s) if hl is not None else 64e9  # PCIe 5 x16 when unknown
+    for op in HOST_OPS:
+        eff = DEFAULT_H2D_PINNED_EFFICIENCY if "pinned" in op else DEFAULT_H2D_PAGEABLE_EFFICIENCY
+        host[op] = LinkFit(link_bw * eff, DEFAULT_HOST_LATENCY_S)
+    return DeviceEfficiency(device=spec.id, source="datasheet defaults", gemm=gemm, copy=copy, read=read, elementwise=elem,
+                            attention=att, host=host, collectives={}, launch_overhead_s=DEFAULT_LAUNCH_OVERHEAD_S, peaks=peaks)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitting.
+
+def _lm(resid, x0: np.ndarray, iters: int = 200, tol: float = 1e-10) -> np.ndarray:
+    """Levenberg-Marquardt on a residual vector function, numeric forward-difference Jacobian."""
+    x = np.array(x0, dtype=float)
+    r = resid(x)
+    cost = float(r @ r)
+    lam = 1e-3
+    for _ in range(iters):
+        J = np.empty((r.size, x.size))
+        for j in range(x.size):
+            h = 1e-6 * max(1.0, abs(x[j]))
+            xp = x.copy()
+            xp[j] += h
+            J[:, j] = (resid(xp) - r) / h
+        A = J.T @ J
+        g = J.T @ r
+        improved = False
+        while lam < 1e12:
+            try:
+                dx = np.linalg.solve(A + lam * (np.diag(np.diag(A)) + 1e-9 * np.eye(x.size)), -g)
+            except np.linalg.LinAlgError:
+                lam *= 10
+                continue
+            xn = x + dx
+            rn = resid(xn)
+            cn = float(rn @ rn)
+            if np.isfinite(cn) and cn < cost:
+                improved = True
+                done = cost - cn < tol * max(cost, 1e-30)
+                x, r, cost = xn, rn, cn
+                lam = max(lam / 3, 1e-12)
+                break
+            lam *= 4
+        if not improved or done:
+            break
+    return x
+
+
+class _Params:
+    """Named parameters in log space, with starting values that double as a weak prior."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.start: list[float] = []
+
+    def add(self, name: str, value: float) -> int:
+        self.names.append(name)
+        self.start.append(math.log(value))
+        return len(self.names) - 1
+
+    def x0(self):
+        return np.array(self.start)
+
+
+def _fit(params: _Params, model, obs: np.ndarray, prior: float = PRIOR_WEIGHT, return_cost: bool = False):
+    """Fit log(model(exp(x))) to log(obs); return {name: value}."""
+    x0 = params.x0()
+    lobs = np.log(obs)
+
+    def resid(x):
+        with np.errstate(all="ignore"):
+            pred = model(np.exp(x))
+            r = np.log(np.maximum(pred, 1e-300)) - lobs
+        r = np.where(np.isfinite(r), r, 50.0)
+        return np.concatenate([r, prior * (x - x0)])
+
+    x = _lm(resid, x0)
+    out = {n: float(v) for n, v in zip(params.names, np.exp(x))}
+    if return_cost:
+        r = resid(x)[: obs.size]
+        return out, float(r @ r)
+    return out
+
+
+def _gemm_obs(records):
+    """(m, n, k, dtype index, time, is_stream) rows from GEMM records."""
+    rows = []
+    for r in records:
+        if r.get("op") not in GEMM_OPS + ("cpu_gemm",):
+            continue
+        dt = r.get("dtype", "fp32")
+        if dt not in DTYPE_BYTES:
+            continue
+        m, n, k = (r["n"],) * 3 if r["op"] == "cpu_gemm" else (r["m"], r["n"], r["k"])
+        t = record_time_s(r)
+        if t:
+            rows.append((m, n, k, dt, t, False))
+        ts = stream_time_s(r)
+        if ts:
+            rows.append((m, n, k, dt, ts, True))
+    return rows
+
+
+def _units(records) -> float | None:
+    sms = sorted({r.get("sms") for r in records if r.get("op") in GEMM_OPS and r.get("sms")})
+    return float(sms[0]) if len(sms) == 1 else None
+
+
+def fit_gemm(records, peaks: Mapping[str, float] | None = None, mem_bw: float | None = None) -> dict | None:
+    """Fit the GEMM curve; where records say how many multiprocessors the device has (``sms``),
+    also choose each dtype's output tile for wave quantisation (coordinate search over
+    TILE_CANDIDATES, keeping a tile only when it lowers the residual)."""
+    rows = _gemm_obs(records)
+    if not rows:
+        return None
+    units = _units(records)
+    dtypes = sorted({r[3] for r in rows})
+    tiles = {d: None for d in dtypes}
+    best = _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw)
+    if units:
+        for _ in range(2):
+            changed = False
+            for d in dtypes:
+                for cand in TILE_CANDIDATES:
+                    if cand == tiles[d]:
+                        continue
+                    trial = dict(tiles)
+                    trial[d] = cand
+                    res = _fit_gemm_tiles(rows, dtypes, trial, units, peaks, mem_bw)
+                    if res["_cost"] < best["_cost"] * 0.98:
+                        best, tiles, changed = res, trial, True
+            if not changed:
+                break
+    best.pop("_cost")
+    return best
+
+
+def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
+    dtypes = sorted({r[3] for r in rows})
+    m = np.array([r[0] for r in rows], float)
+    n = np.array([r[1] for r in rows], float)
+    k = np.array([r[2] for r in rows], float)
+    di = np.array([dtypes.index(r[3]) for r in rows])
+    t = np.array([r[4] for r in rows], float)
+    st = np.array([r[5] for r in rows], bool)
+    e = np.array([DTYPE_BYTES[r[3]] for r in rows], float)
+    out_e = np.array([2.0 if r[3] in ("fp8", "int8") else DTYPE_BYTES[r[3]] for r in rows], float)
+    flops = 2 * m * n * k
+    nbytes = e * (m * k + k * n) + out_e * m * n
+    # Starting values: the best rate seen per dtype, the best bytes/s of memory-bound shapes.
+    P = _Params()
+    ip = {}
+    for d in dtypes:
+        sel = di == dtypes.index(d)
+        best = float(np.max(flops[sel] / t[sel]))
+        tmin = float(np.min(t[sel]))
+        ip[d] = (P.add(f"P_{d}", best), P.add(f"gap_{d}", max(tmin * 0.5, 1e-7)), P.add(f"floor_{d}", max(tmin * 0.6, 1e-7)))
+    bw0 = mem_bw or float(np.max(nbytes / t))
+    i_bw = P.add("bw", bw0)
+    i_k0 = P.add("k0", max(float(np.min(t)) * 0.1, 1e-7))
+    i_xh = P.add("x_half", 8.0)
+    i_p = P.add("p_minus_1", DEFAULT_P - 1)
+    i_q = P.add("q_minus_1", DEFAULT_Q - 1)
+
+    def model(v):
+        Pd = np.array([v[ip[d][0]] for d in dtypes])[di]
+        gap = np.array([v[ip[d][1]] for d in dtypes])[di]
+        floor = np.array([v[ip[d][2]] for d in dtypes])[di]
+        x = np.minimum(m, n)
+        rate = Pd * x / (x + v[i_xh]) * util
+        tk = v[i_k0] + smoothmax(flops / rate, nbytes / v[i_bw], 1 + v[i_p])
+        ts = smoothmax(floor, tk, 1 + v[i_q])
+        return np.where(st, ts, gap + ts)
+
+    util = np.ones_like(m)
+    for d in dtypes:
+        sel = di == dtypes.index(d)
+        util[sel] = wave_utilisation(m[sel], n[sel], tiles[d], units)
+    fit, cost = _fit(P, model, t, return_cost=True)
+    res = {"_cost": cost,
+        "memory_bytes_per_s": fit["bw"],
+        "kernel_min_s": fit["k0"],
+        "x_half": fit["x_half"],
+        "p": 1 + fit["p_minus_1"],
+        "q": 1 + fit["q_minus_1"],
+        "dtypes": {},
+    }
+    if units:
+        res["units"] = units
+    for d in dtypes:
+        entry = {"flops_per_s": fit[f"P_{d}"], "call_gap_s": fit[f"gap_{d}"], "stream_floor_s": fit[f"floor_{d}"]}
+        if tiles[d] is not None:
+            entry["tile"] = list(tiles[d])
+        if peaks and peaks.get(d):
+            entry["efficiency"] = fit[f"P_{d}"] / peaks[d]
+        entry["records"] = int(np.sum(di == dtypes.index(d)))
+        res["dtypes"][d] = entry
+    return res
+
+
+def fit_bandwidth(records, op: str) -> dict | None:
+    rows = []
+    for r in records:
+        if r.get("op") != op or not r.get("bytes"):
+            continue
+        traffic = r["bytes"] * (2 if op == "mem_copy" else 1)
+        t = record_time_s(r)
+        if t:
+            rows.append((traffic, t, False))
+        ts = stream_time_s(r)
+        if ts:
+            rows.append((traffic, ts, True))
+    if len(rows) < 2:
+        return None
+    B = np.array([r[0] for r in rows], float)
+    t = np.array([r[1] for r in rows], float)
+    st = np.array([r[2] for r in rows], bool)
+    P = _Params()
+    i_bw = P.add("bw", float(np.max(B / t)))
+    tmin = float(np.min(t))
+    i_k0 = P.add("k0", max(tmin * 0.2, 1e-7))
+    i_gap = P.add("gap", max(tmin * 0.5, 1e-7))
+    i_fl = P.add("floor", max(tmin * 0.6, 1e-7))
+    q = DEFAULT_Q
+
+    def model(v):
+        ts = smoothmax(v[i_fl], v[i_k0] + B / v[i_bw], q)
+        return np.where(st, ts, v[i_gap] + ts)
+
+    f = _fit(P, model, t)
+    return {"bytes_per_s": f["bw"], "kernel_min_s": f["k0"], "call_gap_s": f["gap"],
+            "stream_floor_s": f["floor"], "records": len({r[0] for r in rows})}
+
+
+def fit_attention(records, op: str, mem_bw: float, peak: float | None = None) -> dict | None:
+    rows = []
+    for r in records:
+        if r.get("op") != op:
+            continue
+        base = (r["b"], r["h"], r["s"], r["d"], bool(r.get("causal", True)))
+        t = record_time_s(r)
+        if t:
+            rows.append(base + (t, False))
+        ts = stream_time_s(r)
+        if ts:
+            rows.append(base + (ts, True))
+    if len(rows) < 3:
+        return None
+    b, h, s, d = (np.array([r[i] for r in rows], float) for i in range(4))
+    causal = np.array([r[4] for r in rows], bool)
+    t = np.array([r[5] for r in rows], float)
+    st = np.array([r[6] for r in rows], bool)
+    bwd = op == "sdpa_fwd_bwd"
+    fl = np.array([sdpa_flops(*r[:4], causal=r[4], backward=bwd) for r in rows])
+    P = _Params()
+    i_P = P.add("P", float(np.max(fl / t)) * 1.3)
+    i_dh = P.add("dh", DEFAULT_ATTENTION[op]["head_dim_half"])
+    i_blk = P.add("blk", DEFAULT_ATTENTION[op]["causal_block"])
+    i_nc = P.add("nc", 1.1)
+    tmin = float(np.min(t))
+    i_k0 = P.add("k0", max(tmin * 0.05, 1e-7))
+    i_gap = P.add("gap", max(tmin * 0.2, 1e-7))
+    i_fl = P.add("floor", max(tmin * 0.3, 1e-7))
+    has_nc = bool((~causal).any())
+
+    def model(v):
+        c = AttentionCurve(v[i_P], v[i_dh], v[i_blk], v[i_nc] if has_nc else 1.0, mem_bw,
+                           Timing(v[i_k0], v[i_gap], v[i_fl], DEFAULT_Q))
+        tk = c.kernel_s(b, h, s, d, causal, bwd)
+        return np.where(st, c.timing.stream(tk), c.timing.call(tk))
+
+    f = _fit(P, model, t)
+    out = {"flops_per_s_max": f["P"], "head_dim_half": f["dh"], "causal_block": f["blk"],
+           "noncausal_factor": f["nc"] if has_nc else 1.0, "kernel_min_s": f["k0"], "call_gap_s": f["gap"],
+           "stream_floor_s": f["floor"], "records": len({r[:5] for r in rows})}
+    if peak:
+        out["efficiency_max"] = f["P"] / peak
+    return out
+
+
+def fit_link(records, op: str) -> dict | None:
+    rows = [(r["bytes"], record_time_s(r)) for r in records if r.get("op") == op and r.get("bytes") and record_time_s(r)]
+    if not rows:
+        return None
+    B = np.array([r[0] for r in rows], float)
+    t = np.array([r[1] for r in rows], float)
+    if len(rows) == 1:
+        return {"bytes_per_s": float(B[0] / t[0]), "latency_s": 0.0, "records": 1}
+    P = _Params()
+    i_bw = P.add("bw", float(np.max(B / t)))
+    i_l = P.add("lat", max(float(np.min(t)) * 0.3, 1e-7))
+    f = _fit(P, lambda v: v[i_l] + B / v[i_bw], t)
+    return {"bytes_per_s": f["bw"], "latency_s": f["lat"], "records": len(rows)}
+
+
+def fit_collectives(records) -> dict:
+    """{op: {world: {alpha_s, busbw_bytes_per_s}}} from collective records (isolated-call times)."""
+    out: dict[str, dict[int, dict]] = {}
+    groups: dict[tuple[str, int], list] = {}
+    for r in records:
+        if r.get("op") in COLLECTIVE_OPS and r.get("bytes") and r.get("s") and r.get("world"):
+            groups.setdefault((r["op"], int(r["world"])), []).append((float(r["bytes"]), float(r["s"])))
+    for (op, w), rows in sorted(groups.items()):
+        if len(rows) < 2:
+            continue
+        B = np.array([r[0] for r in rows])
+        t = np.array([r[1] for r in rows])
+        f = busbw_factor(op, w)
+        P = _Params()
+        i_a = P.add("alpha", float(np.min(t)))
+        i_b = P.add("busbw", float(np.max(B * f / t)))
+        fit = _fit(P, lambda v: v[i_a] + B * f / v[i_b], t)
+        out.setdefault(op, {})[w] = {"alpha_s": fit["alpha"], "busbw_bytes_per_s": fit["busbw"], "records": len(rows),
+                                     "bytes_range": [int(B.min()), int(B.max())]}
+    return out
+
+
+def fit_overlay(records: list[dict], *, device: str | None = None, spec=None, meta: Mapping[str, Any] | None = None) -> dict:
+    """Fit every kernel family present in ``records``; return the overlay as a plain dict."""
+    if not records:
+        raise InputError("no kernel records to fit", field="records")
+    if device is None:
+        ids = sorted({r.get("hardware") for r in records if r.get("hardware")})
+        device = ids[0] if len(ids) == 1 else (spec.id if spec is not None else "unknown")
+    peaks = _spec_peaks(spec) if spec is not None else {}
+    ov: dict[str, Any] = {"format": FORMAT, "device": device,
+                          "created": _dt.date.today().isoformat()}
+    if meta:
+        ov["measured"] = dict(meta)
+    copy = fit_bandwidth(records, "mem_copy")
+    read = fit_bandwidth(records, "mem_read")
+    mem = {}
+    if copy:
+        mem["copy"] = copy
+    if read:
+        mem["read"] = read
+    gemm = fit_gemm(records, peaks)
+    if gemm:
+        ov["gemm"] = gemm
+    if mem:
+        ov["memory"] = mem
+    elem = {op: f for op in ELEMENTWISE_OPS if (f := fit_bandwidth(records, op))}
+    if elem:
+        ov["elementwise"] = elem
+    mem_bw = (copy or {}).get("bytes_per_s") or (gemm or {}).get("memory_bytes_per_s") or 1e12
+    att = {op: f for op in ATTENTION_OPS if (f := fit_attention(records, op, mem_bw, peaks.get("bf16")))}
+    if att:
+        ov["attention"] = att
+    host = {op: f for op in HOST_OPS if (f := fit_link(records, op))}
+    if host:
+        ov["host"] = host
+    coll = fit_collectives(records)
+    if coll:
+        ov["collectives"] = coll
+    floors = [v["stream_floor_s"] for v in mem.values()] + [v["stream_floor_s"] for v in elem.values()]
+    if floors:
+        ov["launch_overhead_s"] = float(min(floors))
+    return _rounded(ov)
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return float(f"{obj:.5g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Overlay -> DeviceEfficiency, with field-by-field validation.
+
+class _Reader:
+    def __init__(self, file):
+        self.file = file
+
+    def mapping(self, data, field):
+        if not isinstance(data, dict):
+            raise InputError(f"expected a mapping, got {type(data).__name__}", file=self.file, field=field)
+        return data
+
+    def num(self, data, key, field, default=None, positive=True):
+        if key not in data or data[key] is None:
+            if default is not None:
+                return default
+            raise InputError("missing required field", file=self.file, field=f"{field}.{key}" if field else key)
+        v = data[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 if positive else v < 0):
+            what = "a positive number" if positive else "a number >= 0"
+            raise InputError(f"expected {what} (got {v!r})", file=self.file, field=f"{field}.{key}" if field else key)
+        return float(v)
+
+    def timing(self, d, field, base: Timing, q=None):
+        return Timing(self.num(d, "kernel_min_s", field, base.kernel_min_s, positive=False),
+                      self.num(d, "call_gap_s", field, base.gap_s, positive=False),
+                      self.num(d, "stream_floor_s", field, base.floor_s, positive=False),
+                      q if q is not None else base.q)
+
+
+def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: DeviceEfficiency | None = None) -> DeviceEfficiency:
+    """Build a DeviceEfficiency from an overlay mapping; families it lacks come from ``base``."""
+    rd = _Reader(str(file))
+    data = rd.mapping(data, None)
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise InputError(f"expected {FORMAT!r} (got {fmt!r})", file=file, field="format")
+    device = data.get("device")
+    if not isinstance(device, str) or not device:
+        raise InputError("missing required field (a hardware id)", file=file, field="device")
+    if base is not None and base.device != device:
+        raise InputError(f"overlay is for {device!r}, not {base.device!r}", file=file, field="device")
+    gem_t0 = Timing()
+    mem_t0 = Timing(DEFAULT_KERNEL_MIN_S, DEFAULT_MEM_GAP_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_Q)
+    # GEMM
+    gemm = base.gemm if base else None
+    if "gemm" in data:
+        g = rd.mapping(data["gemm"], "gemm")
+        p = rd.num(g, "p", "gemm", DEFAULT_P)
+        q = rd.num(g, "q", "gemm", DEFAULT_Q)
+        k0 = rd.num(g, "kernel_min_s", "gemm", DEFAULT_KERNEL_MIN_S, positive=False)
+        dts = rd.mapping(g.get("dtypes"), "gemm.dtypes")
+        out = dict(base.gemm.dtypes) if base else {}
+        for dt, d in dts.items():
+            if dt not in DTYPE_BYTES:
+                raise InputError(f"unknown dtype {dt!r}", file=file, field=f"gemm.dtypes.{dt}")
+            fld = f"gemm.dtypes.{dt}"
+            d = rd.mapping(d, fld)
+            tile = d.get("tile")
+            if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) and x > 0 for x in tile)):
+                raise InputError(f"expected [rows, cols] of positive integers (got {tile!r})", file=file, field=f"{fld}.tile")
+            out[dt] = GemmDtype(rd.num(d, "flops_per_s", fld),
+                                Timing(k0, rd.num(d, "call_gap_s", fld, gem_t0.gap_s, positive=False),
+                                       rd.num(d, "stream_floor_s", fld, gem_t0.floor_s, positive=False), q),
+                                tuple(tile) if tile else None)
+        units = rd.num(g, "units", "gemm") if g.get("units") is not None else None
+        gemm = GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", DEFAULT_GEMM_X_HALF, positive=False), p,
+                         units)
+    # memory
+    copy = base.copy if base else None
+    read = base.read if base else None
+    if "memory" in data:
+        mm = rd.mapping(data["memory"], "memory")
+        for key in mm:
+            if key not in ("copy", "read"):
+                raise InputError("unknown memory kernel; expected copy or read", file=file, field=f"memory.{key}")
+        if "copy" in mm:
+            c = rd.mapping(mm["copy"], "memory.copy")
+            copy = BandwidthCurve(rd.num(c, "bytes_per_s", "memory.copy"), rd.timing(c, "memory.copy", mem_t0))
+        if "read" in mm:
+            c = rd.mapping(mm["read"], "memory.read")
+            read = BandwidthCurve(rd.num(c, "bytes_per_s", "memory.read"), rd.timing(c, "memory.read", mem_t0))
+    copy = copy or read
+    read = read or copy
+    elem = dict(base.elementwise) if base else {}
+    if "elementwise" in data:
+        for op, c in rd.mapping(data["elementwise"], "elementwise").items():
+            c = rd.mapping(c, f"elementwise.{op}")
+            elem[op] = BandwidthCurve(rd.num(c, "bytes_per_s", f"elementwise.{op}"), rd.timing(c, f"elementwise.{op}", mem_t0))
+    att = dict(base.attention) if base else {}
+    if "attention" in data:
+        mem_bw = copy.bytes_per_s if copy else (gemm.memory_bytes_per_s if gemm else 1e12)
+        for op, c in rd.mapping(data["attention"], "attention").items():
+            if op not in ATTENTION_OPS:
+                raise InputError(f"unknown attention kernel; expected one of {', '.join(ATTENTION_OPS)}", file=file, field=f"attention.{op}")
+            fld = f"attention.{op}"
+            c = rd.mapping(c, fld)
+            att[op] = AttentionCurve(rd.num(c, "flops_per_s_max", fld), rd.num(c, "head_dim_half", fld, 0.0, positive=False),
+                                     rd.num(c, "causal_block", fld, 0.0, positive=False), rd.num(c, "noncausal_factor", fld, 1.0),
+                                     mem_bw, rd.timing(c, fld, gem_t0))
+    host = dict(base.host) if base else {}
+    if "host" in data:
+        for op, c in rd.mapping(data["host"], "host").items():
+            if op not in HOST_OPS:
+                raise InputError(f"unknown host copy; expected one of {', '.join(HOST_OPS)}", file=file, field=f"host.{op}")
+            c = rd.mapping(c, f"host.{op}")
+            host[op] = LinkFit(rd.num(c, "bytes_per_s", f"host.{op}"), rd.num(c, "latency_s", f"host.{op}", 0.0, positive=False))
+    coll = {op: dict(v) for op, v in (base.collectives if base else {}).items()}
+    if "collectives" in data:
+        for op, worlds in rd.mapping(data["collectives"], "collectives").items():
+            if op not in COLLECTIVE_OPS:
+                raise InputError(f"unknown collective; expected one of {', '.join(COLLECTIVE_OPS)}", file=file, field=f"collectives.{op}")
+            for w, c in rd.mapping(worlds, f"collectives.{op}").items():
+                fld = f"collectives.{op}.{w}"
+                try:
+                    wi = int(w)
+                except (TypeError, ValueError):
+                    raise InputError("world size must be an integer", file=file, field=fld) from None
+                c = rd.mapping(c, fld)
+                coll.setdefault(op, {})[wi] = CollectiveFit(rd.num(c, "alpha_s", fld, positive=False), rd.num(c, "busbw_bytes_per_s", fld))
+    launch = rd.num(data, "launch_overhead_s", "", base.launch_overhead_s if base else DEFAULT_LAUNCH_OVERHEAD_S, positive=False) \
+        if "launch_overhead_s" in data else (base.launch_overhead_s if base else DEFAULT_LAUNCH_OVERHEAD_S)
+    if gemm is None:
+        raise InputError("missing required field (no GEMM fit, and no spec to take defaults from)", file=file, field="gemm")
+    if copy is None:
+        raise InputError("missing required field (no copy/read fit, and no spec to take defaults from)", file=file, field="memory")
+    created = data.get("created", "undated")
+    return DeviceEfficiency(device=device, source=f"calibrated: {file} ({created})", gemm=gemm, copy=copy, read=read,
+                            elementwise=elem, attention=att, host=host, collectives=coll, launch_overhead_s=launch,
+                            peaks=base.peaks if base else {})
+
+
+def load_overlay(path: str | Path, spec=None) -> DeviceEfficiency:
+    """Read an overlay YAML; with ``spec``, families the overlay lacks fall back to the defaults."""
+    from .specs import read_yaml
+
+    path = Path(path)
+    data = read_yaml(path)
+    base = default_efficiency(spec) if spec is not None else None
+    return efficiency_from_overlay(data, path, base)
+
+
+def calibrated_dir() -> Path:
+    from .specs import package_data_dir
+
+    return package_data_dir("hardware") / "calibrated"
+
+
+def shipped_overlay_path(spec_id: str) -> Path | None:
+    p = calibrated_dir() / f"{spec_id}.yaml"
+    return p if p.is_file() else None
+
+
+def shipped_efficiency(spec) -> DeviceEfficiency:
+    """``hardware/calibrated/<id>.yaml`` over the defaults when it exists, else the defaults."""
+    p = shipped_overlay_path(spec.id)
+    if p is None:
+        return default_efficiency(spec)
+    return load_overlay(p, spec)
+
+
+def efficiency_for(spec, calibration: str | Path | None = None) -> DeviceEfficiency:
+    """What commands use: ``--calibration FILE`` when given, else the shipped overlay, else defaults."""
+    if calibration:
+        return load_overlay(calibration, spec)
+    return shipped_efficiency(spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing.
+
+def _protected(path: Path) -> bool:
+    """True for paths inside the shipped hardware/ directory, except hardware/calibrated/."""
+    from .specs import package_data_dir
+
+    hw = package_data_dir("hardware").resolve()
+    p = path.resolve()
+    try:
+        rel = p.relative_to(hw)
+    except ValueError:
+        return False
+    return not (rel.parts and rel.parts[0] == "calibrated" and len(rel.parts) >= 2)
+
+
+def dump_overlay(overlay: Mapping[str, Any]) -> str:
+    import yaml
+
+    head = ("# costmodel calibration overlay: fitted efficiency curves (see costmodel/calibration.py for the\n"
+            "# model). Rates are per second in base units (FLOP/s, bytes/s), times in seconds.\n")
+    return head + yaml.safe_dump(_plain(overlay), sort_keys=False, default_flow_style=None, width=110)
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return o
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise InputError unless an overlay may be written at ``path``: never inside the shipped
+    hardware/ directory (specs are never overwritten), except hardware/calibrated/."""
+    path = Path(path)
+    if _protected(path):
+        raise InputError("refusing to write inside the shipped hardware/ directory (only hardware/calibrated/ holds overlays)",
+                         file=path, field="out")
+    if path.is_dir():
+        raise InputError("is a directory", file=path, field="out")
+    if not path.parent.is_dir():
+        raise InputError("directory does not exist", file=path, field="out")
+    return path
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise InputError unless an overlay may be written at ``path``: never inside the shipped
+    hardware/ directory (specs are never overwritten), except hardware/calibrated/."""
+    path = Path(path)
+    if _protected(path):
+        raise InputError("refusing to write inside the shipped hardware/ directory (only hardware/calibrated/ holds overlays)",
+                         file=path, field="out")
+    if path.is_dir():
+        raise InputError("is a directory", file=path, field="out")
+    if not path.parent.is_dir():
+        raise InputError("directory does not exist", file=path, field="out")
+    return path
+
+
+def write_overlay(overlay: Mapping[str, Any], path: str | Path) -> Path:
+    """Write atomically (temp file in the same directory, fsync, rename), after check_writable."""
+    path = check_writable(path)
+    text = dump_overlay(overlay)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-back check.
+
+FAMILIES = {
+    "gemm": GEMM_OPS + ("cpu_gemm",),
+    "bandwidth": MEM_OPS + ELEMENTWISE_OPS,
+    "attention": ATTENTION_OPS,
+    "host": HOST_OPS,
+    "collectives": COLLECTIVE_OPS,
+}
+
+
+def family(op: str) -> str | None:
+    for f, ops in FAMILIES.items():
+        if op in ops:
+            return f
+    return None
+
+
+def _series_key(r: dict):
+    op = r.get("op")
+    if op == "gemm":
+        return (op, r.get("dtype"))
+    if op == "gemm_llm":
+        return (op, r.get("dtype"), r.get("n"), r.get("k"))
+    if op in ATTENTION_OPS:
+        return (op, r.get("d"), r.get("causal", True))
+    if op in COLLECTIVE_OPS:
+        return (op, r.get("world"))
+    return (op,)
+
+
+def _size_key(r: dict) -> float:
+    op = r.get("op")
+    if op in GEMM_OPS:
+        return float(r["m"]) * r["n"] * r["k"]
+    if op in ATTENTION_OPS:
+        return float(r["b"]) * r["h"] * r["s"] ** 2 * r["d"]
+    return float(r.get("bytes") or r.get("n") or 0)
+
+
+def _shape_key(r: dict) -> tuple:
+    ks = ("op", "dtype", "m", "n", "k", "bytes", "b", "h", "d", "causal", "world") + (("s",) if r.get("op") in ATTENTION_OPS else ())
+    return tuple((k, r.get(k)) for k in ks if k in r)
+
+
+def split_holdout(records: list[dict], fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Hold back ``fraction`` of the interior shapes of each series (never its smallest or largest
+    size, so held-back shapes are interpolated, as a shape the calibration did not run would be).
+    Every record of a held-back shape is held back (repeated runs of one shape stay together)."""
+    rng = np.random.default_rng(seed)
+    series: dict[tuple, dict[tuple, float]] = {}
+    for r in records:
+        series.setdefault(_series_key(r), {})[_shape_key(r)] = _size_key(r)
+    held: set[tuple] = set()
+    for key, shapes in sorted(series.items(), key=lambda kv: str(kv[0])):
+        order = sorted(shapes, key=lambda sk: (shapes[sk], str(sk)))
+        interior = order[1:-1]
+        if len(interior) < 2:
+            continue
+        k = max(1, int(round(fraction * len(order))))
+        k = min(k, (len(interior) + 1) // 2)
+        for i in rng.choice(len(interior), size=k, replace=False):
+            held.add(interior[int(i)])
+    return [r for r in records if _shape_key(r) not in held], [r for r in records if _shape_key(r) in held]
+
+
+@dataclass
+class CheckResult:
+    rows: list[dict] = field(default_factory=list)  # op, shape, measured_s, predicted_s, error
+
+    def summary(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for fam in FAMILIES:
+            errs = [abs(r["error"]) for r in self.rows if r["family"] == fam]
+            if errs:
+                out[fam] = {"n": len(errs), "median_abs_error": float(np.median(errs)), "max_abs_error": float(max(errs))}
+        return out
+
+
+def compare(eff: DeviceEfficiency, records: Iterable[dict], stream: bool = False) -> CheckResult:
+    """Prediction error of ``eff`` on each record (prediction / measurement - 1)."""
+    res = CheckResult()
+    for r in records:
+        meas = stream_time_s(r) if stream else record_time_s(r)
+        if not meas:
+            continue
+        pred = eff.predict_record_s(r, stream=stream)
+        if pred is None:
+            continue
+        res.rows.append({"op": r["op"], "family": family(r["op"]), "shape": describe(r), "measured_s": meas, "predicted_s": pred,
+                         "error": pred / meas - 1.0})
+    return res
+
+
+def describe(r: dict) -> str:
+    op = r.get("op")
+    if op in GEMM_OPS:
+        return f"{r.get('dtype')} {r['m']}x{r['n']}x{r['k']}"
+    if op == "cpu_gemm":
+        return f"{r.get('dtype', 'fp32')} {r['n']}^3"
+    if op in ATTENTION_OPS:
+        return f"b{r['b']} h{r['h']} s{r['s']} d{r['d']}{'' if r.get('causal', True) else ' full'}"
+    if op in COLLECTIVE_OPS:
+        return f"{r['bytes']} B x{r['world']}"
+    return f"{r.get('bytes')} B"
+
+
+def holdout_check(records: list[dict], *, fraction: float = HOLDOUT_FRACTION, seed: int = 0, spec=None,
+                  device: str | None = None) -> tuple[dict, CheckResult, CheckResult | None]:
+    """Fit on all but the held-back shapes; return (overlay fitted on the rest, isolated-call errors,
+    back-to-back errors where the records have them)."""
+    train, held = split_holdout(records, fraction, seed)
+    ov = fit_overlay(train, device=device, spec=spec)
+    eff = efficiency_from_overlay(ov, "<held-back fit>", default_efficiency(spec) if spec is not None else None)
+    iso = compare(eff, held)
+    st = compare(eff, held, stream=True)
+    return ov, iso, (st if st.rows else None)

@@ -1,0 +1,235 @@
+"""`costmodel bench` (run microbenchmarks, write kernel records) and `costmodel calibrate`
+(fit an efficiency overlay from fresh runs or existing records, optionally checking held-back shapes)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from ..units import fmt_si, fmt_time
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+
+BackendOpt = typer.Option("auto", "--backend", help="numpy (host CPU), torch (GPU, or CPU without one), nccl (under torchrun), auto.")
+QuickOpt = typer.Option(False, "--quick", help="A short run (about a minute on a small CPU).")
+OpsOpt = typer.Option(None, "--ops", help="Comma-separated ops or groups: gemm, gemm_llm, mem_copy, mem_read, elementwise, sdpa, host, collectives.")
+HardwareOpt = typer.Option(None, "--hardware", help="Spec id written into the records (detected for GPUs; 'cpu-host' for numpy).")
+
+
+def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str], scratch: Optional[str], progress: bool,
+           out: Optional[Path] = None) -> tuple[list[dict], list[str], dict]:
+    from ..bench import env_info, make_bench, run_cases
+    from ..bench.nvme import nvme_case
+
+    bench = make_bench(backend, hardware=hardware, quick=quick)
+    opset = set(o.strip() for o in ops.split(",")) if ops else None
+    cases = bench.cases(opset)
+    if scratch:
+        cases.append(nvme_case(scratch, quick, bench.hardware))
+    if not cases:
+        raise InputError(f"no benchmark matches --ops {ops!r}", field="ops")
+    if out is not None and out.exists():
+        out.unlink()
+    records, errors = run_cases(cases, progress=progress, out=out, title=f"{bench.backend}: {bench.device}")
+    if hasattr(bench, "close"):
+        bench.close()
+    info = env_info(bench.backend)
+    info.update({"hardware": bench.hardware, "device": bench.device})
+    return records, errors, info
+
+
+def bench_cmd(
+    backend: str = BackendOpt,
+    quick: bool = QuickOpt,
+    out: Path = typer.Option(Path("kernels.jsonl"), "--out", help="JSONL file of kernel records (SCHEMA.md format)."),
+    ops: Optional[str] = OpsOpt,
+    hardware: Optional[str] = HardwareOpt,
+    scratch: Optional[str] = typer.Option(None, "--scratch", help="A new file on the drive to test (NVMe sequential read/write); removed afterwards."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_out: bool = JsonOpt,
+):
+    """Run microbenchmarks on this machine and write raw kernel records (JSONL)."""
+    if out.parent and not out.parent.exists():
+        raise InputError("directory does not exist", file=out, field="out")
+    records, errors, info = _bench(backend, quick, ops, hardware, scratch, not no_progress and not json_out, out)
+    if json_out:
+        emit_json({"out": str(out), "records": len(records), "errors": errors, "environment": info})
+    else:
+        _records_table(records)
+        console.print(f"{len(records)} records -> {out}")
+    for e in errors:
+        err_console.print(f"[yellow]failed:[/] {e}", highlight=False)
+    if errors and not records:
+        raise typer.Exit(1)
+
+
+def _records_table(records: list[dict]):
+    from ..bench.runner import summarize
+    from ..calibration import describe
+
+    t = Table(title="kernel records")
+    for c in ("op", "shape", "result"):
+        t.add_column(c)
+    for r in records:
+        t.add_row(r["op"], describe(r), summarize(r))
+    console.print(t)
+
+
+def _spec_for(hardware_id: str | None, hardware_file):
+    if not hardware_id:
+        return None
+    from .common import library
+
+    lib = library(hardware_file)
+    if hardware_id in lib.specs:
+        try:
+            return lib.device(hardware_id)
+        except InputError:
+            return None
+    return None
+
+
+def calibrate_cmd(
+    out: Path = typer.Option(..., "--out", help="Overlay YAML to write (atomically). Never inside the shipped hardware/ directory, except hardware/calibrated/."),
+    backend: str = BackendOpt,
+    quick: bool = QuickOpt,
+    records: Optional[list[Path]] = typer.Option(None, "--records", help="Fit these kernel-record JSONL files instead of running benchmarks."),
+    check: bool = typer.Option(False, "--check", help="Hold back a fraction of the shapes, fit the rest, report the held-back error."),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.05, max=0.5, help="Fraction held back by --check."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the held-back choice."),
+    max_error: Optional[float] = typer.Option(None, "--max-error", help="With --check: exit 1 if a GEMM or bandwidth held-back error exceeds this (0.15 = 15%)."),
+    ops: Optional[str] = OpsOpt,
+    hardware: Optional[str] = HardwareOpt,
+    save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Fit a calibration overlay (efficiency curves per op and dtype, collective alpha/beta)."""
+    from .. import calibration as cal
+    from ..bench.records import read_jsonl
+
+    cal.check_writable(out)
+    meta: dict = {}
+    if records:
+        recs: list[dict] = []
+        for p in records:
+            recs.extend(read_jsonl(p))
+        meta["records"] = [str(p) for p in records]
+        envs = _sibling_env(records)
+        if envs:
+            meta["environment"] = envs
+        if hardware:
+            recs = [r for r in recs if r.get("hardware") == hardware]
+        ids = sorted({r.get("hardware") for r in recs})
+        if len(ids) > 1:
+            raise InputError(f"records are from several devices ({', '.join(map(str, ids))}); pick one with --hardware", field="hardware")
+        if not recs:
+            raise InputError("no kernel records in the given files" + (f" for {hardware}" if hardware else ""), field="records")
+        if ops:
+            want = set(o.strip() for o in ops.split(","))
+            recs = [r for r in recs if r["op"] in want or cal.family(r["op"]) in want]
+    else:
+        recs, errors, info = _bench(backend, quick, ops, hardware, None, not no_progress and not json_out, save_records)
+        for e in errors:
+            err_console.print(f"[yellow]failed:[/] {e}", highlight=False)
+        if not recs:
+            raise InputError("the benchmark run produced no records", field="backend")
+        meta.update({k: info.get(k) for k in ("date", "backend", "device", "torch", "cuda", "nccl", "driver", "numpy", "cpu") if info.get(k)})
+        if save_records:
+            meta["records"] = str(save_records)
+    device = recs[0].get("hardware") or hardware or "unknown"
+    spec = _spec_for(device, hardware_file)
+    meta["n_records"] = len(recs)
+    result: dict = {"out": str(out), "device": device, "records": len(recs)}
+    failed = False
+    if check:
+        _, iso, stream = cal.holdout_check(recs, fraction=holdout, seed=seed, spec=spec, device=device)
+        summary = iso.summary()
+        result["check"] = {"holdout": holdout, "seed": seed, "call": summary, "stream": stream.summary() if stream else None,
+                           "rows": iso.rows}
+        if max_error is not None:
+            failed = any(summary.get(f, {}).get("max_abs_error", 0) > max_error for f in ("gemm", "bandwidth"))
+        meta["check"] = {f: {"n": v["n"], "median_abs_error": round(v["median_abs_error"], 4), "max_abs_error": round(v["max_abs_error"], 4)}
+                         for f, v in summary.items()}
+    overlay = cal.fit_overlay(recs, device=device, spec=spec, meta=meta)
+    cal.write_overlay(overlay, out)
+    result["overlay"] = overlay
+    if json_out:
+        emit_json(result)
+    else:
+        _overlay_table(overlay)
+        if check:
+            _check_table(result["check"])
+        src = f"spec {spec.id}" if spec is not None else "no spec (absolute rates only)"
+        console.print(f"fitted {len(recs)} records ({src}) -> {out}")
+    if failed:
+        err_console.print(f"[bold red]check failed:[/] a held-back GEMM or bandwidth shape is off by more than {max_error:.0%}")
+        raise typer.Exit(1)
+
+
+def _sibling_env(paths: list[Path]) -> list[dict]:
+    """Provenance (date, driver, library versions) from ``X-env.json`` files beside ``X-kernels.jsonl``."""
+    import json
+
+    out = []
+    for p in paths:
+        env = Path(str(p).replace("-kernels.jsonl", "-env.json"))
+        if env != Path(p) and env.is_file():
+            try:
+                d = json.loads(env.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append({k: d.get(k) for k in ("date", "device", "driver", "torch", "cuda", "nccl", "numpy", "world") if d.get(k) is not None})
+    return out
+
+
+def _overlay_table(ov: dict):
+    t = Table(title=f"calibration: {ov['device']}")
+    t.add_column("kernel")
+    t.add_column("achieved")
+    t.add_column("notes")
+    g = ov.get("gemm")
+    if g:
+        for dt, d in g["dtypes"].items():
+            eff = f"{d['efficiency']:.0%} of peak" if "efficiency" in d else ""
+            t.add_row(f"GEMM {dt}", fmt_si(d["flops_per_s"], "FLOP/s"), f"{eff} floor {fmt_time(d['stream_floor_s'])}".strip())
+        t.add_row("GEMM memory-bound", fmt_si(g["memory_bytes_per_s"], "B/s"), f"x_half {g['x_half']:.3g}")
+    for k, v in (ov.get("memory") or {}).items():
+        t.add_row(f"memory {k}", fmt_si(v["bytes_per_s"], "B/s"), f"floor {fmt_time(v['stream_floor_s'])}")
+    for k, v in (ov.get("elementwise") or {}).items():
+        t.add_row(k, fmt_si(v["bytes_per_s"], "B/s"), "")
+    for k, v in (ov.get("attention") or {}).items():
+        t.add_row(k, fmt_si(v["flops_per_s_max"], "FLOP/s"), f"d_half {v['head_dim_half']:.3g}, causal block {v['causal_block']:.3g}")
+    for k, v in (ov.get("host") or {}).items():
+        t.add_row(k, fmt_si(v["bytes_per_s"], "B/s"), f"latency {fmt_time(v['latency_s'])}")
+    for op, worlds in (ov.get("collectives") or {}).items():
+        for w, v in worlds.items():
+            t.add_row(f"{op} x{w}", fmt_si(v["busbw_bytes_per_s"], "B/s") + " bus", f"alpha {fmt_time(v['alpha_s'])}")
+    console.print(t)
+
+
+def _check_table(chk: dict):
+    t = Table(title=f"held-back shapes ({chk['holdout']:.0%}), prediction / measurement - 1")
+    for c in ("family", "n", "median |error|", "max |error|", "back-to-back max"):
+        t.add_column(c)
+    stream = chk.get("stream") or {}
+    for fam, v in chk["call"].items():
+        s = stream.get(fam)
+        t.add_row(fam, str(v["n"]), f"{v['median_abs_error']:.1%}", f"{v['max_abs_error']:.1%}", f"{s['max_abs_error']:.1%}" if s else "-")
+    console.print(t)
+    worst = sorted(chk["rows"], key=lambda r: -abs(r["error"]))[:8]
+    if worst:
+        w = Table(title="largest held-back errors")
+        for c in ("op", "shape", "measured", "predicted", "error"):
+            w.add_column(c)
+        for r in worst:
+            w.add_row(r["op"], r["shape"], fmt_time(r["measured_s"]), fmt_time(r["predicted_s"]), f"{r['error']:+.1%}")
+        console.print(w)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)
+    app.command("calibrate")(calibrate_cmd)
