@@ -308,7 +308,10 @@ class DeviceEfficiency:
 
     # ---------------------------------------------------------------- attention
     def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
-        c = self.attention["sdpa_fwd_bwd" if backward else "sdpa_fwd"]
+        c = self.attention.get("sdpa_fwd_bwd" if backward else "sdpa_fwd")
+        if c is None:
+            raise InputError(f"{self.device} has no attention calibration (run `costmodel calibrate` on a GPU, or give a spec)",
+                             field="attention")
         t = c.timing.stream(c.kernel_s(b, h, s, d, causal, backward))
         return float(t) if np.ndim(t) == 0 else t
 
@@ -321,12 +324,16 @@ class DeviceEfficiency:
     # ---------------------------------------------------------------- host link
     def h2d_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
         """Host-to-device bandwidth (asymptotic, or for a copy of ``nbytes``)."""
-        f = self.host["h2d_pinned" if pinned else "h2d_pageable"]
+        f = self.host.get("h2d_pinned" if pinned else "h2d_pageable")
+        if f is None:
+            raise InputError(f"{self.device} has no host-link calibration", field="host")
         return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
 
     def d2h_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
         key = "d2h_pinned" if pinned else "d2h_pageable"
-        f = self.host.get(key) or self.host["h2d_pinned" if pinned else "h2d_pageable"]
+        f = self.host.get(key) or self.host.get("h2d_pinned" if pinned else "h2d_pageable")
+        if f is None:
+            raise InputError(f"{self.device} has no host-link calibration", field="host")
         return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
 
     # ---------------------------------------------------------------- collectives
