@@ -44,6 +44,13 @@ def _gemm_dtype(job: InferJob, spec: AcceleratorSpec) -> str:
     return d if spec.peak_flops.get(d) else "bf16"
 
 
+def _tp_shape(name: str, k: int, n: int, tp: int) -> tuple[int, int]:
+    """Megatron TP split of a layer matmul: column-parallel (qkv, MLP in) split n, row-parallel k."""
+    if name in ("qkv", "mlp_in", "expert_in", "shared_in"):
+        return k, max(1, n // tp)
+    return max(1, k // tp), n
+
+
 def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
                 calibration: str | None = None, eff=None) -> DecodeEstimate:
     """One decode step: `batch` new tokens, each attending to `context` cached positions."""
@@ -56,11 +63,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
         if n == 0:
             continue
         for g in layer_gemms(model, b, moe_layer):
-            k, nn = g.k, g.n
-            if g.name in ("qkv", "mlp_in", "expert_in", "shared_in"):
-                nn = max(1, nn // tp)
-            else:
-                k = max(1, k // tp)
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
             count = g.count
             m = g.m
             if g.name in ("expert_in", "expert_out"):
@@ -92,11 +95,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         if n == 0:
             continue
         for g in layer_gemms(model, tokens, moe_layer):
-            k, nn = g.k, g.n
-            if g.name in ("qkv", "mlp_in", "expert_in", "shared_in"):
-                nn = max(1, nn // tp)
-            else:
-                k = max(1, k // tp)
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
             t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count).time_s
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s

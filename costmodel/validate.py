@@ -273,13 +273,15 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer or published", file=where, field="kind")
         except KeyError as exc:
             raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
-    summary: dict[str, MetricSummary] = {}
+    return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped)
+
+
+def summarize(cases: list[Case]) -> dict[str, MetricSummary]:
+    """Mean and worst absolute relative error per `<kind>.<metric>`."""
     groups: dict[str, list[float]] = {}
     for c in cases:
         groups.setdefault(f"{c.kind}.{c.metric}", []).append(abs(c.rel_error))
-    for k, v in sorted(groups.items()):
-        summary[k] = MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v))
-    return ValidationReport(cases=cases, summary=summary, skipped=skipped)
+    return {k: MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v)) for k, v in sorted(groups.items())}
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:

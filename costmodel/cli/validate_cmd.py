@@ -29,18 +29,14 @@ def validate(
 ):
     """Predict every record and report predicted against measured with relative errors."""
     lib = library(hardware_file)
-    cases, summary, skipped = [], {}, []
+    from ..validate import ValidationReport, summarize
+
+    cases, skipped = [], []
     for f in files:
         rep = validate_file(f, lib, calibration)
         cases += rep.cases
         skipped += rep.skipped
-    from ..validate import MetricSummary, ValidationReport
-
-    groups: dict[str, list[float]] = {}
-    for c in cases:
-        groups.setdefault(f"{c.kind}.{c.metric}", []).append(abs(c.rel_error))
-    for k, v in sorted(groups.items()):
-        summary[k] = MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v))
+    summary = summarize(cases)
     report = ValidationReport(cases=cases, summary=summary, skipped=skipped)
     if json_out:
         emit_json(report.to_dict())
