@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .arch import GATED, ModelConfig
 from .workload import DTYPE_BYTES, InferJob, Parallel, TrainJob
 
@@ -32,6 +34,47 @@ CUBLAS_WORKSPACES_BYTES = 4 * 32 * 2**20
 # (nvidia-smi minus torch.cuda.memory_reserved on an idle process) plus 3% fragmentation.
 CUDA_CONTEXT_BYTES = 0.5 * 2**30
 FRAGMENTATION_FRACTION = 0.03
+
+
+# ------------------------------------------------------------------------------ array helpers
+# The formulas below take a Parallel (Python ints) or a ParallelGrid (numpy arrays, one entry per
+# candidate layout of a search), so one set of formulas serves one estimate and a million.
+
+def _where(cond, a, b):
+    """`a if cond else b`, elementwise when `cond` is an array."""
+    if np.ndim(cond) == 0:
+        return a if cond else b
+    return np.where(cond, a, b)
+
+
+def _maximum(a, b):
+    if np.ndim(a) == 0 and np.ndim(b) == 0:
+        return max(a, b)
+    return np.maximum(a, b)
+
+
+def _minimum(a, b):
+    if np.ndim(a) == 0 and np.ndim(b) == 0:
+        return min(a, b)
+    return np.minimum(a, b)
+
+
+@dataclass(frozen=True)
+class ParallelGrid:
+    """Many parallel layouts at once: the fields of :class:`Parallel` as equal-length arrays."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    sequence_parallel: np.ndarray
+    zero_stage: np.ndarray
+    interleave: np.ndarray
+
+    @property
+    def devices(self) -> np.ndarray:
+        return self.tp * self.pp * self.dp * self.cp
 
 
 # ------------------------------------------------------------------------------ model states
@@ -90,10 +133,10 @@ def model_state_bytes(params: float, job: TrainJob, par: Parallel, hidden: int =
     n = par.dp * par.cp
     z = par.zero_stage
     return {
-        "weights": st.weights * params / (n if z >= 3 else 1),
-        "grads": st.grads * params / (n if z >= 2 else 1),
-        "optimizer": st.optimizer * params / (n if z >= 1 else 1),
-        "master": st.master * params / (n if z >= 1 else 1),
+        "weights": st.weights * params / _where(z >= 3, n, 1),
+        "grads": st.grads * params / _where(z >= 2, n, 1),
+        "optimizer": st.optimizer * params / _where(z >= 1, n, 1),
+        "master": st.master * params / _where(z >= 1, n, 1),
     }
 
 
@@ -108,10 +151,12 @@ class StageParams:
     lm_head: float
 
 
-def stage_params(model: ModelConfig, par: Parallel) -> StageParams:
+def stage_params(model: ModelConfig, par) -> StageParams:
     """Split layers evenly over pp stages; the first stage also holds the input embedding and
     the last the LM head (Megatron-LM). Matmul weights and embeddings are split over tp, routed
-    experts over ep (and tp), norms are replicated."""
+    experts over ep (and tp), norms are replicated.
+
+    `par` is a :class:`Parallel` or a :class:`ParallelGrid` of numpy arrays (layout search)."""
     tp = par.tp
     layers = -(-model.layers // par.pp)
     norm = model.norms_per_layer * model.norm_params()
@@ -119,14 +164,13 @@ def stage_params(model: ModelConfig, par: Parallel) -> StageParams:
     per_layer = (model.layer_params(moe_layer=moe_layer) - norm) / tp + norm
     if moe_layer:
         experts = model.moe.experts * model.expert_params()
-        per_layer -= experts / tp
-        per_layer += experts / (tp * par.ep)
+        per_layer = per_layer - experts / tp + experts / (tp * par.ep)
     emb = (model.vocab * model.hidden + (model.max_context * model.hidden if model.positions == "learned" else 0)) / tp
-    head = 0.0 if model.tied_embeddings and par.pp == 1 else model.vocab * model.hidden / tp
-    if par.pp == 1:
-        total = layers * per_layer + emb + head + model.norm_params()
-    else:
-        total = layers * per_layer + max(emb, head + model.norm_params())
+    head_split = model.vocab * model.hidden / tp
+    single = par.pp == 1
+    head = _where(single, 0.0 * head_split if model.tied_embeddings else head_split, head_split)
+    total = _where(single, layers * per_layer + emb + head + model.norm_params(),
+                   layers * per_layer + _maximum(emb, head + model.norm_params()))
     return StageParams(total=total, per_layer=per_layer, layers=layers, embedding=emb, lm_head=head)
 
 
@@ -189,9 +233,9 @@ def korthikanti_layer_activation_bytes(model: ModelConfig, micro_batch: int, seq
     1-byte masks of the paper are included (34 = 11 + 19 + 4 for the GPT MLP of 4h).
     """
     s, b, h, a, t = seq, micro_batch, model.hidden, model.heads, par.tp
-    sp = par.sequence_parallel
+    sp_div = _where(par.sequence_parallel, t, 1)
     if recompute == "full":
-        return 2.0 * s * b * h / (t if sp else 1) / par.cp
+        return 2.0 * s * b * h / sp_div / par.cp
     f = model.ffn
     q, kv = model.q_dim, model.kv_dim
     # Replicated (not split by tp unless sequence parallel): layernorm inputs 2x2h, qkv input 2h,
@@ -205,7 +249,7 @@ def korthikanti_layer_activation_bytes(model: ModelConfig, micro_batch: int, seq
         scores = (5.0 if dropout else 4.0) * a * s  # softmax output (2) + its input to PV (2) [+ mask 1]
     elif flash:
         scores = 0.0
-    per_token = (replicated / (t if sp else 1)) + (split + scores) / t
+    per_token = (replicated / sp_div) + (split + scores) / t
     return s * b * per_token / par.cp
 
 
@@ -255,132 +299,157 @@ def in_flight_microbatches(par: Parallel, n_micro: int) -> float:
     """Activations the first pipeline stage holds under 1F1B: min(pp, m) micro-batches
     (Narayanan et al. 2021 sec. 2.2.1); interleaving adds (pp - 1) / (pp * v) of a stage
     (Korthikanti et al. 2022 sec. 4.2.3)."""
-    if par.pp == 1:
-        return 1.0
-    f = float(min(par.pp, n_micro))
-    if par.interleave > 1:
-        f *= 1.0 + (par.pp - 1) / (par.pp * par.interleave)
-    return f
+    f = 1.0 * _minimum(par.pp, n_micro)
+    f = f * _where(par.interleave > 1, 1.0 + (par.pp - 1) / (par.pp * par.interleave), 1.0)
+    return _where(par.pp == 1, 1.0, f)
 
 
-def train_memory(model: ModelConfig, job: TrainJob, par: Parallel) -> TrainMemory:
+RECOMPUTE_CODES = {"none": 0, "selective": 1, "full": 2}
+PEAK_PHASES = ("forward_loss", "backward_start", "backward_end", "optimizer")
+
+
+def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=None, n_micro=None,
+                       recompute=None, offload_optimizer=None) -> dict:
+    """The named terms of per-device training memory and the four peak candidates.
+
+    Scalars for one layout (`par` a :class:`Parallel`), or arrays for many (`par` a
+    :class:`ParallelGrid`, with `micro_batch`, `n_micro`, `recompute` (codes of
+    RECOMPUTE_CODES) and `offload_optimizer` (bool: the optimizer lives on the host, tier
+    ``job.offload_optimizer`` or cpu) given as arrays of the same length).
+    """
+    mb = job.micro_batch if micro_batch is None else micro_batch
+    if n_micro is None:
+        n_micro = job.grad_accum_steps(par)
+    rc = RECOMPUTE_CODES[job.recompute] if recompute is None else recompute
+    full, selective = rc == 2, rc == 1
+    off_opt = (job.offload_optimizer != "none") if offload_optimizer is None else offload_optimizer
+    off_tier = job.offload_optimizer if job.offload_optimizer != "none" else "cpu"
+    pytorch = job.framework == "pytorch"
+    amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
+
     sp = stage_params(model, par)
     st = state_bytes_per_param(job, model.hidden)
     dp_shard = par.dp * par.cp  # ZeRO shards over every data-parallel replica
     z = par.zero_stage
     P = sp.total
-    w_div = dp_shard if z >= 3 else 1
-    g_div = dp_shard if z >= 2 else 1
-    o_div = dp_shard if z >= 1 else 1
+    o_div = _where(z >= 1, dp_shard, 1)
     states = model_state_bytes(P, job, par, model.hidden)
     weights, optimizer, master, grads_full = states["weights"], states["optimizer"], states["master"], states["grads"]
-    n_micro = job.grad_accum_steps(par)
-    mb = job.micro_batch
     tokens = mb * job.seq_len / par.cp  # tokens per device per micro-batch (before tp split)
-    seq_div = par.tp if par.sequence_parallel else 1
-    amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
-    fsdp = z >= 3 and job.framework == "pytorch"
+    seq_div = _where(par.sequence_parallel, par.tp, 1)
+    fsdp = (z >= 3) & pytorch
 
     # Gradients: PyTorch creates .grad in backward (freed by zero_grad); Megatron/DeepSpeed keep
     # a persistent gradient buffer; DDP keeps bucket copies of every gradient (gradient_as_bucket_view=False).
-    if job.framework == "pytorch":
+    if pytorch:
         persistent_grads = 0.0
-        grad_buffers = st.grads * P if (par.dp > 1 and z == 0) else 0.0
+        grad_buffers = _where((par.dp > 1) & (z == 0), st.grads * P, 0.0)
     else:
         persistent_grads = grads_full
         grad_buffers = 0.0
     created_grads = grads_full - persistent_grads
 
     # Offload (ZeRO-Offload / Infinity): optimizer states (and master) or params leave the device.
-    off_cpu = off_nvme = 0.0
-    if job.offload_optimizer != "none":
-        moved = optimizer + master
-        optimizer = master = 0.0
-        if job.offload_optimizer == "cpu":
-            off_cpu += moved
-        else:
-            off_nvme += moved
+    moved = _where(off_opt, optimizer + master, 0.0)
+    optimizer = _where(off_opt, 0.0, optimizer)
+    master = _where(off_opt, 0.0, master)
+    off_cpu = moved if off_tier == "cpu" else 0.0
+    off_nvme = moved if off_tier == "nvme" else 0.0
     if job.offload_params != "none":
-        moved = weights
+        moved_w = weights
         weights = st.weights * sp.per_layer * 2  # two layers resident while streaming
         if job.offload_params == "cpu":
-            off_cpu += moved
+            off_cpu = off_cpu + moved_w
         else:
-            off_nvme += moved
+            off_nvme = off_nvme + moved_w
 
     runtime = CUBLAS_WORKSPACES_BYTES
     steady = weights + optimizer + master + persistent_grads + grad_buffers + runtime
 
     # Activations
     layers = sp.layers
-    if job.framework == "pytorch":
-        prec = "bf16" if fsdp and amp else job.precision
-        act_layer = pytorch_layer_activation_bytes(model, tokens / seq_div, prec) / (par.tp / seq_div if par.tp > 1 else 1)
-        ckpt_layer = (4.0 if job.precision in ("fp32", "amp-bf16", "amp-fp16") and not fsdp else 2.0) * tokens * model.hidden / seq_div
-        if job.recompute == "selective":
-            act_layer -= 0.0  # flash attention already saves no score matrix
+    if pytorch:
+        tp_div = _where(par.tp > 1, par.tp / seq_div, 1)
+        act_layer = pytorch_layer_activation_bytes(model, tokens / seq_div, job.precision) / tp_div
+        if amp:  # FSDP's mixed precision runs the blocks in pure bf16
+            act_layer = _where(fsdp, pytorch_layer_activation_bytes(model, tokens / seq_div, "bf16") / tp_div, act_layer)
+        fp32_stream = job.precision in ("fp32", "amp-bf16", "amp-fp16")
+        ckpt_layer = _where(fsdp, 2.0, 4.0 if fp32_stream else 2.0) * tokens * model.hidden / seq_div
+        if job.attention == "standard":
+            act_layer = act_layer + _where(selective, 0.0, 2.0 * 2.0 * model.heads * job.seq_len * tokens / par.tp)  # bf16 scores + probs
     else:
         act_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "none", job.attention == "flash")
+        if job.attention != "flash":
+            act_layer = _where(selective, korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "selective", False),
+                               act_layer)
         ckpt_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "full", True)
-    if job.attention == "standard" and job.framework == "pytorch" and job.recompute != "selective":
-        act_layer += 2.0 * 2.0 * model.heads * job.seq_len * tokens / par.tp  # bf16 scores + probs
     inflight = in_flight_microbatches(par, n_micro)
-    if job.recompute == "full":
-        saved_all = layers * ckpt_layer * inflight
-        live_layer = act_layer
-    else:
-        saved_all = layers * act_layer * inflight
-        live_layer = 0.0
-    last_stage_tokens = tokens
-    lg_f = logits_bytes(model, last_stage_tokens, par.tp, job.precision, "forward")
-    lg_b = logits_bytes(model, last_stage_tokens, par.tp, job.precision, "backward")
-    if par.pp > 1:  # the first stage holds the most activations; the last the logits. Take both.
-        lg_f = lg_b = max(lg_f, lg_b) / max(1.0, inflight)  # conservative: logits of one micro-batch
+    saved_all = layers * _where(full, ckpt_layer, act_layer) * inflight
+    live_layer = _where(full, act_layer, 0.0)
+    lg_f = logits_bytes(model, tokens, par.tp, job.precision, "forward")
+    lg_b = logits_bytes(model, tokens, par.tp, job.precision, "backward")
+    # the first stage holds the most activations; the last the logits. Take both, conservatively
+    # the logits of one micro-batch.
+    lg_pp = _maximum(lg_f, lg_b) / _maximum(1.0, inflight)
+    lg_f = _where(par.pp > 1, lg_pp, lg_f)
+    lg_b = _where(par.pp > 1, lg_pp, lg_b)
 
     # Weight copies for compute
-    cast_per_param = 2.0 if (amp and job.framework == "pytorch" and not fsdp) else 0.0
-    if fsdp:
-        gathered_layer = 2.0 * sp.per_layer * (1 - 1 / dp_shard) if amp or job.precision == "bf16" else 4.0 * sp.per_layer
-        cache_all = 2 * gathered_layer  # current + prefetched unit
-        cache_saved = 2 * gathered_layer
-    else:
-        cache_all = cast_per_param * (P - sp.embedding) / w_div
-        cache_saved = cache_all if job.recompute != "full" else cast_per_param * sp.lm_head
-    acc_grads = created_grads if n_micro > 1 else 0.0  # grads alive during later micro-batches
-    final_norm_bytes = 10.0 * tokens * model.hidden if job.framework == "pytorch" else 4.0 * tokens * model.hidden
+    cast_per_param = _where(fsdp, 0.0, 2.0 if (amp and pytorch) else 0.0)
+    gathered_layer = (2.0 * sp.per_layer * (1 - 1 / dp_shard) if (amp or job.precision == "bf16") else 4.0 * sp.per_layer)
+    w_div = _where(z >= 3, dp_shard, 1)
+    cast_all = cast_per_param * (P - sp.embedding) / w_div
+    cache_all = _where(fsdp, 2 * gathered_layer, cast_all)  # FSDP: current + prefetched unit
+    cache_saved = _where(fsdp, 2 * gathered_layer, _where(full, cast_per_param * sp.lm_head, cast_all))
+    acc_grads = _where(n_micro > 1, created_grads, 0.0)  # grads alive during later micro-batches
+    final_norm_bytes = (10.0 if pytorch else 4.0) * tokens * model.hidden
 
-    cand: dict[str, float] = {}
+    cand = {}
     cand["forward_loss"] = steady + acc_grads + cache_all + saved_all + final_norm_bytes + lg_f
     cand["backward_start"] = steady + acc_grads + cache_saved + saved_all + final_norm_bytes + lg_b
     # Backward sweep, lowest layer (grads of everything above exist, embedding grad still to come)
-    grad_l = created_grads * (sp.per_layer / P) if P else 0.0
+    grad_l = created_grads * sp.per_layer / P
     bwd_transient = 4.0 * tokens * model.hidden / seq_div * 2  # grad of the residual stream + one input grad
-    sweep = steady + created_grads - grad_l - (created_grads * sp.embedding / P if P else 0.0)
-    sweep += (ckpt_layer * inflight if job.recompute == "full" else act_layer * inflight) + live_layer
-    sweep += (cast_per_param * sp.per_layer if not fsdp else cache_saved) + bwd_transient
+    sweep = steady + created_grads - grad_l - created_grads * sp.embedding / P
+    sweep = sweep + _where(full, ckpt_layer, act_layer) * inflight + live_layer
+    sweep = sweep + _where(fsdp, cache_saved, cast_per_param * sp.per_layer) + bwd_transient
     cand["backward_end"] = sweep
-    opt_transient = 0.0 if job.fused_optimizer else 4.0 * P / o_div  # foreach AdamW temporaries
-    if job.offload_optimizer != "none":
-        opt_transient = 0.0
+    opt_transient = 0.0 if job.fused_optimizer else _where(off_opt, 0.0, 4.0 * P / o_div)  # foreach AdamW temporaries
     cand["optimizer"] = steady + created_grads + opt_transient
+    return dict(weights=weights, grads=grads_full, optimizer=optimizer, master=master, grad_buffers=grad_buffers,
+                runtime=runtime, steady=steady, saved_all=saved_all, act_layer=act_layer, live_layer=live_layer,
+                cache_all=cache_all, cache_saved=cache_saved, lg_f=lg_f, lg_b=lg_b, off_cpu=off_cpu,
+                off_nvme=off_nvme, candidates=cand)
+
+
+def peak_of(candidates: dict) -> "np.ndarray | float":
+    """Elementwise maximum over the peak candidates."""
+    vals = [candidates[k] for k in PEAK_PHASES]
+    if all(np.ndim(v) == 0 for v in vals):
+        return max(vals)
+    return np.maximum.reduce(np.broadcast_arrays(*vals))
+
+
+def train_memory(model: ModelConfig, job: TrainJob, par: Parallel) -> TrainMemory:
+    t = train_memory_terms(model, job, par)
+    cand = {k: float(v) for k, v in t["candidates"].items()}
     phase = max(cand, key=cand.get)
-    peak = cand[phase]
-    at_peak_act = saved_all if phase in ("forward_loss", "backward_start") else (act_layer + live_layer)
+    at_peak_act = t["saved_all"] if phase in ("forward_loss", "backward_start") else (t["act_layer"] + t["live_layer"])
     return TrainMemory(
-        weights_bytes=weights,
-        grads_bytes=grads_full,
-        optimizer_bytes=optimizer,
-        master_bytes=master,
-        grad_buffers_bytes=grad_buffers,
-        weight_copies_bytes=cache_all if phase == "forward_loss" else cache_saved,
-        activations_bytes=at_peak_act,
-        logits_bytes=lg_f if phase == "forward_loss" else (lg_b if phase == "backward_start" else 0.0),
-        runtime_bytes=runtime,
-        steady_bytes=steady,
-        peak_bytes=peak,
+        weights_bytes=float(t["weights"]),
+        grads_bytes=float(t["grads"]),
+        optimizer_bytes=float(t["optimizer"]),
+        master_bytes=float(t["master"]),
+        grad_buffers_bytes=float(t["grad_buffers"]),
+        weight_copies_bytes=float(t["cache_all"] if phase == "forward_loss" else t["cache_saved"]),
+        activations_bytes=float(at_peak_act),
+        logits_bytes=float(t["lg_f"] if phase == "forward_loss" else (t["lg_b"] if phase == "backward_start" else 0.0)),
+        runtime_bytes=float(t["runtime"]),
+        steady_bytes=float(t["steady"]),
+        peak_bytes=cand[phase],
         peak_phase=phase,
-        offloaded_cpu_bytes=off_cpu,
-        offloaded_nvme_bytes=off_nvme,
+        offloaded_cpu_bytes=float(t["off_cpu"]),
+        offloaded_nvme_bytes=float(t["off_nvme"]),
         candidates=cand,
     )
 
