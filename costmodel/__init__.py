@@ -4,12 +4,12 @@ from .errors import CostModelError, InputError
 __version__ = "0.1.0"
 
 __all__ = ["CostModelError", "InputError", "ModelConfig", "load_model", "list_presets", "load_library",
-           "train", "infer", "validate_file", "__version__"]
+           "train", "infer", "check", "search", "validate_file", "__version__"]
 
 # Imported on first use (PEP 562), so that `costmodel.bench`'s GPU-side runner works on a machine
 # with numpy and torch but without pydantic.
 _LAZY = {"ModelConfig": ".arch", "load_model": ".arch", "list_presets": ".arch", "load_library": ".specs",
-         "train": ".plan", "infer": ".plan", "validate_file": ".validate"}
+         "train": ".plan", "infer": ".plan", "check": ".check", "search": ".search", "validate_file": ".validate"}
 
 
 def __getattr__(name):
