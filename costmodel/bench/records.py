@@ -145,6 +145,52 @@ def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False)
     return path
 
 
+# Fields that carry a measurement (everything else in a record names the case).
+_MEASURED = ("s_stream", "tflops", "gbps", "gbps_stream", "algbw_gbps", "busbw_gbps", "repeats", "check_rel_err", "round",
+             "s_spread", "rounds", "s_rounds")
+_RATES = ("tflops", "gbps", "algbw_gbps", "busbw_gbps")
+
+
+def case_key(rec: dict) -> tuple:
+    """What identifies a record's case (op, shape, dtype, ...), measurements left out."""
+    time_f = "s_time" if rec.get("op") in ATTENTION_OPS else "s"
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in rec.items() if k not in _MEASURED and k != time_f))
+
+
+def merge_rounds(records: list[dict]) -> list[dict]:
+    """One record per case from several rounds of the same cases: the median time of the rounds
+    (``s`` or ``s_time``, and ``s_stream``), rates recomputed from it, ``rounds`` and ``s_spread``
+    ((max - min) / median of the rounds' times, the run-to-run spread) added."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(case_key(r), []).append(r)
+    out = []
+    for rs in groups.values():
+        first = dict(rs[0])
+        tf = "s_time" if first.get("op") in ATTENTION_OPS else "s"
+        ts = [r[tf] for r in rs if r.get(tf)]
+        if not ts:
+            continue
+        med = float(statistics.median(ts))
+        for rate in _RATES:
+            if first.get(rate):
+                first[rate] = first[rate] * first[tf] / med
+        first[tf] = med
+        ss = [r["s_stream"] for r in rs if r.get("s_stream")]
+        if ss:
+            first["s_stream"] = float(statistics.median(ss))
+            if first.get("gbps_stream"):
+                first["gbps_stream"] = rs[0]["gbps_stream"] * rs[0]["s_stream"] / first["s_stream"]
+        first.pop("round", None)
+        first["rounds"] = len(ts)
+        first["s_rounds"] = [float(f"{t:.6g}") for t in ts]
+        first["s_spread"] = (max(ts) - min(ts)) / med
+        out.append(first)
+    return out
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines."""
     from ..errors import InputError  # costmodel.errors imports nothing heavy

@@ -174,6 +174,10 @@ def env_info(backend: str) -> dict:
                             "--format=csv,noheader"])
                 info["nvidia_smi"] = smi.splitlines() if smi else None
                 info["driver"] = smi.splitlines()[0].split(",")[1].strip() if smi else None
+                # read-only: the clock, power and temperature the card is at (METHOD.md: never set them)
+                state = _cmd(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active",
+                              "--format=csv,noheader"])
+                info["gpu_state"] = state.splitlines() if state else None
                 topo = _cmd(["nvidia-smi", "topo", "-m"])
                 info["topology"] = topo.splitlines() if topo else None
         except ImportError:
@@ -196,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", default=None, help="comma-separated ops or groups (gemm, sdpa, elementwise, host, collectives)")
     p.add_argument("--dtypes", default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every case this many times, each round in a fresh shuffled order; keep the median "
+                        "(<tag>-rounds.jsonl keeps every round)")
+    p.add_argument("--power-trace", action="store_true", help="also trace per-call GEMM times under sustained load (GPU)")
     a = p.parse_args(argv)
     backend = resolve_backend(a.backend)
     out = Path(a.out)
@@ -205,18 +213,45 @@ def main(argv: list[str] | None = None) -> int:
     ops = set(a.ops.split(",")) if a.ops else None
     cases = bench.cases(ops)
     path = out / f"{a.tag}-kernels.jsonl"
-    if rank == 0 and path.exists():
-        path.unlink()
+    rounds_path = out / f"{a.tag}-rounds.jsonl"
+    for p_ in (path, rounds_path):
+        if rank == 0 and p_.exists():
+            p_.unlink()
     t0 = time.time()
-    records, errors = run_cases(cases, progress=(not a.no_progress and rank == 0), out=path if rank == 0 else None,
-                                title=f"{bench.backend} on {bench.device}", log=a.no_progress and rank == 0)
+    info0 = env_info(backend) if rank == 0 else {}
+    if a.rounds <= 1:
+        records, errors = run_cases(cases, progress=(not a.no_progress and rank == 0), out=path if rank == 0 else None,
+                                    title=f"{bench.backend} on {bench.device}", log=a.no_progress and rank == 0)
+    else:
+        import random
+
+        from .records import merge_rounds, write_jsonl
+
+        raw, errors = [], []
+        for rnd in range(a.rounds):
+            order = list(cases)
+            random.Random(1000 + rnd).shuffle(order)  # the same order on every rank
+            recs, errs = run_cases(order, progress=(not a.no_progress and rank == 0), out=None,
+                                   title=f"{bench.backend} on {bench.device}, round {rnd + 1}/{a.rounds}", log=a.no_progress and rank == 0)
+            for r in recs:
+                r["round"] = rnd
+            raw += recs
+            errors += errs
+            if rank == 0:
+                write_jsonl(recs, rounds_path, append=True)
+        records = merge_rounds(raw)
+        if rank == 0:
+            write_jsonl(records, path)
+    if a.power_trace and rank == 0 and hasattr(bench, "power_trace") and getattr(bench, "cuda", False):
+        traces = [bench.power_trace(dt, n) for dt, n in (("bf16", 8192), ("fp16", 8192), ("bf16", 4096), ("bf16", 16384))]
+        (out / f"{a.tag}-power-trace.json").write_text(json.dumps(traces) + "\n")
     if hasattr(bench, "close"):
         bench.close()
     if rank == 0:
         info = env_info(backend)
         info.update({"hardware": bench.hardware, "device": bench.device, "cases": len(cases), "records": len(records),
                      "errors": errors, "wall_s": round(time.time() - t0, 1), "quick": a.quick,
-                     "world": getattr(bench, "world", 1)})
+                     "world": getattr(bench, "world", 1), "rounds": a.rounds, "gpu_state_before": info0.get("gpu_state")})
         (out / f"{a.tag}-env.json").write_text(json.dumps(info, indent=1) + "\n")
         print(f"{len(records)} records from {len(cases)} cases in {time.time() - t0:.0f} s -> {path}", flush=True)
         for e in errors:

@@ -4,10 +4,13 @@ torch is imported here only, inside ``TorchBench.__init__``: importing ``costmod
 imports torch.
 
 Timing on a GPU: CUDA events. For each case two numbers are taken:
-- ``s``: the median of isolated calls (synchronise, record an event, one call, record an event),
-  the convention of SCHEMA.md's records; for short kernels it includes the launch gap.
-- ``s_stream``: calls queued back to back between two events, divided by their count, the median
-  of three such batches: the kernel's own time, as it runs inside a training step.
+- ``s``: after a short idle, 3 warm-up calls and a burst of 10-40 isolated calls (synchronise, record
+  an event, one call, record an event), the median: the convention of SCHEMA.md's records, at the
+  clock of a short burst; for short kernels it includes the launch gap.
+- ``s_stream``: after ~0.15 s of back-to-back load (the power controller lowers the clock of heavy
+  kernels within ~0.1 s), calls queued back to back between two events, divided by their count, the
+  median of three such batches: the kernel's own sustained time, as inside a training step.
+``run_gpu --rounds N`` measures every case N times in shuffled order and keeps the median.
 Inputs rotate among sets that overflow the L2 cache three times; data is random (never zeros,
 which run faster: METHOD.md); each kernel's result is checked once against float64.
 """
@@ -26,6 +29,19 @@ GEMM_TOL = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 1.5e-2, "fp16": 5e-3, "fp8": 8e-
 # Memory the GPU-side rotated input sets may take (H100: 80 GB; leave room for the outputs).
 MAX_SET_BYTES_GPU = 12 * 2**30
 MAX_SET_BYTES_CPU = 1 * 2**30
+# Timing protocol (since 2026-11-23c; the earlier runs took up to 60 isolated calls within 0.25 s and
+# then the back-to-back batches, so a large GEMM's isolated calls ran at a clock the power controller
+# had already lowered by a part that depended on what ran before: two H100 runs of the same shapes
+# differed by up to 14% on large GEMMs). A short burst from idle, as the truth file's records and
+# METHOD.md's "ten timed products after three warm-ups" take it, then a soak to the sustained clock.
+COOLDOWN_S = 0.03  # idle before a case's burst
+BURST_WARMUP = 3
+BURST_MIN_REPS = 10
+BURST_MAX_REPS = 40  # tiny kernels (host-bound) take more repeats: the burst stays under BURST_BUDGET_S
+BURST_BUDGET_S = 0.004
+SOAK_S = 0.15  # back-to-back load before the stream batches (the power controller settles in ~0.1 s)
+SOAK_MAX_CALLS = 2000
+STREAM_BATCH_S = 0.02
 
 
 def hardware_id_from_name(name: str) -> str:
@@ -88,11 +104,18 @@ class TorchBench:
             rec["sms"] = self.sms  # multiprocessors: the calibration's wave-quantisation term uses it
         return rec
 
-    def time(self, fn, nsets: int, *, warmup: int = 3, min_reps: int = 5, max_reps: int = 60, budget_s: float | None = None,
-             stream: bool = True) -> Timing:
-        """Isolated-call median and back-to-back (stream) time of ``fn(i)``, i the input set."""
+    def time(self, fn, nsets: int, *, warmup: int = BURST_WARMUP, min_reps: int = BURST_MIN_REPS, max_reps: int = BURST_MAX_REPS,
+             budget_s: float | None = None, stream: bool = True) -> Timing:
+        """Isolated-call median (a short burst from idle) and sustained back-to-back time of ``fn(i)``.
+
+        Protocol (see the module docstring): idle ``COOLDOWN_S``; ``warmup`` calls; ``min_reps`` to
+        ``max_reps`` isolated calls (synchronise, event, call, event) within ``BURST_BUDGET_S`` of load,
+        median: the boost-clock time of a short burst, SCHEMA.md's convention. Then ``SOAK_S`` of
+        back-to-back calls, so the power controller settles, and three timed back-to-back batches,
+        median: the sustained time per call, as inside a training step."""
         torch = self.torch
-        budget_s = self.budget_s if budget_s is None else budget_s
+        if self.cuda and COOLDOWN_S:
+            time.sleep(COOLDOWN_S)
         for i in range(warmup):
             fn(i % nsets)
         self.sync()
@@ -100,7 +123,7 @@ class TorchBench:
         fn(warmup % nsets)
         self.sync()
         est = time.perf_counter() - t0
-        reps = n_repeats(est, budget_s, min_reps, max_reps)
+        reps = n_repeats(est, BURST_BUDGET_S if budget_s is None else budget_s, min_reps, max_reps)
         if not self.cuda:
             ts = []
             for r in range(reps):
@@ -118,19 +141,47 @@ class TorchBench:
         iso = [a.elapsed_time(b) / 1e3 for a, b in ev]
         st = None
         if stream:
-            batch = max(3, min(reps, 40))
+            k = median(iso)
+            for r in range(int(min(SOAK_MAX_CALLS, max(3, SOAK_S / max(k, 1e-7))))):
+                fn(r % nsets)
+            batch = int(min(40, max(5, STREAM_BATCH_S / max(k, 1e-7))))
             per = []
             for _ in range(3):
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                fn(0)  # something queued ahead, so the first timed call does not start on an idle queue
                 a.record()
                 for r in range(batch):
                     fn((r + 1) % nsets)
                 b.record()
-                torch.cuda.synchronize()
-                per.append(a.elapsed_time(b) / 1e3 / batch)
-            st = median(per)
+                per.append((a, b))
+            torch.cuda.synchronize()
+            st = median([a.elapsed_time(b) / 1e3 / batch for a, b in per])
         return Timing(median(iso), reps, st, iso)
+
+    def power_trace(self, dt: str = "bf16", n: int = 8192, seconds: float = 0.4, idle_s: float = 1.0) -> dict:
+        """Per-call times of an n^3 GEMM queued back to back for ``seconds`` after ``idle_s`` idle:
+        how the achieved rate falls as the power controller lowers the clock under sustained load."""
+        torch = self.torch
+        tdt = self._tdtype(dt)
+        A = [self._randn((n, n), tdt) for _ in range(2)]
+        B = [self._randn((n, n), tdt) for _ in range(2)]
+        C = torch.empty((n, n), device=self.dev, dtype=tdt)
+        torch.mm(A[0], B[0], out=C)
+        self.sync()
+        t0 = time.perf_counter()
+        torch.mm(A[0], B[0], out=C)
+        self.sync()
+        calls = int(max(10, seconds / (time.perf_counter() - t0)))
+        time.sleep(idle_s)
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(calls + 1)]
+        ev[0].record()
+        for i in range(calls):
+            torch.mm(A[i % 2], B[i % 2], out=C)
+            ev[i + 1].record()
+        torch.cuda.synchronize()
+        ts = [ev[i].elapsed_time(ev[i + 1]) / 1e3 for i in range(calls)]
+        f = gemm_flops(n, n, n)
+        return {"op": "power_trace", "dtype": dt, "n": n, "idle_s": idle_s, "call_s": ts,
+                "tflops": [f / t / 1e12 for t in ts], "hardware": self.hardware, "device": self.device}
 
     def _randn(self, shape, dtype):
         return self.torch.randn(*shape, device=self.dev, dtype=self.torch.float32).to(dtype)
@@ -382,7 +433,7 @@ class TorchBench:
             err = float((o - ref).norm() / ref.norm())
         if not err < 2e-2:
             raise RuntimeError(f"sdpa wrong: relative error {err:.2e}")
-        t = self.time(fn, ns, max_reps=30)
+        t = self.time(fn, ns)
         fl = sdpa_flops(b, h, s, d, causal, backward)
         return self._base("sdpa_fwd_bwd" if backward else "sdpa_fwd", b=b, h=h, s=s, d=d, causal=causal, s_time=t.median_s,
                           tflops=fl / t.median_s / 1e12, s_stream=t.stream_s, dtype="bf16" if self.cuda else "fp32", repeats=t.repeats)
@@ -403,5 +454,5 @@ class TorchBench:
         self.sync()
         if not torch.equal(host[:4096].to(self.dev), dev_t[:4096]):
             raise RuntimeError(f"{op} result wrong")
-        t = self.time(fn, 1, min_reps=3, max_reps=20, stream=False)
+        t = self.time(fn, 1, min_reps=3, max_reps=20, budget_s=0.25, stream=False)
         return self._base(op, bytes=nbytes, s=t.median_s, gbps=nbytes / t.median_s / 1e9, repeats=t.repeats)
