@@ -1,6 +1,7 @@
 """`costmodel infer`: inference memory, TTFT, TPOT and throughput versus batch."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -23,6 +24,7 @@ def infer_cmd(
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--eager"),
     max_tpot_ms: Optional[float] = typer.Option(None, help="Report the largest batch under this per-token latency."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: throughput and per-token latency vs batch, memory limit marked (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
@@ -38,6 +40,10 @@ def infer_cmd(
     if max_tpot_ms is not None:
         ok = [p for p in est.throughput_curve if p["tpot_s"] * 1e3 <= max_tpot_ms]
         out["best_under_tpot"] = max(ok, key=lambda p: p["tokens_per_s"]) if ok else None
+    if plot is not None:
+        from ..plots import infer_plot
+
+        infer_plot(est, plot)
     if json_out:
         emit_json(out)
     else:

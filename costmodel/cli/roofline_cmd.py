@@ -1,6 +1,7 @@
 """`costmodel roofline`: the operators of one decoder layer (and the LM head) on a device's roofline."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -20,6 +21,7 @@ def roofline_cmd(
     seq_len: int = typer.Option(2048, "--seq-len"),
     dtype: str = typer.Option("bf16"),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the operators on the device roofline, log-log (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
@@ -36,6 +38,11 @@ def roofline_cmd(
     ridge = spec.peak(dtype) / spec.memory.bandwidth_bytes_per_s
     rows = [{"op": o.name, "kind": o.kind, "flops": o.flops, "bytes": o.bytes, "intensity": o.intensity,
              "bound": o.bound, "time_s": o.time_s} for o in ops]
+    if plot is not None:
+        from ..plots import roofline_plot
+
+        roofline_plot(rows, spec.peak(dtype), spec.memory.bandwidth_bytes_per_s, plot,
+                      title=f"{m.id} layer on {spec.id} ({dtype}, {tokens} tokens)")
     if json_out:
         emit_json({"model": m.id, "hardware": spec.id, "ridge_flops_per_byte": ridge, "efficiency": eff.source, "ops": rows})
         return

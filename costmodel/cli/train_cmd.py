@@ -1,6 +1,7 @@
 """`costmodel train`: memory and step-time breakdown of one training layout."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -38,6 +39,7 @@ def train_cmd(
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (alternative to --steps)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory per device vs capacity and the step-time breakdown (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
@@ -75,6 +77,10 @@ def train_cmd(
     out = est.to_dict()
     out["run"] = run
     out["fix_suggestions"] = [] if est.fits else fix_suggestions(est)
+    if plot is not None:
+        from ..plots import train_plot
+
+        train_plot(est, plot)
     if json_out:
         emit_json(out)
     else:
