@@ -58,7 +58,8 @@ copies. See ``DEFAULT_*`` below for the numbers and ``tests/test_comm.py`` for t
 
 Calibration: ``collective_time_s(..., efficiency=obj)`` accepts an object with
 ``collective_time_s(op, nbytes, world) -> float | None`` (``costmodel.calibration.DeviceEfficiency``)
-and uses its value, when it has one, for groups inside one scale-up domain.
+and, for groups inside one scale-up domain, takes its large-message bus bandwidth as the achieved
+bandwidth (``calibrated_bandwidth_scale``); the per-call overhead stays the model's.
 
 Everything here is a pure function of sizes in bytes and the link description.
 """
@@ -134,6 +135,22 @@ DDP_BUCKET_BYTES = 25 * 1024 * 1024
 _DEFAULT_INTRA_LATENCY_S = 2e-6
 _DEFAULT_INTER_LATENCY_S = 5e-6
 
+# Per-step latency of NCCL's ring with the Simple protocol (the one it picks for the MiB..GiB
+# messages of gradient and parameter collectives): 3.4 us per step over NVLink, 9.6 us per step
+# that crosses the network. Source: NCCL src/graph/tuning.cc (2.7-2.8, the NCCL of Megatron-LM
+# 2021), hwLat[NVLINK][Ring][Simple] = 3.4 and hwLat[NET][Ring][Simple] = 9.6 us; the model adds
+# (nsteps - nInterSteps) x intra + nInterSteps x inter per call. A step of a ring that spans
+# scale-up domains costs at least these (or the spec's link latency if larger); rings inside one
+# domain keep the spec latency, with which DEFAULT_LAUNCH_OVERHEAD_S was fitted.
+NCCL_RING_STEP_NVLINK_S = 3.4e-6
+NCCL_RING_STEP_NET_S = 9.6e-6
+
+# NCCL runs all-gather and reduce-scatter as rings only when a communicator has several ranks per
+# node: tuning.cc (2.7-2.8) skips every other algorithm for them ("if (coll != ncclCollAllReduce
+# && a != NCCL_ALGO_RING) continue;"); the logarithmic PAT algorithm of NCCL 2.23+ is used only
+# with one rank per node (NCCL 2.23 release notes: "PAT ... for 1 GPU per node"). ``auto`` follows
+# that: recursive doubling ("tree") and the hierarchical variant only for one rank per domain.
+
 
 @dataclass(frozen=True)
 class CommParams:
@@ -143,10 +160,14 @@ class CommParams:
     ring_efficiency: float = DEFAULT_RING_EFFICIENCY
     p2p_efficiency: float = DEFAULT_P2P_EFFICIENCY
     scale_out_efficiency: float = DEFAULT_SCALE_OUT_EFFICIENCY
+    ring_step_intra_s: float = NCCL_RING_STEP_NVLINK_S  # floor of a ring step's latency inside a domain
+    ring_step_inter_s: float = NCCL_RING_STEP_NET_S     # ... and across domains
 
     def __post_init__(self):
         if self.launch_overhead_s < 0:
             raise InputError(f"launch_overhead_s must be >= 0, got {self.launch_overhead_s}", field="launch_overhead_s")
+        if self.ring_step_intra_s < 0 or self.ring_step_inter_s < 0:
+            raise InputError("ring step latencies must be >= 0", field="ring_step_intra_s")
         for name in ("ring_efficiency", "p2p_efficiency", "scale_out_efficiency"):
             v = getattr(self, name)
             if not (0 < v <= 1):
@@ -314,9 +335,14 @@ def _terms(op: str, S, n, L, links: Links, params: CommParams, scale: float) -> 
                          "have no scale-out network", field="scale_out")
     Bo_ = Bo if Bo is not None else np.inf
 
+    # a step of a ring that spans domains costs at least NCCL's per-step latency (NCCL_RING_STEP_*);
+    # rings inside one domain keep the spec's latency, with which the launch overhead was fitted.
+    au_ring = np.where(multi, max(au, params.ring_step_intra_s), au)
+    ao_ring = max(ao, params.ring_step_inter_s)
+
     def ring_lat(steps, inter_steps):
         inter_steps = np.where(multi, inter_steps, 0.0)
-        return (steps - inter_steps) * au + inter_steps * ao
+        return (steps - inter_steps) * au_ring + inter_steps * ao_ring
 
     def tree_lat(depth_factor):  # depth_factor: 2 for reduce+broadcast, 1 for one pass
         return depth_factor * (_log2c(L) * au + np.where(multi, _log2c(N) * ao, 0.0))
@@ -364,6 +390,10 @@ def _terms(op: str, S, n, L, links: Links, params: CommParams, scale: float) -> 
         inter_rd = _log2c(N) * ao + (N - 1.0) / N * Sx / Bo_
         hier = o + (L - 1.0) * au + (L - 1.0) / L * S / Bu_r + np.minimum(inter_ring, inter_rd)
         out["hierarchical"] = np.where(multi, hier, out["ring"])
+        # what NCCL picks: rings only for several ranks per domain across domains (see the notes
+        # above NCCL_RING_STEP_*); each algorithm's own time stays reported as modelled.
+        ring_only = multi & (L > 1)
+        out["auto"] = np.where(ring_only, out["ring"], np.minimum.reduce([out[a] for a in _AUTO_SET]))
     elif op == "broadcast":
         steps, inter = n - 1.0, N - 1.0
         out["ring"] = o + ring_lat(steps, inter) + S / B_ring  # pipelined chain
@@ -381,6 +411,8 @@ def _terms(op: str, S, n, L, links: Links, params: CommParams, scale: float) -> 
 
 def _select(terms: dict[str, np.ndarray], algorithm: str) -> np.ndarray:
     if algorithm == "auto":
+        if "auto" in terms:
+            return terms["auto"]
         return np.minimum.reduce([terms[a] for a in _AUTO_SET])
     if algorithm not in ALGORITHMS:
         raise InputError(f"unknown algorithm {algorithm!r}; expected auto, {', '.join(ALGORITHMS)}", field="algorithm")
@@ -435,8 +467,9 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
 
     ``node_or_links``: a ``NodeSpec``, an ``AcceleratorSpec`` or :class:`Links`.
     ``efficiency``: None (the defaults in ``params``); a float that scales every achieved
-    bandwidth; or a calibration object with ``collective_time_s(op, nbytes, world)``, whose value
-    is used as is for a group inside one scale-up domain when it returns one.
+    bandwidth; or a calibration object with ``collective_time_s(op, nbytes, world)``, whose
+    large-message bus bandwidth sets the achieved bandwidth of a group inside one scale-up domain
+    (:func:`calibrated_bandwidth_scale`; the launch overhead stays ``params``').
     """
     op = normalize_op(op)
     if nbytes < 0:
@@ -450,13 +483,38 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
     scale = None
     if efficiency is not None and hasattr(efficiency, "collective_time_s"):
         if group.intra:
-            measured = efficiency.collective_time_s(op, float(nbytes), group.size)
-            if measured is not None:
-                return float(measured)
+            scale = calibrated_bandwidth_scale(efficiency, op, group.size, node_or_links, params)
     elif efficiency is not None:
         scale = float(efficiency)
     return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, node_or_links,
                                       algorithm=algorithm, params=params, efficiency=scale))
+
+
+# Sizes at which a calibration's large-message bandwidth is read: the marginal bus bandwidth
+# between 256 MiB and 1 GiB, where the per-call overhead is < 10% of the time (truth 2 x H200:
+# 1 GiB calls take 1.7-3.3 ms against a ~60 us floor).
+_CAL_SIZES_BYTES = (256 * 2**20, 2**30)
+
+
+def calibrated_bandwidth_scale(calibration, op: str, world: int, node_or_links,
+                               params: CommParams = DEFAULT_PARAMS) -> float | None:
+    """Bandwidth scale taken from a calibration object (``collective_time_s(op, nbytes, world)``):
+    its marginal bus bandwidth between two large sizes over the model's achieved bandwidth for the
+    op's class (ring or direct copy). Only the bandwidth is taken: the per-call overhead stays
+    ``params.launch_overhead_s`` (calibration overlays fitted on one harness carry that harness's
+    floor; the truth file's isolated calls sit near 60 us, the overlay's fit near 33 us). None when
+    the calibration has no fit for ``op``."""
+    op = normalize_op(op)
+    s1, s2 = _CAL_SIZES_BYTES
+    t1 = calibration.collective_time_s(op, float(s1), int(world))
+    t2 = calibration.collective_time_s(op, float(s2), int(world))
+    if t1 is None or t2 is None or not float(t2) > float(t1):
+        return None
+    busbw = bus_factor(op, world) * (s2 - s1) / (float(t2) - float(t1))
+    links = as_links(node_or_links)
+    frac = params.p2p_efficiency if op in ("all_to_all", "send_recv") else params.ring_efficiency
+    nominal = links.intra_bytes_per_s * frac
+    return float(busbw / nominal)
 
 
 def busbw_bytes_per_s(op: str, nbytes: float, n: int, seconds: float) -> float:
