@@ -5,6 +5,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import CostModelError
 from .common import err_console
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except CostModelError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..check import CheckResult, check_files, describe_changes, describe_failure, expand_paths, junit_xml
@@ -38,7 +39,7 @@ def check_cmd(
                 _render(r)
     errors = [r for r in results if isinstance(r, InputError)]
     for e in errors:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(2)
     if not all(r.ok for r in results):
@@ -46,7 +47,7 @@ def check_cmd(
 
 
 def _render(r: CheckResult) -> None:
-    title = f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.devices} x {r.hardware}"
+    title = escape(f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.devices} x {r.hardware}")
     t = Table(title=title)
     for c in ("limit", "limit value", "predicted", "margin", ""):
         t.add_column(c, justify="left" if c in ("limit", "") else "right")
@@ -55,15 +56,15 @@ def _render(r: CheckResult) -> None:
                   "[green]pass[/]" if c.passed else "[bold red]FAIL[/]")
     console.print(t)
     if r.ok:
-        console.print(f"[green]ok[/] {r.file or r.name or 'plan'}: every limit holds")
+        console.print(f"[green]ok[/] {escape(r.file or r.name or 'plan')}: every limit holds")
         return
     for c in r.failed:
-        console.print(f"[bold red]failed[/] {describe_failure(c)}", highlight=False)
+        console.print(f"[bold red]failed[/] {escape(describe_failure(c))}", highlight=False)
     nb = r.nearest_passing
     if nb is not None:
         what = "step" if r.kind == "training" else "per-token time"
         console.print(f"nearest passing layout ({len(nb.changes)} change{'s' if len(nb.changes) > 1 else ''}): "
-                      f"[bold]{describe_changes(nb)}[/] ({what} {nb.step_s * 1e3:,.1f} ms; "
+                      f"[bold]{escape(describe_changes(nb))}[/] ({what} {nb.step_s * 1e3:,.1f} ms; "
                       + ", ".join(f"{c.limit} {_num(c.predicted)}" for c in nb.checks) + ")", highlight=False)
     elif r.searched:
         console.print(f"no layout within two changes passes ({r.searched} tried): change the hardware, "
