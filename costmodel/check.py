@@ -447,8 +447,8 @@ def nearest_passing(plan: Plan, ctx: dict, devices: int, global_batch: int | Non
                 else:
                     _est, pred, step_s = _evaluate_inference(plan, sec, ctx)
                 checks = _checks(plan.limits, pred, file)
-            except InputError:
-                continue
+            except (InputError, ValidationError):
+                continue  # not a valid layout (e.g. tp not dividing the heads, ep not dividing dp)
             if all(c.passed for c in checks):
                 changes = {k: {"from": getattr(base, k), "to": v} for k, v in upd.items()}
                 layout = sec.model_dump()
@@ -480,6 +480,10 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
             est, pred, _ = _evaluate_inference(plan, plan.inference, ctx)
             devices, gb, framework = plan.inference.tp, None, None
         checks = _checks(plan.limits, pred, where)
+    except ValidationError as exc:  # the layout's own consistency rules (workload.Parallel)
+        err = from_validation_error(exc, where)
+        field = f"{plan.kind}.{err.field}" if err.field else plan.kind
+        raise InputError(err.detail, file=where if where is not None else "<plan>", field=field) from None
     except InputError as exc:
         if exc.file is not None or where is None:
             raise
