@@ -4,7 +4,7 @@ torch is imported here only, inside ``TorchBench.__init__``: importing ``costmod
 imports torch.
 
 Timing on a GPU: CUDA events. For each case two numbers are taken:
-- ``s``: after a short idle, 3 warm-up calls and a burst of 10-40 isolated calls (synchronise, record
+- ``s``: after 30 ms of a low-power spin kernel, 3 warm-up calls and a burst of 10-40 isolated calls (synchronise, record
   an event, one call, record an event), the median: the convention of SCHEMA.md's records, at the
   clock of a short burst; for short kernels it includes the launch gap.
 - ``s_stream``: after ~0.15 s of back-to-back load (the power controller lowers the clock of heavy
@@ -34,7 +34,11 @@ MAX_SET_BYTES_CPU = 1 * 2**30
 # had already lowered by a part that depended on what ran before: two H100 runs of the same shapes
 # differed by up to 14% on large GEMMs). A short burst from idle, as the truth file's records and
 # METHOD.md's "ten timed products after three warm-ups" take it, then a soak to the sustained clock.
-COOLDOWN_S = 0.03  # idle before a case's burst
+# Before each case's burst: RECOVER_S of a one-block spin kernel (torch.cuda._sleep), not an idle
+# sleep: in run 2026-11-23c a 30 ms time.sleep() let the card (345 MHz idle clock) or the host
+# thread idle, and 5% of the bursts of small kernels then ran 1.3-12x slower than the other rounds.
+RECOVER_S = 0.03
+SPIN_HZ = 1.98e9  # cycles per second of the spin kernel (H100/H200 max SM clock; approximate is fine)
 BURST_WARMUP = 3
 BURST_MIN_REPS = 10
 BURST_MAX_REPS = 40  # tiny kernels (host-bound) take more repeats: the burst stays under BURST_BUDGET_S
@@ -108,14 +112,18 @@ class TorchBench:
              budget_s: float | None = None, stream: bool = True) -> Timing:
         """Isolated-call median (a short burst from idle) and sustained back-to-back time of ``fn(i)``.
 
-        Protocol (see the module docstring): idle ``COOLDOWN_S``; ``warmup`` calls; ``min_reps`` to
+        Protocol (see the module docstring): ``RECOVER_S`` of a low-power spin kernel; ``warmup`` calls; ``min_reps`` to
         ``max_reps`` isolated calls (synchronise, event, call, event) within ``BURST_BUDGET_S`` of load,
         median: the boost-clock time of a short burst, SCHEMA.md's convention. Then ``SOAK_S`` of
         back-to-back calls, so the power controller settles, and three timed back-to-back batches,
         median: the sustained time per call, as inside a training step."""
         torch = self.torch
-        if self.cuda and COOLDOWN_S:
-            time.sleep(COOLDOWN_S)
+        if self.cuda and RECOVER_S:
+            # A spin kernel on one multiprocessor: the card draws little power (the power controller
+            # recovers from the previous case's soak) but stays busy, so neither the clock nor the
+            # host thread drop into an idle state (an idle sleep did: run 2026-11-23c).
+            torch.cuda._sleep(int(RECOVER_S * SPIN_HZ))
+            torch.cuda.synchronize()
         for i in range(warmup):
             fn(i % nsets)
         self.sync()
