@@ -150,3 +150,42 @@ def infer_plot(est, path: str | Path, curve: list[dict] | None = None) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.2)
     return _save(fig, plt, path)
+
+
+def _layout_label(lay) -> str:
+    parts = [f"tp{lay.tp}", f"pp{lay.pp}", f"dp{lay.dp}"]
+    if getattr(lay, "cp", 1) > 1:
+        parts.append(f"cp{lay.cp}")
+    parts.append(f"z{lay.zero_stage}")
+    parts.append(f"mb{lay.micro_batch}")
+    if lay.recompute != "none":
+        parts.append(lay.recompute[:3])
+    return " ".join(parts)
+
+
+def search_plot(res, path: str | Path) -> Path:
+    """`costmodel search --plot`: the best layouts at (step time, cost per million tokens), the
+    time/cost Pareto front drawn as a line; MFU on the y axis when no price is known."""
+    plt = _pyplot()
+    cands = list(getattr(res, "top", []) or [])
+    front = list(getattr(res, "pareto", []) or [])
+    if not cands and not front:
+        raise InputError("no layout fits: nothing to plot", field="plot")
+    priced = all(c.cost_per_million_tokens_usd is not None for c in cands + front)
+
+    def y(c):
+        return c.cost_per_million_tokens_usd if priced else c.mfu * 100.0
+
+    fig, ax = plt.subplots(figsize=FIGSIZE_ONE)
+    ax.scatter([c.step_s for c in cands], [y(c) for c in cands], s=30, color="tab:blue", zorder=3, label="best layouts")
+    for c in cands[:10]:
+        ax.annotate(_layout_label(c.layout), (c.step_s, y(c)), xytext=(4, 2), textcoords="offset points", fontsize=7)
+    if front:
+        front = sorted(front, key=lambda c: c.step_s)
+        ax.plot([c.step_s for c in front], [y(c) for c in front], "o-", color="tab:red", ms=4, label="Pareto front")
+    ax.set_xlabel("step time (s)")
+    ax.set_ylabel("USD per million tokens" if priced else "MFU (%)")
+    ax.set_title(f"{res.model}: {res.global_batch} x {res.seq_len} tokens per step")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.2)
+    return _save(fig, plt, path)

@@ -291,3 +291,18 @@ def test_train_plot_written_when_it_does_not_fit(tmp_path, capsys):
     out = tmp_path / "big.png"
     code, _, _ = run(["train", "llama2-7b", "--seq-len", "4096", "--plot", str(out)], capsys)
     assert code == 1 and out.exists()
+
+
+def test_search_plot_from_a_result_shaped_object(tmp_path):
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace as NS
+
+    from costmodel.plots import search_plot
+
+    lay = NS(tp=2, pp=1, dp=4, cp=1, zero_stage=1, micro_batch=1, recompute="selective")
+    cands = [NS(layout=lay, step_s=s, cost_per_million_tokens_usd=c, mfu=0.4) for s, c in ((3.0, 0.08), (3.5, 0.07))]
+    res = NS(model="llama2-7b", global_batch=64, seq_len=4096, top=cands, pareto=cands)
+    out = search_plot(res, tmp_path / "s.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(costmodel.InputError):
+        search_plot(NS(model="m", global_batch=1, seq_len=1, top=[], pareto=[]), tmp_path / "e.png")
