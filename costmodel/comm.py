@@ -711,3 +711,123 @@ def pipeline_bubble_fraction(pp: int, micro_batches: int, interleave: int = 1) -
 def pipeline_bubble_fraction_np(pp, micro_batches, interleave=1):
     pp, m, v = (np.asarray(x, dtype=float) for x in (pp, micro_batches, interleave))
     return (pp - 1.0) / (v * m)
+
+
+# --------------------------------------------------------------------------- overlap with compute
+
+# Parameter all-gathers FSDP keeps in flight ahead of the unit that computes: FSDP2 prefetches
+# one unit ahead in forward and backward (PyTorch FSDP2 docs, "implicit prefetching":
+# the all-gather of the next module is issued on a separate stream while the current one
+# computes; fully_shard(..., reshard_after_forward=True) default); FSDP1 BACKWARD_PRE likewise.
+FSDP_PREFETCH_UNITS = 1
+
+
+def overlap_units_time_s(compute_s, pre_s, post_s, *, prefetch: int = FSDP_PREFETCH_UNITS) -> tuple[float, float]:
+    """Elapsed time of units computed in order on one stream while one communication stream
+    carries, for each unit, a collective that must finish before it computes (``pre``: FSDP's
+    parameter all-gather) and one issued when it has computed (``post``: its gradient
+    reduce-scatter). The communication stream runs its calls one at a time in issue order
+    (NCCL kernels of one communicator serialise). ``prefetch`` = how many units ahead a ``pre``
+    call may be issued: unit i's is issued when unit i - prefetch starts computing (0: when unit
+    i - 1 has finished, no overlap of gathers). Returns (elapsed, communication time).
+
+    A two-stage pipeline (Hockney-style resources, as in the FSDP paper's overlap analysis:
+    Zhao et al., "PyTorch FSDP", VLDB 2023, sec. 3.3): the steady state runs at
+    max(compute, pre + post) per unit, plus the first gather and the last reduce-scatter.
+    """
+    c = [float(x) for x in compute_s]
+    pre = [float(x) for x in pre_s]
+    post = [float(x) for x in post_s]
+    n = len(c)
+    if not (len(pre) == len(post) == n):
+        raise InputError("compute_s, pre_s and post_s must have the same length", field="compute_s")
+    if prefetch < 0:
+        raise InputError(f"prefetch must be >= 0, got {prefetch}", field="prefetch")
+    comm_free = 0.0
+    comp_free = 0.0
+    pre_end = [0.0] * n
+
+    def issue(t: float, d: float) -> float:
+        nonlocal comm_free
+        if d <= 0.0:
+            return t
+        comm_free = max(comm_free, t) + d
+        return comm_free
+
+    if prefetch >= 1:
+        for j in range(min(prefetch, n)):
+            pre_end[j] = issue(0.0, pre[j])
+    elif n:
+        pre_end[0] = issue(0.0, pre[0])
+    for i in range(n):
+        start = max(comp_free, pre_end[i])
+        if prefetch >= 1 and i + prefetch < n:
+            pre_end[i + prefetch] = issue(start, pre[i + prefetch])
+        comp_free = start + c[i]
+        issue(comp_free, post[i])
+        if prefetch == 0 and i + 1 < n:
+            pre_end[i + 1] = issue(comp_free, pre[i + 1])
+    return max(comp_free, comm_free), sum(pre) + sum(post)
+
+
+@dataclass(frozen=True)
+class ShardedDataParallel:
+    """Per-step communication of ZeRO-3 / FSDP over the data-parallel group, unit by unit.
+
+    ``units`` FSDP units (one per decoder layer: FSDP2 ``fully_shard`` per block, Llama 3,
+    torchtitan) each hold ``unit_param_bytes`` of gathered parameters (compute dtype) and
+    ``unit_grad_bytes`` of gradients as reduced. Per micro-batch: an all-gather per unit in
+    forward, again in backward when parameters are resharded after forward (ZeRO-3, FSDP
+    FULL_SHARD; Rajbhandari et al. 2020 sec. 7: 3 x params per step), and a reduce-scatter per
+    unit in backward (FSDP reduce-scatters every micro-batch unless gradient sync is disabled;
+    ZeRO-3 partitions gradients as they are produced). ``calls_per_unit`` splits a unit's traffic
+    into that many collectives (DeepSpeed ZeRO-3 of 2021 gathered parameter by parameter), each
+    paying its own latency."""
+
+    units: int
+    unit_param_bytes: float
+    unit_grad_bytes: float
+    group: Group
+    reshard_after_forward: bool = True
+    calls_per_unit: int = 1
+    prefetch: int = FSDP_PREFETCH_UNITS
+
+    def gather_s(self, links, **kw) -> float:
+        k = max(1, int(self.calls_per_unit))
+        return k * collective_time_s("all_gather", self.unit_param_bytes / k, self.group, links, **kw)
+
+    def reduce_s(self, links, **kw) -> float:
+        k = max(1, int(self.calls_per_unit))
+        return k * collective_time_s("reduce_scatter", self.unit_grad_bytes / k, self.group, links, **kw)
+
+    def step(self, fwd_compute_s: float, bwd_compute_s: float, micro_batches: int, links, **kw) -> CommTime:
+        """Communication of one optimizer step with ``fwd_compute_s`` / ``bwd_compute_s`` of
+        compute per unit and micro-batch: total time of the calls and what of it is left on the
+        critical path after overlap (:func:`overlap_units_time_s`)."""
+        if self.group.size <= 1 or self.units <= 0:
+            return CommTime(0.0, 0.0, 0)
+        if micro_batches < 1:
+            raise InputError(f"micro_batches must be >= 1, got {micro_batches}", field="micro_batches")
+        links = as_links(links)
+        ag = self.gather_s(links, **kw)
+        rs = self.reduce_s(links, **kw)
+        U = int(self.units)
+        one_c = [fwd_compute_s] * U + [bwd_compute_s] * U
+        one_pre = [ag] * U + ([ag] * U if self.reshard_after_forward else [0.0] * U)
+        one_post = [0.0] * U + [rs] * U
+        k = max(1, int(self.calls_per_unit))
+        calls_mb = k * U * (3 if self.reshard_after_forward else 2)
+
+        def run(m):
+            return overlap_units_time_s(one_c * m, one_pre * m, one_post * m, prefetch=self.prefetch)
+
+        e1, c1 = run(1)
+        if micro_batches == 1:
+            elapsed, total = e1, c1
+        else:  # steady state from two micro-batches, extrapolated (each adds the same)
+            e2, c2 = run(2)
+            elapsed = e1 + (micro_batches - 1) * (e2 - e1)
+            total = c1 * micro_batches
+        compute = micro_batches * U * (fwd_compute_s + bwd_compute_s)
+        exposed = min(total, max(0.0, elapsed - compute))
+        return CommTime(total, exposed, calls_mb * micro_batches)

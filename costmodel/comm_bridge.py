@@ -25,6 +25,15 @@ DEFAULT_DEVICES_PER_NODE = 8
 DEFAULT_HOST_LINK_BYTES_PER_S = 16e9
 
 
+# Per-call overhead of a collective queued inside a training step, where the host has run ahead
+# and the call waits only for its kernel's start: NCCL's base latency of a ring call with the
+# Simple protocol, 8.4 us (NCCL src/graph/tuning.cc, baseLat[Ring][Simple]). The 59 us of
+# comm.DEFAULT_LAUNCH_OVERHEAD_S is an isolated eager call timed by CUDA events (truth file); the
+# host's share of issuing calls in eager PyTorch is in training.py's fitted host time.
+QUEUED_LAUNCH_OVERHEAD_S = 8.4e-6
+QUEUED_PARAMS = comm.CommParams(launch_overhead_s=QUEUED_LAUNCH_OVERHEAD_S)
+
+
 @dataclass
 class Links:
     intra_bw: float  # per device per direction, bytes/s
@@ -36,8 +45,19 @@ class Links:
     spec: AcceleratorSpec
     eff: object
 
+    # comm.CommParams of the calls: isolated calls (the truth file's kernel records) by default;
+    # ``from_specs(..., queued=True)`` for calls queued inside a training step (QUEUED_PARAMS).
+    params: comm.CommParams = comm.DEFAULT_PARAMS
+
     @classmethod
-    def from_specs(cls, spec: AcceleratorSpec, node: NodeSpec | None, eff) -> "Links":
+    def from_specs(cls, spec: AcceleratorSpec, node: NodeSpec | None, eff, queued: bool = False) -> "Links":
+        links = cls._from_specs(spec, node, eff)
+        if queued:
+            links.params = QUEUED_PARAMS
+        return links
+
+    @classmethod
+    def _from_specs(cls, spec: AcceleratorSpec, node: NodeSpec | None, eff) -> "Links":
         if node is not None:
             intra_bw, intra_lat = node.scale_up.bandwidth_bytes_per_s, node.scale_up.latency_s
             so = node.scale_out
@@ -87,7 +107,8 @@ class Links:
         if world <= 1 or nbytes <= 0:
             return 0.0
         g = self.group(world, intra, per_node)
-        return comm.collective_time_s(op, float(nbytes), g, self.comm_links, efficiency=self._efficiency())
+        return comm.collective_time_s(op, float(nbytes), g, self.comm_links, efficiency=self._efficiency(),
+                                      params=self.params)
 
     def p2p_time_s(self, nbytes: float, crosses_node: bool) -> float:
         """One point-to-point message (comm's send/recv model: launch overhead, one link latency,
@@ -95,4 +116,5 @@ class Links:
         if nbytes <= 0:
             return 0.0
         pair = comm.Group(2, 1 if crosses_node else 2)
-        return comm.collective_time_s("send_recv", float(nbytes), pair, self.comm_links, efficiency=self._efficiency())
+        return comm.collective_time_s("send_recv", float(nbytes), pair, self.comm_links, efficiency=self._efficiency(),
+                                      params=self.params)

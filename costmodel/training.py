@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import comm_bridge
+from . import comm, comm_bridge
 from .arch import GATED, ModelConfig
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
@@ -52,6 +52,9 @@ class StepTime:
     bubble_s: float
     optimizer_s: float
     total_s: float
+    ep_comm_s: float = 0.0   # expert-parallel all-to-alls (MoE dispatch/combine)
+    cp_comm_s: float = 0.0   # context-parallel ring-attention K/V exchange not hidden by attention
+    offload_s: float = 0.0   # optimizer / parameter traffic over PCIe to host memory or NVMe
 
     def parts(self) -> dict[str, float]:
         d = asdict(self)
@@ -166,6 +169,60 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     return gemm_fwd, gemm_bwd, att_f, att_b, ew_f, ew_b
 
 
+# NVMe bandwidth per device when the node names no drives: one PCIe 4.0 x4 drive per GPU at its
+# sequential rate, ~7 GB/s read and ~5 GB/s write (hardware/nvme-gen4.yaml class; ZeRO-Infinity,
+# Rajbhandari et al. 2021, sec. 5, streams from NVMe at the drives' aggregate bandwidth).
+_NVME_READ_BYTES_PER_S = 7e9
+_NVME_WRITE_BYTES_PER_S = 5e9
+
+
+def _nvme_bytes_per_s(node: NodeSpec | None) -> tuple[float, float]:
+    """Read and write bandwidth of NVMe per device: the node's drives shared by its devices."""
+    if node is not None and getattr(node, "nvme", None) and getattr(node, "nvme_drives", 0):
+        try:
+            from .specs import load_library
+
+            drive = load_library().get(node.nvme)
+            share = node.nvme_drives / max(1, node.devices_per_node)
+            return drive.read_bytes_per_s * share, drive.write_bytes_per_s * share
+        except Exception:  # no such drive spec: fall back to the default
+            pass
+    return _NVME_READ_BYTES_PER_S, _NVME_WRITE_BYTES_PER_S
+
+
+def _offload_time_s(job: TrainJob, st, params: float, o_div: float, grad_bytes: float, n_micro: int, eff,
+                    node: NodeSpec | None) -> float:
+    """PCIe / NVMe traffic of ZeRO-Offload / ZeRO-Infinity (Ren et al. 2021, arXiv:2101.06840;
+    Rajbhandari et al. 2021, arXiv:2104.07857), not overlapped with compute:
+    optimizer offload: the gradient shard goes down and the updated compute-dtype parameters come
+    up each step; to NVMe, the optimizer states (and fp32 master) are also read and written back.
+    Parameter offload: the parameters (compute dtype) come up for forward and again for backward
+    of every micro-batch, from host memory or through it from NVMe."""
+    h2d = eff.h2d_bytes_per_s(True)
+    t = 0.0
+    if job.offload_optimizer != "none":
+        t += grad_bytes / o_div / h2d + 2.0 * params / o_div / h2d
+        if job.offload_optimizer == "nvme":
+            rd, wr = _nvme_bytes_per_s(node)
+            state = (st.optimizer + st.master) * params / o_div
+            t += state / rd + state / wr
+    if job.offload_params != "none":
+        up = 2.0 * n_micro * 2.0 * params / o_div
+        rate = h2d
+        if job.offload_params == "nvme":
+            rate = min(h2d, _nvme_bytes_per_s(node)[0])
+        t += up / rate
+    return t
+
+
+def _tensors_per_layer(model: ModelConfig) -> int:
+    """Parameter tensors of one decoder layer: the linear weights (fused qkv, output, and 2 or 3
+    MLP matrices), their biases where the model has them, and the norms' scale (+ shift for
+    LayerNorm). GPT-3 / Megatron: 4 linears with biases + 2 LayerNorms = 12."""
+    linears = 2 + (3 if model.activation in GATED else 2)
+    return linears * (2 if model.bias else 1) + model.norms_per_layer * (2 if model.norm == "layernorm" else 1)
+
+
 def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par: Parallel,
                    node: NodeSpec | None = None, calibration: str | None = None,
                    host_s_per_layer: float = HOST_S_PER_LAYER) -> TrainEstimate:
@@ -196,42 +253,92 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     # the host is the bottleneck. Megatron-style fused kernels make the host negligible.
     t_mb = gpu_mb
     host_exposed = 0.0
-    # Communication
-    link = comm_bridge.Links.from_specs(spec, node, eff)
+    # Communication (costmodel.comm through comm_bridge; calls queued inside the step)
+    link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     act_bytes = tokens_mb * model.hidden * 2.0
     tp_comm = 0.0
     if par.tp > 1:
-        # Megatron TP: 2 all-reduces forward + 2 backward per layer (Shoeybi et al. 2019, sec. 3);
-        # with sequence parallelism all-gather + reduce-scatter pairs of the same total volume.
-        per = link.collective_time_s("all_reduce", act_bytes, par.tp, intra=True)
-        n_coll = 4 + (2 if job.recompute == "full" else 0)
-        tp_comm = layers * n_coll * per * n_micro
+        # Megatron TP: 2 all-reduces forward + 2 backward per layer (Shoeybi et al. 2019, sec. 3),
+        # + 2 when full recompute re-runs the forward; with sequence parallelism all-gather +
+        # reduce-scatter pairs of the same volume (Korthikanti et al. 2022, sec. 4.2.2). On the
+        # critical path: Megatron-LM issues them synchronously between the GEMMs.
+        tp_group = comm.Group(par.tp, min(par.tp, link.devices_per_node))
+        per = sum(c.count * link.collective_time_s(c.op, c.nbytes, par.tp, intra=True)
+                  for c in comm.tp_layer_collectives(act_bytes, tp_group, sequence_parallel=par.sequence_parallel,
+                                                     recompute=job.recompute))
+        tp_comm = layers * per * n_micro
+    ep_comm = 0.0
+    if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
+        # Expert parallelism: dispatch + combine all-to-alls per MoE layer, forward and backward
+        # (GShard, Lepikhin et al. 2020, sec. 3.2), tokens x top_k x hidden in the compute dtype;
+        # the ep group is laid out after tp (Megatron-core: ep inside dp), so ep ranks are tp apart.
+        moe_layers_stage = model.moe_layers * layers / model.layers
+        per_node = max(1, min(par.ep, link.devices_per_node // par.tp))
+        n_a2a = 4 + (2 if job.recompute == "full" else 0)
+        a2a = link.collective_time_s("all_to_all", act_bytes / par.tp * model.moe.top_k, par.ep,
+                                     intra=par.ep * par.tp <= link.devices_per_node, per_node=per_node)
+        ep_comm = n_micro * moe_layers_stage * n_a2a * a2a
+    cp_comm = 0.0
+    if par.cp > 1:
+        # Context parallelism, ring attention (Liu et al. 2023; Megatron-core context_parallel):
+        # per layer cp - 1 exchanges of the local K and V block forward, K, V and their gradients
+        # backward. The exchange of step i overlaps the attention of step i - 1 (same source);
+        # what exceeds that attention compute is exposed.
+        kv_block = 2.0 * mb * seq_dev * model.kv_dim / par.tp * 2.0
+        cp_cross = par.tp * par.cp > link.devices_per_node
+        f_step = link.p2p_time_s(kv_block, crosses_node=cp_cross)
+        b_step = link.p2p_time_s(2.0 * kv_block, crosses_node=cp_cross)
+        a_f_step, a_b_step = a_f / par.cp, a_b / par.cp
+        fwd_passes = 2 if job.recompute in ("full", "selective") else 1
+        exposed_per_layer = (par.cp - 1) * (fwd_passes * max(0.0, f_step - a_f_step) + max(0.0, b_step - a_b_step))
+        cp_comm = n_micro * layers * exposed_per_layer
     pp_comm = 0.0
+    p2p_mb = 0.0
     if par.pp > 1:
-        p2p = link.p2p_time_s(act_bytes / (par.tp if par.sequence_parallel else 1), crosses_node=link.pp_crosses_node(par))
-        pp_comm = 2 * n_micro * p2p * par.interleave
+        # activation forward + gradient backward per micro-batch and model chunk; Megatron's
+        # scatter/gather sends 1/t of it per tensor-parallel rank (Narayanan et al. 2021, sec. 4.1).
+        msg = act_bytes / par.tp if (job.framework != "pytorch" or par.sequence_parallel) else act_bytes
+        p2p_mb = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=link.pp_crosses_node(par))
+        pp_comm = n_micro * p2p_mb
     bubble = 0.0
     if par.pp > 1:
-        # 1F1B bubble (p - 1) / (v m) of the ideal time (Narayanan et al. 2021, sec. 2.2)
-        bubble = (par.pp - 1) / par.interleave * (t_mb + (tp_comm / n_micro if n_micro else 0))
+        # 1F1B bubble (p - 1) / (v m) of the ideal time (Narayanan et al. 2021, sec. 2.2): p - 1
+        # micro-batch slots of one chunk each, with their tp / ep / cp / pp communication.
+        slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
+        bubble = (par.pp - 1) / par.interleave * slot
     st = state_bytes_per_param(job, model.hidden)
     grad_bytes = 4.0 * sp.total if job.framework == "pytorch" and job.precision != "bf16" else 2.0 * sp.total
     dp_exposed = fsdp_exposed = 0.0
     dp_world = par.dp * par.cp
     if dp_world > 1:
+        dp_intra = link.dp_intra(par)
+        dp_per_node = link.dp_ranks_per_node(par)
+        backward_time = layers * (g_b + a_b + e_b + recompute_f)
         if par.zero_stage >= 3:
-            # FSDP/ZeRO-3: all-gather bf16 params in forward and backward, reduce-scatter grads.
-            ag = link.collective_time_s("all_gather", 2.0 * sp.total, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
-            rs = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
-            total = (2 * ag + rs) * n_micro
-            compute = n_micro * t_mb
-            fsdp_exposed = max(total - compute * DP_OVERLAP_FRACTION, total * (1 - DP_OVERLAP_FRACTION))
+            # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each layer's
+            # parameters are all-gathered before its forward and again before its backward, its
+            # gradients reduce-scattered after it; the next unit's gather overlaps this unit's
+            # compute (prefetch), the link time per unit includes the latency of every call, and
+            # a group spanning nodes runs over the NICs with its real ranks per node.
+            dp_group = link.group(dp_world, dp_intra, dp_per_node)
+            units = max(1, int(layers))
+            calls, prefetch = 1, comm.FSDP_PREFETCH_UNITS
+            if job.framework == "deepspeed":
+                # DeepSpeed ZeRO-3 (the 2021 releases of Narayanan et al.'s Table 2): one
+                # all-gather per parameter tensor of a sub-module, waited on before the
+                # sub-module runs (deepspeed/runtime/zero/partition_parameters.py, "blocking call")
+                calls, prefetch = _tensors_per_layer(model), 0
+            fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
+                                            unit_grad_bytes=grad_bytes / units, group=dp_group,
+                                            calls_per_unit=calls, prefetch=prefetch)
+            ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
+                           efficiency=link._efficiency(), params=link.params)
+            fsdp_exposed = ct.exposed_s
         else:
-            op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
+            op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
             if par.zero_stage >= 1 and job.framework != "pytorch":
-                op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par)) + \
-                    link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=link.dp_intra(par), per_node=link.dp_ranks_per_node(par))
-            backward_time = layers * (g_b + a_b + e_b)
+                op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node) + \
+                    link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra, per_node=dp_per_node)
             dp_exposed = max(op_t - DP_OVERLAP_FRACTION * backward_time, (1 - DP_OVERLAP_FRACTION) * op_t)
     # Optimizer: AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter 2019);
     # fused: one pass over 7 tensors of the state dtype (+ master where separate).
@@ -240,10 +347,14 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     if not job.fused_optimizer:
         opt_bytes *= 2.0
     optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s
-    if job.offload_optimizer != "none":
-        h2d = eff.h2d_bytes_per_s(True)
-        optimizer_t += 2 * grad_bytes / o_div / h2d
-        notes.append("optimizer offloaded: gradients down and parameters up over the host link each step")
+    offload_t = 0.0
+    if job.offload_optimizer != "none" or job.offload_params != "none":
+        offload_t = _offload_time_s(job, st, sp.total, o_div, grad_bytes, n_micro, eff, node)
+        if job.offload_optimizer != "none":
+            notes.append(f"optimizer offloaded to {job.offload_optimizer}: gradients down and parameters up "
+                         "over the host link each step" + (", optimizer states through NVMe" if job.offload_optimizer == "nvme" else ""))
+        if job.offload_params != "none":
+            notes.append(f"parameters offloaded to {job.offload_params}: streamed up for forward and backward of every micro-batch")
     compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (g_f if job.recompute == "full" else 0.0))
     attention_s = n_micro * layers * (a_f + a_b + (a_f if job.recompute != "none" else 0.0))
     elementwise_s = n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
@@ -253,9 +364,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         host = max(0.0, host)
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
-    total = compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + optimizer_t
+    total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
+             + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
-                    pp_comm, bubble, optimizer_t, total)
+                    pp_comm, bubble, optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
