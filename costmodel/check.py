@@ -211,8 +211,8 @@ def parse_plan(data: object, file: str | Path | None = None) -> Plan:
     for name in limits:
         applies = LIMITS[name][0]
         if applies not in ("both", plan.kind):
-            raise _err(f"limits.{name}", f"applies to {applies} plans only, this is an {plan.kind} plan"
-                       if plan.kind == "inference" else f"applies to {applies} plans only, this is a {plan.kind} plan", where)
+            ok = ", ".join(k for k, v in LIMITS.items() if v[0] in ("both", plan.kind))
+            raise _err(f"limits.{name}", f"applies to {applies} plans only; {plan.kind} plans take {ok}", where)
     if plan.run.steps is not None and plan.run.tokens is not None:
         raise _err("run.steps", "give run.steps or run.tokens, not both", where)
     if plan.kind == "inference":
