@@ -276,8 +276,24 @@ def parse_spec(data: object, file: str | Path = "<spec>") -> AcceleratorSpec | C
 
 
 def load_spec_file(path: str | Path):
+    """Parse one spec file. Specs are frozen, so a file already parsed and unchanged (same
+    modification time and size) is returned from a cache: a layout search or a plan check loads
+    the library many times."""
     path = Path(path)
-    return parse_spec(read_yaml(path), path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _SPEC_CACHE:
+        return _SPEC_CACHE[key]
+    spec = parse_spec(read_yaml(path), path)
+    if key is not None:
+        _SPEC_CACHE[key] = spec
+    return spec
+
+
+_SPEC_CACHE: dict[tuple, object] = {}
 
 
 def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
