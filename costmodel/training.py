@@ -153,13 +153,15 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                     eff, g.name + "_wgrad", k, m, ns, dtype, count).time_s
                 gemm_fwd += weight * f_
                 gemm_bwd += weight * b_
-    core = attention_core_flops(model, mb, seq_dev, causal=True) / tp
+    # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
+    # sequence, so a rank does 1/cp of the full attention, not the attention of seq/cp tokens.
+    core = attention_core_flops(model, mb, seq_dev * par.cp, causal=True) / tp / par.cp
     heads = max(1, model.heads // tp)
     att_f = attention_op(eff, "attn", mb, heads, seq_dev, model.d_head, core, False).time_s
     att_b = attention_op(eff, "attn_bwd", mb, heads, seq_dev, model.d_head, 3.5 * core, True).time_s - att_f
     if job.attention == "standard":
         # materialised scores: write + read the bf16 b*h*s*s matrix several times (softmax, PV)
-        sc = 2.0 * mb * heads * seq_dev * seq_dev
+        sc = 2.0 * mb * heads * seq_dev * seq_dev * par.cp
         att_f += memory_op(eff, "scores", 4 * sc).time_s
         att_b += memory_op(eff, "scores_bwd", 8 * sc).time_s
     amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")

@@ -120,7 +120,13 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     spec = lib.device(rec["hardware"])
     node = lib.node_for(rec["node"]) if rec.get("node") else None
     par = _parallel(rec)
-    fw = "megatron" if published or rec.get("framework", "").startswith("megatron") else "pytorch"
+    fw_rec = str(rec.get("framework") or "")
+    if fw_rec.startswith("deepspeed"):
+        fw = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param, per-tensor ZeRO-3 gathers)
+    elif published or fw_rec.startswith("megatron"):
+        fw = "megatron"
+    else:
+        fw = "pytorch"
     opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
     job = TrainJob(micro_batch=rec.get("micro_batch") or 1, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,

@@ -1,0 +1,147 @@
+"""`costmodel search`: every valid training layout, ranked; the rejected regions and why."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from ..units import fmt_bytes, fmt_time
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+
+
+def _ints(text: Optional[str], field: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        vals = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"{text!r}: expected a comma-separated list of integers, e.g. 1,2,4,8", field=field) from None
+    if not vals or any(v < 0 for v in vals):
+        raise InputError(f"{text!r}: expected non-negative integers", field=field)
+    return vals
+
+
+def _choice(text: str, field: str) -> Optional[list[bool]]:
+    if text == "both":
+        return None
+    if text in ("on", "off"):
+        return [text == "on"]
+    raise InputError(f"{text!r} is not one of on, off, both", field=field)
+
+
+def search_cmd(
+    model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
+    hardware: list[str] = typer.Option(["dgx-h100"], "--hardware", "-H",
+                                       help="Device or node id; repeat to compare hardware."),
+    devices: str = typer.Option("8", help="Device count: N, N1,N2,... or LO..HI (powers of two in the range)."),
+    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
+    seq_len: int = typer.Option(2048, "--seq-len"),
+    objective: str = typer.Option("step_time", help="step_time, time_to_train, cost, mfu or throughput."),
+    top: int = typer.Option(10, help="Layouts to print."),
+    precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
+    optimizer: str = typer.Option("adamw"),
+    framework: str = typer.Option("megatron", help="megatron (Megatron-LM semantics), pytorch or deepspeed."),
+    tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (for days and cost)."),
+    steps: Optional[int] = typer.Option(None, help="Steps of the whole run (alternative to --tokens)."),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
+    max_memory_fraction: float = typer.Option(1.0, "--max-memory-fraction", help="Usable share of device memory."),
+    tp: Optional[str] = typer.Option(None, help="Restrict tp, e.g. 4,8."),
+    pp: Optional[str] = typer.Option(None, help="Restrict pp."),
+    interleave: Optional[str] = typer.Option(None, help="Restrict virtual pipeline stages."),
+    cp: Optional[str] = typer.Option(None, help="Restrict context parallelism."),
+    ep: Optional[str] = typer.Option(None, help="Restrict expert parallelism."),
+    zero_stage: Optional[str] = typer.Option(None, "--zero-stage", help="Restrict ZeRO stages, e.g. 0,1."),
+    micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help="Restrict micro-batch sizes."),
+    recompute: Optional[str] = typer.Option(None, help="Restrict recompute modes, e.g. none,selective."),
+    sequence_parallel: str = typer.Option("both", "--sequence-parallel", help="on, off or both."),
+    offload: str = typer.Option("both", help="Optimizer offload to host: on, off or both."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the time/cost Pareto front (needs costmodel[plot])."),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Search every layout (tp, pp, interleave, dp, cp, ep, ZeRO, micro-batch, recompute, sequence
+    parallelism, offload) on the hardware; print the best that fit and why the rest were rejected."""
+    from ..search import search
+
+    rc = None
+    if recompute is not None:
+        rc = [r for r in recompute.replace(" ", "").split(",") if r]
+    kwargs = dict(global_batch=global_batch, seq_len=seq_len, objective=objective, top=top, precision=precision,
+                  optimizer=optimizer, framework=framework, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
+                  max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
+                  interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
+                  zero_stage=_ints(zero_stage, "zero-stage"), micro_batch=_ints(micro_batch, "micro-batch"),
+                  recompute=rc, sequence_parallel=_choice(sequence_parallel, "sequence-parallel"),
+                  offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
+    if json_out:
+        res = search(model, hardware, devices, **kwargs)
+    else:
+        with err_console.status(f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."):
+            res = search(model, hardware, devices, **kwargs)
+    if plot is not None:
+        from .. import plots
+
+        if not hasattr(plots, "search_plot"):
+            raise InputError("--plot for search is not available in this build", field="plot")
+        plots.search_plot(res, plot)
+    if json_out:
+        emit_json(res.to_dict())
+    else:
+        _render(res)
+    if not res.top:
+        raise typer.Exit(1)
+
+
+def _render(res) -> None:
+    rate = res.evaluated / res.seconds if res.seconds else float("nan")
+    console.print(f"{res.model}: {res.enumerated:,} grid points, {res.evaluated:,} valid layouts evaluated, "
+                  f"{res.feasible:,} fit; {res.seconds:.2f} s ({rate:,.0f} layouts/s). Objective: {res.objective}.")
+    multi_hw = len(res.hardware) > 1
+    t = Table(title=f"best layouts (global batch {res.global_batch} x {res.seq_len} tokens)")
+    cols = ["#"] + (["hardware"] if multi_hw else []) + ["devices", "layout", "mb x acc", "recompute", "step", "TFLOP/s",
+                                                          "MFU", "memory", "$/Mtok", "run"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right")
+    for c in res.top:
+        lay = c.layout
+        run = f"{c.run_days:.1f} d" if c.run_days is not None else "-"
+        if c.run_cost_usd is not None:
+            run += f" ${c.run_cost_usd / 1e6:,.2f}M" if c.run_cost_usd >= 1e6 else f" ${c.run_cost_usd:,.0f}"
+        layout = f"tp{lay.tp}{'+sp' if lay.sequence_parallel else ''} pp{lay.pp}" + (f"v{lay.interleave}" if lay.interleave > 1 else "")
+        layout += f" dp{lay.dp}" + (f" cp{lay.cp}" if lay.cp > 1 else "") + (f" ep{lay.ep}" if lay.ep > 1 else "")
+        layout += f" z{lay.zero_stage}" + (" off" if lay.offload_optimizer != "none" else "")
+        row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
+            str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s),
+            f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}",
+            f"{c.cost_per_million_tokens_usd:.2f}" if c.cost_per_million_tokens_usd is not None else "-", run]
+        t.add_row(*row)
+    console.print(t)
+    if res.top:
+        b = Table(title="step-time breakdown of the best layouts (share of the step)")
+        b.add_column("#")
+        parts = [k for k in res.top[0].step_breakdown_s if any(c.step_breakdown_s.get(k, 0) > 0 for c in res.top[:3])]
+        short = {"compute_s": "gemm", "attention_s": "attn", "elementwise_s": "elem", "host_overhead_s": "host",
+                 "tp_comm_s": "tp", "dp_comm_exposed_s": "dp", "fsdp_comm_exposed_s": "fsdp", "pp_comm_s": "pp p2p",
+                 "bubble_s": "bubble", "optimizer_s": "optim"}
+        for k in parts:
+            b.add_column(short.get(k, k.removesuffix("_s")), justify="right")
+        for c in res.top[:3]:
+            b.add_row(str(c.rank), *(f"{c.step_breakdown_s.get(k, 0.0) / c.step_s:.0%}" for k in parts))
+        console.print(b)
+    r = Table(title="rejected")
+    r.add_column("reason")
+    r.add_column("grid points", justify="right")
+    for k, n in sorted(res.rejected.items(), key=lambda kv: -kv[1]):
+        r.add_row(k if k != "memory" else "does not fit in memory", f"{n:,}")
+    console.print(r)
+    if not res.top:
+        console.print("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
+                      "recompute / offload, or lower the micro-batch")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search_cmd)

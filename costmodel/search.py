@@ -1,0 +1,746 @@
+"""Layout search: every valid training layout of a model on some hardware, evaluated at once.
+
+How it works (stage by stage, as in the rest of the package):
+
+1. enumerate: the axes (devices, tp, pp, virtual stages, cp, ep, ZeRO stage, micro-batch,
+   recompute, sequence parallelism, optimizer offload) form a grid; divisibility and batch rules
+   are evaluated per axis and broadcast, so invalid layouts are dropped before any arithmetic.
+2. screen: memory uses the very formulas of :mod:`costmodel.memory` on arrays
+   (:class:`~costmodel.memory.ParallelGrid`); step time composes per-layer operator times,
+   collective times and optimizer times that depend on a few axes only, so each is computed once
+   per distinct value on its small sub-grid (with the scalar models of training.py /
+   comm_bridge.py) and gathered for every candidate.
+3. refine: the best candidates of the screen (and the time/cost Pareto front) are re-estimated
+   with :func:`costmodel.training.estimate_train`, the one scalar model every command reports,
+   and ranked by it. The screen mirrors estimate_train's composition term by term
+   (tests/test_search.py checks they agree); anything estimate_train adds beyond the screen
+   can change the order only among the refined candidates.
+
+No Python loop runs per candidate: loops run over the distinct values of a few axes.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import types
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import comm, comm_bridge
+from .arch import ModelConfig, load_model
+from .errors import InputError
+from .flops import train_step_flops
+from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, state_bytes_per_param,
+                     train_memory_terms)
+from .roofline import efficiency_for, gemm_op, memory_op
+from .specs import AcceleratorSpec, NodeSpec, load_library
+from .workload import Parallel, TrainJob
+
+Objective = Literal["step_time", "time_to_train", "cost", "cost_per_token", "mfu", "throughput"]
+RECOMPUTE_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
+# Interleaved (virtual) pipeline stages tried; Megatron-LM needs layers % (pp * v) == 0 and the
+# number of micro-batches a multiple of pp (megatron/core/pipeline_parallel/schedules.py).
+DEFAULT_INTERLEAVE = (1, 2, 3, 4, 6, 8)
+DEFAULT_CP = (1, 2, 4, 8)
+DEFAULT_ZERO = (0, 1, 2, 3)
+DEFAULT_RECOMPUTE = ("none", "selective", "full")
+# Candidates re-estimated with the scalar model after the vectorised screen.
+REFINE_MIN = 64
+# Points of the screened time/cost Pareto front re-estimated for the report and the plot.
+PARETO_MAX = 24
+
+
+# ----------------------------------------------------------------------------------- results
+
+class SearchLayout(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hardware: str
+    devices: int
+    tp: int
+    pp: int
+    dp: int
+    cp: int
+    ep: int
+    interleave: int
+    sequence_parallel: bool
+    zero_stage: int
+    micro_batch: int
+    grad_accum: int
+    recompute: str
+    offload_optimizer: str
+
+
+class SearchCandidate(BaseModel):
+    """One ranked layout, with the scalar model's numbers (the same as `costmodel train`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    layout: SearchLayout
+    step_s: float
+    tokens_per_s: float
+    mfu: float
+    hfu: float  # hardware FLOPs (recompute included) / peak
+    tflops_per_device: float  # model FLOPs per second per device (6N-style, no recompute)
+    hardware_tflops_per_device: float  # with recompute: Megatron-LM 2021 eq. 3's convention
+    peak_bytes: float
+    required_bytes: float
+    capacity_bytes: float
+    memory_fraction: float
+    cost_per_million_tokens_usd: float | None
+    run_days: float | None
+    run_cost_usd: float | None
+    step_breakdown_s: dict[str, float]
+    memory_breakdown_bytes: dict[str, float]
+    screen_step_s: float  # the vectorised screen's estimate (same model, fewer terms)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class SearchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    hardware: list[str]
+    devices: list[int]
+    global_batch: int
+    seq_len: int
+    objective: str
+    enumerated: int  # grid points, before divisibility rules
+    evaluated: int  # layouts whose memory and time were computed
+    feasible: int  # of those, the ones that fit in memory
+    seconds: float
+    rejected: dict[str, int]  # reason -> grid points
+    top: list[SearchCandidate]
+    pareto: list[SearchCandidate] = Field(default_factory=list)  # step time vs cost per token
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def summary(self) -> dict:
+        """What `--json` prints: evaluated, feasible, seconds, top (and the rest)."""
+        return self.to_dict()
+
+
+# ----------------------------------------------------------------------------------- axes
+
+def _pow2_upto(n: int) -> list[int]:
+    out, v = [], 1
+    while v <= n:
+        out.append(v)
+        v *= 2
+    return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def device_counts(spec: str | int | Sequence[int]) -> list[int]:
+    """`64`, `[8, 16]`, or a range "8..16384" (every power of two in it, and both ends)."""
+    if isinstance(spec, int):
+        counts = [spec]
+    elif isinstance(spec, str):
+        s = spec.strip()
+        try:
+            if ".." in s:
+                lo_s, hi_s = s.split("..", 1)
+                lo, hi = int(lo_s), int(hi_s)
+                if lo < 1 or hi < lo:
+                    raise ValueError
+                counts = sorted({lo, hi, *(p for p in _pow2_upto(hi) if p >= lo)})
+            else:
+                counts = [int(x) for x in s.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise InputError(f"devices {spec!r}: expected N, N1,N2,... or LO..HI with 1 <= LO <= HI",
+                             field="devices") from None
+    else:
+        counts = [int(x) for x in spec]
+    if not counts or any(c < 1 for c in counts):
+        raise InputError(f"devices {spec!r}: expected positive counts", field="devices")
+    return sorted(set(counts))
+
+
+@dataclass(frozen=True)
+class _Axes:
+    devices: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    v: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    zero: np.ndarray
+    mb: np.ndarray
+    rc: np.ndarray
+    sp: np.ndarray
+    off: np.ndarray
+
+    names = ("devices", "tp", "pp", "v", "cp", "ep", "zero", "mb", "rc", "sp", "off")
+
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(getattr(self, n)) for n in self.names)
+
+    def along(self, name: str) -> np.ndarray:
+        """The axis' values shaped to broadcast against the full grid."""
+        i = self.names.index(name)
+        shape = [1] * len(self.names)
+        shape[i] = -1
+        return getattr(self, name).reshape(shape)
+
+
+def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_batch: int, seq_len: int,
+          *, tp=None, pp=None, interleave=None, cp=None, ep=None, zero=None, micro_batch=None,
+          recompute=None, sequence_parallel=None, offload=None) -> _Axes:
+    hi = max(counts)
+    # tensor parallelism inside a node's scale-up domain only (its per-layer collectives are exposed)
+    tps = tp or [t for t in _pow2_upto(min(hi, max(devices_per_node, 1))) if t <= hi]
+    pps = pp or sorted({*_divisors(model.layers), *_pow2_upto(min(hi, model.layers))})
+    pps = [p for p in pps if p <= min(hi, model.layers)]
+    vs = interleave or list(DEFAULT_INTERLEAVE)
+    cps = cp or [c for c in DEFAULT_CP if c <= hi]
+    if model.moe:
+        eps = ep or [e for e in _divisors(model.moe.experts) if e <= hi]
+    else:
+        eps = ep or [1]
+    zs = zero if zero is not None else list(DEFAULT_ZERO)
+    mbs = micro_batch or [m for m in _pow2_upto(min(global_batch, 64))]
+    rcs = [RECOMPUTE_CODES[r] for r in (recompute or DEFAULT_RECOMPUTE)]
+    sps = sequence_parallel if sequence_parallel is not None else [False, True]
+    offs = offload if offload is not None else [False, True]
+    as_i = lambda xs: np.asarray(sorted(set(int(x) for x in xs)), dtype=np.int64)  # noqa: E731
+    return _Axes(np.asarray(counts, dtype=np.int64), as_i(tps), as_i(pps), as_i(vs), as_i(cps), as_i(eps), as_i(zs),
+                 as_i(mbs), as_i(rcs), np.asarray(sorted(set(bool(s) for s in sps))),
+                 np.asarray(sorted(set(bool(o) for o in offs))))
+
+
+def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, devices_per_node: int):
+    """Boolean grid of layouts that satisfy every rule, and grid points rejected per reason
+    (the first failed rule counts)."""
+    N, tp, pp, v, cp, ep = (ax.along(n) for n in ("devices", "tp", "pp", "v", "cp", "ep"))
+    zero, mb, sp, off = ax.along("zero"), ax.along("mb"), ax.along("sp"), ax.along("off")
+    mp = tp * pp * cp
+    dp = N // mp
+    kv = model.n_kv_heads
+    rules = [
+        ("tp must divide heads (and kv heads, or be a multiple of them)",
+         (model.heads % tp == 0) & ((kv % tp == 0) | (tp % kv == 0))),
+        ("tp larger than a node's scale-up domain", tp <= max(devices_per_node, 1)),
+        ("devices not divisible by tp*pp*cp", N % mp == 0),
+        ("interleaving needs pp > 1 and layers divisible by pp*v",
+         (v == 1) | ((pp > 1) & (model.layers % (pp * v) == 0))),
+        ("cp must split the sequence in 2*cp chunks", seq_len % (2 * cp) == 0),
+        ("ep must divide dp*cp", ((dp * cp) % ep == 0) & (dp >= 1)),
+        ("global batch not divisible by micro-batch x dp", (dp >= 1) & (global_batch % np.maximum(mb * dp, 1) == 0)),
+        ("interleaving needs micro-batches divisible by pp",
+         (v == 1) | ((global_batch // np.maximum(mb * dp, 1)) % pp == 0)),
+        ("duplicate (ZeRO stage without data parallelism)", (zero == 0) | (dp * cp > 1)),
+        ("duplicate (sequence parallelism without tp)", (~sp) | (tp > 1)),
+    ]
+    shape = ax.shape()
+    ok = np.ones(shape, dtype=bool)
+    rejected: dict[str, int] = {}
+    for reason, cond in rules:
+        cond = np.broadcast_to(cond, shape)
+        n = int(np.count_nonzero(ok & ~cond))
+        if n:
+            rejected[reason] = n
+        ok &= cond
+    return ok, rejected
+
+
+# ----------------------------------------------------------------------------------- tables
+
+def _subgrid_table(fn, *axes: np.ndarray) -> np.ndarray:
+    """fn(*values) for every combination of the given axes' values (a small product)."""
+    out = np.empty(tuple(len(a) for a in axes), dtype=float)
+    for idx in np.ndindex(*out.shape):
+        out[idx] = fn(*(int(a[i]) if a.dtype != bool else bool(a[i]) for a, i in zip(axes, idx)))
+    return out
+
+
+@dataclass
+class _Flat:
+    """Valid candidates as flat arrays of axis indices and values."""
+
+    idx: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.idx["tp"])
+
+
+def _flatten(ax: _Axes, ok: np.ndarray) -> _Flat:
+    flat = np.flatnonzero(ok)
+    idx = dict(zip(ax.names, np.unravel_index(flat, ok.shape)))
+    val = {n: getattr(ax, n)[idx[n]] for n in ax.names}
+    return _Flat(idx, val)
+
+
+# ----------------------------------------------------------------------------------- screen
+
+def _dtype_for(job: TrainJob, spec: AcceleratorSpec) -> str:
+    dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
+    if spec.peak_flops.get(dtype) is None:
+        dtype = "bf16" if spec.peak_flops.bf16 else "fp16"
+    return dtype
+
+
+def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes, c: _Flat,
+           calibration: str | None = None) -> dict[str, np.ndarray]:
+    """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train."""
+    from . import training as tr
+
+    eff = efficiency_for(spec, calibration)
+    dtype = _dtype_for(job, spec)
+    v = c.val
+    tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]
+    dp = N // (tp * pp * cp)
+    full = v["rc"] == 2
+    rec_any = v["rc"] != 0
+    gb = job.global_batch
+    n_micro = gb // (mb * dp)
+    grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=v["sp"] & (tp > 1),
+                        zero_stage=v["zero"], interleave=v["v"])
+
+    # --- memory: the formulas of costmodel.memory on arrays
+    mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
+                             offload_optimizer=v["off"])
+    peak = peak_of(mem["candidates"])
+    required = required_device_bytes(peak)
+
+    # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
+    seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
+
+    def layer(tp_, ep_, mb_, cp_):
+        par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_)
+        return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype)
+
+    cache: dict = {}
+    keys = (ax.tp, ax.ep, ax.mb, ax.cp)
+    parts = np.empty(tuple(len(a) for a in keys) + (6,))
+    for idx in np.ndindex(*parts.shape[:-1]):
+        k = tuple(int(a[i]) for a, i in zip(keys, idx))
+        cache[k] = parts[idx] = layer(*k)
+    sel = np.ravel_multi_index((c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]), parts.shape[:-1])
+    g_f, g_b, a_f, a_b, e_f, e_b = parts.reshape(-1, 6)[sel].T
+
+    def head_loss(tp_, mb_, cp_):
+        tokens_mb = mb_ * seq_dev_of(cp_)
+        hf = gemm_op(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype).time_s
+        loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
+        return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf, loss_bytes
+
+    hl = _subgrid_table(lambda a, b, d: head_loss(a, b, d)[0], ax.tp, ax.mb, ax.cp)
+    hf_t = _subgrid_table(lambda a, b, d: head_loss(a, b, d)[1], ax.tp, ax.mb, ax.cp)
+    head_and_loss = hl[c.idx["tp"], c.idx["mb"], c.idx["cp"]]
+    head_f = hf_t[c.idx["tp"], c.idx["mb"], c.idx["cp"]]
+    loss_t = head_and_loss - 3 * head_f
+
+    layers = -(-model.layers // pp)
+    recompute_f = np.where(full, g_f + a_f + e_f, np.where(v["rc"] == 1, a_f, 0.0))
+    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
+    t_mb = layers * per_layer + head_and_loss
+
+    # --- communication: the scalar link models, once per distinct sub-grid value
+    try:
+        link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
+    except TypeError:  # a bridge without queued calls
+        link = comm_bridge.Links.from_specs(spec, node, eff)
+    dpn = link.devices_per_node
+    rc_name = lambda r: RECOMPUTE_NAMES[int(r)]  # noqa: E731
+
+    def tp_layer(tp_, mb_, cp_, sp_, rc_):
+        """TP collectives of one layer and micro-batch (comm.tp_layer_collectives)."""
+        if tp_ <= 1:
+            return 0.0
+        act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
+        group = comm.Group(tp_, min(tp_, dpn))
+        return sum(cl.count * link.collective_time_s(cl.op, cl.nbytes, tp_, intra=True)
+                   for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and tp_ > 1,
+                                                       recompute=rc_name(rc_)))
+
+    tp_keys = (ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
+    tp_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"])
+    tp_comm = layers * _subgrid_table(tp_layer, *tp_keys)[tp_sel] * n_micro
+
+    ep_comm = np.zeros(len(c))
+    if model.moe is not None and model.moe_layers > 0 and np.any(ep > 1):
+        def a2a(tp_, ep_, mb_, cp_):
+            if ep_ <= 1:
+                return 0.0
+            act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
+            per_node = max(1, min(ep_, dpn // tp_))
+            return link.collective_time_s("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * tp_ <= dpn,
+                                          per_node=per_node)
+
+        a2a_t = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]]
+        ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
+
+    cp_comm = np.zeros(len(c))
+    if np.any(cp > 1):
+        def kv_steps(tp_, mb_, cp_):
+            kv_block = 2.0 * mb_ * seq_dev_of(cp_) * model.kv_dim / tp_ * 2.0
+            cross = tp_ * cp_ > dpn
+            return link.p2p_time_s(kv_block, crosses_node=cross), link.p2p_time_s(2.0 * kv_block, crosses_node=cross)
+
+        kv_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"])
+        f_step = _subgrid_table(lambda a, b, d: kv_steps(a, b, d)[0], ax.tp, ax.mb, ax.cp)[kv_sel]
+        b_step = _subgrid_table(lambda a, b, d: kv_steps(a, b, d)[1], ax.tp, ax.mb, ax.cp)[kv_sel]
+        fwd_passes = np.where(rec_any, 2.0, 1.0)
+        exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
+        cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
+
+    crosses = (tp * pp > dpn) | (tp * dp * cp >= dpn)
+
+    def p2p_pair(tp_, mb_, cp_, sp_):
+        act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
+        msg = act / tp_ if (job.framework != "pytorch" or (sp_ and tp_ > 1)) else act
+        return link.p2p_time_s(msg, crosses_node=False), link.p2p_time_s(msg, crosses_node=True)
+
+    p2p_keys = (ax.tp, ax.mb, ax.cp, ax.sp)
+    p2p_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"])
+    p2p_in = _subgrid_table(lambda *k: p2p_pair(*k)[0], *p2p_keys)[p2p_sel]
+    p2p_out = _subgrid_table(lambda *k: p2p_pair(*k)[1], *p2p_keys)[p2p_sel]
+    p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
+    pp_comm = n_micro * p2p_mb
+    slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
+    bubble = np.where(pp > 1, (pp - 1) / v["v"] * slot, 0.0)
+
+    # data parallel and optimizer: per (devices, tp, pp, cp, ep, zero), only where a candidate is
+    st = state_bytes_per_param(job, model.hidden)
+    grad_per_param = 4.0 if job.framework == "pytorch" and job.precision != "bf16" else 2.0
+    opt_per_param = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * (1.0 if job.fused_optimizer else 2.0)
+    from .memory import stage_params
+
+    p_cache: dict = {}
+
+    def stage_total(tp_, pp_, ep_):
+        k = (tp_, pp_, ep_)
+        if k not in p_cache:
+            p_cache[k] = float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total)
+        return p_cache[k]
+
+    coll_cache: dict = {}
+
+    def coll(op, nbytes, world, intra, per_node):
+        k = (op, nbytes, world, intra, per_node)
+        if k not in coll_cache:
+            coll_cache[k] = link.collective_time_s(op, nbytes, world, intra=intra, per_node=per_node)
+        return coll_cache[k]
+
+    opt_cache: dict = {}
+
+    def opt_time(nbytes):
+        if nbytes not in opt_cache:
+            opt_cache[nbytes] = memory_op(eff, "optimizer", nbytes).time_s
+        return opt_cache[nbytes]
+
+    def dp_times(N_, tp_, pp_, cp_, ep_, z_):
+        """(FSDP gather per unit, FSDP reduce-scatter per unit, DP gradient op, optimizer time,
+        stage params)."""
+        dp_ = N_ // (tp_ * pp_ * cp_)
+        world = dp_ * cp_
+        Pst = stage_total(tp_, pp_, ep_)
+        o_div = world if z_ >= 1 else 1
+        opt_t = opt_time(opt_per_param * Pst / o_div)
+        if world <= 1:
+            return (0.0, 0.0, 0.0, opt_t, Pst)
+        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_)
+        grad_bytes = grad_per_param * Pst
+        intra, per_node = link.dp_intra(par), link.dp_ranks_per_node(par)
+        if z_ >= 3:
+            units = max(1, -(-model.layers // pp_))
+            ag = coll("all_gather", 2.0 * Pst / units, world, intra, per_node)
+            rs = coll("reduce_scatter", grad_bytes / units, world, intra, per_node)
+            return (ag, rs, 0.0, opt_t, Pst)
+        if z_ >= 1 and job.framework != "pytorch":
+            op = coll("reduce_scatter", grad_bytes, world, intra, per_node) + \
+                coll("all_gather", st.weights * Pst, world, intra, per_node)
+        else:
+            op = coll("all_reduce", grad_bytes, world, intra, per_node)
+        return (0.0, 0.0, op, opt_t, Pst)
+
+    shape = (len(ax.devices), len(ax.tp), len(ax.pp), len(ax.cp), len(ax.ep), len(ax.zero))
+    tabs = np.zeros(shape + (5,))
+    sub = (c.idx["devices"], c.idx["tp"], c.idx["pp"], c.idx["cp"], c.idx["ep"], c.idx["zero"])
+    used = np.zeros(shape, dtype=bool)
+    used[sub] = True
+    for idx in zip(*np.nonzero(used)):
+        vals = tuple(int(getattr(ax, n)[i]) for n, i in zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
+        tabs[idx] = dp_times(*vals)
+    ag_u, rs_u, dp_op, optimizer_t, P = tabs.reshape(-1, 5)[np.ravel_multi_index(sub, shape)].T
+    ovl = tr.DP_OVERLAP_FRACTION
+    # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
+    # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
+    # the first gather of the step is exposed.
+    unit_f = g_f + a_f + e_f
+    unit_b = g_b + a_b + e_b + recompute_f
+    fsdp_exposed = np.where(ag_u > 0, n_micro * layers * (np.maximum(0.0, ag_u - unit_f) + np.maximum(0.0, ag_u + rs_u - unit_b))
+                            + ag_u, 0.0)
+    fsdp_exposed = np.minimum(fsdp_exposed, n_micro * layers * (2 * ag_u + rs_u))
+    backward_time = layers * (g_b + a_b + e_b + recompute_f)
+    dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
+    o_div = np.where(v["zero"] >= 1, dp * cp, 1)
+    # ZeRO-Offload: gradient shard down, compute-dtype parameters up, over the host link
+    h2d = eff.h2d_bytes_per_s(True)
+    offload_t = np.where(v["off"], grad_per_param * P / o_div / h2d + 2.0 * P / o_div / h2d, 0.0)
+
+    compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
+    attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))
+    elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t)
+    gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
+    host_exposed = np.zeros_like(gpu_total)
+    if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
+        host = np.maximum(0.0, n_micro * layers * tr.HOST_S_PER_LAYER * (1 + tr.HOST_RECOMPUTE_FACTOR * full)
+                          + tr.HOST_INTERCEPT_S)
+        p = tr.HOST_GPU_COMBINE_P
+        host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
+    total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
+    return dict(peak_bytes=peak, required_bytes=required, step_s=total, dp=dp, n_micro=n_micro,
+                compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
+                tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,
+                bubble_s=bubble, optimizer_s=optimizer_t, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+
+
+def _by_value(fn, x: np.ndarray) -> np.ndarray:
+    """fn over an array with few distinct values: one call per distinct value."""
+    uniq, inv = np.unique(x, return_inverse=True)
+    return np.array([fn(float(u)) for u in uniq])[inv]
+
+
+# ----------------------------------------------------------------------------------- search
+
+def _objective_values(obj: str, step_s, devices, price, tokens_per_step, mfu):
+    """Lower is better."""
+    if obj in ("step_time", "time_to_train"):
+        return step_s
+    if obj in ("cost", "cost_per_token"):
+        if price is None:
+            raise InputError("objective 'cost' needs a price: the spec has no price_per_hour_usd; pass --price-per-hour",
+                             field="price_per_hour")
+        return step_s * devices * price / 3600.0 / tokens_per_step
+    if obj == "mfu":
+        return -mfu
+    if obj == "throughput":
+        return step_s / tokens_per_step
+    raise InputError(f"unknown objective {obj!r}; expected one of step_time, time_to_train, cost, mfu, throughput",
+                     field="objective")
+
+
+def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats in both time and cost (ascending time)."""
+    order = np.lexsort((cost, t))
+    c = cost[order]
+    best_before = np.concatenate(([np.inf], np.minimum.accumulate(c)[:-1]))
+    return order[c < best_before]
+
+
+def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
+           global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
+           precision: str = "amp-bf16", optimizer: str = "adamw", framework: str = "megatron",
+           attention: str = "flash", tokens: float | None = None, steps: int | None = None,
+           price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+           tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
+           cp: Sequence[int] | None = None, ep: Sequence[int] | None = None, zero_stage: Sequence[int] | None = None,
+           micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
+           sequence_parallel: Sequence[bool] | None = None, offload: Sequence[bool] | None = None,
+           calibration: str | None = None, hardware_files: list[str] | None = None, refine: bool = True,
+           progress=None) -> SearchResult:
+    """Every valid layout of `model` on `devices` of each `hardware`, ranked by `objective`.
+
+    `devices`: an int, a list, or "LO..HI" (powers of two in the range). The axes default to
+    everything sensible (tp up to the node, every pp dividing the layers or a power of two, ...);
+    pass lists to restrict them. Returns the top `top` layouts re-estimated with the scalar model.
+    """
+    t0 = time.perf_counter()
+    m = model if isinstance(model, ModelConfig) else load_model(model)
+    if global_batch is None or global_batch < 1:
+        raise InputError("global batch must be a positive number of sequences", field="global_batch")
+    if seq_len < 1:
+        raise InputError("seq_len must be positive", field="seq_len")
+    if not 0 < max_memory_fraction <= 1:
+        raise InputError(f"max_memory_fraction must be in (0, 1], got {max_memory_fraction}", field="max_memory_fraction")
+    if top < 1:
+        raise InputError("top must be >= 1", field="top")
+    for r in recompute or ():
+        if r not in RECOMPUTE_CODES:
+            raise InputError(f"recompute {r!r} is not one of none, selective, full", field="recompute")
+    counts = device_counts(devices)
+    hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
+    lib = load_library(hardware_files)
+    try:
+        job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
+                       optimizer=optimizer, framework=framework, attention=attention)
+    except Exception as exc:  # pydantic ValidationError -> a named field
+        from .errors import from_validation_error
+
+        raise from_validation_error(exc, file=None) if hasattr(exc, "errors") else exc
+
+    enumerated = evaluated = feasible = 0
+    rejected: dict[str, int] = {}
+    pool: list[tuple] = []  # (objective value, hardware id, index, screen dict, flat)
+    per_hw = []
+    for hw in hw_ids:
+        spec = lib.device(hw)
+        node = lib.node_for(hw)
+        dpn = node.devices_per_node if node else 8
+        price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
+        ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
+                   zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
+                   offload=offload)
+        ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn)
+        enumerated += int(ok.size)
+        for k, n in rej.items():
+            rejected[k] = rejected.get(k, 0) + n
+        c = _flatten(ax, ok)
+        if len(c) == 0:
+            continue
+        s = screen(m, spec, node, job, ax, c, calibration)
+        evaluated += len(c)
+        cap = spec.memory.capacity_bytes * max_memory_fraction
+        fits = s["required_bytes"] <= cap
+        nfit = int(fits.sum())
+        feasible += nfit
+        rejected["memory"] = rejected.get("memory", 0) + len(c) - nfit
+        tflops = train_step_flops(m, global_batch, seq_len, "none").model_flops
+        peak_flops = spec.peak(_dtype_for(job, spec))
+        mfu = tflops / s["step_s"] / (c.val["devices"] * peak_flops)
+        tokens_per_step = float(global_batch * seq_len)
+        obj = _objective_values(objective, s["step_s"], c.val["devices"], price, tokens_per_step, mfu)
+        cost_tok = (s["step_s"] * c.val["devices"] * price / 3600.0 / tokens_per_step) if price else None
+        per_hw.append((hw, spec, node, price, c, s, fits, obj, cost_tok))
+        if progress:
+            progress(hw)
+
+    # choose what to refine: the best screened candidates over all hardware + the Pareto front
+    cand_rows = []  # (obj, hw index, candidate index)
+    pareto_rows = []
+    for h, (hw, spec, node, price, c, s, fits, obj, cost_tok) in enumerate(per_hw):
+        idx = np.flatnonzero(fits)
+        if len(idx) == 0:
+            continue
+        k = min(len(idx), max(REFINE_MIN, 8 * top))
+        best = idx[np.argpartition(obj[idx], k - 1)[:k]] if k < len(idx) else idx
+        cand_rows += [(float(obj[i]), h, int(i)) for i in best]
+        if cost_tok is not None:
+            pr = idx[_pareto_indices(s["step_s"][idx], cost_tok[idx])]
+            pareto_rows += [(h, int(i)) for i in pr]
+    cand_rows.sort()
+    refined = []
+    for _, h, i in cand_rows:
+        refined.append(_candidate(m, per_hw[h], i, job, tokens, steps, calibration, refine))
+    refined = [r for r in refined if r is not None and r.memory_fraction <= max_memory_fraction]
+    refined.sort(key=lambda r: _objective_values(objective, r.step_s, r.layout.devices,
+                                                 _price_of(per_hw, r.layout.hardware),
+                                                 float(global_batch * seq_len), r.mfu))
+    top_list = refined[:top]
+    for n, r in enumerate(top_list, 1):
+        r.rank = n
+    pareto = []
+    if pareto_rows:
+        if len(pareto_rows) > PARETO_MAX:  # evenly spaced along the front
+            keep = np.linspace(0, len(pareto_rows) - 1, PARETO_MAX).round().astype(int)
+            pareto_rows = [pareto_rows[k] for k in sorted(set(keep))]
+        pc = [_candidate(m, per_hw[h], i, job, tokens, steps, calibration, refine) for h, i in pareto_rows]
+        pc = [p for p in pc if p is not None and p.cost_per_million_tokens_usd is not None]
+        if pc:
+            t_arr = np.array([p.step_s for p in pc])
+            c_arr = np.array([p.cost_per_million_tokens_usd for p in pc])
+            pareto = [pc[i] for i in _pareto_indices(t_arr, c_arr)]
+    return SearchResult(model=m.id, hardware=hw_ids, devices=counts, global_batch=global_batch, seq_len=seq_len,
+                        objective=objective, enumerated=enumerated, evaluated=evaluated, feasible=feasible,
+                        seconds=time.perf_counter() - t0, rejected=rejected, top=top_list, pareto=pareto)
+
+
+def _price_of(per_hw, hw_id: str):
+    for hw, _spec, _node, price, *_ in per_hw:
+        if hw == hw_id:
+            return price
+    return None
+
+
+def layout_of(hw: str, c: _Flat, i: int, n_micro: int) -> SearchLayout:
+    v = c.val
+    tp, pp, cp, N = int(v["tp"][i]), int(v["pp"][i]), int(v["cp"][i]), int(v["devices"][i])
+    return SearchLayout(hardware=hw, devices=N, tp=tp, pp=pp, dp=N // (tp * pp * cp), cp=cp, ep=int(v["ep"][i]),
+                        interleave=int(v["v"][i]), sequence_parallel=bool(v["sp"][i]) and tp > 1,
+                        zero_stage=int(v["zero"][i]), micro_batch=int(v["mb"][i]), grad_accum=int(n_micro),
+                        recompute=RECOMPUTE_NAMES[int(v["rc"][i])], offload_optimizer="cpu" if v["off"][i] else "none")
+
+
+def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, calibration, refine: bool):
+    from .training import estimate_train
+
+    hw, spec, node, price, c, s, fits, obj, cost_tok = hw_row
+    lay = layout_of(hw, c, i, int(s["n_micro"][i]))
+    par = Parallel(tp=lay.tp, pp=lay.pp, dp=lay.dp, cp=lay.cp, ep=lay.ep, sequence_parallel=lay.sequence_parallel,
+                   zero_stage=lay.zero_stage, interleave=lay.interleave)
+    j = job.model_copy(update=dict(micro_batch=lay.micro_batch, recompute=lay.recompute,
+                                   offload_optimizer=lay.offload_optimizer))
+    tokens_per_step = float(job.global_batch * job.seq_len)
+    if refine:
+        est = estimate_train(m, spec, j, par, node=node, calibration=calibration)
+        step_s = est.step.total_s
+        breakdown = est.step.parts()
+        mem = est.memory
+        peak, req = mem.peak_bytes, est.required_bytes
+        membd = {k: v for k, v in mem.to_dict().items() if k.endswith("_bytes") and k not in ("peak_bytes",)}
+        mfu, tflops = est.mfu, est.tflops_per_device
+        hfu, hw_tflops = est.hfu, est.hardware_flops_per_step / step_s / lay.devices / 1e12
+    else:
+        step_s = float(s["step_s"][i])
+        breakdown = {k: float(s[k][i]) for k in ("compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s",
+                                                 "dp_comm_exposed_s", "fsdp_comm_exposed_s", "pp_comm_s", "bubble_s",
+                                                 "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")}
+        peak, req = float(s["peak_bytes"][i]), float(s["required_bytes"][i])
+        membd = {}
+        tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute)
+        mfu = tf.model_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
+        hfu = tf.hardware_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
+        tflops = tf.model_flops / step_s / lay.devices / 1e12
+        hw_tflops = tf.hardware_flops / step_s / lay.devices / 1e12
+    cap = spec.memory.capacity_bytes
+    n_steps = steps if steps is not None else (int(math.ceil(tokens / tokens_per_step)) if tokens else None)
+    run_days = n_steps * step_s / 86400.0 if n_steps else None
+    run_cost = n_steps * step_s / 3600.0 * lay.devices * price if (n_steps and price) else None
+    return SearchCandidate(
+        rank=0, layout=lay, step_s=step_s, tokens_per_s=tokens_per_step / step_s, mfu=mfu, hfu=hfu,
+        tflops_per_device=tflops, hardware_tflops_per_device=hw_tflops,
+        peak_bytes=peak, required_bytes=req, capacity_bytes=cap, memory_fraction=req / cap,
+        cost_per_million_tokens_usd=(step_s * lay.devices * price / 3600.0 / tokens_per_step * 1e6) if price else None,
+        run_days=run_days, run_cost_usd=run_cost, step_breakdown_s=breakdown, memory_breakdown_bytes=membd,
+        screen_step_s=float(s["step_s"][i]))
+
+
+def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
+                  framework: str = "megatron", precision: str = "amp-bf16", calibration: str | None = None,
+                  hardware_files: list[str] | None = None, **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
+    """The screen's raw arrays for every valid layout (for tests, benchmarks and plots)."""
+    m = model if isinstance(model, ModelConfig) else load_model(model)
+    lib = load_library(hardware_files)
+    spec, node = lib.device(hardware), lib.node_for(hardware)
+    dpn = node.devices_per_node if node else 8
+    counts = device_counts(devices)
+    ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
+    ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn)
+    c = _flatten(ax, ok)
+    job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision, framework=framework)
+    return c, screen(m, spec, node, job, ax, c, calibration)
+
+
+def iter_layouts(c: _Flat, hw: str, n_micro: np.ndarray) -> Iterable[SearchLayout]:
+    for i in range(len(c)):
+        yield layout_of(hw, c, i, int(n_micro[i]))
+
+
+# `costmodel.search(...)` is the function above; importing this module (`costmodel.search`) sets the
+# package attribute to the module, so the module is callable too and both spellings work.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
