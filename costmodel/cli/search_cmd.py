@@ -101,23 +101,28 @@ def _render(res) -> None:
     console.print(f"{res.model}: {res.enumerated:,} grid points, {res.evaluated:,} valid layouts evaluated, "
                   f"{res.feasible:,} fit; {res.seconds:.2f} s ({rate:,.0f} layouts/s). Objective: {res.objective}.")
     multi_hw = len(res.hardware) > 1
+    priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
+    has_run = any(c.run_days is not None for c in res.top)
     t = Table(title=f"best layouts (global batch {res.global_batch} x {res.seq_len} tokens)")
-    cols = ["#"] + (["hardware"] if multi_hw else []) + ["devices", "layout", "mb x acc", "recompute", "step", "TFLOP/s",
-                                                          "MFU", "memory", "$/Mtok", "run"]
+    cols = (["#"] + (["hardware"] if multi_hw else []) + ["dev", "layout", "mb x acc", "recompute", "step", "TF/s",
+            "MFU", "memory"] + (["$/Mtok"] if priced else []) + (["run"] if has_run else []))
     for col in cols:
-        t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right")
+        t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right", no_wrap=True)
     for c in res.top:
         lay = c.layout
-        run = f"{c.run_days:.1f} d" if c.run_days is not None else "-"
-        if c.run_cost_usd is not None:
-            run += f" ${c.run_cost_usd / 1e6:,.2f}M" if c.run_cost_usd >= 1e6 else f" ${c.run_cost_usd:,.0f}"
         layout = f"tp{lay.tp}{'+sp' if lay.sequence_parallel else ''} pp{lay.pp}" + (f"v{lay.interleave}" if lay.interleave > 1 else "")
         layout += f" dp{lay.dp}" + (f" cp{lay.cp}" if lay.cp > 1 else "") + (f" ep{lay.ep}" if lay.ep > 1 else "")
         layout += f" z{lay.zero_stage}" + (" off" if lay.offload_optimizer != "none" else "")
         row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
             str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s),
-            f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}",
-            f"{c.cost_per_million_tokens_usd:.2f}" if c.cost_per_million_tokens_usd is not None else "-", run]
+            f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
+        if priced:
+            row.append(f"{c.cost_per_million_tokens_usd:.2f}" if c.cost_per_million_tokens_usd is not None else "-")
+        if has_run:
+            run = f"{c.run_days:.1f} d" if c.run_days is not None else "-"
+            if c.run_cost_usd is not None:
+                run += f" ${c.run_cost_usd / 1e6:,.2f}M" if c.run_cost_usd >= 1e6 else f" ${c.run_cost_usd:,.0f}"
+            row.append(run)
         t.add_row(*row)
     console.print(t)
     if res.top:
