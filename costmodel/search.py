@@ -49,7 +49,7 @@ DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_ZERO = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 # Candidates re-estimated with the scalar model after the vectorised screen.
-REFINE_MIN = 64
+REFINE_MIN = 32
 # Points of the screened time/cost Pareto front re-estimated for the report and the plot.
 PARETO_MAX = 24
 
@@ -289,8 +289,39 @@ def _dtype_for(job: TrainJob, spec: AcceleratorSpec) -> str:
 
 
 def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes, c: _Flat,
-           calibration: str | None = None) -> dict[str, np.ndarray]:
-    """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train."""
+           calibration: str | None = None, capacity_bytes: float | None = None) -> dict[str, np.ndarray]:
+    """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train.
+    With `capacity_bytes`, step time is computed only for the candidates that fit (inf for the
+    rest): memory rejects most of a large space and costs a fraction of the time terms."""
+    v = c.val
+    tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
+    dp = N // (tp * pp * cp)
+    n_micro = job.global_batch // (mb * dp)
+    grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=v["ep"], sequence_parallel=v["sp"] & (tp > 1),
+                        zero_stage=v["zero"], interleave=v["v"])
+    # --- memory: the formulas of costmodel.memory on arrays
+    mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
+                             offload_optimizer=v["off"])
+    peak = peak_of(mem["candidates"])
+    required = required_device_bytes(peak)
+    out = dict(peak_bytes=peak, required_bytes=required, dp=dp, n_micro=n_micro)
+    keep = np.flatnonzero(required <= capacity_bytes) if capacity_bytes is not None else np.arange(len(c))
+    sub = _Flat({k: a[keep] for k, a in c.idx.items()}, {k: a[keep] for k, a in c.val.items()})
+    times = _screen_time(model, spec, node, job, ax, sub, calibration) if len(keep) else {}
+    for k in _TIME_KEYS:
+        full_arr = np.full(len(c), np.inf)
+        if len(keep):
+            full_arr[keep] = times[k]
+        out[k] = full_arr
+    return out
+
+
+_TIME_KEYS = ("step_s", "compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s", "dp_comm_exposed_s",
+              "fsdp_comm_exposed_s", "pp_comm_s", "bubble_s", "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")
+
+
+def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes, c: _Flat,
+                 calibration: str | None = None) -> dict[str, np.ndarray]:
     from . import training as tr
 
     eff = efficiency_for(spec, calibration)
@@ -300,16 +331,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     dp = N // (tp * pp * cp)
     full = v["rc"] == 2
     rec_any = v["rc"] != 0
-    gb = job.global_batch
-    n_micro = gb // (mb * dp)
-    grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=v["sp"] & (tp > 1),
-                        zero_stage=v["zero"], interleave=v["v"])
-
-    # --- memory: the formulas of costmodel.memory on arrays
-    mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
-                             offload_optimizer=v["off"])
-    peak = peak_of(mem["candidates"])
-    required = required_device_bytes(peak)
+    n_micro = job.global_batch // (mb * dp)
 
     # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
@@ -351,6 +373,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
         link = comm_bridge.Links.from_specs(spec, node, eff)
     dpn = link.devices_per_node
     rc_name = lambda r: RECOMPUTE_NAMES[int(r)]  # noqa: E731
+    link_coll, link_p2p = _memo(link.collective_time_s), _memo(link.p2p_time_s)
 
     def tp_layer(tp_, mb_, cp_, sp_, rc_):
         """TP collectives of one layer and micro-batch (comm.tp_layer_collectives)."""
@@ -358,7 +381,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
             return 0.0
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         group = comm.Group(tp_, min(tp_, dpn))
-        return sum(cl.count * link.collective_time_s(cl.op, cl.nbytes, tp_, intra=True)
+        return sum(cl.count * link_coll(cl.op, cl.nbytes, tp_, intra=True)
                    for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and tp_ > 1,
                                                        recompute=rc_name(rc_)))
 
@@ -373,8 +396,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
                 return 0.0
             act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
             per_node = max(1, min(ep_, dpn // tp_))
-            return link.collective_time_s("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * tp_ <= dpn,
-                                          per_node=per_node)
+            return link_coll("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * tp_ <= dpn, per_node=per_node)
 
         a2a_t = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]]
         ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
@@ -384,7 +406,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
         def kv_steps(tp_, mb_, cp_):
             kv_block = 2.0 * mb_ * seq_dev_of(cp_) * model.kv_dim / tp_ * 2.0
             cross = tp_ * cp_ > dpn
-            return link.p2p_time_s(kv_block, crosses_node=cross), link.p2p_time_s(2.0 * kv_block, crosses_node=cross)
+            return link_p2p(kv_block, crosses_node=cross), link_p2p(2.0 * kv_block, crosses_node=cross)
 
         kv_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"])
         f_step = _subgrid_table(lambda a, b, d: kv_steps(a, b, d)[0], ax.tp, ax.mb, ax.cp)[kv_sel]
@@ -398,7 +420,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     def p2p_pair(tp_, mb_, cp_, sp_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         msg = act / tp_ if (job.framework != "pytorch" or (sp_ and tp_ > 1)) else act
-        return link.p2p_time_s(msg, crosses_node=False), link.p2p_time_s(msg, crosses_node=True)
+        return link_p2p(msg, crosses_node=False), link_p2p(msg, crosses_node=True)
 
     p2p_keys = (ax.tp, ax.mb, ax.cp, ax.sp)
     p2p_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"])
@@ -423,14 +445,6 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
             p_cache[k] = float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total)
         return p_cache[k]
 
-    coll_cache: dict = {}
-
-    def coll(op, nbytes, world, intra, per_node):
-        k = (op, nbytes, world, intra, per_node)
-        if k not in coll_cache:
-            coll_cache[k] = link.collective_time_s(op, nbytes, world, intra=intra, per_node=per_node)
-        return coll_cache[k]
-
     opt_cache: dict = {}
 
     def opt_time(nbytes):
@@ -438,39 +452,46 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
             opt_cache[nbytes] = memory_op(eff, "optimizer", nbytes).time_s
         return opt_cache[nbytes]
 
-    def dp_times(N_, tp_, pp_, cp_, ep_, z_):
-        """(FSDP gather per unit, FSDP reduce-scatter per unit, DP gradient op, optimizer time,
-        stage params)."""
-        dp_ = N_ // (tp_ * pp_ * cp_)
-        world = dp_ * cp_
-        Pst = stage_total(tp_, pp_, ep_)
-        o_div = world if z_ >= 1 else 1
-        opt_t = opt_time(opt_per_param * Pst / o_div)
-        if world <= 1:
-            return (0.0, 0.0, 0.0, opt_t, Pst)
-        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_)
-        grad_bytes = grad_per_param * Pst
-        intra, per_node = link.dp_intra(par), link.dp_ranks_per_node(par)
-        if z_ >= 3:
-            units = max(1, -(-model.layers // pp_))
-            ag = coll("all_gather", 2.0 * Pst / units, world, intra, per_node)
-            rs = coll("reduce_scatter", grad_bytes / units, world, intra, per_node)
-            return (ag, rs, 0.0, opt_t, Pst)
-        if z_ >= 1 and job.framework != "pytorch":
-            op = coll("reduce_scatter", grad_bytes, world, intra, per_node) + \
-                coll("all_gather", st.weights * Pst, world, intra, per_node)
-        else:
-            op = coll("all_reduce", grad_bytes, world, intra, per_node)
-        return (0.0, 0.0, op, opt_t, Pst)
-
+    # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
+    # point by point (link.dp_intra / dp_ranks_per_node), the collectives evaluated in one
+    # vectorised call per op (_batched_collectives, the bridge's model on arrays).
     shape = (len(ax.devices), len(ax.tp), len(ax.pp), len(ax.cp), len(ax.ep), len(ax.zero))
-    tabs = np.zeros(shape + (5,))
     sub = (c.idx["devices"], c.idx["tp"], c.idx["pp"], c.idx["cp"], c.idx["ep"], c.idx["zero"])
     used = np.zeros(shape, dtype=bool)
     used[sub] = True
-    for idx in zip(*np.nonzero(used)):
-        vals = tuple(int(getattr(ax, n)[i]) for n, i in zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
-        tabs[idx] = dp_times(*vals)
+    points = np.argwhere(used)
+    n_pts = len(points)
+    opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
+    req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
+    for j, idx in enumerate(points):
+        N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in
+                                      zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
+        dp_ = N_ // (tp_ * pp_ * cp_)
+        world = dp_ * cp_
+        Pst = stage_total(tp_, pp_, ep_)
+        P_pts[j] = Pst
+        opt_pts[j] = opt_time(opt_per_param * Pst / (world if z_ >= 1 else 1))
+        if world <= 1:
+            continue
+        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_)
+        grad_bytes = grad_per_param * Pst
+        g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
+        if z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
+            units = max(1, -(-model.layers // pp_))
+            req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
+            req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
+        elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op
+            req.setdefault("reduce_scatter", []).append((j, 2, 1.0, grad_bytes) + g)
+            req.setdefault("all_gather", []).append((j, 2, 1.0, st.weights * Pst) + g)
+        else:
+            req.setdefault("all_reduce", []).append((j, 2, 1.0, grad_bytes) + g)
+    slots = np.zeros((n_pts, 3))
+    for op, rows in req.items():
+        arr = np.array(rows, dtype=float)
+        t = _batched_collectives(link, op, arr[:, 3], arr[:, 4].astype(int), arr[:, 5].astype(bool), arr[:, 6].astype(int))
+        np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
+    tabs = np.zeros(shape + (5,))
+    tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts])
     ag_u, rs_u, dp_op, optimizer_t, P = tabs.reshape(-1, 5)[np.ravel_multi_index(sub, shape)].T
     ovl = tr.DP_OVERLAP_FRACTION
     # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
@@ -499,10 +520,48 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
         p = tr.HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
     total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
-    return dict(peak_bytes=peak, required_bytes=required, step_s=total, dp=dp, n_micro=n_micro,
-                compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
+    return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
                 tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,
                 bubble_s=bubble, optimizer_s=optimizer_t, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+
+
+def _batched_collectives(link, op: str, nbytes: np.ndarray, world: np.ndarray, intra: np.ndarray,
+                         per_node: np.ndarray) -> np.ndarray:
+    """comm_bridge.Links.collective_time_s on arrays: the same groups (Links.group), the same
+    calibrated bandwidth scale for groups inside one scale-up domain, comm.collective_time_s_np
+    once per distinct scale instead of once per call."""
+    dpn = link.devices_per_node
+    per = np.where(intra, np.minimum(world, dpn), np.clip(np.minimum(per_node, world), 1, dpn))
+    group_intra = per >= world  # one domain
+    eff = link._efficiency() if hasattr(link, "_efficiency") else None
+    params = getattr(link, "params", comm.DEFAULT_PARAMS)
+    links = link.comm_links
+    out = np.zeros(len(nbytes))
+    live = (world > 1) & (nbytes > 0)
+    scales = np.full(len(nbytes), np.nan)
+    if eff is not None:
+        for w in np.unique(world[live & group_intra]):
+            sc = comm.calibrated_bandwidth_scale(eff, op, int(w), links, params)
+            if sc is not None:
+                scales[live & group_intra & (world == w)] = sc
+    for sc in np.unique(scales[live]):
+        sel = live & ((scales == sc) if not np.isnan(sc) else np.isnan(scales))
+        out[sel] = comm.collective_time_s_np(op, nbytes[sel], world[sel], per[sel], links, params=params,
+                                             efficiency=None if np.isnan(sc) else float(sc))
+    return out
+
+
+def _memo(fn):
+    """fn memoised on its (hashable) arguments, for one screen."""
+    cache: dict = {}
+
+    def wrapped(*args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = fn(*args, **kwargs)
+        return cache[key]
+
+    return wrapped
 
 
 def _by_value(fn, x: np.ndarray) -> np.ndarray:
@@ -598,9 +657,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         c = _flatten(ax, ok)
         if len(c) == 0:
             continue
-        s = screen(m, spec, node, job, ax, c, calibration)
-        evaluated += len(c)
         cap = spec.memory.capacity_bytes * max_memory_fraction
+        s = screen(m, spec, node, job, ax, c, calibration, capacity_bytes=cap)
+        evaluated += len(c)
         fits = s["required_bytes"] <= cap
         nfit = int(fits.sum())
         feasible += nfit
