@@ -156,19 +156,24 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     ttft = prefill_time_s(model, spec, job, tp, eff=eff)
     mid_ctx = job.prompt_len + job.gen_len // 2
     d = decode_step(model, spec, job, mid_ctx, tp, eff=eff)
-    tp_comm = 0.0
+    links = None
     if tp > 1:
         from .comm_bridge import Links
         links = Links.from_specs(spec, node, eff)
+
+    def tp_comm_s(batch: int) -> float:
         # 2 all-reduces of batch x hidden activations per layer (Megatron TP, Shoeybi et al. 2019)
-        tp_comm = 2 * model.layers * links.collective_time_s("all_reduce", job.batch * model.hidden * 2.0, tp)
-    tpot = d.step_s + tp_comm
+        if links is None:
+            return 0.0
+        return 2 * model.layers * links.collective_time_s("all_reduce", batch * model.hidden * 2.0, tp)
+
+    tpot = d.step_s + tp_comm_s(job.batch)
     mb = max_batch(model, spec, job, context, tp)
     curve = []
     bsz = 1
     while bsz <= max(1, mb):
         j = job.model_copy(update={"batch": bsz})
-        st = decode_step(model, spec, j, mid_ctx, tp, eff=eff).step_s + tp_comm
+        st = decode_step(model, spec, j, mid_ctx, tp, eff=eff).step_s + tp_comm_s(bsz)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st})
         bsz *= 2
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,

@@ -795,6 +795,144 @@ def iter_layouts(c: _Flat, hw: str, n_micro: np.ndarray) -> Iterable[SearchLayou
         yield layout_of(hw, c, i, int(n_micro[i]))
 
 
+
+
+# ----------------------------------------------------------------------------------- inference
+
+class InferCandidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    hardware: str
+    tp: int
+    batch: int
+    weight_dtype: str
+    kv_dtype: str
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float  # decode tokens per second of one replica (tp devices)
+    tokens_per_s_per_device: float
+    cost_per_million_tokens_usd: float | None
+    required_bytes: float
+    capacity_bytes: float
+    memory_fraction: float
+
+
+class InferSearchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    hardware: list[str]
+    prompt_len: int
+    gen_len: int
+    objective: str
+    max_ttft_ms: float | None
+    max_tpot_ms: float | None
+    enumerated: int
+    evaluated: int
+    feasible: int
+    seconds: float
+    rejected: dict[str, int]
+    top: list[InferCandidate]
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+INFER_DTYPES = ("bf16", "fp8", "int8", "int4")
+
+
+def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", *, prompt_len: int = 1024,
+                 gen_len: int = 256, max_ttft_ms: float | None = None, max_tpot_ms: float | None = None,
+                 objective: Literal["throughput", "cost", "tpot"] = "throughput", top: int = 10,
+                 tp: Sequence[int] | None = None, batch: Sequence[int] | None = None,
+                 weight_dtype: Sequence[str] | None = None, kv_dtype: Sequence[str] | None = None,
+                 price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+                 calibration: str | None = None, hardware_files: list[str] | None = None) -> InferSearchResult:
+    """Serving layouts (hardware, tp, batch, weight and KV dtypes) ranked by decode throughput per
+    device (or cost per token, or TPOT) under TTFT / TPOT targets.
+
+    Memory is linear in the batch (weights + per-sequence KV cache and workspace), so it is
+    evaluated for every batch at once from two points per (hardware, tp, dtypes); the decode and
+    prefill times of the layouts that fit are the scalar models of costmodel.inference (a serving
+    space is hundreds of layouts, not millions)."""
+    from .inference import decode_step, prefill_time_s
+    from .memory import decode_memory
+    from .workload import InferJob
+
+    t0 = time.perf_counter()
+    m = model if isinstance(model, ModelConfig) else load_model(model)
+    if objective not in ("throughput", "cost", "tpot"):
+        raise InputError(f"unknown inference objective {objective!r}; expected throughput, cost or tpot", field="objective")
+    if not 0 < max_memory_fraction <= 1:
+        raise InputError(f"max_memory_fraction must be in (0, 1], got {max_memory_fraction}", field="max_memory_fraction")
+    for d in (*(weight_dtype or ()), *(kv_dtype or ())):
+        if d not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
+            raise InputError(f"dtype {d!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field="dtype")
+    lib = load_library(hardware_files)
+    hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
+    batches = np.asarray(sorted(set(batch or _pow2_upto(1024))), dtype=np.int64)
+    wds, kvs = list(weight_dtype or INFER_DTYPES), list(kv_dtype or ("bf16", "fp8"))
+    context = prompt_len + gen_len
+    mid_ctx = prompt_len + gen_len // 2
+    enumerated = evaluated = feasible = 0
+    rejected: dict[str, int] = {}
+    rows: list[InferCandidate] = []
+    for hw in hw_ids:
+        spec, node = lib.device(hw), lib.node_for(hw)
+        dpn = node.devices_per_node if node else 8
+        eff = efficiency_for(spec, calibration)
+        price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
+        cap = spec.memory.capacity_bytes * max_memory_fraction
+        link = comm_bridge.Links.from_specs(spec, node, eff)
+        for t in (tp or _pow2_upto(dpn)):
+            for wd in wds:
+                for kd in kvs:
+                    enumerated += len(batches)
+                    if m.heads % t or (m.n_kv_heads % t and t % m.n_kv_heads):
+                        rejected["tp must divide the heads"] = rejected.get("tp must divide the heads", 0) + len(batches)
+                        continue
+                    job = InferJob(batch=1, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=wd, kv_dtype=kd,
+                                   compute_dtype="fp8" if wd == "fp8" and spec.peak_flops.get("fp8") else "bf16")
+                    m1 = decode_memory(m, job, context, t).peak_bytes
+                    m2 = decode_memory(m, job.model_copy(update={"batch": 2}), context, t).peak_bytes
+                    req = required_device_bytes(m1 + (m2 - m1) * (batches - 1))  # linear in the batch
+                    fits = req <= cap
+                    evaluated += len(batches)
+                    rejected["memory"] = rejected.get("memory", 0) + int((~fits).sum())
+                    for b, r in zip(batches[fits], req[fits]):
+                        j = job.model_copy(update={"batch": int(b)})
+                        comm_s = 2 * m.layers * link.collective_time_s("all_reduce", int(b) * m.hidden * 2.0, t) if t > 1 else 0.0
+                        tpot = decode_step(m, spec, j, mid_ctx, t, eff=eff).step_s + comm_s
+                        ttft = prefill_time_s(m, spec, j, t, eff=eff)
+                        if max_tpot_ms is not None and tpot * 1e3 > max_tpot_ms:
+                            rejected["TPOT target"] = rejected.get("TPOT target", 0) + 1
+                            continue
+                        if max_ttft_ms is not None and ttft * 1e3 > max_ttft_ms:
+                            rejected["TTFT target"] = rejected.get("TTFT target", 0) + 1
+                            continue
+                        feasible += 1
+                        tps = int(b) / tpot
+                        rows.append(InferCandidate(
+                            rank=0, hardware=hw, tp=int(t), batch=int(b), weight_dtype=wd, kv_dtype=kd, ttft_s=ttft,
+                            tpot_s=tpot, tokens_per_s=tps, tokens_per_s_per_device=tps / t,
+                            cost_per_million_tokens_usd=(price * t / 3600.0 / tps * 1e6) if price else None,
+                            required_bytes=float(r), capacity_bytes=spec.memory.capacity_bytes,
+                            memory_fraction=float(r) / spec.memory.capacity_bytes))
+    if objective == "cost":
+        if any(r.cost_per_million_tokens_usd is None for r in rows):
+            raise InputError("objective 'cost' needs a price: pass --price-per-hour", field="price_per_hour")
+        rows.sort(key=lambda r: r.cost_per_million_tokens_usd)
+    elif objective == "tpot":
+        rows.sort(key=lambda r: r.tpot_s)
+    else:
+        rows.sort(key=lambda r: -r.tokens_per_s_per_device)
+    top_rows = rows[:top]
+    for n, r in enumerate(top_rows, 1):
+        r.rank = n
+    return InferSearchResult(model=m.id, hardware=hw_ids, prompt_len=prompt_len, gen_len=gen_len, objective=objective,
+                             max_ttft_ms=max_ttft_ms, max_tpot_ms=max_tpot_ms, enumerated=enumerated, evaluated=evaluated,
+                             feasible=feasible, seconds=time.perf_counter() - t0, rejected=rejected, top=top_rows)
+
+
 # `costmodel.search(...)` is the function above; importing this module (`costmodel.search`) sets the
 # package attribute to the module, so the module is callable too and both spellings work.
 class _CallableModule(types.ModuleType):

@@ -166,3 +166,34 @@ def test_nothing_fits_exits_1(capsys):
         main(["search", "gpt3-175b", "-H", "dgx-h100", "--devices", "8", "--global-batch", "8", "--offload", "off"])
     assert e.value.code == 1
     assert "no layout fits" in capsys.readouterr().out
+
+
+def test_infer_search_meets_targets_and_matches_scalar_model():
+    from costmodel.plan import infer
+    from costmodel.search import search_infer
+
+    res = search_infer("llama3-8b", ["h100-sxm", "h200-sxm"], prompt_len=2048, gen_len=256, max_tpot_ms=30,
+                       max_ttft_ms=2000, top=5)
+    assert res.top and res.feasible <= res.evaluated <= res.enumerated
+    tps = [c.tokens_per_s_per_device for c in res.top]
+    assert tps == sorted(tps, reverse=True)
+    for c in res.top:
+        assert c.tpot_s * 1e3 <= 30 and c.ttft_s * 1e3 <= 2000
+        assert c.tokens_per_s == pytest.approx(c.batch / c.tpot_s)
+        est = infer("llama3-8b", c.hardware, tp=c.tp, batch=c.batch, prompt_len=2048, gen_len=256,
+                    weight_dtype=c.weight_dtype, kv_dtype=c.kv_dtype)
+        assert c.tpot_s == pytest.approx(est.tpot_s, rel=1e-9)
+        assert c.ttft_s == pytest.approx(est.ttft_s, rel=1e-9)
+        assert c.required_bytes == pytest.approx(est.required_bytes, rel=1e-9)  # memory is linear in the batch
+        assert est.fits
+
+
+def test_infer_search_cli(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama3-8b", "--infer", "-H", "h100-sxm", "--max-tpot-ms", "20", "--top", "2", "--json"])
+    assert (e.value.code or 0) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["top"] and all(c["tpot_s"] <= 0.020 for c in out["top"])
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama3-8b"])  # a training search needs a global batch
+    assert e.value.code == 2

@@ -37,9 +37,18 @@ def search_cmd(
     hardware: list[str] = typer.Option(["dgx-h100"], "--hardware", "-H",
                                        help="Device or node id; repeat to compare hardware."),
     devices: str = typer.Option("8", help="Device count: N, N1,N2,... or LO..HI (powers of two in the range)."),
-    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", help="Sequences per optimizer step (training)."),
+    infer: bool = typer.Option(False, "--infer", help="Search serving layouts (hardware, tp, batch, weight/KV dtype) instead."),
+    prompt_len: int = typer.Option(1024, "--prompt-len", help="--infer: prompt tokens."),
+    gen_len: int = typer.Option(256, "--gen-len", help="--infer: generated tokens."),
+    max_ttft_ms: Optional[float] = typer.Option(None, "--max-ttft-ms", help="--infer: time-to-first-token target."),
+    max_tpot_ms: Optional[float] = typer.Option(None, "--max-tpot-ms", help="--infer: per-token latency target."),
+    batch: Optional[str] = typer.Option(None, help="--infer: restrict batch sizes."),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="--infer: restrict weight dtypes, e.g. bf16,fp8."),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="--infer: restrict KV-cache dtypes."),
     seq_len: int = typer.Option(2048, "--seq-len"),
-    objective: str = typer.Option("step_time", help="step_time, time_to_train, cost, mfu or throughput."),
+    objective: Optional[str] = typer.Option(None, help="Training: step_time (default), time_to_train, cost, mfu, throughput. "
+                                                        "--infer: throughput (default, per device), cost, tpot."),
     top: int = typer.Option(10, help="Layouts to print."),
     precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
     optimizer: str = typer.Option("adamw"),
@@ -65,8 +74,27 @@ def search_cmd(
 ):
     """Search every layout (tp, pp, interleave, dp, cp, ep, ZeRO, micro-batch, recompute, sequence
     parallelism, offload) on the hardware; print the best that fit and why the rest were rejected."""
-    from ..search import search
+    from ..search import search, search_infer
 
+    if infer:
+        split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
+        with err_console.status(f"searching serving layouts of {model}...") if not json_out else _null():
+            res = search_infer(model, hardware, prompt_len=prompt_len, gen_len=gen_len, max_ttft_ms=max_ttft_ms,
+                               max_tpot_ms=max_tpot_ms, objective=objective or "throughput", top=top,
+                               tp=_ints(tp, "tp"), batch=_ints(batch, "batch"), weight_dtype=split(weight_dtype),
+                               kv_dtype=split(kv_dtype), price_per_hour=price_per_hour,
+                               max_memory_fraction=max_memory_fraction, calibration=calibration,
+                               hardware_files=hardware_file)
+        if json_out:
+            emit_json(res.to_dict())
+        else:
+            _render_infer(res)
+        if not res.top:
+            raise typer.Exit(1)
+        return
+    if global_batch is None:
+        raise InputError("training search needs --global-batch (or pass --infer for serving layouts)", field="global-batch")
+    objective = objective or "step_time"
     rc = None
     if recompute is not None:
         rc = [r for r in recompute.replace(" ", "").split(",") if r]
@@ -146,6 +174,41 @@ def _render(res) -> None:
     if not res.top:
         console.print("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
                       "recompute / offload, or lower the micro-batch")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _render_infer(res) -> None:
+    console.print(f"{res.model} serving, {res.prompt_len}+{res.gen_len} tokens: {res.evaluated:,} layouts evaluated, "
+                  f"{res.feasible:,} meet the targets and fit; {res.seconds:.2f} s. Objective: {res.objective}.")
+    t = Table(title="best serving layouts" + (f" (TPOT <= {res.max_tpot_ms} ms)" if res.max_tpot_ms else "")
+              + (f" (TTFT <= {res.max_ttft_ms} ms)" if res.max_ttft_ms else ""))
+    priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
+    for col in ["#", "hardware", "tp", "batch", "weights", "KV", "TTFT", "TPOT", "tok/s", "tok/s/dev", "memory"] + (["$/Mtok"] if priced else []):
+        t.add_column(col, justify="left" if col in ("hardware", "weights", "KV") else "right", no_wrap=True)
+    for c in res.top:
+        row = [str(c.rank), c.hardware, str(c.tp), str(c.batch), c.weight_dtype, c.kv_dtype, fmt_time(c.ttft_s),
+               fmt_time(c.tpot_s), f"{c.tokens_per_s:,.0f}", f"{c.tokens_per_s_per_device:,.0f}",
+               f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
+        if priced:
+            row.append(f"{c.cost_per_million_tokens_usd:.3f}" if c.cost_per_million_tokens_usd is not None else "-")
+        t.add_row(*row)
+    console.print(t)
+    r = Table(title="rejected")
+    r.add_column("reason")
+    r.add_column("layouts", justify="right")
+    for k, n in sorted(res.rejected.items(), key=lambda kv: -kv[1]):
+        r.add_row(k if k != "memory" else "does not fit in memory", f"{n:,}")
+    console.print(r)
+    if not res.top:
+        console.print("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
+                      "allow more tp or quantised weights / KV cache")
 
 
 def register(app: typer.Typer) -> None:
