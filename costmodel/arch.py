@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InputError, from_validation_error
 from .specs import package_data_dir, read_yaml
 
-Activation = Literal["gelu", "relu", "swiglu", "geglu", "squared-relu"]
+# "gelu_new": the tanh-approximate GELU computed op by op (Hugging Face GPT-2's NewGELUActivation),
+# the same FLOPs as "gelu" but eight elementwise kernels and five saved tensors.
+Activation = Literal["gelu", "gelu_new", "relu", "swiglu", "geglu", "squared-relu"]
 GATED = ("swiglu", "geglu")
 
 
@@ -285,7 +287,8 @@ def from_hf_config(path: str | Path) -> ModelConfig:
     gpt2 = mt in ("gpt2", "gpt_neo", "gptj", "opt")
     act = str(cfg.get("hidden_act", cfg.get("activation_function", "silu")))
     gated = not gpt2 and mt not in ("falcon", "gpt_bigcode")
-    activation = ("geglu" if "gelu" in act else "swiglu") if gated else ("relu" if act == "relu" else "gelu")
+    activation = ("geglu" if "gelu" in act else "swiglu") if gated else (
+        "relu" if act == "relu" else ("gelu_new" if act == "gelu_new" else "gelu"))
     data: dict = dict(
         id=path.stem.lower().replace("_", "-") if path.stem != "config" else (mt.replace("_", "-") or "hf-model"),
         name=str(cfg.get("_name_or_path", path.name)),

@@ -188,6 +188,8 @@ def pytorch_layer_activation_bytes(model: ModelConfig, tokens: float, precision:
       SDPA saves bf16 q (cast of the fp32 rotary output), k, v, output   2h + 4rh + 2h
       gate/up projections cast their input                     2 x 2h
       SwiGLU: gate, silu(gate), up, product (bf16)             4 x 2f
+      GELU (fused): input, output 2 x 2f; "gelu_new" (HF GPT-2, op by op): input, tanh output,
+        1 + tanh, 0.5 x, product                               5 x 2f
     pure bf16: norms save an fp32 copy of the input plus the bf16 normalised tensor (6h each),
     and q/k/v (gate/up) share one bf16 input.
     fp32: every saved tensor is 4 bytes.
@@ -205,15 +207,17 @@ def pytorch_layer_activation_bytes(model: ModelConfig, tokens: float, precision:
             attn_in = 3 * 2.0 if not ln else 2.0
         sdpa = 2.0 * q + 4.0 * r + 2.0 * q
         mlp_in = (2 * 2.0 if gated else 2.0) if not ln else 2.0
-        act = 8.0 * f if gated else 4.0 * f
+        act = 8.0 * f if gated else (10.0 * f if model.activation == "gelu_new" else 4.0 * f)
         per_token = 2 * norm + attn_in + sdpa + mlp_in
         per_token = per_token * h + act
     elif precision == "bf16":
         norm = 6.0 if not ln else 2.0
-        per_token = (2 * norm + 2.0 + 2.0 * q + 4.0 * r + 2.0 * q + 2.0) * h + (8.0 * f if gated else 4.0 * f)
+        per_token = (2 * norm + 2.0 + 2.0 * q + 4.0 * r + 2.0 * q + 2.0) * h + (
+            8.0 * f if gated else (10.0 * f if model.activation == "gelu_new" else 4.0 * f))
     else:  # fp32
         norm = 8.0 if not ln else 4.0
-        per_token = (2 * norm + 4.0 + 4.0 * q + 8.0 * r + 4.0 * q + 4.0) * h + (16.0 * f if gated else 8.0 * f)
+        per_token = (2 * norm + 4.0 + 4.0 * q + 8.0 * r + 4.0 * q + 4.0) * h + (
+            16.0 * f if gated else (20.0 * f if model.activation == "gelu_new" else 8.0 * f))
     if model.moe:
         # Routed experts see top_k copies of each token: the MLP term scales with top_k and the
         # expert ffn; router logits and probabilities (fp32, experts per token) are saved too.

@@ -101,6 +101,9 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
     """
     h, f, kv = model.hidden, model.ffn, model.kv_dim
     mlp = 10.0 * f if model.activation in GATED else 8.0 * f
+    if model.activation == "gelu_new":
+        # tanh GELU op by op (pow, 3 scalar muls, 2 adds, tanh, mul): ~ 36 bytes per element forward
+        mlp = 36.0 * f
     if model.moe:
         mlp = mlp / f * model.moe.expert_ffn * model.moe.top_k + 16.0 * h * model.moe.top_k  # + permute
     if job.framework != "pytorch":

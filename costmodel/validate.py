@@ -52,7 +52,7 @@ _ARCH_DEFAULTS = {
     "qwen2": dict(activation="swiglu", norm="rmsnorm", positions="rope", qkv_bias=True),
     "mistral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
     "mixtral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
-    "gpt2": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
+    "gpt2": dict(activation="gelu_new", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
     "gpt": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
 }
 
@@ -75,7 +75,8 @@ def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> 
         if k in m and m[k] is not None:
             d[k] = m[k]
     if m.get("mlp") == "gelu":
-        d["activation"] = "gelu"
+        # transformers' GPT2Config defaults to activation_function="gelu_new" (unfused tanh GELU)
+        d["activation"] = "gelu_new" if arch == "gpt2" else "gelu"
     elif m.get("mlp") == "swiglu":
         d["activation"] = "swiglu"
     if m.get("norm"):
