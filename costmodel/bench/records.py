@@ -147,7 +147,7 @@ def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False)
 
 # Fields that carry a measurement (everything else in a record names the case).
 _MEASURED = ("s_stream", "tflops", "gbps", "gbps_stream", "algbw_gbps", "busbw_gbps", "repeats", "check_rel_err", "round",
-             "s_spread", "rounds", "s_rounds")
+             "s_spread", "rounds", "s_rounds", "s_stream_spread")
 _RATES = ("tflops", "gbps", "algbw_gbps", "busbw_gbps")
 
 
@@ -181,6 +181,7 @@ def merge_rounds(records: list[dict]) -> list[dict]:
         ss = [r["s_stream"] for r in rs if r.get("s_stream")]
         if ss:
             first["s_stream"] = float(statistics.median(ss))
+            first["s_stream_spread"] = (max(ss) - min(ss)) / first["s_stream"]
             if first.get("gbps_stream"):
                 first["gbps_stream"] = rs[0]["gbps_stream"] * rs[0]["s_stream"] / first["s_stream"]
         first.pop("round", None)
