@@ -67,12 +67,13 @@ class _DefaultEfficiency:
         return None
 
 
-def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shipped: bool = False):
-    """The efficiency model for a device: a given overlay file, else (with `shipped`) the shipped
-    calibration for the device when costmodel.calibration provides one, else datasheet defaults.
+def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shipped: bool = True):
+    """The efficiency model for a device: a given overlay file, else (with ``shipped``, the default)
+    the shipped calibration ``hardware/calibrated/<id>.yaml`` when one exists for the device, else
+    datasheet defaults. ``.source`` says which ("calibrated: <file> (<date>)" or "datasheet defaults").
 
-    The step-time models use the defaults unless an overlay is given: their host-overhead and
-    kernel-floor constants were fitted together with the default curves (see training.py).
+    The step-time models' host-overhead and kernel-floor constants (training.HOST_*,
+    inference.DECODE_*) were fitted together with the shipped H100/H200 calibrations.
     """
     if calibration:
         from . import calibration as cal
@@ -82,10 +83,21 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
         try:
             from . import calibration as cal
 
-            return cal.shipped_efficiency(spec)
+            path = cal.shipped_overlay_path(spec.id)
+            if path is None:
+                return cal.default_efficiency(spec)
+            key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json())
+            eff = _SHIPPED_CACHE.get(key)
+            if eff is None:
+                eff = _SHIPPED_CACHE[key] = cal.load_overlay(path, spec)
+            return eff
         except (ImportError, AttributeError):
             pass
     return _DefaultEfficiency(spec)
+
+
+# Shipped overlays read once per (device, file version, spec): DeviceEfficiency is immutable.
+_SHIPPED_CACHE: dict = {}
 
 
 def _takes_spec(fn) -> bool:

@@ -103,6 +103,7 @@ def calibrate_cmd(
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
     save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file."),
+    reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
@@ -155,6 +156,12 @@ def calibrate_cmd(
         meta["check"] = {f: {"n": v["n"], "median_abs_error": round(v["median_abs_error"], 4), "max_abs_error": round(v["max_abs_error"], 4)}
                          for f, v in summary.items()}
     overlay = cal.fit_overlay(recs, device=device, spec=spec, meta=meta)
+    if reference_records:
+        ref = [r for r in read_jsonl(reference_records) if r.get("hardware") == device]
+        delta = cal.fit_call_gap_offset(overlay, ref, spec)
+        overlay = cal.with_call_gap_offset(overlay, delta)
+        overlay.setdefault("measured", {})["call_gap_offset"] = {"s": float(f"{delta:.3g}"), "records": str(reference_records), "n": len(ref)}
+        result["call_gap_offset_s"] = delta
     cal.write_overlay(overlay, out)
     result["overlay"] = overlay
     if json_out:
