@@ -124,12 +124,24 @@ class OpTime:
         return self.flops / self.bytes if self.bytes else float("inf")
 
 
+def _graph_kernel_s(eff, kind: str, *args):
+    """GPU time of a kernel launched from a CUDA graph: the calibrated kernel curve without the
+    eager host-dispatch floor (None when the efficiency model has no separate kernel curve)."""
+    try:
+        if kind == "gemm":
+            m, n, k, dtype = args
+            return float(eff.gemm.kernel_s(m, n, k, dtype))
+        return float(eff.copy.kernel_s(args[0]))
+    except (AttributeError, KeyError):
+        return None
+
+
 def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count: float = 1.0,
-            elem_bytes: float = 2.0) -> OpTime:
+            elem_bytes: float = 2.0, graph: bool = False) -> OpTime:
     m_i = max(1, int(round(m)))
     flops = 2.0 * m_i * k * n
     nbytes = elem_bytes * (m_i * k + k * n + m_i * n)
-    t = eff.gemm_time_s(m_i, n, k, dtype)
+    t = (_graph_kernel_s(eff, "gemm", m_i, n, k, dtype) if graph else None) or eff.gemm_time_s(m_i, n, k, dtype)
     t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
     t_cmp = flops / eff.gemm_flops_per_s(m_i, n, k, dtype)
     bound = "compute" if t_cmp >= t_mem else "memory"
@@ -139,8 +151,9 @@ def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count
     return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
 
 
-def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0) -> OpTime:
-    t = max(nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
+def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False) -> OpTime:
+    tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
+    t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
     bound = "memory" if t > KERNEL_FLOOR_S * 1.0001 else "latency"
     return OpTime(name, "memory", flops * count, nbytes * count, t * count, bound, count)
 
