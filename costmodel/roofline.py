@@ -85,7 +85,7 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
 
             path = cal.shipped_overlay_path(spec.id)
             if path is None:
-                return cal.default_efficiency(spec)
+                return _DefaultEfficiency(spec)  # the datasheet curves below (as before calibration existed)
             key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json())
             eff = _SHIPPED_CACHE.get(key)
             if eff is None:
