@@ -80,6 +80,9 @@ DEFAULT_GEMM_GAP_S = 20e-6
 DEFAULT_KERNEL_MIN_S = 3e-6
 DEFAULT_MEM_GAP_S = 10e-6
 # GEMM small-tile saturation: x_half = 16 rows (fit to the H100 LLM-shaped GEMMs).
+# Starting value of the fitted k-pipeline ramp k / (k + k_half) (CUTLASS Hopper mainloops stage 64-wide
+# k slices; a tile's prologue and epilogue cost a few of them).
+K_HALF_START = 64.0
 DEFAULT_GEMM_X_HALF = 16.0
 # Smooth corners: compute/memory (p) and floor/kernel (q), fitted on the H100 records.
 DEFAULT_P = 3.0
@@ -187,6 +190,8 @@ class GemmCurve:
     p: float = DEFAULT_P
     units: float | None = None  # streaming multiprocessors (GPU) for wave quantisation
     throttle_s: float = DEFAULT_THROTTLE_S  # load time after which the power controller lowers the clock
+    k_half: float = 0.0  # k-pipeline ramp: each output tile's prologue/epilogue ~ k_half steps of its k loop
+    wave_exponent: float = 1.0  # utilisation ** a: tiles of a part-empty last wave run faster (more L2/HBM each)
 
     def kernel_s(self, m, n, k, dtype: str, batch=1, mode: str = "stream"):
         """GPU time of one GEMM kernel: ``stream`` under sustained load (power-limited), ``burst``
@@ -198,7 +203,8 @@ class GemmCurve:
         flops = 2.0 * m * n * k * batch
         nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
         x = np.minimum(m, n)
-        rate = d.flops_per_s * x / (x + self.x_half) * wave_utilisation(m, n, d.tile, self.units)
+        util = wave_utilisation(m, n, d.tile, self.units) ** self.wave_exponent
+        rate = d.flops_per_s * x / (x + self.x_half) * k / (k + self.k_half) * util
         t = d.timing.kernel_min_s + smoothmax(flops / rate, nbytes / self.memory_bytes_per_s, self.p)
         load = BURST_CALLS_TO_MEDIAN * t if mode == "burst" else None
         return power_limited_s(t, flops, d.sustained_flops_per_s, self.p, load, self.throttle_s)
@@ -622,6 +628,8 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
     i_bw = P.add("bw", bw0)
     i_k0 = P.add("k0", max(float(np.min(t)) * 0.1, 1e-7))
     i_xh = P.add("x_half", 8.0)
+    i_kh = P.add("k_half", K_HALF_START)
+    i_wa = P.add("wave_exponent", 1.0)
     i_p = P.add("p_minus_1", DEFAULT_P - 1)
     i_q = P.add("q_minus_1", DEFAULT_Q - 1)
     i_tau = P.add("tau", DEFAULT_THROTTLE_S) if power else None
@@ -631,7 +639,7 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         gap = np.array([v[ip[d][1]] for d in dtypes])[di]
         floor = np.array([v[ip[d][2]] for d in dtypes])[di]
         x = np.minimum(m, n)
-        rate = Pd * x / (x + v[i_xh]) * util
+        rate = Pd * x / (x + v[i_xh]) * k / (k + v[i_kh]) * util ** v[i_wa]
         pp = 1 + v[i_p]
         tk = v[i_k0] + smoothmax(flops / rate, nbytes / v[i_bw], pp)
         if power:
@@ -650,6 +658,8 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         "memory_bytes_per_s": fit["bw"],
         "kernel_min_s": fit["k0"],
         "x_half": fit["x_half"],
+        "k_half": fit["k_half"],
+        "wave_exponent": fit["wave_exponent"] if any(tiles.values()) else 1.0,
         "p": 1 + fit["p_minus_1"],
         "q": 1 + fit["q_minus_1"],
         "dtypes": {},
@@ -950,7 +960,8 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
                                 rd.num(d, "sustained_flops_per_s", fld) if d.get("sustained_flops_per_s") is not None else None)
         units = rd.num(g, "units", "gemm") if g.get("units") is not None else None
         gemm = GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", DEFAULT_GEMM_X_HALF, positive=False), p,
-                         units, rd.num(g, "throttle_s", "gemm", DEFAULT_THROTTLE_S))
+                         units, rd.num(g, "throttle_s", "gemm", DEFAULT_THROTTLE_S), rd.num(g, "k_half", "gemm", 0.0, positive=False),
+                         rd.num(g, "wave_exponent", "gemm", 1.0, positive=False))
     # memory
     copy = base.copy if base else None
     read = base.read if base else None

@@ -25,13 +25,13 @@ from .workload import DTYPE_BYTES, Parallel, TrainJob
 # with the shipped calibrations (hardware/calibrated/) on the single-GPU train records of
 # shared/truth/h100-h200-public.jsonl, data/measurements/train-steps-h100.jsonl and
 # train-steps-h200x2.jsonl, every third record per file held out. Mean error fit / held-out:
-# public 9.5% / 6.6%, H100 file 15.0% / 11.0%, H200 file 21.5% / 6.7% (Mixtral, -66..-73%, is not
+# public 9.3% / 6.5%, H100 file 15.0% / 10.5%, H200 file 21.2% / 6.3% (Mixtral, -66..-73%, is not
 # a host effect). The intercept is negative: the first layers' dispatch overlaps the previous
 # step's optimizer kernels. Host-specific: override for another host.
-HOST_S_PER_LAYER = 3.77e-3
-HOST_RECOMPUTE_FACTOR = 0.947
-HOST_INTERCEPT_S = -5.34e-3
-HOST_GPU_COMBINE_P = 2.06
+HOST_S_PER_LAYER = 3.85e-3
+HOST_RECOMPUTE_FACTOR = 0.927
+HOST_INTERCEPT_S = -6.65e-3
+HOST_GPU_COMBINE_P = 2.19
 # Fraction of the data-parallel gradient reduction hidden behind backward compute when
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8

@@ -32,7 +32,25 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
         raise InputError(f"no benchmark matches --ops {ops!r}", field="ops")
     if out is not None and out.exists():
         out.unlink()
-    records, errors = run_cases(cases, progress=progress, out=out, title=f"{bench.backend}: {bench.device}")
+    rounds = getattr(bench, "rounds", 1)
+    if rounds <= 1:
+        records, errors = run_cases(cases, progress=progress, out=out, title=f"{bench.backend}: {bench.device}")
+    else:
+        # several short rounds in shuffled order, median kept: a shared host's load comes and goes
+        import random
+
+        from ..bench.records import merge_rounds, write_jsonl
+
+        raw, errors = [], []
+        for rnd in range(rounds):
+            order = list(cases)
+            random.Random(1000 + rnd).shuffle(order)
+            recs, errs = run_cases(order, progress=progress, out=None, title=f"{bench.backend}: {bench.device} ({rnd + 1}/{rounds})")
+            raw += recs
+            errors += errs
+        records = merge_rounds(raw)
+        if out is not None and records:
+            write_jsonl(records, out)
     if hasattr(bench, "close"):
         bench.close()
     info = env_info(bench.backend)
