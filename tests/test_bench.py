@@ -187,3 +187,19 @@ def test_nccl_collectives_under_torchrun():
     recs, errs = run_cases(bench.cases({"all_reduce"}, sizes=[2**20]), progress=False)
     bench.close()
     assert errs == []
+
+
+def test_merge_rounds_keeps_the_median_and_the_spread():
+    from costmodel.bench.records import merge_rounds
+
+    base = {"kind": "kernel", "op": "gemm", "dtype": "bf16", "m": 64, "n": 64, "k": 64, "hardware": "x"}
+    f = 2 * 64**3
+    rounds = [dict(base, s=s, s_stream=ss, tflops=f / s / 1e12, round=i) for i, (s, ss) in enumerate(((1e-5, 4e-6), (2e-5, 5e-6), (1e-4, 6e-6)))]
+    other = dict(base, m=128, s=3e-5, s_stream=1e-5, tflops=1.0, round=0)
+    out = merge_rounds(rounds + [other])
+    assert len(out) == 2
+    r = next(x for x in out if x["m"] == 64)
+    assert r["s"] == 2e-5 and r["s_stream"] == 5e-6 and r["rounds"] == 3
+    assert r["s_spread"] == pytest.approx((1e-4 - 1e-5) / 2e-5)  # (max - min) / median = 4.5
+    assert r["tflops"] == pytest.approx(f / 2e-5 / 1e12)  # the rate of the median time
+    assert "round" not in r and validate_record(r) == []

@@ -237,3 +237,50 @@ def test_not_yaml_is_input_error(tmp_path):
     p.write_text("gemm: [unclosed\n")
     with pytest.raises(InputError):
         C.load_overlay(p)
+
+
+# ------------------------------------------------------------------ burst / sustained, held-back on the shipped run
+
+H100_RUN = MEAS / "h100-sxm-2026-11-23e-kernels.jsonl"
+
+
+def test_h100_run_heldback_shapes(lib):
+    # The shipped H100 overlay's run (5 shuffled rounds per shape): fit on 75% of the shapes,
+    # predict the rest. Bandwidth within 10% (issue #5); GEMM median within 6%. The GEMM maximum
+    # is left out of the assertion: held-back isolated calls under ~50 us are host-bound, and their
+    # own five rounds spread by up to 60% on that VM (s_spread in the records).
+    recs = read_jsonl(H100_RUN)
+    _, iso, _ = C.holdout_check(recs, spec=lib.device("h100-sxm"), seed=0, device="h100-sxm")
+    s = iso.summary()
+    assert s["bandwidth"]["max_abs_error"] < 0.10
+    assert s["gemm"]["median_abs_error"] < 0.06
+
+
+def test_overlay_burst_and_sustained_rates_match_power_trace(lib):
+    # Independent measurement (not fitted): bf16 8192^3 queued back to back from idle
+    # (h100-sxm-2026-11-23c-power-trace.json). Calls 5-30 ms into the load run at the boost clock,
+    # calls after 150 ms at the power-limited one. The overlay's isolated-call ("burst") rate and its
+    # back-to-back ("sustained") rate must land within 6% of those.
+    trace = next(t for t in json.loads((MEAS / "h100-sxm-2026-11-23c-power-trace.json").read_text())
+                 if t["dtype"] == "bf16" and t["n"] == 8192)
+    t_end = np.cumsum(trace["call_s"])
+    tf = np.array(trace["tflops"]) * 1e12
+    burst = float(np.median(tf[(t_end > 0.005) & (t_end < 0.030)]))
+    sustained = float(np.median(tf[t_end > 0.150]))
+    assert sustained < 0.95 * burst  # the clock does drop under sustained load
+    eff = C.shipped_efficiency(lib.device("h100-sxm"))
+    f = 2 * 8192.0**3
+    t_kernel_burst = float(eff.gemm.kernel_s(8192, 8192, 8192, "bf16", mode="burst"))
+    assert f / t_kernel_burst == pytest.approx(burst, rel=0.06)
+    assert eff.gemm_flops_per_s(8192, 8192, 8192, "bf16") == pytest.approx(sustained, rel=0.06)
+
+
+def test_call_gap_offset_recovers_a_slower_host():
+    # Records of a "reference host" that adds 12 us to every isolated call: the offset fit finds it.
+    recs = [{"op": "mem_copy", "bytes": b, "s": 5e-6 + 2 * b / 2.8e12, "hardware": "x"} for b in (2**20, 2**22, 2**24, 2**28, 2**30)]
+    recs += [{"op": "gemm", "dtype": "bf16", "m": n, "n": n, "k": n, "s": 15e-6 + 2 * n**3 / 7e14, "hardware": "x"}
+             for n in (256, 512, 1024, 2048, 4096, 8192)]
+    ov = C.fit_overlay(recs)
+    ref = [dict(r, s=r["s"] + 12e-6) for r in recs]
+    assert C.fit_call_gap_offset(ov, ref) == pytest.approx(12e-6, abs=1.5e-6)
+    assert C.fit_call_gap_offset(ov, recs) == pytest.approx(0.0, abs=1.5e-6)

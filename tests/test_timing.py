@@ -27,3 +27,14 @@ def test_decode_is_bandwidth_bound_at_batch_1():
     # 13.5 GB of bf16 weights at <= 3.35 TB/s: no faster than 4.0 ms per token
     assert est.tpot_s > 13.48e9 / 3.35e12
     assert est.tpot_s < 3 * 13.48e9 / 3.35e12
+
+
+def test_step_models_say_which_efficiency_they_used():
+    # A device with a shipped overlay (hardware/calibrated/h100-sxm.yaml) uses it by default and says
+    # so; one without (A100) uses the datasheet curves.
+    est = train("llama-1.3b", "h100-sxm", micro_batch=4, seq_len=2048)
+    assert est.efficiency_source.startswith("calibrated:") and "h100-sxm.yaml" in est.efficiency_source
+    assert train("llama-1.3b", "a100-80gb-sxm", micro_batch=4, seq_len=2048).efficiency_source == "datasheet defaults"
+    from costmodel.plan import infer
+
+    assert infer("llama3-8b", "h200-sxm", batch=1, prompt_len=128, gen_len=16).efficiency_source.startswith("calibrated:")
