@@ -1021,9 +1021,20 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
     if copy is None:
         raise InputError("missing required field (no copy/read fit, and no spec to take defaults from)", file=file, field="memory")
     created = data.get("created", "undated")
-    return DeviceEfficiency(device=device, source=f"calibrated: {file} ({created})", gemm=gemm, copy=copy, read=read,
+    return DeviceEfficiency(device=device, source=f"calibrated: {_display_path(file)} ({created})", gemm=gemm, copy=copy, read=read,
                             elementwise=elem, attention=att, host=host, collectives=coll, launch_overhead_s=launch,
                             peaks=base.peaks if base else {})
+
+
+def _display_path(file) -> str:
+    """A shipped overlay as ``hardware/calibrated/<id>.yaml``; any other file as given."""
+    try:
+        from .specs import package_data_dir
+
+        rel = Path(file).resolve().relative_to(package_data_dir("hardware").resolve())
+        return str(Path("hardware") / rel)
+    except (ValueError, OSError, ImportError):
+        return str(file)
 
 
 def load_overlay(path: str | Path, spec=None) -> DeviceEfficiency:

@@ -42,6 +42,7 @@ class ValidationReport(BaseModel):
     cases: list[Case]
     summary: dict[str, MetricSummary]
     skipped: list[str] = []
+    efficiency: dict[str, str] = {}  # hardware id -> efficiency source used (shipped calibration or datasheet)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -252,8 +253,15 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
     cases: list[Case] = []
     skipped: list[str] = []
     effs: dict = {}
+    sources: dict[str, str] = {}
     for where, rec in records:
         kind = rec.get("kind")
+        hw = rec.get("hardware")
+        if isinstance(hw, str) and hw not in sources:
+            try:
+                sources[hw] = getattr(efficiency_for(lib.device(hw), calibration), "source", "?")
+            except InputError:
+                pass
         try:
             if kind == "train":
                 cases += _train_cases(rec, lib, where, False, calibration)
@@ -280,7 +288,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer or published", file=where, field="kind")
         except KeyError as exc:
             raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
-    return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped)
+    return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped, efficiency=sources)
 
 
 def summarize(cases: list[Case]) -> dict[str, MetricSummary]:

@@ -59,6 +59,7 @@ def infer_cmd(
         t.add_row("decode bound by", est.decode_bound)
         t.add_row("tokens/s", f"{est.tokens_per_s:,.0f}")
         t.add_row("max batch that fits", str(est.max_batch_that_fits))
+        t.add_row("efficiency", est.efficiency_source)
         console.print(t)
         c = Table(title="throughput vs batch")
         for col in ("batch", "TPOT", "tokens/s"):

@@ -31,13 +31,14 @@ def validate(
     lib = library(hardware_file)
     from ..validate import ValidationReport, summarize
 
-    cases, skipped = [], []
+    cases, skipped, sources = [], [], {}
     for f in files:
         rep = validate_file(f, lib, calibration)
         cases += rep.cases
         skipped += rep.skipped
+        sources.update(rep.efficiency)
     summary = summarize(cases)
-    report = ValidationReport(cases=cases, summary=summary, skipped=skipped)
+    report = ValidationReport(cases=cases, summary=summary, skipped=skipped, efficiency=sources)
     if json_out:
         emit_json(report.to_dict())
     else:
@@ -55,6 +56,8 @@ def validate(
         for k, v in summary.items():
             s.add_row(k, str(v.n), f"{v.mape:.1%}", f"{v.max_abs_rel_error:.1%}")
         console.print(s)
+        for hw, src in sorted(sources.items()):
+            console.print(f"efficiency {hw}: {src}", highlight=False)
         for sk in skipped[:5]:
             console.print(f"[dim]skipped {sk}[/]")
     if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
