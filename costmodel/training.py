@@ -25,7 +25,7 @@ from .workload import DTYPE_BYTES, Parallel, TrainJob
 # with the shipped calibrations (hardware/calibrated/) on the single-GPU train records of
 # shared/truth/h100-h200-public.jsonl, data/measurements/train-steps-h100.jsonl and
 # train-steps-h200x2.jsonl, every third record per file held out. Mean error fit / held-out:
-# public 9.3% / 6.4%, H100 file 15.0% / 10.5%, H200 file 21.7% / 6.3% (Mixtral, -66..-73%, is not
+# public 9.3% / 6.4%, H100 file 15.0% / 10.5%, H200 file 21.7% / 5.9% (Mixtral, -66..-73%, is not
 # a host effect). The intercept is negative: the first layers' dispatch overlaps the previous
 # step's optimizer kernels. Host-specific: override for another host.
 HOST_S_PER_LAYER = 3.85e-3
