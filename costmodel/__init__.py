@@ -12,6 +12,20 @@ _LAZY = {"ModelConfig": ".arch", "load_model": ".arch", "list_presets": ".arch",
          "train": ".plan", "infer": ".plan", "check": ".check", "search": ".search", "validate_file": ".validate"}
 
 
+def _callable_module(module_name: str, fn) -> None:
+    """Make module `module_name` callable as `fn`: `costmodel.check` / `costmodel.search` are
+    functions, but importing the submodule of the same name rebinds the package attribute to the
+    module; a callable module keeps both spellings working."""
+    import sys
+    import types
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return fn(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _CallableModule
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -48,6 +47,7 @@ from .bench.records import (
     record_time_s,
     sdpa_flops,
     stream_time_s,
+    write_text_atomic,
 )
 from .errors import InputError
 
@@ -1121,35 +1121,9 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def check_writable(path: str | Path) -> Path:
-    """Raise InputError unless an overlay may be written at ``path``: never inside the shipped
-    hardware/ directory (specs are never overwritten), except hardware/calibrated/."""
-    path = Path(path)
-    if _protected(path):
-        raise InputError("refusing to write inside the shipped hardware/ directory (only hardware/calibrated/ holds overlays)",
-                         file=path, field="out")
-    if path.is_dir():
-        raise InputError("is a directory", file=path, field="out")
-    if not path.parent.is_dir():
-        raise InputError("directory does not exist", file=path, field="out")
-    return path
-
-
 def write_overlay(overlay: Mapping[str, Any], path: str | Path) -> Path:
     """Write atomically (temp file in the same directory, fsync, rename), after check_writable."""
-    path = check_writable(path)
-    text = dump_overlay(overlay)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(check_writable(path), dump_overlay(overlay))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import glob
 import itertools
-import sys
-import types
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import _callable_module
 from .errors import InputError, from_validation_error
 from .workload import Framework, Optimizer, Precision, Recompute
 
@@ -589,11 +588,6 @@ def _classname(src: str) -> str:
     return str(p.with_suffix("")).replace("\\", "/").replace("/", ".").lstrip(".") if p.suffix else src
 
 
-# `costmodel.check(...)` is the function above; importing this module (`costmodel.check`) sets the
-# package attribute to the module, so the module is callable too and both spellings work.
-class _CallableModule(types.ModuleType):
-    def __call__(self, path_or_plan, **kwargs) -> CheckResult:
-        return check(path_or_plan, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# `costmodel.check(...)` is the function above; importing this module rebinds the package attribute
+# to the module, so the module is made callable too.
+_callable_module(__name__, check)

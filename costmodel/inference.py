@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .arch import GATED, ModelConfig
-from .flops import attention_core_flops, decode_flops_per_token, layer_gemms, lm_head_flops
+from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import KERNEL_FLOOR_S, attention_op, efficiency_for, gemm_op, memory_op
 from .specs import AcceleratorSpec, NodeSpec

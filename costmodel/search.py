@@ -21,21 +21,20 @@ No Python loop runs per candidate: loops run over the distinct values of a few a
 from __future__ import annotations
 
 import math
-import sys
 import time
-import types
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import comm, comm_bridge
 from .arch import ModelConfig, load_model
+from . import _callable_module
 from .errors import InputError
 from .flops import train_step_flops
-from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, state_bytes_per_param,
-                     train_memory_terms)
+from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
+                     state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, gemm_op, memory_op
 from .specs import AcceleratorSpec, NodeSpec, load_library
 from .workload import Parallel, TrainJob
@@ -119,10 +118,6 @@ class SearchResult(BaseModel):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
-
-    def summary(self) -> dict:
-        """What `--json` prints: evaluated, feasible, seconds, top (and the rest)."""
-        return self.to_dict()
 
 
 # ----------------------------------------------------------------------------------- axes
@@ -220,7 +215,7 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
     """Boolean grid of layouts that satisfy every rule, and grid points rejected per reason
     (the first failed rule counts)."""
     N, tp, pp, v, cp, ep = (ax.along(n) for n in ("devices", "tp", "pp", "v", "cp", "ep"))
-    zero, mb, sp, off = ax.along("zero"), ax.along("mb"), ax.along("sp"), ax.along("off")
+    zero, mb, sp = ax.along("zero"), ax.along("mb"), ax.along("sp")
     mp = tp * pp * cp
     dp = N // mp
     kv = model.n_kv_heads
@@ -253,10 +248,12 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
 
 # ----------------------------------------------------------------------------------- tables
 
-def _subgrid_table(fn, *axes: np.ndarray) -> np.ndarray:
-    """fn(*values) for every combination of the given axes' values (a small product)."""
-    out = np.empty(tuple(len(a) for a in axes), dtype=float)
-    for idx in np.ndindex(*out.shape):
+def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None) -> np.ndarray:
+    """fn(*values) for every combination of the given axes' values (a small product); a function
+    returning `width` numbers fills a trailing axis of that length."""
+    shape = tuple(len(a) for a in axes)
+    out = np.empty(shape if width is None else shape + (width,), dtype=float)
+    for idx in np.ndindex(*shape):
         out[idx] = fn(*(int(a[i]) if a.dtype != bool else bool(a[i]) for a, i in zip(axes, idx)))
     return out
 
@@ -340,25 +337,17 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_)
         return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype)
 
-    cache: dict = {}
-    keys = (ax.tp, ax.ep, ax.mb, ax.cp)
-    parts = np.empty(tuple(len(a) for a in keys) + (6,))
-    for idx in np.ndindex(*parts.shape[:-1]):
-        k = tuple(int(a[i]) for a, i in zip(keys, idx))
-        cache[k] = parts[idx] = layer(*k)
-    sel = np.ravel_multi_index((c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]), parts.shape[:-1])
-    g_f, g_b, a_f, a_b, e_f, e_b = parts.reshape(-1, 6)[sel].T
+    parts = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, width=6)
+    g_f, g_b, a_f, a_b, e_f, e_b = parts[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]].T
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
         hf = gemm_op(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype).time_s
         loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
-        return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf, loss_bytes
+        return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
 
-    hl = _subgrid_table(lambda a, b, d: head_loss(a, b, d)[0], ax.tp, ax.mb, ax.cp)
-    hf_t = _subgrid_table(lambda a, b, d: head_loss(a, b, d)[1], ax.tp, ax.mb, ax.cp)
-    head_and_loss = hl[c.idx["tp"], c.idx["mb"], c.idx["cp"]]
-    head_f = hf_t[c.idx["tp"], c.idx["mb"], c.idx["cp"]]
+    head_and_loss, head_f = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)[
+        c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
     loss_t = head_and_loss - 3 * head_f
 
     layers = -(-model.layers // pp)
@@ -408,9 +397,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
             cross = tp_ * cp_ > dpn
             return link_p2p(kv_block, crosses_node=cross), link_p2p(2.0 * kv_block, crosses_node=cross)
 
-        kv_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"])
-        f_step = _subgrid_table(lambda a, b, d: kv_steps(a, b, d)[0], ax.tp, ax.mb, ax.cp)[kv_sel]
-        b_step = _subgrid_table(lambda a, b, d: kv_steps(a, b, d)[1], ax.tp, ax.mb, ax.cp)[kv_sel]
+        f_step, b_step = _subgrid_table(kv_steps, ax.tp, ax.mb, ax.cp, width=2)[c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
         fwd_passes = np.where(rec_any, 2.0, 1.0)
         exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
         cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
@@ -422,10 +409,8 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         msg = act / tp_ if (job.framework != "pytorch" or (sp_ and tp_ > 1)) else act
         return link_p2p(msg, crosses_node=False), link_p2p(msg, crosses_node=True)
 
-    p2p_keys = (ax.tp, ax.mb, ax.cp, ax.sp)
-    p2p_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"])
-    p2p_in = _subgrid_table(lambda *k: p2p_pair(*k)[0], *p2p_keys)[p2p_sel]
-    p2p_out = _subgrid_table(lambda *k: p2p_pair(*k)[1], *p2p_keys)[p2p_sel]
+    p2p_in, p2p_out = _subgrid_table(p2p_pair, ax.tp, ax.mb, ax.cp, ax.sp, width=2)[
+        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
     p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
     pp_comm = n_micro * p2p_mb
     slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
@@ -435,22 +420,9 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     st = state_bytes_per_param(job, model.hidden)
     grad_per_param = 4.0 if job.framework == "pytorch" and job.precision != "bf16" else 2.0
     opt_per_param = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * (1.0 if job.fused_optimizer else 2.0)
-    from .memory import stage_params
 
-    p_cache: dict = {}
-
-    def stage_total(tp_, pp_, ep_):
-        k = (tp_, pp_, ep_)
-        if k not in p_cache:
-            p_cache[k] = float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total)
-        return p_cache[k]
-
-    opt_cache: dict = {}
-
-    def opt_time(nbytes):
-        if nbytes not in opt_cache:
-            opt_cache[nbytes] = memory_op(eff, "optimizer", nbytes).time_s
-        return opt_cache[nbytes]
+    stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total))
+    opt_time = _memo(lambda nbytes: memory_op(eff, "optimizer", nbytes).time_s)
 
     # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
     # point by point (link.dp_intra / dp_ranks_per_node), the collectives evaluated in one
@@ -564,12 +536,6 @@ def _memo(fn):
     return wrapped
 
 
-def _by_value(fn, x: np.ndarray) -> np.ndarray:
-    """fn over an array with few distinct values: one call per distinct value."""
-    uniq, inv = np.unique(x, return_inverse=True)
-    return np.array([fn(float(u)) for u in uniq])[inv]
-
-
 # ----------------------------------------------------------------------------------- search
 
 def _objective_values(obj: str, step_s, devices, price, tokens_per_step, mfu):
@@ -640,7 +606,6 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
 
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
-    pool: list[tuple] = []  # (objective value, hardware id, index, screen dict, flat)
     per_hw = []
     for hw in hw_ids:
         spec = lib.device(hw)
@@ -790,10 +755,6 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     return c, screen(m, spec, node, job, ax, c, calibration)
 
 
-def iter_layouts(c: _Flat, hw: str, n_micro: np.ndarray) -> Iterable[SearchLayout]:
-    for i in range(len(c)):
-        yield layout_of(hw, c, i, int(n_micro[i]))
-
 
 
 
@@ -933,11 +894,6 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
                              feasible=feasible, seconds=time.perf_counter() - t0, rejected=rejected, top=top_rows)
 
 
-# `costmodel.search(...)` is the function above; importing this module (`costmodel.search`) sets the
-# package attribute to the module, so the module is callable too and both spellings work.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# `costmodel.search(...)` is the function above; importing this module rebinds the package attribute
+# to the module, so the module is made callable too.
+_callable_module(__name__, search)

@@ -15,7 +15,7 @@ from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import attention_op, efficiency_for, gemm_op, memory_op
 from .specs import AcceleratorSpec, NodeSpec
-from .workload import DTYPE_BYTES, Parallel, TrainJob
+from .workload import Parallel, TrainJob
 
 # Host-side dispatch of eager PyTorch (Python + dispatcher + autograd + autocast, ~ 150 ops per
 # decoder layer forward+backward):
@@ -123,7 +123,6 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     """Forward and backward GPU time of one decoder layer per micro-batch on one device."""
     tokens = mb * seq_dev
     tp = par.tp
-    fwd = bwd = 0.0
     gemm_fwd = gemm_bwd = 0.0
     n_moe = model.moe_layers
     n_dense = model.dense_layers

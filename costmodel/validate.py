@@ -8,7 +8,6 @@ must be ``false``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel

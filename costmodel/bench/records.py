@@ -123,6 +123,21 @@ def validate_record(rec: dict) -> list[str]:
     return probs
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically: a temp file in the same directory, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False) -> Path:
     """Write records one per line; a fresh file is written atomically (temp file + rename)."""
     path = Path(path)
@@ -132,17 +147,7 @@ def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False)
         with open(path, "a", encoding="utf-8") as f:
             f.write(lines)
         return path
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(path, lines)
 
 
 # Fields that carry a measurement (everything else in a record names the case).

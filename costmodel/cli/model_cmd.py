@@ -1,7 +1,6 @@
 """`costmodel model list|show`."""
 from __future__ import annotations
 
-from typing import Optional
 
 import typer
 from rich.table import Table

@@ -1,6 +1,7 @@
 """`costmodel search`: every valid training layout, ranked; the rejected regions and why."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InputError
-from ..units import fmt_bytes, fmt_time
+from ..units import fmt_time
 from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
 
 
@@ -78,7 +79,7 @@ def search_cmd(
 
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
-        with err_console.status(f"searching serving layouts of {model}...") if not json_out else _null():
+        with err_console.status(f"searching serving layouts of {model}...") if not json_out else nullcontext():
             res = search_infer(model, hardware, prompt_len=prompt_len, gen_len=gen_len, max_ttft_ms=max_ttft_ms,
                                max_tpot_ms=max_tpot_ms, objective=objective or "throughput", top=top,
                                tp=_ints(tp, "tp"), batch=_ints(batch, "batch"), weight_dtype=split(weight_dtype),
@@ -105,11 +106,9 @@ def search_cmd(
                   zero_stage=_ints(zero_stage, "zero-stage"), micro_batch=_ints(micro_batch, "micro-batch"),
                   recompute=rc, sequence_parallel=_choice(sequence_parallel, "sequence-parallel"),
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
-    if json_out:
+    status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."
+    with err_console.status(status) if not json_out else nullcontext():
         res = search(model, hardware, devices, **kwargs)
-    else:
-        with err_console.status(f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."):
-            res = search(model, hardware, devices, **kwargs)
     if plot is not None:
         from .. import plots
 
@@ -165,23 +164,19 @@ def _render(res) -> None:
         for c in res.top[:3]:
             b.add_row(str(c.rank), *(f"{c.step_breakdown_s.get(k, 0.0) / c.step_s:.0%}" for k in parts))
         console.print(b)
-    r = Table(title="rejected")
-    r.add_column("reason")
-    r.add_column("grid points", justify="right")
-    for k, n in sorted(res.rejected.items(), key=lambda kv: -kv[1]):
-        r.add_row(k if k != "memory" else "does not fit in memory", f"{n:,}")
-    console.print(r)
+    console.print(_rejected_table(res.rejected, "grid points"))
     if not res.top:
         console.print("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
                       "recompute / offload, or lower the micro-batch")
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _rejected_table(rejected: dict[str, int], unit: str) -> Table:
+    r = Table(title="rejected")
+    r.add_column("reason")
+    r.add_column(unit, justify="right")
+    for k, n in sorted(rejected.items(), key=lambda kv: -kv[1]):
+        r.add_row(k if k != "memory" else "does not fit in memory", f"{n:,}")
+    return r
 
 
 def _render_infer(res) -> None:
@@ -200,12 +195,7 @@ def _render_infer(res) -> None:
             row.append(f"{c.cost_per_million_tokens_usd:.3f}" if c.cost_per_million_tokens_usd is not None else "-")
         t.add_row(*row)
     console.print(t)
-    r = Table(title="rejected")
-    r.add_column("reason")
-    r.add_column("layouts", justify="right")
-    for k, n in sorted(res.rejected.items(), key=lambda kv: -kv[1]):
-        r.add_row(k if k != "memory" else "does not fit in memory", f"{n:,}")
-    console.print(r)
+    console.print(_rejected_table(res.rejected, "layouts"))
     if not res.top:
         console.print("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
                       "allow more tp or quantised weights / KV cache")
