@@ -62,6 +62,7 @@ class TrainingSection(BaseModel):
     recompute: Recompute = "none"
     attention: Literal["flash", "standard"] = "flash"
     framework: Optional[Framework] = None
+    overlap_grad_reduce: bool = True
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
 

@@ -17,7 +17,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           zero_stage: int = 0, interleave: int = 1, micro_batch: int = 1, seq_len: int = 2048,
           global_batch: int | None = None, precision: str = "amp-bf16", optimizer: str = "adamw",
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
-          offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
+          overlap_grad_reduce: bool = True, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
           hardware_files: list[str] | None = None) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
     node's devices. dp defaults to devices / (tp * pp * cp)."""
@@ -40,7 +40,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         framework = "megatron" if (tp > 1 or pp > 1) else "pytorch"
     job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                    optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
-                   offload_optimizer=offload_optimizer, offload_params=offload_params)
+                   overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
+                   offload_params=offload_params)
     gb = job.global_batch_for(par)
     if gb % (micro_batch * dp):
         raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {micro_batch * dp}", field="global_batch")

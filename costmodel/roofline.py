@@ -16,8 +16,13 @@ from .specs import AcceleratorSpec
 # (launch + ramp + tail): ~ 4-6 us on H100 (decode steps of the public file: ~ 5 us per kernel
 # beyond the bandwidth term; Hopper kernel launch latency ~ 2-4 us, NVIDIA CUDA best-practices).
 KERNEL_FLOOR_S = 4.5e-6
-# Streaming multiprocessors used for wave quantisation in the default GEMM curve (H100 SXM: 132).
-SMS = 132
+# Output tile of the default GEMM curve's wave quantisation: 128 x 128 (the common CUTLASS/cuBLAS
+# tile for large 16-bit GEMMs on Ampere and Hopper), spread over the spec's compute_units.
+GEMM_TILE = 128
+# A part-empty last wave costs less than a full one (its tiles get more L2/HBM bandwidth each, and
+# cuBLAS picks split-k / other tiles for such shapes): rate ~ utilisation ** 0.5, the exponent
+# fitted on measured GEMMs (hardware/calibrated/h100-sxm.yaml 0.504, h200-sxm.yaml 0.575).
+WAVE_EXPONENT = 0.5
 
 
 class _DefaultEfficiency:
@@ -35,13 +40,15 @@ class _DefaultEfficiency:
         self.spec = spec
 
     def gemm_flops_per_s(self, m, n, k, dtype="bf16"):
-        """0.78 x peak x wave utilisation: output tiles of 128 x 128 spread over the SMs
-        (CUTLASS/cuBLAS Hopper kernels; 132 SMs on H100 SXM), and a ramp in k for short
-        reductions (pipeline fill, k / (k + 256))."""
+        """0.78 x peak x wave utilisation ** WAVE_EXPONENT: output tiles of 128 x 128 run in waves of the spec's
+        compute_units (108 SMs on A100, 132 on H100 SXM; none when the spec names none), and a
+        ramp in k for short reductions (pipeline fill, k / (k + 256))."""
         peak = self.spec.peak(dtype if self.spec.peak_flops.get(dtype) else "bf16")
-        tiles = math.ceil(m / 128) * math.ceil(n / 128)
-        waves = math.ceil(tiles / SMS)
-        util = tiles / (waves * SMS)
+        util = 1.0
+        units = self.spec.compute_units
+        if units:
+            tiles = math.ceil(m / GEMM_TILE) * math.ceil(n / GEMM_TILE)
+            util = (tiles / (math.ceil(tiles / units) * units)) ** WAVE_EXPONENT
         return peak * 0.78 * util * k / (k + 256)
 
     def gemm_time_s(self, m, n, k, dtype="bf16", batch=1):

@@ -333,12 +333,12 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
 
-    def layer(tp_, ep_, mb_, cp_):
-        par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_)
+    def layer(tp_, ep_, mb_, cp_, sp_):
+        par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1)
         return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype)
 
-    parts = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, width=6)
-    g_f, g_b, a_f, a_b, e_f, e_b = parts[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]].T
+    parts = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
+    g_f, g_b, a_f, a_b, e_f, e_b = parts[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
@@ -465,7 +465,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     tabs = np.zeros(shape + (5,))
     tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts])
     ag_u, rs_u, dp_op, optimizer_t, P = tabs.reshape(-1, 5)[np.ravel_multi_index(sub, shape)].T
-    ovl = tr.DP_OVERLAP_FRACTION
+    ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
     # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
     # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
     # the first gather of the step is exposed.
@@ -566,8 +566,8 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
 def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
            precision: str = "amp-bf16", optimizer: str = "adamw", framework: str = "megatron",
-           attention: str = "flash", tokens: float | None = None, steps: int | None = None,
-           price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+           attention: str = "flash", overlap_grad_reduce: bool = True, tokens: float | None = None,
+           steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
            tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
            cp: Sequence[int] | None = None, ep: Sequence[int] | None = None, zero_stage: Sequence[int] | None = None,
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
@@ -598,7 +598,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     lib = load_library(hardware_files)
     try:
         job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                       optimizer=optimizer, framework=framework, attention=attention)
+                       optimizer=optimizer, framework=framework, attention=attention,
+                       overlap_grad_reduce=overlap_grad_reduce)
     except Exception as exc:  # pydantic ValidationError -> a named field
         from .errors import from_validation_error
 

@@ -114,6 +114,9 @@ class AcceleratorSpec(_SpecBase):
     host_link: HostLinkSpec | None = None
     tdp_w: Watts = Field(alias="tdp")
     dies_per_package: int = Field(default=1, ge=1)
+    # Streaming multiprocessors (NVIDIA) / compute units (AMD) of the package: GEMM output tiles run
+    # in waves of this many (wave quantisation in the default GEMM curve). None: not modelled.
+    compute_units: int | None = Field(default=None, ge=1)
     # Calibration (efficiency) overlays are applied on top; see calibration.py.
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -94,8 +94,13 @@ class TrainEstimate:
         return d
 
 
-def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) -> float:
-    """HBM bytes moved per token and layer by non-matmul kernels in one forward pass.
+def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) -> tuple[float, float]:
+    """HBM bytes moved per token and layer by non-matmul kernels in one forward pass, as
+    (hidden-wide, sharded): the hidden-wide kernels (norms, residual adds, bias-dropout-add, input
+    casts) act on the full b x s x h activations, which every tensor-parallel rank holds unless
+    sequence parallelism splits them (Korthikanti et al. 2022, sec. 4.2.2: "layer-norm and dropout
+    ... are replicated across the tensor parallel group"); the sharded ones (activation function on
+    the ffn, rotary on q/k) act on 1/t of the heads and ffn.
 
     Eager PyTorch (HF blocks under autocast, fp32 residual stream): RMSNorm 7 kernels (~28h each
     norm), 5 input casts fp32->bf16 (6h each), rotary on q and k (~32 bytes per element), SDPA
@@ -108,15 +113,42 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
     if model.activation == "gelu_new":
         # tanh GELU op by op (pow, 3 scalar muls, 2 adds, tanh, mul): ~ 36 bytes per element forward
         mlp = 36.0 * f
+    permute = 0.0
     if model.moe:
-        mlp = mlp / f * model.moe.expert_ffn * model.moe.top_k + 16.0 * h * model.moe.top_k  # + permute
+        mlp = mlp / f * model.moe.expert_ffn * model.moe.top_k
+        permute = 16.0 * h * model.moe.top_k  # token permute / unpermute, hidden-wide
     if job.framework != "pytorch":
-        return 30.0 * h + 0.8 * mlp
+        return 30.0 * h + permute, 0.8 * mlp
     if job.precision == "bf16":
-        return 90.0 * h + 20.0 * kv + mlp
+        return 90.0 * h + permute, 20.0 * kv + mlp
     if job.precision == "fp32":
-        return 110.0 * h + 40.0 * kv + 2.0 * mlp
-    return 148.0 * h + 38.0 * kv + mlp
+        return 110.0 * h + permute, 40.0 * kv + 2.0 * mlp
+    return 148.0 * h + permute, 38.0 * kv + mlp
+
+
+def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q: int, s_kv: int, dtype: str):
+    """Forward and backward time of attention without a fused (flash) kernel, as Megatron-LM
+    (2019-2022) and eager PyTorch run it: two batched GEMMs over the full s_q x s_kv score matrix
+    (the causal mask is applied to it, not skipped: Narayanan et al. 2021 eq. (3) counts the full
+    16 B s^2 l h), and the score matrix materialised in HBM for the mask + softmax and the dropout.
+
+    Forward: S = Q K^T (s_q x s_kv, k = d) and O = P V (s_q x d, k = s_kv), over mb x heads.
+    Backward: dP = dO V^T (s_q x s_kv, k = d), dV = P^T dO (s_kv x d, k = s_q), dQ = dS K and
+    dK = dS^T Q (x d, k = s): twice the forward FLOPs. The batched matrices fill the device
+    together, so each GEMM is timed as one with mb x heads times the rows.
+    Score traffic (2-byte elements): forward writes S, softmax reads S and writes P, dropout reads
+    P and writes P' (+ a 1-byte mask), PV reads P': ~ 4 passes; backward ~ 8 (dP, dropout and
+    softmax backward read P, P' and dP and write dS).
+    """
+    d = model.d_head
+    bh = mb * heads
+    qk = gemm_op(eff, "attn_scores", bh * s_q, d, s_kv, dtype).time_s
+    pv = gemm_op(eff, "attn_pv", bh * s_q, s_kv, d, dtype).time_s
+    kv_grad = gemm_op(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype).time_s
+    sc = 2.0 * bh * s_q * s_kv
+    att_f = qk + pv + memory_op(eff, "scores", 4 * sc).time_s
+    att_b = qk + pv + 2 * kv_grad + memory_op(eff, "scores_bwd", 8 * sc).time_s
+    return att_f, att_b
 
 
 def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int, seq_dev: int, dtype: str):
@@ -161,17 +193,16 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                 gemm_bwd += weight * b_
     # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
     # sequence, so a rank does 1/cp of the full attention, not the attention of seq/cp tokens.
-    core = attention_core_flops(model, mb, seq_dev * par.cp, causal=True) / tp / par.cp
     heads = max(1, model.heads // tp)
-    att_f = attention_op(eff, "attn", mb, heads, seq_dev, model.d_head, core, False).time_s
-    att_b = attention_op(eff, "attn_bwd", mb, heads, seq_dev, model.d_head, 3.5 * core, True).time_s - att_f
     if job.attention == "standard":
-        # materialised scores: write + read the bf16 b*h*s*s matrix several times (softmax, PV)
-        sc = 2.0 * mb * heads * seq_dev * seq_dev * par.cp
-        att_f += memory_op(eff, "scores", 4 * sc).time_s
-        att_b += memory_op(eff, "scores_bwd", 8 * sc).time_s
+        att_f, att_b = _standard_attention_times(eff, model, mb, heads, seq_dev, seq_dev * par.cp, dtype)
+    else:
+        core = attention_core_flops(model, mb, seq_dev * par.cp, causal=True) / tp / par.cp
+        att_f = attention_op(eff, "attn", mb, heads, seq_dev, model.d_head, core, False).time_s
+        att_b = attention_op(eff, "attn_bwd", mb, heads, seq_dev, model.d_head, 3.5 * core, True).time_s - att_f
     amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
-    ew = elementwise_bytes_per_token(model, job, amp) * tokens / (tp if par.sequence_parallel or tp > 1 else 1)
+    wide, sharded = elementwise_bytes_per_token(model, job, amp)
+    ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
     ew_f = memory_op(eff, "elementwise", ew).time_s
     ew_b = 2.0 * ew_f
     return gemm_fwd, gemm_bwd, att_f, att_b, ew_f, ew_b
@@ -347,7 +378,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             if par.zero_stage >= 1 and job.framework != "pytorch":
                 op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node) + \
                     link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra, per_node=dp_per_node)
-            dp_exposed = max(op_t - DP_OVERLAP_FRACTION * backward_time, (1 - DP_OVERLAP_FRACTION) * op_t)
+            ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
+            dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
     # Optimizer: AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter 2019);
     # fused: one pass over 7 tensors of the state dtype (+ master where separate).
     o_div = dp_world if par.zero_stage >= 1 else 1

@@ -131,7 +131,8 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
     job = TrainJob(micro_batch=rec.get("micro_batch") or 1, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
-                   recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw)
+                   recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
+                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)))
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")

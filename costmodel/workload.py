@@ -53,6 +53,10 @@ class TrainJob(BaseModel):
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     offload_params: Literal["none", "cpu", "nvme"] = "none"
     fused_optimizer: bool = True
+    # Data-parallel gradient reduction overlapped with backward (PyTorch DDP buckets, Megatron-core
+    # --overlap-grad-reduce). False: reduced after the last backward, fully exposed, as Megatron-LM's
+    # local DDP did in 2021-2022 (training.py: allreduce_gradients() after forward_backward_func).
+    overlap_grad_reduce: bool = True
 
     def global_batch_for(self, par: Parallel) -> int:
         return self.global_batch or self.micro_batch * par.dp

@@ -2,7 +2,6 @@
 brute-force count, and the search reproduces Megatron-LM's published throughput at scale."""
 import itertools
 import json
-import math
 
 import numpy as np
 import pytest
@@ -79,26 +78,24 @@ def test_enumeration_matches_brute_force():
     assert len(c) == count
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the best layout found (pp 8, 6 virtual stages, micro-batch 2) is "
-                   "predicted ~11% above the interpolated published 145.7 TFLOP/s; the published layout itself "
-                   "(tp 8, pp 12) is predicted within 5% (tests/test_published.py)")
 def test_megatron_2021_gpt3_175b_on_1024_a100():
-    """Narayanan et al. 2021, Table 2 (PTD-P, GPT-3 175B, global batch 1536, full recompute,
-    tensor parallelism = the 8 GPUs of a DGX A100 per sec. 3.3 takeaway #1): 149 TFLOP/s per GPU on
-    768 A100s, 141 on 1536. Interpolated in log2(devices) at 1024: 149 - 8 * log2(4/3) = 145.7.
-    The best layout found on 1024 A100-80GB must be within 10% in the paper's FLOP convention, with
-    the paper's settings (fp16 mixed precision, attention without flash: 2021)."""
-    pub_layout = search("gpt3-175b", "dgx-a100", 768, global_batch=1536, seq_len=2048, tp=[8], pp=[12],
-                        interleave=[1], micro_batch=[1], recompute=["full"], cp=[1], sequence_parallel=[False],
-                        zero_stage=[0], offload=[False], top=1, attention="standard", precision="amp-fp16")
-    assert pub_layout.top[0].hardware_tflops_per_device == pytest.approx(149, rel=0.10)
-    published = 149 - 8 * math.log2(1024 / 768)
-    res = search("gpt3-175b", "dgx-a100", 1024, global_batch=1536, seq_len=2048, tp=[8], recompute=["full"], cp=[1],
-                 sequence_parallel=[False], zero_stage=[0], offload=[False], top=5, attention="standard",
-                 precision="amp-fp16")
-    assert res.top
+    """#6's criterion: the search on GPT-3 175B over 1024 A100-80GB, with the paper's settings
+    (fp16 mixed precision, full recompute, tensor parallelism = the 8 GPUs of a DGX A100 per sec.
+    3.3 takeaway #1, attention without a fused kernel, gradients all-reduced after backward as
+    Megatron-LM's local DDP did), finds layouts within 10% of what Narayanan et al. 2021 measured
+    for GPT-3 175B at that scale: Table 2 (PTD-P, global batch 1536) 149 TFLOP/s per GPU on 768
+    A100s and 141 on 1536, the runs that bracket 1024 GPUs. (Sec. 5.1's X = 140 TFLOP/s "on 1024
+    GPUs" is Table 1's 1024-GPU row, a 76B model, reused for the eq. 4 estimate.)
+    The published 768-GPU layout itself (tp 8, pp 12, micro-batch 1) is predicted within 5%."""
+    paper = dict(global_batch=1536, seq_len=2048, recompute=["full"], cp=[1], sequence_parallel=[False],
+                 zero_stage=[0], offload=[False], attention="standard", precision="amp-fp16", overlap_grad_reduce=False)
+    pub_layout = search("gpt3-175b", "dgx-a100", 768, tp=[8], pp=[12], interleave=[1], micro_batch=[1], top=1, **paper)
+    assert pub_layout.top[0].hardware_tflops_per_device == pytest.approx(149, rel=0.05)
+    res = search("gpt3-175b", "dgx-a100", 1024, tp=[8], top=5, **paper)
+    assert len(res.top) == 5
     for cand in res.top:
-        assert cand.hardware_tflops_per_device == pytest.approx(published, rel=0.10)
+        for measured in (149, 141):
+            assert cand.hardware_tflops_per_device == pytest.approx(measured, rel=0.10)
         assert cand.required_bytes <= cand.capacity_bytes
 
 

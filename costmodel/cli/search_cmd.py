@@ -54,6 +54,9 @@ def search_cmd(
     precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
     optimizer: str = typer.Option("adamw"),
     framework: str = typer.Option("megatron", help="megatron (Megatron-LM semantics), pytorch or deepspeed."),
+    attention: str = typer.Option("flash", help="flash or standard (materialised scores)."),
+    overlap_grad_reduce: bool = typer.Option(True, "--overlap-grad-reduce/--no-overlap-grad-reduce",
+                                             help="Overlap the data-parallel gradient reduction with backward."),
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (for days and cost)."),
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (alternative to --tokens)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
@@ -100,7 +103,8 @@ def search_cmd(
     if recompute is not None:
         rc = [r for r in recompute.replace(" ", "").split(",") if r]
     kwargs = dict(global_batch=global_batch, seq_len=seq_len, objective=objective, top=top, precision=precision,
-                  optimizer=optimizer, framework=framework, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
+                  optimizer=optimizer, framework=framework, attention=attention,
+                  overlap_grad_reduce=overlap_grad_reduce, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
                   zero_stage=_ints(zero_stage, "zero-stage"), micro_batch=_ints(micro_batch, "micro-batch"),

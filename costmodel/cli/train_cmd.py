@@ -33,6 +33,8 @@ def train_cmd(
     recompute: str = typer.Option("none", help="none, selective, full."),
     attention: str = typer.Option("flash", help="flash or standard."),
     framework: Optional[str] = typer.Option(None, help="pytorch, megatron or deepspeed semantics (default: pytorch, megatron when tp/pp > 1)."),
+    overlap_grad_reduce: bool = typer.Option(True, "--overlap-grad-reduce/--no-overlap-grad-reduce",
+                                             help="Overlap the data-parallel gradient reduction with backward (DDP buckets)."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
     offload_params: str = typer.Option("none", help="none, cpu, nvme."),
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (for days, energy and cost)."),
@@ -62,7 +64,7 @@ def train_cmd(
                 sequence_parallel=sequence_parallel, zero_stage=zero_stage, interleave=interleave,
                 micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
-                offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
+                overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
                 hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
