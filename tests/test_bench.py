@@ -203,3 +203,9 @@ def test_merge_rounds_keeps_the_median_and_the_spread():
     assert r["s_spread"] == pytest.approx((1e-4 - 1e-5) / 2e-5)  # (max - min) / median = 4.5
     assert r["tflops"] == pytest.approx(f / 2e-5 / 1e12)  # the rate of the median time
     assert "round" not in r and validate_record(r) == []
+    # a shared host keeps the fastest round (interference only adds time); the spread is unchanged
+    fast = next(x for x in merge_rounds(rounds, stat="min") if x["m"] == 64)
+    assert fast["s"] == 1e-5 and fast["s_stream"] == 4e-6 and fast["round_stat"] == "min"
+    assert fast["tflops"] == pytest.approx(f / 1e-5 / 1e12)
+    assert fast["s_spread"] == pytest.approx(4.5)
+    assert make_bench("numpy", quick=True).round_stat == "min"

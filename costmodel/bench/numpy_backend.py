@@ -53,10 +53,35 @@ class NumpyBench:
         # Quick runs: 3 rounds of ~0.03 s per case (shuffled, median kept by the caller) rather than
         # one of 0.12 s: on a shared 2-core host one round's held-back GEMM max error ranged 11-28%
         # over five runs, as other processes' load came and went.
-        self.budget_s = 0.03 if quick else 0.4
-        self.rounds = 3 if quick else 1
+        # Quick runs after the buffer pool (rounds ~ 4 s each here): 5 rounds of 0.05 s per case,
+        # each round's median, the fastest round kept (round_stat, records.merge_rounds).
+        self.budget_s = 0.05 if quick else 0.4
+        self.rounds = 5 if quick else 1
+        self.round_stat = "min"
         self.min_reps = 3 if quick else 7
         self.device = f"host CPU ({threads()} threads)"
+        self._pool: dict[int, np.ndarray] = {}  # slot -> random float32 buffer, reused by the memory cases
+        self._weight_sets: dict[tuple, list[np.ndarray]] = {}  # (k, n, dtype) -> GEMM B operands
+
+    def _weights(self, k: int, n: int, npdt, ns: int) -> list[np.ndarray]:
+        """``ns`` random k x n operands, kept for the run: the LLM-shaped GEMMs of every m and round
+        share their weight matrices (each set still distinct, so rotating them defeats the cache)."""
+        key = (k, n, np.dtype(npdt).str)
+        have = self._weight_sets.setdefault(key, [])
+        while len(have) < ns:
+            have.append(self.rng.standard_normal((k, n), dtype=npdt))
+        return have[:ns]
+
+    def _buffer(self, slot: int, n: int) -> np.ndarray:
+        """The first ``n`` elements of a random (non-zero) float32 buffer kept for the whole run:
+        the memory cases of every size and round slice the same few buffers instead of drawing
+        hundreds of MB of random numbers per case (which took most of a quick run). Every buffer
+        is >= 2x the last-level cache, so a pass over one slot evicts the others."""
+        buf = self._pool.get(slot)
+        if buf is None or buf.size < n:
+            top = max([n] + [int(m * self.llc) // 4096 * 4096 // 4 for m in self._mem_mult()])
+            buf = self._pool[slot] = self.rng.random(top, dtype=np.float32) + 0.5
+        return buf[:n]
 
     # -------------------------------------------------------------------- shapes
     def gemm_shapes(self) -> list[tuple[str, str, int, int, int]]:
@@ -79,8 +104,15 @@ class NumpyBench:
 
     def mem_sizes(self) -> list[int]:
         """Bytes per buffer: 2x to 16x the last-level cache."""
-        mult = [2, 3, 4, 6, 8] if self.quick else [2, 3, 4, 6, 8, 12, 16]
-        return [int(m * self.llc) // 4096 * 4096 for m in mult]
+        return [int(m * self.llc) // 4096 * 4096 for m in self._mem_mult()]
+
+    def _mem_mult(self) -> list[int]:
+        """Buffer sizes in last-level caches. The quick grid stays under 8x: on this project's 2-core
+        host (32 MiB LLC) np.copyto of >= 256 MiB ran at 26 GB/s against 20 GB/s at 64-192 MiB
+        (glibc's memcpy switches to non-temporal stores above a threshold, saving the
+        read-for-ownership of the destination), a regime a single-bandwidth fit cannot hold with
+        one point in it; the full grid spans both."""
+        return [2, 3, 4, 5, 6] if self.quick else [2, 3, 4, 6, 8, 12, 16]
 
     # -------------------------------------------------------------------- cases
     def cases(self, ops: set[str] | None = None) -> list[Case]:
@@ -106,8 +138,9 @@ class NumpyBench:
         npdt = NP_DTYPES[dt]
         per_set = (m * k + k * n + m * n) * np.dtype(npdt).itemsize
         ns = n_sets(per_set, self.llc, MAX_SET_BYTES, cap=16)
-        A = [self.rng.standard_normal((m, k), dtype=np.float64).astype(npdt) for _ in range(ns)]
-        B = [self.rng.standard_normal((k, n), dtype=np.float64).astype(npdt) for _ in range(ns)]
+        # drawn in the GEMM's own dtype (numpy's float32 normal sampler: half the cost of float64 + cast)
+        A = [self.rng.standard_normal((m, k), dtype=npdt) for _ in range(ns)]
+        B = self._weights(k, n, npdt, ns)
         C = [np.empty((m, n), dtype=npdt) for _ in range(ns)]
 
         def fn(i):
@@ -129,12 +162,12 @@ class NumpyBench:
     def memory(self, op: str, nbytes: int) -> dict:
         n = nbytes // 4
         # Each buffer is already >= 2x the last-level cache, so one pass evicts the last: quick runs
-        # keep one set (allocating and filling the buffers, not timing them, took most of a quick run).
+        # keep one set (pool slots 0-2), full runs alternate two (slots 3-5 too). Non-zero random
+        # values (never zeros: METHOD.md); uniform draws are 4x cheaper than normal ones.
         ns = 1 if self.quick else 2
-        # non-zero random values (never zeros: METHOD.md); uniform draws are 4x cheaper than normal ones
-        src = [self.rng.random(n, dtype=np.float32) + 0.5 for _ in range(ns)]
+        src = [self._buffer(3 * i, n) for i in range(ns)]
         if op == "mem_copy":
-            dst = [np.empty_like(src[0]) for _ in range(ns)]
+            dst = [self._buffer(3 * i + 1, n) for i in range(ns)]
 
             def fn(i):
                 np.copyto(dst[i], src[i])
@@ -156,8 +189,8 @@ class NumpyBench:
                 raise RuntimeError("read (sum) result wrong")
             traffic = nbytes
         else:  # elementwise_add: out = a + b
-            other = [self.rng.random(n, dtype=np.float32) + 0.5 for _ in range(ns)]
-            dst = [np.empty_like(src[0]) for _ in range(ns)]
+            other = [self._buffer(3 * i + 1, n) for i in range(ns)]
+            dst = [self._buffer(3 * i + 2, n) for i in range(ns)]
 
             def fn(i):
                 np.add(src[i], other[i], out=dst[i])

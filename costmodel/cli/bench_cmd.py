@@ -36,7 +36,8 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
     if rounds <= 1:
         records, errors = run_cases(cases, progress=progress, out=out, title=f"{bench.backend}: {bench.device}")
     else:
-        # several short rounds in shuffled order, median kept: a shared host's load comes and goes
+        # several short rounds in shuffled order (a shared host's load comes and goes); the
+        # backend says which round to keep (numpy on a shared host: the fastest; GPUs: the median)
         import random
 
         from ..bench.records import merge_rounds, write_jsonl
@@ -48,7 +49,7 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
             recs, errs = run_cases(order, progress=progress, out=None, title=f"{bench.backend}: {bench.device} ({rnd + 1}/{rounds})")
             raw += recs
             errors += errs
-        records = merge_rounds(raw)
+        records = merge_rounds(raw, stat=getattr(bench, "round_stat", "median"))
         if out is not None and records:
             write_jsonl(records, out)
     if hasattr(bench, "close"):
