@@ -7,7 +7,6 @@ must be ``false``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -300,23 +299,9 @@ def summarize(cases: list[Case]) -> dict[str, MetricSummary]:
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {i} is not valid JSON: {exc.msg}", file=path) from None
-        if not isinstance(rec, dict):
-            raise InputError(f"line {i}: expected a JSON object", file=path)
-        out.append((f"{path}:{i}", rec))
-    return out
+    from .bench.records import read_json_objects
+
+    return [(f"{path}:{i}", rec) for i, rec in read_json_objects(path)]
 
 
 def validate_file(path: str | Path, lib: HardwareLibrary | None = None, calibration: str | None = None) -> ValidationReport:

@@ -79,7 +79,7 @@ class NumpyBench:
         is >= 2x the last-level cache, so a pass over one slot evicts the others."""
         buf = self._pool.get(slot)
         if buf is None or buf.size < n:
-            top = max([n] + [int(m * self.llc) // 4096 * 4096 // 4 for m in self._mem_mult()])
+            top = max(n, max(self.mem_sizes()) // 4)
             buf = self._pool[slot] = self.rng.random(top, dtype=np.float32) + 0.5
         return buf[:n]
 

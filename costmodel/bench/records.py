@@ -189,15 +189,15 @@ def merge_rounds(records: list[dict], stat: str = "median") -> list[dict]:
         ts = [r[tf] for r in rs if r.get(tf)]
         if not ts:
             continue
-        med = float(pick(ts))
+        kept = float(pick(ts))
         for rate in _RATES:
             if first.get(rate):
-                first[rate] = first[rate] * first[tf] / med
-        first[tf] = med
+                first[rate] = first[rate] * first[tf] / kept
+        first[tf] = kept
         ss = [r["s_stream"] for r in rs if r.get("s_stream")]
         if ss:
             first["s_stream"] = float(pick(ss))
-            first["s_stream_spread"] = (max(ss) - min(ss)) / first["s_stream"]
+            first["s_stream_spread"] = (max(ss) - min(ss)) / float(statistics.median(ss))
             if first.get("gbps_stream"):
                 first["gbps_stream"] = rs[0]["gbps_stream"] * rs[0]["s_stream"] / first["s_stream"]
         first.pop("round", None)
@@ -209,26 +209,30 @@ def merge_rounds(records: list[dict], stat: str = "median") -> list[dict]:
     return out
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines."""
+def read_json_objects(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every JSON object line of a JSONL file; blank and ``#`` lines are
+    skipped. Raises InputError naming the file and line on anything else."""
     from ..errors import InputError  # costmodel.errors imports nothing heavy
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise InputError(f"cannot read records: {exc.strerror}", file=path) from None
+        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
+    for i, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"line {i} is not JSON: {exc.msg}", file=path) from None
+            raise InputError(f"line {i} is not valid JSON: {exc.msg}", file=path) from None
         if not isinstance(rec, dict):
-            raise InputError(f"line {i} is not a JSON object", file=path)
-        if rec.get("kind") == "kernel":
-            out.append(rec)
+            raise InputError(f"line {i}: expected a JSON object", file=path)
+        out.append((i, rec))
     return out
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines."""
+    return [rec for _, rec in read_json_objects(path) if rec.get("kind") == "kernel"]
