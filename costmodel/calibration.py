@@ -28,6 +28,7 @@ that keeps parameters the data cannot pin near their starting values. Everything
 from __future__ import annotations
 
 import datetime as _dt
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +126,17 @@ class Timing:
     gap_s: float = DEFAULT_GEMM_GAP_S  # added to one isolated call (sync, launch, wait)
     floor_s: float = DEFAULT_GEMM_FLOOR_S  # back-to-back calls are never faster than this
     q: float = DEFAULT_Q
+    # The host round trip of one isolated call (event, dispatch, event), when fitted apart from the
+    # back-to-back launch period ``floor_s``: an isolated call then takes
+    # max(call_floor_s, gap_s + t_kernel), the CPU's time or the GPU's start latency plus the kernel.
+    call_floor_s: float | None = None
 
     def stream(self, t_kernel):
         return smoothmax(self.floor_s, t_kernel, self.q)
 
     def call(self, t_kernel):
+        if self.call_floor_s is not None:
+            return smoothmax(self.call_floor_s, self.gap_s + np.asarray(t_kernel, dtype=float), self.q)
         return self.gap_s + self.stream(t_kernel)
 
 
@@ -139,6 +146,7 @@ class GemmDtype:
     timing: Timing
     tile: tuple[int, int] | None = None  # output tile (rows, cols) for wave quantisation, if fitted
     sustained_flops_per_s: float | None = None  # power-limited cap under sustained load (None: no cap)
+    wave_exponent: float | None = None  # this dtype's utilisation exponent (None: the curve's)
 
 
 # A burst of isolated calls (SCHEMA.md records; this harness since 2026-11-23c, and the "ten timed
@@ -160,12 +168,24 @@ DEFAULT_THROTTLE_S = 0.08
 TILE_CANDIDATES = (None, (64, 128), (128, 128), (128, 256), (256, 128), (256, 256))
 
 
-def wave_utilisation(m, n, tile: tuple[int, int] | None, units: float | None):
+# Shortest k slice a split-k GEMM gives one CTA. An output of fewer tiles than processors is split
+# along k (cuBLAS/CUTLASS split-k, stream-k) only when k is long: measured H100/H200 tf32
+# 128x14336x4096 runs memory-bound (84-104 us, ~2.4-2.8 TB/s, so its 56 tiles of 128 x 256 filled
+# the 132 SMs), while 1024^3 (32 tiles, k = 1024) ran at the speed of its unsplit tiles.
+SPLIT_K_MIN_K = 1024
+
+
+def wave_utilisation(m, n, tile: tuple[int, int] | None, units: float | None, k=None):
     """Fraction of the processors busy when an m x n output in ``tile`` tiles runs in whole waves
-    of ``units`` tiles (the last wave partly empty): tiles / (ceil(tiles / units) * units)."""
+    of ``units`` tiles (the last wave partly empty): tiles / (ceil(tiles / units) * units).
+    With ``k``, an output of fewer tiles than processors is first split along k into
+    min(floor(units / tiles), floor(k / SPLIT_K_MIN_K)) slices."""
     if tile is None or not units:
         return 1.0
     tiles = np.ceil(np.asarray(m, dtype=float) / tile[0]) * np.ceil(np.asarray(n, dtype=float) / tile[1])
+    if k is not None:
+        splits = np.maximum(1.0, np.minimum(np.floor(units / tiles), np.floor(np.asarray(k, dtype=float) / SPLIT_K_MIN_K)))
+        tiles = tiles * splits
     return tiles / (np.ceil(tiles / units) * units)
 
 
@@ -203,7 +223,8 @@ class GemmCurve:
         flops = 2.0 * m * n * k * batch
         nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
         x = np.minimum(m, n)
-        util = wave_utilisation(m, n, d.tile, self.units) ** self.wave_exponent
+        a = self.wave_exponent if d.wave_exponent is None else d.wave_exponent
+        util = wave_utilisation(m, n, d.tile, self.units, k) ** a
         rate = d.flops_per_s * x / (x + self.x_half) * k / (k + self.k_half) * util
         t = d.timing.kernel_min_s + smoothmax(flops / rate, nbytes / self.memory_bytes_per_s, self.p)
         load = BURST_CALLS_TO_MEDIAN * t if mode == "burst" else None
@@ -546,6 +567,24 @@ def repeatability_weight(spread) -> float:
     return SIGMA0 / math.sqrt(SIGMA0**2 + sig**2)
 
 
+# Median absolute deviation to a normal sigma (1 / Phi^-1(3/4); Rousseeuw & Croux 1993).
+MAD_TO_SIGMA = 1.4826
+
+
+def record_weight(r: Mapping[str, Any], stream: bool = False) -> float:
+    """Residual weight of one record. With the rounds' times (``s_rounds``), sigma is their median
+    absolute deviation: one disturbed round of five (a host hiccup) leaves the kept median sound and
+    should not discount the record, as (max - min) would. Otherwise ``repeatability_weight``."""
+    rounds = r.get("s_rounds")
+    if not stream and isinstance(rounds, list) and len(rounds) >= 3:
+        xs = np.asarray(rounds, dtype=float)
+        med = float(np.median(xs))
+        if med > 0:
+            sig = MAD_TO_SIGMA * float(np.median(np.abs(xs - med))) / med
+            return SIGMA0 / math.sqrt(SIGMA0**2 + sig**2)
+    return repeatability_weight(r.get("s_stream_spread" if stream else "s_spread"))
+
+
 def _gemm_obs(records):
     """(m, n, k, dtype, time, is_stream, weight) rows from GEMM records."""
     rows = []
@@ -558,10 +597,10 @@ def _gemm_obs(records):
         m, n, k = (r["n"],) * 3 if r["op"] == "cpu_gemm" else (r["m"], r["n"], r["k"])
         t = record_time_s(r)
         if t:
-            rows.append((m, n, k, dt, t, False, repeatability_weight(r.get("s_spread"))))
+            rows.append((m, n, k, dt, t, False, record_weight(r)))
         ts = stream_time_s(r)
         if ts:
-            rows.append((m, n, k, dt, ts, True, repeatability_weight(r.get("s_stream_spread"))))
+            rows.append((m, n, k, dt, ts, True, record_weight(r, stream=True)))
     return rows
 
 
@@ -611,6 +650,9 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
     # The sustained (power-limited) rate is fitted only where records time both isolated bursts and
     # back-to-back calls of compute-bound kernels long enough to draw full power (>= 0.5 ms).
     power = bool(st.any() and (~st).any() and np.any(t > 5e-4))
+    # With both isolated and back-to-back records, the isolated call's host round trip is fitted on
+    # its own (Timing.call_floor_s) rather than tied to the back-to-back launch period.
+    split_floor = bool(st.any() and (~st).any())
     e = np.array([DTYPE_BYTES[r[3]] for r in rows], float)
     out_e = np.array([2.0 if r[3] in ("fp8", "int8") else DTYPE_BYTES[r[3]] for r in rows], float)
     flops = 2 * m * n * k
@@ -623,13 +665,16 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         best = float(np.max(flops[sel] / t[sel]))
         tmin = float(np.min(t[sel]))
         ip[d] = (P.add(f"P_{d}", best), P.add(f"gap_{d}", max(tmin * 0.5, 1e-7)), P.add(f"floor_{d}", max(tmin * 0.6, 1e-7)),
-                 P.add(f"S_{d}", best * 0.85) if power else None)
+                 P.add(f"S_{d}", best * 0.85) if power else None,
+                 P.add(f"cfloor_{d}", max(float(np.min(t[sel & ~st])) if np.any(sel & ~st) else tmin, 1e-7)) if split_floor else None)
     bw0 = mem_bw or float(np.max(nbytes / t))
     i_bw = P.add("bw", bw0)
     i_k0 = P.add("k0", max(float(np.min(t)) * 0.1, 1e-7))
     i_xh = P.add("x_half", 8.0)
     i_kh = P.add("k_half", K_HALF_START)
-    i_wa = P.add("wave_exponent", 1.0)
+    # One utilisation exponent per tiled dtype: how much faster the tiles of a part-empty last wave
+    # run differs between kernel families (SIMT fp32 is compute-bound, tensor-core tiles share HBM/L2).
+    i_wa = {d: P.add(f"wave_{d}", 1.0) for d in dtypes if tiles[d] is not None}
     i_p = P.add("p_minus_1", DEFAULT_P - 1)
     i_q = P.add("q_minus_1", DEFAULT_Q - 1)
     i_tau = P.add("tau", DEFAULT_THROTTLE_S) if power else None
@@ -639,7 +684,8 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         gap = np.array([v[ip[d][1]] for d in dtypes])[di]
         floor = np.array([v[ip[d][2]] for d in dtypes])[di]
         x = np.minimum(m, n)
-        rate = Pd * x / (x + v[i_xh]) * k / (k + v[i_kh]) * util ** v[i_wa]
+        wa = np.array([v[i_wa[d]] if d in i_wa else 1.0 for d in dtypes])[di]
+        rate = Pd * x / (x + v[i_xh]) * k / (k + v[i_kh]) * util ** wa
         pp = 1 + v[i_p]
         tk = v[i_k0] + smoothmax(flops / rate, nbytes / v[i_bw], pp)
         if power:
@@ -647,19 +693,22 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
             tk = np.where(st, power_limited_s(tk, flops, Sd, pp),
                           power_limited_s(tk, flops, Sd, pp, BURST_CALLS_TO_MEDIAN * tk, v[i_tau]))
         ts = smoothmax(floor, tk, 1 + v[i_q])
+        if split_floor:
+            cfl = np.array([v[ip[d][4]] for d in dtypes])[di]
+            return np.where(st, ts, smoothmax(cfl, gap + tk, 1 + v[i_q]))
         return np.where(st, ts, gap + ts)
 
     util = np.ones_like(m)
     for d in dtypes:
         sel = di == dtypes.index(d)
-        util[sel] = wave_utilisation(m[sel], n[sel], tiles[d], units)
+        util[sel] = wave_utilisation(m[sel], n[sel], tiles[d], units, k[sel])
     fit, cost = _fit(P, model, t, return_cost=True, weights=w)
     res = {"_cost": cost,
         "memory_bytes_per_s": fit["bw"],
         "kernel_min_s": fit["k0"],
         "x_half": fit["x_half"],
         "k_half": fit["k_half"],
-        "wave_exponent": fit["wave_exponent"] if any(tiles.values()) else 1.0,
+        "wave_exponent": 1.0,
         "p": 1 + fit["p_minus_1"],
         "q": 1 + fit["q_minus_1"],
         "dtypes": {},
@@ -670,10 +719,13 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         res["throttle_s"] = fit["tau"]
     for d in dtypes:
         entry = {"flops_per_s": fit[f"P_{d}"], "call_gap_s": fit[f"gap_{d}"], "stream_floor_s": fit[f"floor_{d}"]}
+        if split_floor:
+            entry["call_floor_s"] = fit[f"cfloor_{d}"]
         if power and fit[f"S_{d}"] < fit[f"P_{d}"]:
             entry["sustained_flops_per_s"] = fit[f"S_{d}"]
         if tiles[d] is not None:
             entry["tile"] = list(tiles[d])
+            entry["wave_exponent"] = fit[f"wave_{d}"]
         if peaks and peaks.get(d):
             entry["efficiency"] = fit[f"P_{d}"] / peaks[d]
         entry["records"] = int(np.sum(di == dtypes.index(d)))
@@ -864,15 +916,18 @@ def fit_call_gap_offset(overlay: Mapping[str, Any], records: list[dict], spec=No
 
 
 def with_call_gap_offset(overlay: Mapping[str, Any], delta_s: float) -> dict:
-    """A copy of ``overlay`` with ``delta_s`` added to every ``call_gap_s`` (never below zero)."""
+    """A copy of ``overlay`` with ``delta_s`` added to every ``call_gap_s`` and ``call_floor_s``
+    (never below zero): another host's dispatch shifts both the isolated call's start latency and
+    its round trip."""
     import copy
 
     ov = copy.deepcopy(dict(overlay))
 
     def walk(o):
         if isinstance(o, dict):
-            if "call_gap_s" in o:
-                o["call_gap_s"] = max(0.0, float(o["call_gap_s"]) + delta_s)
+            for key in ("call_gap_s", "call_floor_s"):
+                if key in o:
+                    o[key] = max(0.0, float(o[key]) + delta_s)
             for v in o.values():
                 walk(v)
 
@@ -919,7 +974,37 @@ class _Reader:
         return Timing(self.num(d, "kernel_min_s", field, base.kernel_min_s, positive=False),
                       self.num(d, "call_gap_s", field, base.gap_s, positive=False),
                       self.num(d, "stream_floor_s", field, base.floor_s, positive=False),
-                      q if q is not None else base.q)
+                      q if q is not None else base.q,
+                      self.num(d, "call_floor_s", field, positive=False) if d.get("call_floor_s") is not None else None)
+
+
+def _read_gemm(rd: "_Reader", g: Mapping[str, Any], base_dtypes: Mapping[str, GemmDtype] | None = None) -> GemmCurve:
+    """The ``gemm`` section of an overlay (``g``, already a mapping) as a GemmCurve; dtypes it
+    lacks come from ``base_dtypes``."""
+    file = rd.file
+    gem_t0 = Timing()
+    p = rd.num(g, "p", "gemm", DEFAULT_P)
+    q = rd.num(g, "q", "gemm", DEFAULT_Q)
+    k0 = rd.num(g, "kernel_min_s", "gemm", DEFAULT_KERNEL_MIN_S, positive=False)
+    dts = rd.mapping(g.get("dtypes"), "gemm.dtypes")
+    out = dict(base_dtypes or {})
+    for dt, d in dts.items():
+        if dt not in DTYPE_BYTES:
+            raise InputError(f"unknown dtype {dt!r}", file=file, field=f"gemm.dtypes.{dt}")
+        fld = f"gemm.dtypes.{dt}"
+        d = rd.mapping(d, fld)
+        tile = d.get("tile")
+        if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) and x > 0 for x in tile)):
+            raise InputError(f"expected [rows, cols] of positive integers (got {tile!r})", file=file, field=f"{fld}.tile")
+        out[dt] = GemmDtype(rd.num(d, "flops_per_s", fld),
+                            dataclasses.replace(rd.timing(d, fld, gem_t0, q), kernel_min_s=k0),
+                            tuple(tile) if tile else None,
+                            rd.num(d, "sustained_flops_per_s", fld) if d.get("sustained_flops_per_s") is not None else None,
+                            rd.num(d, "wave_exponent", fld, positive=False) if d.get("wave_exponent") is not None else None)
+    units = rd.num(g, "units", "gemm") if g.get("units") is not None else None
+    return GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", DEFAULT_GEMM_X_HALF, positive=False), p,
+                     units, rd.num(g, "throttle_s", "gemm", DEFAULT_THROTTLE_S), rd.num(g, "k_half", "gemm", 0.0, positive=False),
+                     rd.num(g, "wave_exponent", "gemm", 1.0, positive=False))
 
 
 def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: DeviceEfficiency | None = None) -> DeviceEfficiency:
@@ -939,29 +1024,7 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
     # GEMM
     gemm = base.gemm if base else None
     if "gemm" in data:
-        g = rd.mapping(data["gemm"], "gemm")
-        p = rd.num(g, "p", "gemm", DEFAULT_P)
-        q = rd.num(g, "q", "gemm", DEFAULT_Q)
-        k0 = rd.num(g, "kernel_min_s", "gemm", DEFAULT_KERNEL_MIN_S, positive=False)
-        dts = rd.mapping(g.get("dtypes"), "gemm.dtypes")
-        out = dict(base.gemm.dtypes) if base else {}
-        for dt, d in dts.items():
-            if dt not in DTYPE_BYTES:
-                raise InputError(f"unknown dtype {dt!r}", file=file, field=f"gemm.dtypes.{dt}")
-            fld = f"gemm.dtypes.{dt}"
-            d = rd.mapping(d, fld)
-            tile = d.get("tile")
-            if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) and x > 0 for x in tile)):
-                raise InputError(f"expected [rows, cols] of positive integers (got {tile!r})", file=file, field=f"{fld}.tile")
-            out[dt] = GemmDtype(rd.num(d, "flops_per_s", fld),
-                                Timing(k0, rd.num(d, "call_gap_s", fld, gem_t0.gap_s, positive=False),
-                                       rd.num(d, "stream_floor_s", fld, gem_t0.floor_s, positive=False), q),
-                                tuple(tile) if tile else None,
-                                rd.num(d, "sustained_flops_per_s", fld) if d.get("sustained_flops_per_s") is not None else None)
-        units = rd.num(g, "units", "gemm") if g.get("units") is not None else None
-        gemm = GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", DEFAULT_GEMM_X_HALF, positive=False), p,
-                         units, rd.num(g, "throttle_s", "gemm", DEFAULT_THROTTLE_S), rd.num(g, "k_half", "gemm", 0.0, positive=False),
-                         rd.num(g, "wave_exponent", "gemm", 1.0, positive=False))
+        gemm = _read_gemm(rd, rd.mapping(data["gemm"], "gemm"), base.gemm.dtypes if base else None)
     # memory
     copy = base.copy if base else None
     read = base.read if base else None
@@ -978,6 +1041,12 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
             read = BandwidthCurve(rd.num(c, "bytes_per_s", "memory.read"), rd.timing(c, "memory.read", mem_t0))
     copy = copy or read
     read = read or copy
+    note = ""
+    if copy is None and base is None and gemm is not None:
+        # A GEMM-only overlay (e.g. a host CPU's BLAS, calibrated with --ops gemm): streaming
+        # kernels get the bandwidth of the GEMM's own memory-bound regime, and the source says so.
+        copy = read = BandwidthCurve(gemm.memory_bytes_per_s, mem_t0)
+        note = "; memory from the GEMM fit"
     elem = dict(base.elementwise) if base else {}
     if "elementwise" in data:
         for op, c in rd.mapping(data["elementwise"], "elementwise").items():
@@ -1021,7 +1090,7 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
     if copy is None:
         raise InputError("missing required field (no copy/read fit, and no spec to take defaults from)", file=file, field="memory")
     created = data.get("created", "undated")
-    return DeviceEfficiency(device=device, source=f"calibrated: {_display_path(file)} ({created})", gemm=gemm, copy=copy, read=read,
+    return DeviceEfficiency(device=device, source=f"calibrated: {_display_path(file)} ({created}{note})", gemm=gemm, copy=copy, read=read,
                             elementwise=elem, attention=att, host=host, collectives=coll, launch_overhead_s=launch,
                             peaks=base.peaks if base else {})
 
@@ -1056,6 +1125,13 @@ def calibrated_dir() -> Path:
 def shipped_overlay_path(spec_id: str) -> Path | None:
     p = calibrated_dir() / f"{spec_id}.yaml"
     return p if p.is_file() else None
+
+
+def shipped_host_efficiency(spec_id: str) -> DeviceEfficiency | None:
+    """The host CPU of a device's machine, where its BLAS was calibrated there (``costmodel
+    calibrate --backend numpy --ops gemm``): ``hardware/calibrated/<id>-host.yaml``, else None."""
+    p = shipped_overlay_path(f"{spec_id}-host")
+    return load_overlay(p) if p is not None else None
 
 
 def shipped_efficiency(spec) -> DeviceEfficiency:

@@ -229,6 +229,16 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
         flops = 4.0 * b * h * s * s * d / 2 * (3.5 if op == "sdpa_fwd_bwd" else 1.0)
         pred = flops / eff.attention_flops_per_s(b, h, s, d, True, op == "sdpa_fwd_bwd")
         name = f"{op}/b{b}h{h}s{s}d{d}"
+    elif op == "cpu_gemm":
+        # numpy on the machine's host CPU: its BLAS as calibrated there (hardware/calibrated/<id>-host.yaml)
+        from .calibration import shipped_host_efficiency
+
+        host = shipped_host_efficiency(spec.id)
+        if host is None:
+            return None
+        n = rec["n"]
+        pred = host.gemm_call_time_s(n, n, n, rec.get("dtype", "fp32"))
+        name = f"cpu_gemm/{rec.get('dtype', 'fp32')}/{n}^3"
     elif op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"):
         from .comm_bridge import Links
 
@@ -280,7 +290,8 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
             elif kind == "kernel":
                 c = _kernel_case(rec, lib, calibration, effs)
                 if c is None:
-                    skipped.append(f"{where}: kernel op {rec.get('op')!r} not modelled")
+                    why = "no host-CPU calibration for " + str(hw) if rec.get("op") == "cpu_gemm" else "not modelled"
+                    skipped.append(f"{where}: kernel op {rec.get('op')!r}: {why}")
                 else:
                     cases.append(c)
             else:

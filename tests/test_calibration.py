@@ -284,3 +284,69 @@ def test_call_gap_offset_recovers_a_slower_host():
     ref = [dict(r, s=r["s"] + 12e-6) for r in recs]
     assert C.fit_call_gap_offset(ov, ref) == pytest.approx(12e-6, abs=1.5e-6)
     assert C.fit_call_gap_offset(ov, recs) == pytest.approx(0.0, abs=1.5e-6)
+
+
+# ------------------------------------------------------------------ session 4: split-k, host floor, robust weights, host CPU
+
+def test_wave_utilisation_splits_long_k_only():
+    # tf32 128 x 14336 x 4096 in 128 x 256 tiles: 1 x 56 = 56 tiles on 132 SMs. k = 4096 allows
+    # min(floor(132 / 56), floor(4096 / 1024)) = 2 slices -> 112 busy of 132 = 0.8485; with
+    # k = 1024 no split -> 56 / 132 = 0.4242. A full-wave shape is unchanged: 8192^2 in 128^2
+    # tiles = 4096 tiles -> ceil(4096 / 132) = 32 waves of 132 = 4224 -> 0.9697.
+    assert C.wave_utilisation(128, 14336, (128, 256), 132, 4096) == pytest.approx(112 / 132)
+    assert C.wave_utilisation(128, 14336, (128, 256), 132, 1024) == pytest.approx(56 / 132)
+    assert C.wave_utilisation(8192, 8192, (128, 128), 132, 8192) == pytest.approx(4096 / 4224)
+    assert C.wave_utilisation(8192, 8192, (128, 128), 132) == pytest.approx(4096 / 4224)
+
+
+def test_isolated_call_floor_apart_from_stream_floor():
+    # max(host round trip, start latency + kernel): 20 us round trip, 8 us start latency.
+    t = C.Timing(kernel_min_s=1e-6, gap_s=8e-6, floor_s=11e-6, q=64.0, call_floor_s=20e-6)
+    assert t.call(2e-6) == pytest.approx(20e-6, rel=0.02)  # a tiny kernel: the host round trip
+    assert t.call(40e-6) == pytest.approx(48e-6, rel=0.02)  # a long one: latency + kernel
+    assert t.stream(2e-6) == pytest.approx(11e-6, rel=0.02)  # back to back: the launch period
+    legacy = C.Timing(kernel_min_s=1e-6, gap_s=8e-6, floor_s=11e-6, q=64.0)
+    assert legacy.call(2e-6) == pytest.approx(19e-6, rel=0.02)  # gap + max(floor, kernel)
+
+
+def test_call_gap_offset_moves_the_call_floor_too():
+    ov = {"gemm": {"dtypes": {"bf16": {"call_gap_s": 8e-6, "call_floor_s": 20e-6, "stream_floor_s": 11e-6}}}}
+    out = C.with_call_gap_offset(ov, 5e-6)["gemm"]["dtypes"]["bf16"]
+    assert out["call_gap_s"] == pytest.approx(13e-6)
+    assert out["call_floor_s"] == pytest.approx(25e-6)
+    assert out["stream_floor_s"] == pytest.approx(11e-6)  # back-to-back launch period: not a host round trip
+    assert C.with_call_gap_offset(ov, -30e-6)["gemm"]["dtypes"]["bf16"]["call_floor_s"] == 0.0
+
+
+def test_record_weight_is_robust_to_one_disturbed_round():
+    # Rounds 20, 20, 21, 19, 100 us: median 20, absolute deviations 0, 0, 1, 1, 80 -> MAD 1 us,
+    # sigma = 1.4826 * 1 / 20 = 0.0741 -> weight 0.03 / sqrt(0.03^2 + 0.0741^2) = 0.375.
+    # (max - min) / median = 4.05 would give 0.03 / sqrt(0.03^2 + 2.025^2) = 0.0148.
+    r = {"s_rounds": [20e-6, 20e-6, 21e-6, 19e-6, 100e-6], "s_spread": 4.05}
+    assert C.record_weight(r) == pytest.approx(0.375, rel=0.01)
+    assert C.repeatability_weight(4.05) == pytest.approx(0.0148, rel=0.01)
+    assert C.record_weight({"s_stream_spread": 0.0}, stream=True) == pytest.approx(1.0)
+
+
+def test_gemm_only_overlay_loads_and_says_so(tmp_path):
+    # A host-CPU calibration run with --ops gemm has no memory kernels: its streaming bandwidth is
+    # the GEMM's memory-bound regime, and the source says so.
+    eff = C.load_overlay(ROOT / "hardware" / "calibrated" / "h100-sxm-host.yaml")
+    assert "memory from the GEMM fit" in eff.source
+    assert eff.copy.bytes_per_s == pytest.approx(eff.gemm.memory_bytes_per_s)
+
+
+def test_cpu_gemm_record_predicted_through_host_calibration(lib):
+    # SCHEMA.md's cpu_gemm: numpy fp32 on the H100 machine's 16 host cores. The public file measured
+    # n = 4096 at 0.1282 s (1.072 TFLOP/s); our host calibration (data/measurements/
+    # h100-host-2026-11-23-kernels.jsonl, a 16-core Emerald Rapids VM: 0.93 TFLOP/s at 2048^3, 0.88 at
+    # 3072^3) never ran 4096^3. The prediction must land within 20% of that measurement.
+    from costmodel.validate import validate_records
+
+    rec = {"kind": "kernel", "op": "cpu_gemm", "dtype": "fp32", "n": 4096, "s": 0.12819900899999936, "threads": 16,
+           "hardware": "h100-sxm"}
+    rep = validate_records([("truth:1", rec)], lib)
+    assert len(rep.cases) == 1 and abs(rep.cases[0].rel_error) < 0.20
+    # No host calibration for the H200 machine: skipped, saying why.
+    rep = validate_records([("truth:2", dict(rec, hardware="h200-sxm"))], lib)
+    assert not rep.cases and "no host-CPU calibration" in rep.skipped[0]

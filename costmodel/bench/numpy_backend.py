@@ -87,7 +87,7 @@ class NumpyBench:
     def gemm_shapes(self) -> list[tuple[str, str, int, int, int]]:
         """(op, dtype, m, n, k). Square sizes, and LLM-shaped m tokens x (k -> n) projections."""
         out = []
-        sq = [128, 192, 256, 320, 384, 448, 512, 640, 768, 1024] if self.quick else [64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
+        sq = [128, 192, 256, 320, 384, 448, 512, 640, 768, 1024] if self.quick else [64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072]
         for n in sq:
             out.append(("gemm", "fp32", n, n, n))
         if not self.quick:
