@@ -28,7 +28,6 @@ that keeps parameters the data cannot pin near their starting values. Everything
 from __future__ import annotations
 
 import datetime as _dt
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,13 +557,17 @@ def _fit(params: _Params, model, obs: np.ndarray, prior: float = PRIOR_WEIGHT, r
     return out
 
 
+def _sigma_weight(sig: float) -> float:
+    """Weighted least squares: a record of relative sigma ``sig`` weighs SIGMA0 / sqrt(SIGMA0^2 + sig^2)."""
+    return SIGMA0 / math.sqrt(SIGMA0**2 + sig**2)
+
+
 def repeatability_weight(spread) -> float:
     """Residual weight of a record whose rounds spread by ``spread`` ((max - min) / median): a
     measurement that does not repeat pins the curve less (weighted least squares, sigma ~ spread / 2)."""
     if spread is None:
         return 1.0
-    sig = float(spread) / 2.0
-    return SIGMA0 / math.sqrt(SIGMA0**2 + sig**2)
+    return _sigma_weight(float(spread) / 2.0)
 
 
 # Median absolute deviation to a normal sigma (1 / Phi^-1(3/4); Rousseeuw & Croux 1993).
@@ -580,8 +583,7 @@ def record_weight(r: Mapping[str, Any], stream: bool = False) -> float:
         xs = np.asarray(rounds, dtype=float)
         med = float(np.median(xs))
         if med > 0:
-            sig = MAD_TO_SIGMA * float(np.median(np.abs(xs - med))) / med
-            return SIGMA0 / math.sqrt(SIGMA0**2 + sig**2)
+            return _sigma_weight(MAD_TO_SIGMA * float(np.median(np.abs(xs - med))) / med)
     return repeatability_weight(r.get("s_stream_spread" if stream else "s_spread"))
 
 
@@ -649,10 +651,10 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
     w = np.array([r[6] for r in rows], float)
     # The sustained (power-limited) rate is fitted only where records time both isolated bursts and
     # back-to-back calls of compute-bound kernels long enough to draw full power (>= 0.5 ms).
-    power = bool(st.any() and (~st).any() and np.any(t > 5e-4))
     # With both isolated and back-to-back records, the isolated call's host round trip is fitted on
     # its own (Timing.call_floor_s) rather than tied to the back-to-back launch period.
     split_floor = bool(st.any() and (~st).any())
+    power = split_floor and bool(np.any(t > 5e-4))
     e = np.array([DTYPE_BYTES[r[3]] for r in rows], float)
     out_e = np.array([2.0 if r[3] in ("fp8", "int8") else DTYPE_BYTES[r[3]] for r in rows], float)
     flops = 2 * m * n * k
@@ -708,7 +710,6 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
         "kernel_min_s": fit["k0"],
         "x_half": fit["x_half"],
         "k_half": fit["k_half"],
-        "wave_exponent": 1.0,
         "p": 1 + fit["p_minus_1"],
         "q": 1 + fit["q_minus_1"],
         "dtypes": {},
@@ -982,10 +983,10 @@ def _read_gemm(rd: "_Reader", g: Mapping[str, Any], base_dtypes: Mapping[str, Ge
     """The ``gemm`` section of an overlay (``g``, already a mapping) as a GemmCurve; dtypes it
     lacks come from ``base_dtypes``."""
     file = rd.file
-    gem_t0 = Timing()
     p = rd.num(g, "p", "gemm", DEFAULT_P)
     q = rd.num(g, "q", "gemm", DEFAULT_Q)
-    k0 = rd.num(g, "kernel_min_s", "gemm", DEFAULT_KERNEL_MIN_S, positive=False)
+    # One kernel_min_s for every dtype (the gemm section's); each dtype's gaps and floors below.
+    t0 = Timing(kernel_min_s=rd.num(g, "kernel_min_s", "gemm", DEFAULT_KERNEL_MIN_S, positive=False))
     dts = rd.mapping(g.get("dtypes"), "gemm.dtypes")
     out = dict(base_dtypes or {})
     for dt, d in dts.items():
@@ -997,7 +998,7 @@ def _read_gemm(rd: "_Reader", g: Mapping[str, Any], base_dtypes: Mapping[str, Ge
         if tile is not None and not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(x, int) and x > 0 for x in tile)):
             raise InputError(f"expected [rows, cols] of positive integers (got {tile!r})", file=file, field=f"{fld}.tile")
         out[dt] = GemmDtype(rd.num(d, "flops_per_s", fld),
-                            dataclasses.replace(rd.timing(d, fld, gem_t0, q), kernel_min_s=k0),
+                            rd.timing(d, fld, t0, q),
                             tuple(tile) if tile else None,
                             rd.num(d, "sustained_flops_per_s", fld) if d.get("sustained_flops_per_s") is not None else None,
                             rd.num(d, "wave_exponent", fld, positive=False) if d.get("wave_exponent") is not None else None)

@@ -233,7 +233,10 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
         # numpy on the machine's host CPU: its BLAS as calibrated there (hardware/calibrated/<id>-host.yaml)
         from .calibration import shipped_host_efficiency
 
-        host = shipped_host_efficiency(spec.id)
+        hkey = f"{spec.id}-host"
+        if hkey not in effs:
+            effs[hkey] = shipped_host_efficiency(spec.id)
+        host = effs[hkey]
         if host is None:
             return None
         n = rec["n"]
