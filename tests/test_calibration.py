@@ -350,3 +350,39 @@ def test_cpu_gemm_record_predicted_through_host_calibration(lib):
     # No host calibration for the H200 machine: skipped, saying why.
     rep = validate_records([("truth:2", dict(rec, hardware="h200-sxm"))], lib)
     assert not rep.cases and "no host-CPU calibration" in rep.skipped[0]
+
+
+@pytest.mark.parametrize("stat", ["median", "min"])
+def test_cli_calibrate_merges_a_rounds_file(tmp_path, capsys, stat):
+    """A harness rounds file (one record per case per round) is merged per case before the fit:
+    the copy bandwidth then follows the kept round of the largest copy (median or fastest)."""
+    import statistics
+
+    from costmodel.cli.app import main
+
+    rounds = [r for r in read_jsonl(MEAS / "h100-sxm-2026-11-23e-rounds.jsonl") if r["op"] == "mem_copy"]
+    assert len({r["round"] for r in rounds}) == 5
+    src = tmp_path / "copy-rounds.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    big = max(r["bytes"] for r in rounds)
+    ts = [r["s"] for r in rounds if r["bytes"] == big]
+    kept = min(ts) if stat == "min" else statistics.median(ts)
+    out = tmp_path / "copy.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--records", str(src), "--round-stat", stat, "--out", str(out), "--json"])
+    assert e.value.code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["records"] == len(rounds) // 5  # one per case
+    bw = res["overlay"]["memory"]["copy"]["bytes_per_s"]
+    assert bw == pytest.approx(2 * big / kept, rel=0.03)  # read + write of the largest buffer
+    assert res["overlay"]["measured"]["round_stat"] == stat
+
+
+def test_cli_calibrate_rejects_unknown_round_stat(tmp_path, capsys):
+    from costmodel.cli.app import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--records", str(MEAS / "h100-sxm-2026-11-23b-kernels.jsonl"), "--round-stat", "mean",
+              "--out", str(tmp_path / "x.yaml")])
+    assert e.value.code == 2
+    assert "round-stat" in capsys.readouterr().err

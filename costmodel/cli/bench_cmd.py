@@ -123,21 +123,27 @@ def calibrate_cmd(
     hardware: Optional[str] = HardwareOpt,
     save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file."),
     reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves."),
+    round_stat: str = typer.Option("median", "--round-stat", help="Per-round records (a 'round' field, as in the GPU harness's X-rounds.jsonl) are merged into one record per case: median (as SCHEMA.md's records are timed) or min (the least-disturbed round)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Fit a calibration overlay (efficiency curves per op and dtype, collective alpha/beta)."""
     from .. import calibration as cal
-    from ..bench.records import read_jsonl
+    from ..bench.records import merge_rounds, read_jsonl
 
     cal.check_writable(out)
+    if round_stat not in ("min", "median"):
+        raise InputError(f"--round-stat {round_stat!r}: expected min or median", field="round-stat")
     meta: dict = {}
     if records:
         recs: list[dict] = []
         for p in records:
             recs.extend(read_jsonl(p))
         meta["records"] = [str(p) for p in records]
+        if any("round" in r for r in recs):
+            recs = merge_rounds(recs, stat=round_stat)
+            meta["round_stat"] = round_stat
         envs = _sibling_env(records)
         if envs:
             meta["environment"] = envs
@@ -197,12 +203,13 @@ def calibrate_cmd(
 
 
 def _sibling_env(paths: list[Path]) -> list[dict]:
-    """Provenance (date, driver, library versions) from ``X-env.json`` files beside ``X-kernels.jsonl``."""
+    """Provenance (date, driver, library versions) from ``X-env.json`` files beside ``X-kernels.jsonl``
+    (or ``X-rounds.jsonl``)."""
     import json
 
     out = []
     for p in paths:
-        env = Path(str(p).replace("-kernels.jsonl", "-env.json"))
+        env = Path(str(p).replace("-kernels.jsonl", "-env.json").replace("-rounds.jsonl", "-env.json"))
         if env != Path(p) and env.is_file():
             try:
                 d = json.loads(env.read_text())
