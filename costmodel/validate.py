@@ -218,16 +218,21 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
         pred = call(m, n, k, rec.get("dtype", "bf16")) if call else eff.gemm_time_s(m, n, k, rec.get("dtype", "bf16"))
         name = f"{op}/{rec.get('dtype')}/{m}x{n}x{k}"
     elif op in ("mem_copy", "mem_read"):
-        moved = rec["bytes"] * (2 if op == "mem_copy" else 1)
-        pred = moved / eff.mem_bytes_per_s(moved)
+        # an isolated call (SCHEMA.md), as for GEMMs: the kernel plus the family's call gap
+        pred = eff.predict_record_s(rec)
+        if pred is None:
+            moved = rec["bytes"] * (2 if op == "mem_copy" else 1)
+            pred = moved / eff.mem_bytes_per_s(moved)
         name = f"{op}/{rec['bytes']}"
     elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
         pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
         t = t if t is not None else rec["bytes"] / (rec["gbps"] * 1e9)
     elif op in ("sdpa_fwd", "sdpa_fwd_bwd"):
         b, h, s, d = rec["b"], rec["h"], rec["s"], rec["d"]
-        flops = 4.0 * b * h * s * s * d / 2 * (3.5 if op == "sdpa_fwd_bwd" else 1.0)
-        pred = flops / eff.attention_flops_per_s(b, h, s, d, True, op == "sdpa_fwd_bwd")
+        pred = eff.predict_record_s(rec)  # an isolated call: the kernels plus the call gap
+        if pred is None:
+            flops = 4.0 * b * h * s * s * d / 2 * (3.5 if op == "sdpa_fwd_bwd" else 1.0)
+            pred = flops / eff.attention_flops_per_s(b, h, s, d, True, op == "sdpa_fwd_bwd")
         name = f"{op}/b{b}h{h}s{s}d{d}"
     elif op == "cpu_gemm":
         # numpy on the machine's host CPU: its BLAS as calibrated there (hardware/calibrated/<id>-host.yaml)

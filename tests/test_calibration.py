@@ -386,3 +386,27 @@ def test_cli_calibrate_rejects_unknown_round_stat(tmp_path, capsys):
               "--out", str(tmp_path / "x.yaml")])
     assert e.value.code == 2
     assert "round-stat" in capsys.readouterr().err
+
+
+def test_validate_times_memory_and_attention_records_as_isolated_calls(lib):
+    """SCHEMA.md kernel records time one isolated call, so validate adds the family's call gap to
+    the kernel, as for GEMMs. Hand calculation from the shipped H100 overlay's numbers: a 256 MiB
+    read is kernel_min + bytes / bytes_per_s, then call_gap + smoothmax(stream_floor, kernel, q)."""
+    from costmodel.validate import validate_records
+
+    ov = yaml.safe_load((ROOT / "hardware" / "calibrated" / "h100-sxm.yaml").read_text())
+    rd, q = ov["memory"]["read"], ov["gemm"]["q"]
+    nbytes = 268435456
+    kernel = rd["kernel_min_s"] + nbytes / rd["bytes_per_s"]
+    stream = (rd["stream_floor_s"] ** q + kernel**q) ** (1 / q)
+    want = rd["call_gap_s"] + stream
+    assert want - kernel > 15e-6  # the gap is not negligible at this size
+    rec = {"kind": "kernel", "op": "mem_read", "bytes": nbytes, "s": 1.1e-4, "hardware": "h100-sxm"}
+    rep = validate_records([("t:1", rec)], lib)
+    assert rep.cases[0].predicted == pytest.approx(want, rel=1e-3)
+    # attention: the isolated call is the queued kernel time plus the attention call gap
+    eff = C.shipped_efficiency(lib.device("h100-sxm"))
+    rec = {"kind": "kernel", "op": "sdpa_fwd", "b": 16, "h": 16, "s": 1024, "d": 64, "s_time": 1.3e-4, "hardware": "h100-sxm"}
+    queued = eff.attention_time_s(16, 16, 1024, 64, True, False)
+    rep = validate_records([("t:2", rec)], lib)
+    assert rep.cases[0].predicted == pytest.approx(queued + ov["attention"]["sdpa_fwd"]["call_gap_s"], rel=0.02)
