@@ -1311,6 +1311,22 @@ def describe(r: dict) -> str:
     return f"{r.get('bytes')} B"
 
 
+def holdout_checks(records: list[dict], *, splits: int, fraction: float = HOLDOUT_FRACTION, seed: int = 0, spec=None,
+                   device: str | None = None, on_split=None) -> tuple[CheckResult, CheckResult | None]:
+    """``holdout_check`` over ``splits`` random splits (seeds seed .. seed + splits - 1), every
+    held-back row kept (tagged with its ``seed``): one split's maximum is a sample of one, and a
+    shape held back in several splits is counted in each. ``on_split(i)`` is called after each."""
+    iso_all, st_all = CheckResult(), CheckResult()
+    for i in range(splits):
+        _, iso, st = holdout_check(records, fraction=fraction, seed=seed + i, spec=spec, device=device)
+        iso_all.rows += [dict(r, seed=seed + i) for r in iso.rows]
+        if st is not None:
+            st_all.rows += [dict(r, seed=seed + i) for r in st.rows]
+        if on_split is not None:
+            on_split(i)
+    return iso_all, (st_all if st_all.rows else None)
+
+
 def holdout_check(records: list[dict], *, fraction: float = HOLDOUT_FRACTION, seed: int = 0, spec=None,
                   device: str | None = None) -> tuple[dict, CheckResult, CheckResult | None]:
     """Fit on all but the held-back shapes; return (overlay fitted on the rest, isolated-call errors,

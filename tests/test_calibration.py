@@ -410,3 +410,23 @@ def test_validate_times_memory_and_attention_records_as_isolated_calls(lib):
     queued = eff.attention_time_s(16, 16, 1024, 64, True, False)
     rep = validate_records([("t:2", rec)], lib)
     assert rep.cases[0].predicted == pytest.approx(queued + ov["attention"]["sdpa_fwd"]["call_gap_s"], rel=0.02)
+
+
+def test_cli_calibrate_check_over_several_splits(tmp_path, capsys):
+    """--splits N repeats the held-back check over seeds 0..N-1: every held-back shape of every
+    split is reported once per split (the counts follow from split_holdout alone)."""
+    from costmodel.cli.app import main
+
+    src = MEAS / "h100-host-2026-11-23-kernels.jsonl"
+    recs = read_jsonl(src)
+    held = [C.split_holdout(recs, seed=i)[1] for i in range(3)]
+    want_gemm = sum(1 for h in held for r in h if C.family(r["op"]) == "gemm")
+    assert want_gemm > 0 and len({C._shape_key(r) for h in held for r in h}) > len(held[0])  # the splits differ
+    out = tmp_path / "host.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--records", str(src), "--out", str(out), "--check", "--splits", "3", "--json"])
+    assert e.value.code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["check"]["splits"] == 3 and res["check"]["call"]["gemm"]["n"] == want_gemm
+    assert sorted({r["seed"] for r in res["check"]["rows"]}) == [0, 1, 2]
+    assert yaml.safe_load(out.read_text())["measured"]["check"]["splits"] == {"n": 3, "first_seed": 0}

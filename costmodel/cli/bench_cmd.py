@@ -118,6 +118,7 @@ def calibrate_cmd(
     check: bool = typer.Option(False, "--check", help="Hold back a fraction of the shapes, fit the rest, report the held-back error."),
     holdout: float = typer.Option(0.25, "--holdout", min=0.05, max=0.5, help="Fraction held back by --check."),
     seed: int = typer.Option(0, "--seed", help="Seed for the held-back choice."),
+    splits: int = typer.Option(1, "--splits", min=1, max=100, help="With --check: repeat it over this many random splits (seeds --seed, --seed + 1, ...) and report every held-back row."),
     max_error: Optional[float] = typer.Option(None, "--max-error", help="With --check: exit 1 if a GEMM or bandwidth held-back error exceeds this (0.15 = 15%)."),
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
@@ -172,14 +173,25 @@ def calibrate_cmd(
     result: dict = {"out": str(out), "device": device, "records": len(recs)}
     failed = False
     if check:
-        _, iso, stream = cal.holdout_check(recs, fraction=holdout, seed=seed, spec=spec, device=device)
+        if splits == 1:
+            _, iso, stream = cal.holdout_check(recs, fraction=holdout, seed=seed, spec=spec, device=device)
+        else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, disable=no_progress or json_out) as prog:
+                task = prog.add_task(f"held-back check, {splits} splits", total=splits)
+                iso, stream = cal.holdout_checks(recs, splits=splits, fraction=holdout, seed=seed, spec=spec, device=device,
+                                                 on_split=lambda i: prog.advance(task))
         summary = iso.summary()
-        result["check"] = {"holdout": holdout, "seed": seed, "call": summary, "stream": stream.summary() if stream else None,
-                           "rows": iso.rows}
+        result["check"] = {"holdout": holdout, "seed": seed, "splits": splits, "call": summary,
+                           "stream": stream.summary() if stream else None, "rows": iso.rows}
         if max_error is not None:
             failed = any(summary.get(f, {}).get("max_abs_error", 0) > max_error for f in ("gemm", "bandwidth"))
         meta["check"] = {f: {"n": v["n"], "median_abs_error": round(v["median_abs_error"], 4), "max_abs_error": round(v["max_abs_error"], 4)}
                          for f, v in summary.items()}
+        if splits > 1:
+            meta["check"]["splits"] = {"n": splits, "first_seed": seed}
     overlay = cal.fit_overlay(recs, device=device, spec=spec, meta=meta)
     if reference_records:
         ref = [r for r in read_jsonl(reference_records) if r.get("hardware") == device]
@@ -245,7 +257,8 @@ def _overlay_table(ov: dict):
 
 
 def _check_table(chk: dict):
-    t = Table(title=f"held-back shapes ({chk['holdout']:.0%}), prediction / measurement - 1")
+    over = f", {chk['splits']} random splits" if chk.get("splits", 1) > 1 else ""
+    t = Table(title=f"held-back shapes ({chk['holdout']:.0%}{over}), prediction / measurement - 1")
     for c in ("family", "n", "median |error|", "max |error|", "back-to-back max"):
         t.add_column(c)
     stream = chk.get("stream") or {}
