@@ -212,28 +212,16 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
     name = f"{op}/{rec['hardware']}"
     if op in ("gemm", "gemm_llm"):
         m, n, k = rec["m"], rec["n"], rec["k"]
-        # SCHEMA.md kernel records time isolated calls: use the calibrated single-call time where the
-        # efficiency model has one (it includes the dispatch floor), else the queued time.
-        call = getattr(eff, "gemm_call_time_s", None)
-        pred = call(m, n, k, rec.get("dtype", "bf16")) if call else eff.gemm_time_s(m, n, k, rec.get("dtype", "bf16"))
+        # SCHEMA.md kernel records time isolated calls: the single-call time (kernel + dispatch floor)
+        pred = eff.gemm_call_time_s(m, n, k, rec.get("dtype", "bf16"))
         name = f"{op}/{rec.get('dtype')}/{m}x{n}x{k}"
-    elif op in ("mem_copy", "mem_read"):
-        # an isolated call (SCHEMA.md), as for GEMMs: the kernel plus the family's call gap
+    elif op in ("mem_copy", "mem_read", "sdpa_fwd", "sdpa_fwd_bwd"):
+        # an isolated call, as for GEMMs: the kernel plus its family's call gap
         pred = eff.predict_record_s(rec)
-        if pred is None:
-            moved = rec["bytes"] * (2 if op == "mem_copy" else 1)
-            pred = moved / eff.mem_bytes_per_s(moved)
-        name = f"{op}/{rec['bytes']}"
+        name = f"{op}/{rec['bytes']}" if op.startswith("mem_") else f"{op}/b{rec['b']}h{rec['h']}s{rec['s']}d{rec['d']}"
     elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
         pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
         t = t if t is not None else rec["bytes"] / (rec["gbps"] * 1e9)
-    elif op in ("sdpa_fwd", "sdpa_fwd_bwd"):
-        b, h, s, d = rec["b"], rec["h"], rec["s"], rec["d"]
-        pred = eff.predict_record_s(rec)  # an isolated call: the kernels plus the call gap
-        if pred is None:
-            flops = 4.0 * b * h * s * s * d / 2 * (3.5 if op == "sdpa_fwd_bwd" else 1.0)
-            pred = flops / eff.attention_flops_per_s(b, h, s, d, True, op == "sdpa_fwd_bwd")
-        name = f"{op}/b{b}h{h}s{s}d{d}"
     elif op == "cpu_gemm":
         # numpy on the machine's host CPU: its BLAS as calibrated there (hardware/calibrated/<id>-host.yaml)
         from .calibration import shipped_host_efficiency
@@ -259,7 +247,7 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
         name = f"{op}/w{world}/{rec['bytes']}"
     else:
         return None
-    if t is None:
+    if t is None or pred is None:
         return None
     return Case(name=name, kind="kernel", metric=f"{op}.seconds", measured=float(t), predicted=float(pred), rel_error=_rel(pred, t))
 

@@ -173,16 +173,13 @@ def calibrate_cmd(
     result: dict = {"out": str(out), "device": device, "records": len(recs)}
     failed = False
     if check:
-        if splits == 1:
-            _, iso, stream = cal.holdout_check(recs, fraction=holdout, seed=seed, spec=spec, device=device)
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err_console, disable=no_progress or json_out) as prog:
-                task = prog.add_task(f"held-back check, {splits} splits", total=splits)
-                iso, stream = cal.holdout_checks(recs, splits=splits, fraction=holdout, seed=seed, spec=spec, device=device,
-                                                 on_split=lambda i: prog.advance(task))
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, disable=no_progress or json_out) as prog:
+            task = prog.add_task(f"held-back check, {splits} split{'s' if splits > 1 else ''}", total=splits)
+            iso, stream = cal.holdout_checks(recs, splits=splits, fraction=holdout, seed=seed, spec=spec, device=device,
+                                             on_split=lambda i: prog.advance(task))
         summary = iso.summary()
         result["check"] = {"holdout": holdout, "seed": seed, "splits": splits, "call": summary,
                            "stream": stream.summary() if stream else None, "rows": iso.rows}
