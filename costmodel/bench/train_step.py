@@ -10,7 +10,7 @@ a GPU machine that has no pydantic. Run it as a file path there (the package ``c
 
 ``python3 -m costmodel.bench.train_step`` works too where costmodel's own dependencies are installed.
 
-Records follow shared/truth/SCHEMA.md (kinds ``train`` and ``decode_step``). Beside OUT.jsonl the
+Records follow shared/truth/SCHEMA.md (kinds ``train``, ``decode_step`` and ``infer``). Beside OUT.jsonl the
 script writes OUT.diag.jsonl (one line per case: the case as given, every step time, memory at
 each stage, errors, comparison with ``expect`` values) and OUT.env.json (versions, driver, GPU).
 
@@ -321,6 +321,8 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     state["model"] = model
     model.train()
     params = sum(p.numel() for p in model.parameters())
+    if case.get("experts_implementation"):
+        model.set_experts_implementation(case["experts_implementation"])
     diag["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     diag["experts_implementation"] = getattr(model.config, "_experts_implementation", None)
     diag["param_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
@@ -400,6 +402,8 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
         times.append(time.perf_counter() - t0)
     diag["step_times_s"] = times
     diag["loss_last"] = None
+    if case.get("profile"):
+        diag["profile"] = profile_summary(step, dev)
     measured = {"weights_bytes": int(weights_bytes), "steady_bytes": int(steady),
                 "peak_bytes": int(peak), "step_seconds": float(statistics.median(times))}
     rec = {
@@ -582,6 +586,153 @@ def run_decode(case: dict, spec: dict, dev: Dev, dist_info: dict, diag: dict):
     return rec
 
 
+# ----------------------------------------------------------------------------- profile
+
+
+def profile_summary(fn, dev: Dev, top: int = 40) -> dict:
+    """One call of ``fn`` under torch.profiler: wall time, summed device-kernel time, CPU-op counts
+    and the top operators by self device time and by self CPU time (diagnostic only)."""
+    from torch.profiler import ProfilerActivity, profile
+    dev.sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.kind == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        fn()
+        dev.sync()
+        wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+
+    def dev_us(e):
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    rows = [{"op": e.key, "count": int(e.count), "self_device_us": dev_us(e),
+             "self_cpu_us": float(e.self_cpu_time_total)} for e in ka]
+    kernels = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    return {
+        "wall_s": wall,
+        "device_self_us_total": sum(r["self_device_us"] for r in rows),
+        "device_kernels": len(kernels),
+        "cpu_ops": sum(r["count"] for r in rows if not r["op"].startswith("cuda")),
+        "top_device": sorted(rows, key=lambda r: -r["self_device_us"])[:top],
+        "top_cpu": sorted(rows, key=lambda r: -r["self_cpu_us"])[:top],
+    }
+
+
+# ----------------------------------------------------------------------------- infer case
+
+INFER_GEN_LEN = 128
+INFER_REPEATS = 3
+
+
+def run_infer(case: dict, spec: dict, dev: Dev, dist_info: dict, diag: dict):
+    """HF prefill + eager greedy decode with a dynamic KV cache (SCHEMA.md kind ``infer``).
+
+    Model in bf16 (``use_cache=True``, sdpa). ``prefill_seconds`` = median host-clock time (between
+    synchronisations) of one forward over the prompt with a fresh DynamicCache and logits for the
+    last position only; ``decode_seconds_per_token`` = (generate(gen_len) - generate(1)) /
+    (gen_len - 1), medians of INFER_REPEATS greedy ``model.generate`` calls with min_new_tokens =
+    max_new_tokens (no early stop); ``peak_bytes`` = max_memory_allocated over one generate(gen_len)
+    call after the model was built (the first, which also warms the allocator; not timed);
+    ``weights_bytes`` = allocated after building.
+    The diag file keeps every time and a hand loop (forward per token, no host sync) for comparison.
+    """
+    B, P = int(case["batch"]), int(case["prompt_len"])
+    G = int(case.get("gen_len", INFER_GEN_LEN))
+    reps = int(case.get("repeats", INFER_REPEATS))
+    cls, cfg = hf_model(spec, P + G)
+    cfg.use_cache = True
+    dev.empty_cache()
+    diag["baseline_bytes"] = dev.allocated()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dev.device, default_dtype(torch.bfloat16):
+            model = cls(cfg)
+    model.eval()
+    if case.get("experts_implementation"):
+        model.set_experts_implementation(case["experts_implementation"])
+    diag["experts_implementation"] = getattr(model.config, "_experts_implementation", None)
+    params = sum(p.numel() for p in model.parameters())
+    dev.sync()
+    weights = dev.allocated()
+    gen = torch.Generator(device="cpu").manual_seed(4321)
+    ids = torch.randint(0, spec["vocab"], (B, P), generator=gen).to(dev.device)
+    mask = torch.ones_like(ids)
+    from transformers import DynamicCache
+
+    def timed(fn):
+        dev.sync()
+        t0 = time.perf_counter()
+        out = fn()
+        dev.sync()
+        return time.perf_counter() - t0, out
+
+    def prefill():
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(config=model.config),
+                         use_cache=True, logits_to_keep=1)
+
+    def generate(n):
+        with torch.no_grad():
+            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, use_cache=True, pad_token_id=0)
+
+    def hand_loop():
+        with torch.no_grad():
+            out = prefill()
+            cache = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            m = mask
+            for _ in range(G - 1):
+                m = torch.cat([m, torch.ones_like(nxt)], dim=1)
+                out = model(input_ids=nxt, attention_mask=m, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            return nxt
+
+    # warm-up (kernels, cuBLAS handles, and the caching allocator's blocks for every cache size:
+    # the first generate(G) of a process runs several times slower, growing the pool)
+    prefill()
+    dev.sync()
+    dev.reset_peak()
+    t_first, out = timed(lambda: generate(G))
+    peak = dev.peak()
+    if out.shape[1] != P + G:
+        raise RuntimeError(f"generate returned {out.shape[1] - P} new tokens, expected {G}")
+    t_pre = [timed(prefill)[0] for _ in range(max(reps, 5))]
+    t_g1 = [timed(lambda: generate(1))[0] for _ in range(reps)]
+    t_gn = [timed(lambda: generate(G))[0] for _ in range(reps)]
+    t_hand = [timed(hand_loop)[0] for _ in range(max(1, reps - 1))]
+    diag["generate_first_s"] = t_first
+    if case.get("profile"):
+        with torch.no_grad():
+            o = prefill()
+            cache, nxt = o.past_key_values, o.logits[:, -1].argmax(-1, keepdim=True)
+            m1 = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            model(input_ids=nxt, attention_mask=m1, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            m2 = torch.cat([m1, torch.ones_like(nxt)], dim=1)
+            diag["profile_decode_token"] = profile_summary(
+                lambda: model(input_ids=nxt, attention_mask=m2, past_key_values=cache, use_cache=True,
+                              logits_to_keep=1), dev)
+            diag["profile_prefill"] = profile_summary(prefill, dev)
+        del o, cache
+    med = statistics.median
+    per_tok = (med(t_gn) - med(t_g1)) / (G - 1)
+    diag.update({"prefill_times_s": t_pre, "generate1_times_s": t_g1, "generate_times_s": t_gn,
+                 "hand_loop_times_s": t_hand,
+                 "hand_loop_per_token_s": (med(t_hand) - med(t_pre)) / (G - 1),
+                 "gen_len": G})
+    rec = {
+        "kind": "infer", "name": case["name"], "hardware": dist_info["hardware"], "devices": 1,
+        "batch": B, "prompt_len": P, "gen_len": G, "weights_dtype": "bf16",
+        "framework": framework_string().replace(", fused AdamW", "") + ", generate (greedy, DynamicCache)",
+        "model": model_record(spec, params),
+        "measured": {"weights_bytes": int(weights), "peak_bytes": int(peak),
+                     "prefill_seconds": float(med(t_pre)), "decode_seconds_per_token": float(per_tok)},
+    }
+    del model, out, ids
+    return rec
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -590,6 +741,8 @@ def case_name(case: dict, world: int) -> str:
         return case["name"]
     if case["kind"] == "decode_step":
         return f"{case['model']}/b{case['batch']}/ctx{case['context_len']}"
+    if case["kind"] == "infer":
+        return f"{case['model']}/infer/b{case['batch']}/p{case['prompt_len']}"
     par = ""
     if world > 1:
         par = f"/dp{world}-{'ddp' if case.get('sharding', 'none') == 'none' else 'fsdp'}"
@@ -645,6 +798,8 @@ def run_case(case, spec, dev, dist_info, hold_outputs, writer, write_record=True
             rec = run_train(case, spec, dev, dist_info, hold_outputs, diag)
         elif case["kind"] == "decode_step":
             rec = run_decode(case, spec, dev, dist_info, diag)
+        elif case["kind"] == "infer":
+            rec = run_infer(case, spec, dev, dist_info, diag)
         else:
             raise ValueError(f"unknown kind {case['kind']!r}")
     except Exception as e:  # noqa: BLE001
@@ -663,6 +818,12 @@ def run_case(case, spec, dev, dist_info, hold_outputs, writer, write_record=True
                 rec["model"] = model_record(spec, count_params(spec, int(case["seq_len"])))
             except Exception as e:  # noqa: BLE001
                 diag["param_count_error"] = str(e)
+        elif case["kind"] == "infer":
+            rec = {"kind": "infer", "name": case["name"], "hardware": dist_info["hardware"], "devices": 1,
+                   "batch": int(case["batch"]), "prompt_len": int(case["prompt_len"]),
+                   "gen_len": int(case.get("gen_len", INFER_GEN_LEN)), "weights_dtype": "bf16",
+                   "model": model_record(spec, count_params(spec, int(case["prompt_len"]))),
+                   "measured": {"oom": True}}
         else:
             rec = {"kind": "decode_step", "name": case["name"], "hardware": dist_info["hardware"],
                    "devices": 1, "batch": int(case["batch"]), "context_len": int(case["context_len"]),
@@ -697,7 +858,7 @@ def main(argv=None):
     ap.add_argument("--config", required=True, help="JSON file: models, defaults, cases")
     ap.add_argument("--out", required=True, help="records are appended here (JSON lines)")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
-    ap.add_argument("--kinds", default="train,decode_step", help="comma list of kinds to run")
+    ap.add_argument("--kinds", default="train,decode_step,infer", help="comma list of kinds to run")
     ap.add_argument("--hold-outputs", choices=["no", "yes", "auto"], default="no",
                     help="keep the forward's output object alive until the step ends")
     ap.add_argument("--hardware", default=None, help="override the hardware id")
