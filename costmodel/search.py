@@ -487,7 +487,8 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     host_exposed = np.zeros_like(gpu_total)
     if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-        host = np.maximum(0.0, n_micro * layers * tr.HOST_S_PER_LAYER * (1 + tr.HOST_RECOMPUTE_FACTOR * full)
+        host = np.maximum(0.0, n_micro * tr.host_layer_equivalents(model, job, layers) * tr.HOST_S_PER_LAYER
+                          * (1 + tr.HOST_RECOMPUTE_FACTOR * full)
                           + tr.HOST_INTERCEPT_S)
         p = tr.HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total

@@ -25,13 +25,26 @@ from .workload import Parallel, TrainJob
 # with the shipped calibrations (hardware/calibrated/) on the single-GPU train records of
 # shared/truth/h100-h200-public.jsonl, data/measurements/train-steps-h100.jsonl and
 # train-steps-h200x2.jsonl, every third record per file held out. Mean error fit / held-out:
-# public 9.3% / 6.4%, H100 file 15.0% / 10.5%, H200 file 21.7% / 5.9% (Mixtral, -66..-73%, is not
-# a host effect). The intercept is negative: the first layers' dispatch overlaps the previous
+# public 9.3% / 6.4%, H100 file 15.0% / 10.5%, H200 file 21.7% / 5.9% (Mixtral excluded: its
+# experts' fp32 path and dispatch are modelled separately below). The intercept is negative: the first layers' dispatch overlaps the previous
 # step's optimizer kernels. Host-specific: override for another host.
 HOST_S_PER_LAYER = 3.85e-3
 HOST_RECOMPUTE_FACTOR = 0.927
 HOST_INTERCEPT_S = -6.65e-3
 HOST_GPU_COMBINE_P = 2.19
+# Hugging Face MoE layers dispatch more host ops than a dense llama layer (profiled training steps
+# on H100, transformers 5.17, data/measurements/train-profile-h100.diag.jsonl: CPU ops per layer
+# per step, Mixtral 8 experts top-2 vs llama): under amp the experts take torch._grouped_mm's fp32
+# fallback, a per-expert loop with a host synchronisation per call, 1930 vs 934 ops (x 2.07); in pure
+# bf16 the native grouped GEMM, 1217 vs 934 (x 1.30).
+# Their non-GEMM kernels: 56 hidden-wide passes per routed token copy in a forward (gather, argsort
+# permutes, routing weights, un-permute, top-k sum, and the index/masked_fill traffic of their
+# backward counted as 2x), in fp32 under amp (the fallback path's dtype) and bf16 otherwise.
+# Fitted once on the profiled non-GEMM kernel time of two Mixtral steps (same file: bf16 b8 s2048,
+# 76 ms; amp b4 s1024, 28 ms); Megatron's fused permutation keeps 16 bytes per hidden element.
+HF_MOE_DISPATCH_PASSES = 56.0
+HOST_MOE_LAYER_FACTOR_AMP = 2.07
+HOST_MOE_LAYER_FACTOR_BF16 = 1.30
 # Fraction of the data-parallel gradient reduction hidden behind backward compute when
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8
@@ -117,6 +130,10 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
     if model.moe:
         mlp = mlp / f * model.moe.expert_ffn * model.moe.top_k
         permute = 16.0 * h * model.moe.top_k  # token permute / unpermute, hidden-wide
+        if job.framework == "pytorch":
+            # HF's experts gather, sort, weight, unsort and sum every routed copy op by op
+            act_bytes = 4.0 if job.precision in ("amp-bf16", "amp-fp16", "fp32") else 2.0
+            permute = HF_MOE_DISPATCH_PASSES * act_bytes * h * model.moe.top_k
     if job.framework != "pytorch":
         return 30.0 * h + permute, 0.8 * mlp
     if job.precision == "bf16":
@@ -151,11 +168,36 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     return att_f, att_b
 
 
+def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> float:
+    """``layers`` decoder layers of a stage in units of a dense layer's host dispatch time (MoE
+    layers count HOST_MOE_LAYER_FACTOR_* each)."""
+    if model.moe is None or job.framework != "pytorch":
+        return layers
+    factor = HOST_MOE_LAYER_FACTOR_AMP if job.precision in ("amp-bf16", "amp-fp16") else HOST_MOE_LAYER_FACTOR_BF16
+    moe_share = model.moe_layers / model.layers
+    return layers * (1.0 - moe_share + moe_share * factor)
+
+
+def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
+    """Compute dtype of the routed experts' GEMMs.
+
+    Hugging Face transformers 5.x runs MoE experts through ``torch._grouped_mm``, which autocast
+    does not cast: under amp the fp32 master weights make it take PyTorch's fp32 fallback, a loop
+    of per-expert fp32 GEMMs on the CUDA cores (profiled on H100, transformers 5.17: sm80 FFMA /
+    cutlass SIMT sgemm kernels, data/measurements/train-profile-h100.diag.jsonl). Megatron-style
+    frameworks cast experts like every other GEMM.
+    """
+    if job.framework == "pytorch" and job.precision in ("amp-bf16", "amp-fp16") and model.moe is not None:
+        return "fp32"
+    return dtype
+
+
 def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int, seq_dev: int, dtype: str):
     """Forward and backward GPU time of one decoder layer per micro-batch on one device."""
     tokens = mb * seq_dev
     tp = par.tp
     gemm_fwd = gemm_bwd = 0.0
+    expert_dtype = _expert_dtype(model, job, dtype)
     n_moe = model.moe_layers
     n_dense = model.dense_layers
     for moe_layer, weight in ((False, n_dense / model.layers), (True, n_moe / model.layers)):
@@ -169,9 +211,11 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
             elif g.name in ("attn_out", "mlp_out", "expert_out", "shared_out"):
                 k = max(1, k // tp)
             count = g.count
+            g_dtype = dtype
             if g.name in ("expert_in", "expert_out"):
                 count = g.count / par.ep
                 m = g.m * par.ep if par.ep > 1 else g.m
+                g_dtype = expert_dtype
             # HF blocks run q, k, v (and gate, up) as separate matmuls
             splits = 3 if (g.name == "qkv" and job.framework == "pytorch") else (
                 2 if (g.name in ("mlp_in",) and model.activation in GATED and job.framework == "pytorch") else 1)
@@ -186,9 +230,9 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                         gemm_fwd += weight * f_
                         gemm_bwd += weight * b_
                     break
-                f_ = gemm_op(eff, g.name, m, k, ns, dtype, count).time_s
-                b_ = gemm_op(eff, g.name + "_dgrad", m, ns, k, dtype, count).time_s + gemm_op(
-                    eff, g.name + "_wgrad", k, m, ns, dtype, count).time_s
+                f_ = gemm_op(eff, g.name, m, k, ns, g_dtype, count).time_s
+                b_ = gemm_op(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + gemm_op(
+                    eff, g.name + "_wgrad", k, m, ns, g_dtype, count).time_s
                 gemm_fwd += weight * f_
                 gemm_bwd += weight * b_
     # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
@@ -400,7 +444,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     elementwise_s = n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        host = n_micro * layers * host_s_per_layer * (1 + HOST_RECOMPUTE_FACTOR * (job.recompute == "full")) + HOST_INTERCEPT_S
+        host = (n_micro * host_layer_equivalents(model, job, layers) * host_s_per_layer
+                * (1 + HOST_RECOMPUTE_FACTOR * (job.recompute == "full")) + HOST_INTERCEPT_S)
         host = max(0.0, host)
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
