@@ -13,7 +13,8 @@ from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import KERNEL_FLOOR_S, attention_op, efficiency_for, gemm_op, memory_op
 from .specs import AcceleratorSpec, NodeSpec
-from .workload import DTYPE_BYTES, InferJob
+from .training import elementwise_bytes_per_token
+from .workload import DTYPE_BYTES, InferJob, TrainJob
 
 # Kernels per decoder layer in a decode step besides the matmuls, HF-style Llama block captured
 # in one CUDA graph: 2 RMSNorms of 7 ops, rotary on q and k (6), KV-cache writes (2), attention
@@ -24,9 +25,22 @@ DECODE_SMALL_KERNELS_PER_LAYER = 24
 # shipped calibrations' kernel curves (no host floor under a graph) on the public file's decode
 # steps (costmodel/bench/fit_host.py; every third held out: mean error 2.3% fit, 4.7% held out).
 GRAPH_KERNEL_FLOOR_S = 2.3e-6
-# Host time per decoder layer of an eager (no CUDA graph) forward: Python + dispatcher, ~ 40 ops
-# at ~ 20 us (the training fit's forward share, costmodel.training.HOST_S_PER_LAYER / 2.5).
-EAGER_HOST_S_PER_LAYER = 5.39e-3 / 2.5
+# Eager (no CUDA graph) Hugging Face forward, one call: host time = EAGER_HOST_CALL_S +
+# layers x EAGER_HOST_S_PER_LAYER (Python, dispatcher, ~ 40-80 kernels per layer: profiled
+# 21 gpt2, 42 llama, 78 Mixtral per layer), plus EAGER_GENERATE_TOKEN_S per decoded token for
+# generate()'s own work (logits processing, stopping check with its host sync, cache bookkeeping).
+# The host and the GPU overlap within a call: time = (gpu^p + host^p)^(1/p), p = EAGER_COMBINE_P.
+# Fitted (costmodel/bench/fit_host.py) on 21 `infer` records measured on H100 through transformers
+# 5.17 (data/measurements/infer-h100.jsonl, every third held out; mean error fit / held out:
+# prefill 17.5% / 11.3%, decode 14.8% / 16.9%: host-bound calls there vary +-25% between repeats
+# and processes). Host-specific: override for another host.
+EAGER_HOST_CALL_S = 6.9e-3
+EAGER_HOST_S_PER_LAYER = 0.77e-3
+EAGER_GENERATE_TOKEN_S = 2.3e-3
+EAGER_COMBINE_P = 2.19
+# HF's DynamicCache appends each step's keys and values with torch.cat: the whole cache is read
+# and written once more per step besides attention's read (profiled: CatArrayBatchedCopy per layer).
+DYNAMIC_CACHE_TRAFFIC = 3.0
 
 
 @dataclass
@@ -74,11 +88,13 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
             weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
+    if not job.cuda_graph:
+        kv *= DYNAMIC_CACHE_TRAFFIC
     kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
     small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * (GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S)
-    host = 0.0 if job.cuda_graph else model.layers * EAGER_HOST_S_PER_LAYER * 0.6
     gpu = weights_t + kv_t + small
-    step = max(gpu, host) if host else gpu
+    host = 0.0 if job.cuda_graph else eager_host_s(model) + EAGER_GENERATE_TOKEN_S
+    step = _combine(gpu, host)
     bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
 
@@ -100,11 +116,28 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count).time_s
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
-    ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
+    if job.cuda_graph:
+        # fused serving kernels (norm, rotary, activation): ~ 40 bytes per hidden element
+        ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
+    else:
+        # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
+        wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
+        ew = tokens * (wide + sharded / tp)
     t += model.layers * memory_op(eff, "elementwise", ew).time_s
     t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
-    host = 0.0 if job.cuda_graph else model.layers * EAGER_HOST_S_PER_LAYER
-    return max(t, host)
+    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model))
+
+
+def eager_host_s(model: ModelConfig) -> float:
+    """Host time of one eager HF forward call (see EAGER_HOST_*)."""
+    return EAGER_HOST_CALL_S + model.layers * EAGER_HOST_S_PER_LAYER
+
+
+def _combine(gpu_s: float, host_s: float) -> float:
+    if host_s <= 0.0:
+        return gpu_s
+    p = EAGER_COMBINE_P
+    return (gpu_s**p + host_s**p) ** (1.0 / p)
 
 
 @dataclass

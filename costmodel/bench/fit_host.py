@@ -5,7 +5,8 @@
 Train steps: costmodel.training.HOST_S_PER_LAYER, HOST_RECOMPUTE_FACTOR, HOST_INTERCEPT_S,
 HOST_GPU_COMBINE_P, fitted on the single-GPU `train` records of ../shared/truth/h100-h200-public.jsonl,
 data/measurements/train-steps-h100.jsonl and train-steps-h200x2.jsonl (every third record of each
-file, by name, held out). Decode steps: costmodel.inference.GRAPH_KERNEL_FLOOR_S, fitted on the
+file, by name, held out). Infer records (eager HF prefill and decode): costmodel.inference.EAGER_HOST_*
+on data/measurements/infer-h100.jsonl, same split. Decode steps: costmodel.inference.GRAPH_KERNEL_FLOOR_S, fitted on the
 public file's decode_step records only (the measurement files' decode steps come from a less fused
 hand-written step, 14-20% slower: README-train-steps.md), same split. The objective is a soft-L1
 loss of the log errors (scale 10%). Prints the constants and the errors per file and split; edits nothing.
@@ -111,7 +112,59 @@ def main(argv=None) -> int:
     g = float(grid[int(np.argmin(costs))])
     print("decode: GRAPH_KERNEL_FLOOR_S", g0, "->", g, "us")
     _report("after", _errors(dec_rows, dec_pred(g)))
+    _fit_infer(lib)
     return 0
+
+
+INFER_FILE = ROOT / "data" / "measurements" / "infer-h100.jsonl"
+
+
+def _fit_infer(lib):
+    """Eager HF prefill and decode: EAGER_HOST_CALL_S, EAGER_HOST_S_PER_LAYER, EAGER_GENERATE_TOKEN_S
+    on both metrics of the `infer` records, every third record (by name) held out."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    from .. import inference
+    from ..validate import _infer_cases, read_records
+
+    recs = sorted((r.get("name", ""), w, r) for w, r in read_records(INFER_FILE)
+                  if r.get("kind") == "infer" and not (r.get("measured") or {}).get("oom"))
+    rows = [("held-out" if i % 3 == 2 else "fit", w, r) for i, (_, w, r) in enumerate(recs)]
+    metrics = ("prefill_seconds", "decode_seconds_per_token")
+
+    def errs(x, split=None):
+        inference.EAGER_HOST_CALL_S, inference.EAGER_HOST_S_PER_LAYER, inference.EAGER_GENERATE_TOKEN_S = (
+            x[0] * 1e-3, x[1] * 1e-3, x[2] * 1e-3)
+        out = []
+        for sp, w, r in rows:
+            if split and sp != split:
+                continue
+            for c in _infer_cases(r, lib, w, None):
+                if c.metric in metrics:
+                    out.append((sp, c.metric, r.get("name"), math.log(c.predicted / c.measured)))
+        return out
+
+    def obj(x):
+        if min(x) < 0:
+            return 10.0
+        e = [v for *_, v in errs(x, "fit")]
+        return float(np.mean([ROBUST_SCALE**2 * (math.sqrt(1 + (v / ROBUST_SCALE) ** 2) - 1) for v in e]))
+
+    def report(name, x):
+        res = errs(x)
+        for m in metrics:
+            for sp in ("fit", "held-out"):
+                e = [abs(math.expm1(v)) for s, mm, _, v in res if s == sp and mm == m]
+                if e:
+                    print(f"  {name:6s} infer {m:25s} {sp:8s} n={len(e):2d} mean {sum(e) / len(e):6.1%} max {max(e):6.1%}")
+
+    x0 = np.array([inference.EAGER_HOST_CALL_S * 1e3, inference.EAGER_HOST_S_PER_LAYER * 1e3,
+                   inference.EAGER_GENERATE_TOKEN_S * 1e3])
+    report("before", x0)
+    opt = minimize(obj, x0, method="Nelder-Mead", options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-6})
+    print("infer: EAGER_HOST_CALL_S, EAGER_HOST_S_PER_LAYER, EAGER_GENERATE_TOKEN_S (ms):", opt.x)
+    report("after", opt.x)
 
 
 if __name__ == "__main__":
