@@ -329,11 +329,13 @@ class DeviceEfficiency:
             raise InputError(f"{self.device} has no {dtype} GEMM rate (have: {have})", field="dtype")
         return dtype
 
-    def gemm_time_s(self, m, n, k, dtype: str, batch=1):
+    def gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
         """Seconds for one GEMM (or a batch of ``batch`` same-shape GEMMs in one kernel), queued
-        back to back. Accepts numpy arrays for m, n, k (vectorised)."""
+        back to back. Accepts numpy arrays for m, n, k (vectorised). ``interleaved``: the GEMMs
+        run in short bursts between memory-bound kernels (a training or prefill step), so the power
+        cap that sustained back-to-back GEMMs hit binds only as far as a short burst's does."""
         d = self._dtype(dtype)
-        t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch))
+        t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch, mode="burst" if interleaved else "stream"))
         return float(t) if np.ndim(t) == 0 else t
 
     def gemm_call_time_s(self, m, n, k, dtype: str, batch=1):

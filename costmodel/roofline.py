@@ -51,7 +51,7 @@ class _DefaultEfficiency:
             util = (tiles / (math.ceil(tiles / units) * units)) ** WAVE_EXPONENT
         return peak * 0.78 * util * k / (k + 256)
 
-    def gemm_time_s(self, m, n, k, dtype="bf16", batch=1):
+    def gemm_time_s(self, m, n, k, dtype="bf16", batch=1, interleaved: bool = False):  # no power model here
         flops = 2.0 * m * n * k * batch
         t_c = flops / self.gemm_flops_per_s(m, n, k, dtype)
         b = 2.0 * (m * k + k * n + m * n) * batch
@@ -144,11 +144,12 @@ def _graph_kernel_s(eff, kind: str, *args):
 
 
 def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count: float = 1.0,
-            elem_bytes: float = 2.0, graph: bool = False) -> OpTime:
+            elem_bytes: float = 2.0, graph: bool = False, interleaved: bool = False) -> OpTime:
     m_i = max(1, int(round(m)))
     flops = 2.0 * m_i * k * n
     nbytes = elem_bytes * (m_i * k + k * n + m_i * n)
-    t = (_graph_kernel_s(eff, "gemm", m_i, n, k, dtype) if graph else None) or eff.gemm_time_s(m_i, n, k, dtype)
+    t = (_graph_kernel_s(eff, "gemm", m_i, n, k, dtype) if graph else None) or eff.gemm_time_s(
+        m_i, n, k, dtype, interleaved=interleaved)
     t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
     t_cmp = flops / eff.gemm_flops_per_s(m_i, n, k, dtype)
     bound = "compute" if t_cmp >= t_mem else "memory"

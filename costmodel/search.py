@@ -35,7 +35,7 @@ from .errors import InputError
 from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
-from .roofline import efficiency_for, gemm_op, memory_op
+from .roofline import efficiency_for, memory_op
 from .specs import AcceleratorSpec, NodeSpec, load_library
 from .workload import Parallel, TrainJob
 
@@ -342,7 +342,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
-        hf = gemm_op(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype).time_s
+        hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype).time_s
         loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
         return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
 
@@ -435,6 +435,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     n_pts = len(points)
     opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
     req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
+    ddp_nvlink = np.zeros(n_pts)  # PyTorch DDP inside one node: overlap nets nothing (training.py)
     for j, idx in enumerate(points):
         N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in
                                       zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
@@ -455,6 +456,10 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op
             req.setdefault("reduce_scatter", []).append((j, 2, 1.0, grad_bytes) + g)
             req.setdefault("all_gather", []).append((j, 2, 1.0, st.weights * Pst) + g)
+        elif job.framework == "pytorch":  # DDP: bucketed all-reduce (training.DDP_BUCKET_BYTES)
+            n_b = max(1, math.ceil(grad_bytes / tr.DDP_BUCKET_BYTES))
+            req.setdefault("all_reduce", []).append((j, 2, float(n_b), grad_bytes / n_b) + g)
+            ddp_nvlink[j] = g[1]
         else:
             req.setdefault("all_reduce", []).append((j, 2, 1.0, grad_bytes) + g)
     slots = np.zeros((n_pts, 3))
@@ -462,10 +467,11 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         arr = np.array(rows, dtype=float)
         t = _batched_collectives(link, op, arr[:, 3], arr[:, 4].astype(int), arr[:, 5].astype(bool), arr[:, 6].astype(int))
         np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
-    tabs = np.zeros(shape + (5,))
-    tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts])
-    ag_u, rs_u, dp_op, optimizer_t, P = tabs.reshape(-1, 5)[np.ravel_multi_index(sub, shape)].T
+    tabs = np.zeros(shape + (6,))
+    tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts, ddp_nvlink])
+    ag_u, rs_u, dp_op, optimizer_t, P, nvl = tabs.reshape(-1, 6)[np.ravel_multi_index(sub, shape)].T
     ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
+    ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
     # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
     # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
     # the first gather of the step is exposed.
@@ -490,8 +496,11 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         host = np.maximum(0.0, n_micro * tr.host_layer_equivalents(model, job, layers) * tr.HOST_S_PER_LAYER
                           * (1 + tr.HOST_RECOMPUTE_FACTOR * full)
                           + tr.HOST_INTERCEPT_S)
+        host = host + np.where((v["zero"] >= 3) & (dp * cp > 1), n_micro * layers * tr.HOST_FSDP_S_PER_LAYER, 0.0)
         p = tr.HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
+        if tr._expert_dtype(model, job, dtype) == "fp32" and dtype != "fp32":
+            host_exposed = host_exposed + n_micro * model.moe_layers * layers / model.layers * tr.HF_MOE_AMP_SYNC_S_PER_LAYER
     total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
     return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
                 tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,

@@ -7,6 +7,7 @@ MFU = model FLOPs per second / (devices x peak), HFU likewise with hardware FLOP
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from . import comm, comm_bridge
@@ -24,30 +25,64 @@ from .workload import Parallel, TrainJob
 # where one of them starves the other. Fitted (costmodel/bench/fit_host.py, soft-L1 on log errors)
 # with the shipped calibrations (hardware/calibrated/) on the single-GPU train records of
 # shared/truth/h100-h200-public.jsonl, data/measurements/train-steps-h100.jsonl and
-# train-steps-h200x2.jsonl, every third record per file held out. Mean error fit / held-out:
-# public 9.3% / 6.4%, H100 file 15.0% / 10.5%, H200 file 21.7% / 5.9% (Mixtral excluded: its
-# experts' fp32 path and dispatch are modelled separately below). The intercept is negative: the first layers' dispatch overlaps the previous
-# step's optimizer kernels. Host-specific: override for another host.
-HOST_S_PER_LAYER = 3.85e-3
-HOST_RECOMPUTE_FACTOR = 0.927
-HOST_INTERCEPT_S = -6.65e-3
-HOST_GPU_COMBINE_P = 2.19
+# train-steps-h200x2.jsonl, every third record per file held out, after the GPU side's HF-eager
+# terms below (elementwise ratio, amp casts, interleaved GEMMs). Mean error fit / held-out: public
+# 7.1% / 5.7%, H100 file 6.5% / 9.0%, H200 file 6.4% / 3.5%. The intercept is negative: the first
+# layers' dispatch overlaps the previous step's optimizer kernels. Host-specific: the same case
+# runs up to ~30% slower on another day's VM (llama-110m b1 s1024: 38.2 ms public, 49.8 ms in
+# data/measurements/train-profile-h100.jsonl); override for another host.
+HOST_S_PER_LAYER = 4.90e-3
+HOST_RECOMPUTE_FACTOR = 0.729
+HOST_INTERCEPT_S = -22.35e-3
+HOST_GPU_COMBINE_P = 4.72
+# FSDP2 (fully_shard per decoder layer): per layer and micro-batch the pre-forward and pre-backward
+# hooks (all-gather, copy-in / copy-out, stream waits) and the post-backward reduce-scatter add host
+# work. From the three host-bound FSDP records of data/measurements/train-steps-h200x2.jsonl
+# (b1 s2048: llama-1.3b +46 ms over the dense-host prediction, llama-3b +74 ms, llama-7b full
+# recompute +67 ms): 1.9-2.3 ms per layer.
+HOST_FSDP_S_PER_LAYER = 2.1e-3
 # Hugging Face MoE layers dispatch more host ops than a dense llama layer (profiled training steps
 # on H100, transformers 5.17, data/measurements/train-profile-h100.diag.jsonl: CPU ops per layer
 # per step, Mixtral 8 experts top-2 vs llama): under amp the experts take torch._grouped_mm's fp32
 # fallback, a per-expert loop with a host synchronisation per call, 1930 vs 934 ops (x 2.07); in pure
 # bf16 the native grouped GEMM, 1217 vs 934 (x 1.30).
+# Measured over counted non-GEMM kernel time of eager HF steps, per token: the op-by-op count in
+# elementwise_bytes_per_token misses broadcasts, non-vectorised (strided) kernels and the
+# transposes around attention. Profiled amp steps (data/measurements/train-profile-h100.diag.jsonl,
+# train-profile-h200.diag.jsonl; non-GEMM, non-attention, non-optimizer kernel time less the amp
+# casts below, over the count): llama-1.3b on H200 1.52 (slope b1 -> b4 at s2048), llama-350m 1.36,
+# qwen2-350m 1.43, gpt2-350m 1.18, gpt2-124m 1.39 on H100.
+HF_EAGER_TRAFFIC_RATIO = 1.4
+# Under autocast every weight is cast fp32 -> bf16 in each forward (4 + 2 bytes) and its bf16
+# gradient cast back to fp32 in backward (2 + 4): 12 bytes per parameter per micro-batch, whatever
+# the batch (profiled: aten::copy_ on H200 llama-1.3b, 11.9 ms at b1 and 29.6 ms at b4, s2048:
+# ~ 6 ms per step that does not scale with tokens).
+AMP_CAST_BYTES_PER_PARAM = 12.0
 # Their non-GEMM kernels: 56 hidden-wide passes per routed token copy in a forward (gather, argsort
 # permutes, routing weights, un-permute, top-k sum, and the index/masked_fill traffic of their
 # backward counted as 2x), in fp32 under amp (the fallback path's dtype) and bf16 otherwise.
 # Fitted once on the profiled non-GEMM kernel time of two Mixtral steps (same file: bf16 b8 s2048,
 # 76 ms; amp b4 s1024, 28 ms); Megatron's fused permutation keeps 16 bytes per hidden element.
 HF_MOE_DISPATCH_PASSES = 56.0
+# That fp32 fallback reads the experts' token offsets back to the host (profiled: 122
+# cudaMemcpyAsync device-to-host per 8-layer step), draining the GPU queue each time; the GPU then
+# idles while the host restarts. Exposed on top of the smooth max of host and GPU time, per MoE layer
+# and micro-batch: 1.8 ms (measured step minus the predicted one without it, H100 and H200 amp
+# Mixtral records of data/measurements/: 9-20 ms per 8-layer step).
+HF_MOE_AMP_SYNC_S_PER_LAYER = 1.8e-3
 HOST_MOE_LAYER_FACTOR_AMP = 2.07
 HOST_MOE_LAYER_FACTOR_BF16 = 1.30
 # Fraction of the data-parallel gradient reduction hidden behind backward compute when
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8
+# PyTorch DDP: gradient buckets of bucket_cap_mb = 25 MiB (torch.nn.parallel.DistributedDataParallel
+# default). Inside one NVLink node the overlap buys nothing net: the NCCL ring kernels run on SMs and
+# HBM bandwidth that the backward kernels then lack. Measured on 2x H200 (data/measurements/
+# train-steps-h200x2.jsonl, train-profile-h200x2.jsonl), DDP minus the same step on one GPU at b4
+# s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b 43.8 ms, against 19.8 and 39.6 ms of
+# bucketed all-reduce predicted from the collective calibration: the whole call time is exposed.
+DDP_BUCKET_BYTES = 25 * 2**20
+DDP_NVLINK_NET_OVERLAP = 0.0
 # Average power as a fraction of TDP during training (H100 at ~ 0.75-0.85 of 700 W under
 # sustained GEMM load: NVIDIA DGX H100 system power 10.2 kW max for 8 GPUs + host).
 POWER_FRACTION_OF_TDP = 0.8
@@ -136,11 +171,12 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
             permute = HF_MOE_DISPATCH_PASSES * act_bytes * h * model.moe.top_k
     if job.framework != "pytorch":
         return 30.0 * h + permute, 0.8 * mlp
+    r = HF_EAGER_TRAFFIC_RATIO
     if job.precision == "bf16":
-        return 90.0 * h + permute, 20.0 * kv + mlp
+        return r * (90.0 * h) + permute, r * (20.0 * kv + mlp)
     if job.precision == "fp32":
-        return 110.0 * h + permute, 40.0 * kv + 2.0 * mlp
-    return 148.0 * h + permute, 38.0 * kv + mlp
+        return r * (110.0 * h) + permute, r * (40.0 * kv + 2.0 * mlp)
+    return r * (148.0 * h) + permute, r * (38.0 * kv + mlp)
 
 
 def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q: int, s_kv: int, dtype: str):
@@ -159,9 +195,9 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     """
     d = model.d_head
     bh = mb * heads
-    qk = gemm_op(eff, "attn_scores", bh * s_q, d, s_kv, dtype).time_s
-    pv = gemm_op(eff, "attn_pv", bh * s_q, s_kv, d, dtype).time_s
-    kv_grad = gemm_op(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype).time_s
+    qk = _gemm(eff, "attn_scores", bh * s_q, d, s_kv, dtype).time_s
+    pv = _gemm(eff, "attn_pv", bh * s_q, s_kv, d, dtype).time_s
+    kv_grad = _gemm(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype).time_s
     sc = 2.0 * bh * s_q * s_kv
     att_f = qk + pv + memory_op(eff, "scores", 4 * sc).time_s
     att_b = qk + pv + 2 * kv_grad + memory_op(eff, "scores_bwd", 8 * sc).time_s
@@ -176,6 +212,24 @@ def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> 
     factor = HOST_MOE_LAYER_FACTOR_AMP if job.precision in ("amp-bf16", "amp-fp16") else HOST_MOE_LAYER_FACTOR_BF16
     moe_share = model.moe_layers / model.layers
     return layers * (1.0 - moe_share + moe_share * factor)
+
+
+def _cast_params_per_layer(model: ModelConfig) -> float:
+    """Mean parameters per decoder layer that autocast casts: all but the routed experts (HF runs
+    them in fp32 under amp, see _expert_dtype)."""
+    dense = model.layer_params(moe_layer=False)
+    if model.moe is None:
+        return float(dense)
+    moe = model.layer_params(moe_layer=True) - model.moe.experts * model.expert_params()
+    return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
+
+
+def _gemm(eff, *args, **kw):
+    """A GEMM inside a training step: interleaved with memory-bound kernels, so it runs at a short
+    burst's clock rather than under the sustained power cap of back-to-back GEMMs (profiled: the
+    GEMMs of a llama-1.3b b4 s2048 amp step on H200 averaged 778 TFLOP/s, against ~ 690 sustained;
+    data/measurements/train-profile-h200.diag.jsonl)."""
+    return gemm_op(eff, *args, interleaved=True, **kw)
 
 
 def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
@@ -224,14 +278,14 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                 if g.name == "qkv":
                     for part in (model.q_dim, model.kv_dim, model.kv_dim):
                         part_n = max(1, part // tp)
-                        f_ = gemm_op(eff, g.name, m, k, part_n, dtype, count).time_s
-                        b_ = gemm_op(eff, g.name + "_dgrad", m, part_n, k, dtype, count).time_s + gemm_op(
+                        f_ = _gemm(eff, g.name, m, k, part_n, dtype, count).time_s
+                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count).time_s + gemm_op(
                             eff, g.name + "_wgrad", k, m, part_n, dtype, count).time_s
                         gemm_fwd += weight * f_
                         gemm_bwd += weight * b_
                     break
-                f_ = gemm_op(eff, g.name, m, k, ns, g_dtype, count).time_s
-                b_ = gemm_op(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + gemm_op(
+                f_ = _gemm(eff, g.name, m, k, ns, g_dtype, count).time_s
+                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + gemm_op(
                     eff, g.name + "_wgrad", k, m, ns, g_dtype, count).time_s
                 gemm_fwd += weight * f_
                 gemm_bwd += weight * b_
@@ -249,6 +303,11 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
     ew_f = memory_op(eff, "elementwise", ew).time_s
     ew_b = 2.0 * ew_f
+    if job.framework == "pytorch" and amp:
+        cast = AMP_CAST_BYTES_PER_PARAM / 2.0 * _cast_params_per_layer(model) / tp
+        cast_t = memory_op(eff, "amp_cast", cast).time_s
+        ew_f += cast_t  # weights cast in forward (again when a recompute re-runs it)
+        ew_b += cast_t  # gradients cast back in backward
     return gemm_fwd, gemm_bwd, att_f, att_b, ew_f, ew_b
 
 
@@ -321,7 +380,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     layers = sp.layers
     g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype)
     tokens_mb = mb * seq_dev
-    head_f = gemm_op(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype).time_s
+    head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype).time_s
     head_b = 2 * head_f
     loss_bytes = tokens_mb * model.vocab / par.tp * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
     loss_t = memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5)  # forward + backward passes
@@ -419,10 +478,17 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             fsdp_exposed = ct.exposed_s
         else:
             op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
+            ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
             if par.zero_stage >= 1 and job.framework != "pytorch":
                 op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node) + \
                     link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra, per_node=dp_per_node)
-            ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
+            elif job.framework == "pytorch":
+                # PyTorch DDP all-reduces gradient buckets of DDP_BUCKET_BYTES (each call pays its latency)
+                n_b = max(1, math.ceil(grad_bytes / DDP_BUCKET_BYTES))
+                op_t = n_b * link.collective_time_s("all_reduce", grad_bytes / n_b, dp_world, intra=dp_intra,
+                                                    per_node=dp_per_node)
+                if dp_intra and job.overlap_grad_reduce:
+                    ovl = DDP_NVLINK_NET_OVERLAP
             dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
     # Optimizer: AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter 2019);
     # fused: one pass over 7 tensors of the state dtype (+ master where separate).
@@ -446,9 +512,13 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     if job.framework == "pytorch" and host_s_per_layer > 0:
         host = (n_micro * host_layer_equivalents(model, job, layers) * host_s_per_layer
                 * (1 + HOST_RECOMPUTE_FACTOR * (job.recompute == "full")) + HOST_INTERCEPT_S)
+        if par.zero_stage >= 3 and par.dp * par.cp > 1:
+            host += n_micro * layers * HOST_FSDP_S_PER_LAYER
         host = max(0.0, host)
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
+        if _expert_dtype(model, job, dtype) == "fp32" and dtype != "fp32":
+            host_exposed += n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER
     total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
