@@ -200,6 +200,22 @@ def _infer_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
             for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
 
 
+# An attention fwd+bwd timed through autograd into leaf tensors (``loss.backward()``, SCHEMA.md's
+# sdpa_fwd_bwd) moves more than the fused kernels that our harness times with
+# ``torch.autograd.grad`` (and that a model's backward runs): the expanded output gradient made
+# contiguous, the fp32 dQ accumulator written and converted, and q, k, v's .grad accumulated
+# (read, read, write). ~ 28 bytes per element of q: measured extra over autograd.grad on H100
+# (data/measurements/h100-sxm-2026-11-23h-sdpa-variants.jsonl, o.sum().backward()): 26-28 bytes per
+# element at three shapes and 51 at b16 h16 s1024 d64.
+LEAF_BACKWARD_BYTES_PER_ELEMENT = 28.0
+
+
+def _leaf_backward_extra_s(rec: dict, eff) -> float:
+    elems = float(rec["b"]) * rec["h"] * rec["s"] * rec["d"]
+    nbytes = LEAF_BACKWARD_BYTES_PER_ELEMENT * elems
+    return nbytes / eff.mem_bytes_per_s(nbytes)
+
+
 def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs: dict) -> Case | None:
     op = rec.get("op")
     spec = lib.device(rec["hardware"])
@@ -218,6 +234,9 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
     elif op in ("mem_copy", "mem_read", "sdpa_fwd", "sdpa_fwd_bwd"):
         # an isolated call, as for GEMMs: the kernel plus its family's call gap
         pred = eff.predict_record_s(rec)
+        if pred is not None and op == "sdpa_fwd_bwd" and rec.get("backward", "leaf") != "autograd.grad" \
+                and rec.get("backend") != "torch":
+            pred += _leaf_backward_extra_s(rec, eff)
         name = f"{op}/{rec['bytes']}" if op.startswith("mem_") else f"{op}/b{rec['b']}h{rec['h']}s{rec['s']}d{rec['d']}"
     elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
         pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
