@@ -379,6 +379,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     sp = stage_params(model, par)
     layers = sp.layers
     g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype)
+    if _expert_dtype(model, job, dtype) != dtype:
+        notes.append("MoE experts at the fp32 rate: Hugging Face's grouped_mm experts are not autocast under amp "
+                     "(framework pytorch); --framework megatron casts them")
     tokens_mb = mb * seq_dev
     head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype).time_s
     head_b = 2 * head_f

@@ -123,6 +123,8 @@ def _render(est, run):
     console.print(s)
     console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {est.mfu:.1%}   HFU {est.hfu:.1%}   "
                   f"{est.tflops_per_device:.0f} TFLOP/s per device   efficiency: {est.efficiency_source}")
+    for note in est.notes:
+        console.print(f"note: {note}")
     if run:
         cost = f"${run['cost_usd']:,.0f}" if run["cost_usd"] else "n/a (no price)"
         console.print(f"run: {run['steps']:,} steps, {run['days']:.1f} days, {run['device_hours']:,.0f} device-hours, "
