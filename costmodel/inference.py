@@ -113,7 +113,11 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             continue
         for g in layer_gemms(model, tokens, moe_layer):
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count, interleaved=True).time_s
+            # at the sustained (power-capped) rate: a large prefill is GEMMs for ~ 3/4 of hundreds of
+            # ms, unlike a training step's ~ 40% (training._gemm). Measured GPU-bound prefills (H100
+            # and H200, data/measurements/infer-h*.jsonl): -11..-19% with the short-burst rate,
+            # -8..-14% with this one.
+            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count).time_s
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
     if job.cuda_graph:
@@ -124,7 +128,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
         ew = tokens * (wide + sharded / tp)
     t += model.layers * memory_op(eff, "elementwise", ew).time_s
-    t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype, interleaved=True).time_s
+    t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
     return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model))
 
 
