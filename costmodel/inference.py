@@ -140,8 +140,9 @@ def eager_host_s(model: ModelConfig) -> float:
 def _combine(gpu_s: float, host_s: float) -> float:
     if host_s <= 0.0:
         return gpu_s
-    p = EAGER_COMBINE_P
-    return (gpu_s**p + host_s**p) ** (1.0 / p)
+    from .calibration import smoothmax
+
+    return float(smoothmax(gpu_s, host_s, EAGER_COMBINE_P))
 
 
 @dataclass

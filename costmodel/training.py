@@ -46,6 +46,20 @@ HOST_FSDP_S_PER_LAYER = 2.1e-3
 # per step, Mixtral 8 experts top-2 vs llama): under amp the experts take torch._grouped_mm's fp32
 # fallback, a per-expert loop with a host synchronisation per call, 1930 vs 934 ops (x 2.07); in pure
 # bf16 the native grouped GEMM, 1217 vs 934 (x 1.30).
+HOST_MOE_LAYER_FACTOR_AMP = 2.07
+HOST_MOE_LAYER_FACTOR_BF16 = 1.30
+# MoE layers' non-GEMM kernels: 56 hidden-wide passes per routed token copy in a forward (gather, argsort
+# permutes, routing weights, un-permute, top-k sum, and the index/masked_fill traffic of their
+# backward counted as 2x), in fp32 under amp (the fallback path's dtype) and bf16 otherwise.
+# Fitted once on the profiled non-GEMM kernel time of two Mixtral steps (same file: bf16 b8 s2048,
+# 76 ms; amp b4 s1024, 28 ms); Megatron's fused permutation keeps 16 bytes per hidden element.
+HF_MOE_DISPATCH_PASSES = 56.0
+# That fp32 fallback reads the experts' token offsets back to the host (profiled: 122
+# cudaMemcpyAsync device-to-host per 8-layer step), draining the GPU queue each time; the GPU then
+# idles while the host restarts. Exposed on top of the smooth max of host and GPU time, per MoE layer
+# and micro-batch: 1.8 ms (measured step minus the predicted one without it, H100 and H200 amp
+# Mixtral records of data/measurements/: 9-20 ms per 8-layer step).
+HF_MOE_AMP_SYNC_S_PER_LAYER = 1.8e-3
 # Measured over counted non-GEMM kernel time of eager HF steps, per token: the op-by-op count in
 # elementwise_bytes_per_token misses broadcasts, non-vectorised (strided) kernels and the
 # transposes around attention. Profiled amp steps (data/measurements/train-profile-h100.diag.jsonl,
@@ -58,20 +72,6 @@ HF_EAGER_TRAFFIC_RATIO = 1.4
 # the batch (profiled: aten::copy_ on H200 llama-1.3b, 11.9 ms at b1 and 29.6 ms at b4, s2048:
 # ~ 6 ms per step that does not scale with tokens).
 AMP_CAST_BYTES_PER_PARAM = 12.0
-# Their non-GEMM kernels: 56 hidden-wide passes per routed token copy in a forward (gather, argsort
-# permutes, routing weights, un-permute, top-k sum, and the index/masked_fill traffic of their
-# backward counted as 2x), in fp32 under amp (the fallback path's dtype) and bf16 otherwise.
-# Fitted once on the profiled non-GEMM kernel time of two Mixtral steps (same file: bf16 b8 s2048,
-# 76 ms; amp b4 s1024, 28 ms); Megatron's fused permutation keeps 16 bytes per hidden element.
-HF_MOE_DISPATCH_PASSES = 56.0
-# That fp32 fallback reads the experts' token offsets back to the host (profiled: 122
-# cudaMemcpyAsync device-to-host per 8-layer step), draining the GPU queue each time; the GPU then
-# idles while the host restarts. Exposed on top of the smooth max of host and GPU time, per MoE layer
-# and micro-batch: 1.8 ms (measured step minus the predicted one without it, H100 and H200 amp
-# Mixtral records of data/measurements/: 9-20 ms per 8-layer step).
-HF_MOE_AMP_SYNC_S_PER_LAYER = 1.8e-3
-HOST_MOE_LAYER_FACTOR_AMP = 2.07
-HOST_MOE_LAYER_FACTOR_BF16 = 1.30
 # Fraction of the data-parallel gradient reduction hidden behind backward compute when
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8
@@ -212,6 +212,22 @@ def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> 
     factor = HOST_MOE_LAYER_FACTOR_AMP if job.precision in ("amp-bf16", "amp-fp16") else HOST_MOE_LAYER_FACTOR_BF16
     moe_share = model.moe_layers / model.layers
     return layers * (1.0 - moe_share + moe_share * factor)
+
+
+def host_dispatch_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fsdp, host_s_per_layer: float | None = None):
+    """Host time of one eager step before the clamp at 0 (HOST_* above; works on numpy arrays, as
+    the search evaluates it): per micro-batch and layer, a full recompute re-running the forward,
+    the intercept, and FSDP2's per-layer hooks where ``fsdp``."""
+    per_layer = HOST_S_PER_LAYER if host_s_per_layer is None else host_s_per_layer
+    host = (n_micro * host_layer_equivalents(model, job, layers) * per_layer
+            * (1 + HOST_RECOMPUTE_FACTOR * full) + HOST_INTERCEPT_S)
+    return host + fsdp * n_micro * layers * HOST_FSDP_S_PER_LAYER
+
+
+def moe_sync_exposed_s(model: ModelConfig, n_micro, layers):
+    """Step time the fp32 experts' host syncs expose (HF_MOE_AMP_SYNC_S_PER_LAYER) for ``layers``
+    decoder layers of a stage."""
+    return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER
 
 
 def _cast_params_per_layer(model: ModelConfig) -> float:
@@ -379,7 +395,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     sp = stage_params(model, par)
     layers = sp.layers
     g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype)
-    if _expert_dtype(model, job, dtype) != dtype:
+    experts_fp32 = _expert_dtype(model, job, dtype) != dtype
+    if experts_fp32:
         notes.append("MoE experts at the fp32 rate: Hugging Face's grouped_mm experts are not autocast under amp "
                      "(framework pytorch); --framework megatron casts them")
     tokens_mb = mb * seq_dev
@@ -513,15 +530,12 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     elementwise_s = n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        host = (n_micro * host_layer_equivalents(model, job, layers) * host_s_per_layer
-                * (1 + HOST_RECOMPUTE_FACTOR * (job.recompute == "full")) + HOST_INTERCEPT_S)
-        if par.zero_stage >= 3 and par.dp * par.cp > 1:
-            host += n_micro * layers * HOST_FSDP_S_PER_LAYER
-        host = max(0.0, host)
+        host = max(0.0, host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
+                                        par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer))
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
-        if _expert_dtype(model, job, dtype) == "fp32" and dtype != "fp32":
-            host_exposed += n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER
+        if experts_fp32:
+            host_exposed += moe_sync_exposed_s(model, n_micro, layers)
     total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,

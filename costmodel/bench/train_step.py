@@ -721,16 +721,21 @@ def run_infer(case: dict, spec: dict, dev: Dev, dist_info: dict, diag: dict):
                  "hand_loop_times_s": t_hand,
                  "hand_loop_per_token_s": (med(t_hand) - med(t_pre)) / (G - 1),
                  "gen_len": G})
-    rec = {
-        "kind": "infer", "name": case["name"], "hardware": dist_info["hardware"], "devices": 1,
-        "batch": B, "prompt_len": P, "gen_len": G, "weights_dtype": "bf16",
-        "framework": framework_string().replace(", fused AdamW", "") + ", generate (greedy, DynamicCache)",
-        "model": model_record(spec, params),
-        "measured": {"weights_bytes": int(weights), "peak_bytes": int(peak),
-                     "prefill_seconds": float(med(t_pre)), "decode_seconds_per_token": float(per_tok)},
-    }
+    rec = infer_record(case, dist_info, model_record(spec, params),
+                       {"weights_bytes": int(weights), "peak_bytes": int(peak),
+                        "prefill_seconds": float(med(t_pre)), "decode_seconds_per_token": float(per_tok)})
     del model, out, ids
     return rec
+
+
+def infer_record(case: dict, dist_info: dict, model: dict, measured: dict) -> dict:
+    return {
+        "kind": "infer", "name": case["name"], "hardware": dist_info["hardware"], "devices": 1,
+        "batch": int(case["batch"]), "prompt_len": int(case["prompt_len"]),
+        "gen_len": int(case.get("gen_len", INFER_GEN_LEN)), "weights_dtype": "bf16",
+        "framework": framework_string().replace(", fused AdamW", "") + ", generate (greedy, DynamicCache)",
+        "model": model, "measured": measured,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -819,11 +824,8 @@ def run_case(case, spec, dev, dist_info, hold_outputs, writer, write_record=True
             except Exception as e:  # noqa: BLE001
                 diag["param_count_error"] = str(e)
         elif case["kind"] == "infer":
-            rec = {"kind": "infer", "name": case["name"], "hardware": dist_info["hardware"], "devices": 1,
-                   "batch": int(case["batch"]), "prompt_len": int(case["prompt_len"]),
-                   "gen_len": int(case.get("gen_len", INFER_GEN_LEN)), "weights_dtype": "bf16",
-                   "model": model_record(spec, count_params(spec, int(case["prompt_len"]))),
-                   "measured": {"oom": True}}
+            rec = infer_record(case, dist_info, model_record(spec, count_params(spec, int(case["prompt_len"]))),
+                               {"oom": True})
         else:
             rec = {"kind": "decode_step", "name": case["name"], "hardware": dist_info["hardware"],
                    "devices": 1, "batch": int(case["batch"]), "context_len": int(case["context_len"]),
