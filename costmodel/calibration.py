@@ -538,8 +538,11 @@ class _Params:
         return np.array(self.start)
 
 
-def _fit(params: _Params, model, obs: np.ndarray, prior: float = PRIOR_WEIGHT, return_cost: bool = False, weights=None):
-    """Fit log(model(exp(x))) to log(obs) (residuals times ``weights``); return {name: value}."""
+def _fit(params: _Params, model, obs: np.ndarray, prior: float = PRIOR_WEIGHT, return_cost: bool = False, weights=None,
+         init: Mapping[str, float] | None = None):
+    """Fit log(model(exp(x))) to log(obs) (residuals times ``weights``); return {name: value}.
+    ``init`` (name -> value) starts the search elsewhere than the starting values, which stay the
+    prior's centre (a warm start from a neighbouring fit)."""
     x0 = params.x0()
     lobs = np.log(obs)
     wts = np.ones_like(lobs) if weights is None else np.asarray(weights, float)
@@ -551,7 +554,8 @@ def _fit(params: _Params, model, obs: np.ndarray, prior: float = PRIOR_WEIGHT, r
         r = np.where(np.isfinite(r), r, 50.0)
         return np.concatenate([r, prior * (x - x0)])
 
-    x = _lm(resid, x0)
+    xi = x0 if not init else np.array([math.log(init[n]) if n in init else v for n, v in zip(params.names, x0)])
+    x = _lm(resid, xi)
     out = {n: float(v) for n, v in zip(params.names, np.exp(x))}
     if return_cost:
         r = resid(x)[: obs.size]
@@ -633,16 +637,17 @@ def fit_gemm(records, peaks: Mapping[str, float] | None = None, mem_bw: float | 
                         continue
                     trial = dict(tiles)
                     trial[d] = cand
-                    res = _fit_gemm_tiles(rows, dtypes, trial, units, peaks, mem_bw)
+                    res = _fit_gemm_tiles(rows, dtypes, trial, units, peaks, mem_bw, init=best["_x"])
                     if res["_cost"] < best["_cost"] * 0.98:
                         best, tiles, changed = res, trial, True
             if not changed:
                 break
     best.pop("_cost")
+    best.pop("_x")
     return best
 
 
-def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
+def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw, init=None) -> dict:
     dtypes = sorted({r[3] for r in rows})
     m = np.array([r[0] for r in rows], float)
     n = np.array([r[1] for r in rows], float)
@@ -706,8 +711,8 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw) -> dict:
     for d in dtypes:
         sel = di == dtypes.index(d)
         util[sel] = wave_utilisation(m[sel], n[sel], tiles[d], units, k[sel])
-    fit, cost = _fit(P, model, t, return_cost=True, weights=w)
-    res = {"_cost": cost,
+    fit, cost = _fit(P, model, t, return_cost=True, weights=w, init=init)
+    res = {"_cost": cost, "_x": fit,
         "memory_bytes_per_s": fit["bw"],
         "kernel_min_s": fit["k0"],
         "x_half": fit["x_half"],

@@ -295,13 +295,13 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                     for part in (model.q_dim, model.kv_dim, model.kv_dim):
                         part_n = max(1, part // tp)
                         f_ = _gemm(eff, g.name, m, k, part_n, dtype, count).time_s
-                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count).time_s + gemm_op(
+                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count).time_s + _gemm(
                             eff, g.name + "_wgrad", k, m, part_n, dtype, count).time_s
                         gemm_fwd += weight * f_
                         gemm_bwd += weight * b_
                     break
                 f_ = _gemm(eff, g.name, m, k, ns, g_dtype, count).time_s
-                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + gemm_op(
+                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + _gemm(
                     eff, g.name + "_wgrad", k, m, ns, g_dtype, count).time_s
                 gemm_fwd += weight * f_
                 gemm_bwd += weight * b_
