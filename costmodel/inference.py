@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from .arch import GATED, ModelConfig
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
-from .roofline import KERNEL_FLOOR_S, attention_op, efficiency_for, gemm_op, memory_op
+from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
+                       efficiency_for, gemm_op, memory_op)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -113,11 +114,12 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             continue
         for g in layer_gemms(model, tokens, moe_layer):
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            # at the sustained (power-capped) rate: a large prefill is GEMMs for ~ 3/4 of hundreds of
-            # ms, unlike a training step's ~ 40% (training._gemm). Measured GPU-bound prefills (H100
-            # and H200, data/measurements/infer-h*.jsonl): -11..-19% with the short-burst rate,
-            # -8..-14% with this one.
-            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count).time_s
+            # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
+            # prefills on H100: GEMMs 36-57% of device time, data/measurements/infer-gpubound-h100.diag.jsonl;
+            # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
+            # run at a short burst's clock as in a training step (training._gemm); a fused serving
+            # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
+            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph).time_s
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
     if job.cuda_graph:
@@ -127,9 +129,27 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
         ew = tokens * (wide + sharded / tp)
-    t += model.layers * memory_op(eff, "elementwise", ew).time_s
+        t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
+    cap = None if job.cuda_graph else eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
+    t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
     return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model))
+
+
+def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
+    """Time one eager HF layer's torch.cat calls (rotate_half on q and k, DynamicCache.update
+    appending k and v: 4 bytes read + written per element) take beyond their traffic at the eager
+    elementwise rate, which training.elementwise_bytes_per_token already counts them at
+    (roofline.EAGER_CAT_BYTES_PER_S_PER_SM)."""
+    units = getattr(spec, "compute_units", None)
+    if not units or getattr(spec, "kind", "gpu") != "gpu":
+        return 0.0
+    nbytes = tokens * 4.0 * (model.q_dim + 3 * model.kv_dim) / tp
+    rate = eff.mem_bytes_per_s(max(nbytes, 1.0))
+    cap = eager_elementwise_bytes_per_s(spec, 2.0)
+    if cap:
+        rate = min(rate, cap)
+    return max(0.0, nbytes / (units * EAGER_CAT_BYTES_PER_S_PER_SM) - nbytes / rate)
 
 
 def eager_host_s(model: ModelConfig) -> float:

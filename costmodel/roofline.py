@@ -16,6 +16,21 @@ from .specs import AcceleratorSpec
 # (launch + ramp + tail): ~ 4-6 us on H100 (decode steps of the public file: ~ 5 us per kernel
 # beyond the bandwidth term; Hopper kernel launch latency ~ 2-4 us, NVIDIA CUDA best-practices).
 KERNEL_FLOOR_S = 4.5e-6
+# Eager PyTorch's elementwise kernels (a Hugging Face block op by op: broadcasts, dtype casts,
+# strided views) are bound by the multiprocessors' instruction issue per element as well as by
+# HBM: in bf16 on an H200 (the H100's GH100 die and clocks, 4.8 instead of 3.35 TB/s) they ran only
+# 1.10-1.17x faster than on an H100, where the harness's vectorised copies gain 1.43x (profiled
+# prefills of llama-1.3b, llama-7b, llama-1.3b-gqa4, qwen2-0.5b on both: mul, add and copy kernels;
+# data/measurements/infer-gpubound-h100/h200.diag.jsonl): ~ 3.5 TB/s of 2-byte elements, i.e.
+# 13.3e9 elements/s per SM. fp32 kernels move twice the bytes per element under the same issue
+# limit, so amp training steps (fp32 residual stream) stay HBM-bound on Hopper (their H200 steps,
+# train-steps-h200x2.jsonl, fit better without a ceiling); an H100 stays bandwidth-bound either way.
+EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM = 3.5e12 / 2 / 132
+# torch.cat of transposed (non-contiguous) views, as Hugging Face's rotate_half and
+# DynamicCache.update run it (CatArrayBatchedCopy): 0.73-0.86 TB/s of traffic on H100 and
+# 0.71-0.86 on H200 (the same cases, profiled: data/measurements/infer-gpubound-h100/h200.diag.jsonl),
+# an issue-bound rate per multiprocessor, not a fraction of HBM bandwidth.
+EAGER_CAT_BYTES_PER_S_PER_SM = 0.8e12 / 132
 # Output tile of the default GEMM curve's wave quantisation: 128 x 128 (the common CUTLASS/cuBLAS
 # tile for large 16-bit GEMMs on Ampere and Hopper), spread over the spec's compute_units.
 GEMM_TILE = 128
@@ -159,9 +174,22 @@ def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count
     return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
 
 
-def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False) -> OpTime:
+def eager_elementwise_bytes_per_s(spec, elem_bytes: float) -> float | None:
+    """Ceiling on the traffic rate of eager PyTorch's op-by-op elementwise kernels of ``elem_bytes``
+    bytes per element on a GPU (EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM); None where the spec gives
+    no multiprocessor count."""
+    units = getattr(spec, "compute_units", None)
+    if not units or getattr(spec, "kind", "gpu") != "gpu":
+        return None
+    return units * EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM * elem_bytes
+
+
+def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False,
+              max_bytes_per_s: float | None = None) -> OpTime:
     tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
     t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
+    if max_bytes_per_s:
+        t = max(t, nbytes / max_bytes_per_s)
     bound = "memory" if t > KERNEL_FLOOR_S * 1.0001 else "latency"
     return OpTime(name, "memory", flops * count, nbytes * count, t * count, bound, count)
 

@@ -335,7 +335,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
 
     def layer(tp_, ep_, mb_, cp_, sp_):
         par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1)
-        return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype)
+        return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype, spec)
 
     parts = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
     g_f, g_b, a_f, a_b, e_f, e_b = parts[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T

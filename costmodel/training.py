@@ -14,7 +14,7 @@ from . import comm, comm_bridge
 from .arch import GATED, ModelConfig
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import attention_op, efficiency_for, gemm_op, memory_op
+from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op, memory_op
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
@@ -262,8 +262,10 @@ def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
     return dtype
 
 
-def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int, seq_dev: int, dtype: str):
-    """Forward and backward GPU time of one decoder layer per micro-batch on one device."""
+def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int, seq_dev: int, dtype: str,
+                 spec=None):
+    """Forward and backward GPU time of one decoder layer per micro-batch on one device (``spec``:
+    the device, for the eager elementwise ceiling of roofline.EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM)."""
     tokens = mb * seq_dev
     tp = par.tp
     gemm_fwd = gemm_bwd = 0.0
@@ -317,7 +319,10 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
     wide, sharded = elementwise_bytes_per_token(model, job, amp)
     ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
-    ew_f = memory_op(eff, "elementwise", ew).time_s
+    # pure bf16 steps move 2-byte elements; amp and fp32 ones mostly 4-byte (the fp32 residual stream)
+    cap = eager_elementwise_bytes_per_s(spec, 2.0 if job.precision == "bf16" else 4.0) if (
+        spec is not None and job.framework == "pytorch") else None
+    ew_f = memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     ew_b = 2.0 * ew_f
     if job.framework == "pytorch" and amp:
         cast = AMP_CAST_BYTES_PER_PARAM / 2.0 * _cast_params_per_layer(model) / tp
@@ -394,7 +399,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     n_micro = job.grad_accum_steps(par)
     sp = stage_params(model, par)
     layers = sp.layers
-    g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype)
+    g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype, spec)
     experts_fp32 = _expert_dtype(model, job, dtype) != dtype
     if experts_fp32:
         notes.append("MoE experts at the fp32 rate: Hugging Face's grouped_mm experts are not autocast under amp "
