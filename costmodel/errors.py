@@ -46,3 +46,12 @@ def from_validation_error(exc, file: str | Path | None) -> InputError:
         msg = f"{msg} (got {inp!r})"
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     return InputError(msg + more, file=file, field=loc or None)
+
+
+def require_positive(**values) -> None:
+    """Raise InputError for the first of ``values`` (name -> number or None) that is not >= 1;
+    None means "not given" and passes. Counts (parallel sizes, batch, lengths) are checked before
+    they are divided by, so a zero is a named error, not a ZeroDivisionError."""
+    for name, v in values.items():
+        if v is not None and not (isinstance(v, (int, float)) and v >= 1):
+            raise InputError(f"expected a positive count (got {v!r})", field=name.replace("_", "-"))

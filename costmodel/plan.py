@@ -5,7 +5,9 @@ The library entry points the CLI and the Python API share. No printing here.
 from __future__ import annotations
 
 from .arch import load_model
-from .errors import InputError
+from pydantic import ValidationError
+
+from .errors import InputError, from_validation_error, require_positive
 from .inference import estimate_infer
 from .specs import load_library
 from .training import TrainEstimate, estimate_train
@@ -21,6 +23,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           hardware_files: list[str] | None = None) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
     node's devices. dp defaults to devices / (tp * pp * cp)."""
+    require_positive(devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, interleave=interleave,
+                     micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch)
     lib = load_library(hardware_files)
     spec = lib.device(hardware)
     node = lib.node_for(hardware)
@@ -34,14 +38,17 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     dp = dp or devices // per
     if dp * per != devices:
         raise InputError(f"tp*pp*cp*dp = {dp * per} but devices = {devices}", field="dp")
-    par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                   interleave=interleave)
     if framework is None:
         framework = "megatron" if (tp > 1 or pp > 1) else "pytorch"
-    job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                   optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
-                   overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
-                   offload_params=offload_params)
+    try:
+        par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
+                       interleave=interleave)
+        job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
+                       optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
+                       overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
+                       offload_params=offload_params)
+    except ValidationError as exc:
+        raise from_validation_error(exc, None) from None
     gb = job.global_batch_for(par)
     if gb % (micro_batch * dp):
         raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {micro_batch * dp}", field="global_batch")
@@ -56,14 +63,18 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
 def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1, prompt_len: int = 1024,
           gen_len: int = 128, weight_dtype: str = "bf16", kv_dtype: str = "bf16", cuda_graph: bool = True,
           calibration: str | None = None, hardware_files: list[str] | None = None):
+    require_positive(tp=tp, batch=batch, prompt_len=prompt_len)
     lib = load_library(hardware_files)
     spec = lib.device(hardware)
     node = lib.node_for(hardware)
     m = load_model(model)
     if m.n_kv_heads % tp and tp % m.n_kv_heads:
         raise InputError(f"tp ({tp}) does not split the model's {m.n_kv_heads} kv heads", field="tp")
-    job = InferJob(batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                   cuda_graph=cuda_graph, compute_dtype="fp8" if weight_dtype == "fp8" else "bf16")
+    try:
+        job = InferJob(batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                       cuda_graph=cuda_graph, compute_dtype="fp8" if weight_dtype == "fp8" else "bf16")
+    except ValidationError as exc:
+        raise from_validation_error(exc, None) from None
     return estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
 
 

@@ -823,10 +823,12 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
     evaluated for every batch at once from two points per (hardware, tp, dtypes); the decode and
     prefill times of the layouts that fit are the scalar models of costmodel.inference (a serving
     space is hundreds of layouts, not millions)."""
+    from .errors import require_positive
     from .inference import decode_step, prefill_time_s
     from .memory import decode_memory
     from .workload import InferJob
 
+    require_positive(prompt_len=prompt_len, top=top)
     t0 = time.perf_counter()
     m = model if isinstance(model, ModelConfig) else load_model(model)
     if objective not in ("throughput", "cost", "tpot"):

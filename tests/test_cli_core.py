@@ -57,6 +57,25 @@ def test_bad_input_exits_2_without_traceback(capsys):
     assert code == 2 and "devices" in err
 
 
+@pytest.mark.parametrize("args, field", [
+    (("train", "llama-1.3b", "--micro-batch", "0"), "micro-batch"),
+    (("train", "llama-1.3b", "--tp", "0"), "tp"),
+    (("train", "llama-1.3b", "--pp", "0"), "pp"),
+    (("train", "llama-1.3b", "--seq-len", "-4"), "seq-len"),
+    (("infer", "llama-1.3b", "--tp", "0"), "tp"),
+    (("infer", "llama-1.3b", "--batch", "-1"), "batch"),
+    (("search", "llama-1.3b", "--global-batch", "8", "--micro-batch", "0"), "micro-batch"),
+    (("search", "llama-1.3b", "--infer", "--batch", "0"), "batch"),
+    (("roofline", "llama-1.3b", "--seq-len", "0"), "seq-len"),
+])
+def test_zero_or_negative_counts_exit_2_naming_the_flag(capsys, args, field):
+    """Counts that are divided by (parallel sizes, batches, lengths) were ZeroDivisionError or raw
+    pydantic tracebacks at 0 or below (exit 1)."""
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"'{field}'" in err, err
+
+
 def test_bad_record_file(capsys, tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"kind": "train", "name": "x"}\nnot json\n')

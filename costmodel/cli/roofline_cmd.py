@@ -26,6 +26,9 @@ def roofline_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Forward operators of one layer: FLOPs, bytes, arithmetic intensity, bound and time."""
+    from ..errors import require_positive
+
+    require_positive(micro_batch=micro_batch, seq_len=seq_len)
     m = load_model(model)
     spec = library(hardware_file).device(hardware)
     eff = efficiency_for(spec, calibration)

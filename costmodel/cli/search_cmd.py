@@ -13,15 +13,15 @@ from ..units import fmt_time
 from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
 
 
-def _ints(text: Optional[str], field: str) -> Optional[list[int]]:
+def _ints(text: Optional[str], field: str, minimum: int = 1) -> Optional[list[int]]:
     if text is None:
         return None
     try:
         vals = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise InputError(f"{text!r}: expected a comma-separated list of integers, e.g. 1,2,4,8", field=field) from None
-    if not vals or any(v < 0 for v in vals):
-        raise InputError(f"{text!r}: expected non-negative integers", field=field)
+    if not vals or any(v < minimum for v in vals):
+        raise InputError(f"{text!r}: expected integers >= {minimum}", field=field)
     return vals
 
 
@@ -107,7 +107,7 @@ def search_cmd(
                   overlap_grad_reduce=overlap_grad_reduce, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
-                  zero_stage=_ints(zero_stage, "zero-stage"), micro_batch=_ints(micro_batch, "micro-batch"),
+                  zero_stage=_ints(zero_stage, "zero-stage", minimum=0), micro_batch=_ints(micro_batch, "micro-batch"),
                   recompute=rc, sequence_parallel=_choice(sequence_parallel, "sequence-parallel"),
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
     status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."
