@@ -487,8 +487,8 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
     except InputError as exc:
         if exc.file is not None or where is None:
             raise
-        field = exc.field
-        if field and field not in ("model", "hardware", "nodes", "devices") and "." not in field:
+        field = exc.field or plan.kind  # a layout's own consistency rule (workload.Parallel) names no field
+        if field not in ("model", "hardware", "nodes", "devices") and "." not in field and field != plan.kind:
             section = plan.training if plan.training is not None else plan.inference
             if field in type(section).model_fields:
                 field = f"{plan.kind}.{field}"
