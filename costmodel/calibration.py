@@ -923,6 +923,29 @@ def fit_call_gap_offset(overlay: Mapping[str, Any], records: list[dict], spec=No
     return float(min(fine, key=cost))
 
 
+def reference_host_links(overlay: Mapping[str, Any], records: list[dict]) -> dict[str, dict]:
+    """Host-link fits (``host.<op>``) for the host copies among ``records`` (timed on another
+    host): the host, not the GPU, sets a copy's rate (a pageable copy is staged through a pinned
+    buffer by the CPU: 7-11 GB/s on the machines we ran, 16.8 on the public file's), so where
+    reference records time host copies their host's link replaces the one fitted here. One record
+    of an op keeps the fitted latency and solves for the bandwidth; several are fitted as usual."""
+    out: dict[str, dict] = {}
+    have = overlay.get("host") or {}
+    for op in HOST_OPS:
+        rows = [r for r in records if r.get("op") == op and r.get("bytes") and record_time_s(r)]
+        if not rows:
+            continue
+        if len(rows) == 1:
+            lat = float((have.get(op) or {}).get("latency_s", 0.0))
+            t = record_time_s(rows[0])
+            if t <= lat:
+                continue
+            out[op] = {"bytes_per_s": float(rows[0]["bytes"]) / (t - lat), "latency_s": lat, "records": 1}
+        else:
+            out[op] = fit_link(rows, op)
+    return out
+
+
 def with_call_gap_offset(overlay: Mapping[str, Any], delta_s: float) -> dict:
     """A copy of ``overlay`` with ``delta_s`` added to every ``call_gap_s`` and ``call_floor_s``
     (never below zero): another host's dispatch shifts both the isolated call's start latency and

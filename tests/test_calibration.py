@@ -430,3 +430,18 @@ def test_cli_calibrate_check_over_several_splits(tmp_path, capsys):
     assert res["check"]["splits"] == 3 and res["check"]["call"]["gemm"]["n"] == want_gemm
     assert sorted({r["seed"] for r in res["check"]["rows"]}) == [0, 1, 2]
     assert yaml.safe_load(out.read_text())["measured"]["check"]["splits"] == {"n": 3, "first_seed": 0}
+
+
+def test_reference_host_links_replace_the_fitted_link():
+    """A host copy timed on another host sets that host's link (hand calculation): one 1 GiB
+    pageable copy at 16.8 GB/s with the fitted 3 us latency gives 2^30 / (t - 3 us) bytes/s; the
+    GPU-side sections are left alone, and ops the reference does not time are not returned."""
+    ov = {"host": {"h2d_pageable": {"bytes_per_s": 10.7e9, "latency_s": 3e-6}}, "gemm": {"x": 1}}
+    t = 2**30 / 16.8e9
+    links = C.reference_host_links(ov, [{"kind": "kernel", "op": "h2d_pageable", "bytes": 2**30, "gbps": 16.8}])
+    assert set(links) == {"h2d_pageable"}
+    assert links["h2d_pageable"]["bytes_per_s"] == pytest.approx(2**30 / (t - 3e-6), rel=1e-9)
+    assert links["h2d_pageable"]["latency_s"] == 3e-6
+    two = [{"op": "h2d_pinned", "bytes": b, "s": 5e-6 + b / 50e9} for b in (2**20, 2**30)]
+    fit = C.reference_host_links(ov, two)["h2d_pinned"]
+    assert fit["bytes_per_s"] == pytest.approx(50e9, rel=0.01) and fit["latency_s"] == pytest.approx(5e-6, rel=0.05)

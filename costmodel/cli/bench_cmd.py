@@ -123,7 +123,7 @@ def calibrate_cmd(
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
     save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file."),
-    reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves."),
+    reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves; host copies among them replace the fitted host links (the host sets their rate)."),
     round_stat: str = typer.Option("median", "--round-stat", help="Per-round records (a 'round' field, as in the GPU harness's X-rounds.jsonl) are merged into one record per case: median (as SCHEMA.md's records are timed) or min (the least-disturbed round)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = JsonOpt,
@@ -196,6 +196,11 @@ def calibrate_cmd(
         overlay = cal.with_call_gap_offset(overlay, delta)
         overlay.setdefault("measured", {})["call_gap_offset"] = {"s": float(f"{delta:.3g}"), "records": str(reference_records), "n": len(ref)}
         result["call_gap_offset_s"] = delta
+        links = cal.reference_host_links(overlay, ref)
+        if links:
+            overlay = dict(overlay, host={**(overlay.get("host") or {}), **cal._rounded(links)})
+            overlay["measured"]["host_links"] = {"ops": sorted(links), "records": str(reference_records)}
+            result["reference_host_links"] = links
     cal.write_overlay(overlay, out)
     result["overlay"] = overlay
     if json_out:
