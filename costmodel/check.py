@@ -65,6 +65,7 @@ class TrainingSection(BaseModel):
     overlap_grad_reduce: bool = True
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
+    host_time_factor: float = Field(default=1.0, gt=0)  # eager host time vs the fitted H100 machines
 
 
 class InferenceSection(BaseModel):
@@ -78,6 +79,7 @@ class InferenceSection(BaseModel):
     weight_dtype: Dtype = "bf16"
     kv_dtype: Dtype = "bf16"
     cuda_graph: bool = True
+    host_time_factor: float = Field(default=1.0, gt=0)  # eager host time vs the fitted H100 machine
 
 
 class RunSection(BaseModel):

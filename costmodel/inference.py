@@ -94,7 +94,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
     small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * (GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S)
     gpu = weights_t + kv_t + small
-    host = 0.0 if job.cuda_graph else eager_host_s(model) + EAGER_GENERATE_TOKEN_S
+    host = 0.0 if job.cuda_graph else (eager_host_s(model) + EAGER_GENERATE_TOKEN_S) * job.host_time_factor
     step = _combine(gpu, host)
     bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
@@ -133,7 +133,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     cap = None if job.cuda_graph else eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
     t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
-    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model))
+    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model) * job.host_time_factor)
 
 
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:

@@ -20,7 +20,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           global_batch: int | None = None, precision: str = "amp-bf16", optimizer: str = "adamw",
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
           overlap_grad_reduce: bool = True, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
-          hardware_files: list[str] | None = None) -> TrainEstimate:
+          hardware_files: list[str] | None = None, host_time_factor: float = 1.0) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
     node's devices. dp defaults to devices / (tp * pp * cp)."""
     require_positive(devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, interleave=interleave,
@@ -46,7 +46,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                        overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
-                       offload_params=offload_params)
+                       offload_params=offload_params, host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
     gb = job.global_batch_for(par)
@@ -62,7 +62,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
 
 def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1, prompt_len: int = 1024,
           gen_len: int = 128, weight_dtype: str = "bf16", kv_dtype: str = "bf16", cuda_graph: bool = True,
-          calibration: str | None = None, hardware_files: list[str] | None = None):
+          calibration: str | None = None, hardware_files: list[str] | None = None, host_time_factor: float = 1.0):
     require_positive(tp=tp, batch=batch, prompt_len=prompt_len)
     lib = load_library(hardware_files)
     spec = lib.device(hardware)
@@ -72,7 +72,8 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
         raise InputError(f"tp ({tp}) does not split the model's {m.n_kv_heads} kv heads", field="tp")
     try:
         job = InferJob(batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                       cuda_graph=cuda_graph, compute_dtype="fp8" if weight_dtype == "fp8" else "bf16")
+                       cuda_graph=cuda_graph, compute_dtype="fp8" if weight_dtype == "fp8" else "bf16",
+                       host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
     return estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)

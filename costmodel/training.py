@@ -536,11 +536,11 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
         host = max(0.0, host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
-                                        par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer))
+                                        par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer)) * job.host_time_factor
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if experts_fp32:
-            host_exposed += moe_sync_exposed_s(model, n_micro, layers)
+            host_exposed += moe_sync_exposed_s(model, n_micro, layers) * job.host_time_factor
     total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,

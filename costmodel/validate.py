@@ -115,7 +115,8 @@ def _rel(pred: float, meas: float) -> float:
     return (pred - meas) / meas if meas else 0.0
 
 
-def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None) -> list[Case]:
+def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None,
+                 host_time_factor: float = 1.0) -> list[Case]:
     model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
     spec = lib.device(rec["hardware"])
     node = lib.node_for(rec["node"]) if rec.get("node") else None
@@ -131,7 +132,7 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     job = TrainJob(micro_batch=rec.get("micro_batch") or 1, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
-                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)))
+                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")
@@ -176,11 +177,13 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
             for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
 
 
-def _infer_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None) -> list[Case]:
+def _infer_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None,
+                 host_time_factor: float = 1.0) -> list[Case]:
     model = model_from_record(rec.get("model"), where)
     spec = lib.device(rec["hardware"])
     prompt = rec.get("prompt_len", 128)
-    job = InferJob(batch=rec.get("batch", 1), prompt_len=prompt, gen_len=rec.get("gen_len", 128), cuda_graph=False)
+    job = InferJob(batch=rec.get("batch", 1), prompt_len=prompt, gen_len=rec.get("gen_len", 128), cuda_graph=False,
+                   host_time_factor=host_time_factor)
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")
     # Eager HF generate: bf16 weights + dynamic cache; prefill holds the prompt's activations.
@@ -271,7 +274,9 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
 
 
 def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | None = None,
-                     calibration: str | None = None) -> ValidationReport:
+                     calibration: str | None = None, host_time_factor: float = 1.0) -> ValidationReport:
+    """Predict every record. ``host_time_factor`` scales the eager host time of train and infer
+    records (the host that measured them against the H100 machines the constants came from)."""
     lib = lib or load_library()
     cases: list[Case] = []
     skipped: list[str] = []
@@ -287,7 +292,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 pass
         try:
             if kind == "train":
-                cases += _train_cases(rec, lib, where, False, calibration)
+                cases += _train_cases(rec, lib, where, False, calibration, host_time_factor)
             elif kind == "published":
                 unverified = set(rec.get("unverified") or ())
                 if unverified & {"model", "parallel", "devices", "seq_len"}:
@@ -300,7 +305,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
             elif kind == "decode_step":
                 cases += _decode_cases(rec, lib, where, calibration)
             elif kind == "infer":
-                cases += _infer_cases(rec, lib, where, calibration)
+                cases += _infer_cases(rec, lib, where, calibration, host_time_factor)
             elif kind == "kernel":
                 c = _kernel_case(rec, lib, calibration, effs)
                 if c is None:
@@ -329,5 +334,6 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     return [(f"{path}:{i}", rec) for i, rec in read_json_objects(path)]
 
 
-def validate_file(path: str | Path, lib: HardwareLibrary | None = None, calibration: str | None = None) -> ValidationReport:
-    return validate_records(read_records(path), lib, calibration)
+def validate_file(path: str | Path, lib: HardwareLibrary | None = None, calibration: str | None = None,
+                  host_time_factor: float = 1.0) -> ValidationReport:
+    return validate_records(read_records(path), lib, calibration, host_time_factor)

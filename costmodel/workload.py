@@ -57,6 +57,10 @@ class TrainJob(BaseModel):
     # --overlap-grad-reduce). False: reduced after the last backward, fully exposed, as Megatron-LM's
     # local DDP did in 2021-2022 (training.py: allreduce_gradients() after forward_backward_func).
     overlap_grad_reduce: bool = True
+    # Eager PyTorch's host (Python + dispatcher) time relative to the hosts the step model's host
+    # constants were fitted on (training.HOST_*: H100 machines). Host speed differs by machine: the
+    # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README-*.md).
+    host_time_factor: float = Field(default=1.0, gt=0)
 
     def global_batch_for(self, par: Parallel) -> int:
         return self.global_batch or self.micro_batch * par.dp
@@ -76,6 +80,9 @@ class InferJob(BaseModel):
     compute_dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     cuda_graph: bool = True
     paged_block_tokens: int | None = Field(default=None, ge=1)  # paged KV cache block size
+    # Eager (cuda_graph False) host time relative to the host inference.EAGER_HOST_* were fitted on
+    # (an H100 machine); the one-H200 machine we measured ran eager decode ~1.8x faster (0.55).
+    host_time_factor: float = Field(default=1.0, gt=0)
 
 
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}

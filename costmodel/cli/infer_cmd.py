@@ -22,6 +22,8 @@ def infer_cmd(
     weight_dtype: str = typer.Option("bf16", help="fp32, bf16, fp16, fp8, int8, int4 (weight-only quantisation)."),
     kv_dtype: str = typer.Option("bf16", help="KV-cache dtype."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--eager"),
+    host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
+                                           help="--eager: host (Python) time relative to the H100 machine the eager constants were fitted on (~0.55 for the faster H200 host we measured)."),
     max_tpot_ms: Optional[float] = typer.Option(None, help="Report the largest batch under this per-token latency."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: throughput and per-token latency vs batch, memory limit marked (needs costmodel[plot])."),
@@ -35,7 +37,8 @@ def infer_cmd(
         if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
             raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
     est = infer(model, hardware, tp=tp, batch=batch, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype,
-                kv_dtype=kv_dtype, cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_file)
+                kv_dtype=kv_dtype, cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_file,
+                host_time_factor=host_time_factor)
     out = est.to_dict()
     if max_tpot_ms is not None:
         ok = [p for p in est.throughput_curve if p["tpot_s"] * 1e3 <= max_tpot_ms]

@@ -37,6 +37,8 @@ def train_cmd(
                                              help="Overlap the data-parallel gradient reduction with backward (DDP buckets)."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
     offload_params: str = typer.Option("none", help="none, cpu, nvme."),
+    host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
+                                           help="Eager PyTorch host (Python) time relative to the H100 machines the host constants were fitted on."),
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (for days, energy and cost)."),
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (alternative to --steps)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
@@ -65,6 +67,7 @@ def train_cmd(
                 micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                 overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
+                host_time_factor=host_time_factor,
                 hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd

@@ -26,6 +26,8 @@ def validate(
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     hardware_file: Optional[list[str]] = HardwareFileOpt,
     max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
+    host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
+                                           help="Eager host time of the measuring machine relative to the H100 machines the host constants came from (train and infer records)."),
 ):
     """Predict every record and report predicted against measured with relative errors."""
     lib = library(hardware_file)
@@ -33,7 +35,7 @@ def validate(
 
     cases, skipped, sources = [], [], {}
     for f in files:
-        rep = validate_file(f, lib, calibration)
+        rep = validate_file(f, lib, calibration, host_time_factor)
         cases += rep.cases
         skipped += rep.skipped
         sources.update(rep.efficiency)
