@@ -51,7 +51,6 @@ def main(out: str) -> None:
         row = {"op": op, "dtype": dt, "m": m, "n": n, "k": k, "kernels": kernels}
         rows.append(row)
         print(json.dumps({**row, "kernels": [x["name"][:60] for x in kernels]}), flush=True)
-        del A
     torch.set_float32_matmul_precision("highest")
     with open(out, "w") as f:
         for r in rows:
