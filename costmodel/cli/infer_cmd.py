@@ -60,6 +60,8 @@ def infer_cmd(
         t.add_row("TTFT (prefill)", fmt_time(est.ttft_s))
         t.add_row("TPOT (decode step)", fmt_time(est.tpot_s))
         t.add_row("decode bound by", est.decode_bound)
+        if not cuda_graph:
+            t.add_row("eager host time", f"x{host_time_factor:g} of the fitted H100 host (--host-time-factor)")
         t.add_row("tokens/s", f"{est.tokens_per_s:,.0f}")
         t.add_row("max batch that fits", str(est.max_batch_that_fits))
         t.add_row("efficiency", est.efficiency_source)
