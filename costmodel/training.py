@@ -541,6 +541,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if experts_fp32:
             host_exposed += moe_sync_exposed_s(model, n_micro, layers) * job.host_time_factor
+        if host > gpu_total:
+            notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
+                         f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "
+                         f"{job.host_time_factor:g}), and a larger micro-batch or CUDA graphs would hide it")
     total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
