@@ -4,9 +4,9 @@ The library entry points the CLI and the Python API share. No printing here.
 """
 from __future__ import annotations
 
-from .arch import load_model
 from pydantic import ValidationError
 
+from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
 from .inference import estimate_infer
 from .specs import load_library
