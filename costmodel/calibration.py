@@ -821,14 +821,18 @@ def fit_attention(records, op: str, mem_bw: float, peak: float | None = None) ->
     return out
 
 
-def fit_link(records, op: str) -> dict | None:
+def fit_link(records, op: str, latency_s: float = 0.0) -> dict | None:
+    """Latency + bytes / bandwidth of one host link from its copy records; a single record gives
+    only the bandwidth, with ``latency_s`` taken as known (None if the record is not longer)."""
     rows = [(r["bytes"], record_time_s(r)) for r in records if r.get("op") == op and r.get("bytes") and record_time_s(r)]
     if not rows:
         return None
     B = np.array([r[0] for r in rows], float)
     t = np.array([r[1] for r in rows], float)
     if len(rows) == 1:
-        return {"bytes_per_s": float(B[0] / t[0]), "latency_s": 0.0, "records": 1}
+        if t[0] <= latency_s:
+            return None
+        return {"bytes_per_s": float(B[0] / (t[0] - latency_s)), "latency_s": latency_s, "records": 1}
     P = _Params()
     i_bw = P.add("bw", float(np.max(B / t)))
     i_l = P.add("lat", max(float(np.min(t)) * 0.3, 1e-7))
@@ -929,21 +933,9 @@ def reference_host_links(overlay: Mapping[str, Any], records: list[dict]) -> dic
     buffer by the CPU: 7-11 GB/s on the machines we ran, 16.8 on the public file's), so where
     reference records time host copies their host's link replaces the one fitted here. One record
     of an op keeps the fitted latency and solves for the bandwidth; several are fitted as usual."""
-    out: dict[str, dict] = {}
     have = overlay.get("host") or {}
-    for op in HOST_OPS:
-        rows = [r for r in records if r.get("op") == op and r.get("bytes") and record_time_s(r)]
-        if not rows:
-            continue
-        if len(rows) == 1:
-            lat = float((have.get(op) or {}).get("latency_s", 0.0))
-            t = record_time_s(rows[0])
-            if t <= lat:
-                continue
-            out[op] = {"bytes_per_s": float(rows[0]["bytes"]) / (t - lat), "latency_s": lat, "records": 1}
-        else:
-            out[op] = fit_link(rows, op)
-    return out
+    fits = {op: fit_link(records, op, float((have.get(op) or {}).get("latency_s", 0.0))) for op in HOST_OPS}
+    return {op: f for op, f in fits.items() if f is not None}
 
 
 def with_call_gap_offset(overlay: Mapping[str, Any], delta_s: float) -> dict:

@@ -12,7 +12,7 @@ from .arch import GATED, ModelConfig
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op, memory_op)
+                       efficiency_for, gemm_op, gpu_units, memory_op)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -139,16 +139,13 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
     """Time one eager HF layer's torch.cat calls (rotate_half on q and k, DynamicCache.update
     appending k and v: 4 bytes read + written per element) take beyond their traffic at the eager
-    elementwise rate, which training.elementwise_bytes_per_token already counts them at
+    bf16 elementwise rate, which training.elementwise_bytes_per_token already counts them at
     (roofline.EAGER_CAT_BYTES_PER_S_PER_SM)."""
-    units = getattr(spec, "compute_units", None)
-    if not units or getattr(spec, "kind", "gpu") != "gpu":
+    units = gpu_units(spec)
+    if not units:
         return 0.0
     nbytes = tokens * 4.0 * (model.q_dim + 3 * model.kv_dim) / tp
-    rate = eff.mem_bytes_per_s(max(nbytes, 1.0))
-    cap = eager_elementwise_bytes_per_s(spec, 2.0)
-    if cap:
-        rate = min(rate, cap)
+    rate = min(eff.mem_bytes_per_s(max(nbytes, 1.0)), eager_elementwise_bytes_per_s(spec, 2.0))
     return max(0.0, nbytes / (units * EAGER_CAT_BYTES_PER_S_PER_SM) - nbytes / rate)
 
 

@@ -186,14 +186,19 @@ def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count
     return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
 
 
+def gpu_units(spec) -> int | None:
+    """The multiprocessors of a GPU spec (the EAGER_* rates are per SM); None for other devices or
+    where the spec does not say."""
+    if getattr(spec, "kind", "gpu") != "gpu":
+        return None
+    return getattr(spec, "compute_units", None) or None
+
+
 def eager_elementwise_bytes_per_s(spec, elem_bytes: float) -> float | None:
     """Ceiling on the traffic rate of eager PyTorch's op-by-op elementwise kernels of ``elem_bytes``
-    bytes per element on a GPU (EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM); None where the spec gives
-    no multiprocessor count."""
-    units = getattr(spec, "compute_units", None)
-    if not units or getattr(spec, "kind", "gpu") != "gpu":
-        return None
-    return units * EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM * elem_bytes
+    bytes per element on a GPU (EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM); None without gpu_units."""
+    units = gpu_units(spec)
+    return units * EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM * elem_bytes if units else None
 
 
 def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False,

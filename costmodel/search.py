@@ -456,9 +456,9 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op
             req.setdefault("reduce_scatter", []).append((j, 2, 1.0, grad_bytes) + g)
             req.setdefault("all_gather", []).append((j, 2, 1.0, st.weights * Pst) + g)
-        elif job.framework == "pytorch":  # DDP: bucketed all-reduce (training.DDP_BUCKET_BYTES)
-            n_b = max(1, math.ceil(grad_bytes / tr.DDP_BUCKET_BYTES))
-            req.setdefault("all_reduce", []).append((j, 2, float(n_b), grad_bytes / n_b) + g)
+        elif job.framework == "pytorch":  # DDP: bucketed all-reduce (training.ddp_buckets)
+            n_b, bucket = tr.ddp_buckets(grad_bytes)
+            req.setdefault("all_reduce", []).append((j, 2, float(n_b), float(bucket)) + g)
             ddp_nvlink[j] = g[1]
         else:
             req.setdefault("all_reduce", []).append((j, 2, 1.0, grad_bytes) + g)
@@ -493,11 +493,11 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     host_exposed = np.zeros_like(gpu_total)
     if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-        host = np.maximum(0.0, tr.host_dispatch_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1))) * job.host_time_factor
+        host = tr.host_dispatch_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1))
         p = tr.HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if tr._expert_dtype(model, job, dtype) != dtype:
-            host_exposed = host_exposed + tr.moe_sync_exposed_s(model, n_micro, layers) * job.host_time_factor
+            host_exposed = host_exposed + tr.moe_sync_exposed_s(model, job, n_micro, layers)
     total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
     return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
                 tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,

@@ -7,8 +7,9 @@ MFU = model FLOPs per second / (devices x peak), HFU likewise with hardware FLOP
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from . import comm, comm_bridge
 from .arch import GATED, ModelConfig
@@ -75,13 +76,11 @@ AMP_CAST_BYTES_PER_PARAM = 12.0
 # Fraction of the data-parallel gradient reduction hidden behind backward compute when
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8
-# PyTorch DDP: gradient buckets of bucket_cap_mb = 25 MiB (torch.nn.parallel.DistributedDataParallel
-# default). Inside one NVLink node the overlap buys nothing net: the NCCL ring kernels run on SMs and
-# HBM bandwidth that the backward kernels then lack. Measured on 2x H200 (data/measurements/
+# PyTorch DDP (gradient buckets of comm.DDP_BUCKET_BYTES): inside one NVLink node the overlap buys
+# nothing net: the NCCL ring kernels run on SMs and HBM bandwidth that the backward kernels then lack. Measured on 2x H200 (data/measurements/
 # train-steps-h200x2.jsonl, train-profile-h200x2.jsonl), DDP minus the same step on one GPU at b4
 # s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b 43.8 ms, against 19.8 and 39.6 ms of
 # bucketed all-reduce predicted from the collective calibration: the whole call time is exposed.
-DDP_BUCKET_BYTES = 25 * 2**20
 DDP_NVLINK_NET_OVERLAP = 0.0
 # Average power as a fraction of TDP during training (H100 at ~ 0.75-0.85 of 700 W under
 # sustained GEMM load: NVIDIA DGX H100 system power 10.2 kW max for 8 GPUs + host).
@@ -215,19 +214,26 @@ def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> 
 
 
 def host_dispatch_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fsdp, host_s_per_layer: float | None = None):
-    """Host time of one eager step before the clamp at 0 (HOST_* above; works on numpy arrays, as
-    the search evaluates it): per micro-batch and layer, a full recompute re-running the forward,
-    the intercept, and FSDP2's per-layer hooks where ``fsdp``."""
+    """Host time of one eager step, clamped at 0 (HOST_* above; works on numpy arrays, as the
+    search evaluates it): per micro-batch and layer, a full recompute re-running the forward, the
+    intercept, and FSDP2's per-layer hooks where ``fsdp``; times the job's host_time_factor."""
     per_layer = HOST_S_PER_LAYER if host_s_per_layer is None else host_s_per_layer
     host = (n_micro * host_layer_equivalents(model, job, layers) * per_layer
             * (1 + HOST_RECOMPUTE_FACTOR * full) + HOST_INTERCEPT_S)
-    return host + fsdp * n_micro * layers * HOST_FSDP_S_PER_LAYER
+    return np.maximum(0.0, host + fsdp * n_micro * layers * HOST_FSDP_S_PER_LAYER) * job.host_time_factor
 
 
-def moe_sync_exposed_s(model: ModelConfig, n_micro, layers):
+def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
     """Step time the fp32 experts' host syncs expose (HF_MOE_AMP_SYNC_S_PER_LAYER) for ``layers``
-    decoder layers of a stage."""
-    return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER
+    decoder layers of a stage, times the job's host_time_factor."""
+    return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER * job.host_time_factor
+
+
+def ddp_buckets(grad_bytes):
+    """(calls, bytes per call) of PyTorch DDP's bucketed gradient all-reduce (comm.DDP_BUCKET_BYTES),
+    as equal calls."""
+    n = np.maximum(1, np.ceil(np.asarray(grad_bytes, dtype=float) / comm.DDP_BUCKET_BYTES))
+    return n, grad_bytes / n
 
 
 def _cast_params_per_layer(model: ModelConfig) -> float:
@@ -508,10 +514,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                 op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node) + \
                     link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra, per_node=dp_per_node)
             elif job.framework == "pytorch":
-                # PyTorch DDP all-reduces gradient buckets of DDP_BUCKET_BYTES (each call pays its latency)
-                n_b = max(1, math.ceil(grad_bytes / DDP_BUCKET_BYTES))
-                op_t = n_b * link.collective_time_s("all_reduce", grad_bytes / n_b, dp_world, intra=dp_intra,
-                                                    per_node=dp_per_node)
+                # PyTorch DDP all-reduces gradient buckets (each call pays its latency)
+                n_b, bucket = ddp_buckets(grad_bytes)
+                op_t = float(n_b) * link.collective_time_s("all_reduce", float(bucket), dp_world, intra=dp_intra,
+                                                           per_node=dp_per_node)
                 if dp_intra and job.overlap_grad_reduce:
                     ovl = DDP_NVLINK_NET_OVERLAP
             dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
@@ -535,12 +541,12 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     elementwise_s = n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        host = max(0.0, host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
-                                        par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer)) * job.host_time_factor
+        host = float(host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
+                                     par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer))
         p = HOST_GPU_COMBINE_P
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if experts_fp32:
-            host_exposed += moe_sync_exposed_s(model, n_micro, layers) * job.host_time_factor
+            host_exposed += moe_sync_exposed_s(model, job, n_micro, layers)
         if host > gpu_total:
             notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
                          f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "

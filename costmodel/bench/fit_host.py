@@ -41,6 +41,13 @@ def _records(kind: str):
     return out
 
 
+def _soft_l1(log_errors) -> float:
+    """Mean soft-L1 loss (scale ROBUST_SCALE) of log errors: a record the model gets wrong for
+    reasons other than host dispatch (e.g. Mixtral's grouped_mm experts) pulls the host constants
+    no more than linearly."""
+    return float(sum(ROBUST_SCALE**2 * (math.sqrt(1 + (e / ROBUST_SCALE) ** 2) - 1) for e in log_errors) / len(log_errors))
+
+
 def _errors(rows, predict):
     res = []
     for tag, split, w, r in rows:
@@ -81,10 +88,7 @@ def main(argv=None) -> int:
     def train_obj(x):
         if x[3] < 1.5 or x[0] <= 0:
             return 10.0
-        res = _errors([t for t in train_rows if t[1] == "fit"], train_pred(x))
-        # soft-L1 (scale ROBUST_SCALE): a record the model gets wrong for reasons other than host
-        # dispatch (e.g. Mixtral's grouped_mm experts) pulls the host constants no more than linearly
-        return float(np.mean([ROBUST_SCALE**2 * (math.sqrt(1 + (e / ROBUST_SCALE) ** 2) - 1) for _, _, e in res]))
+        return _soft_l1([e for _, _, e in _errors([t for t in train_rows if t[1] == "fit"], train_pred(x))])
 
     x0 = np.array([training.HOST_S_PER_LAYER * 1e3, training.HOST_RECOMPUTE_FACTOR, training.HOST_INTERCEPT_S * 1e3,
                    training.HOST_GPU_COMBINE_P])
@@ -148,8 +152,7 @@ def _fit_infer(lib):
     def obj(x):
         if min(x) < 0:
             return 10.0
-        e = [v for *_, v in errs(x, "fit")]
-        return float(np.mean([ROBUST_SCALE**2 * (math.sqrt(1 + (v / ROBUST_SCALE) ** 2) - 1) for v in e]))
+        return _soft_l1([v for *_, v in errs(x, "fit")])
 
     def report(name, x):
         res = errs(x)
