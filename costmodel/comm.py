@@ -782,7 +782,15 @@ class ShardedDataParallel:
     unit in backward (FSDP reduce-scatters every micro-batch unless gradient sync is disabled;
     ZeRO-3 partitions gradients as they are produced). ``calls_per_unit`` splits a unit's traffic
     into that many collectives (DeepSpeed ZeRO-3 of 2021 gathered parameter by parameter), each
-    paying its own latency."""
+    paying its own latency.
+
+    ``once_per_step``: under pipeline parallelism the gathers and reduce-scatters run once per
+    step, not per micro-batch: the stage keeps its parameters gathered (torchtitan's default
+    ``reshard_after_forward=False`` with PP, "to avoid per-microbatch all-gathers, which can be
+    expensive and non-overlapped") and accumulates unsharded gradients, reduce-scattered in the
+    last micro-batch's backward (torch.distributed.pipelining's stage: "accumulate gradients on
+    previous steps and reduce them on the last step"). The step then pays one forward of gathers
+    and one backward of reduce-scatters, overlapped unit by unit as above."""
 
     units: int
     unit_param_bytes: float
@@ -791,6 +799,8 @@ class ShardedDataParallel:
     reshard_after_forward: bool = True
     calls_per_unit: int = 1
     prefetch: int = FSDP_PREFETCH_UNITS
+    once_per_step: bool = False
+    backward_gathers: int = 1  # gathers per unit in backward when resharded (2: the recompute's own)
 
     def gather_s(self, links, **kw) -> float:
         k = max(1, int(self.calls_per_unit))
@@ -812,11 +822,19 @@ class ShardedDataParallel:
         ag = self.gather_s(links, **kw)
         rs = self.reduce_s(links, **kw)
         U = int(self.units)
+        reshard = self.reshard_after_forward and not self.once_per_step
         one_c = [fwd_compute_s] * U + [bwd_compute_s] * U
-        one_pre = [ag] * U + ([ag] * U if self.reshard_after_forward else [0.0] * U)
+        bg = max(1, int(self.backward_gathers)) if reshard else 0
+        one_pre = [ag] * U + [bg * ag] * U
         one_post = [0.0] * U + [rs] * U
         k = max(1, int(self.calls_per_unit))
-        calls_mb = k * U * (3 if self.reshard_after_forward else 2)
+        calls_mb = k * U * (2 + bg)
+        if self.once_per_step:
+            # first micro-batch's forward gathers, last one's backward reduce-scatters: the
+            # exposed part is that of one micro-batch with every collective of the step.
+            e1, c1 = overlap_units_time_s(one_c, one_pre, one_post, prefetch=self.prefetch)
+            exposed = min(c1, max(0.0, e1 - U * (fwd_compute_s + bwd_compute_s)))
+            return CommTime(c1, exposed, calls_mb)
 
         def run(m):
             return overlap_units_time_s(one_c * m, one_pre * m, one_post * m, prefetch=self.prefetch)

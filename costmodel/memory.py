@@ -411,6 +411,15 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     cache_all = _where(fsdp, 2 * gathered_layer, cast_all)  # FSDP: current + prefetched unit
     cache_saved = _where(fsdp, 2 * gathered_layer, _where(full, cast_per_param * sp.lm_head, cast_all))
     acc_grads = _where(n_micro > 1, created_grads, 0.0)  # grads alive during later micro-batches
+    # ZeRO-3 / FSDP under pipeline parallelism (comm.ShardedDataParallel.once_per_step): the stage's
+    # parameters stay gathered for the whole step and gradients accumulate unsharded (FSDP2 in its
+    # fp32 reduce dtype under amp; Megatron's fp32 main_grad) until the last micro-batch's backward.
+    pp_fsdp = (z >= 3) & (par.pp > 1)
+    gathered_stage = (2.0 if (amp or job.precision == "bf16") else 4.0) * P * (1 - 1 / dp_shard)
+    unsharded_grads = (4.0 if amp else st.grads) * P
+    cache_all = _where(pp_fsdp, gathered_stage, cache_all)
+    cache_saved = _where(pp_fsdp, gathered_stage, cache_saved)
+    acc_grads = _where(pp_fsdp & (n_micro > 1), unsharded_grads, acc_grads)
     final_norm_bytes = (10.0 if pytorch else 4.0) * tokens * model.hidden
 
     cand = {}
@@ -419,13 +428,13 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     # Backward sweep, lowest layer (grads of everything above exist, embedding grad still to come)
     grad_l = created_grads * sp.per_layer / P
     bwd_transient = 4.0 * tokens * model.hidden / seq_div * 2  # grad of the residual stream + one input grad
-    sweep = steady + created_grads - grad_l - created_grads * sp.embedding / P
+    sweep = steady + _where(pp_fsdp & (n_micro > 1), unsharded_grads, created_grads - grad_l - created_grads * sp.embedding / P)
     sweep = sweep + _where(full, ckpt_layer, act_layer) * inflight + live_layer
-    sweep = sweep + _where(fsdp, cache_saved, cast_per_param * sp.per_layer) + bwd_transient
+    sweep = sweep + _where(fsdp | pp_fsdp, cache_saved, cast_per_param * sp.per_layer) + bwd_transient
     cand["backward_end"] = sweep
     opt_transient = 0.0 if job.fused_optimizer else _where(off_opt, 0.0, 4.0 * P / o_div)  # foreach AdamW temporaries
     cand["optimizer"] = steady + created_grads + opt_transient
-    return dict(weights=weights, grads=grads_full, optimizer=optimizer, master=master, grad_buffers=grad_buffers,
+    return dict(weights=weights, grads=_maximum(grads_full, acc_grads), optimizer=optimizer, master=master, grad_buffers=grad_buffers,
                 runtime=runtime, steady=steady, saved_all=saved_all, act_layer=act_layer, live_layer=live_layer,
                 cache_all=cache_all, cache_saved=cache_saved, lg_f=lg_f, lg_b=lg_b, off_cpu=off_cpu,
                 off_nvme=off_nvme, candidates=cand)

@@ -477,9 +477,12 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     # the first gather of the step is exposed.
     unit_f = g_f + a_f + e_f
     unit_b = g_b + a_b + e_b + recompute_f
-    fsdp_exposed = np.where(ag_u > 0, n_micro * layers * (np.maximum(0.0, ag_u - unit_f) + np.maximum(0.0, ag_u + rs_u - unit_b))
-                            + ag_u, 0.0)
-    fsdp_exposed = np.minimum(fsdp_exposed, n_micro * layers * (2 * ag_u + rs_u))
+    # Under pipeline parallelism once per step, without the backward re-gather (once_per_step).
+    once = pp > 1
+    per_step = np.where(once, 1.0, n_micro)
+    fsdp_exposed = np.where(ag_u > 0, per_step * layers * (np.maximum(0.0, ag_u - unit_f)
+                                                           + np.maximum(0.0, np.where(once, 0.0, ag_u) + rs_u - unit_b)) + ag_u, 0.0)
+    fsdp_exposed = np.minimum(fsdp_exposed, per_step * layers * (np.where(once, 1.0, 2.0) * ag_u + rs_u))
     backward_time = layers * (g_b + a_b + e_b + recompute_f)
     dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
     o_div = np.where(v["zero"] >= 1, dp * cp, 1)

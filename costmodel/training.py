@@ -384,6 +384,14 @@ def _offload_time_s(job: TrainJob, st, params: float, o_div: float, grad_bytes: 
     return t
 
 
+# DeepSpeed ZeRO-3 keeps a gathered parameter only if it is used again within this many
+# parameters (config `stage3_max_reuse_distance`, default 1e9; DeepSpeed's ZeRO docs: it helps
+# "activation checkpointing, where we do a forward recompute and backward pass at the granularity
+# of a single layer"). A decoder layer with more parameters is released after its recompute
+# forward and gathered again for its backward.
+DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS = 1e9
+
+
 def _tensors_per_layer(model: ModelConfig) -> int:
     """Parameter tensors of one decoder layer: the linear weights (fused qkv, output, and 2 or 3
     MLP matrices), their biases where the model has them, and the norms' scale (+ shift for
@@ -492,18 +500,24 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             # parameters are all-gathered before its forward and again before its backward, its
             # gradients reduce-scattered after it; the next unit's gather overlaps this unit's
             # compute (prefetch), the link time per unit includes the latency of every call, and
-            # a group spanning nodes runs over the NICs with its real ranks per node.
+            # a group spanning nodes runs over the NICs with its real ranks per node. Under
+            # pipeline parallelism, once per step instead (comm.ShardedDataParallel.once_per_step).
             dp_group = link.group(dp_world, dp_intra, dp_per_node)
             units = max(1, int(layers))
-            calls, prefetch = 1, comm.FSDP_PREFETCH_UNITS
+            calls, prefetch, bwd_gathers = 1, comm.FSDP_PREFETCH_UNITS, 1
             if job.framework == "deepspeed":
                 # DeepSpeed ZeRO-3 (the 2021 releases of Narayanan et al.'s Table 2): one
                 # all-gather per parameter tensor of a sub-module, waited on before the
                 # sub-module runs (deepspeed/runtime/zero/partition_parameters.py, "blocking call")
                 calls, prefetch = _tensors_per_layer(model), 0
+                if job.recompute == "full" and 2.0 * sp.total / units / 2.0 > DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS:
+                    # the recompute forward gathers the layer again and releases it: a layer larger
+                    # than the reuse distance is gathered a third time for its backward
+                    bwd_gathers = 2
             fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
                                             unit_grad_bytes=grad_bytes / units, group=dp_group,
-                                            calls_per_unit=calls, prefetch=prefetch)
+                                            calls_per_unit=calls, prefetch=prefetch, once_per_step=par.pp > 1,
+                                            backward_gathers=bwd_gathers)
             ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
                            efficiency=link._efficiency(), params=link.params)
             fsdp_exposed = ct.exposed_s

@@ -358,6 +358,37 @@ def test_sharded_dp_calls_and_latency():
     assert per_tensor.gather_s(links) == pytest.approx(12 * (59e-6 + 56 * 3.4e-6 + 7 * 9.6e-6), rel=1e-3)
 
 
+def test_sharded_dp_under_pipeline_and_deepspeed_recompute():
+    from costmodel.comm import ShardedDataParallel
+
+    links = Links(300e9, 8, intra_latency_s=2e-6, inter_bytes_per_s=25e9, inter_latency_s=5e-6)
+    g = Group(64, 8)
+    kw = dict(units=10, unit_param_bytes=1e8, unit_grad_bytes=1e8, group=g)
+    per_mb = ShardedDataParallel(**kw)
+    once = ShardedDataParallel(**kw, once_per_step=True)
+    ag, rs = per_mb.gather_s(links), per_mb.reduce_s(links)
+    # under PP: one gather and one reduce-scatter per unit per step, whatever the micro-batches
+    for m in (1, 8, 32):
+        ct = once.step(1e-3, 2e-3, m, links)
+        assert ct.calls == 10 * 2
+        assert ct.total_s == pytest.approx(10 * (ag + rs))
+    # units that compute longer than a collective (ag = rs = 0.85 ms < 1 ms): only the first
+    # gather and the last reduce-scatter of the step show
+    assert once.step(1e-3, 1e-3, 16, links).exposed_s == pytest.approx(ag + rs)
+    # communication-bound units (0.1 ms of compute each): the gathers run back to back, then the
+    # reduce-scatters; the comm stream ends at 0.1 (first backward unit) + 10 (ag + rs) + 0.1
+    # (last forward unit after its gather), of which the 20 units' compute is not exposed
+    c = 1e-4
+    assert once.step(c, c, 16, links).exposed_s == pytest.approx(10 * (ag + rs) + 2 * c - 20 * c)
+    # per micro-batch (no PP), 16 micro-batches pay 16 x 3 collectives per unit
+    assert per_mb.step(1e-3, 1e-3, 16, links).total_s == pytest.approx(16 * 10 * (2 * ag + rs))
+    # DeepSpeed, recompute of a layer past the reuse distance: 3 gathers + 1 reduce-scatter
+    ds = ShardedDataParallel(**kw, backward_gathers=2, prefetch=0)
+    ct = ds.step(1e-3, 2e-3, 2, links)
+    assert ct.calls == 2 * 10 * 4
+    assert ct.total_s == pytest.approx(2 * 10 * (3 * ag + rs))
+
+
 def test_bridge_routes_through_comm_and_truth_records():
     """comm_bridge.Links gives comm.py's times (Group with per-domain ranks), and the validate
     path predicts the truth file's 2 x H200 collectives within 12% mean per op (was 32-68%)."""

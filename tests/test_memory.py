@@ -99,3 +99,21 @@ def test_gpt2_amp_peaks_against_measurements():
             if c.metric == "peak_bytes" and c.name.startswith("gpt2") and "/amp-bf16/" in c.name and "/full" not in c.name]
     assert len(errs) == 6
     assert max(abs(e) for e in errs) < 0.05, errs
+
+
+def test_fsdp_under_pipeline_keeps_the_stage_gathered():
+    """ZeRO-3 with pp > 1 (comm.ShardedDataParallel.once_per_step): the stage's bf16 parameters
+    stay gathered all step (2 B x P x (1 - 1/dp)) and gradients accumulate unsharded in fp32
+    (4 B x P) over the micro-batches; without PP only the current + prefetched unit is gathered."""
+    from costmodel.memory import stage_params
+
+    m = load_model("llama-1.3b")
+    job = TrainJob(micro_batch=1, seq_len=2048, global_batch=32, precision="amp-bf16", framework="pytorch")
+    par = Parallel(pp=2, dp=4, zero_stage=3)
+    P = stage_params(m, par).total
+    mem = train_memory(m, job, par)
+    assert mem.weight_copies_bytes == pytest.approx(2.0 * P * 3 / 4)
+    assert mem.grads_bytes == pytest.approx(4.0 * P)
+    flat = train_memory(m, job, Parallel(pp=1, dp=8, zero_stage=3))
+    per_layer = stage_params(m, Parallel(pp=1, dp=8)).per_layer
+    assert flat.weight_copies_bytes == pytest.approx(2 * 2.0 * per_layer * 7 / 8)
