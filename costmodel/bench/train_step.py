@@ -129,8 +129,8 @@ class Dev:
         if self.kind == "cuda":
             torch.cuda.empty_cache()
 
-    def autocast(self):
-        return torch.autocast(self.kind, dtype=torch.bfloat16)
+    def autocast(self, dtype=None):
+        return torch.autocast(self.kind, dtype=dtype or torch.bfloat16)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -197,10 +197,42 @@ def framework_string(extra: str = "") -> str:
 # ----------------------------------------------------------------------------- model building
 
 
-def hf_model(spec: dict, seq_len: int):
+# SCHEMA.md `attention`: flash = PyTorch SDPA (flash backend), standard = materialised scores
+# (transformers' "eager" attention: QK^T, softmax in fp32, PV).
+ATTN_IMPLEMENTATIONS = {"flash": "sdpa", "standard": "eager"}
+_REGISTERED: set[str] = set()
+
+
+def selective_attention(attention: str) -> str:
+    """Register (once) and name a transformers attention function that checkpoints the attention
+    core of ``attention`` (SCHEMA.md recompute ``selective``: only the attention core is recomputed
+    in backward, Korthikanti et al. 2022 sec. 5), through transformers' AttentionInterface."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers import AttentionInterface
+
+    name = f"ckpt_{ATTN_IMPLEMENTATIONS[attention]}"
+    if name in _REGISTERED:
+        return name
+    if attention == "flash":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as core
+    else:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as core
+
+    def wrapped(module, query, key, value, attention_mask, **kwargs):
+        def run(q, k, v, m):
+            return core(module, q, k, v, m, **kwargs)
+        return checkpoint(run, query, key, value, attention_mask, use_reentrant=False)
+
+    AttentionInterface.register(name, wrapped)
+    _REGISTERED.add(name)
+    return name
+
+
+def hf_model(spec: dict, seq_len: int, attention: str = "flash", recompute: str = "none"):
     """(model class, config) for a model spec."""
     arch = spec["arch"]
-    common = dict(attn_implementation="sdpa", use_cache=False,
+    impl = selective_attention(attention) if recompute == "selective" else ATTN_IMPLEMENTATIONS[attention]
+    common = dict(attn_implementation=impl, use_cache=False,
                   tie_word_embeddings=bool(spec.get("tied_embeddings", arch == "gpt2")))
     if arch == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -303,13 +335,20 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     mb, seq = int(case["micro_batch"]), int(case["seq_len"])
     warmup = int(case.get("warmup", WARMUP_STEPS))
     iters = int(case.get("iters", TIMED_STEPS))
-    if precision not in ("amp-bf16", "bf16"):
-        raise ValueError(f"precision {precision!r} not supported (amp-bf16, bf16)")
-    if recompute not in ("none", "full"):
-        raise ValueError(f"recompute {recompute!r} not supported (none, full)")
+    attention = case.get("attention", "flash")
+    if precision not in ("amp-bf16", "amp-fp16", "bf16"):
+        raise ValueError(f"precision {precision!r} not supported (amp-bf16, amp-fp16, bf16)")
+    if recompute not in ("none", "selective", "full"):
+        raise ValueError(f"recompute {recompute!r} not supported (none, selective, full)")
+    if attention not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attention {attention!r} not supported (flash, standard)")
 
-    cls, cfg = hf_model(spec, seq)
-    pdtype = torch.float32 if precision == "amp-bf16" else torch.bfloat16
+    cls, cfg = hf_model(spec, seq, attention, recompute)
+    pdtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # amp-fp16: fp16 autocast with dynamic loss scaling (torch.amp.GradScaler; with the fused
+    # AdamW it unscales inside the optimizer kernel, after a non-finite check of every gradient)
+    cast = torch.float16 if precision == "amp-fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(dev.kind) if precision == "amp-fp16" else None
     diag["baseline_bytes"] = dev.allocated()
     if diag["baseline_bytes"] > 512 * 2**20:
         diag["warning"] = "more than 512 MiB allocated before the model was built: a leftover"
@@ -371,15 +410,17 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     ids = torch.randint(0, spec["vocab"], (mb, seq), generator=gen).to(dev.device)
 
     def step():
-        with dev.autocast():
+        with dev.autocast(cast):
             out = model(input_ids=ids, labels=ids)
-        if hold_outputs:
-            out.loss.backward()
-        else:
-            loss = out.loss
+        loss = out.loss if scaler is None else scaler.scale(out.loss)
+        if not hold_outputs:
             del out
-            loss.backward()
-        opt.step()
+        loss.backward()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
         opt.zero_grad(set_to_none=True)
 
     barrier = dist_info["barrier"]
@@ -418,8 +459,9 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
         "precision": precision,
         "optimizer": "adamw",
         "recompute": recompute,
-        "attention": "flash",
-        "framework": framework_string(extra),
+        "attention": attention,
+        "framework": framework_string(extra) + (", GradScaler" if scaler is not None else "")
+        + (", eager attention" if attention == "standard" else ""),
         "measured": measured,
     }
     del opt, model, ids
@@ -435,7 +477,7 @@ def train_skeleton(case, spec, dist_info):
         "parallel": {"dp": world, "tp": 1, "pp": 1, "sharding": case.get("sharding", "none")},
         "micro_batch": int(case["micro_batch"]), "seq_len": int(case["seq_len"]),
         "precision": case.get("precision", "amp-bf16"), "optimizer": "adamw",
-        "recompute": case.get("recompute", "none"), "attention": "flash",
+        "recompute": case.get("recompute", "none"), "attention": case.get("attention", "flash"),
         "framework": framework_string({"none": "DDP", "full": "FSDP2 fully_shard (param bf16, reduce fp32)"}
                                       .get(case.get("sharding", "none"), "") if world > 1 else ""),
         "measured": {"oom": True},
@@ -751,8 +793,9 @@ def case_name(case: dict, world: int) -> str:
     par = ""
     if world > 1:
         par = f"/dp{world}-{'ddp' if case.get('sharding', 'none') == 'none' else 'fsdp'}"
+    att = "/standard" if case.get("attention", "flash") == "standard" else ""
     return (f"{case['model']}/{case.get('precision', 'amp-bf16')}{par}/b{case['micro_batch']}"
-            f"/s{case['seq_len']}/{case.get('recompute', 'none')}")
+            f"/s{case['seq_len']}/{case.get('recompute', 'none')}{att}")
 
 
 def compare(rec: dict, expect: dict) -> dict:
