@@ -385,7 +385,10 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
         fp32_stream = job.precision in ("fp32", "amp-bf16", "amp-fp16")
         ckpt_layer = _where(fsdp, 2.0, 4.0 if fp32_stream else 2.0) * tokens * model.hidden / seq_div
         if job.attention == "standard":
-            act_layer = act_layer + _where(selective, 0.0, 2.0 * 2.0 * model.heads * job.seq_len * tokens / par.tp)  # bf16 scores + probs
+            # transformers' eager attention saves softmax's fp32 output (4 B) and, in 16-bit
+            # compute, its cast to bf16/fp16 for the PV product (2 B) per score element
+            score_saved = 4.0 + (0.0 if job.precision == "fp32" else 2.0)
+            act_layer = act_layer + _where(selective, 0.0, score_saved * model.heads * job.seq_len * tokens / par.tp)
     else:
         act_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "none", job.attention == "flash")
         if job.attention != "flash":
@@ -395,6 +398,15 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     inflight = in_flight_microbatches(par, n_micro)
     saved_all = layers * _where(full, ckpt_layer, act_layer) * inflight
     live_layer = _where(full, act_layer, 0.0)
+    score_live = 0.0
+    if pytorch and job.attention == "standard":
+        # selective recompute of transformers' eager attention: the top layer's re-run forward
+        # (fp32 softmax output + its bf16 cast) and its backward (probability gradient in bf16 and
+        # fp32, softmax gradient in fp32) beside every saved activation at the start of backward,
+        # ~12 B per score element (measured peaks, train-variants-h100.jsonl: +6.7% and -0.5%).
+        # Without recompute the same buffers stay within the logits' peak (the measured peaks of the
+        # seven such steps are within 2% without the term; with 6 B of it, up to +4.5%).
+        score_live = _where(selective, 12.0, 0.0) * model.heads * job.seq_len * tokens / par.tp
     lg_f = logits_bytes(model, tokens, par.tp, job.precision, "forward")
     lg_b = logits_bytes(model, tokens, par.tp, job.precision, "backward")
     # the first stage holds the most activations; the last the logits. Take both, conservatively
@@ -424,7 +436,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
 
     cand = {}
     cand["forward_loss"] = steady + acc_grads + cache_all + saved_all + final_norm_bytes + lg_f
-    cand["backward_start"] = steady + acc_grads + cache_saved + saved_all + final_norm_bytes + lg_b
+    cand["backward_start"] = steady + acc_grads + cache_saved + saved_all + final_norm_bytes + lg_b + score_live
     # Backward sweep, lowest layer (grads of everything above exist, embedding grad still to come)
     grad_l = created_grads * sp.per_layer / P
     bwd_transient = 4.0 * tokens * model.hidden / seq_div * 2  # grad of the residual stream + one input grad

@@ -178,7 +178,21 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
     return r * (148.0 * h) + permute, r * (38.0 * kv + mlp)
 
 
-def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q: int, s_kv: int, dtype: str):
+# transformers' eager attention (SCHEMA.md attention "standard" under PyTorch), per element of the
+# mb x heads x s x s score matrix. Forward: the scale (mul), the causal mask (a broadcast add,
+# promoted to fp32 under amp), softmax in fp32, the cast back to bf16/fp16; backward: the cast's
+# and softmax's backward, the cast to the scores' dtype and the scale (Megatron's fused
+# scale-mask-softmax does this in one kernel each way). Profiled on H100 (data/measurements/
+# train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
+# step against the flash step): 51.1 ms of these kernels forward (broadcast add 21.1, casts 9.2,
+# scale 11.3, softmax 9.5) and 42.3 ms backward (casts 18.4, scale 11.3, softmax 12.6), i.e. 15.9
+# and 13.1 ps per element: at the 2.99 TB/s copy bandwidth, the time of 47 and 39 bytes.
+EAGER_SCORE_BYTES_FWD = 47.0
+EAGER_SCORE_BYTES_BWD = 39.0
+
+
+def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q: int, s_kv: int, dtype: str,
+                              eager: bool = False, max_bytes_per_s: float | None = None):
     """Forward and backward time of attention without a fused (flash) kernel, as Megatron-LM
     (2019-2022) and eager PyTorch run it: two batched GEMMs over the full s_q x s_kv score matrix
     (the causal mask is applied to it, not skipped: Narayanan et al. 2021 eq. (3) counts the full
@@ -190,16 +204,18 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     together, so each GEMM is timed as one with mb x heads times the rows.
     Score traffic (2-byte elements): forward writes S, softmax reads S and writes P, dropout reads
     P and writes P' (+ a 1-byte mask), PV reads P': ~ 4 passes; backward ~ 8 (dP, dropout and
-    softmax backward read P, P' and dP and write dS).
+    softmax backward read P, P' and dP and write dS). ``eager``: transformers' op-by-op eager
+    attention instead (EAGER_SCORE_BYTES_*), no faster than ``max_bytes_per_s``.
     """
     d = model.d_head
     bh = mb * heads
     qk = _gemm(eff, "attn_scores", bh * s_q, d, s_kv, dtype).time_s
     pv = _gemm(eff, "attn_pv", bh * s_q, s_kv, d, dtype).time_s
     kv_grad = _gemm(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype).time_s
-    sc = 2.0 * bh * s_q * s_kv
-    att_f = qk + pv + memory_op(eff, "scores", 4 * sc).time_s
-    att_b = qk + pv + 2 * kv_grad + memory_op(eff, "scores_bwd", 8 * sc).time_s
+    elems = bh * s_q * s_kv
+    fwd_bytes, bwd_bytes = (EAGER_SCORE_BYTES_FWD, EAGER_SCORE_BYTES_BWD) if eager else (8.0, 16.0)
+    att_f = qk + pv + memory_op(eff, "scores", fwd_bytes * elems, max_bytes_per_s=max_bytes_per_s).time_s
+    att_b = qk + pv + 2 * kv_grad + memory_op(eff, "scores_bwd", bwd_bytes * elems, max_bytes_per_s=max_bytes_per_s).time_s
     return att_f, att_b
 
 
@@ -316,8 +332,12 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
     # sequence, so a rank does 1/cp of the full attention, not the attention of seq/cp tokens.
     heads = max(1, model.heads // tp)
+    # pure bf16 steps move 2-byte elements; amp and fp32 ones mostly 4-byte (the fp32 residual stream)
+    cap = eager_elementwise_bytes_per_s(spec, 2.0 if job.precision == "bf16" else 4.0) if (
+        spec is not None and job.framework == "pytorch") else None
     if job.attention == "standard":
-        att_f, att_b = _standard_attention_times(eff, model, mb, heads, seq_dev, seq_dev * par.cp, dtype)
+        att_f, att_b = _standard_attention_times(eff, model, mb, heads, seq_dev, seq_dev * par.cp, dtype,
+                                                 eager=job.framework == "pytorch", max_bytes_per_s=cap)
     else:
         core = attention_core_flops(model, mb, seq_dev * par.cp, causal=True) / tp / par.cp
         att_f = attention_op(eff, "attn", mb, heads, seq_dev, model.d_head, core, False).time_s
@@ -325,9 +345,6 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
     wide, sharded = elementwise_bytes_per_token(model, job, amp)
     ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
-    # pure bf16 steps move 2-byte elements; amp and fp32 ones mostly 4-byte (the fp32 residual stream)
-    cap = eager_elementwise_bytes_per_s(spec, 2.0 if job.precision == "bf16" else 4.0) if (
-        spec is not None and job.framework == "pytorch") else None
     ew_f = memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     ew_b = 2.0 * ew_f
     if job.framework == "pytorch" and amp:
@@ -541,6 +558,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     opt_bytes = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * sp.total / o_div
     if not job.fused_optimizer:
         opt_bytes *= 2.0
+    if job.precision == "amp-fp16":
+        # dynamic loss scaling: GradScaler checks every gradient for inf/NaN in place before the
+        # step (torch._amp_foreach_non_finite_check_and_unscale_, one read + write of each)
+        opt_bytes += 2.0 * st.grads * sp.total / o_div
     optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s
     offload_t = 0.0
     if job.offload_optimizer != "none" or job.offload_params != "none":
