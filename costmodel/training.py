@@ -559,8 +559,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     if not job.fused_optimizer:
         opt_bytes *= 2.0
     if job.precision == "amp-fp16":
-        # dynamic loss scaling: GradScaler checks every gradient for inf/NaN in place before the
-        # step (torch._amp_foreach_non_finite_check_and_unscale_, one read + write of each)
+        # dynamic loss scaling: every gradient is checked for inf/NaN (and unscaled) in place before
+        # the step, one read + write of each (torch._amp_foreach_non_finite_check_and_unscale_,
+        # called by PyTorch's GradScaler and by Megatron-LM's MixedPrecisionOptimizer)
         opt_bytes += 2.0 * st.grads * sp.total / o_div
     optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s
     offload_t = 0.0
