@@ -224,6 +224,12 @@ def selective_attention(attention: str) -> str:
         return checkpoint(run, query, key, value, attention_mask, use_reentrant=False)
 
     AttentionInterface.register(name, wrapped)
+    # and the mask of the wrapped implementation: transformers builds no mask at all for a name its
+    # AttentionMaskInterface does not know (eager attention would then run unmasked)
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    base = ATTN_IMPLEMENTATIONS[attention]
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
     _REGISTERED.add(name)
     return name
 
