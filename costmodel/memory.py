@@ -403,7 +403,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
         # selective recompute of transformers' eager attention: the top layer's re-run forward
         # (fp32 softmax output + its bf16 cast) and its backward (probability gradient in bf16 and
         # fp32, softmax gradient in fp32) beside every saved activation at the start of backward,
-        # ~12 B per score element (measured peaks, train-variants-h100.jsonl: +6.7% and -0.5%).
+        # ~12 B per score element (measured peaks, train-variants-selective-h100.jsonl: +6.3%, -0.7%).
         # Without recompute the same buffers stay within the logits' peak (the measured peaks of the
         # seven such steps are within 2% without the term; with 6 B of it, up to +4.5%).
         score_live = _where(selective, 12.0, 0.0) * model.heads * job.seq_len * tokens / par.tp
