@@ -414,14 +414,33 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
 
     gen = torch.Generator(device="cpu").manual_seed(1234 + dist_info["rank"])
     ids = torch.randint(0, spec["vocab"], (mb, seq), generator=gen).to(dev.device)
+    # SCHEMA.md global_batch: sequences per optimizer step over all ranks; more than micro_batch x
+    # dp means gradient accumulation over `accum` micro-batches, gradients synchronised on the last
+    # only (DDP no_sync; FSDP2 set_requires_gradient_sync), the loss divided by accum.
+    gb = int(case.get("global_batch") or mb * world)
+    if gb % (mb * world):
+        raise ValueError(f"global_batch {gb} is not a multiple of micro_batch x dp = {mb * world}")
+    accum = gb // (mb * world)
+    diag["grad_accum"] = accum
+
+    def micro(last: bool):
+        sync = contextlib.nullcontext()
+        if world > 1 and sharding == "none" and not last:
+            sync = model.no_sync()
+        elif world > 1 and sharding == "full":
+            model.set_requires_gradient_sync(last)
+        with sync:
+            with dev.autocast(cast):
+                out = model(input_ids=ids, labels=ids)
+            loss = out.loss if accum == 1 else out.loss / accum
+            loss = loss if scaler is None else scaler.scale(loss)
+            if not hold_outputs:
+                del out
+            loss.backward()
 
     def step():
-        with dev.autocast(cast):
-            out = model(input_ids=ids, labels=ids)
-        loss = out.loss if scaler is None else scaler.scale(out.loss)
-        if not hold_outputs:
-            del out
-        loss.backward()
+        for i in range(accum):
+            micro(i == accum - 1)
         if scaler is None:
             opt.step()
         else:
@@ -461,6 +480,7 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
         "devices": world,
         "parallel": {"dp": world, "tp": 1, "pp": 1, "sharding": sharding},
         "micro_batch": mb,
+        **({"global_batch": gb} if accum > 1 else {}),
         "seq_len": seq,
         "precision": precision,
         "optimizer": "adamw",
@@ -482,6 +502,7 @@ def train_skeleton(case, spec, dist_info):
         "devices": world,
         "parallel": {"dp": world, "tp": 1, "pp": 1, "sharding": case.get("sharding", "none")},
         "micro_batch": int(case["micro_batch"]), "seq_len": int(case["seq_len"]),
+        **({"global_batch": int(case["global_batch"])} if case.get("global_batch") else {}),
         "precision": case.get("precision", "amp-bf16"), "optimizer": "adamw",
         "recompute": case.get("recompute", "none"), "attention": case.get("attention", "flash"),
         "framework": framework_string({"none": "DDP", "full": "FSDP2 fully_shard (param bf16, reduce fp32)"}
@@ -800,7 +821,8 @@ def case_name(case: dict, world: int) -> str:
     if world > 1:
         par = f"/dp{world}-{'ddp' if case.get('sharding', 'none') == 'none' else 'fsdp'}"
     att = "/standard" if case.get("attention", "flash") == "standard" else ""
-    return (f"{case['model']}/{case.get('precision', 'amp-bf16')}{par}/b{case['micro_batch']}"
+    gb = f"/gb{case['global_batch']}" if case.get("global_batch") else ""
+    return (f"{case['model']}/{case.get('precision', 'amp-bf16')}{par}/b{case['micro_batch']}{gb}"
             f"/s{case['seq_len']}/{case.get('recompute', 'none')}{att}")
 
 
