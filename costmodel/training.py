@@ -219,6 +219,20 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     return att_f, att_b
 
 
+def grad_accum_s(eff, job: TrainJob, params, n_micro):
+    """Gradient accumulation in eager PyTorch: from the second micro-batch on, autograd's
+    AccumulateGrad adds each new gradient to ``.grad`` in place (read both, write one: 3 passes of
+    the gradient dtype, fp32 under amp). Megatron-LM fuses it into the weight-gradient GEMM
+    (``gradient_accumulation_fusion``). Vectorised over ``params`` / ``n_micro``. Measured
+    (data/measurements/train-accum-h100.jsonl, llama-1.3b amp-bf16 b2 s2048): 4 micro-batches take
+    0.5318 s; 4 x the single step's 0.1395 s less 3 optimizer steps (12.6 ms each, predicted) is
+    0.5204 s, leaving 11.4 ms for 3 accumulations, against 3 x 12 B x 1.34e9 / 3.0 TB/s = 16 ms."""
+    if job.framework != "pytorch":
+        return 0.0
+    nbytes = 3.0 * (2.0 if job.precision == "bf16" else 4.0) * np.asarray(params, dtype=float)
+    return np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0) * nbytes / eff.mem_bytes_per_s(np.maximum(nbytes, 1.0))
+
+
 def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> float:
     """``layers`` decoder layers of a stage in units of a dense layer's host dispatch time (MoE
     layers count HOST_MOE_LAYER_FACTOR_* each)."""
@@ -574,7 +588,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             notes.append(f"parameters offloaded to {job.offload_params}: streamed up for forward and backward of every micro-batch")
     compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (g_f if job.recompute == "full" else 0.0))
     attention_s = n_micro * layers * (a_f + a_b + (a_f if job.recompute != "none" else 0.0))
-    elementwise_s = n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
+    elementwise_s = (n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
+                     + float(grad_accum_s(eff, job, sp.total, n_micro)))
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
         host = float(host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
