@@ -241,7 +241,11 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
             pred += _leaf_backward_extra_s(rec, eff)  # our harness's own records time autograd.grad
         name = f"{op}/{rec['bytes']}" if op.startswith("mem_") else f"{op}/b{rec['b']}h{rec['h']}s{rec['s']}d{rec['d']}"
     elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
-        pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
+        # the link fitted for this direction and memory kind (latency + bytes / rate); a spec
+        # without host-link fits falls back to its host-to-device rate
+        pred = eff.predict_record_s(rec)
+        if pred is None:
+            pred = rec["bytes"] / eff.h2d_bytes_per_s(pinned=op != "h2d_pageable")
         t = t if t is not None else rec["bytes"] / (rec["gbps"] * 1e9)
     elif op == "cpu_gemm":
         # numpy on the machine's host CPU: its BLAS as calibrated there (hardware/calibrated/<id>-host.yaml)
