@@ -57,6 +57,34 @@ def test_gemm_fit_recovers_known_parameters():
     assert fit["dtypes"]["bf16"]["stream_floor_s"] == pytest.approx(12e-6, rel=0.1)
 
 
+def test_pack_term_by_hand_and_recovered_on_a_cpu():
+    # Goto & van de Geijn packing: (m k + k n) fp32 elements read and written; GEMV (m = 1) packs none.
+    # 48 x 2048 x 1024 at 20 GB/s: 2 x 4 x (48 x 1024 + 1024 x 2048) / 20e9 = 858.5 us.
+    assert C.pack_s(48, 2048, 1024, 4.0, 1, 20e9) == pytest.approx(858.5216e-6)
+    assert C.pack_s(1, 2048, 1024, 4.0, 1, 20e9) == 0.0
+    assert C.pack_s(48, 2048, 1024, 4.0, 1, None) == 0.0
+    # CPU records (no `sms`) made from a known curve with a 30 GB/s packing phase: the fit keeps the
+    # phase, recovers its rate and predicts the small-m shapes it left out.
+    true = C.GemmCurve({"fp32": C.GemmDtype(190e9, C.Timing(3e-6, 10e-6, 20e-6, 4.0))}, 40e9, x_half=4.0, p=3.0,
+                       pack_bytes_per_s=30e9)
+    recs, held = [], []
+    for n in (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024):
+        recs.append({"op": "gemm", "dtype": "fp32", "m": n, "n": n, "k": n, "s": float(10e-6 + true.kernel_s(n, n, n, "fp32"))})
+    for m in (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        r = {"op": "gemm_llm", "dtype": "fp32", "m": m, "n": 2048, "k": 1024,
+             "s": float(10e-6 + true.kernel_s(m, 2048, 1024, "fp32"))}
+        (held if m in (2, 4, 8, 48) else recs).append(r)
+    fit = C.fit_gemm(recs)
+    assert fit["pack_bytes_per_s"] == pytest.approx(30e9, rel=0.2)  # trades a little with x_half and the prior
+    eff = C.efficiency_from_overlay({"format": C.FORMAT, "device": "cpu", "gemm": fit})
+    for r in held:  # m = 48 interpolated; m = 2..8 extrapolated below the smallest packed m fitted (16)
+        rel = 0.03 if r["m"] == 48 else 0.10
+        assert eff.gemm_call_time_s(r["m"], r["n"], r["k"], "fp32") == pytest.approx(r["s"], rel=rel), r["m"]
+    # GPU records (with `sms`) never get the phase
+    gpu = [dict(r, sms=132) for r in recs]
+    assert "pack_bytes_per_s" not in C.fit_gemm(gpu)
+
+
 def test_bandwidth_fit_recovers_known_parameters():
     # t = 3 us + bytes / 2.8 TB/s, copy records carry the buffer size (traffic is twice that)
     recs = [{"op": "mem_copy", "bytes": b, "s": 3e-6 + 2 * b / 2.8e12} for b in (2**20, 2**24, 2**27, 2**30, 2**32)]

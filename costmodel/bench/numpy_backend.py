@@ -94,10 +94,11 @@ class NumpyBench:
             for n in (128, 256, 512, 1024):
                 out.append(("gemm", "fp64", n, n, n))
         k, n = (1024, 2048) if self.quick else (2048, 4096)
-        # m = 2..32 is left out of the quick grid: OpenBLAS's small-m GEMM path timed erratically on a
-        # shared 2-core host (m=16 at 0.86 ms in one run, 1.78 ms in the next) and m=32 ran 15-25%
-        # slower than the smooth curve through its neighbours; the full grid keeps them.
-        ms = [1, 48, 64, 96, 128, 192, 256, 384, 512] if self.quick else [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048]
+        # m = 16 and 32 pin OpenBLAS's packing phase (calibration.pack_s: a fixed ~0.8 ms for this k x n
+        # on the 2-core host, then ~21 us per row), which a curve through m >= 48 alone under-counted:
+        # without them, quick --check runs missed 15% in 2 of 6 (m = 48 and 64, 10-21% slow); with
+        # them and the packing term, the held-back maximum was 8.1-13.1% in 10 of 10 runs.
+        ms = [1, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512] if self.quick else [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048]
         for m in ms:
             out.append(("gemm_llm", "fp32", m, n, k))
         return out
