@@ -419,8 +419,10 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     gen = torch.Generator(device="cpu").manual_seed(1234 + dist_info["rank"])
     ids = torch.randint(0, spec["vocab"], (mb, seq), generator=gen).to(dev.device)
     # SCHEMA.md global_batch: sequences per optimizer step over all ranks; more than micro_batch x
-    # dp means gradient accumulation over `accum` micro-batches, gradients synchronised on the last
-    # only (DDP no_sync; FSDP2 set_requires_gradient_sync), the loss divided by accum.
+    # dp means gradient accumulation over `accum` micro-batches, the loss divided by accum. DDP
+    # all-reduces on the last only (no_sync, as its docs recommend); FSDP2 reduce-scatters every
+    # micro-batch (its default, and torchtitan's), unless the case sets "fsdp_sync": "last"
+    # (set_requires_gradient_sync: unsharded gradients accumulate instead; run 23x measured so).
     gb = int(case.get("global_batch") or mb * world)
     if gb % (mb * world):
         raise ValueError(f"global_batch {gb} is not a multiple of micro_batch x dp = {mb * world}")
@@ -431,7 +433,7 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
         sync = contextlib.nullcontext()
         if world > 1 and sharding == "none" and not last:
             sync = model.no_sync()
-        elif world > 1 and sharding == "full":
+        elif world > 1 and sharding == "full" and case.get("fsdp_sync") == "last":
             model.set_requires_gradient_sync(last)
         with sync:
             with dev.autocast(cast):
@@ -491,6 +493,8 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
         "recompute": recompute,
         "attention": attention,
         "framework": framework_string(extra) + (", GradScaler" if scaler is not None else "")
+        + (", gradients synchronised on the last micro-batch only" if accum > 1 and world > 1 and (
+            sharding == "none" or case.get("fsdp_sync") == "last") else "")
         + (", eager attention" if attention == "standard" else ""),
         "measured": measured,
     }
