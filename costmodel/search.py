@@ -419,7 +419,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     # data parallel and optimizer: per (devices, tp, pp, cp, ep, zero), only where a candidate is
     st = state_bytes_per_param(job, model.hidden)
     grad_per_param = 4.0 if job.framework == "pytorch" and job.precision != "bf16" else 2.0
-    opt_per_param = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * (1.0 if job.fused_optimizer else 2.0)
+    opt_per_param = tr.optimizer_bytes_per_param(job, st)
 
     stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total))
     opt_time = _memo(lambda nbytes: memory_op(eff, "optimizer", nbytes).time_s)

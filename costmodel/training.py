@@ -219,6 +219,17 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     return att_f, att_b
 
 
+def optimizer_bytes_per_param(job: TrainJob, st) -> float:
+    """Bytes an optimizer step moves per parameter of the shard it updates (``st``: the job's
+    StateBytesPerParam). AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter
+    2019), + the fp32 master where it is separate; fused: one pass, else two. amp-fp16's dynamic
+    loss scaling first checks every gradient for inf/NaN (and unscales it) in place, one read + write
+    of each (torch._amp_foreach_non_finite_check_and_unscale_, called by PyTorch's GradScaler and by
+    Megatron-LM's MixedPrecisionOptimizer)."""
+    b = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * (1.0 if job.fused_optimizer else 2.0)
+    return b + (2.0 * st.grads if job.precision == "amp-fp16" else 0.0)
+
+
 def grad_accum_s(eff, job: TrainJob, params, n_micro):
     """Gradient accumulation in eager PyTorch: from the second micro-batch on, autograd's
     AccumulateGrad adds each new gradient to ``.grad`` in place (read both, write one: 3 passes of
@@ -541,7 +552,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                 # all-gather per parameter tensor of a sub-module, waited on before the
                 # sub-module runs (deepspeed/runtime/zero/partition_parameters.py, "blocking call")
                 calls, prefetch = _tensors_per_layer(model), 0
-                if job.recompute == "full" and 2.0 * sp.total / units / 2.0 > DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS:
+                if job.recompute == "full" and sp.total / units > DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS:
                     # the recompute forward gathers the layer again and releases it: a layer larger
                     # than the reuse distance is gathered a third time for its backward
                     bwd_gathers = 2
@@ -566,17 +577,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                 if dp_intra and job.overlap_grad_reduce:
                     ovl = DDP_NVLINK_NET_OVERLAP
             dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
-    # Optimizer: AdamW reads param, grad, m, v and writes param, m, v (Loshchilov & Hutter 2019);
-    # fused: one pass over 7 tensors of the state dtype (+ master where separate).
+    # Optimizer over the shard this device updates (optimizer_bytes_per_param).
     o_div = dp_world if par.zero_stage >= 1 else 1
-    opt_bytes = (st.weights * 2 + st.grads + st.optimizer * 2 + st.master * 2) * sp.total / o_div
-    if not job.fused_optimizer:
-        opt_bytes *= 2.0
-    if job.precision == "amp-fp16":
-        # dynamic loss scaling: every gradient is checked for inf/NaN (and unscaled) in place before
-        # the step, one read + write of each (torch._amp_foreach_non_finite_check_and_unscale_,
-        # called by PyTorch's GradScaler and by Megatron-LM's MixedPrecisionOptimizer)
-        opt_bytes += 2.0 * st.grads * sp.total / o_div
+    opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div
     optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s
     offload_t = 0.0
     if job.offload_optimizer != "none" or job.offload_params != "none":
