@@ -101,18 +101,21 @@ class TrainFlops:
     by_component: dict[str, float] = field(default_factory=dict)  # model FLOPs by component
 
 
-def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str = "none") -> TrainFlops:
+def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str = "none",
+                     attention: str = "flash") -> TrainFlops:
     """FLOPs of forward + backward for `batch` sequences of length `seq`.
 
     Model FLOPs: 3 x forward, attention non-causal (Megatron-LM / PaLM convention).
-    Hardware FLOPs: causal attention as executed; recompute adds one more forward of the layers
-    ("full") or of the attention core ("selective", Korthikanti et al. 2022 sec. 5).
+    Hardware FLOPs: causal attention as executed (a flash kernel skips the masked half; ``standard``
+    attention multiplies the whole s x s score matrix and masks it, Narayanan et al. 2021 eq. (3));
+    recompute adds one more forward of the layers ("full") or of the attention core ("selective",
+    Korthikanti et al. 2022 sec. 5).
     """
     tokens = batch * seq
     comp = {"attention_proj": 0.0, "attention_core": 0.0, "mlp": 0.0, "moe_router": 0.0, "lm_head": 0.0}
     layers_fwd_hw = 0.0
-    core_causal = attention_core_flops(model, batch, seq, causal=True)
     core_full = attention_core_flops(model, batch, seq, causal=False)
+    core_causal = core_full if attention == "standard" else attention_core_flops(model, batch, seq, causal=True)
     for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
         if n == 0:
             continue

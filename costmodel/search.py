@@ -732,7 +732,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
                                                  "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")}
         peak, req = float(s["peak_bytes"][i]), float(s["required_bytes"][i])
         membd = {}
-        tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute)
+        tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute, job.attention)
         mfu = tf.model_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         hfu = tf.hardware_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         tflops = tf.model_flops / step_s / lay.devices / 1e12

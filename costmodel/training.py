@@ -612,7 +612,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
-    tf = train_step_flops(model, gb, job.seq_len, job.recompute)
+    tf = train_step_flops(model, gb, job.seq_len, job.recompute, job.attention)
     devices = par.devices
     peak = spec.peak(dtype)
     mfu = tf.model_flops / total / (devices * peak)

@@ -38,3 +38,17 @@ def test_causal_flash_executes_about_half_the_scores():
     full = attention_core_flops(m, 1, 4096, causal=False)
     causal = attention_core_flops(m, 1, 4096, causal=True)
     assert causal / full == pytest.approx(0.5, abs=0.001)
+
+
+def test_standard_attention_counts_the_whole_score_matrix_as_executed():
+    # Materialised (standard) attention multiplies all s x s scores and masks them; flash skips the
+    # masked half. Hardware FLOPs differ by the causal half of 4 b s^2 h d per layer and pass
+    # (3 passes, + 1 forward again under selective recompute); model FLOPs do not differ.
+    m = load_model("llama-1.3b")
+    b, s = 2, 2048
+    half = m.layers * 4 * b * s * s * m.hidden / 2
+    for rc, passes in (("none", 3), ("selective", 4)):
+        flash = train_step_flops(m, b, s, rc)
+        std = train_step_flops(m, b, s, rc, "standard")
+        assert std.model_flops == flash.model_flops
+        assert std.hardware_flops - flash.hardware_flops == pytest.approx(passes * half, rel=0.02)
