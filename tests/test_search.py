@@ -2,6 +2,7 @@
 brute-force count, and the search reproduces Megatron-LM's published throughput at scale."""
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -93,9 +94,11 @@ def test_megatron_2021_gpt3_175b_on_1024_a100():
     assert pub_layout.top[0].hardware_tflops_per_device == pytest.approx(149, rel=0.05)
     res = search("gpt3-175b", "dgx-a100", 1024, tp=[8], top=5, **paper)
     assert len(res.top) == 5
+    # the measurement at 1024 GPUs, interpolated in log(GPUs) between the two runs: 145.7 TFLOP/s
+    # (the search's layouts may beat the paper's hand-picked ones, not by more than 10%)
+    at_1024 = 149 + (141 - 149) * math.log(1024 / 768) / math.log(1536 / 768)
     for cand in res.top:
-        for measured in (149, 141):
-            assert cand.hardware_tflops_per_device == pytest.approx(measured, rel=0.10)
+        assert cand.hardware_tflops_per_device == pytest.approx(at_1024, rel=0.10)
         assert cand.required_bytes <= cand.capacity_bytes
 
 
