@@ -49,9 +49,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
                        offload_params=offload_params, host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
-    gb = job.global_batch_for(par)
-    if gb % (micro_batch * dp):
-        raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {micro_batch * dp}", field="global_batch")
+    job.check_batch(par)
     m = load_model(model)
     if m.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {m.heads} heads", field="tp")

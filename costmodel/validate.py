@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .arch import ModelConfig, load_model
-from .errors import InputError
+from .errors import InputError, from_validation_error
 from .inference import decode_step, prefill_time_s
 from .memory import CUBLAS_WORKSPACES_BYTES, decode_memory, required_device_bytes
 from .roofline import efficiency_for
@@ -92,9 +92,7 @@ def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> 
     d["id"] = "record-model"
     try:
         return ModelConfig.model_validate(d)
-    except Exception as exc:  # pydantic ValidationError
-        from .errors import from_validation_error
-
+    except ValidationError as exc:
         raise from_validation_error(exc, where) from None
 
 
@@ -129,10 +127,12 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     else:
         fw = "pytorch"
     opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
-    job = TrainJob(micro_batch=rec.get("micro_batch") or 1, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
+    mb = rec.get("micro_batch")
+    job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
+    job.check_batch(par)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")
@@ -321,6 +321,12 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer or published", file=where, field="kind")
         except KeyError as exc:
             raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
+        except ValidationError as exc:  # a record field out of its range or set (TrainJob, InferJob, Parallel)
+            raise from_validation_error(exc, where) from None
+        except InputError as exc:
+            if exc.file is None:  # say which record
+                raise InputError(exc.detail, file=where, field=exc.field) from None
+            raise
     return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped, efficiency=sources)
 
 

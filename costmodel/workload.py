@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import InputError
+
 Precision = Literal["fp32", "amp-bf16", "amp-fp16", "bf16", "fp8"]
 Optimizer = Literal["adamw", "adamw-bf16", "adamw-8bit", "sgd", "adafactor", "lion"]
 Recompute = Literal["none", "selective", "full"]
@@ -64,6 +66,13 @@ class TrainJob(BaseModel):
 
     def global_batch_for(self, par: Parallel) -> int:
         return self.global_batch or self.micro_batch * par.dp
+
+    def check_batch(self, par: Parallel) -> None:
+        """InputError unless the global batch splits into whole micro-batches on every replica."""
+        gb = self.global_batch_for(par)
+        if gb % (self.micro_batch * par.dp):
+            raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {self.micro_batch * par.dp}",
+                             field="global_batch")
 
     def grad_accum_steps(self, par: Parallel) -> int:
         gb = self.global_batch_for(par)

@@ -83,6 +83,26 @@ def test_bad_record_file(capsys, tmp_path):
     assert code == 2 and "bad.jsonl" in err
 
 
+_GOOD_TRAIN = {"kind": "train", "name": "x", "hardware": "h100-sxm", "devices": 1,
+               "model": {"arch": "llama", "layers": 2, "hidden": 256, "heads": 4, "ffn": 688, "vocab": 1000},
+               "parallel": {"dp": 1, "tp": 1, "pp": 1, "sharding": "none"}, "micro_batch": 2, "seq_len": 128,
+               "precision": "amp-bf16", "recompute": "none", "attention": "flash", "measured": {"step_seconds": 0.01}}
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"attention": "foo"}, "attention"), ({"precision": "amp-fp8"}, "precision"), ({"recompute": "some"}, "recompute"),
+    ({"micro_batch": 0}, "micro_batch"), ({"global_batch": 3}, "global_batch"), ({"global_batch": -4}, "global_batch"),
+])
+def test_bad_record_field_names_line_and_field(capsys, tmp_path, change, field):
+    """A record whose field is out of range: exit 2, the file and line, the field; no traceback and
+    no silent fix (micro_batch 0 used to become 1, global_batch 3 over micro_batch 2 a single step)."""
+    f = tmp_path / "recs.jsonl"
+    f.write_text(json.dumps(_GOOD_TRAIN) + "\n" + json.dumps(dict(_GOOD_TRAIN, **change)) + "\n")
+    code, _, err = run(capsys, "validate", str(f))
+    assert code == 2 and "Traceback" not in err, err
+    assert "recs.jsonl:2" in err and f"'{field}'" in err, err
+
+
 def test_infer_json(capsys):
     code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "8", "--json")
     assert code == 0
