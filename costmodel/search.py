@@ -496,8 +496,9 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     host_exposed = np.zeros_like(gpu_total)
     if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-        host = tr.host_dispatch_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1))
-        p = tr.HOST_GPU_COMBINE_P
+        fsdp = (v["zero"] >= 3) & (dp * cp > 1)
+        host = tr.host_dispatch_s(model, job, n_micro, layers, full, fsdp)
+        p = tr.host_gpu_combine_p(fsdp)
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if tr._expert_dtype(model, job, dtype) != dtype:
             host_exposed = host_exposed + tr.moe_sync_exposed_s(model, job, n_micro, layers)

@@ -36,6 +36,12 @@ HOST_S_PER_LAYER = 4.90e-3
 HOST_RECOMPUTE_FACTOR = 0.729
 HOST_INTERCEPT_S = -22.35e-3
 HOST_GPU_COMBINE_P = 4.72
+# FSDP2 steps overlap host and GPU less: its per-layer hooks order the all-gather and reduce-scatter
+# streams against the compute stream every layer. Fitted on the FSDP2 records of
+# data/measurements/train-steps-h200x2.jsonl (6; mean error 5.2% -> 2.8% against 4.72) and checked
+# on FSDP2 records no constant came from: train-holdout-h200x2 6.8% -> 4.4%, train-variants-h200x2
+# 14.8% -> 8.6%, train-fsdp-accum-h200x2 12.1% -> 9.7%, train-profile-h200x2 26.3% -> 22.9%.
+HOST_GPU_COMBINE_P_FSDP = 3.0
 # FSDP2 (fully_shard per decoder layer): per layer and micro-batch the pre-forward and pre-backward
 # hooks (all-gather, copy-in / copy-out, stream waits) and the post-backward reduce-scatter add host
 # work. From the three host-bound FSDP records of data/measurements/train-steps-h200x2.jsonl
@@ -252,6 +258,12 @@ def host_layer_equivalents(model: ModelConfig, job: TrainJob, layers: float) -> 
     factor = HOST_MOE_LAYER_FACTOR_AMP if job.precision in ("amp-bf16", "amp-fp16") else HOST_MOE_LAYER_FACTOR_BF16
     moe_share = model.moe_layers / model.layers
     return layers * (1.0 - moe_share + moe_share * factor)
+
+
+def host_gpu_combine_p(fsdp):
+    """Exponent of the smooth max that combines a step's host and GPU time (vectorised over
+    ``fsdp``, True where FSDP / ZeRO-3 runs eager PyTorch over several ranks)."""
+    return np.where(fsdp, HOST_GPU_COMBINE_P_FSDP, HOST_GPU_COMBINE_P)
 
 
 def host_dispatch_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fsdp, host_s_per_layer: float | None = None):
@@ -595,9 +607,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                      + float(grad_accum_s(eff, job, sp.total, n_micro)))
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        host = float(host_dispatch_s(model, job, n_micro, layers, job.recompute == "full",
-                                     par.zero_stage >= 3 and par.dp * par.cp > 1, host_s_per_layer))
-        p = HOST_GPU_COMBINE_P
+        fsdp = par.zero_stage >= 3 and par.dp * par.cp > 1
+        host = float(host_dispatch_s(model, job, n_micro, layers, job.recompute == "full", fsdp, host_s_per_layer))
+        p = float(host_gpu_combine_p(fsdp))
         host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
         if experts_fp32:
             host_exposed += moe_sync_exposed_s(model, job, n_micro, layers)
