@@ -752,8 +752,9 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
 
 
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
-                  framework: str = "megatron", precision: str = "amp-bf16", calibration: str | None = None,
-                  hardware_files: list[str] | None = None, **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
+                  framework: str = "megatron", precision: str = "amp-bf16", attention: str = "flash",
+                  calibration: str | None = None, hardware_files: list[str] | None = None,
+                  **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
     """The screen's raw arrays for every valid layout (for tests, benchmarks and plots)."""
     m = model if isinstance(model, ModelConfig) else load_model(model)
     lib = load_library(hardware_files)
@@ -763,7 +764,8 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn)
     c = _flatten(ax, ok)
-    job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision, framework=framework)
+    job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision, framework=framework,
+                   attention=attention)
     return c, screen(m, spec, node, job, ax, c, calibration)
 
 

@@ -19,16 +19,17 @@ from costmodel.workload import Parallel, TrainJob
 RC_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
 
 
-@pytest.mark.parametrize("model,hardware,devices,gb,framework", [
-    ("llama2-7b", "dgx-h100", 16, 64, "megatron"),
-    ("gpt3-13b", "dgx-a100", 64, 256, "megatron"),
-    ("llama-1.3b", "dgx-h100", 8, 32, "pytorch"),
+@pytest.mark.parametrize("model,hardware,devices,gb,framework,extra", [
+    ("llama2-7b", "dgx-h100", 16, 64, "megatron", {}),
+    ("gpt3-13b", "dgx-a100", 64, 256, "megatron", {}),
+    ("llama-1.3b", "dgx-h100", 8, 32, "pytorch", {}),
+    ("llama-1.3b", "dgx-h100", 16, 64, "pytorch", {"attention": "standard", "precision": "amp-fp16"}),
 ])
-def test_screen_matches_scalar_model(model, hardware, devices, gb, framework):
+def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, extra):
     """The screen uses the memory formulas of costmodel.memory exactly, and estimate_train's step
     composition term by term (some communication terms in a cheaper form): memory agrees to
     round-off, step time closely enough to rank (refinement then uses estimate_train itself)."""
-    c, s = evaluate_grid(model, hardware, devices, global_batch=gb, seq_len=2048, framework=framework, cp=[1])
+    c, s = evaluate_grid(model, hardware, devices, global_batch=gb, seq_len=2048, framework=framework, cp=[1], **extra)
     assert len(c) > 50
     lib = load_library()
     spec, node = lib.device(hardware), lib.node_for(hardware)
@@ -41,7 +42,7 @@ def test_screen_matches_scalar_model(model, hardware, devices, gb, framework):
         par = Parallel(tp=tp, pp=pp, dp=int(v["devices"]) // (tp * pp * cp), cp=cp, ep=int(v["ep"]),
                        sequence_parallel=bool(v["sp"]) and tp > 1, zero_stage=int(v["zero"]), interleave=int(v["v"]))
         job = TrainJob(micro_batch=int(v["mb"]), seq_len=2048, global_batch=gb, framework=framework,
-                       recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none")
+                       recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none", **extra)
         est = estimate_train(m, spec, job, par, node=node)
         assert s["peak_bytes"][i] == pytest.approx(est.memory.peak_bytes, rel=1e-9)
         screened.append(s["step_s"][i])
