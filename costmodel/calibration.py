@@ -313,11 +313,12 @@ class DeviceEfficiency:
     """
 
     __slots__ = ("device", "source", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives",
-                 "launch_overhead_s", "peaks", "_frozen")
+                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "_frozen")
 
     def __init__(self, *, device: str, source: str, gemm: GemmCurve, copy: BandwidthCurve, read: BandwidthCurve,
                  elementwise: Mapping[str, BandwidthCurve], attention: Mapping[str, AttentionCurve], host: Mapping[str, LinkFit],
-                 collectives: Mapping[str, Mapping[int, CollectiveFit]], launch_overhead_s: float, peaks: Mapping[str, float] | None = None):
+                 collectives: Mapping[str, Mapping[int, CollectiveFit]], launch_overhead_s: float, peaks: Mapping[str, float] | None = None,
+                 eager_infer_host_factor: float = 1.0):
         s = object.__setattr__
         s(self, "device", device)
         s(self, "source", source)
@@ -330,6 +331,9 @@ class DeviceEfficiency:
         s(self, "collectives", {op: dict(v) for op, v in collectives.items()})
         s(self, "launch_overhead_s", float(launch_overhead_s))
         s(self, "peaks", dict(peaks or {}))
+        # this machine's eager Hugging Face inference host time against the constants of
+        # costmodel.inference (fitted on one H100 machine): measured with the GPU's calibration
+        s(self, "eager_infer_host_factor", float(eager_infer_host_factor))
         s(self, "_frozen", True)
 
     def __setattr__(self, name, value):
@@ -1140,9 +1144,11 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
     if copy is None:
         raise InputError("missing required field (no copy/read fit, and no spec to take defaults from)", file=file, field="memory")
     created = data.get("created", "undated")
+    host_factor = rd.num(data, "eager_infer_host_factor", "", 1.0) if "eager_infer_host_factor" in data else (
+        base.eager_infer_host_factor if base else 1.0)
     return DeviceEfficiency(device=device, source=f"calibrated: {_display_path(file)} ({created}{note})", gemm=gemm, copy=copy, read=read,
                             elementwise=elem, attention=att, host=host, collectives=coll, launch_overhead_s=launch,
-                            peaks=base.peaks if base else {})
+                            peaks=base.peaks if base else {}, eager_infer_host_factor=host_factor)
 
 
 def _display_path(file) -> str:

@@ -94,10 +94,16 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
     small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * (GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S)
     gpu = weights_t + kv_t + small
-    host = 0.0 if job.cuda_graph else (eager_host_s(model) + EAGER_GENERATE_TOKEN_S) * job.host_time_factor
+    host = 0.0 if job.cuda_graph else (eager_host_s(model) + EAGER_GENERATE_TOKEN_S) * eager_host_factor(eff, job)
     step = _combine(gpu, host)
     bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
+
+
+def eager_host_factor(eff, job: InferJob) -> float:
+    """Scale on the eager host time: the job's host_time_factor (the user's knob) times the machine's
+    own, where its calibration measured one (``eager_infer_host_factor`` of the overlay)."""
+    return job.host_time_factor * getattr(eff, "eager_infer_host_factor", 1.0)
 
 
 def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
@@ -133,7 +139,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     cap = None if job.cuda_graph else eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
     t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
-    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model) * job.host_time_factor)
+    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model) * eager_host_factor(eff, job))
 
 
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
@@ -179,6 +185,7 @@ class InferEstimate:
     max_batch_that_fits: int
     efficiency_source: str
     throughput_curve: list[dict] = field(default_factory=list)
+    eager_host_factor: float | None = None  # scale on eager host time (job x machine); None under a CUDA graph
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -235,7 +242,8 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
                          capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
                          ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,
-                         max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), throughput_curve=curve)
+                         max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), throughput_curve=curve,
+                         eager_host_factor=None if job.cuda_graph else eager_host_factor(eff, job))
 
 
 def best_batch_under_latency(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, max_tpot_s: float, tp: int = 1) -> int:

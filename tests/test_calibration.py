@@ -241,6 +241,7 @@ def test_cli_calibrate_from_records_with_check(tmp_path, capsys):
     (lambda d: d["gemm"]["dtypes"].__setitem__("bf17", {"flops_per_s": 1.0}), "gemm.dtypes.bf17"),
     (lambda d: d.__setitem__("collectives", {"all_reduce": {"two": {"alpha_s": 1e-5, "busbw_bytes_per_s": 1e11}}}), "collectives.all_reduce.two"),
     (lambda d: d.__setitem__("memory", [1, 2]), "memory"),
+    (lambda d: d.__setitem__("eager_infer_host_factor", -0.5), "eager_infer_host_factor"),
 ])
 def test_bad_overlay_names_field(tmp_path, mutate, field):
     d = json.loads(json.dumps(_overlay()))

@@ -246,12 +246,11 @@ def test_eager_cat_and_elementwise_rates_from_profiles():
 
 def test_host_time_factor_accounts_for_a_faster_host():
     """The one-H200 machine ran eager HF decode ~1.8x faster than the H100 machine the eager host
-    constants were fitted on (data/measurements/infer-h200.jsonl: decode over-predicted by 93% on
-    average at factor 1). A host factor of 0.55 brings the mean decode error under 15%; it leaves
-    CUDA-graph serving (no host term) alone, and scales only the host part of a train step."""
-    base = validate_file(MEASUREMENTS / "infer-h200.jsonl")
-    fast = validate_file(MEASUREMENTS / "infer-h200.jsonl", host_time_factor=0.55)
-    assert base.summary["infer.decode_seconds_per_token"].mape > 0.5
+    constants were fitted on (data/measurements/infer-h200.jsonl). The user's host factor multiplies
+    the machine's (the shipped H200 calibration's 0.6): 0.55 / 0.6 on top of it gives the 0.55 that
+    fits this file best, mean decode error under 15%. It leaves CUDA-graph serving (no host term)
+    alone, and scales only the host part of a train step."""
+    fast = validate_file(MEASUREMENTS / "infer-h200.jsonl", host_time_factor=0.55 / 0.6)
     assert fast.summary["infer.decode_seconds_per_token"].mape < 0.15
     import costmodel
 
@@ -403,3 +402,19 @@ def test_fsdp_accumulation_syncing_every_micro_batch():
     recs = read_records(MEASUREMENTS / "train-fsdp-accum-h200x2.jsonl")
     peaks = [c for c in validate_records(recs).cases if c.metric == "peak_bytes"]
     assert len(peaks) == 6 and max(abs(c.rel_error) for c in peaks) < 0.02
+
+
+def test_h200_machines_eager_infer_host():
+    """Eager HF inference on both H200 machine kinds (session 6's single-H200 machine, run 23ab on the
+    two-H200 one, whose host the truth file's H200 records come from) ran its host work ~1.7x faster
+    than the H100 machine the eager constants were fitted on. The shipped H200 calibration carries that
+    machine's factor (eager_infer_host_factor 0.6, chosen on these files): decode mean error 93% and
+    79% without it."""
+    from costmodel.calibration import shipped_efficiency
+    from costmodel.specs import load_library
+
+    assert shipped_efficiency(load_library().device("h200-sxm")).eager_infer_host_factor == pytest.approx(0.6)
+    for f in ("infer-h200.jsonl", "infer-h200x2host.jsonl"):
+        s = validate_file(MEASUREMENTS / f).summary
+        assert s["infer.decode_seconds_per_token"].mape < 0.22, f
+        assert s["infer.prefill_seconds"].mape < 0.18, f

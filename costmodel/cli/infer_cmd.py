@@ -61,7 +61,9 @@ def infer_cmd(
         t.add_row("TPOT (decode step)", fmt_time(est.tpot_s))
         t.add_row("decode bound by", est.decode_bound)
         if not cuda_graph:
-            t.add_row("eager host time", f"x{host_time_factor:g} of the fitted H100 host (--host-time-factor)")
+            mach = est.eager_host_factor / host_time_factor if host_time_factor else 1.0
+            why = f"x{host_time_factor:g} (--host-time-factor)" + (f" x {mach:g} (this machine's calibration)" if abs(mach - 1) > 1e-9 else "")
+            t.add_row("eager host time", f"x{est.eager_host_factor:g} of the fitted H100 host: {why}")
         t.add_row("tokens/s", f"{est.tokens_per_s:,.0f}")
         t.add_row("max batch that fits", str(est.max_batch_that_fits))
         t.add_row("efficiency", est.efficiency_source)
