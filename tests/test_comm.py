@@ -3,7 +3,6 @@ against the truth file's NCCL records on 2 x H200 (NVLink)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

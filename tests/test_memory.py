@@ -1,6 +1,5 @@
 """Memory model: the ZeRO paper's and Korthikanti et al.'s published figures, monotonic
 behaviour, and the public H100 measurements."""
-import json
 
 import pytest
 from hypothesis import given, settings
