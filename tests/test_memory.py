@@ -1,6 +1,5 @@
 """Memory model: the ZeRO paper's and Korthikanti et al.'s published figures, monotonic
 behaviour, and the public H100 measurements."""
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
