@@ -492,7 +492,8 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
 
     compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
     attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))
-    elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t) + tr.grad_accum_s(eff, job, P, n_micro)
+    elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t) + tr.grad_accum_s(
+        eff, job, tr.grad_accum_params(P, v["zero"], pp, dp * cp), n_micro)
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     host_exposed = np.zeros_like(gpu_total)
     if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:

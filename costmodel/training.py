@@ -236,6 +236,14 @@ def optimizer_bytes_per_param(job: TrainJob, st) -> float:
     return b + (2.0 * st.grads if job.precision == "amp-fp16" else 0.0)
 
 
+def grad_accum_params(params, zero_stage, pp, dp_world):
+    """Parameters whose gradients a device accumulates across micro-batches: the shard under
+    ZeRO-2/3 / FSDP without pipeline parallelism (each micro-batch's gradients are reduce-scattered,
+    then added to the shard), all of its stage otherwise (DDP; FSDP under PP keeps them unsharded
+    until the step's last micro-batch). Vectorised."""
+    return np.where((np.asarray(zero_stage) >= 2) & (np.asarray(pp) == 1), params / np.asarray(dp_world, dtype=float), params)
+
+
 def grad_accum_s(eff, job: TrainJob, params, n_micro):
     """Gradient accumulation in eager PyTorch: from the second micro-batch on, autograd's
     AccumulateGrad adds each new gradient to ``.grad`` in place (read both, write one: 3 passes of
@@ -604,7 +612,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (g_f if job.recompute == "full" else 0.0))
     attention_s = n_micro * layers * (a_f + a_b + (a_f if job.recompute != "none" else 0.0))
     elementwise_s = (n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
-                     + float(grad_accum_s(eff, job, sp.total, n_micro)))
+                     + float(grad_accum_s(eff, job, grad_accum_params(sp.total, par.zero_stage, par.pp, dp_world), n_micro)))
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
         fsdp = par.zero_stage >= 3 and par.dp * par.cp > 1
