@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .arch import GATED, ModelConfig
+from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
@@ -103,7 +104,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
 def eager_host_factor(eff, job: InferJob) -> float:
     """Scale on the eager host time: the job's host_time_factor (the user's knob) times the machine's
     own, where its calibration measured one (``eager_infer_host_factor`` of the overlay)."""
-    return job.host_time_factor * getattr(eff, "eager_infer_host_factor", 1.0)
+    return job.host_time_factor * eff.eager_infer_host_factor
 
 
 def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
@@ -163,8 +164,6 @@ def eager_host_s(model: ModelConfig) -> float:
 def _combine(gpu_s: float, host_s: float) -> float:
     if host_s <= 0.0:
         return gpu_s
-    from .calibration import smoothmax
-
     return float(smoothmax(gpu_s, host_s, EAGER_COMBINE_P))
 
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import comm, comm_bridge
 from .arch import ModelConfig, load_model
 from . import _callable_module
-from .errors import InputError
+from .errors import InputError, require_positive
 from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
@@ -497,12 +497,8 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     host_exposed = np.zeros_like(gpu_total)
     if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-        fsdp = (v["zero"] >= 3) & (dp * cp > 1)
-        host = tr.host_dispatch_s(model, job, n_micro, layers, full, fsdp)
-        p = tr.host_gpu_combine_p(fsdp)
-        host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
-        if tr._expert_dtype(model, job, dtype) != dtype:
-            host_exposed = host_exposed + tr.moe_sync_exposed_s(model, job, n_micro, layers)
+        _, host_exposed = tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
+                                            gpu_total, tr._expert_dtype(model, job, dtype) != dtype)
     total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
     return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
                 tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,
@@ -830,7 +826,6 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
     evaluated for every batch at once from two points per (hardware, tp, dtypes); the decode and
     prefill times of the layouts that fit are the scalar models of costmodel.inference (a serving
     space is hundreds of layouts, not millions)."""
-    from .errors import require_positive
     from .inference import decode_step, prefill_time_s
     from .memory import decode_memory
     from .workload import InferJob

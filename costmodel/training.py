@@ -83,9 +83,9 @@ AMP_CAST_BYTES_PER_PARAM = 12.0
 # bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
 DP_OVERLAP_FRACTION = 0.8
 # PyTorch DDP (gradient buckets of comm.DDP_BUCKET_BYTES): inside one NVLink node the overlap buys
-# nothing net: the NCCL ring kernels run on SMs and HBM bandwidth that the backward kernels then lack. Measured on 2x H200 (data/measurements/
-# train-steps-h200x2.jsonl, train-profile-h200x2.jsonl), DDP minus the same step on one GPU at b4
-# s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b 43.8 ms, against 19.8 and 39.6 ms of
+# nothing net: the NCCL ring kernels run on SMs and HBM bandwidth that the backward kernels then
+# lack. Measured on 2x H200 (data/measurements/train-steps-h200x2.jsonl, train-profile-h200x2.jsonl),
+# DDP minus the same step on one GPU at b4 s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b 43.8 ms, against 19.8 and 39.6 ms of
 # bucketed all-reduce predicted from the collective calibration: the whole call time is exposed.
 DDP_NVLINK_NET_OVERLAP = 0.0
 # Average power as a fraction of TDP during training (H100 at ~ 0.75-0.85 of 700 W under
@@ -282,6 +282,20 @@ def host_dispatch_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fs
     host = (n_micro * host_layer_equivalents(model, job, layers) * per_layer
             * (1 + HOST_RECOMPUTE_FACTOR * full) + HOST_INTERCEPT_S)
     return np.maximum(0.0, host + fsdp * n_micro * layers * HOST_FSDP_S_PER_LAYER) * job.host_time_factor
+
+
+def host_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fsdp, gpu_s, experts_fp32: bool,
+                   host_s_per_layer: float | None = None):
+    """(host time, step time it adds beyond ``gpu_s``) of an eager PyTorch step: host_dispatch_s
+    against the GPU time by a smooth max of exponent host_gpu_combine_p (the host runs ahead of the
+    GPU except where one starves the other), + the fp32 experts' exposed syncs (moe_sync_exposed_s)
+    where ``experts_fp32``. Vectorised, as the search evaluates it."""
+    host = host_dispatch_s(model, job, n_micro, layers, full, fsdp, host_s_per_layer)
+    p = host_gpu_combine_p(fsdp)
+    exposed = (gpu_s**p + host**p) ** (1 / p) - gpu_s
+    if experts_fp32:
+        exposed = exposed + moe_sync_exposed_s(model, job, n_micro, layers)
+    return host, exposed
 
 
 def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
@@ -615,12 +629,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                      + float(grad_accum_s(eff, job, grad_accum_params(sp.total, par.zero_stage, par.pp, dp_world), n_micro)))
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        fsdp = par.zero_stage >= 3 and par.dp * par.cp > 1
-        host = float(host_dispatch_s(model, job, n_micro, layers, job.recompute == "full", fsdp, host_s_per_layer))
-        p = float(host_gpu_combine_p(fsdp))
-        host_exposed = (gpu_total**p + host**p) ** (1 / p) - gpu_total
-        if experts_fp32:
-            host_exposed += moe_sync_exposed_s(model, job, n_micro, layers)
+        host, host_exposed = (float(x) for x in host_exposed_s(
+            model, job, n_micro, layers, job.recompute == "full", par.zero_stage >= 3 and par.dp * par.cp > 1,
+            gpu_total, experts_fp32, host_s_per_layer))
         if host > gpu_total:
             notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
                          f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "

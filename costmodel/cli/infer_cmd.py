@@ -23,7 +23,7 @@ def infer_cmd(
     kv_dtype: str = typer.Option("bf16", help="KV-cache dtype."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--eager"),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
-                                           help="--eager: host (Python) time relative to the H100 machine the eager constants were fitted on (~0.55 for the faster H200 host we measured)."),
+                                           help="--eager: host (Python) time relative to the H100 machine the eager constants were fitted on; multiplies the device calibration's own factor (0.6 in the shipped H200 one)."),
     max_tpot_ms: Optional[float] = typer.Option(None, help="Report the largest batch under this per-token latency."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: throughput and per-token latency vs batch, memory limit marked (needs costmodel[plot])."),

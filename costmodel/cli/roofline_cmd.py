@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..arch import load_model
+from ..errors import require_positive
 from ..flops import attention_core_flops, layer_gemms
 from ..roofline import attention_op, efficiency_for, gemm_op, memory_op
 from ..units import fmt_time
@@ -26,8 +27,6 @@ def roofline_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Forward operators of one layer: FLOPs, bytes, arithmetic intensity, bound and time."""
-    from ..errors import require_positive
-
     require_positive(micro_batch=micro_batch, seq_len=seq_len)
     m = load_model(model)
     spec = library(hardware_file).device(hardware)
