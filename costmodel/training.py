@@ -85,8 +85,9 @@ DP_OVERLAP_FRACTION = 0.8
 # PyTorch DDP (gradient buckets of comm.DDP_BUCKET_BYTES): inside one NVLink node the overlap buys
 # nothing net: the NCCL ring kernels run on SMs and HBM bandwidth that the backward kernels then
 # lack. Measured on 2x H200 (data/measurements/train-steps-h200x2.jsonl, train-profile-h200x2.jsonl),
-# DDP minus the same step on one GPU at b4 s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b 43.8 ms, against 19.8 and 39.6 ms of
-# bucketed all-reduce predicted from the collective calibration: the whole call time is exposed.
+# DDP minus the same step on one GPU at b4 s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b
+# 43.8 ms, against 19.8 and 39.6 ms of bucketed all-reduce predicted from the collective
+# calibration: the whole call time is exposed.
 DDP_NVLINK_NET_OVERLAP = 0.0
 # Average power as a fraction of TDP during training (H100 at ~ 0.75-0.85 of 700 W under
 # sustained GEMM load: NVIDIA DGX H100 system power 10.2 kW max for 8 GPUs + host).
