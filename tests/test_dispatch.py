@@ -53,3 +53,13 @@ def test_gpt2_eager_decode_on_h200_machines():
         gpt2 = [c for c in rep.cases if c.name.startswith("gpt2-350m") and c.metric == "decode_seconds_per_token"]
         assert len(gpt2) == 1 and abs(gpt2[0].rel_error) < 0.20, (f, gpt2[0].rel_error)
         assert rep.summary["infer.decode_seconds_per_token"].mape < before - 0.04, f
+
+
+def test_gpt2_layer_host_time_measured_on_h100():
+    """Run 23ac (H100, one process): decode per token of two depths of each family gives the per-layer
+    host time free of the per-call share: gpt2 (24 - 12 layers) 0.338 ms, llama 0.640 ms, 0.53."""
+    recs = {json.loads(line)["name"]: json.loads(line)["measured"]["decode_seconds_per_token"]
+            for line in (MEASUREMENTS / "infer-h100-ac.jsonl").read_text().splitlines()}
+    gpt2 = (recs["gpt2-350m/infer/b4/p512"] - recs["gpt2-124m/infer/b1/p256"]) / 12
+    llama = (recs["llama-1.3b/infer/b1/p512"] - recs["llama-110m/infer/b1/p128"]) / 12
+    assert gpt2 / llama == pytest.approx(dispatch.infer_dispatch_ratio(_model("gpt2-350m")), rel=0.10)
