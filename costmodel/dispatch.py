@@ -54,8 +54,7 @@ ACTIVATION_KERNELS = {"swiglu": 2, "geglu": 2, "gelu_new": 8, "gelu": 1, "relu":
 # infer-h200*.jsonl). So an MoE layer counts as a dense layer of the same attention here.
 
 
-def layer_kernels(model: ModelConfig, *, autocast: bool, attention: str = "flash", kv_cache: bool = False,
-                  ) -> float:
+def layer_kernels(model: ModelConfig, *, autocast: bool, attention: str = "flash", kv_cache: bool = False) -> float:
     """Kernels one eager HF decoder layer launches in a forward pass (see the module docstring).
     ``autocast``: every linear's weight is cast to the compute dtype first (one kernel each, and
     one per bias). ``kv_cache``: a decode or prefill call appends k and v to the dynamic cache."""
@@ -77,13 +76,13 @@ def layer_kernels(model: ModelConfig, *, autocast: bool, attention: str = "flash
     return float(n)
 
 
-def _reference() -> ModelConfig:
-    """The dense llama layer the host constants are expressed in (norm, rope, SwiGLU, no biases)."""
-    return ModelConfig(id="dispatch-reference", layers=1, hidden=64, heads=1, ffn=128, vocab=8)
+# The dense llama layer the host constants are expressed in (RMSNorm, rope, SwiGLU, no biases):
+# its kernels per eager forward call with a KV cache.
+_LLAMA_INFER_KERNELS = layer_kernels(ModelConfig(id="dispatch-reference", layers=1, hidden=64, heads=1, ffn=128, vocab=8),
+                                     autocast=False, kv_cache=True)
 
 
 def infer_dispatch_ratio(model: ModelConfig) -> float:
     """Host ops of one decoder layer of an eager HF forward call with a KV cache (bf16 weights, no
     autocast), relative to a llama layer's (MoE layers as dense ones: see above)."""
-    ref = layer_kernels(_reference(), autocast=False, kv_cache=True)
-    return layer_kernels(model, autocast=False, kv_cache=True) / ref
+    return layer_kernels(model, autocast=False, kv_cache=True) / _LLAMA_INFER_KERNELS

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import comm, comm_bridge
 from .arch import GATED, ModelConfig
+from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op, memory_op
@@ -293,7 +294,7 @@ def host_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers, full, fsd
     where ``experts_fp32``. Vectorised, as the search evaluates it."""
     host = host_dispatch_s(model, job, n_micro, layers, full, fsdp, host_s_per_layer)
     p = host_gpu_combine_p(fsdp)
-    exposed = (gpu_s**p + host**p) ** (1 / p) - gpu_s
+    exposed = smoothmax(gpu_s, host, p) - gpu_s
     if experts_fp32:
         exposed = exposed + moe_sync_exposed_s(model, job, n_micro, layers)
     return host, exposed

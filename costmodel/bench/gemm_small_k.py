@@ -4,36 +4,29 @@ shuffled rounds, median kept. The shipped H100 curve's k ramp was fitted on k >=
 
     python3 costmodel/bench/gemm_small_k.py OUT.jsonl
 """
-import json
 import random
-import statistics
 import sys
 from pathlib import Path
 
 
 def main(out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from costmodel.bench.records import merge_rounds, write_jsonl
     from costmodel.bench.torch_backend import TorchBench
 
     bench = TorchBench()
     shapes = [(m, n, k) for (k, n) in ((1024, 1024), (1024, 4096), (2048, 6144), (2048, 11008), (2048, 2048), (5504, 2048))
               for m in (1024, 2048, 4096, 8192, 16384, 32768)]
-    runs = {s: [] for s in shapes}
+    raw = []
     for rnd in range(3):
         order = list(shapes)
         random.Random(rnd).shuffle(order)
-        for m, n, k in order:
-            runs[(m, n, k)].append(bench.gemm("gemm_llm", "bf16", m, n, k))
-    with open(out, "w") as f:
-        for s, recs in runs.items():
-            rec = dict(recs[0])
-            rec["s_rounds"] = [r["s"] for r in recs]
-            rec["s"] = statistics.median(rec["s_rounds"])
-            rec["s_stream"] = statistics.median(r["s_stream"] for r in recs)
-            rec["tflops"] = 2 * s[0] * s[1] * s[2] / rec["s"] / 1e12
-            rec["rounds"] = len(recs)
-            f.write(json.dumps(rec) + "\n")
-            print(f"{s}: {rec['s'] * 1e6:.1f} us, stream {rec['s_stream'] * 1e6:.1f} us, {rec['tflops']:.0f} TFLOP/s", flush=True)
+        raw += [dict(bench.gemm("gemm_llm", "bf16", m, n, k), round=rnd) for m, n, k in order]
+    merged = merge_rounds(raw)
+    write_jsonl(merged, out)
+    for rec in merged:
+        print(f"{(rec['m'], rec['n'], rec['k'])}: {rec['s'] * 1e6:.1f} us, stream {rec['s_stream'] * 1e6:.1f} us, "
+              f"{rec['tflops']:.0f} TFLOP/s", flush=True)
 
 
 if __name__ == "__main__":
