@@ -7,6 +7,7 @@ must be ``false``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -328,6 +329,60 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 raise InputError(exc.detail, file=where, field=exc.field) from None
             raise
     return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped, efficiency=sources)
+
+
+class HostFactorFit(BaseModel):
+    """The eager host speed of the machine that measured a file's ``kind`` records, against the
+    machines the host constants came from: the --host-time-factor that fits them best."""
+    kind: str  # train or infer
+    n: int  # time metrics fitted
+    factor: float
+    mape_at_1: float  # mean |relative error| at factor 1.0 (the shipped constants as they are)
+    mape_at_factor: float
+    at_bound: bool  # the best factor is an end of the searched range: the host time does not explain the error
+
+
+# Host-factor search: a log-spaced grid 0.25 .. 4 in steps of 2^(1/16) (4.4%), the range over which
+# measured machines have differed (data/measurements/README-2026-11-23ad.md: 0.6-1.65 on H100/H200).
+HOST_FACTOR_RANGE = (0.25, 4.0)
+HOST_FACTOR_STEPS_PER_OCTAVE = 16
+_HOST_TIME_METRICS = ("step_seconds", "prefill_seconds", "decode_seconds_per_token")
+
+
+def fit_host_time_factor(records: list[tuple[str, dict]], kind: str, lib: HardwareLibrary | None = None,
+                         calibration: str | None = None, on_step=None) -> HostFactorFit | None:
+    """The host_time_factor that minimises the mean |log(predicted / measured)| of the time metrics
+    of ``kind`` records (a log error: a factor too high and one too low weigh alike). None when
+    the records have no such metric. ``on_step()`` is called after each factor tried."""
+    recs = [(w, r) for w, r in records if r.get("kind") == kind]
+    lo, hi = HOST_FACTOR_RANGE
+    octaves = math.log2(hi / lo)
+    grid = [lo * 2 ** (i / HOST_FACTOR_STEPS_PER_OCTAVE) for i in range(int(round(octaves * HOST_FACTOR_STEPS_PER_OCTAVE)) + 1)]
+    lib = lib or load_library()
+
+    def errors(f: float) -> list[float]:
+        cases = validate_records(recs, lib, calibration, f).cases
+        return [c.rel_error for c in cases if c.metric in _HOST_TIME_METRICS and c.measured > 0 and c.predicted > 0]
+
+    best = None
+    for f in grid:
+        errs = errors(f)
+        if on_step is not None:
+            on_step()
+        if not errs:
+            return None
+        cost = sum(abs(math.log1p(e)) for e in errs) / len(errs)
+        if best is None or cost < best[1]:
+            best = (f, cost, errs)
+    base = errors(1.0)
+    f, _, errs = best
+    return HostFactorFit(kind=kind, n=len(errs), factor=f, mape_at_1=sum(map(abs, base)) / len(base),
+                         mape_at_factor=sum(map(abs, errs)) / len(errs), at_bound=f in (grid[0], grid[-1]))
+
+
+def host_factor_grid_size() -> int:
+    lo, hi = HOST_FACTOR_RANGE
+    return int(round(math.log2(hi / lo) * HOST_FACTOR_STEPS_PER_OCTAVE)) + 1
 
 
 def summarize(cases: list[Case]) -> dict[str, MetricSummary]:

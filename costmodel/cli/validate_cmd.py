@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..validate import validate_file
+from ..validate import fit_host_time_factor, host_factor_grid_size, read_records, validate_file
 from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
 
 
@@ -28,6 +28,8 @@ def validate(
     max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
                                            help="Eager host time of the measuring machine relative to the H100 machines the host constants came from (train and infer records)."),
+    fit_host_factor: bool = typer.Option(False, "--fit-host-factor",
+                                         help="Also fit the --host-time-factor that best explains the files' train and infer records (the measuring machine's host speed), per kind."),
 ):
     """Predict every record and report predicted against measured with relative errors."""
     lib = library(hardware_file)
@@ -41,8 +43,12 @@ def validate(
         sources.update(rep.efficiency)
     summary = summarize(cases)
     report = ValidationReport(cases=cases, summary=summary, skipped=skipped, efficiency=sources)
+    fits = _host_factor_fits(files, lib, calibration, progress=not json_out) if fit_host_factor else None
     if json_out:
-        emit_json(report.to_dict())
+        out = report.to_dict()
+        if fits is not None:
+            out["host_factor_fits"] = [f.model_dump(mode="json") for f in fits]
+        emit_json(out)
     else:
         t = Table(title="predicted vs measured")
         for c in ("case", "kind", "metric", "measured", "predicted", "error"):
@@ -62,8 +68,41 @@ def validate(
             console.print(f"efficiency {hw}: {src}", highlight=False)
         for sk in skipped[:5]:
             console.print(f"[dim]skipped {sk}[/]")
+        if fits is not None:
+            _print_fits(fits)
     if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
         raise typer.Exit(1)
+
+
+def _host_factor_fits(files: list[str], lib, calibration, progress: bool) -> list:
+    records = [r for f in files for r in read_records(f)]
+    kinds = [k for k in ("train", "infer") if any(rec.get("kind") == k for _, rec in records)]
+    fits = []
+    if not progress:
+        return [f for k in kinds if (f := fit_host_time_factor(records, k, lib, calibration)) is not None]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        for k in kinds:
+            task = bar.add_task(f"host factor, {k} records", total=host_factor_grid_size())
+            fit = fit_host_time_factor(records, k, lib, calibration, on_step=lambda: bar.advance(task))
+            if fit is not None:
+                fits.append(fit)
+    return fits
+
+
+def _print_fits(fits: list) -> None:
+    if not fits:
+        console.print("host factor: no train or infer time metrics to fit")
+        return
+    t = Table(title="host speed of the measuring machine (best --host-time-factor)")
+    for c in ("kind", "n", "factor", "mean |error| at 1.0", "at the factor"):
+        t.add_column(c, justify="left" if c == "kind" else "right")
+    for f in fits:
+        note = " (range end: host time does not explain the error)" if f.at_bound else ""
+        t.add_row(f.kind, str(f.n), f"{f.factor:.2f}{note}", f"{f.mape_at_1:.1%}", f"{f.mape_at_factor:.1%}")
+    console.print(t)
 
 
 def register(app: typer.Typer) -> None:
