@@ -349,40 +349,34 @@ HOST_FACTOR_STEPS_PER_OCTAVE = 16
 _HOST_TIME_METRICS = ("step_seconds", "prefill_seconds", "decode_seconds_per_token")
 
 
+def host_factor_grid() -> list[float]:
+    """The factors fit_host_time_factor tries: HOST_FACTOR_RANGE, log-spaced, and 1.0 (the error
+    before the fit is read there)."""
+    lo, hi = HOST_FACTOR_RANGE
+    steps = int(round(math.log2(hi / lo) * HOST_FACTOR_STEPS_PER_OCTAVE))
+    return sorted({lo * 2 ** (i / HOST_FACTOR_STEPS_PER_OCTAVE) for i in range(steps + 1)} | {1.0})
+
+
 def fit_host_time_factor(records: list[tuple[str, dict]], kind: str, lib: HardwareLibrary | None = None,
                          calibration: str | None = None, on_step=None) -> HostFactorFit | None:
     """The host_time_factor that minimises the mean |log(predicted / measured)| of the time metrics
     of ``kind`` records (a log error: a factor too high and one too low weigh alike). None when
     the records have no such metric. ``on_step()`` is called after each factor tried."""
     recs = [(w, r) for w, r in records if r.get("kind") == kind]
-    lo, hi = HOST_FACTOR_RANGE
-    octaves = math.log2(hi / lo)
-    grid = [lo * 2 ** (i / HOST_FACTOR_STEPS_PER_OCTAVE) for i in range(int(round(octaves * HOST_FACTOR_STEPS_PER_OCTAVE)) + 1)]
+    grid = host_factor_grid()
     lib = lib or load_library()
-
-    def errors(f: float) -> list[float]:
-        cases = validate_records(recs, lib, calibration, f).cases
-        return [c.rel_error for c in cases if c.metric in _HOST_TIME_METRICS and c.measured > 0 and c.predicted > 0]
-
-    best = None
+    errs_at: dict[float, list[float]] = {}
     for f in grid:
-        errs = errors(f)
+        cases = validate_records(recs, lib, calibration, f).cases
+        errs_at[f] = [c.rel_error for c in cases if c.metric in _HOST_TIME_METRICS and c.measured > 0 and c.predicted > 0]
         if on_step is not None:
             on_step()
-        if not errs:
+        if not errs_at[f]:
             return None
-        cost = sum(abs(math.log1p(e)) for e in errs) / len(errs)
-        if best is None or cost < best[1]:
-            best = (f, cost, errs)
-    base = errors(1.0)
-    f, _, errs = best
-    return HostFactorFit(kind=kind, n=len(errs), factor=f, mape_at_1=sum(map(abs, base)) / len(base),
-                         mape_at_factor=sum(map(abs, errs)) / len(errs), at_bound=f in (grid[0], grid[-1]))
-
-
-def host_factor_grid_size() -> int:
-    lo, hi = HOST_FACTOR_RANGE
-    return int(round(math.log2(hi / lo) * HOST_FACTOR_STEPS_PER_OCTAVE)) + 1
+    best = min(grid, key=lambda f: sum(abs(math.log1p(e)) for e in errs_at[f]))
+    errs, base = errs_at[best], errs_at[1.0]
+    return HostFactorFit(kind=kind, n=len(errs), factor=best, mape_at_1=sum(map(abs, base)) / len(base),
+                         mape_at_factor=sum(map(abs, errs)) / len(errs), at_bound=best in (grid[0], grid[-1]))
 
 
 def summarize(cases: list[Case]) -> dict[str, MetricSummary]:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import InputError
 from ..units import fmt_si, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, progress_bar
 
 BackendOpt = typer.Option("auto", "--backend", help="numpy (host CPU), torch (GPU, or CPU without one), nccl (under torchrun), auto.")
 QuickOpt = typer.Option(False, "--quick", help="A short run (about a minute on a small CPU).")
@@ -173,10 +173,7 @@ def calibrate_cmd(
     result: dict = {"out": str(out), "device": device, "records": len(recs)}
     failed = False
     if check:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, disable=no_progress or json_out) as prog:
+        with progress_bar(disable=no_progress or json_out) as prog:
             task = prog.add_task(f"held-back check, {splits} split{'s' if splits > 1 else ''}", total=splits)
             iso, stream = cal.holdout_checks(recs, splits=splits, fraction=holdout, seed=seed, spec=spec, device=device,
                                              on_split=lambda i: prog.advance(task))

@@ -32,6 +32,14 @@ def _default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def progress_bar(disable: bool = False):
+    """The CLI's progress bar (on stderr, so --json output stays clean): description, bar, done / total, elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, disable=disable)
+
+
 def library(hardware_file: Optional[list[str]] = None):
     from ..specs import load_library
 

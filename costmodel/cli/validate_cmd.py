@@ -6,8 +6,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..validate import fit_host_time_factor, host_factor_grid_size, read_records, validate_file
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from ..validate import fit_host_time_factor, host_factor_grid, read_records, validate_records
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, progress_bar
 
 
 def _fmt(metric: str, v) -> str:
@@ -36,14 +36,15 @@ def validate(
     from ..validate import ValidationReport, summarize
 
     cases, skipped, sources = [], [], {}
-    for f in files:
-        rep = validate_file(f, lib, calibration, host_time_factor)
+    per_file = [read_records(f) for f in files]
+    for recs in per_file:
+        rep = validate_records(recs, lib, calibration, host_time_factor)
         cases += rep.cases
         skipped += rep.skipped
         sources.update(rep.efficiency)
     summary = summarize(cases)
     report = ValidationReport(cases=cases, summary=summary, skipped=skipped, efficiency=sources)
-    fits = _host_factor_fits(files, lib, calibration, progress=not json_out) if fit_host_factor else None
+    fits = _host_factor_fits([r for recs in per_file for r in recs], lib, calibration, progress=not json_out) if fit_host_factor else None
     if json_out:
         out = report.to_dict()
         if fits is not None:
@@ -74,22 +75,14 @@ def validate(
         raise typer.Exit(1)
 
 
-def _host_factor_fits(files: list[str], lib, calibration, progress: bool) -> list:
-    records = [r for f in files for r in read_records(f)]
+def _host_factor_fits(records: list, lib, calibration, progress: bool) -> list:
     kinds = [k for k in ("train", "infer") if any(rec.get("kind") == k for _, rec in records)]
     fits = []
-    if not progress:
-        return [f for k in kinds if (f := fit_host_time_factor(records, k, lib, calibration)) is not None]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with progress_bar(disable=not progress) as bar:
         for k in kinds:
-            task = bar.add_task(f"host factor, {k} records", total=host_factor_grid_size())
-            fit = fit_host_time_factor(records, k, lib, calibration, on_step=lambda: bar.advance(task))
-            if fit is not None:
-                fits.append(fit)
-    return fits
+            task = bar.add_task(f"host factor, {k} records", total=len(host_factor_grid()))
+            fits.append(fit_host_time_factor(records, k, lib, calibration, on_step=lambda: bar.advance(task)))
+    return [f for f in fits if f is not None]
 
 
 def _print_fits(fits: list) -> None:
