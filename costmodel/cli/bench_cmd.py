@@ -243,6 +243,12 @@ def _overlay_table(ov: dict):
         t.add_row("GEMM memory-bound", fmt_si(g["memory_bytes_per_s"], "B/s"), f"x_half {g['x_half']:.3g}")
         if g.get("pack_bytes_per_s"):
             t.add_row("GEMM operand packing", fmt_si(g["pack_bytes_per_s"], "B/s"), "CPU BLAS, before each call's compute")
+        res = g.get("residual")
+        if res:
+            shapes = sum(len(v) for v in res["dtypes"].values())
+            t.add_row("GEMM per-shape residual", f"{shapes} shapes",
+                      f"length {res['length_octaves']:.2g} octave; curve alone {res['curve_mean_abs_log_error']:.1%}, "
+                      f"smoothed to unmeasured shapes {res['cv_mean_abs_log_error']:.1%} (leave-one-shape-out)")
     for k, v in (ov.get("memory") or {}).items():
         t.add_row(f"memory {k}", fmt_si(v["bytes_per_s"], "B/s"), f"floor {fmt_time(v['stream_floor_s'])}")
     for k, v in (ov.get("elementwise") or {}).items():
