@@ -227,6 +227,7 @@ RESIDUAL_PRIORS = (0.3, 1.0, 3.0)
 # keeps ~90% of one full-weight record's miss (a noisy record, of lower weight, is trusted less).
 RESIDUAL_EXACT_LENGTH_OCTAVES = 0.15
 RESIDUAL_EXACT_PRIOR = 0.1
+RESIDUAL_CHUNK_ELEMENTS = 1 << 20  # query x point distances held at once (8 MiB)
 
 
 @dataclass(frozen=True)
@@ -255,9 +256,16 @@ class GemmResidual:
             return 0.0
         x, num, den = pts
         q = np.stack(np.broadcast_arrays(*(np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k))), axis=-1)
-        d2 = np.sum((q[..., None, :] - x) ** 2, axis=-1)
-        kern = np.exp(-0.5 * d2 / self.length_octaves**2)
-        return np.sum(kern * num, axis=-1) / (self.prior + np.sum(kern * den, axis=-1))
+        flat = q.reshape(-1, 3)
+        out = np.empty(len(flat))
+        step = max(1, RESIDUAL_CHUNK_ELEMENTS // max(1, len(x)))  # bounded memory for large vectorised queries
+        x2 = np.sum(x * x, axis=1)
+        for i in range(0, len(flat), step):
+            qi = flat[i:i + step]
+            d2 = np.maximum(np.sum(qi * qi, axis=1)[:, None] + x2 - 2.0 * (qi @ x.T), 0.0)  # |q - x|^2
+            kern = np.exp(-0.5 * d2 / self.length_octaves**2)
+            out[i:i + step] = (kern @ num) / (self.prior + kern @ den)
+        return out.reshape(q.shape[:-1]) if q.ndim > 1 else float(out[0])
 
 
 @dataclass(frozen=True)
