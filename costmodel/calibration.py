@@ -1144,7 +1144,14 @@ class _Reader:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= 0 if positive else v < 0):
             what = "a positive number" if positive else "a number >= 0"
-            raise InputError(f"expected {what} (got {v!r})", file=self.file, field=f"{field}.{key}" if field else key)
+            hint = ""
+            if isinstance(v, str):
+                try:
+                    float(v)
+                    hint = " (YAML 1.1 reads a number like 5e14 as text: write 5.0e+14)"
+                except ValueError:
+                    pass
+            raise InputError(f"expected {what} (got {v!r}){hint}", file=self.file, field=f"{field}.{key}" if field else key)
         return float(v)
 
     def timing(self, d, field, base: Timing, q=None):

@@ -108,3 +108,22 @@ def test_infer_json(capsys):
     assert code == 0
     d = json.loads(out)
     assert d["max_batch_that_fits"] >= 8 and d["tpot_s"] > 0
+
+
+_GOOD_GEMM = {"kind": "kernel", "op": "gemm", "dtype": "bf16", "m": 1024, "n": 1024, "k": 1024, "s": 2e-5, "tflops": 107.4,
+              "hardware": "h100-sxm"}
+
+
+@pytest.mark.parametrize("verb", ["validate", "calibrate"])
+@pytest.mark.parametrize("change,field", [
+    ({"m": 0}, "m"), ({"s": -1e-5}, "s"), ({"k": "big"}, "k"), ({"dtype": "bf17"}, "dtype"), ({"op": "gemv"}, "op"),
+])
+def test_bad_kernel_record_names_line_and_field(capsys, tmp_path, verb, change, field):
+    """A kernel record with a zero, negative or non-numeric shape or time: exit 2 naming the file,
+    line and field (validate printed nan or -100% with exit 0; calibrate raised a math domain error)."""
+    f = tmp_path / "k.jsonl"
+    f.write_text(json.dumps(_GOOD_GEMM) + "\n" + json.dumps(dict(_GOOD_GEMM, **change)) + "\n")
+    args = ("validate", str(f)) if verb == "validate" else ("calibrate", "--records", str(f), "--out", str(tmp_path / "o.yaml"))
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "Traceback" not in err, err
+    assert "k.jsonl" in err and ("k.jsonl:2" in err or "line 2" in err) and f"'{field}'" in err, err

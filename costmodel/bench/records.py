@@ -90,37 +90,47 @@ def _finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def validate_record(rec: dict) -> list[str]:
-    """Problems with one record (empty list when it is valid), per SCHEMA.md's kernel format."""
-    probs: list[str] = []
+def record_problems(rec: dict, rates: bool = True) -> list[tuple[str, str]]:
+    """(field, problem) for one kernel record, per SCHEMA.md's format (empty when it is valid).
+    ``rates=False`` checks only what a prediction needs (the shape and the time), not the derived
+    rates (``tflops``, ``gbps``, ...) a harness writes beside the time."""
+    probs: list[tuple[str, str]] = []
     if rec.get("kind") != "kernel":
-        probs.append("kind must be 'kernel'")
+        probs.append(("kind", "must be 'kernel'"))
     op = rec.get("op")
     if not isinstance(op, str):
-        return probs + ["op missing"]
+        return probs + [("op", "missing")]
     if not isinstance(rec.get("hardware"), str) or not rec.get("hardware"):
-        probs.append("hardware missing")
+        probs.append(("hardware", "missing"))
     need: tuple[str, ...]
+    rate: tuple[str, ...] = ()
     if op in GEMM_OPS:
-        need = ("m", "n", "k", "s", "tflops")
+        need, rate = ("m", "n", "k", "s"), ("tflops",)
         if rec.get("dtype") not in DTYPE_BYTES:
-            probs.append(f"dtype {rec.get('dtype')!r} unknown")
+            probs.append(("dtype", f"{rec.get('dtype')!r} unknown; expected one of {', '.join(DTYPE_BYTES)}"))
     elif op == "cpu_gemm":
-        need = ("n", "s", "tflops")
+        need, rate = ("n", "s"), ("tflops",)
     elif op in MEM_OPS + ELEMENTWISE_OPS + NVME_OPS:
-        need = ("bytes", "s", "gbps")
+        need, rate = ("bytes", "s"), ("gbps",)
     elif op in HOST_OPS:
-        need = ("bytes", "gbps")
+        need, rate = ("bytes",), ("gbps",)
+        if not rates and not (_finite_positive(rec.get("s")) or _finite_positive(rec.get("gbps"))):
+            probs.append(("gbps", f"a host copy needs a positive s or gbps (got {rec.get('gbps')!r})"))
     elif op in ATTENTION_OPS:
-        need = ("b", "h", "s", "d", "s_time", "tflops")
+        need, rate = ("b", "h", "s", "d", "s_time"), ("tflops",)
     elif op in COLLECTIVE_OPS:
-        need = ("bytes", "s", "world") + (("gbps",) if op == "send_recv" else ("algbw_gbps", "busbw_gbps"))
+        need, rate = ("bytes", "s", "world"), (("gbps",) if op == "send_recv" else ("algbw_gbps", "busbw_gbps"))
     else:
-        return probs + [f"op {op!r} unknown"]
-    for f in need:
+        return probs + [("op", f"{op!r} unknown")]
+    for f in need + (rate if rates else ()):
         if not _finite_positive(rec.get(f)):
-            probs.append(f"{f} must be a positive number (got {rec.get(f)!r})")
+            probs.append((f, f"must be a positive number (got {rec.get(f)!r})"))
     return probs
+
+
+def validate_record(rec: dict) -> list[str]:
+    """Problems with one record (empty list when it is valid), per SCHEMA.md's kernel format."""
+    return [f"{f} {p}" for f, p in record_problems(rec)]
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -234,5 +244,17 @@ def read_json_objects(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines."""
-    return [rec for _, rec in read_json_objects(path) if rec.get("kind") == "kernel"]
+    """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines,
+    and on a kernel record without the shape or time its op needs (naming the line and field)."""
+    from ..errors import InputError
+
+    out = []
+    for i, rec in read_json_objects(path):
+        if rec.get("kind") != "kernel":
+            continue
+        probs = record_problems(rec, rates=False)
+        if probs:
+            f, p = probs[0]
+            raise InputError(f"line {i}: kernel record ({rec.get('op')!r}): {f} {p}", file=Path(path), field=f)
+        out.append(rec)
+    return out
