@@ -777,7 +777,7 @@ def fit_gemm_residual(rows, fitted: Mapping[str, Any]) -> dict | None:
     s = np.array([o[3] for o in obs])
     w = np.array([o[4] for o in obs])
     base = float(np.sum(w * np.abs(r)) / np.sum(w))
-    best = (base * 0.98, None)
+    best = (math.inf, None)
     for length in RESIDUAL_LENGTHS_OCTAVES:
         loo_num, loo_den = {}, {}
         for dt, (x, num, den, _) in pts.items():
@@ -790,8 +790,10 @@ def fit_gemm_residual(rows, fitted: Mapping[str, Any]) -> dict | None:
             cost = float(np.sum(w * np.abs(r - s * c)) / np.sum(w))
             if cost < best[0]:
                 best = (cost, (length, prior))
-    length, prior = best[1] or (RESIDUAL_EXACT_LENGTH_OCTAVES, RESIDUAL_EXACT_PRIOR)
-    return {"length_octaves": length, "prior": prior, "cv_mean_abs_log_error": min(best[0], base), "curve_mean_abs_log_error": base,
+    smoothed = best[0] < base * 0.98
+    length, prior = best[1] if smoothed else (RESIDUAL_EXACT_LENGTH_OCTAVES, RESIDUAL_EXACT_PRIOR)
+    # cv_mean_abs_log_error: the best smoothing's leave-one-shape-out error, kept or not
+    return {"length_octaves": length, "prior": prior, "cv_mean_abs_log_error": best[0], "curve_mean_abs_log_error": base,
             "dtypes": {dt: [[int(a) for a in shape] + [float(nu), float(de)] for shape, nu, de in zip(v[3], v[1], v[2])]
                        for dt, v in pts.items()}}
 
