@@ -259,13 +259,16 @@ class GemmResidual:
         flat = q.reshape(-1, 3)
         out = np.empty(len(flat))
         step = max(1, RESIDUAL_CHUNK_ELEMENTS // max(1, len(x)))  # bounded memory for large vectorised queries
-        x2 = np.sum(x * x, axis=1)
         for i in range(0, len(flat), step):
-            qi = flat[i:i + step]
-            d2 = np.maximum(np.sum(qi * qi, axis=1)[:, None] + x2 - 2.0 * (qi @ x.T), 0.0)  # |q - x|^2
-            kern = np.exp(-0.5 * d2 / self.length_octaves**2)
+            kern = _gauss_kernel(flat[i:i + step], x, self.length_octaves)
             out[i:i + step] = (kern @ num) / (self.prior + kern @ den)
         return out.reshape(q.shape[:-1]) if q.ndim > 1 else float(out[0])
+
+
+def _gauss_kernel(q: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
+    """exp(-|q_i - x_j|^2 / (2 length^2)) for rows q (Q, 3) and x (N, 3): GemmResidual's weights."""
+    d2 = np.maximum(np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1) - 2.0 * (q @ x.T), 0.0)
+    return np.exp(-0.5 * d2 / length**2)
 
 
 @dataclass(frozen=True)
@@ -772,22 +775,25 @@ def fit_gemm_residual(rows, fitted: Mapping[str, Any]) -> dict | None:
     pts = _residual_points(obs)
     if not pts or sum(len(v[3]) for v in pts.values()) < 4:
         return None
-    index = {dt: {shape: i for i, shape in enumerate(v[3])} for dt, v in pts.items()}
+    # each observation's row among the shapes of every dtype, in the order the sums below concatenate them
+    dts = sorted(pts)
+    row = {(dt, shape): i for i, (dt, shape) in enumerate((dt, shape) for dt in dts for shape in pts[dt][3])}
+    gi = np.array([row[(o[0], o[1])] for o in obs])
     r = np.array([o[2] for o in obs])
     s = np.array([o[3] for o in obs])
     w = np.array([o[4] for o in obs])
     base = float(np.sum(w * np.abs(r)) / np.sum(w))
     best = (math.inf, None)
     for length in RESIDUAL_LENGTHS_OCTAVES:
-        loo_num, loo_den = {}, {}
-        for dt, (x, num, den, _) in pts.items():
-            d2 = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
-            kern = np.exp(-0.5 * d2 / length**2)
+        sums = []
+        for dt in dts:
+            x, num, den, _ = pts[dt]
+            kern = _gauss_kernel(x, x, length)
             np.fill_diagonal(kern, 0.0)  # leave the shape itself out
-            loo_num[dt], loo_den[dt] = kern @ num, kern @ den
+            sums.append((kern @ num, kern @ den))
+        loo_num, loo_den = (np.concatenate(v)[gi] for v in zip(*sums))
         for prior in RESIDUAL_PRIORS:
-            c = np.array([loo_num[o[0]][index[o[0]][o[1]]] / (prior + loo_den[o[0]][index[o[0]][o[1]]]) for o in obs])
-            cost = float(np.sum(w * np.abs(r - s * c)) / np.sum(w))
+            cost = float(np.sum(w * np.abs(r - s * loo_num / (prior + loo_den))) / np.sum(w))
             if cost < best[0]:
                 best = (cost, (length, prior))
     smoothed = best[0] < base * 0.98

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from .arch import ModelConfig, load_model
-from .bench.records import record_problems
+from .bench.records import check_kernel_record
 from .errors import InputError, from_validation_error
 from .inference import decode_step, prefill_time_s
 from .memory import CUBLAS_WORKSPACES_BYTES, decode_memory, required_device_bytes
@@ -313,9 +313,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
             elif kind == "infer":
                 cases += _infer_cases(rec, lib, where, calibration, host_time_factor)
             elif kind == "kernel":
-                probs = record_problems(rec, rates=False)
-                if probs:
-                    raise InputError(f"kernel record ({rec.get('op')!r}): {probs[0][0]} {probs[0][1]}", file=where, field=probs[0][0])
+                check_kernel_record(rec, where)
                 c = _kernel_case(rec, lib, calibration, effs)
                 if c is None:
                     why = "no host-CPU calibration for " + str(hw) if rec.get("op") == "cpu_gemm" else "not modelled"

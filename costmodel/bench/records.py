@@ -128,6 +128,17 @@ def record_problems(rec: dict, rates: bool = True) -> list[tuple[str, str]]:
     return probs
 
 
+def check_kernel_record(rec: dict, where: str) -> None:
+    """Raise InputError (at ``where``, e.g. ``file:line``) naming the first field a prediction of
+    kernel record ``rec`` cannot use (record_problems with rates=False)."""
+    probs = record_problems(rec, rates=False)
+    if probs:
+        from ..errors import InputError
+
+        f, p = probs[0]
+        raise InputError(f"kernel record ({rec.get('op')!r}): {f} {p}", file=where, field=f)
+
+
 def validate_record(rec: dict) -> list[str]:
     """Problems with one record (empty list when it is valid), per SCHEMA.md's kernel format."""
     return [f"{f} {p}" for f, p in record_problems(rec)]
@@ -246,15 +257,9 @@ def read_json_objects(path: str | Path) -> list[tuple[int, dict]]:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Kernel records of a JSONL file (other kinds are skipped). Raises InputError on bad lines,
     and on a kernel record without the shape or time its op needs (naming the line and field)."""
-    from ..errors import InputError
-
     out = []
     for i, rec in read_json_objects(path):
-        if rec.get("kind") != "kernel":
-            continue
-        probs = record_problems(rec, rates=False)
-        if probs:
-            f, p = probs[0]
-            raise InputError(f"line {i}: kernel record ({rec.get('op')!r}): {f} {p}", file=Path(path), field=f)
-        out.append(rec)
+        if rec.get("kind") == "kernel":
+            check_kernel_record(rec, f"{path}:{i}")
+            out.append(rec)
     return out
