@@ -117,7 +117,7 @@ class AcceleratorSpec(_SpecBase):
     # Streaming multiprocessors (NVIDIA) / compute units (AMD) of the package: GEMM output tiles run
     # in waves of this many (wave quantisation in the default GEMM curve). None: not modelled.
     compute_units: int | None = Field(default=None, ge=1)
-    # Calibration (efficiency) overlays are applied on top; see calibration.py.
+    # Calibration (efficiency) overlays are applied on top; see costmodel/calibration/.
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

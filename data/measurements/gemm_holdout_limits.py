@@ -16,7 +16,7 @@ Prints, for the shipped H100 calibration records (run 23e):
      than SMs (cuBLAS picks small tiles for small outputs: 23n).
 The oracles use the kernel cuBLAS actually ran for the held-back shape, which a prediction for an
 unmeasured shape cannot know: they bound what modelling the kernel choice could gain.
-Monkeypatches costmodel.calibration for the variants; an analysis script, not a test.
+Monkeypatches costmodel.calibration's curves and fit modules for the variants; an analysis script, not a test.
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import costmodel.calibration as C
+import costmodel.calibration.curves as C_curves
+import costmodel.calibration.fit as C_fit
 from costmodel.bench.records import read_jsonl
 from costmodel.cli.common import library
 
@@ -87,6 +89,10 @@ def main() -> None:
     tiles = cublas_tiles()
     shipped_wave, shipped_fit, shipped_log_factor = C.wave_utilisation, C.fit_gemm, C.GemmResidual.log_factor
 
+    def use(wave, fit):  # the GEMM curve (curves) and the fit (fit) each look these names up in their module
+        C_curves.wave_utilisation = C_fit.wave_utilisation = wave
+        C_fit.fit_gemm = fit
+
     check(seeds, "shipped")
 
     # oracle-tiles: a sentinel tile (1, j) means "dtype j's real tile per shape"
@@ -109,9 +115,9 @@ def main() -> None:
             best["residual"] = res
         return best
 
-    C.wave_utilisation, C.fit_gemm = oracle_wave, oracle_fit
+    use(oracle_wave, oracle_fit)
     check(seeds, "oracle-tiles")
-    C.wave_utilisation, C.fit_gemm = shipped_wave, shipped_fit
+    use(shipped_wave, shipped_fit)
 
     # oracle-family: + mean residual of the training shapes that ran the same kernel tile and family
     def family_log_factor(self, m, n, k, dtype):
@@ -145,9 +151,9 @@ def main() -> None:
         out = t / (np.ceil(t / units) * units)
         return out if out.ndim else float(out)
 
-    C.wave_utilisation = shrink_wave
+    use(shrink_wave, shipped_fit)
     check(seeds, "shrink-to-fill")
-    C.wave_utilisation = shipped_wave
+    use(shipped_wave, shipped_fit)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""DeviceEfficiency: the achieved rates the models ask for, and the defaults built from a spec's peaks."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, ELEMENTWISE_OPS, GEMM_OPS, HOST_OPS, MEM_OPS, sdpa_flops
+from ..errors import InputError
+from .curves import AttentionCurve, BandwidthCurve, CollectiveFit, GemmCurve, GemmDtype, LinkFit, Timing
+from .defaults import DEFAULT_ATTENTION, DEFAULT_COPY_BW_EFFICIENCY, DEFAULT_ELEMENTWISE_BW_EFFICIENCY, DEFAULT_GEMM_BW_EFFICIENCY, DEFAULT_GEMM_EFFICIENCY, DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_X_HALF, DEFAULT_H2D_PAGEABLE_EFFICIENCY, DEFAULT_H2D_PINNED_EFFICIENCY, DEFAULT_HOST_LATENCY_S, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S, DEFAULT_P, DEFAULT_Q, DEFAULT_READ_BW_EFFICIENCY
+
+# ------------------------------------------------------------------------------------------------
+class DeviceEfficiency:
+    """Achieved rates of one device. Immutable. Times are seconds, rates per second.
+
+    ``gemm_time_s``, ``mem_bytes_per_s`` and ``attention_flops_per_s`` describe kernels queued
+    back to back (as inside a training step): they include the host dispatch floor of each kernel
+    family, so callers add no launch overhead for them. ``*_call_time_s`` give one isolated call,
+    the convention of SCHEMA.md's kernel records. ``launch_overhead_s`` is the dispatch floor of
+    the cheapest kernel, for kernels the caller models itself.
+    """
+
+    __slots__ = ("device", "source", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives",
+                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "_frozen")
+
+    def __init__(self, *, device: str, source: str, gemm: GemmCurve, copy: BandwidthCurve, read: BandwidthCurve,
+                 elementwise: Mapping[str, BandwidthCurve], attention: Mapping[str, AttentionCurve], host: Mapping[str, LinkFit],
+                 collectives: Mapping[str, Mapping[int, CollectiveFit]], launch_overhead_s: float, peaks: Mapping[str, float] | None = None,
+                 eager_infer_host_factor: float = 1.0):
+        s = object.__setattr__
+        s(self, "device", device)
+        s(self, "source", source)
+        s(self, "gemm", gemm)
+        s(self, "copy", copy)
+        s(self, "read", read)
+        s(self, "elementwise", dict(elementwise))
+        s(self, "attention", dict(attention))
+        s(self, "host", dict(host))
+        s(self, "collectives", {op: dict(v) for op, v in collectives.items()})
+        s(self, "launch_overhead_s", float(launch_overhead_s))
+        s(self, "peaks", dict(peaks or {}))
+        # this machine's eager Hugging Face inference host time against the constants of
+        # costmodel.inference (fitted on one H100 machine): measured with the GPU's calibration
+        s(self, "eager_infer_host_factor", float(eager_infer_host_factor))
+        s(self, "_frozen", True)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("DeviceEfficiency is immutable")
+
+    def __repr__(self):
+        return f"DeviceEfficiency({self.device!r}, source={self.source!r})"
+
+    # ---------------------------------------------------------------- GEMM
+    def _dtype(self, dtype: str) -> str:
+        if dtype not in self.gemm.dtypes:
+            have = ", ".join(sorted(self.gemm.dtypes))
+            raise InputError(f"{self.device} has no {dtype} GEMM rate (have: {have})", field="dtype")
+        return dtype
+
+    def gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
+        """Seconds for one GEMM (or a batch of ``batch`` same-shape GEMMs in one kernel), queued
+        back to back. Accepts numpy arrays for m, n, k (vectorised). ``interleaved``: the GEMMs
+        run in short bursts between memory-bound kernels (a training or prefill step), so the power
+        cap that sustained back-to-back GEMMs hit binds only as far as a short burst's does."""
+        d = self._dtype(dtype)
+        t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch, mode="burst" if interleaved else "stream"))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def gemm_call_time_s(self, m, n, k, dtype: str, batch=1):
+        """Seconds for one isolated GEMM call (synchronise, launch, wait), as SCHEMA.md records time."""
+        d = self._dtype(dtype)
+        t = self.gemm.dtypes[d].timing.call(self.gemm.kernel_s(m, n, k, d, batch, mode="burst"))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
+        """Achieved FLOP/s of one GEMM, its memory-bound regime (small m) included."""
+        f = 2.0 * np.asarray(m, dtype=float) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)
+        return float(f) if np.ndim(f) == 0 else f
+
+    # ---------------------------------------------------------------- memory
+    def mem_time_s(self, nbytes, kind: str = "copy"):
+        """Seconds to stream ``nbytes`` (read + written) through a copy or a read kernel."""
+        c = self.copy if kind == "copy" else self.read
+        t = c.timing.stream(c.kernel_s(nbytes))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def mem_bytes_per_s(self, nbytes, kind: str = "copy"):
+        """Achieved streaming bandwidth for a kernel moving ``nbytes`` (read + write counted)."""
+        r = np.asarray(nbytes, dtype=float) / self.mem_time_s(nbytes, kind)
+        return float(r) if np.ndim(r) == 0 else r
+
+    def elementwise_time_s(self, nbytes, op: str = "elementwise_add"):
+        c = self.elementwise.get(op) or self.elementwise.get("elementwise_add") or self.copy
+        t = c.timing.stream(c.kernel_s(nbytes))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def elementwise_bytes_per_s(self, nbytes, op: str = "elementwise_add"):
+        r = np.asarray(nbytes, dtype=float) / self.elementwise_time_s(nbytes, op)
+        return float(r) if np.ndim(r) == 0 else r
+
+    # ---------------------------------------------------------------- attention
+    def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        c = self.attention.get("sdpa_fwd_bwd" if backward else "sdpa_fwd")
+        if c is None:
+            raise InputError(f"{self.device} has no attention calibration (run `costmodel calibrate` on a GPU, or give a spec)",
+                             field="attention")
+        t = c.timing.stream(c.kernel_s(b, h, s, d, causal, backward))
+        return float(t) if np.ndim(t) == 0 else t
+
+    def attention_flops_per_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        """Achieved FLOP/s of flash attention, FLOPs counted as SCHEMA.md does (4bhs^2d, /2 causal,
+        x3.5 forward+backward)."""
+        f = sdpa_flops(b, h, s, d, causal, backward) / self.attention_time_s(b, h, s, d, causal, backward)
+        return float(f) if np.ndim(f) == 0 else f
+
+    # ---------------------------------------------------------------- host link
+    def h2d_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
+        """Host-to-device bandwidth (asymptotic, or for a copy of ``nbytes``)."""
+        f = self.host.get("h2d_pinned" if pinned else "h2d_pageable")
+        if f is None:
+            raise InputError(f"{self.device} has no host-link calibration", field="host")
+        return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
+
+    def d2h_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
+        key = "d2h_pinned" if pinned else "d2h_pageable"
+        f = self.host.get(key) or self.host.get("h2d_pinned" if pinned else "h2d_pageable")
+        if f is None:
+            raise InputError(f"{self.device} has no host-link calibration", field="host")
+        return f.bytes_per_s if nbytes is None else float(nbytes / f.time_s(nbytes))
+
+    # ---------------------------------------------------------------- collectives
+    def collective_time_s(self, op: str, nbytes: float, world: int) -> float | None:
+        """Seconds of one collective on ``world`` devices, ``nbytes`` the whole buffer (nccl-tests
+        convention). None when no calibrated fit exists for ``op``. A fit at another world size
+        is reused through nccl-tests' bus-bandwidth factor (the nearest world size measured)."""
+        fits = self.collectives.get(op)
+        if not fits:
+            return None
+        w = world if world in fits else min(fits, key=lambda x: (abs(x - world), -x))
+        t = fits[w].time_s(op, nbytes, world)
+        return float(t) if np.ndim(t) == 0 else t
+
+    # ---------------------------------------------------------------- records
+    def predict_record_s(self, rec: Mapping[str, Any], stream: bool = False) -> float | None:
+        """Predicted seconds for a SCHEMA.md kernel record (isolated call, or back to back)."""
+        op = rec.get("op")
+        try:
+            if op in GEMM_OPS:
+                f = self.gemm_time_s if stream else self.gemm_call_time_s
+                return float(f(rec["m"], rec["n"], rec["k"], rec["dtype"]))
+            if op == "cpu_gemm":
+                n = rec["n"]
+                return float((self.gemm_time_s if stream else self.gemm_call_time_s)(n, n, n, rec.get("dtype", "fp32")))
+            if op in MEM_OPS:
+                c = self.copy if op == "mem_copy" else self.read
+                traffic = rec["bytes"] * (2 if op == "mem_copy" else 1)
+                return float((c.timing.stream if stream else c.timing.call)(c.kernel_s(traffic)))
+            if op in ELEMENTWISE_OPS:
+                c = self.elementwise.get(op)
+                if c is None:
+                    return None
+                return float((c.timing.stream if stream else c.timing.call)(c.kernel_s(rec["bytes"])))
+            if op in ATTENTION_OPS:
+                c = self.attention[op]
+                t = c.kernel_s(rec["b"], rec["h"], rec["s"], rec["d"], rec.get("causal", True), op == "sdpa_fwd_bwd")
+                return float(c.timing.stream(t) if stream else c.timing.call(t))
+            if op in HOST_OPS:
+                f = self.host.get(op)
+                return float(f.time_s(rec["bytes"])) if f else None
+            if op in COLLECTIVE_OPS:
+                return self.collective_time_s(op, rec["bytes"], int(rec["world"]))
+        except (KeyError, InputError):
+            return None
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults from a spec.
+
+def _spec_peaks(spec) -> dict[str, float]:
+    out = {}
+    for dt in ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4"):
+        v = spec.peak_flops.get(dt)
+        if v:
+            out[dt] = float(v)
+    return out
+
+
+def default_efficiency(spec) -> DeviceEfficiency:
+    """Datasheet peaks x the default efficiency curves above (each constant cites its source)."""
+    peaks = _spec_peaks(spec)
+    bw = float(spec.memory.bandwidth_bytes_per_s)
+    gemm_t = Timing(DEFAULT_KERNEL_MIN_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_FLOOR_S, DEFAULT_Q)
+    gemm = GemmCurve({dt: GemmDtype(p * DEFAULT_GEMM_EFFICIENCY.get(dt, 0.7), gemm_t) for dt, p in peaks.items()},
+                     bw * DEFAULT_GEMM_BW_EFFICIENCY, DEFAULT_GEMM_X_HALF, DEFAULT_P)
+    mem_t = Timing(DEFAULT_KERNEL_MIN_S, DEFAULT_MEM_GAP_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_Q)
+    copy = BandwidthCurve(bw * DEFAULT_COPY_BW_EFFICIENCY, mem_t)
+    read = BandwidthCurve(bw * DEFAULT_READ_BW_EFFICIENCY, mem_t)
+    elem = {op: BandwidthCurve(bw * e, mem_t) for op, e in DEFAULT_ELEMENTWISE_BW_EFFICIENCY.items()}
+    half = peaks.get("bf16") or peaks.get("fp16") or peaks.get("fp32")
+    att = {op: AttentionCurve(half * a["efficiency_max"], a["head_dim_half"], a["causal_block"], a["noncausal_factor"],
+                              bw * DEFAULT_COPY_BW_EFFICIENCY, gemm_t) for op, a in DEFAULT_ATTENTION.items()}
+    host = {}
+    hl = getattr(spec, "host_link", None)
+    link_bw = float(hl.bandwidth_bytes_per_s) if hl is not None else 64e9  # PCIe 5 x16 when unknown
+    for op in HOST_OPS:
+        eff = DEFAULT_H2D_PINNED_EFFICIENCY if "pinned" in op else DEFAULT_H2D_PAGEABLE_EFFICIENCY
+        host[op] = LinkFit(link_bw * eff, DEFAULT_HOST_LATENCY_S)
+    return DeviceEfficiency(device=spec.id, source="datasheet defaults", gemm=gemm, copy=copy, read=read, elementwise=elem,
+                            attention=att, host=host, collectives={}, launch_overhead_s=DEFAULT_LAUNCH_OVERHEAD_S, peaks=peaks)
