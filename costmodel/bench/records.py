@@ -28,6 +28,24 @@ ATTENTION_OPS = ("sdpa_fwd", "sdpa_fwd_bwd")
 NVME_OPS = ("nvme_read", "nvme_write")
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
+# The op families a calibration fits and reports by (calibration.holdout groups its errors so).
+FAMILIES = {
+    "gemm": GEMM_OPS + ("cpu_gemm",),
+    "bandwidth": MEM_OPS + ELEMENTWISE_OPS,
+    "attention": ATTENTION_OPS,
+    "host": HOST_OPS,
+    "collectives": COLLECTIVE_OPS,
+}
+
+
+def family(op: str) -> str | None:
+    """The family of ``op`` (a FAMILIES key), None for an op no calibration fits."""
+    for f, ops in FAMILIES.items():
+        if op in ops:
+            return f
+    return None
+
+
 # Bytes per element of each dtype name used in records.
 DTYPE_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 

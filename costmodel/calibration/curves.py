@@ -1,4 +1,5 @@
-"""The kernel time curves of a calibrated device: GEMM (with wave quantisation, power cap and the per-shape residual), bandwidth, attention, host links and collectives."""
+"""The kernel time curves of a calibrated device: GEMM (with wave quantisation, power cap and the
+per-shape residual), bandwidth, attention, host links and collectives."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,10 @@ from typing import Mapping
 import numpy as np
 
 from ..bench.records import DTYPE_BYTES, busbw_factor
-from .defaults import DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_P, DEFAULT_Q
+from .defaults import (
+    DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_P,
+    DEFAULT_Q,
+)
 
 # ------------------------------------------------------------------------------------------------
 def smoothmax(a, b, p: float):

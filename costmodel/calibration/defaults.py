@@ -1,4 +1,5 @@
-"""Default efficiency constants (a spec's datasheet peaks times these when no calibration exists) and the overlay format tag."""
+"""Default efficiency constants (a spec's datasheet peaks times these when no calibration exists) and
+the overlay format tag."""
 from __future__ import annotations
 
 

@@ -1,14 +1,23 @@
-"""DeviceEfficiency: the achieved rates the models ask for, and the defaults built from a spec's peaks."""
+"""DeviceEfficiency: the achieved rates the models ask for, and the defaults built from a spec's
+peaks."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, ELEMENTWISE_OPS, GEMM_OPS, HOST_OPS, MEM_OPS, sdpa_flops
+from ..bench.records import (
+    ATTENTION_OPS, COLLECTIVE_OPS, ELEMENTWISE_OPS, GEMM_OPS, HOST_OPS, MEM_OPS, sdpa_flops,
+)
 from ..errors import InputError
 from .curves import AttentionCurve, BandwidthCurve, CollectiveFit, GemmCurve, GemmDtype, LinkFit, Timing
-from .defaults import DEFAULT_ATTENTION, DEFAULT_COPY_BW_EFFICIENCY, DEFAULT_ELEMENTWISE_BW_EFFICIENCY, DEFAULT_GEMM_BW_EFFICIENCY, DEFAULT_GEMM_EFFICIENCY, DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_X_HALF, DEFAULT_H2D_PAGEABLE_EFFICIENCY, DEFAULT_H2D_PINNED_EFFICIENCY, DEFAULT_HOST_LATENCY_S, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S, DEFAULT_P, DEFAULT_Q, DEFAULT_READ_BW_EFFICIENCY
+from .defaults import (
+    DEFAULT_ATTENTION, DEFAULT_COPY_BW_EFFICIENCY, DEFAULT_ELEMENTWISE_BW_EFFICIENCY,
+    DEFAULT_GEMM_BW_EFFICIENCY, DEFAULT_GEMM_EFFICIENCY, DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S,
+    DEFAULT_GEMM_X_HALF, DEFAULT_H2D_PAGEABLE_EFFICIENCY, DEFAULT_H2D_PINNED_EFFICIENCY,
+    DEFAULT_HOST_LATENCY_S, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S,
+    DEFAULT_P, DEFAULT_Q, DEFAULT_READ_BW_EFFICIENCY,
+)
 
 # ------------------------------------------------------------------------------------------------
 class DeviceEfficiency:

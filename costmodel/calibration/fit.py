@@ -1,4 +1,6 @@
-"""Fitting the curves to kernel records: Levenberg-Marquardt on log times with a weak prior; GEMM, bandwidth, attention, host links, collectives, a whole overlay, and the host call-gap offset to reference records."""
+"""Fitting the curves to kernel records: Levenberg-Marquardt on log times with a weak prior; GEMM,
+bandwidth, attention, host links, collectives, a whole overlay, and the host call-gap offset to
+reference records."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -7,9 +9,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, DTYPE_BYTES, ELEMENTWISE_OPS, GEMM_OPS, HOST_OPS, MEM_OPS, busbw_factor, record_time_s, sdpa_flops, stream_time_s
+from ..bench.records import (
+    ATTENTION_OPS, COLLECTIVE_OPS, DTYPE_BYTES, ELEMENTWISE_OPS, GEMM_OPS, HOST_OPS,
+    busbw_factor, family, record_time_s, sdpa_flops, stream_time_s,
+)
 from ..errors import InputError
-from .curves import AttentionCurve, BURST_CALLS_TO_MEDIAN, DEFAULT_THROTTLE_S, TILE_CANDIDATES, Timing, pack_s, power_limited_s, smoothmax, wave_utilisation
+from .curves import (
+    AttentionCurve, BURST_CALLS_TO_MEDIAN, DEFAULT_THROTTLE_S, TILE_CANDIDATES, Timing, pack_s,
+    power_limited_s, smoothmax, wave_utilisation,
+)
 from .defaults import DEFAULT_ATTENTION, DEFAULT_P, DEFAULT_Q, FORMAT, K_HALF_START
 from .efficiency import _spec_peaks, default_efficiency
 from .overlay import _rounded, efficiency_from_overlay
@@ -512,19 +520,3 @@ def with_call_gap_offset(overlay: Mapping[str, Any], delta_s: float) -> dict:
         if key in ov:
             walk(ov[key])
     return ov
-
-
-FAMILIES = {
-    "gemm": GEMM_OPS + ("cpu_gemm",),
-    "bandwidth": MEM_OPS + ELEMENTWISE_OPS,
-    "attention": ATTENTION_OPS,
-    "host": HOST_OPS,
-    "collectives": COLLECTIVE_OPS,
-}
-
-
-def family(op: str) -> str | None:
-    for f, ops in FAMILIES.items():
-        if op in ops:
-            return f
-    return None

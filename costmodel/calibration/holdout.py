@@ -1,4 +1,5 @@
-"""The held-back check of ``costmodel calibrate --check``: hold back a fraction of the measured shapes, fit the rest, report the held-back error."""
+"""The held-back check of ``costmodel calibrate --check``: hold back a fraction of the measured
+shapes, fit the rest, report the held-back error."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,9 +7,9 @@ from typing import Iterable
 
 import numpy as np
 
-from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, GEMM_OPS, record_time_s, stream_time_s
+from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, FAMILIES, GEMM_OPS, family, record_time_s, stream_time_s
 from .efficiency import DeviceEfficiency, default_efficiency
-from .fit import FAMILIES, family, fit_overlay
+from .fit import fit_overlay
 from .overlay import efficiency_from_overlay
 
 HOLDOUT_FRACTION = 0.25  # shapes held back per series by --check

@@ -1,4 +1,5 @@
-"""Calibration overlays on disk: reading (every field checked, errors name the file and field), the shipped overlays, and atomic writing (never over a shipped spec)."""
+"""Calibration overlays on disk: reading (every field checked, errors name the file and field), the
+shipped overlays, and atomic writing (never over a shipped spec)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,14 @@ import numpy as np
 
 from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, DTYPE_BYTES, HOST_OPS, write_text_atomic
 from ..errors import InputError
-from .curves import AttentionCurve, BandwidthCurve, CollectiveFit, DEFAULT_THROTTLE_S, GemmCurve, GemmDtype, GemmResidual, LinkFit, Timing
-from .defaults import DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S, DEFAULT_P, DEFAULT_Q, FORMAT
+from .curves import (
+    AttentionCurve, BandwidthCurve, CollectiveFit, DEFAULT_THROTTLE_S, GemmCurve, GemmDtype,
+    GemmResidual, LinkFit, Timing,
+)
+from .defaults import (
+    DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S,
+    DEFAULT_P, DEFAULT_Q, FORMAT,
+)
 from .efficiency import DeviceEfficiency, default_efficiency
 
 def _rounded(obj):

@@ -1,4 +1,5 @@
-"""The GEMM curve's per-shape residual (GemmResidual): what the fitted curve misses at each measured shape, and its smoothing length chosen by leave-one-shape-out cross-validation."""
+"""The GEMM curve's per-shape residual (GemmResidual): what the fitted curve misses at each measured
+shape, and its smoothing length chosen by leave-one-shape-out cross-validation."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .curves import RESIDUAL_EXACT_LENGTH_OCTAVES, RESIDUAL_EXACT_PRIOR, RESIDUAL_LENGTHS_OCTAVES, RESIDUAL_PRIORS, _gauss_kernel
+from .curves import (
+    RESIDUAL_EXACT_LENGTH_OCTAVES, RESIDUAL_EXACT_PRIOR, RESIDUAL_LENGTHS_OCTAVES, RESIDUAL_PRIORS,
+    _gauss_kernel,
+)
 from .overlay import _Reader, _read_gemm
 
 def _residual_obs(rows, fitted: Mapping[str, Any]):

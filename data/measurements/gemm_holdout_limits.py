@@ -67,8 +67,7 @@ def reproducibility() -> None:
               f"GEMMs {len(g)}, > 10%: {sum(abs(x) > 0.10 for x, _ in g)}, max {100 * abs(g[0][0]):.1f}% ({' '.join(map(str, g[0][1][1:5]))})")
 
 
-def check(seeds, label: str) -> None:
-    recs = read_jsonl(str(RUN))
+def check(recs, seeds, label: str) -> None:
     dev = recs[0]["hardware"]
     spec = library(None).device(dev)
     for s in seeds:
@@ -86,6 +85,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3")
     seeds = [int(x) for x in ap.parse_args().seeds.split(",")]
     reproducibility()
+    recs = read_jsonl(str(RUN))
     tiles = cublas_tiles()
     shipped_wave, shipped_fit, shipped_log_factor = C.wave_utilisation, C.fit_gemm, C.GemmResidual.log_factor
 
@@ -93,7 +93,7 @@ def main() -> None:
         C_curves.wave_utilisation = C_fit.wave_utilisation = wave
         C_fit.fit_gemm = fit
 
-    check(seeds, "shipped")
+    check(recs, seeds, "shipped")
 
     # oracle-tiles: a sentinel tile (1, j) means "dtype j's real tile per shape"
     def oracle_wave(m, n, tile, units, k=None):
@@ -116,7 +116,7 @@ def main() -> None:
         return best
 
     use(oracle_wave, oracle_fit)
-    check(seeds, "oracle-tiles")
+    check(recs, seeds, "oracle-tiles")
     use(shipped_wave, shipped_fit)
 
     # oracle-family: + mean residual of the training shapes that ran the same kernel tile and family
@@ -132,7 +132,7 @@ def main() -> None:
         return base + (float(num[same].sum() / (1.0 + den[same].sum())) if same.any() else 0.0)
 
     C.GemmResidual.log_factor = family_log_factor
-    check(seeds, "oracle-family")
+    check(recs, seeds, "oracle-family")
     C.GemmResidual.log_factor = shipped_log_factor
 
     def shrink_wave(m, n, tile, units, k=None):
@@ -152,7 +152,7 @@ def main() -> None:
         return out if out.ndim else float(out)
 
     use(shrink_wave, shipped_fit)
-    check(seeds, "shrink-to-fill")
+    check(recs, seeds, "shrink-to-fill")
     use(shipped_wave, shipped_fit)
 
 
