@@ -197,10 +197,24 @@ class ScaleUpDomain(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ScaleOutScaling(_Strict):
+    """How the scale-out network's collectives behave as a group spans more nodes, as measured
+    (costmodel.cluster): ``bus_bandwidth`` per collective (all_reduce, all_gather, reduce_scatter,
+    all_to_all, send_recv) maps a node count to the large-message nccl-tests bus bandwidth there;
+    ``step_latency`` is the time of one ring step that crosses the network."""
+
+    step_latency_s: Seconds = Field(alias="step_latency")
+    bus_bandwidth: dict[Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"],
+                        dict[Annotated[int, Field(ge=1)], BytesPerSec]]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class ScaleOutNetwork(_Strict):
     name: str
     bandwidth_per_device_bytes_per_s: BytesPerSec = Field(alias="bandwidth_per_device")
     latency_s: Seconds = Field(default=5e-6, alias="latency")
+    scaling: ScaleOutScaling | None = None  # measured behaviour at scale (costmodel.cluster)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
