@@ -11,7 +11,7 @@ show that. A node spec's ``scale_out.scaling`` holds what was measured
 - ``bus_bandwidth``: per collective, the large-message bus bandwidth (nccl-tests convention,
   doc/PERFORMANCE.md) at each measured node count. Between two counts it is interpolated on
   log-log axes (a power law per segment); past the largest it follows the last segment's power
-  law, never rising; below the smallest multi-node count it stays at that count's value.
+  law, never rising; below the smallest count it stays at that count's value.
   reduce_scatter falls back to all_gather's table, all_to_all and send_recv to the NIC line rate.
 - ``step_latency``: seconds per ring step when the ring crosses nodes. A ring step ends only when
   every rank has passed its chunk on, so each of a ring's steps waits for the network hop (NCCL's
@@ -51,8 +51,7 @@ def bus_bandwidth_at(scaling, op: str, nodes: float) -> float | None:
     table = _table(scaling, normalize_op(op))
     if not table:
         return None
-    pts = sorted((int(n), float(b)) for n, b in table.items() if int(n) > 1) or sorted(
-        (int(n), float(b)) for n, b in table.items())
+    pts = sorted((int(n), float(b)) for n, b in table.items())
     if nodes <= pts[0][0] or len(pts) == 1:
         return pts[0][1]
     for (n0, b0), (n1, b1) in zip(pts, pts[1:]):
