@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import comm
+from . import cluster, comm
 from .specs import AcceleratorSpec, NodeSpec
 
 # When no node spec is named: one 400 Gb/s NIC per device (50 GB/s, the NDR InfiniBand of DGX
@@ -99,6 +99,12 @@ class Links:
             per = max(1, min(world, int(per_node or 1), self.devices_per_node))
         return comm.Group(world, per)
 
+    @property
+    def scaling(self):
+        """The node's measured scale-out behaviour (specs.ScaleOutScaling), or None."""
+        so = getattr(self.node, "scale_out", None) if self.node is not None else None
+        return getattr(so, "scaling", None)
+
     def _efficiency(self):
         return self.eff if hasattr(self.eff, "collective_time_s") else None
 
@@ -107,6 +113,11 @@ class Links:
         if world <= 1 or nbytes <= 0:
             return 0.0
         g = self.group(world, intra, per_node)
+        nodes = -(-g.size // max(1, g.per_domain))
+        if nodes > 1 and self.scaling is not None:
+            # a group across nodes of a cluster whose scaling was measured (costmodel.cluster)
+            return self.params.launch_overhead_s + cluster.collective_time_s(
+                self.scaling, op, float(nbytes), g.size, nodes, self.inter_bw)
         return comm.collective_time_s(op, float(nbytes), g, self.comm_links, efficiency=self._efficiency(),
                                       params=self.params)
 
@@ -116,5 +127,8 @@ class Links:
         if nbytes <= 0:
             return 0.0
         pair = comm.Group(2, 1 if crosses_node else 2)
+        if crosses_node and self.scaling is not None:
+            return self.params.launch_overhead_s + cluster.collective_time_s(
+                self.scaling, "send_recv", float(nbytes), 2, 2, self.inter_bw)
         return comm.collective_time_s("send_recv", float(nbytes), pair, self.comm_links, efficiency=self._efficiency(),
                                       params=self.params)

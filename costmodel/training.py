@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import comm, comm_bridge
+from . import comm, comm_bridge, frameworks, steptime
 from .arch import GATED, ModelConfig
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
@@ -142,9 +142,17 @@ class TrainEstimate:
     tflops_per_device: float
     efficiency_source: str
     notes: list[str] = field(default_factory=list)
+    framework: str = "pytorch"  # the framework profile that timed the step (costmodel.frameworks)
+    # the step's terms where a composed framework profile timed it (costmodel.steptime.StepTerms)
+    terms: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        terms, self.terms = self.terms, None
+        try:
+            d = asdict(self)
+        finally:
+            self.terms = terms
+        d.pop("terms", None)
         d["memory"] = self.memory.to_dict()
         return d
 
@@ -480,7 +488,10 @@ def _tensors_per_layer(model: ModelConfig) -> int:
 
 def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par: Parallel,
                    node: NodeSpec | None = None, calibration: str | None = None,
-                   host_s_per_layer: float = HOST_S_PER_LAYER) -> TrainEstimate:
+                   host_s_per_layer: float = HOST_S_PER_LAYER, profile=None) -> TrainEstimate:
+    """Memory and step time of one layout. ``profile``: a framework profile (costmodel.frameworks;
+    an id, a YAML path or a FrameworkProfile) that replaces the job's own (``job.profile``, else
+    the built-in profile of ``job.framework``)."""
     eff = efficiency_for(spec, calibration)
     dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
     if spec.peak_flops.get(dtype) is None:
@@ -642,6 +653,21 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
                     pp_comm, bubble, optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+    prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
+    if prof.step_model == "composed":
+        # the framework's own mechanisms (costmodel.steptime), from its profile's parameters
+        terms = steptime.train_terms(
+            model, spec, job, par, node, eff, dtype, (g_f, g_b, a_f, a_b, e_f, e_b), head_f + head_b, loss_t,
+            optimizer_t, offload_t + ep_comm + cp_comm + fsdp_exposed, grad_bytes=st.grads * sp.total,
+            param_bytes_gathered=st.weights * sp.total, layers=layers)
+        c = steptime.compose(terms, {k: v.value for k, v in prof.parameters.items()}, prof.cluster_step_latency_s)
+        step = StepTime(float(c.compute_s), float(c.attention_s), float(c.elementwise_s), float(c.host_overhead_s),
+                        float(c.tp_comm_s), float(c.dp_comm_exposed_s), fsdp_exposed, float(c.pp_comm_s),
+                        float(c.bubble_s), float(c.optimizer_s), float(c.total_s), ep_comm_s=ep_comm,
+                        cp_comm_s=cp_comm, offload_s=offload_t)
+        total = step.total_s
+    else:
+        terms = None
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
@@ -658,7 +684,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         tokens_per_step=gb * job.seq_len, tokens_per_s=gb * job.seq_len / total,
         model_flops_per_step=tf.model_flops, hardware_flops_per_step=tf.hardware_flops, mfu=mfu, hfu=hfu,
         tflops_per_device=tf.model_flops / total / devices / 1e12, efficiency_source=getattr(eff, "source", "?"),
-        notes=notes,
+        notes=notes, framework=prof.id, terms=terms,
     )
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .arch import ModelConfig, load_model
 from .bench.records import check_kernel_record
+from . import frameworks
 from .errors import InputError, from_validation_error
 from .inference import decode_step, prefill_time_s
 from .memory import CUBLAS_WORKSPACES_BYTES, decode_memory, required_device_bytes
@@ -116,23 +117,28 @@ def _rel(pred: float, meas: float) -> float:
 
 
 def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None,
-                 host_time_factor: float = 1.0) -> list[Case]:
+                 host_time_factor: float = 1.0, profile: str | None = None) -> list[Case]:
     model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
     spec = lib.device(rec["hardware"])
     node = lib.node_for(rec["node"]) if rec.get("node") else None
     par = _parallel(rec)
-    fw_rec = str(rec.get("framework") or "")
-    if fw_rec.startswith("deepspeed"):
-        fw = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param, per-tensor ZeRO-3 gathers)
-    elif published or fw_rec.startswith("megatron"):
-        fw = "megatron"
-    else:
-        fw = "pytorch"
+    fw_rec = rec.get("framework")
+    if fw_rec is not None and not isinstance(fw_rec, str):
+        raise InputError(f"expected a framework name (got {fw_rec!r})", file=where, field="framework")
+    if fw_rec and str(fw_rec).lower().startswith("deepspeed"):
+        fw_rec = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param, per-tensor ZeRO-3 gathers)
+    elif fw_rec and str(fw_rec).lower().startswith("megatron"):
+        fw_rec = "megatron"
+    prof = frameworks.resolve(fw_rec or None, default="megatron" if published else "pytorch")
+    if profile is not None and (fw_rec is None or frameworks.resolve(profile).id == prof.id):
+        prof = frameworks.resolve(profile)
+    fw = prof.base
     opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
     mb = rec.get("micro_batch")
     job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
+                   profile=None if prof.step_model == "builtin" and profile is None else (profile or prof.id),
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
     job.check_batch(par)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
@@ -280,8 +286,10 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
 
 
 def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | None = None,
-                     calibration: str | None = None, host_time_factor: float = 1.0) -> ValidationReport:
-    """Predict every record. ``host_time_factor`` scales the eager host time of train and infer
+                     calibration: str | None = None, host_time_factor: float = 1.0,
+                     profile: str | None = None) -> ValidationReport:
+    """Predict every record. ``profile``: a framework profile (id or YAML path) that times the
+    train records of its framework instead of the built-in one. ``host_time_factor`` scales the eager host time of train and infer
     records (the host that measured them against the H100 machines the constants came from)."""
     lib = lib or load_library()
     cases: list[Case] = []
@@ -298,14 +306,14 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 pass
         try:
             if kind == "train":
-                cases += _train_cases(rec, lib, where, False, calibration, host_time_factor)
+                cases += _train_cases(rec, lib, where, False, calibration, host_time_factor, profile)
             elif kind == "published":
                 unverified = set(rec.get("unverified") or ())
                 if unverified & {"model", "parallel", "devices", "seq_len"}:
                     skipped.append(f"{where}: published record with unverified {', '.join(sorted(unverified))}")
                     continue
                 try:
-                    cases += _train_cases(rec, lib, where, True, calibration)
+                    cases += _train_cases(rec, lib, where, True, calibration, profile=profile)
                 except InputError as exc:  # e.g. an architecture we do not model (PaLM's parallel block)
                     skipped.append(f"{where}: {exc}")
             elif kind == "decode_step":

@@ -52,6 +52,9 @@ class TrainJob(BaseModel):
     recompute: Recompute = "none"
     attention: Literal["flash", "standard"] = "flash"
     framework: Framework = "pytorch"
+    # The framework profile (costmodel.frameworks: data/frameworks/<id>.yaml, or a profile YAML's
+    # path) whose mechanism parameters time the step; None: the built-in profile of ``framework``.
+    profile: str | None = None
     offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
     offload_params: Literal["none", "cpu", "nvme"] = "none"
     fused_optimizer: bool = True

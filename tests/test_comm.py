@@ -395,11 +395,25 @@ def test_bridge_routes_through_comm_and_truth_records():
     from costmodel.specs import load_library
 
     lib = load_library()
-    node = lib.node_for("dgx-h100")
-    bl = BridgeLinks.from_specs(lib.device("h100-sxm"), node, None)
+    node = lib.node_for("dgx-a100")  # no measured scale-out scaling: the alpha-beta model
+    bl = BridgeLinks.from_specs(lib.device("a100-80gb-sxm"), node, None)
     assert bl.collective_time_s("all_gather", GiB, 64, intra=False, per_node=8) == pytest.approx(
         collective_time_s("all_gather", GiB, Group(64, 8), node))
     assert bl.p2p_time_s(MiB, crosses_node=True) == pytest.approx(collective_time_s("send_recv", MiB, Group(2, 1), node))
+    # a node whose scaling was measured (dgx-h100: the Playbook's bus bandwidth by node count) goes
+    # through costmodel.cluster across nodes: 8 nodes of all-gather, 63 ring steps + the wire at the
+    # interpolated bus bandwidth, and the queued call's launch overhead
+    from costmodel import cluster
+
+    h = lib.node_for("dgx-h100")
+    bh = BridgeLinks.from_specs(lib.device("h100-sxm"), h, None)
+    sc = h.scale_out.scaling
+    bw8 = 250e9 * (11 / 250) ** (3 / 6)  # log-log between 1 node (250 GB/s) and 64 nodes (11 GB/s)
+    expect = bh.params.launch_overhead_s + 63 * sc.step_latency_s + 63 / 64 * GiB / bw8
+    assert cluster.bus_bandwidth_at(sc, "all_gather", 8) == pytest.approx(bw8)
+    assert bh.collective_time_s("all_gather", GiB, 64, intra=False, per_node=8) == pytest.approx(expect)
+    assert bh.collective_time_s("all_gather", GiB, 8, intra=True) == pytest.approx(
+        collective_time_s("all_gather", GiB, Group(8, 8), h))  # inside a node: unchanged
     if not TRUTH.exists():
         pytest.skip("truth file not present")
     from costmodel.validate import validate_file

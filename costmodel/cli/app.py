@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "search_cmd",
     "check_cmd",
     "scale_cmd",
+    "fit_profile_cmd",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,92 @@
+"""`costmodel fit-profile RUNS.jsonl --framework NAME --out my.yaml`: fit a framework profile's
+few bounded parameters to measured training steps (costmodel.profile_fit)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+
+
+def fit_profile_cmd(
+    files: list[str] = typer.Argument(..., help="JSONL files of measured train steps (SCHEMA.md `train` records)."),
+    framework: str = typer.Option(..., "--framework", help="The framework that ran them (pytorch, megatron, deepspeed, torchtitan, nanotron)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the fitted profile YAML here (atomically); use it with --profile."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Start from this profile YAML instead of the built-in one."),
+    profile_id: Optional[str] = typer.Option(None, "--id", help="Id of the written profile (default: <framework>-fitted)."),
+    folds: int = typer.Option(5, "--folds", min=0, help="k-fold held-out error (0 or 1: none)."),
+    fit_latency: bool = typer.Option(True, "--fit-latency/--no-fit-latency",
+                                     help="Also fit the cluster's cross-node ring step latency (off when nccl-tests logs pinned it)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Fit a framework profile to your measured steps; prints the fit and a held-out error."""
+    from .. import frameworks, profile_fit
+    from ..errors import InputError
+    from ..validate import read_records
+
+    base = frameworks.resolve(framework)
+    start = frameworks.composed_start(frameworks.load_profile_file(profile) if profile else base)
+    recs = [r for f in files for r in read_records(f)
+            if (r[1].get("kind") in ("train", "published"))
+            and frameworks.resolve(r[1].get("framework") or "pytorch").id == base.id]
+    if not recs:
+        raise InputError(f"no train records of framework {base.id!r} in {', '.join(files)}", field="framework")
+    lib = library(hardware_file)
+    runs = profile_fit.run_set(recs, start, lib, calibration)
+    res = profile_fit.fit_profile(runs, start, fit_latency=fit_latency, folds=folds)
+    src = f"fitted by costmodel fit-profile on {', '.join(Path(f).name for f in files)} ({res.n} runs)"
+    fitted = start.with_values(res.values, fit={"files": [str(f) for f in files], **res.summary()})
+    fitted = fitted.model_copy(update={
+        "id": profile_id or f"{base.id}-fitted",
+        "parameters": {k: (p.model_copy(update={"source": src}) if k in res.values else p)
+                       for k, p in fitted.parameters.items()},
+        "cluster_step_latency_s": res.step_latency_s})
+    if out is not None:
+        write_profile(fitted, out)
+    if json_out:
+        emit_json({"profile": fitted.model_dump(mode="json"), "fit": res.summary(), "out": str(out) if out else None})
+        return
+    t = Table(title=f"{base.id}: {res.n} runs")
+    for c in ("parameter", "start", "fitted", "bounds"):
+        t.add_column(c, justify="left" if c == "parameter" else "right")
+    for k, p in fitted.parameters.items():
+        t.add_row(k, f"{start.parameters[k].value:.4g}", f"{p.value:.4g}", f"{p.bounds[0]:g}..{p.bounds[1]:g}")
+    if res.step_latency_s is not None:
+        t.add_row("cluster step latency", "", f"{res.step_latency_s * 1e6:.1f} us", "")
+    console.print(t)
+    hold = f", {res.folds}-fold held-out {res.holdout_mape:.1%}" if res.holdout_mape is not None else ""
+    console.print(f"step time mean |error| {res.mape_before:.1%} at the start -> {res.mape:.1%} fitted "
+                  f"(median {res.median_ape:.1%}){hold}")
+    if out is not None:
+        console.print(f"wrote {out}: use it with --profile {out}")
+
+
+def write_profile(profile, path: Path) -> Path:
+    """Write a profile YAML atomically; never over a shipped profile or spec."""
+    import yaml
+
+    from ..bench.records import write_text_atomic
+    from ..errors import InputError
+    from ..frameworks import frameworks_dir
+    from ..specs import package_data_dir
+
+    p = Path(path).resolve()
+    for shipped in (frameworks_dir().resolve(), package_data_dir("hardware").resolve()):
+        if p == shipped or shipped in p.parents:
+            raise InputError("refusing to write inside the shipped profiles or specs; choose another --out", file=path, field="out")
+    if p.is_dir():
+        raise InputError("is a directory; expected a file to write", file=path, field="out")
+    if not p.parent.is_dir():
+        raise InputError("its directory does not exist", file=path, field="out")
+    data = profile.model_dump(mode="json", exclude_none=True)
+    head = "# costmodel framework profile (costmodel/frameworks.py, costmodel/steptime.py), fitted by fit-profile\n"
+    return write_text_atomic(p, head + yaml.safe_dump(data, sort_keys=False, width=110))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fit-profile")(fit_profile_cmd)

@@ -1,0 +1,174 @@
+"""Framework profiles: how a training framework runs a step, as data (``data/frameworks/*.yaml``).
+
+A profile names the framework's base semantics (``base``: which memory and kernel model applies:
+``pytorch`` = eager PyTorch / Hugging Face, ``megatron`` = Megatron-style fused kernels with fp32
+gradient buffers, ``deepspeed`` = ZeRO's 2 + 2 + 12 bytes per parameter) and the parameters of the
+mechanisms that set its step time. Every parameter is physical (a time, a fraction, an exponent),
+has bounds that ``costmodel fit-profile`` keeps it in, and cites where its value comes from.
+
+``step_model: composed`` profiles are timed by ``costmodel.steptime`` from their parameters;
+``builtin`` ones by the step model of ``costmodel.training`` (whose constants their YAML lists
+for reference; a test keeps the two equal).
+
+Names are matched case-insensitively, with the aliases a profile lists (``Megatron-LM``,
+``megatron-core``); an unknown name is an InputError listing the known ones.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InputError, from_validation_error
+
+
+class ProfileParameter(BaseModel):
+    """One mechanism parameter: its value, the bounds a fit keeps it in, its unit and where the
+    value comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: float
+    bounds: tuple[float, float]
+    unit: str = ""
+    meaning: str
+    source: str
+
+    @model_validator(mode="after")
+    def _in_bounds(self):
+        lo, hi = self.bounds
+        if not lo <= hi:
+            raise ValueError(f"bounds {self.bounds} are not ordered")
+        if not lo <= self.value <= hi:
+            raise ValueError(f"value {self.value} lies outside its bounds {self.bounds}")
+        return self
+
+
+# The parameters a composed step model reads (costmodel.steptime), with their neutral values: a
+# composed profile must give each of them.
+COMPOSED_PARAMETERS = ("compute_scale", "host_s_per_layer", "host_gpu_combine_p", "tp_overlap",
+                       "dp_overlap", "pp_cross_node_s", "pp_cross_node_tp_exponent")
+
+
+class FrameworkProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    base: Literal["pytorch", "megatron", "deepspeed"]
+    step_model: Literal["builtin", "composed"] = "builtin"
+    description: str
+    parameters: dict[str, ProfileParameter] = Field(default_factory=dict)
+    # the cross-node ring step latency fitted with the profile where no nccl-tests logs pinned the
+    # cluster's (costmodel.cluster); replaces the node spec's scale_out.scaling.step_latency
+    cluster_step_latency_s: float | None = Field(default=None, gt=0)
+    fit: dict | None = None  # how the values were fitted (file, records, errors), written by fit-profile
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.step_model == "composed":
+            missing = [p for p in COMPOSED_PARAMETERS if p not in self.parameters]
+            if missing:
+                raise ValueError(f"a composed profile needs parameters {', '.join(missing)}")
+        return self
+
+    def value(self, name: str) -> float:
+        return self.parameters[name].value
+
+    def with_values(self, values: dict[str, float], fit: dict | None = None) -> "FrameworkProfile":
+        params = {k: p.model_copy(update={"value": float(values.get(k, p.value))}) for k, p in self.parameters.items()}
+        return self.model_copy(update={"parameters": params, "fit": fit if fit is not None else self.fit})
+
+
+def frameworks_dir() -> Path:
+    from .specs import package_data_dir
+
+    return package_data_dir("data") / "frameworks"
+
+
+def load_profile_file(path: str | Path) -> FrameworkProfile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read framework profile: {exc.__class__.__name__}", file=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping (a framework profile)", file=path)
+    try:
+        return FrameworkProfile.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, path) from None
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_profiles() -> dict[str, FrameworkProfile]:
+    out: dict[str, FrameworkProfile] = {}
+    for f in sorted(frameworks_dir().glob("*.yaml")):
+        prof = load_profile_file(f)
+        out[prof.id] = prof
+    return out
+
+
+def known_names() -> list[str]:
+    return sorted(builtin_profiles())
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def resolve(name: str | None, default: str = "megatron") -> FrameworkProfile:
+    """The built-in profile called ``name`` (case-insensitive, aliases included; None: ``default``).
+    A path to a profile YAML (``--profile``-style) also works."""
+    if name is None:
+        name = default
+    if isinstance(name, FrameworkProfile):
+        return name
+    profiles = builtin_profiles()
+    key = _key(str(name))
+    names = [(n, prof) for prof in profiles.values() for n in [prof.id, *(_key(a) for a in prof.aliases)]]
+    for n, prof in names:
+        if key == n:
+            return prof
+    # a name with a version or details after it ("pytorch-2.11 transformers-5.17", "deepspeed 0.14")
+    for n, prof in sorted(names, key=lambda x: -len(x[0])):
+        if key.startswith(n) and not key[len(n)].isalpha():
+            return prof
+    if str(name).endswith((".yaml", ".yml")) and Path(name).is_file():
+        return load_profile_file(name)
+    raise InputError(f"unknown framework {name!r}; known: {', '.join(known_names())}", field="framework")
+
+
+DEFAULT_FRAMEWORK = "megatron"
+
+# Where a composed fit of a built-in profile starts, and the bounds it keeps (the nanotron profile's
+# meanings, neutral values: the roofline as is, no host, no hand-off stalls).
+_TEMPLATE = {
+    "compute_scale": (1.0, (0.7, 1.5), "", "GPU kernel time relative to the calibrated roofline of the layer's operators"),
+    "host_s_per_layer": (0.0, (0.0, 0.01), "s", "host dispatch time of one decoder layer's forward and backward per micro-batch"),
+    "host_gpu_combine_p": (4.72, (2.0, 12.0), "", "exponent of the smooth max of host and GPU time per micro-batch"),
+    "tp_overlap": (0.0, (0.0, 0.95), "", "share of tensor-parallel collective time hidden behind GEMMs"),
+    "dp_overlap": (0.8, (0.0, 1.0), "", "share of the data-parallel gradient reduction hidden behind the last micro-batch's backward"),
+    "pp_cross_node_s": (0.0, (0.0, 0.05), "s", "host time per decoder layer and micro-batch lost where pipeline neighbours sit on other nodes, for one tensor-parallel peer"),
+    "pp_cross_node_tp_exponent": (1.0, (0.0, 1.5), "", "how that loss grows with the tensor-parallel peers (tp - 1) of a rank"),
+}
+
+
+def composed_start(profile: FrameworkProfile) -> FrameworkProfile:
+    """``profile`` itself when composed; else a composed profile of the same framework and base
+    semantics, at the template's neutral values, for fit-profile to start from."""
+    if profile.step_model == "composed":
+        return profile
+    params = {}
+    for k, (v, b, unit, meaning) in _TEMPLATE.items():
+        v = profile.parameters[k].value if k in profile.parameters and b[0] <= profile.parameters[k].value <= b[1] else v
+        params[k] = ProfileParameter(value=v, bounds=b, unit=unit, meaning=meaning,
+                                     source=f"start value (profile {profile.id})")
+    return FrameworkProfile(id=profile.id, name=profile.name, aliases=profile.aliases, base=profile.base,
+                            step_model="composed", description=profile.description, parameters=params)

@@ -1,0 +1,179 @@
+"""Fit a composed framework profile's few bounded parameters to measured training steps.
+
+Every run's terms (costmodel.steptime.StepTerms: what the hardware and the layout cost) are
+computed once; the fit then composes them for each trial of parameters, on arrays, so hundreds of
+runs and hundreds of trials take seconds. The objective is the robust (soft-L1) least squares of
+log(predicted / measured): a factor too fast and one too slow weigh alike, and a run that stalled
+for reasons outside the model (a hung network, a straggler) does not drag every parameter.
+The solver is scipy.optimize.least_squares (trust-region reflective, within the bounds).
+
+Besides the profile's parameters the fit may move the cluster's cross-node ring step latency
+(``cluster.step_latency``), where no nccl-tests logs pinned it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import frameworks, steptime
+from .errors import InputError
+
+STEP_LATENCY = "cluster.step_latency"
+STEP_LATENCY_BOUNDS = (2e-6, 5e-3)
+# The soft-L1 loss turns from quadratic to linear at this log error (~20%).
+ROBUST_SCALE = 0.2
+
+
+@dataclass
+class RunSet:
+    """The measured runs of one framework and their terms."""
+
+    names: list[str]
+    groups: list[str]  # "<model>/<devices>", for ranking
+    measured: np.ndarray
+    terms: steptime.StepTerms
+
+
+@dataclass
+class FitResult:
+    values: dict[str, float]
+    step_latency_s: float | None
+    n: int
+    mape: float  # mean |relative error| on the runs fitted
+    median_ape: float
+    mape_before: float
+    holdout_mape: float | None = None  # k-fold: each run predicted by a fit that did not see it
+    folds: int = 0
+    predicted: np.ndarray | None = field(default=None, repr=False)
+
+    def summary(self) -> dict:
+        return {"n": self.n, "mape": self.mape, "median_ape": self.median_ape, "mape_before": self.mape_before,
+                "holdout_mape": self.holdout_mape, "folds": self.folds, "values": self.values,
+                "step_latency_s": self.step_latency_s}
+
+
+def _group_key(rec: dict) -> str:
+    m = rec.get("model")
+    if isinstance(m, dict):
+        m = f"{m.get('arch', 'model')}-{m.get('layers', '?')}L-{m.get('hidden', '?')}h"
+    return f"{m}/{rec.get('devices')}"
+
+
+def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfile, lib=None,
+            calibration: str | None = None) -> RunSet:
+    """Terms of every train record with a measured step time, timed as ``profile``'s framework."""
+    from .specs import load_library
+    from .validate import _train_cases  # noqa: F401  (same record reading as validate)
+    from .validate import _parallel, model_from_record
+    from .training import estimate_train
+    from .workload import TrainJob
+
+    lib = lib or load_library()
+    names, groups, meas, terms = [], [], [], []
+    for where, rec in records:
+        if rec.get("kind") not in ("train", "published"):
+            continue
+        m = (rec.get("measured") or {}).get("step_seconds")
+        if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m) or m <= 0:
+            continue
+        try:
+            model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
+            spec = lib.device(rec["hardware"])
+            node = lib.node_for(rec["node"]) if rec.get("node") else None
+            par = _parallel(rec)
+            opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
+            mb = rec.get("micro_batch")
+            job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"],
+                           global_batch=rec.get("global_batch"), precision=rec.get("precision") or "amp-bf16",
+                           optimizer=opt, recompute=rec.get("recompute") or "none",
+                           attention=rec.get("attention") or "flash", framework=profile.base,
+                           profile=profile.id if profile.id in frameworks.builtin_profiles() else None,
+                           overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)))
+            job.check_batch(par)
+        except KeyError as exc:
+            raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
+        est = estimate_train(model, spec, job, par, node=node, calibration=calibration, profile=profile)
+        names.append(rec.get("name", where))
+        groups.append(_group_key(rec))
+        meas.append(float(m))
+        terms.append(est.terms)
+    if not terms:
+        raise InputError("no train records with a measured step_seconds to fit", field="measured.step_seconds")
+    return RunSet(names, groups, np.array(meas), steptime.StepTerms.stack(terms))
+
+
+def _free(profile: frameworks.FrameworkProfile, fit_latency: bool) -> list[str]:
+    names = [k for k in frameworks.COMPOSED_PARAMETERS
+             if profile.parameters[k].bounds[0] < profile.parameters[k].bounds[1]]
+    return names + ([STEP_LATENCY] if fit_latency else [])
+
+
+def predict(runs: RunSet, profile: frameworks.FrameworkProfile, values: dict[str, float] | None = None,
+            step_latency_s: float | None = None) -> np.ndarray:
+    p = {k: v.value for k, v in profile.parameters.items()}
+    p.update(values or {})
+    return np.asarray(steptime.compose(runs.terms, p, step_latency_s).total_s, dtype=float)
+
+
+def _solve(runs: RunSet, idx: np.ndarray, profile, free: list[str], x0: np.ndarray, lo, hi):
+    from scipy.optimize import least_squares
+
+    sub = steptime.StepTerms(**{k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(runs.terms).items()})
+    logm = np.log(runs.measured[idx])
+
+    def resid(x):
+        vals = dict(zip(free, x))
+        lat = vals.pop(STEP_LATENCY, None)
+        pred = np.asarray(steptime.compose(sub, {**{k: v.value for k, v in profile.parameters.items()}, **vals},
+                                           lat).total_s, dtype=float)
+        return np.log(np.maximum(pred, 1e-12)) - logm
+
+    # scale each parameter to its bounds so one trust region suits them all
+    res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=ROBUST_SCALE, x_scale="jac",
+                        max_nfev=400)
+    return res.x
+
+
+def fit_profile(runs: RunSet, profile: frameworks.FrameworkProfile, fit_latency: bool = True,
+                folds: int = 5, seed: int = 0) -> FitResult:
+    """Fit the profile's free parameters (and the cluster step latency) to ``runs``; ``folds``
+    > 1 also reports a k-fold held-out error (each run predicted by a fit without it)."""
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        raise InputError("fit-profile needs scipy: pip install 'costmodel[fit]'", field="scipy") from None
+    free = _free(profile, fit_latency)
+    lat0 = float(np.median(runs.terms.step_latency_s)) if fit_latency else None
+    if fit_latency and lat0 <= 0:
+        free.remove(STEP_LATENCY)
+        lat0 = None
+    x0 = np.array([profile.parameters[k].value if k != STEP_LATENCY else lat0 for k in free], dtype=float)
+    lo = np.array([profile.parameters[k].bounds[0] if k != STEP_LATENCY else STEP_LATENCY_BOUNDS[0] for k in free])
+    hi = np.array([profile.parameters[k].bounds[1] if k != STEP_LATENCY else STEP_LATENCY_BOUNDS[1] for k in free])
+    x0 = np.clip(x0, lo, hi)
+    all_idx = np.arange(len(runs.measured))
+    before = predict(runs, profile)
+    x = _solve(runs, all_idx, profile, free, x0, lo, hi)
+    vals = dict(zip(free, (float(v) for v in x)))
+    lat = vals.pop(STEP_LATENCY, None)
+    pred = predict(runs, profile, vals, lat)
+    err = np.abs(pred / runs.measured - 1.0)
+    holdout = None
+    k = min(folds, len(all_idx))
+    if k >= 2:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(all_idx)
+        out = np.empty_like(runs.measured)
+        for f in range(k):
+            test = order[f::k]
+            train = np.setdiff1d(all_idx, test)
+            xf = _solve(runs, train, profile, free, x, lo, hi)
+            vf = dict(zip(free, (float(v) for v in xf)))
+            lf = vf.pop(STEP_LATENCY, None)
+            out[test] = predict(runs, profile, vf, lf)[test]
+        holdout = float(np.mean(np.abs(out / runs.measured - 1.0)))
+    return FitResult(values=vals, step_latency_s=lat, n=len(all_idx), mape=float(err.mean()),
+                     median_ape=float(np.median(err)), mape_before=float(np.mean(np.abs(before / runs.measured - 1.0))),
+                     holdout_mape=holdout, folds=k if k >= 2 else 0, predicted=pred)

@@ -1,0 +1,193 @@
+"""Step time of a training layout as named terms and one composition, for frameworks whose profile
+says ``step_model: composed`` (``costmodel.frameworks``).
+
+The terms (:class:`StepTerms`) are what the hardware and the layout cost, independent of the
+framework's mechanism parameters: GPU kernel time of one micro-batch through one pipeline stage,
+tensor-parallel and pipeline traffic per micro-batch (inside a node, and across nodes as wire
+time plus ring steps), the data-parallel gradient reduction, the optimizer. The composition
+(:func:`compose`) applies the profile's parameters. Every field may be a numpy array (one entry
+per layout or per measured run), so one code path times one layout, a grid of layouts, or the
+runs a profile is fitted to (``costmodel.profile_fit``).
+
+Composition, per optimizer step (1F1B pipeline, Narayanan et al. 2021, sec. 2.2):
+
+    slot     = compute_scale x gpu_mb                         GPU kernels of one micro-batch
+             + (1 - tp_overlap) x (tp_intra_mb + tp_cross_mb) tensor-parallel collectives not hidden
+             + p2p_mb                                         pipeline sends (wire time)
+    host     = host_layers_mb x (host_s_per_layer             eager dispatch per decoder layer
+             + pp_cross x pp_cross_node_s x (tp - 1) ^ pp_cross_node_tp_exponent)
+                                                              host stalls where pipeline stages
+                                                              talk across nodes (per tp peer)
+    slot'    = smoothmax_p(slot, host)                        host and GPU overlap but for the slower
+    pipeline = (n_micro + (pp - 1) / v) x slot'               micro-batches plus the bubble
+    dp       = dp_comm - min(dp_overlap x dp_comm, dp_window) data-parallel reduction not hidden
+    step     = pipeline + dp + optimizer + other
+
+where the cross-node collective times are ``steps x step_latency + wire`` (costmodel.cluster), so
+a fit may move the cluster's step latency with the framework's parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from . import comm
+from .calibration import smoothmax
+
+
+@dataclass
+class StepTerms:
+    n_micro: object  # micro-batches per step
+    pp: object
+    interleave: object
+    tp: object
+    gpu_mb_s: object  # GPU kernels of one micro-batch through one stage (forward, backward, recompute, head)
+    gemm_mb_s: object  # of which GEMMs
+    attention_mb_s: object  # of which attention cores
+    tp_intra_mb_s: object  # tensor-parallel collectives inside a node, per micro-batch
+    tp_cross_wire_mb_s: object  # tensor-parallel collectives across nodes: wire time per micro-batch
+    tp_cross_steps_mb: object  # ... and their ring steps across the network per micro-batch
+    p2p_mb_s: object  # pipeline sends per micro-batch (forward activation + backward gradient)
+    pp_cross: object  # 1 where neighbouring pipeline stages sit on different nodes
+    host_layers_mb: object  # decoder layers a stage dispatches per micro-batch
+    dp_comm_wire_s: object  # data-parallel gradient reduction (+ parameter all-gather): wire + intra time
+    dp_comm_steps: object  # ... ring steps across the network
+    dp_window_s: object  # backward of the last micro-batch, which the reduction can hide behind
+    optimizer_s: object
+    other_s: object  # offload traffic and other un-overlapped terms
+    step_latency_s: object  # the cluster's cross-node ring step latency the wire/step split used
+
+    @classmethod
+    def stack(cls, terms: list["StepTerms"]) -> "StepTerms":
+        """Terms of many layouts as arrays (one entry each)."""
+        return cls(**{f.name: np.array([float(getattr(t, f.name)) for t in terms]) for f in fields(cls)})
+
+
+@dataclass
+class ComposedStep:
+    total_s: object
+    compute_s: object
+    attention_s: object
+    elementwise_s: object
+    host_overhead_s: object
+    tp_comm_s: object
+    pp_comm_s: object
+    bubble_s: object
+    dp_comm_exposed_s: object
+    optimizer_s: object
+    other_s: object
+
+
+def compose(t: StepTerms, p: dict[str, float], step_latency_s=None) -> ComposedStep:
+    """Step time from the terms and a composed profile's parameter values ``p`` (module docstring).
+    ``step_latency_s`` replaces the cluster's cross-node step latency (a fit moves it)."""
+    lat = t.step_latency_s if step_latency_s is None else step_latency_s
+    c = p["compute_scale"]
+    tp = np.asarray(t.tp, dtype=float)
+    tp_cross = np.asarray(t.tp_cross_wire_mb_s) + np.asarray(t.tp_cross_steps_mb) * lat
+    tp_mb = (1.0 - p["tp_overlap"]) * (np.asarray(t.tp_intra_mb_s) + tp_cross)
+    slot = c * np.asarray(t.gpu_mb_s) + tp_mb + np.asarray(t.p2p_mb_s)
+    handoff = np.asarray(t.pp_cross) * p["pp_cross_node_s"] * np.maximum(tp - 1.0, 0.0) ** p["pp_cross_node_tp_exponent"]
+    host = np.asarray(t.host_layers_mb) * (p["host_s_per_layer"] + handoff)
+    slot_h = smoothmax(slot, host, p["host_gpu_combine_p"])
+    n = np.asarray(t.n_micro, dtype=float)
+    bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
+    pipeline = (n + bubble_slots) * slot_h
+    dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
+    dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))
+    total = pipeline + dp_exposed + np.asarray(t.optimizer_s) + np.asarray(t.other_s)
+    gemm = c * n * np.asarray(t.gemm_mb_s)
+    att = c * n * np.asarray(t.attention_mb_s)
+    return ComposedStep(
+        total_s=total, compute_s=gemm, attention_s=att,
+        elementwise_s=c * n * np.asarray(t.gpu_mb_s) - gemm - att, host_overhead_s=n * (slot_h - slot),
+        tp_comm_s=n * tp_mb, pp_comm_s=n * np.asarray(t.p2p_mb_s), bubble_s=bubble_slots * slot_h,
+        dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s))
+
+
+def placement(par, devices_per_node: int) -> dict:
+    """Where a layout's groups sit, with tensor parallelism fastest, then context, data and
+    pipeline parallelism (nanotron's ParallelContext: ranks reshaped to (ep, pp, dp, cp, tp);
+    Megatron's default order tp-cp-dp-pp is the same for these): the nodes a tp group spans, the
+    data-parallel ranks per node and nodes, and whether pipeline neighbours cross nodes."""
+    dpn = max(1, int(devices_per_node))
+    tp, cp, dp, pp = par.tp, par.cp, par.dp, par.pp
+    tp_nodes = -(-tp // dpn)
+    dp_world = dp * cp
+    stride = tp  # a data-parallel (x context) group's stride
+    dp_per_node = 1 if stride >= dpn else max(1, min(dp_world, dpn // stride))
+    dp_nodes = -(-dp_world // dp_per_node)
+    pp_cross = pp > 1 and tp * cp * dp * pp > dpn
+    return {"tp_nodes": tp_nodes, "dp_per_node": dp_per_node, "dp_nodes": dp_nodes, "pp_cross": pp_cross}
+
+
+def _cross_split(link, op: str, nbytes: float, world: int, per_node: int) -> tuple[float, float]:
+    """(time without the cross-node step latency, cross-node ring steps) of one collective; inside
+    a node or without measured cluster scaling the whole time is the first."""
+    from . import cluster
+
+    nodes = -(-world // max(1, per_node))
+    t = link.collective_time_s(op, nbytes, world, intra=nodes == 1, per_node=per_node)
+    if nodes > 1 and link.scaling is not None:
+        steps = cluster.ring_steps(op, world)
+        return t - steps * link.scaling.step_latency_s, steps
+    return t, 0.0
+
+
+def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
+                optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
+                layers: float) -> StepTerms:
+    """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
+    forward/backward GEMM, attention and elementwise time of one layer and micro-batch."""
+    from . import comm_bridge
+
+    g_f, g_b, a_f, a_b, e_f, e_b = layer_times
+    recompute_f = {"full": g_f + a_f + e_f, "selective": a_f}.get(job.recompute, 0.0)
+    recompute_g = g_f if job.recompute == "full" else 0.0
+    recompute_a = a_f if job.recompute != "none" else 0.0
+    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
+    gpu_mb = layers * per_layer + head_s + loss_s
+    gemm_mb = layers * (g_f + g_b + recompute_g) + head_s
+    att_mb = layers * (a_f + a_b + recompute_a)
+    link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
+    place = placement(par, link.devices_per_node)
+    lat = link.scaling.step_latency_s if link.scaling is not None else 0.0
+    seq_dev = max(1, job.seq_len // par.cp)
+    act = job.micro_batch * seq_dev * model.hidden * 2.0
+    tp_intra = tp_cross_wire = tp_cross_steps = 0.0
+    if par.tp > 1:
+        tp_per_node = min(par.tp, link.devices_per_node)
+        for c in comm.tp_layer_collectives(act, comm.Group(par.tp, tp_per_node),
+                                           sequence_parallel=par.sequence_parallel, recompute=job.recompute):
+            t, steps = _cross_split(link, c.op, c.nbytes, par.tp, tp_per_node)
+            if place["tp_nodes"] > 1:
+                tp_cross_wire += layers * c.count * t
+                tp_cross_steps += layers * c.count * steps
+            else:
+                tp_intra += layers * c.count * t
+    p2p = 0.0
+    if par.pp > 1:
+        msg = act / par.tp if par.sequence_parallel else act
+        p2p = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=place["pp_cross"])
+    dp_wire = dp_steps = 0.0
+    dp_world = par.dp * par.cp
+    if dp_world > 1:
+        # gradients all-reduced bucket by bucket (PyTorch DDP's buckets of comm.DDP_BUCKET_BYTES of
+        # the compute-dtype gradients: nanotron reduces its fp32 accumulators through a DDP hook,
+        # one call per bucket); under ZeRO-1 the updated parameters all-gathered in one call
+        n_buckets = max(1.0, float(np.ceil(param_bytes_gathered / comm.DDP_BUCKET_BYTES)))
+        ops = [("all_reduce", grad_bytes / n_buckets, n_buckets)]
+        if par.zero_stage >= 1:
+            ops.append(("all_gather", param_bytes_gathered, 1.0))
+        for op, nbytes, calls in ops:
+            t, steps = _cross_split(link, op, nbytes, dp_world, place["dp_per_node"])
+            dp_wire += calls * t
+            dp_steps += calls * steps
+    return StepTerms(
+        n_micro=float(job.grad_accum_steps(par)), pp=float(par.pp), interleave=float(par.interleave),
+        tp=float(par.tp), gpu_mb_s=gpu_mb, gemm_mb_s=gemm_mb, attention_mb_s=att_mb, tp_intra_mb_s=tp_intra,
+        tp_cross_wire_mb_s=tp_cross_wire, tp_cross_steps_mb=tp_cross_steps, p2p_mb_s=p2p,
+        pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
+        dp_comm_wire_s=dp_wire, dp_comm_steps=dp_steps, dp_window_s=layers * (g_b + a_b + e_b + recompute_f),
+        optimizer_s=optimizer_s, other_s=other_s, step_latency_s=lat)

@@ -1,0 +1,217 @@
+"""Framework profiles (costmodel.frameworks), the composed step model (costmodel.steptime) and
+fit-profile (costmodel.profile_fit)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from costmodel import frameworks, profile_fit, steptime, training
+from costmodel.errors import InputError
+from costmodel.workload import Parallel
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLAYBOOK = ROOT.parent / "shared" / "truth" / "playbook-public-1b-8b.jsonl"
+
+
+@pytest.mark.parametrize("name,expected", [("NanoTron", "nanotron"), ("Megatron-LM", "megatron"),
+                                           ("megatron_core", "megatron"), ("DeepSpeed", "deepspeed"),
+                                           ("PyTorch", "pytorch"), ("TorchTitan", "torchtitan")])
+def test_resolve_is_case_insensitive_with_aliases(name, expected):
+    assert frameworks.resolve(name).id == expected
+
+
+def test_unknown_framework_lists_the_known_ones():
+    with pytest.raises(InputError) as e:
+        frameworks.resolve("jax-maxtext")
+    msg = str(e.value)
+    for name in ("deepspeed", "megatron", "nanotron", "pytorch", "torchtitan"):
+        assert name in msg
+
+
+def test_builtin_profiles_list_the_constants_the_step_model_uses():
+    # the built-in step model's constants live in training.py; their profiles quote them
+    pt = frameworks.resolve("pytorch")
+    assert pt.value("host_s_per_layer") == training.HOST_S_PER_LAYER
+    assert pt.value("host_gpu_combine_p") == training.HOST_GPU_COMBINE_P
+    assert pt.value("dp_overlap") == training.DDP_NVLINK_NET_OVERLAP
+    assert frameworks.resolve("megatron").value("dp_overlap") == training.DP_OVERLAP_FRACTION
+    assert frameworks.resolve("deepspeed").value("dp_overlap") == training.DP_OVERLAP_FRACTION
+
+
+def test_profile_values_must_lie_in_their_bounds():
+    with pytest.raises(Exception):
+        frameworks.ProfileParameter(value=2.0, bounds=(0.0, 1.0), meaning="x", source="y")
+
+
+def test_composed_profile_needs_every_parameter():
+    with pytest.raises(Exception):
+        frameworks.FrameworkProfile(id="x", name="x", base="megatron", step_model="composed", description="x",
+                                    parameters={})
+
+
+def _terms(**kw):
+    base = dict(n_micro=4.0, pp=2.0, interleave=1.0, tp=4.0, gpu_mb_s=0.10, gemm_mb_s=0.07, attention_mb_s=0.02,
+                tp_intra_mb_s=0.02, tp_cross_wire_mb_s=0.0, tp_cross_steps_mb=0.0, p2p_mb_s=0.001, pp_cross=1.0,
+                host_layers_mb=8.0, dp_comm_wire_s=0.05, dp_comm_steps=10.0, dp_window_s=0.04, optimizer_s=0.01,
+                other_s=0.0, step_latency_s=1e-4)
+    base.update(kw)
+    return steptime.StepTerms(**base)
+
+
+PARAMS = {"compute_scale": 1.2, "host_s_per_layer": 0.002, "host_gpu_combine_p": 4.0, "tp_overlap": 0.25,
+          "dp_overlap": 0.5, "pp_cross_node_s": 0.001, "pp_cross_node_tp_exponent": 1.0}
+
+
+def test_compose_by_hand():
+    t = _terms()
+    c = steptime.compose(t, PARAMS)
+    slot = 1.2 * 0.10 + 0.75 * 0.02 + 0.001  # 0.136
+    host = 8 * (0.002 + 0.001 * 3.0)  # 0.040: (tp - 1)^1 peers
+    slot_h = (slot ** 4 + host ** 4) ** 0.25
+    pipeline = (4 + 1) * slot_h  # 4 micro-batches + (pp - 1) bubble slots
+    dp = 0.05 + 10 * 1e-4  # 0.051
+    dp_exposed = dp - min(0.5 * dp, 1.2 * 0.04)
+    assert math.isclose(float(c.total_s), pipeline + dp_exposed + 0.01, rel_tol=1e-12)
+    assert math.isclose(float(c.bubble_s), slot_h, rel_tol=1e-12)
+    assert math.isclose(float(c.dp_comm_exposed_s), dp_exposed, rel_tol=1e-12)
+    # a fitted step latency replaces the terms' own
+    c2 = steptime.compose(t, PARAMS, step_latency_s=2e-4)
+    assert math.isclose(float(c2.total_s - c.total_s), 10 * 1e-4 * 0.5, rel_tol=1e-9)
+
+
+def test_compose_works_on_arrays_like_on_scalars():
+    ts = [_terms(n_micro=float(n), tp=float(tp)) for n, tp in ((1, 1), (4, 2), (16, 8))]
+    arr = steptime.compose(steptime.StepTerms.stack(ts), PARAMS).total_s
+    one = [float(steptime.compose(t, PARAMS).total_s) for t in ts]
+    assert np.allclose(arr, one, rtol=1e-12)
+
+
+@pytest.mark.parametrize("tp,pp,dp,expected", [
+    (4, 2, 2, {"tp_nodes": 1, "dp_per_node": 2, "dp_nodes": 1, "pp_cross": True}),  # 16 GPUs: stages on 2 nodes
+    (2, 1, 4, {"tp_nodes": 1, "dp_per_node": 4, "dp_nodes": 1, "pp_cross": False}),
+    (16, 2, 2, {"tp_nodes": 2, "dp_per_node": 1, "dp_nodes": 2, "pp_cross": True}),
+    (1, 2, 32, {"tp_nodes": 1, "dp_per_node": 8, "dp_nodes": 4, "pp_cross": True}),
+    (2, 4, 1, {"tp_nodes": 1, "dp_per_node": 1, "dp_nodes": 1, "pp_cross": False}),  # 8 GPUs, one node
+])
+def test_placement_tp_fastest_then_dp_then_pp(tp, pp, dp, expected):
+    assert steptime.placement(Parallel(tp=tp, pp=pp, dp=dp), 8) == expected
+
+
+def _records(n_layouts=24):
+    """Train records of a small llama on 1-4 nodes of dgx-h100 (nanotron), every 2nd layout ZeRO-1."""
+    model = {"arch": "llama", "layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 16, "ffn": 4096,
+             "vocab": 32000, "tied_embeddings": True}
+    out = []
+    for devices in (8, 16, 32):
+        for tp in (1, 2, 4, 8, 16):
+            for pp in (1, 2, 4):
+                if devices % (tp * pp):
+                    continue
+                dp = devices // (tp * pp)
+                for mb in (1, 4):
+                    if 64 % (mb * dp):
+                        continue
+                    out.append({"kind": "train", "name": f"d{devices}-tp{tp}-pp{pp}-mb{mb}", "model": model,
+                                "hardware": "h100-sxm", "node": "dgx-h100", "devices": devices,
+                                "parallel": {"tp": tp, "pp": pp, "dp": dp, "sequence_parallel": tp > 1,
+                                             "sharding": "optimizer" if len(out) % 2 else "none"},
+                                "micro_batch": mb, "global_batch": 64, "seq_len": 2048, "framework": "nanotron",
+                                "measured": {"step_seconds": 1.0}})
+    return [(f"r:{i}", r) for i, r in enumerate(out[:n_layouts])]
+
+
+def test_fit_recovers_known_parameters():
+    recs = _records(40)
+    prof = frameworks.resolve("nanotron")
+    runs = profile_fit.run_set(recs, prof)
+    true = {"compute_scale": 1.1, "host_s_per_layer": 0.003, "host_gpu_combine_p": 4.72, "tp_overlap": 0.3,
+            "dp_overlap": 0.4, "pp_cross_node_s": 0.004, "pp_cross_node_tp_exponent": 0.8}
+    runs.measured = profile_fit.predict(runs, prof, true, step_latency_s=80e-6)
+    start = prof.with_values({"compute_scale": 1.0, "host_s_per_layer": 0.001, "tp_overlap": 0.1, "dp_overlap": 0.7,
+                              "pp_cross_node_s": 0.01, "pp_cross_node_tp_exponent": 1.0})
+    res = profile_fit.fit_profile(runs, start, folds=0)
+    assert res.mape < 0.005
+    assert res.values["compute_scale"] == pytest.approx(1.1, rel=0.03)
+    assert res.values["host_s_per_layer"] == pytest.approx(0.003, rel=0.1)
+
+
+def test_fit_profile_cli_writes_a_profile_that_validate_uses(tmp_path):
+    from typer.testing import CliRunner
+
+    from costmodel.cli.app import app
+    from costmodel.validate import read_records, validate_records
+
+    runs = tmp_path / "runs.jsonl"
+    recs = _records(30)
+    prof = frameworks.resolve("nanotron")
+    rs = profile_fit.run_set(recs, prof)
+    meas = profile_fit.predict(rs, prof, {"compute_scale": 1.3}) * 1.0
+    with runs.open("w") as f:
+        for (_, r), m in zip(recs, meas):
+            r = dict(r, measured={"step_seconds": float(m)})
+            f.write(json.dumps(r) + "\n")
+    out = tmp_path / "mine.yaml"
+    res = CliRunner().invoke(app, ["fit-profile", str(runs), "--framework", "Nanotron", "--out", str(out),
+                                   "--folds", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["fit"]["mape"] < 0.02 and data["fit"]["holdout_mape"] < 0.05
+    loaded = frameworks.load_profile_file(out)
+    assert loaded.step_model == "composed" and loaded.value("compute_scale") == pytest.approx(1.3, rel=0.05)
+    rep = validate_records(read_records(runs), profile=str(out))
+    errs = [abs(c.rel_error) for c in rep.cases if c.metric == "step_seconds"]
+    assert len(errs) == len(recs) and max(errs) < 0.05
+
+
+def _main(capsys, *args):
+    from costmodel.cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out + out.err
+
+
+def test_fit_profile_refuses_to_overwrite_shipped_profiles(tmp_path, capsys):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for _, r in _records(6)))
+    shipped = frameworks.frameworks_dir() / "nanotron.yaml"
+    before = shipped.read_bytes()
+    code, out = _main(capsys, "fit-profile", str(runs), "--framework", "nanotron", "--out", str(shipped), "--folds", "0")
+    assert code == 2 and "refusing to write" in out and len(out.strip().splitlines()) == 1
+    assert shipped.read_bytes() == before
+
+
+def test_unknown_framework_in_a_record_exits_2(tmp_path, capsys):
+    r = dict(_records(1)[0][1], framework="maxtext")
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps(r) + "\n")
+    code, out = _main(capsys, "validate", str(f))
+    assert code == 2
+    assert "unknown framework 'maxtext'" in out and "r.jsonl" in out
+
+
+@pytest.fixture
+def playbook():
+    if not PLAYBOOK.exists():
+        pytest.skip("../shared/truth is not beside this checkout")
+    from costmodel.validate import read_records
+
+    return read_records(PLAYBOOK)
+
+
+def test_shipped_nanotron_profile_on_the_playbook_runs(playbook):
+    """The shipped profile is the fit on this file: refitting moves no parameter much, and the
+    error is what the fit reported (data/frameworks/nanotron.yaml, fit:)."""
+    prof = frameworks.resolve("nanotron")
+    runs = profile_fit.run_set(playbook, prof)
+    pred = profile_fit.predict(runs, prof, step_latency_s=prof.cluster_step_latency_s)
+    err = np.abs(pred / runs.measured - 1.0)
+    assert float(np.mean(err)) == pytest.approx(prof.fit["mape"], abs=0.005)
+    assert float(np.median(err)) < 0.30
+    res = profile_fit.fit_profile(runs, prof, folds=0)
+    assert res.mape <= prof.fit["mape"] + 0.002
