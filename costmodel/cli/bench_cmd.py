@@ -111,7 +111,11 @@ def _spec_for(hardware_id: str | None, hardware_file):
 
 
 def calibrate_cmd(
-    out: Path = typer.Option(..., "--out", help="Overlay YAML to write (atomically). Never inside the shipped hardware/ directory, except hardware/calibrated/."),
+    out: Path = typer.Option(..., "--out", help="Overlay YAML to write (atomically); with --nccl-tests, the measured node spec. Never inside the shipped hardware/ directory (overlays: except hardware/calibrated/)."),
+    nccl_tests: Optional[list[Path]] = typer.Option(None, "--nccl-tests", help="nccl-tests logs (stdout of all_reduce_perf, all_gather_perf, reduce_scatter_perf, alltoall_perf, sendrecv_perf; more logs may follow, as in --nccl-tests logs/*.log): fit only the cluster's scale_out.scaling and write a node spec."),
+    more_logs: Optional[list[Path]] = typer.Argument(None, metavar="LOG", hidden=True, show_default=False),
+    node: Optional[str] = typer.Option(None, "--node", help="With --nccl-tests: the node spec to copy (default: the one whose device is the logs' GPU with devices_per_node = ranks per node)."),
+    new_id: Optional[str] = typer.Option(None, "--id", help="With --nccl-tests: id of the written node spec (default: <node>-measured)."),
     backend: str = BackendOpt,
     quick: bool = QuickOpt,
     records: Optional[list[Path]] = typer.Option(None, "--records", help="Fit these kernel-record JSONL files instead of running benchmarks."),
@@ -129,7 +133,20 @@ def calibrate_cmd(
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
-    """Fit a calibration overlay (efficiency curves per op and dtype, collective alpha/beta)."""
+    """Fit a calibration overlay (efficiency curves per op and dtype, collective alpha/beta); or, with
+    --nccl-tests LOG [LOG]..., a cluster's measured scale-out scaling, written as a node spec."""
+    if nccl_tests or more_logs:
+        if not nccl_tests:
+            raise InputError(f"unexpected argument {str(more_logs[0])!r} (only --nccl-tests takes several files)")
+        given = [flag for flag, v in (("--records", records), ("--check", check), ("--ops", ops), ("--save-records", save_records),
+                                      ("--reference-records", reference_records), ("--hardware", hardware)) if v]
+        if given:
+            raise InputError(f"{', '.join(given)} cannot be combined with --nccl-tests (it only fits the cluster's scaling)",
+                             field="nccl-tests")
+        _calibrate_nccl_tests([*nccl_tests, *(more_logs or [])], out, node, new_id, json_out, hardware_file)
+        return
+    if node or new_id:
+        raise InputError("--node and --id only apply with --nccl-tests", field="node" if node else "id")
     from .. import calibration as cal
     from ..bench.records import merge_rounds, read_jsonl
 
@@ -211,6 +228,52 @@ def calibrate_cmd(
     if failed:
         err_console.print(f"[bold red]check failed:[/] a held-back GEMM or bandwidth shape is off by more than {max_error:.0%}")
         raise typer.Exit(1)
+
+
+def _calibrate_nccl_tests(logs: list[Path], out: Path, node: Optional[str], new_id: Optional[str], json_out: bool,
+                         hardware_file) -> None:
+    """`calibrate --nccl-tests`: fit scale_out.scaling from nccl-tests logs, write a node spec."""
+    from ..bench.nccl_tests import parse_files
+    from ..cluster_fit import check_node_out, choose_base_node, fit_scaling, measured_node, write_node
+    from rich.markup import escape
+
+    from ..specs import read_yaml
+    from .common import library
+
+    check_node_out(out)
+    if any(p.resolve() == out.resolve() for p in logs):
+        raise InputError("is one of the --nccl-tests logs; write the node spec to another file", file=out, field="out")
+    fit = fit_scaling(parse_files(logs))
+    lib = library(hardware_file)
+    base, notes = choose_base_node(lib, fit, node)
+    new_id = new_id or f"{base.id}-measured"
+    data = measured_node(read_yaml(lib.files[base.id]), fit, new_id=new_id, base_id=base.id, out=out)
+    header = (f"{new_id}: {base.id} with scale_out.scaling fitted from nccl-tests logs by `costmodel calibrate --nccl-tests`\n"
+              f"(costmodel/cluster_fit.py: bus bandwidth = median busbw of the largest sizes; step latency from the smallest).\n"
+              f"Logs: {', '.join(str(p) for p in logs)}")
+    write_node(data, out, header=header)
+    warnings = notes + fit.warnings
+    if json_out:
+        emit_json({"out": str(out), "id": new_id, "base": base.id, **fit.to_json(), "warnings": warnings})
+    else:
+        _nccl_table(fit)
+        console.print(f"step latency {fmt_time(fit.step_latency_s)} (median over {len(fit.latency_logs)} multi-node "
+                      f"log{'s' if len(fit.latency_logs) != 1 else ''}); node {new_id} (copy of {base.id}) -> {escape(str(out))}",
+                      highlight=False)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+def _nccl_table(fit) -> None:
+    t = Table(title=f"scale-out scaling: {fit.ranks_per_node} x {fit.gpu or 'GPU'} per node")
+    for c, j in (("op", "left"), ("nodes", "right"), ("ranks", "right"), ("bus bandwidth GB/s", "right"),
+                 ("step latency", "right"), ("logs", "left")):
+        t.add_column(c, justify=j)
+    for g in fit.groups:
+        bw = f"{g.bus_bandwidth_bytes_per_s / 1e9:.1f}" + ("" if g.used else " (not used)")
+        lat = fmt_time(g.step_latency_s) if g.step_latency_s is not None else "-"
+        t.add_row(g.op, str(g.nodes), str(g.ranks), bw, lat, str(len(g.logs)))
+    console.print(t)
 
 
 def _sibling_env(paths: list[Path]) -> list[dict]:
