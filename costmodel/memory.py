@@ -280,6 +280,25 @@ def logits_bytes(model: ModelConfig, tokens: float, tp: int, precision: str, pha
 
 # ------------------------------------------------------------------------------ training
 
+def ddp_bucket_bytes(params, grad_bytes_per_param: float, par):
+    """PyTorch DistributedDataParallel's gradient buckets, allocated when the model is wrapped.
+
+    ``DistributedDataParallel.__init__`` -> ``_ddp_init_helper`` builds a ``dist.Reducer``
+    (torch/nn/parallel/distributed.py), whose constructor calls ``Reducer::initialize_buckets``
+    (torch/csrc/distributed/c10d/reducer.cpp): each bucket's flat ``bucket.gradients`` tensor is
+    ``at::empty`` over the summed numel of its parameters, in the parameters' dtype (fp32 under
+    amp; a DDP mixed-precision param dtype is not used here). Together the buckets cover every
+    trainable parameter once, so they hold a full gradient's bytes from the wrap on, before any
+    step. With ``gradient_as_bucket_view=False`` (the default) each ``.grad`` is a separate tensor
+    copied into its bucket view (``Reducer::mark_variable_ready_dense``) and copied back after the
+    all-reduce, so the buckets are extra memory that ``zero_grad(set_to_none=True)`` does not free.
+    Measured (data/measurements/train-holdout-h200x2.diag.jsonl, 2x H200, PyTorch 2.11):
+    after_wrap_bytes - after_build_bytes = 4 B x params exactly for the fp32 llama-350m.
+
+    Only plain data parallelism (ZeRO stage 0) over more than one replica wraps in DDP."""
+    return _where((par.dp > 1) & (par.zero_stage == 0), grad_bytes_per_param * params, 0.0)
+
+
 @dataclass
 class TrainMemory:
     """Per-device bytes of one training step on the most loaded device."""
@@ -289,6 +308,7 @@ class TrainMemory:
     optimizer_bytes: float
     master_bytes: float
     grad_buffers_bytes: float  # persistent gradient buffers (DDP buckets, Megatron main_grad)
+    wrapped_bytes: float  # allocated once the model is built and wrapped: weights + DDP buckets
     weight_copies_bytes: float  # autocast bf16 casts / FSDP gathered layers at peak
     activations_bytes: float  # saved activations at peak (all in-flight micro-batches)
     logits_bytes: float
@@ -349,10 +369,11 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     fsdp = (z >= 3) & pytorch
 
     # Gradients: PyTorch creates .grad in backward (freed by zero_grad); Megatron/DeepSpeed keep
-    # a persistent gradient buffer; DDP keeps bucket copies of every gradient (gradient_as_bucket_view=False).
+    # a persistent gradient buffer; DDP keeps bucket copies of every gradient (gradient_as_bucket_view=False),
+    # allocated when the model is wrapped (ddp_bucket_bytes).
     if pytorch:
         persistent_grads = 0.0
-        grad_buffers = _where((par.dp > 1) & (z == 0), st.grads * P, 0.0)
+        grad_buffers = ddp_bucket_bytes(P, st.grads, par)
     else:
         persistent_grads = grads_full
         grad_buffers = 0.0
@@ -373,6 +394,10 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
             off_nvme = off_nvme + moved_w
 
     runtime = CUBLAS_WORKSPACES_BYTES
+    # What the model holds right after it is built and wrapped for training, before the optimizer
+    # and the first step: the (sharded) weights plus what the wrapper allocates at construction
+    # (DDP's buckets under PyTorch; nothing for the other frameworks' terms here).
+    wrapped = weights + grad_buffers
     steady = weights + optimizer + master + persistent_grads + grad_buffers + runtime
 
     # Activations
@@ -447,7 +472,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     opt_transient = 0.0 if job.fused_optimizer else _where(off_opt, 0.0, 4.0 * P / o_div)  # foreach AdamW temporaries
     cand["optimizer"] = steady + created_grads + opt_transient
     return dict(weights=weights, grads=_maximum(grads_full, acc_grads), optimizer=optimizer, master=master, grad_buffers=grad_buffers,
-                runtime=runtime, steady=steady, saved_all=saved_all, act_layer=act_layer, live_layer=live_layer,
+                wrapped=wrapped, runtime=runtime, steady=steady, saved_all=saved_all, act_layer=act_layer, live_layer=live_layer,
                 cache_all=cache_all, cache_saved=cache_saved, lg_f=lg_f, lg_b=lg_b, off_cpu=off_cpu,
                 off_nvme=off_nvme, candidates=cand)
 
@@ -471,6 +496,7 @@ def train_memory(model: ModelConfig, job: TrainJob, par: Parallel) -> TrainMemor
         optimizer_bytes=float(t["optimizer"]),
         master_bytes=float(t["master"]),
         grad_buffers_bytes=float(t["grad_buffers"]),
+        wrapped_bytes=float(t["wrapped"]),
         weight_copies_bytes=float(t["cache_all"] if phase == "forward_loss" else t["cache_saved"]),
         activations_bytes=float(at_peak_act),
         logits_bytes=float(t["lg_f"] if phase == "forward_loss" else (t["lg_b"] if phase == "backward_start" else 0.0)),

@@ -150,7 +150,9 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
         out.append(Case(name=name, kind=kind, metric="fits", measured=False, predicted=est.fits, rel_error=0.0 if not est.fits else 1.0))
         return out
     preds = {
-        "weights_bytes": est.memory.weights_bytes + CUBLAS_WORKSPACES_BYTES,
+        # allocated after building the model as it is trained: with its wrapper, so under DDP the
+        # gradient buckets the wrap allocates (memory.ddp_bucket_bytes), as FSDP's after fully_shard
+        "weights_bytes": est.memory.wrapped_bytes + CUBLAS_WORKSPACES_BYTES,
         "steady_bytes": est.memory.steady_bytes,
         "peak_bytes": est.memory.peak_bytes,
         "step_seconds": est.step.total_s,
