@@ -4,13 +4,19 @@ Reads JSONL records in the format of ``../shared/truth/SCHEMA.md`` (kinds kernel
 decode_step, infer) and ``published`` records (data/published/*.jsonl: TFLOP/s per device and
 MFU of runs at scale). A record with ``"oom": true`` is a case of metric ``fits`` whose prediction
 must be ``false``.
+
+Besides the error of each number, the report says how well the model *ranks* layouts: train and
+published records of one model on one device count form a group (``group_key``), and ``ranking``
+gives each group's Spearman correlation of predicted against measured step time and the regret of
+picking the layout the model predicts fastest.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
 
 from .arch import ModelConfig, load_model
 from .bench.records import check_kernel_record
@@ -31,6 +37,7 @@ class Case(BaseModel):
     measured: float | bool
     predicted: float | bool
     rel_error: float
+    group: str | None = None  # train / published records: the ranking group, group_key(rec)
 
 
 class MetricSummary(BaseModel):
@@ -39,11 +46,34 @@ class MetricSummary(BaseModel):
     max_abs_rel_error: float
 
 
+class RankingGroup(BaseModel):
+    """How well the predicted step times order the layouts of one group (one model, one device count)."""
+    n: int  # records with a measured and a predicted step_seconds
+    spearman: float | None  # rank correlation, predicted vs measured; None when n < 3 or a side is constant
+    regret: float | None  # measured time of the predicted-fastest layout / the measured best - 1
+
+
+class RankingSummary(BaseModel):
+    groups: int
+    median_spearman: float | None = None  # over the groups with a Spearman value
+    median_regret: float | None = None
+
+
 class ValidationReport(BaseModel):
     cases: list[Case]
     summary: dict[str, MetricSummary]
     skipped: list[str] = []
     efficiency: dict[str, str] = {}  # hardware id -> efficiency source used (shipped calibration or datasheet)
+    ranking: dict[str, RankingGroup] = {}  # group_key -> ranking of its layouts, sorted by model then devices
+    ranking_summary: RankingSummary = Field(default_factory=lambda: RankingSummary(groups=0))
+
+    @classmethod
+    def of(cls, cases: list[Case], skipped: list[str] | None = None,
+           efficiency: dict[str, str] | None = None) -> "ValidationReport":
+        """The report of ``cases``: the per-metric summary and the ranking computed from them."""
+        rk = ranking(cases)
+        return cls(cases=cases, summary=summarize(cases), skipped=skipped or [], efficiency=efficiency or {},
+                   ranking=rk, ranking_summary=summarize_ranking(rk))
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -99,6 +129,95 @@ def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> 
         raise from_validation_error(exc, where) from None
 
 
+def model_label(m: dict | str | None) -> str | None:
+    """A short name for a record's model: the preset id when ``model`` is a string; for an inline
+    dict ``<arch>-<layers>L-<hidden>h`` (arch defaulting to llama, as in model_from_record), e.g.
+    ``llama-16L-2048h``, or its ``preset`` id when it has no ``layers``. Two inline models that
+    differ only in heads, ffn or vocab share a label."""
+    if isinstance(m, str):
+        return m
+    if not isinstance(m, dict):
+        return None
+    if m.get("layers") is not None and m.get("hidden") is not None:
+        return f"{m.get('arch') or 'llama'}-{m['layers']}L-{m['hidden']}h"
+    return m.get("preset") or None
+
+
+def group_key(rec: dict) -> str | None:
+    """The ranking group of a train or published record, ``"<model_label>/<devices>"`` (e.g.
+    ``llama-16L-2048h/8``); None when the record names no device count."""
+    label, devices = model_label(rec.get("model")), rec.get("devices")
+    if label is None or devices is None or isinstance(devices, bool):
+        return None
+    return f"{label}/{devices}"
+
+
+def _group_sort_key(key: str) -> tuple:
+    model, _, devices = key.rpartition("/")
+    try:
+        return (model, 0, int(devices), "")
+    except ValueError:
+        return (model, 1, 0, devices)
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``; tied values share the mean of the ranks they span."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts  # 0-based first rank of each distinct value
+    return (starts + (counts + 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(predicted, measured) -> float | None:
+    """Spearman rank correlation (Pearson's r of the average ranks). None for fewer than 3 pairs or
+    when either side is constant."""
+    p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    if p.size < 3 or p.size != m.size:
+        return None
+    rp, rm = _average_ranks(p), _average_ranks(m)
+    rp, rm = rp - rp.mean(), rm - rm.mean()
+    den = math.sqrt(float(rp @ rp) * float(rm @ rm))
+    if den == 0.0:
+        return None
+    return max(-1.0, min(1.0, float(rp @ rm) / den))
+
+
+def ranking(cases: list[Case]) -> dict[str, RankingGroup]:
+    """Per group (``Case.group``), how well the predicted ``step_seconds`` order its layouts: ``n``,
+    ``spearman`` and ``regret`` (the measured time of the layout predicted fastest, the first in
+    case order among equal predictions, over the group's best measured time, minus 1). Groups of
+    fewer than 2 cases are left out; keys are sorted by model, then device count."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for c in cases:
+        if c.group is None or c.metric != "step_seconds" or c.kind not in ("train", "published"):
+            continue
+        if isinstance(c.measured, bool) or isinstance(c.predicted, bool):
+            continue
+        if not (math.isfinite(c.measured) and math.isfinite(c.predicted)):
+            continue
+        groups.setdefault(c.group, []).append((float(c.predicted), float(c.measured)))
+    out: dict[str, RankingGroup] = {}
+    for key in sorted(groups, key=_group_sort_key):
+        pairs = groups[key]
+        if len(pairs) < 2:
+            continue
+        pred = np.array([p for p, _ in pairs])
+        meas = np.array([m for _, m in pairs])
+        best = float(meas.min())
+        regret = float(meas[int(np.argmin(pred))]) / best - 1.0 if best > 0 else None
+        out[key] = RankingGroup(n=len(pairs), spearman=spearman(pred, meas), regret=regret)
+    return out
+
+
+def summarize_ranking(groups: dict[str, RankingGroup]) -> RankingSummary:
+    """The number of groups and the medians of their Spearman and regret (None where no group has one)."""
+    def med(vals: list) -> float | None:
+        vals = [v for v in vals if v is not None]
+        return float(np.median(vals)) if vals else None
+
+    return RankingSummary(groups=len(groups), median_spearman=med([g.spearman for g in groups.values()]),
+                          median_regret=med([g.regret for g in groups.values()]))
+
+
 def _parallel(rec: dict) -> Parallel:
     p = rec.get("parallel") or {}
     sharding = p.get("sharding", "none")
@@ -145,9 +264,11 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")
     kind = rec["kind"]
+    group = group_key(rec)
     out = []
     if meas.get("oom"):
-        out.append(Case(name=name, kind=kind, metric="fits", measured=False, predicted=est.fits, rel_error=0.0 if not est.fits else 1.0))
+        out.append(Case(name=name, kind=kind, metric="fits", measured=False, predicted=est.fits, rel_error=0.0 if not est.fits else 1.0,
+                        group=group))
         return out
     preds = {
         # allocated after building the model as it is trained: with its wrapper, so under DDP the
@@ -165,7 +286,8 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     }
     for metric, p in preds.items():
         if metric in meas and isinstance(meas[metric], (int, float)):
-            out.append(Case(name=name, kind=kind, metric=metric, measured=float(meas[metric]), predicted=p, rel_error=_rel(p, meas[metric])))
+            out.append(Case(name=name, kind=kind, metric=metric, measured=float(meas[metric]), predicted=p, rel_error=_rel(p, meas[metric]),
+                            group=group))
     return out
 
 
@@ -340,7 +462,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
             if exc.file is None:  # say which record
                 raise InputError(exc.detail, file=where, field=exc.field) from None
             raise
-    return ValidationReport(cases=cases, summary=summarize(cases), skipped=skipped, efficiency=sources)
+    return ValidationReport.of(cases, skipped, sources)
 
 
 class HostFactorFit(BaseModel):

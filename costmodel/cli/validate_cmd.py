@@ -31,9 +31,10 @@ def validate(
     fit_host_factor: bool = typer.Option(False, "--fit-host-factor",
                                          help="Also fit the --host-time-factor that best explains the files' train and infer records (the measuring machine's host speed), per kind."),
 ):
-    """Predict every record and report predicted against measured with relative errors."""
+    """Predict every record and report predicted against measured with relative errors, and how well
+    the predicted step times rank the layouts of each model and device count."""
     lib = library(hardware_file)
-    from ..validate import ValidationReport, summarize
+    from ..validate import ValidationReport
 
     cases, skipped, sources = [], [], {}
     per_file = [read_records(f) for f in files]
@@ -42,8 +43,8 @@ def validate(
         cases += rep.cases
         skipped += rep.skipped
         sources.update(rep.efficiency)
-    summary = summarize(cases)
-    report = ValidationReport(cases=cases, summary=summary, skipped=skipped, efficiency=sources)
+    report = ValidationReport.of(cases, skipped, sources)  # ranking groups may span files
+    summary = report.summary
     fits = _host_factor_fits([r for recs in per_file for r in recs], lib, calibration, progress=not json_out) if fit_host_factor else None
     if json_out:
         out = report.to_dict()
@@ -65,6 +66,8 @@ def validate(
         for k, v in summary.items():
             s.add_row(k, str(v.n), f"{v.mape:.1%}", f"{v.max_abs_rel_error:.1%}")
         console.print(s)
+        if report.ranking:
+            _print_ranking(report)
         for hw, src in sorted(sources.items()):
             console.print(f"efficiency {hw}: {src}", highlight=False)
         for sk in skipped[:5]:
@@ -73,6 +76,21 @@ def validate(
             _print_fits(fits)
     if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
         raise typer.Exit(1)
+
+
+def _print_ranking(report) -> None:
+    """Per group (model/devices): how well the predicted step times order the measured layouts."""
+    t = Table(title="ranking of layouts by step time")
+    for c in ("group", "n", "Spearman", "regret"):
+        t.add_column(c, justify="left" if c == "group" else "right", overflow="fold")
+    for key, g in report.ranking.items():
+        t.add_row(key, str(g.n), "-" if g.spearman is None else f"{g.spearman:+.2f}",
+                  "-" if g.regret is None else f"{g.regret:.1%}")
+    console.print(t)
+    s = report.ranking_summary
+    med_s = "-" if s.median_spearman is None else f"{s.median_spearman:+.2f}"
+    med_r = "-" if s.median_regret is None else f"{s.median_regret:.1%}"
+    console.print(f"ranking over {s.groups} groups: median Spearman {med_s}, median regret {med_r}", highlight=False)
 
 
 def _host_factor_fits(records: list, lib, calibration, progress: bool) -> list:
