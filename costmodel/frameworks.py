@@ -48,7 +48,7 @@ class ProfileParameter(BaseModel):
 
 # The parameters a composed step model reads (costmodel.steptime), with their neutral values: a
 # composed profile must give each of them.
-COMPOSED_PARAMETERS = ("compute_scale", "host_s_per_layer", "host_gpu_combine_p", "tp_overlap",
+COMPOSED_PARAMETERS = ("compute_scale", "elementwise_scale", "host_s_per_layer", "host_gpu_combine_p", "tp_overlap",
                        "dp_overlap", "pp_cross_node_s", "pp_cross_node_tp_exponent")
 
 
@@ -150,7 +150,8 @@ DEFAULT_FRAMEWORK = "megatron"
 # Where a composed fit of a built-in profile starts, and the bounds it keeps (the nanotron profile's
 # meanings, neutral values: the roofline as is, no host, no hand-off stalls).
 _TEMPLATE = {
-    "compute_scale": (1.0, (0.7, 1.5), "", "GPU kernel time relative to the calibrated roofline of the layer's operators"),
+    "compute_scale": (1.0, (0.7, 1.5), "", "GEMM and attention kernel time relative to the calibrated roofline"),
+    "elementwise_scale": (1.0, (0.5, 6.0), "", "memory passes of the non-matmul kernels relative to Megatron's fused count (kernel fusion)"),
     "host_s_per_layer": (0.0, (0.0, 0.01), "s", "host dispatch time of one decoder layer's forward and backward per micro-batch"),
     "host_gpu_combine_p": (4.72, (2.0, 12.0), "", "exponent of the smooth max of host and GPU time per micro-batch"),
     "tp_overlap": (0.0, (0.0, 0.95), "", "share of tensor-parallel collective time hidden behind GEMMs"),

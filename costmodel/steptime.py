@@ -11,7 +11,8 @@ runs a profile is fitted to (``costmodel.profile_fit``).
 
 Composition, per optimizer step (1F1B pipeline, Narayanan et al. 2021, sec. 2.2):
 
-    slot     = compute_scale x gpu_mb                         GPU kernels of one micro-batch
+    slot     = compute_scale x (gemm_mb + attention_mb)       GEMM and attention kernels of one micro-batch
+             + elementwise_scale x elementwise_mb             memory-bound kernels (fusion: passes per layer)
              + (1 - tp_overlap) x (tp_intra_mb + tp_cross_mb) tensor-parallel collectives not hidden
              + p2p_mb                                         pipeline sends (wire time)
     host     = host_layers_mb x (host_s_per_layer             eager dispatch per decoder layer
@@ -87,7 +88,10 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None) -> ComposedS
     tp = np.asarray(t.tp, dtype=float)
     tp_cross = np.asarray(t.tp_cross_wire_mb_s) + np.asarray(t.tp_cross_steps_mb) * lat
     tp_mb = (1.0 - p["tp_overlap"]) * (np.asarray(t.tp_intra_mb_s) + tp_cross)
-    slot = c * np.asarray(t.gpu_mb_s) + tp_mb + np.asarray(t.p2p_mb_s)
+    e = p["elementwise_scale"]
+    gemm_att = np.asarray(t.gemm_mb_s) + np.asarray(t.attention_mb_s)
+    ew_mb = np.asarray(t.gpu_mb_s) - gemm_att
+    slot = c * gemm_att + e * ew_mb + tp_mb + np.asarray(t.p2p_mb_s)
     handoff = np.asarray(t.pp_cross) * p["pp_cross_node_s"] * np.maximum(tp - 1.0, 0.0) ** p["pp_cross_node_tp_exponent"]
     host = np.asarray(t.host_layers_mb) * (p["host_s_per_layer"] + handoff)
     slot_h = smoothmax(slot, host, p["host_gpu_combine_p"])
@@ -95,13 +99,13 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None) -> ComposedS
     bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
     pipeline = (n + bubble_slots) * slot_h
     dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
-    dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))
+    dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))  # window: backward kernels
     total = pipeline + dp_exposed + np.asarray(t.optimizer_s) + np.asarray(t.other_s)
     gemm = c * n * np.asarray(t.gemm_mb_s)
     att = c * n * np.asarray(t.attention_mb_s)
     return ComposedStep(
         total_s=total, compute_s=gemm, attention_s=att,
-        elementwise_s=c * n * np.asarray(t.gpu_mb_s) - gemm - att, host_overhead_s=n * (slot_h - slot),
+        elementwise_s=e * n * ew_mb, host_overhead_s=n * (slot_h - slot),
         tp_comm_s=n * tp_mb, pp_comm_s=n * np.asarray(t.p2p_mb_s), bubble_s=bubble_slots * slot_h,
         dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s))
 

@@ -62,14 +62,14 @@ def _terms(**kw):
     return steptime.StepTerms(**base)
 
 
-PARAMS = {"compute_scale": 1.2, "host_s_per_layer": 0.002, "host_gpu_combine_p": 4.0, "tp_overlap": 0.25,
+PARAMS = {"compute_scale": 1.2, "elementwise_scale": 1.0, "host_s_per_layer": 0.002, "host_gpu_combine_p": 4.0, "tp_overlap": 0.25,
           "dp_overlap": 0.5, "pp_cross_node_s": 0.001, "pp_cross_node_tp_exponent": 1.0}
 
 
 def test_compose_by_hand():
     t = _terms()
     c = steptime.compose(t, PARAMS)
-    slot = 1.2 * 0.10 + 0.75 * 0.02 + 0.001  # 0.136
+    slot = 1.2 * (0.07 + 0.02) + 1.0 * 0.01 + 0.75 * 0.02 + 0.001  # GEMM+attention, elementwise, tp, p2p: 0.134
     host = 8 * (0.002 + 0.001 * 3.0)  # 0.040: (tp - 1)^1 peers
     slot_h = (slot ** 4 + host ** 4) ** 0.25
     pipeline = (4 + 1) * slot_h  # 4 micro-batches + (pp - 1) bubble slots
