@@ -61,7 +61,8 @@ class TrainingSection(BaseModel):
     optimizer: Optimizer = "adamw"
     recompute: Recompute = "none"
     attention: Literal["flash", "standard"] = "flash"
-    framework: Optional[Framework] = None
+    framework: Optional[str] = None  # a framework name (costmodel.frameworks), any case
+    profile: Optional[str] = None  # a framework profile YAML, relative to the plan
     overlap_grad_reduce: bool = True
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
@@ -268,16 +269,15 @@ def _hardware_files(plan: Plan, base: Path | None, extra: list[str] | None) -> l
 
 
 def _train_kwargs(plan: Plan, sec: TrainingSection) -> dict:
-    d = sec.model_dump()
-    if d["framework"] == "deepspeed":
-        d["framework"] = "megatron"  # same persistent-buffer semantics with fp32 grads (as `costmodel train`)
-    return d
+    return sec.model_dump()
 
 
 def _evaluate_training(plan: Plan, sec: TrainingSection, ctx: dict, devices: int | None = None):
     from .plan import train
 
     kw = _train_kwargs(plan, sec)
+    if kw.get("profile"):
+        kw["profile"] = _resolve(kw["profile"], ctx.get("base"))
     est = train(ctx["model"], plan.hardware, devices=devices if devices is not None else plan.devices,
                 nodes=None if devices is not None else plan.nodes, calibration=ctx["calibration"],
                 hardware_files=ctx["hardware_files"], **kw)
@@ -352,7 +352,7 @@ def _context(plan: Plan, base: Path | None, hardware_files: list[str] | None) ->
     node = lib.node_for(plan.hardware)
     model_ref = _resolve(plan.model, base)
     load_model(model_ref)  # unknown ids fail here, before any search
-    return {"model": model_ref, "spec": spec, "node": node, "hardware_files": files,
+    return {"model": model_ref, "spec": spec, "node": node, "hardware_files": files, "base": base,
             "calibration": _resolve(plan.calibration, base) if plan.calibration else None}
 
 
@@ -477,7 +477,7 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
             est, pred, _ = _evaluate_training(plan, plan.training, ctx)
             devices = est.devices
             gb = int(round(est.tokens_per_step / plan.training.seq_len))
-            framework = est.job["framework"]
+            framework = plan.training.framework  # neighbours keep the plan's framework (and profile)
         else:
             est, pred, _ = _evaluate_inference(plan, plan.inference, ctx)
             devices, gb, framework = plan.inference.tp, None, None

@@ -145,7 +145,27 @@ def resolve(name: str | None, default: str = "megatron") -> FrameworkProfile:
     raise InputError(f"unknown framework {name!r}; known: {', '.join(known_names())}", field="framework")
 
 
+# The framework `train`, `search` and `check` assume when none is named (every output says which).
 DEFAULT_FRAMEWORK = "megatron"
+
+
+def job_fields(framework: str | None = None, profile: str | None = None) -> dict:
+    """TrainJob's ``framework`` (base semantics) and ``profile`` for a framework name and an
+    optional profile YAML that replaces the built-in profile: a profile file names its own base."""
+    if profile is not None:
+        prof = load_profile_file(profile)
+        if framework is not None and resolve(framework).base != prof.base:
+            raise InputError(f"profile {profile} is for a {prof.base}-based framework, not {framework!r}",
+                             field="profile")
+        return {"framework": prof.base, "profile": str(profile)}
+    prof = resolve(framework)
+    return {"framework": prof.base, "profile": prof.id}
+
+
+def label(job) -> str:
+    """The framework a job is timed as, for headers: the profile id (or file), else the base."""
+    prof = job.profile or job.framework
+    return Path(prof).name if str(prof).endswith((".yaml", ".yml")) else str(prof)
 
 # Where a composed fit of a built-in profile starts, and the bounds it keeps (the nanotron profile's
 # meanings, neutral values: the roofline as is, no host, no hand-off stalls).

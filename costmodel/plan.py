@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
 from .inference import estimate_infer
@@ -20,9 +21,12 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           global_batch: int | None = None, precision: str = "amp-bf16", optimizer: str = "adamw",
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
           overlap_grad_reduce: bool = True, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
-          hardware_files: list[str] | None = None, host_time_factor: float = 1.0) -> TrainEstimate:
+          hardware_files: list[str] | None = None, host_time_factor: float = 1.0,
+          profile: str | None = None) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
-    node's devices. dp defaults to devices / (tp * pp * cp)."""
+    node's devices. dp defaults to devices / (tp * pp * cp). `framework`: a framework name
+    (costmodel.frameworks, case-insensitive; default frameworks.DEFAULT_FRAMEWORK); `profile`: a
+    framework profile YAML (e.g. from fit-profile) that times the step instead of the built-in."""
     require_positive(devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, interleave=interleave,
                      micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch)
     lib = load_library(hardware_files)
@@ -38,13 +42,13 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     dp = dp or devices // per
     if dp * per != devices:
         raise InputError(f"tp*pp*cp*dp = {dp * per} but devices = {devices}", field="dp")
-    if framework is None:
-        framework = "megatron" if (tp > 1 or pp > 1) else "pytorch"
+    fw = frameworks.job_fields(framework if framework is not None or profile is not None
+                               else frameworks.DEFAULT_FRAMEWORK, profile)
     try:
         par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
                        interleave=interleave)
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                       optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
+                       optimizer=optimizer, recompute=recompute, attention=attention, **fw,
                        overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
                        offload_params=offload_params, host_time_factor=host_time_factor)
     except ValidationError as exc:

@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import comm, comm_bridge
+from . import comm, comm_bridge, frameworks
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive
@@ -49,6 +49,9 @@ DEFAULT_ZERO = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 # Candidates re-estimated with the scalar model after the vectorised screen.
 REFINE_MIN = 32
+# A composed framework profile (costmodel.steptime) times layouts with mechanisms the screen does not
+# have: this many times the pool is re-ranked with it.
+REFINE_COMPOSED_FACTOR = 4
 # Points of the screened time/cost Pareto front re-estimated for the report and the plot.
 PARETO_MAX = 24
 
@@ -107,6 +110,8 @@ class SearchResult(BaseModel):
     devices: list[int]
     global_batch: int
     seq_len: int
+    framework: str = "megatron"  # the framework profile the layouts were timed as
+    precision: str = "amp-bf16"
     objective: str
     enumerated: int  # grid points, before divisibility rules
     evaluated: int  # layouts whose memory and time were computed
@@ -573,7 +578,7 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
-           precision: str = "amp-bf16", optimizer: str = "adamw", framework: str = "megatron",
+           precision: str = "amp-bf16", optimizer: str = "adamw", framework: str | None = None,
            attention: str = "flash", overlap_grad_reduce: bool = True, tokens: float | None = None,
            steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
            tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
@@ -581,12 +586,15 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
            sequence_parallel: Sequence[bool] | None = None, offload: Sequence[bool] | None = None,
            calibration: str | None = None, hardware_files: list[str] | None = None, refine: bool = True,
-           progress=None) -> SearchResult:
+           progress=None, profile: str | None = None) -> SearchResult:
     """Every valid layout of `model` on `devices` of each `hardware`, ranked by `objective`.
 
     `devices`: an int, a list, or "LO..HI" (powers of two in the range). The axes default to
     everything sensible (tp up to the node, every pp dividing the layers or a power of two, ...);
     pass lists to restrict them. Returns the top `top` layouts re-estimated with the scalar model.
+    `framework` (default frameworks.DEFAULT_FRAMEWORK, as `train`) and `profile` as in plan.train:
+    the screen uses the framework's base semantics; where its profile composes the step
+    (costmodel.steptime), a larger pool of the screen's best is re-ranked with it.
     """
     t0 = time.perf_counter()
     m = model if isinstance(model, ModelConfig) else load_model(model)
@@ -606,8 +614,11 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     lib = load_library(hardware_files)
     try:
         job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                       optimizer=optimizer, framework=framework, attention=attention,
-                       overlap_grad_reduce=overlap_grad_reduce)
+                       optimizer=optimizer, attention=attention, overlap_grad_reduce=overlap_grad_reduce,
+                       **frameworks.job_fields(framework if framework is not None or profile is not None
+                                               else frameworks.DEFAULT_FRAMEWORK, profile))
+    except InputError:
+        raise
     except Exception as exc:  # pydantic ValidationError -> a named field
         from .errors import from_validation_error
 
@@ -649,13 +660,14 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
             progress(hw)
 
     # choose what to refine: the best screened candidates over all hardware + the Pareto front
+    composed = frameworks.resolve(job.profile or job.framework).step_model == "composed"
     cand_rows = []  # (obj, hw index, candidate index)
     pareto_rows = []
     for h, (hw, spec, node, price, c, s, fits, obj, cost_tok) in enumerate(per_hw):
         idx = np.flatnonzero(fits)
         if len(idx) == 0:
             continue
-        k = min(len(idx), max(REFINE_MIN, 8 * top))
+        k = min(len(idx), max(REFINE_MIN, 8 * top) * (REFINE_COMPOSED_FACTOR if composed else 1))
         best = idx[np.argpartition(obj[idx], k - 1)[:k]] if k < len(idx) else idx
         cand_rows += [(float(obj[i]), h, int(i)) for i in best]
         if cost_tok is not None:
@@ -684,7 +696,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
             c_arr = np.array([p.cost_per_million_tokens_usd for p in pc])
             pareto = [pc[i] for i in _pareto_indices(t_arr, c_arr)]
     return SearchResult(model=m.id, hardware=hw_ids, devices=counts, global_batch=global_batch, seq_len=seq_len,
-                        objective=objective, enumerated=enumerated, evaluated=evaluated, feasible=feasible,
+                        framework=frameworks.label(job), precision=job.precision, objective=objective, enumerated=enumerated, evaluated=evaluated, feasible=feasible,
                         seconds=time.perf_counter() - t0, rejected=rejected, top=top_list, pareto=pareto)
 
 

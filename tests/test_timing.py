@@ -259,7 +259,8 @@ def test_host_time_factor_accounts_for_a_faster_host():
     eager = [costmodel.infer("llama-1.3b", "h100-sxm", batch=8, cuda_graph=False, host_time_factor=f).to_dict()["tpot_s"]
              for f in (1.0, 0.5)]
     assert eager[1] < 0.8 * eager[0]
-    steps = [costmodel.train("llama-1.3b", "h100-sxm", micro_batch=1, seq_len=1024, host_time_factor=f).step for f in (1.0, 0.5)]
+    steps = [costmodel.train("llama-1.3b", "h100-sxm", micro_batch=1, seq_len=1024, framework="pytorch",
+                             host_time_factor=f).step for f in (1.0, 0.5)]
     assert steps[1].host_overhead_s < steps[0].host_overhead_s
     assert steps[1].compute_s == steps[0].compute_s and steps[1].elementwise_s == steps[0].elementwise_s
 

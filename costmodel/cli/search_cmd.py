@@ -53,7 +53,8 @@ def search_cmd(
     top: int = typer.Option(10, help="Layouts to print."),
     precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
     optimizer: str = typer.Option("adamw"),
-    framework: str = typer.Option("megatron", help="megatron (Megatron-LM semantics), pytorch or deepspeed."),
+    framework: Optional[str] = typer.Option(None, help="Framework: megatron (default, as train), pytorch, deepspeed, torchtitan, nanotron (any case)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the layouts."),
     attention: str = typer.Option("flash", help="flash or standard (materialised scores)."),
     overlap_grad_reduce: bool = typer.Option(True, "--overlap-grad-reduce/--no-overlap-grad-reduce",
                                              help="Overlap the data-parallel gradient reduction with backward."),
@@ -103,7 +104,7 @@ def search_cmd(
     if recompute is not None:
         rc = [r for r in recompute.replace(" ", "").split(",") if r]
     kwargs = dict(global_batch=global_batch, seq_len=seq_len, objective=objective, top=top, precision=precision,
-                  optimizer=optimizer, framework=framework, attention=attention,
+                  optimizer=optimizer, framework=framework, profile=profile, attention=attention,
                   overlap_grad_reduce=overlap_grad_reduce, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
@@ -131,6 +132,7 @@ def _render(res) -> None:
     rate = res.evaluated / res.seconds if res.seconds else float("nan")
     console.print(f"{res.model}: {res.enumerated:,} grid points, {res.evaluated:,} valid layouts evaluated, "
                   f"{res.feasible:,} fit; {res.seconds:.2f} s ({rate:,.0f} layouts/s). Objective: {res.objective}.")
+    console.print(f"framework {res.framework}, {res.precision}; recompute per layout (column)")
     multi_hw = len(res.hardware) > 1
     priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
     has_run = any(c.run_days is not None for c in res.top)

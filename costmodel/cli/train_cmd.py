@@ -32,7 +32,8 @@ def train_cmd(
     optimizer: str = typer.Option("adamw", help="adamw, adamw-bf16, adamw-8bit, sgd, adafactor, lion."),
     recompute: str = typer.Option("none", help="none, selective, full."),
     attention: str = typer.Option("flash", help="flash or standard."),
-    framework: Optional[str] = typer.Option(None, help="pytorch, megatron or deepspeed semantics (default: pytorch, megatron when tp/pp > 1)."),
+    framework: Optional[str] = typer.Option(None, help="Framework: megatron (default), pytorch, deepspeed, torchtitan, nanotron (any case; data/frameworks/)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the step."),
     overlap_grad_reduce: bool = typer.Option(True, "--overlap-grad-reduce/--no-overlap-grad-reduce",
                                              help="Overlap the data-parallel gradient reduction with backward (DDP buckets)."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
@@ -60,14 +61,12 @@ def train_cmd(
                                ("offload-params", offload_params, ("none", "cpu", "nvme"))):
         if val not in allowed:
             raise InputError(f"{val!r} is not one of {', '.join(allowed)}", field=name)
-    if framework == "deepspeed":
-        framework = "megatron"  # same persistent-buffer semantics with fp32 grads
     est = train(model, hardware, devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep,
                 sequence_parallel=sequence_parallel, zero_stage=zero_stage, interleave=interleave,
                 micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                 overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
-                host_time_factor=host_time_factor,
+                host_time_factor=host_time_factor, profile=profile,
                 hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
@@ -96,7 +95,7 @@ def train_cmd(
 
 def _render(est, run):
     mem = est.memory
-    t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}  layout {est.parallel}")
+    t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}\n{header(est)}")
     t.add_column("memory per device")
     t.add_column("bytes", justify="right")
     rows = [("weights", mem.weights_bytes), ("gradients (peak)", mem.grads_bytes), ("optimizer states", mem.optimizer_bytes),
@@ -140,6 +139,22 @@ def _render(est, run):
             console.print(f"  - {tip}")
     else:
         console.print(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare")
+
+
+def layout_label(par: dict) -> str:
+    """A layout in Megatron's words: 'tp 8 pp 8 dp 2 (sp, ZeRO-1, 6 virtual stages)'."""
+    words = [f"{k} {par[k]}" for k in ("tp", "pp", "dp", "cp", "ep") if k in ("tp", "pp", "dp") or par.get(k, 1) > 1]
+    extra = [x for x in ("sp" if par.get("sequence_parallel") else "",
+                         f"ZeRO-{par['zero_stage']}" if par.get("zero_stage") else "",
+                         f"{par['interleave']} virtual stages" if par.get("interleave", 1) > 1 else "") if x]
+    return " ".join(words) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def header(est) -> str:
+    """The assumptions a train estimate rests on, in one line."""
+    j = est.job
+    return (f"{layout_label(est.parallel)}, framework {est.framework}, {j['precision']}, recompute {j['recompute']}, "
+            f"micro-batch {j['micro_batch']}, seq {j['seq_len']}")
 
 
 def register(app: typer.Typer) -> None:

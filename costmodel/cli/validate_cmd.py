@@ -28,6 +28,7 @@ def validate(
     max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
                                            help="Eager host time of the measuring machine relative to the H100 machines the host constants came from (train and infer records)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the train records of its framework."),
     fit_host_factor: bool = typer.Option(False, "--fit-host-factor",
                                          help="Also fit the --host-time-factor that best explains the files' train and infer records (the measuring machine's host speed), per kind."),
 ):
@@ -39,7 +40,7 @@ def validate(
     cases, skipped, sources = [], [], {}
     per_file = [read_records(f) for f in files]
     for recs in per_file:
-        rep = validate_records(recs, lib, calibration, host_time_factor)
+        rep = validate_records(recs, lib, calibration, host_time_factor, profile=profile)
         cases += rep.cases
         skipped += rep.skipped
         sources.update(rep.efficiency)
