@@ -20,6 +20,8 @@ def fit_profile_cmd(
     folds: int = typer.Option(5, "--folds", min=0, help="k-fold held-out error (0 or 1: none)."),
     fit_latency: bool = typer.Option(True, "--fit-latency/--no-fit-latency",
                                      help="Also fit the cluster's cross-node ring step latency (off when nccl-tests logs pinned it)."),
+    prior_weight: float = typer.Option(1.0, "--prior-weight", min=0.0,
+                                       help="How strongly the start profile holds (a parameter moved across its whole range costs as much as one run missed by this fraction; 0: no prior)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
@@ -38,7 +40,7 @@ def fit_profile_cmd(
         raise InputError(f"no train records of framework {base.id!r} in {', '.join(files)}", field="framework")
     lib = library(hardware_file)
     runs = profile_fit.run_set(recs, start, lib, calibration)
-    res = profile_fit.fit_profile(runs, start, fit_latency=fit_latency, folds=folds)
+    res = profile_fit.fit_profile(runs, start, fit_latency=fit_latency, folds=folds, prior_weight=prior_weight)
     src = f"fitted by costmodel fit-profile on {', '.join(Path(f).name for f in files)} ({res.n} runs)"
     fitted = start.with_values(res.values, fit={"files": [str(f) for f in files], **res.summary()})
     fitted = fitted.model_copy(update={
