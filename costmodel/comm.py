@@ -801,14 +801,22 @@ class ShardedDataParallel:
     prefetch: int = FSDP_PREFETCH_UNITS
     once_per_step: bool = False
     backward_gathers: int = 1  # gathers per unit in backward when resharded (2: the recompute's own)
+    # (op, nbytes) -> seconds of one call over ``group``, replacing this module's model (the
+    # bridge's, so that groups across nodes of a cluster with measured scaling use it)
+    time_fn: object = None
+
+    def _call_s(self, op: str, nbytes: float, links, **kw) -> float:
+        if self.time_fn is not None:
+            return float(self.time_fn(op, nbytes))
+        return collective_time_s(op, nbytes, self.group, links, **kw)
 
     def gather_s(self, links, **kw) -> float:
         k = max(1, int(self.calls_per_unit))
-        return k * collective_time_s("all_gather", self.unit_param_bytes / k, self.group, links, **kw)
+        return k * self._call_s("all_gather", self.unit_param_bytes / k, links, **kw)
 
     def reduce_s(self, links, **kw) -> float:
         k = max(1, int(self.calls_per_unit))
-        return k * collective_time_s("reduce_scatter", self.unit_grad_bytes / k, self.group, links, **kw)
+        return k * self._call_s("reduce_scatter", self.unit_grad_bytes / k, links, **kw)
 
     def step(self, fwd_compute_s: float, bwd_compute_s: float, micro_batches: int, links, **kw) -> CommTime:
         """Communication of one optimizer step with ``fwd_compute_s`` / ``bwd_compute_s`` of

@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import comm, comm_bridge, frameworks
+from . import cluster, comm, comm_bridge, frameworks
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive
@@ -533,6 +533,12 @@ def _batched_collectives(link, op: str, nbytes: np.ndarray, world: np.ndarray, i
         sel = live & ((scales == sc) if not np.isnan(sc) else np.isnan(scales))
         out[sel] = comm.collective_time_s_np(op, nbytes[sel], world[sel], per[sel], links, params=params,
                                              efficiency=None if np.isnan(sc) else float(sc))
+    scaling = getattr(link, "scaling", None)
+    if scaling is not None:  # groups across nodes of a cluster with measured scaling (costmodel.cluster)
+        for i in np.flatnonzero(live & ~group_intra):
+            nodes = -(-int(world[i]) // int(per[i]))
+            out[i] = params.launch_overhead_s + cluster.collective_time_s(
+                scaling, op, float(nbytes[i]), int(world[i]), nodes, link.inter_bw)
     return out
 
 

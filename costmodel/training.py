@@ -606,7 +606,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
                                             unit_grad_bytes=grad_bytes / units, group=dp_group,
                                             calls_per_unit=calls, prefetch=prefetch, once_per_step=par.pp > 1,
-                                            backward_gathers=bwd_gathers)
+                                            backward_gathers=bwd_gathers,
+                                            time_fn=(lambda op, nbytes: link.collective_time_s(
+                                                op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
+                                            if link.scaling is not None else None)
             ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
                            efficiency=link._efficiency(), params=link.params)
             fsdp_exposed = ct.exposed_s
