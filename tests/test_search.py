@@ -198,3 +198,26 @@ def test_infer_search_cli(capsys):
     with pytest.raises(SystemExit) as e:
         main(["search", "llama3-8b"])  # a training search needs a global batch
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("framework", ["megatron", "NanoTron"])
+def test_search_and_train_agree_on_every_number(framework):
+    """What search prints for a layout is what `train` says for the same layout and framework:
+    step time, its parts, memory and MFU (the search re-estimates its best with estimate_train;
+    a composed profile re-ranks a larger pool with it)."""
+    import costmodel
+
+    res = search("llama2-7b", "dgx-h100", 32, global_batch=128, seq_len=4096, top=4, framework=framework)
+    assert res.framework == framework.lower() and len(res.top) == 4
+    for c in res.top:
+        lay = c.layout
+        est = costmodel.train("llama2-7b", "dgx-h100", devices=lay.devices, tp=lay.tp, pp=lay.pp, dp=lay.dp,
+                              cp=lay.cp, ep=lay.ep, sequence_parallel=lay.sequence_parallel,
+                              zero_stage=lay.zero_stage, interleave=lay.interleave, micro_batch=lay.micro_batch,
+                              global_batch=128, seq_len=4096, recompute=lay.recompute,
+                              offload_optimizer=lay.offload_optimizer, framework=framework)
+        assert est.framework == framework.lower()
+        assert c.step_s == pytest.approx(est.step.total_s, rel=1e-12)
+        assert c.step_breakdown_s == pytest.approx(est.step.parts(), rel=1e-12)
+        assert c.peak_bytes == pytest.approx(est.memory.peak_bytes, rel=1e-12)
+        assert c.mfu == pytest.approx(est.mfu, rel=1e-12)
