@@ -118,8 +118,19 @@ class Links:
             # a group across nodes of a cluster whose scaling was measured (costmodel.cluster)
             return self.params.launch_overhead_s + cluster.collective_time_s(
                 self.scaling, op, float(nbytes), g.size, nodes, self.inter_bw)
-        return comm.collective_time_s(op, float(nbytes), g, self.comm_links, efficiency=self._efficiency(),
+        return comm.collective_time_s(op, float(nbytes), g, self._links_for(nodes), efficiency=self._efficiency(),
                                       params=self.params)
+
+    def _links_for(self, nodes: int) -> comm.Links:
+        """The links a group over ``nodes`` nodes sees: past a leaf switch (scale_out.nodes_per_leaf)
+        its cross-node bandwidth is the spine's, 1 / oversubscription of the line rate."""
+        links = self.comm_links
+        so = getattr(self.node, "scale_out", None) if self.node is not None else None
+        if so is not None and so.nodes_per_leaf and nodes > so.nodes_per_leaf and so.oversubscription > 1:
+            from dataclasses import replace
+
+            links = replace(links, inter_bytes_per_s=self.inter_bw / so.oversubscription)
+        return links
 
     def p2p_time_s(self, nbytes: float, crosses_node: bool) -> float:
         """One point-to-point message (comm's send/recv model: launch overhead, one link latency,

@@ -534,11 +534,16 @@ def _batched_collectives(link, op: str, nbytes: np.ndarray, world: np.ndarray, i
         out[sel] = comm.collective_time_s_np(op, nbytes[sel], world[sel], per[sel], links, params=params,
                                              efficiency=None if np.isnan(sc) else float(sc))
     scaling = getattr(link, "scaling", None)
-    if scaling is not None:  # groups across nodes of a cluster with measured scaling (costmodel.cluster)
+    so = getattr(link.node, "scale_out", None) if getattr(link, "node", None) is not None else None
+    leaf = so.nodes_per_leaf if (so is not None and so.oversubscription > 1) else None
+    if scaling is not None or leaf:  # measured cluster scaling, or a spine past the leaf: the bridge's
         for i in np.flatnonzero(live & ~group_intra):
             nodes = -(-int(world[i]) // int(per[i]))
-            out[i] = params.launch_overhead_s + cluster.collective_time_s(
-                scaling, op, float(nbytes[i]), int(world[i]), nodes, link.inter_bw)
+            if scaling is not None:
+                out[i] = params.launch_overhead_s + cluster.collective_time_s(
+                    scaling, op, float(nbytes[i]), int(world[i]), nodes, link.inter_bw)
+            elif nodes > leaf:
+                out[i] = link.collective_time_s(op, float(nbytes[i]), int(world[i]), intra=False, per_node=int(per[i]))
     return out
 
 

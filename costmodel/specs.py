@@ -214,6 +214,10 @@ class ScaleOutNetwork(_Strict):
     name: str
     bandwidth_per_device_bytes_per_s: BytesPerSec = Field(alias="bandwidth_per_device")
     latency_s: Seconds = Field(default=5e-6, alias="latency")
+    # A two-tier fat tree: groups over more than ``nodes_per_leaf`` nodes cross the spine, whose
+    # uplinks carry 1 / ``oversubscription`` of the leaf's downlink bandwidth (1: non-blocking).
+    nodes_per_leaf: int | None = Field(default=None, ge=1)
+    oversubscription: float = Field(default=1.0, ge=1.0)
     scaling: ScaleOutScaling | None = None  # measured behaviour at scale (costmodel.cluster)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -447,3 +447,30 @@ def test_train_step_breakdown_has_ep_cp_offload_and_sums():
     fsdp = estimate_train(dense, a100, j3, p3, node=lib.node_for("dgx-a100")).step
     ds = estimate_train(dense, a100, j3.model_copy(update={"framework": "deepspeed"}), p3, node=lib.node_for("dgx-a100")).step
     assert ds.fsdp_comm_exposed_s > 10 * fsdp.fsdp_comm_exposed_s
+
+
+def test_oversubscribed_spine_slows_groups_beyond_a_leaf(tmp_path):
+    """scale_out.nodes_per_leaf / oversubscription: a group within a leaf runs at the NIC line
+    rate, one beyond it at the spine's 1/oversubscription of it (same alpha-beta model, the
+    scale-out bandwidth divided): 16 nodes of 8 with a 4-node leaf and 2:1 spine, all-reduce of 1 GiB
+    with one rank per node, large enough that bandwidth dominates."""
+    import yaml
+
+    from costmodel.comm_bridge import Links as BridgeLinks
+    from costmodel.specs import load_library
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "hardware" / "nodes" / "dgx-a100.yaml").read_text())
+    base["id"] = "dgx-a100-oversub"
+    base["scale_out"].update({"nodes_per_leaf": 4, "oversubscription": 2.0})
+    f = tmp_path / "n.yaml"
+    f.write_text(yaml.safe_dump(base))
+    lib = load_library([f])
+    spec = lib.device("a100-80gb-sxm")
+    plain = BridgeLinks.from_specs(spec, lib.node_for("dgx-a100"), None)
+    over = BridgeLinks.from_specs(spec, lib.node_for("dgx-a100-oversub"), None)
+    within = (over.collective_time_s("all_reduce", GiB, 4, intra=False, per_node=1),
+              plain.collective_time_s("all_reduce", GiB, 4, intra=False, per_node=1))
+    assert within[0] == pytest.approx(within[1])
+    beyond = (over.collective_time_s("all_reduce", GiB, 16, intra=False, per_node=1),
+              plain.collective_time_s("all_reduce", GiB, 16, intra=False, per_node=1))
+    assert 1.8 < beyond[0] / beyond[1] < 2.0  # the bandwidth term doubles, latency does not
