@@ -52,6 +52,17 @@ COMPOSED_PARAMETERS = ("compute_scale", "elementwise_scale", "host_s_per_layer",
                        "dp_overlap", "pp_cross_node_s", "pp_cross_node_tp_exponent")
 
 
+class ProfileSettings(BaseModel):
+    """How a framework runs, as discrete choices (not fitted): read by costmodel.steptime."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # gradients reduced bucket by bucket, one collective per bucket of this many compute-dtype
+    # gradient bytes (PyTorch DDP's bucket_cap_mb = 25 MiB, comm.DDP_BUCKET_BYTES)
+    dp_bucket_bytes: float = Field(default=25 * 1024 * 1024, gt=0)
+    # the step replayed as CUDA graphs: no per-op host dispatch on the critical path
+    cuda_graphs: bool = False
+
+
 class FrameworkProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
@@ -61,6 +72,7 @@ class FrameworkProfile(BaseModel):
     step_model: Literal["builtin", "composed"] = "builtin"
     description: str
     parameters: dict[str, ProfileParameter] = Field(default_factory=dict)
+    settings: ProfileSettings = Field(default_factory=ProfileSettings)
     # the cross-node ring step latency fitted with the profile where no nccl-tests logs pinned the
     # cluster's (costmodel.cluster); replaces the node spec's scale_out.scaling.step_latency
     cluster_step_latency_s: float | None = Field(default=None, gt=0)
@@ -192,4 +204,5 @@ def composed_start(profile: FrameworkProfile) -> FrameworkProfile:
         params[k] = ProfileParameter(value=v, bounds=b, unit=unit, meaning=meaning,
                                      source=f"start value (profile {profile.id})")
     return FrameworkProfile(id=profile.id, name=profile.name, aliases=profile.aliases, base=profile.base,
-                            step_model="composed", description=profile.description, parameters=params)
+                            step_model="composed", description=profile.description, parameters=params,
+                            settings=profile.settings)

@@ -123,7 +123,7 @@ def predict(runs: RunSet, profile: frameworks.FrameworkProfile, values: dict[str
             step_latency_s: float | None = None) -> np.ndarray:
     p = {k: v.value for k, v in profile.parameters.items()}
     p.update(values or {})
-    return np.asarray(steptime.compose(runs.terms, p, step_latency_s).total_s, dtype=float)
+    return np.asarray(steptime.compose(runs.terms, p, step_latency_s, profile.settings.cuda_graphs).total_s, dtype=float)
 
 
 def _solve(runs: RunSet, idx: np.ndarray, profile, free: list[str], x0: np.ndarray, lo, hi,
@@ -138,7 +138,7 @@ def _solve(runs: RunSet, idx: np.ndarray, profile, free: list[str], x0: np.ndarr
         vals = dict(zip(free, x))
         lat = vals.pop(STEP_LATENCY, None)
         pred = np.asarray(steptime.compose(sub, {**{k: v.value for k, v in profile.parameters.items()}, **vals},
-                                           lat).total_s, dtype=float)
+                                           lat, profile.settings.cuda_graphs).total_s, dtype=float)
         return np.concatenate([pred / meas - 1.0, prior_weight * (x - x0) / width])
 
     # scale each parameter to its bounds so one trust region suits them all

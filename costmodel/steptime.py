@@ -80,9 +80,10 @@ class ComposedStep:
     other_s: object
 
 
-def compose(t: StepTerms, p: dict[str, float], step_latency_s=None) -> ComposedStep:
+def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs: bool = False) -> ComposedStep:
     """Step time from the terms and a composed profile's parameter values ``p`` (module docstring).
-    ``step_latency_s`` replaces the cluster's cross-node step latency (a fit moves it)."""
+    ``step_latency_s`` replaces the cluster's cross-node step latency (a fit moves it);
+    ``cuda_graphs``: the profile replays the step as CUDA graphs, so no host dispatch is exposed."""
     lat = t.step_latency_s if step_latency_s is None else step_latency_s
     c = p["compute_scale"]
     tp = np.asarray(t.tp, dtype=float)
@@ -93,7 +94,7 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None) -> ComposedS
     ew_mb = np.asarray(t.gpu_mb_s) - gemm_att
     slot = c * gemm_att + e * ew_mb + tp_mb + np.asarray(t.p2p_mb_s)
     handoff = np.asarray(t.pp_cross) * p["pp_cross_node_s"] * np.maximum(tp - 1.0, 0.0) ** p["pp_cross_node_tp_exponent"]
-    host = np.asarray(t.host_layers_mb) * (p["host_s_per_layer"] + handoff)
+    host = np.asarray(t.host_layers_mb) * ((0.0 if cuda_graphs else p["host_s_per_layer"]) + handoff)
     slot_h = smoothmax(slot, host, p["host_gpu_combine_p"])
     n = np.asarray(t.n_micro, dtype=float)
     bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
@@ -141,7 +142,7 @@ def _cross_split(link, op: str, nbytes: float, world: int, per_node: int) -> tup
 
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
-                layers: float) -> StepTerms:
+                layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES) -> StepTerms:
     """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch."""
     from . import comm_bridge
@@ -177,10 +178,10 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     dp_wire = dp_steps = 0.0
     dp_world = par.dp * par.cp
     if dp_world > 1:
-        # gradients all-reduced bucket by bucket (PyTorch DDP's buckets of comm.DDP_BUCKET_BYTES of
-        # the compute-dtype gradients: nanotron reduces its fp32 accumulators through a DDP hook,
-        # one call per bucket); under ZeRO-1 the updated parameters all-gathered in one call
-        n_buckets = max(1.0, float(np.ceil(param_bytes_gathered / comm.DDP_BUCKET_BYTES)))
+        # gradients all-reduced bucket by bucket (the profile's dp_bucket_bytes of compute-dtype
+        # gradients, PyTorch DDP's 25 MiB by default: nanotron reduces its fp32 accumulators through
+        # a DDP hook, one call per bucket); under ZeRO-1 the updated parameters all-gathered in one call
+        n_buckets = max(1.0, float(np.ceil(param_bytes_gathered / dp_bucket_bytes)))
         ops = [("all_reduce", grad_bytes / n_buckets, n_buckets)]
         if par.zero_stage >= 1:
             ops.append(("all_gather", param_bytes_gathered, 1.0))

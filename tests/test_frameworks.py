@@ -227,3 +227,33 @@ def test_shipped_nanotron_profile_on_the_playbook_runs(playbook):
     assert float(np.median(err)) < 0.30
     res = profile_fit.fit_profile(runs, prof, folds=0)
     assert res.mape <= prof.fit["mape"] + 0.002
+
+
+def test_cuda_graphs_setting_hides_host_dispatch():
+    t = _terms()
+    eager = steptime.compose(t, PARAMS)
+    graphs = steptime.compose(t, PARAMS, cuda_graphs=True)
+    # only the pipeline hand-off stalls stay on the host side: 8 layers x 0.001 s x (tp - 1)
+    slot = 1.2 * 0.09 + 0.01 + 0.75 * 0.02 + 0.001
+    host = 8 * 0.001 * 3.0
+    assert float(graphs.host_overhead_s) == pytest.approx(4 * (((slot ** 4 + host ** 4) ** 0.25) - slot))
+    assert float(graphs.total_s) < float(eager.total_s)
+
+
+def test_dp_bucket_setting_counts_calls():
+    """The gradient all-reduce is one call per bucket: halving the bucket doubles the calls and so
+    the ring steps that pay the cross-node latency."""
+    from costmodel.arch import load_model
+    from costmodel.specs import load_library
+    from costmodel.training import estimate_train
+    from costmodel.workload import TrainJob
+
+    lib = load_library()
+    m = load_model("llama2-7b")
+    par = Parallel(tp=1, pp=1, dp=32, zero_stage=0)
+    job = TrainJob(micro_batch=1, seq_len=2048, global_batch=64, framework="megatron")
+    prof = frameworks.resolve("nanotron")
+    half = prof.model_copy(update={"settings": prof.settings.model_copy(update={"dp_bucket_bytes": prof.settings.dp_bucket_bytes / 2})})
+    a = estimate_train(m, lib.device("h100-sxm"), job, par, node=lib.node_for("dgx-h100"), profile=prof).terms
+    b = estimate_train(m, lib.device("h100-sxm"), job, par, node=lib.node_for("dgx-h100"), profile=half).terms
+    assert b.dp_comm_steps == pytest.approx(2 * a.dp_comm_steps, rel=0.01)
