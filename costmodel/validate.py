@@ -284,6 +284,8 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
         "mfu": est.mfu,
         "hfu": est.hfu,
     }
+    # only these metrics are compared; other measured fields are context, not metrics (e.g. the DDP
+    # records' weights_bytes_before_wrap, bench/train_step.py's read before the wrapper)
     for metric, p in preds.items():
         if metric in meas and isinstance(meas[metric], (int, float)):
             out.append(Case(name=name, kind=kind, metric=metric, measured=float(meas[metric]), predicted=p, rel_error=_rel(p, meas[metric]),

@@ -18,8 +18,10 @@ Method for ``train`` (one optimizer step of a decoder LM with next-token cross-e
   * model built from a transformers config (LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel,
     MixtralForCausalLM) with attn_implementation="sdpa", no dropout, use_cache=False, directly on
     the GPU (``with torch.device("cuda")``), in fp32 for ``amp-bf16`` and in bf16 for ``bf16``;
-  * ``weights_bytes`` = torch.cuda.memory_allocated() after building the model (after
-    ``fully_shard`` for FSDP, before the DDP wrapper for DDP, which then allocates its buckets);
+  * ``weights_bytes`` = torch.cuda.memory_allocated() after building the model as it is trained:
+    after ``fully_shard`` for FSDP, after the DDP wrapper for DDP (whose constructor allocates the
+    gradient buckets, 4 bytes/param under amp); DDP records also keep the figure before the wrapper
+    as ``weights_bytes_before_wrap``;
   * torch.optim.AdamW(fused=True), lr 1e-4; optimizer states take the parameters' dtype;
   * a step: forward under torch.autocast("cuda", bfloat16) with ``labels=input_ids`` (random
     token ids, HF shifts them: next-token CE over the whole sequence), ``loss.backward()``,
@@ -385,11 +387,17 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
 
     extra = ""
     weights_bytes = dev.allocated()
+    before_wrap = None  # DDP: weights_bytes_before_wrap, allocated before the wrapper
     if world > 1:
         if sharding == "none":
             from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[dev.device.index] if dev.kind == "cuda" else None)
             extra = "DDP"
+            # weights_bytes is the model as it is trained, so as wrapped (as the truth records read
+            # it, and as FSDP's is read after fully_shard): the constructor has allocated DDP's
+            # gradient buckets; the same read as diag["after_wrap_bytes"]
+            dev.sync()
+            before_wrap, weights_bytes = weights_bytes, dev.allocated()
         elif sharding == "full":
             try:
                 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -476,7 +484,9 @@ def _train_body(case, spec, dev, dist_info, hold_outputs, diag, state):
     diag["loss_last"] = None
     if case.get("profile"):
         diag["profile"] = profile_summary(step, dev)
-    measured = {"weights_bytes": int(weights_bytes), "steady_bytes": int(steady),
+    measured = {"weights_bytes": int(weights_bytes),
+                **({"weights_bytes_before_wrap": int(before_wrap)} if before_wrap is not None else {}),
+                "steady_bytes": int(steady),
                 "peak_bytes": int(peak), "step_seconds": float(statistics.median(times))}
     rec = {
         "kind": "train",
