@@ -61,6 +61,10 @@ class ProfileSettings(BaseModel):
     dp_bucket_bytes: float = Field(default=25 * 1024 * 1024, gt=0)
     # the step replayed as CUDA graphs: no per-op host dispatch on the critical path
     cuda_graphs: bool = False
+    # what the framework can run: `search` enumerates only these (ZeRO stages; virtual pipeline
+    # stages of an interleaved 1F1B schedule)
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    interleaved_pipeline: bool = True
 
 
 class FrameworkProfile(BaseModel):

@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import cluster, comm, comm_bridge, frameworks
+from . import cluster, comm, comm_bridge, frameworks, steptime
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive
@@ -505,9 +505,74 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         _, host_exposed = tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
                                             gpu_total, tr._expert_dtype(model, job, dtype) != dtype)
     total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
+    prof = frameworks.resolve(job.profile or job.framework)
+    if prof.step_model == "composed":
+        return _composed_screen(prof, model, job, ax, c, link, st, stage_total, dict(
+            g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
+            t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
+            other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
+            cp_comm=cp_comm, offload_t=offload_t))
     return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
                 tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,
                 bubble_s=bubble, optimizer_s=optimizer_t, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+
+
+def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Flat, link, st, stage_total,
+                     a: dict) -> dict[str, np.ndarray]:
+    """The step time of a composed framework profile on the screen's arrays: the terms of
+    costmodel.steptime (its tp_layer_comm, pp_p2p, dp_comm and placement, once per distinct
+    sub-layout) composed by steptime.compose, the same code that times one layout in train."""
+    v = c.val
+    tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
+    dp = N // (tp * pp * cp)
+    layers = a["layers"]
+    seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
+
+    def tp_row(tp_, mb_, cp_, sp_, rc_):
+        act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
+        return steptime.tp_layer_comm(link, act, tp_, bool(sp_) and tp_ > 1, RECOMPUTE_NAMES[int(rc_)])
+
+    tp_i, tp_w, tp_s = _subgrid_table(tp_row, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc, width=3)[
+        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"]].T
+
+    def p2p_row(tp_, mb_, cp_, sp_):
+        act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
+        sp_on = bool(sp_) and tp_ > 1
+        return steptime.pp_p2p(link, act, tp_, sp_on, 1, False), steptime.pp_p2p(link, act, tp_, sp_on, 1, True)
+
+    p_in, p_out = _subgrid_table(p2p_row, ax.tp, ax.mb, ax.cp, ax.sp, width=2)[
+        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
+    pp_cross = (pp > 1) & (N > link.devices_per_node)  # steptime.placement: stages outermost
+    p2p = np.where(pp > 1, v["v"] * np.where(pp_cross, p_out, p_in), 0.0)
+
+    # data-parallel reduction per (devices, tp, pp, cp, ep, zero) point
+    keys = np.stack([N, tp, pp, cp, v["ep"], v["zero"]], axis=1)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    dp_rows = np.zeros((len(uniq), 2))
+    for j, (N_, tp_, pp_, cp_, ep_, z_) in enumerate(uniq.astype(int)):
+        par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_)
+        Pst = stage_total(tp_, pp_, ep_)
+        place = steptime.placement(par, link.devices_per_node)
+        dp_rows[j] = steptime.dp_comm(link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst,
+                                      st.weights * Pst, prof.settings.dp_bucket_bytes)
+    dp_w, dp_s = dp_rows[inv.ravel()].T
+    full, rec_any = a["full"], a["rec_any"]
+    terms = steptime.StepTerms(
+        n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
+        gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],
+        attention_mb_s=layers * (a["a_f"] + a["a_b"] + np.where(rec_any, a["a_f"], 0.0)),
+        tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
+        p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), host_layers_mb=layers.astype(float),
+        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
+        dp_window_s=layers * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
+        optimizer_s=a["optimizer_t"], other_s=a["other"],
+        step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
+    k = steptime.compose(terms, {n: p.value for n, p in prof.parameters.items()}, prof.cluster_step_latency_s,
+                         cuda_graphs=prof.settings.cuda_graphs)
+    return dict(step_s=k.total_s, compute_s=k.compute_s, attention_s=k.attention_s, elementwise_s=k.elementwise_s,
+                host_overhead_s=k.host_overhead_s, tp_comm_s=k.tp_comm_s, dp_comm_exposed_s=k.dp_comm_exposed_s,
+                fsdp_comm_exposed_s=a["fsdp_exposed"], pp_comm_s=k.pp_comm_s, bubble_s=k.bubble_s,
+                optimizer_s=k.optimizer_s, ep_comm_s=a["ep_comm"], cp_comm_s=a["cp_comm"], offload_s=a["offload_t"])
 
 
 def _batched_collectives(link, op: str, nbytes: np.ndarray, world: np.ndarray, intra: np.ndarray,
@@ -635,6 +700,17 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
 
         raise from_validation_error(exc, file=None) if hasattr(exc, "errors") else exc
 
+    prof = frameworks.resolve(job.profile or job.framework)
+    sets = prof.settings
+    if zero_stage is None:
+        zero_stage = [z for z in DEFAULT_ZERO if z in sets.zero_stages]
+    elif set(zero_stage) - set(sets.zero_stages):
+        raise InputError(f"{prof.id} runs ZeRO stages {', '.join(map(str, sets.zero_stages))} only "
+                         f"(its profile's settings.zero_stages)", field="zero-stage")
+    if not sets.interleaved_pipeline:
+        if interleave is not None and any(int(x) > 1 for x in interleave):
+            raise InputError(f"{prof.id} has no interleaved pipeline schedule (its profile's settings)", field="interleave")
+        interleave = [1]
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
     per_hw = []
@@ -784,8 +860,8 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn)
     c = _flatten(ax, ok)
-    job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision, framework=framework,
-                   attention=attention)
+    job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
+                   attention=attention, **frameworks.job_fields(framework))
     return c, screen(m, spec, node, job, ax, c, calibration)
 
 

@@ -140,11 +140,60 @@ def _cross_split(link, op: str, nbytes: float, world: int, per_node: int) -> tup
     return t, 0.0
 
 
+def tp_layer_comm(link, act_bytes: float, tp: int, sequence_parallel: bool, recompute: str) -> tuple[float, float, float]:
+    """Tensor-parallel collectives of one decoder layer and micro-batch (comm.tp_layer_collectives):
+    (time inside a node, wire time across nodes, ring steps across nodes)."""
+    if tp <= 1:
+        return 0.0, 0.0, 0.0
+    per_node = min(tp, link.devices_per_node)
+    intra = wire = steps = 0.0
+    for c in comm.tp_layer_collectives(act_bytes, comm.Group(tp, per_node), sequence_parallel=sequence_parallel,
+                                       recompute=recompute):
+        t, n = _cross_split(link, c.op, c.nbytes, tp, per_node)
+        if tp > link.devices_per_node:
+            wire += c.count * t
+            steps += c.count * n
+        else:
+            intra += c.count * t
+    return intra, wire, steps
+
+
+def pp_p2p(link, act_bytes: float, tp: int, sequence_parallel: bool, interleave: int, crosses: bool) -> float:
+    """Pipeline sends of one micro-batch: the forward activation and the backward gradient, a
+    tensor-parallel rank's 1/tp of it under sequence parallelism, once per model chunk."""
+    msg = act_bytes / tp if sequence_parallel else act_bytes
+    return 2.0 * interleave * link.p2p_time_s(msg, crosses_node=crosses)
+
+
+def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: float, param_bytes: float,
+            bucket_bytes: float) -> tuple[float, float]:
+    """The step's data-parallel reduction: (time without cross-node step latency, ring steps).
+    Gradients are all-reduced bucket by bucket (``bucket_bytes`` of compute-dtype gradients per
+    call, PyTorch DDP's 25 MiB by default: nanotron reduces its fp32 accumulators through a DDP
+    hook, one call per bucket); under ZeRO-1 the updated parameters are all-gathered in one call.
+    ZeRO-2 reduce-scatters the buckets instead; ZeRO-3 / FSDP is timed unit by unit elsewhere."""
+    if dp_world <= 1:
+        return 0.0, 0.0
+    if zero_stage >= 3:
+        return 0.0, 0.0  # FSDP / ZeRO-3 gathers and reduces unit by unit (training.py's ShardedDataParallel)
+    n_buckets = max(1.0, float(np.ceil(param_bytes / bucket_bytes)))
+    ops = [("reduce_scatter" if zero_stage == 2 else "all_reduce", grad_bytes / n_buckets, n_buckets)]
+    if zero_stage >= 1:
+        ops.append(("all_gather", param_bytes, 1.0))
+    wire = steps = 0.0
+    for op, nbytes, calls in ops:
+        t, n = _cross_split(link, op, nbytes, dp_world, per_node)
+        wire += calls * t
+        steps += calls * n
+    return wire, steps
+
+
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
                 layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES) -> StepTerms:
     """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
-    forward/backward GEMM, attention and elementwise time of one layer and micro-batch."""
+    forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
+    search's screen builds the same terms on arrays from the same functions."""
     from . import comm_bridge
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
@@ -152,47 +201,19 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     recompute_g = g_f if job.recompute == "full" else 0.0
     recompute_a = a_f if job.recompute != "none" else 0.0
     per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
-    gpu_mb = layers * per_layer + head_s + loss_s
-    gemm_mb = layers * (g_f + g_b + recompute_g) + head_s
-    att_mb = layers * (a_f + a_b + recompute_a)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     place = placement(par, link.devices_per_node)
-    lat = link.scaling.step_latency_s if link.scaling is not None else 0.0
-    seq_dev = max(1, job.seq_len // par.cp)
-    act = job.micro_batch * seq_dev * model.hidden * 2.0
-    tp_intra = tp_cross_wire = tp_cross_steps = 0.0
-    if par.tp > 1:
-        tp_per_node = min(par.tp, link.devices_per_node)
-        for c in comm.tp_layer_collectives(act, comm.Group(par.tp, tp_per_node),
-                                           sequence_parallel=par.sequence_parallel, recompute=job.recompute):
-            t, steps = _cross_split(link, c.op, c.nbytes, par.tp, tp_per_node)
-            if place["tp_nodes"] > 1:
-                tp_cross_wire += layers * c.count * t
-                tp_cross_steps += layers * c.count * steps
-            else:
-                tp_intra += layers * c.count * t
-    p2p = 0.0
-    if par.pp > 1:
-        msg = act / par.tp if par.sequence_parallel else act
-        p2p = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=place["pp_cross"])
-    dp_wire = dp_steps = 0.0
-    dp_world = par.dp * par.cp
-    if dp_world > 1:
-        # gradients all-reduced bucket by bucket (the profile's dp_bucket_bytes of compute-dtype
-        # gradients, PyTorch DDP's 25 MiB by default: nanotron reduces its fp32 accumulators through
-        # a DDP hook, one call per bucket); under ZeRO-1 the updated parameters all-gathered in one call
-        n_buckets = max(1.0, float(np.ceil(param_bytes_gathered / dp_bucket_bytes)))
-        ops = [("all_reduce", grad_bytes / n_buckets, n_buckets)]
-        if par.zero_stage >= 1:
-            ops.append(("all_gather", param_bytes_gathered, 1.0))
-        for op, nbytes, calls in ops:
-            t, steps = _cross_split(link, op, nbytes, dp_world, place["dp_per_node"])
-            dp_wire += calls * t
-            dp_steps += calls * steps
+    act = job.micro_batch * max(1, job.seq_len // par.cp) * model.hidden * 2.0
+    tp_i, tp_w, tp_s = tp_layer_comm(link, act, par.tp, par.sequence_parallel, job.recompute)
+    p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
+    dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
+                         param_bytes_gathered, dp_bucket_bytes)
     return StepTerms(
         n_micro=float(job.grad_accum_steps(par)), pp=float(par.pp), interleave=float(par.interleave),
-        tp=float(par.tp), gpu_mb_s=gpu_mb, gemm_mb_s=gemm_mb, attention_mb_s=att_mb, tp_intra_mb_s=tp_intra,
-        tp_cross_wire_mb_s=tp_cross_wire, tp_cross_steps_mb=tp_cross_steps, p2p_mb_s=p2p,
-        pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
-        dp_comm_wire_s=dp_wire, dp_comm_steps=dp_steps, dp_window_s=layers * (g_b + a_b + e_b + recompute_f),
-        optimizer_s=optimizer_s, other_s=other_s, step_latency_s=lat)
+        tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
+        gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),
+        tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
+        p2p_mb_s=p2p, pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
+        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=layers * (g_b + a_b + e_b + recompute_f),
+        optimizer_s=optimizer_s, other_s=other_s,
+        step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)

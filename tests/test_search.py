@@ -24,6 +24,7 @@ RC_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
     ("gpt3-13b", "dgx-a100", 64, 256, "megatron", {}),
     ("llama-1.3b", "dgx-h100", 8, 32, "pytorch", {}),
     ("llama-1.3b", "dgx-h100", 16, 64, "pytorch", {"attention": "standard", "precision": "amp-fp16"}),
+    ("llama2-7b", "dgx-h100", 32, 64, "nanotron", {}),
 ])
 def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, extra):
     """The screen uses the memory formulas of costmodel.memory exactly, and estimate_train's step
@@ -41,7 +42,9 @@ def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, ex
         tp, pp, cp = int(v["tp"]), int(v["pp"]), int(v["cp"])
         par = Parallel(tp=tp, pp=pp, dp=int(v["devices"]) // (tp * pp * cp), cp=cp, ep=int(v["ep"]),
                        sequence_parallel=bool(v["sp"]) and tp > 1, zero_stage=int(v["zero"]), interleave=int(v["v"]))
-        job = TrainJob(micro_batch=int(v["mb"]), seq_len=2048, global_batch=gb, framework=framework,
+        from costmodel import frameworks
+
+        job = TrainJob(micro_batch=int(v["mb"]), seq_len=2048, global_batch=gb, **frameworks.job_fields(framework),
                        recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none", **extra)
         est = estimate_train(m, spec, job, par, node=node)
         assert s["peak_bytes"][i] == pytest.approx(est.memory.peak_bytes, rel=1e-9)
@@ -49,6 +52,9 @@ def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, ex
         exact.append(est.step.total_s)
     rel = np.abs(np.array(screened) / np.array(exact) - 1)
     assert np.median(rel) < 0.02 and rel.max() < 0.25, rel
+    if framework == "nanotron":  # a composed profile: the screen runs steptime's own code on arrays
+        # (exact but for the FSDP closed form and offload, the builtin screen's cheaper forms)
+        assert np.median(rel) < 1e-9 and rel.max() < 0.01, rel
     # rank agreement (Spearman) of the screen with the scalar model
     rs, re_ = np.argsort(np.argsort(screened)), np.argsort(np.argsort(exact))
     assert np.corrcoef(rs, re_)[0, 1] > 0.95
