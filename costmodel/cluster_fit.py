@@ -239,6 +239,11 @@ def choose_base_node(lib, fit: ScalingFit, node_id: str | None = None):
                          field="node")
     found = [s for s in (lib.specs[i] for i in lib.ids()) if isinstance(s, NodeSpec)
              and s.devices_per_node == fit.ranks_per_node and device_matches(s.device, fit.gpu)]
+    if len(found) > 1:
+        # the GPU maker's reference system (DGX for NVIDIA) over a site's own servers with the same
+        # GPUs (e.g. meta-h100-roce), which are picked by name only
+        ref = [s for s in found if getattr(s, "vendor", None) == getattr(lib.specs.get(s.device), "vendor", None)]
+        found = ref if len(ref) == 1 else found
     if len(found) == 1:
         return found[0], []
     if not found:

@@ -441,6 +441,11 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
     req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
     ddp_nvlink = np.zeros(n_pts)  # PyTorch DDP inside one node: overlap nets nothing (training.py)
+    # DeepSpeed ZeRO-3 (training.deepspeed_zero3_exposed_s): per point, each sub-module's gather
+    # and gradient all-reduce
+    deepspeed = job.framework == "deepspeed"
+    n_mod = len(tr.deepspeed_zero3_modules(model)[0])
+    ds_gather, ds_reduce = np.zeros((n_pts, n_mod)), np.zeros((n_pts, n_mod))
     for j, idx in enumerate(points):
         N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in
                                       zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
@@ -454,7 +459,16 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_)
         grad_bytes = grad_per_param * Pst
         g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
-        if z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
+        if z_ >= 3 and deepspeed and pp_ == 1:  # DeepSpeed 2021 ZeRO-3, sub-module by sub-module
+            units = max(1, -(-model.layers // pp_))
+            share, gathered = tr.deepspeed_zero3_modules(model, tp_)
+            ub, rb = 2.0 * Pst / units * share, grad_bytes / units * share
+            ds_gather[j] = np.where(gathered, np.array([link_coll("all_gather", float(b), world, intra=g[1], per_node=g[2])
+                                                        for b in ub]) + world * tr.DEEPSPEED_LIST_GATHER_S_PER_RANK
+                                    + ub * tr.DEEPSPEED_LIST_GATHER_S_PER_BYTE, 0.0)
+            ds_reduce[j] = [link_coll("all_reduce", float(b), world, intra=g[1], per_node=g[2])
+                            + memory_op(eff, "grad_bucket_copies", 4.0 * b).time_s for b in rb]
+        elif z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
             units = max(1, -(-model.layers // pp_))
             req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
             req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
@@ -488,6 +502,20 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     fsdp_exposed = np.where(ag_u > 0, per_step * layers * (np.maximum(0.0, ag_u - unit_f)
                                                            + np.maximum(0.0, np.where(once, 0.0, ag_u) + rs_u - unit_b)) + ag_u, 0.0)
     fsdp_exposed = np.minimum(fsdp_exposed, per_step * layers * (np.where(once, 1.0, 2.0) * ag_u + rs_u))
+    if deepspeed:
+        ds = (v["zero"] >= 3) & (pp == 1) & (dp * cp > 1)
+        if np.any(ds):
+            pt_of = np.full(int(np.prod(shape)), -1)
+            pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
+            jc = pt_of[np.ravel_multi_index(sub, shape)][ds]
+            regather = _memo(lambda t_, f_: tr.deepspeed_zero3_regather(model, t_, "full" if f_ else "none"))
+            shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
+            exposed, _ = tr.deepspeed_zero3_exposed_s(
+                ds_gather[jc], ds_reduce[jc], unit_f[ds], unit_b[ds], np.where(full[ds], recompute_f[ds], 0.0),
+                np.array([shares(int(t_)) for t_ in tp[ds]]),
+                np.array([regather(int(t_), bool(f_)) for t_, f_ in zip(tp[ds], full[ds])]), layers[ds], per_step[ds])
+            fsdp_exposed = fsdp_exposed.copy()
+            fsdp_exposed[ds] = exposed
     backward_time = layers * (g_b + a_b + e_b + recompute_f)
     dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
     o_div = np.where(v["zero"] >= 1, dp * cp, 1)

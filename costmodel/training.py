@@ -470,20 +470,96 @@ def _offload_time_s(job: TrainJob, st, params: float, o_div: float, grad_bytes: 
     return t
 
 
-# DeepSpeed ZeRO-3 keeps a gathered parameter only if it is used again within this many
-# parameters (config `stage3_max_reuse_distance`, default 1e9; DeepSpeed's ZeRO docs: it helps
-# "activation checkpointing, where we do a forward recompute and backward pass at the granularity
-# of a single layer"). A decoder layer with more parameters is released after its recompute
-# forward and gathered again for its backward.
+# DeepSpeed ZeRO-3 as Narayanan et al. 2021 (Table 2) ran it: DeepSpeed v0.3.13-v0.4.0 (March-June
+# 2021), deepspeed/runtime/zero/stage3.py and partition_parameters.py of those releases. The
+# mechanisms, each from that code:
+#
+# - Persistent small parameters. Tensors of fewer than `stage3_param_persistence_threshold` elements
+#   (constants.py default 1e5) are never partitioned ("avoid tons of latency bound communication"):
+#   biases and norm scales stay resident, only the weight matrices are gathered, one call each.
+# - Blocking gathers. Each parameter's gather (`_allgather_param`) starts with a
+#   torch.cuda.synchronize() and fetch_sub_module synchronizes again before the sub-module runs, so
+#   no gather overlaps compute: DeepSpeed's own fix (PR #1188, commit c0eeb69, Oct 2021) says "the
+#   async version is not async at all, because each all_gather calls torch.cuda.synchronize()".
+# - List collectives. The gather is torch.distributed.all_gather into a list of world-size views;
+#   PyTorch's ProcessGroupNCCL (<= 1.10) gathers into a flat temporary and copies it out with one
+#   copy_ per rank (the same PR: "the torch.distributed.all_gather will do implicit memcpy at the end
+#   of each ncclAllgather"), after DeepSpeed zero-fills the gathered buffer. Per call that adds a
+#   per-rank and a per-byte cost beyond NCCL's own time (DEEPSPEED_LIST_GATHER_*).
+# - Gradients all-reduced, not reduce-scattered: ZeRO-3's default contiguous_gradients is False
+#   (ZERO3_OPTIMIZATION_CONTIGUOUS_GRADIENTS_DEFAULT, True only from v0.4.5), so reduce_ipg_grads
+#   takes buffered_reduce_fallback -> allreduce_bucket -> dist.all_reduce of each flattened bucket
+#   (flatten copy + copy back), issued when the next parameter's gradient arrives (one bucket of
+#   reduce_bucket_size 5e8 elements lags one sub-module) on the reduction stream, where it overlaps
+#   that next sub-module's backward until the next fetch synchronizes.
+# - Reuse distance. A gathered parameter is kept only if it is used again within
+#   `stage3_max_reuse_distance` parameters (default 1e9): under full recompute a weight is released
+#   after its recompute forward and gathered again for its backward unless the weights used between
+#   (the layer's later sub-modules, in recompute forward and in backward) total less; the layer's
+#   last sub-module is always kept.
 DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS = 1e9
+DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD = 1e5
+# The list all-gather's cost beyond NCCL's ring, per call: a copy_ per rank of the flat temporary
+# into the output views (each a host-issued cudaMemcpyAsync), and per byte of the gathered buffer
+# (zero-fill, copy-out of the chunks). Fitted (least mean |error|, grid of 1 us x 2.5 ps) on the six
+# DeepSpeed ZeRO-3 rows of Narayanan et al. 2021 Table 2 (data/published/megatron-2021.jsonl,
+# 384-2240 A100s, 175B and 530B): their step time stays flat from 768 to 1536 GPUs (175B) and from
+# 1120 to 2240 (530B) while compute halves, which a per-call latency alone cannot give (latency
+# only: 17-19% mean error at best). Mean error 3.9%; fitted on the 175B rows alone the 530B rows are
+# off by 8.5% mean, and the other way round 9.0%. Bounds: per rank, a host-issued copy (5-15 us);
+# per byte, PR #1188's micro-benchmark saved 1.1 ms per 9,834,560-element fp16 gather on p4d by
+# removing these copies (56 ps per byte).
+DEEPSPEED_LIST_GATHER_S_PER_RANK = 12e-6
+DEEPSPEED_LIST_GATHER_S_PER_BYTE = 22.5e-12
 
 
-def _tensors_per_layer(model: ModelConfig) -> int:
-    """Parameter tensors of one decoder layer: the linear weights (fused qkv, output, and 2 or 3
-    MLP matrices), their biases where the model has them, and the norms' scale (+ shift for
-    LayerNorm). GPT-3 / Megatron: 4 linears with biases + 2 LayerNorms = 12."""
-    linears = 2 + (3 if model.activation in GATED else 2)
-    return linears * (2 if model.bias else 1) + model.norms_per_layer * (2 if model.norm == "layernorm" else 1)
+def deepspeed_zero3_modules(model: ModelConfig, tp: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(share of the layer's parameters, gathered) per sub-module of one decoder layer as
+    DeepSpeed's hooks fetch them: the weight matrices of Megatron's layer (fused qkv, attention
+    output, the MLP's input (gate and up fused) and output; an MoE layer's routed experts count as
+    the MLP), in forward order. ``gathered`` is False for a weight under the persistence threshold
+    (DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD), which stays resident. The share also stands for the
+    sub-module's share of the layer's compute (GEMM FLOPs are proportional to the weights)."""
+    sizes = np.array([g.k * g.n * g.count for g in layer_gemms(model, 1.0, False)], dtype=float) / max(1, tp)
+    return sizes / sizes.sum(), sizes >= DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD
+
+
+def deepspeed_zero3_regather(model: ModelConfig, tp: int, recompute: str) -> np.ndarray:
+    """1.0 per sub-module (deepspeed_zero3_modules order) that is gathered again for its backward,
+    0.0 where DeepSpeed keeps it (stage3_max_reuse_distance) or never releases it (persistent):
+    under full recompute the weights used between a sub-module's recompute forward and its backward
+    are the layer's later sub-modules, twice; without recompute the rest of the model lies between,
+    re-gathered."""
+    share, gathered = deepspeed_zero3_modules(model, tp)
+    if recompute != "full":
+        return gathered.astype(float)
+    layer = float(sum(g.k * g.n * g.count for g in layer_gemms(model, 1.0, False))) / max(1, tp)
+    later = np.concatenate([np.cumsum(share[::-1])[::-1][1:], [0.0]]) * layer
+    return ((2.0 * later > DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS) & gathered).astype(float)
+
+
+def deepspeed_zero3_exposed_s(gather_s, reduce_s, fwd_s, bwd_s, recompute_fwd_s, gemm_share, regather,
+                              layers, n_micro):
+    """(exposed, total) communication seconds of DeepSpeed 2021 ZeRO-3 over a step, vectorised:
+    ``gather_s`` / ``reduce_s`` (..., M): one sub-module's parameter gather and gradient reduction;
+    ``fwd_s`` / ``bwd_s`` (...): a layer's forward and backward compute, ``recompute_fwd_s`` (...)
+    the part of ``bwd_s`` that re-runs the forward under full recompute (0 otherwise). Per layer and
+    micro-batch: every gather blocks (forward, recompute forward, and backward where
+    ``regather``); the reduction of a sub-module's gradients overlaps the backward compute of the
+    next sub-module in backward order (the layer's first, for the previous layer's last)."""
+    g = np.asarray(gather_s, dtype=float)
+    r = np.asarray(reduce_s, dtype=float)
+    share = np.asarray(gemm_share, dtype=float)
+    rec = np.asarray(recompute_fwd_s, dtype=float)  # (forward compute overlaps nothing: fwd_s unused)
+    back = (np.asarray(bwd_s, dtype=float) - rec)[..., None] * share  # backward proper per sub-module
+    gathers = g.sum(axis=-1) * (1.0 + (rec > 0)) + (g * np.asarray(regather, dtype=float)).sum(axis=-1)
+    # backward order M-1 .. 0: sub-module j's reduction overlaps sub-module j-1's backward, module
+    # 0's the previous layer's module M-1
+    # (np.roll(back, 1)[..., j] = back[..., j - 1], wrapping to back[..., M - 1])
+    overlap_exposed = np.maximum(0.0, r - np.roll(back, 1, axis=-1)).sum(axis=-1)
+    per_layer = gathers + overlap_exposed
+    total = layers * n_micro * (gathers + r.sum(axis=-1))
+    return layers * n_micro * per_layer, total
 
 
 def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par: Parallel,
@@ -585,34 +661,43 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         dp_per_node = link.dp_ranks_per_node(par)
         backward_time = layers * (g_b + a_b + e_b + recompute_f)
         if par.zero_stage >= 3:
-            # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each layer's
-            # parameters are all-gathered before its forward and again before its backward, its
-            # gradients reduce-scattered after it; the next unit's gather overlaps this unit's
-            # compute (prefetch), the link time per unit includes the latency of every call, and
-            # a group spanning nodes runs over the NICs with its real ranks per node. Under
-            # pipeline parallelism, once per step instead (comm.ShardedDataParallel.once_per_step).
             dp_group = link.group(dp_world, dp_intra, dp_per_node)
             units = max(1, int(layers))
-            calls, prefetch, bwd_gathers = 1, comm.FSDP_PREFETCH_UNITS, 1
-            if job.framework == "deepspeed":
-                # DeepSpeed ZeRO-3 (the 2021 releases of Narayanan et al.'s Table 2): one
-                # all-gather per parameter tensor of a sub-module, waited on before the
-                # sub-module runs (deepspeed/runtime/zero/partition_parameters.py, "blocking call")
-                calls, prefetch = _tensors_per_layer(model), 0
-                if job.recompute == "full" and sp.total / units > DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS:
-                    # the recompute forward gathers the layer again and releases it: a layer larger
-                    # than the reuse distance is gathered a third time for its backward
-                    bwd_gathers = 2
-            fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
-                                            unit_grad_bytes=grad_bytes / units, group=dp_group,
-                                            calls_per_unit=calls, prefetch=prefetch, once_per_step=par.pp > 1,
-                                            backward_gathers=bwd_gathers,
-                                            time_fn=(lambda op, nbytes: link.collective_time_s(
-                                                op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
-                                            if link.scaling is not None else None)
-            ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
-                           efficiency=link._efficiency(), params=link.params)
-            fsdp_exposed = ct.exposed_s
+            if job.framework == "deepspeed" and par.pp == 1:
+                # DeepSpeed ZeRO-3 of 2021 (Narayanan et al.'s Table 2), sub-module by sub-module:
+                # blocking list all-gathers of the weights above the persistence threshold,
+                # gradients all-reduced lagging one sub-module (DEEPSPEED_* above)
+                share, gathered = deepspeed_zero3_modules(model, par.tp)
+                unit_bytes = 2.0 * sp.total / units * share
+                red_bytes = grad_bytes / units * share
+                gather = np.where(gathered, np.array([link.collective_time_s("all_gather", b, dp_world, intra=dp_intra,
+                                                                             per_node=dp_per_node) for b in unit_bytes])
+                                  + dp_world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE,
+                                  0.0)
+                reduce = np.array([link.collective_time_s("all_reduce", b, dp_world, intra=dp_intra, per_node=dp_per_node)
+                                   + memory_op(eff, "grad_bucket_copies", 4.0 * b).time_s for b in red_bytes])
+                rec = recompute_f if job.recompute == "full" else 0.0
+                exposed, _ = deepspeed_zero3_exposed_s(gather, reduce, g_f + a_f + e_f, g_b + a_b + e_b + recompute_f,
+                                                       rec, share, deepspeed_zero3_regather(model, par.tp, job.recompute),
+                                                       layers, n_micro)
+                fsdp_exposed = float(exposed)
+            else:
+                # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each
+                # layer's parameters are all-gathered before its forward and again before its
+                # backward, its gradients reduce-scattered after it; the next unit's gather overlaps
+                # this unit's compute (prefetch), the link time per unit includes the latency of
+                # every call, and a group spanning nodes runs over the NICs with its real ranks per
+                # node. Under pipeline parallelism, once per step instead
+                # (comm.ShardedDataParallel.once_per_step).
+                fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
+                                                unit_grad_bytes=grad_bytes / units, group=dp_group,
+                                                once_per_step=par.pp > 1,
+                                                time_fn=(lambda op, nbytes: link.collective_time_s(
+                                                    op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
+                                                if link.scaling is not None else None)
+                ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
+                               efficiency=link._efficiency(), params=link.params)
+                fsdp_exposed = ct.exposed_s
         else:
             op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
             ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0

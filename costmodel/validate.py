@@ -245,7 +245,7 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     if fw_rec is not None and not isinstance(fw_rec, str):
         raise InputError(f"expected a framework name (got {fw_rec!r})", file=where, field="framework")
     if fw_rec and str(fw_rec).lower().startswith("deepspeed"):
-        fw_rec = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param, per-tensor ZeRO-3 gathers)
+        fw_rec = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param; ZeRO-3 as DeepSpeed 2021 ran it, training.DEEPSPEED_*)
     elif fw_rec and str(fw_rec).lower().startswith("megatron"):
         fw_rec = "megatron"
     prof = frameworks.resolve(fw_rec or None, default="megatron" if published else "pytorch")

@@ -474,3 +474,32 @@ def test_oversubscribed_spine_slows_groups_beyond_a_leaf(tmp_path):
     beyond = (over.collective_time_s("all_reduce", GiB, 16, intra=False, per_node=1),
               plain.collective_time_s("all_reduce", GiB, 16, intra=False, per_node=1))
     assert 1.8 < beyond[0] / beyond[1] < 2.0  # the bandwidth term doubles, latency does not
+
+
+def test_deepspeed_zero3_2021_mechanisms():
+    """DeepSpeed v0.3.13-v0.4.0 ZeRO-3 (training.deepspeed_zero3_*): only weights above the
+    persistence threshold are gathered, one blocking gather each; under full recompute a weight is
+    gathered again for backward unless the later sub-modules of its layer, twice, stay under the
+    reuse distance (the last always does); a sub-module's gradient all-reduce hides behind the
+    next sub-module's backward."""
+    import numpy as np
+
+    from costmodel import training as tr
+    from costmodel.arch import load_model
+
+    gpt = load_model("gpt3-175b")  # qkv 3h^2, out h^2, mlp 4h^2 + 4h^2 of 12h^2
+    share, gathered = tr.deepspeed_zero3_modules(gpt)
+    assert share == pytest.approx([3 / 12, 1 / 12, 4 / 12, 4 / 12]) and gathered.all()
+    # 2 x later weights: qkv 2 x 9h^2, out 2 x 8h^2, mlp-in 2 x 4h^2 = 1.2e9 > 1e9; mlp-out 0
+    assert list(tr.deepspeed_zero3_regather(gpt, 1, "full")) == [1.0, 1.0, 1.0, 0.0]
+    assert list(tr.deepspeed_zero3_regather(gpt, 1, "none")) == [1.0, 1.0, 1.0, 1.0]
+    g = np.array([1.0, 2.0, 3.0, 4.0])
+    r = np.array([0.5, 0.5, 5.0, 0.5])
+    # forward 1 gather each, recompute 1 each, backward the first three: 10 + 10 + 6; backward
+    # compute 8 s over the shares: module 2's 5 s reduction overlaps module 1's 2/3 s backward
+    exposed, total = tr.deepspeed_zero3_exposed_s(g, r, 3.0, 12.0, 4.0, share, [1, 1, 1, 0], 2, 3)
+    back = 8.0 * share
+    expect = 26.0 + max(0.0, 5.0 - back[1]) + max(0.0, 0.5 - back[3])  # module 0's reduce vs module 3's backward
+    expect += sum(max(0.0, 0.5 - back[j - 1]) for j in (1, 3))
+    assert exposed == pytest.approx(2 * 3 * expect)
+    assert total == pytest.approx(2 * 3 * (26.0 + r.sum()))

@@ -25,6 +25,7 @@ RC_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
     ("llama-1.3b", "dgx-h100", 8, 32, "pytorch", {}),
     ("llama-1.3b", "dgx-h100", 16, 64, "pytorch", {"attention": "standard", "precision": "amp-fp16"}),
     ("llama2-7b", "dgx-h100", 32, 64, "nanotron", {}),
+    ("gpt3-13b", "dgx-a100", 64, 256, "deepspeed", {"attention": "standard", "precision": "amp-fp16"}),
 ])
 def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, extra):
     """The screen uses the memory formulas of costmodel.memory exactly, and estimate_train's step
@@ -227,3 +228,21 @@ def test_search_and_train_agree_on_every_number(framework):
         assert c.step_breakdown_s == pytest.approx(est.step.parts(), rel=1e-12)
         assert c.peak_bytes == pytest.approx(est.memory.peak_bytes, rel=1e-12)
         assert c.mfu == pytest.approx(est.mfu, rel=1e-12)
+def test_screen_mirrors_deepspeed_zero3():
+    """DeepSpeed 2021 ZeRO-3 (training.deepspeed_zero3_exposed_s) is evaluated by the screen on
+    arrays: every ZeRO-3 layout without pipeline parallelism gets estimate_train's step time."""
+    extra = {"attention": "standard", "precision": "amp-fp16"}
+    c, s = evaluate_grid("gpt3-13b", "dgx-a100", 64, global_batch=256, seq_len=2048, framework="deepspeed", cp=[1], **extra)
+    lib = load_library()
+    spec, node, m = lib.device("a100-80gb-sxm"), lib.node_for("dgx-a100"), load_model("gpt3-13b")
+    idx = [i for i in range(len(c)) if c.val["zero"][i] == 3 and c.val["pp"][i] == 1]
+    assert len(idx) > 50
+    for i in idx[::7]:
+        v = {k: c.val[k][i] for k in c.val}
+        tp = int(v["tp"])
+        par = Parallel(tp=tp, dp=64 // tp, sequence_parallel=bool(v["sp"]) and tp > 1, zero_stage=3)
+        job = TrainJob(micro_batch=int(v["mb"]), seq_len=2048, global_batch=256, framework="deepspeed",
+                       recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none", **extra)
+        est = estimate_train(m, spec, job, par, node=node)
+        assert s["fsdp_comm_exposed_s"][i] == pytest.approx(est.step.fsdp_comm_exposed_s, rel=1e-9)
+        assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
