@@ -493,9 +493,10 @@ def host_factor_grid() -> list[float]:
 
 def fit_host_time_factor(records: list[tuple[str, dict]], kind: str, lib: HardwareLibrary | None = None,
                          calibration: str | None = None, on_step=None) -> HostFactorFit | None:
-    """The host_time_factor that minimises the mean |log(predicted / measured)| of the time metrics
-    of ``kind`` records (a log error: a factor too high and one too low weigh alike). None when
-    the records have no such metric. ``on_step()`` is called after each factor tried."""
+    """The host_time_factor that minimises the mean |relative error| of the time metrics of
+    ``kind`` records: the error validate reports (``mape_at_1`` / ``mape_at_factor``), so the fit
+    never reports a factor worse than 1.0 (which the grid holds; ties go to the factor nearest 1).
+    None when the records have no such metric. ``on_step()`` is called after each factor tried."""
     recs = [(w, r) for w, r in records if r.get("kind") == kind]
     grid = host_factor_grid()
     lib = lib or load_library()
@@ -507,10 +508,12 @@ def fit_host_time_factor(records: list[tuple[str, dict]], kind: str, lib: Hardwa
             on_step()
         if not errs_at[f]:
             return None
-    best = min(grid, key=lambda f: sum(abs(math.log1p(e)) for e in errs_at[f]))
-    errs, base = errs_at[best], errs_at[1.0]
-    return HostFactorFit(kind=kind, n=len(errs), factor=best, mape_at_1=sum(map(abs, base)) / len(base),
-                         mape_at_factor=sum(map(abs, errs)) / len(errs), at_bound=best in (grid[0], grid[-1]))
+    def mape(f: float) -> float:
+        return sum(map(abs, errs_at[f])) / len(errs_at[f])
+
+    best = min(grid, key=lambda f: (mape(f), abs(math.log(f))))
+    return HostFactorFit(kind=kind, n=len(errs_at[best]), factor=best, mape_at_1=mape(1.0), mape_at_factor=mape(best),
+                         at_bound=best in (grid[0], grid[-1]))
 
 
 def summarize(cases: list[Case]) -> dict[str, MetricSummary]:

@@ -127,3 +127,34 @@ def test_bad_kernel_record_names_line_and_field(capsys, tmp_path, verb, change, 
     code, _, err = run(capsys, *args)
     assert code == 2 and "Traceback" not in err, err
     assert "k.jsonl" in err and ("k.jsonl:2" in err or "line 2" in err) and f"'{field}'" in err, err
+
+
+def test_infer_max_tpot_finds_the_largest_batch_not_a_power_of_two(capsys):
+    from costmodel.arch import load_model
+    from costmodel.inference import _tpot_fn, max_batch
+    from costmodel.roofline import efficiency_for
+    from costmodel.specs import load_library
+    from costmodel.workload import InferJob
+
+    code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "32", "--prompt-len", "2048", "--gen-len", "256",
+                       "--max-tpot-ms", "30", "--json")
+    assert code == 0
+    d = json.loads(out)
+    best = d["best_under_tpot"]
+    assert best["batch"] > 128 and best["tpot_s"] <= 0.030
+    spec, m = load_library().device("h100-sxm"), load_model("llama3-8b")
+    job = InferJob(batch=1, prompt_len=2048, gen_len=256)
+    limit = max_batch(m, spec, job, 2048 + 256)
+    tpot = _tpot_fn(m, spec, job, 1, None, efficiency_for(spec))
+    # the next batch misses the target or does not fit
+    assert best["batch"] == limit or tpot(best["batch"] + 1)[0] > 0.030
+    # end to end (prefill included) is below decode-only throughput, and both are printed, labelled
+    assert best["e2e_tokens_per_s"] < best["tokens_per_s"] and d["e2e_tokens_per_s"] < d["tokens_per_s"]
+    code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "32", "--prompt-len", "2048", "--gen-len", "256",
+                       "--max-tpot-ms", "12")
+    flat = " ".join(out.split())
+    assert "decode only" in flat and "end to end" in flat and "prefill" in flat
+    small = json.loads(run(capsys, "infer", "llama3-8b", "--prompt-len", "2048", "--gen-len", "256",
+                           "--max-tpot-ms", "12", "--json")[1])["best_under_tpot"]
+    assert small["tpot_s"] <= 0.012 and tpot(small["batch"] + 1)[0] > 0.012
+    assert small["batch"] & (small["batch"] - 1)  # not a power of two here

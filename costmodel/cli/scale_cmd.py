@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from .. import scaling as sc
+from .. import energy
 from ..errors import InputError
 from ..units import fmt_si, fmt_time
 from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
@@ -123,8 +124,8 @@ def scale_cmd(
     dtype: str = typer.Option("bf16", "--dtype", help="Training/serving dtype for peak FLOP/s and precision laws."),
     mfu: Optional[float] = typer.Option(None, "--mfu", help="Training MFU (default: costmodel.training estimate or 0.40)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (overrides the spec)."),
-    pue: float = typer.Option(sc.DEFAULT_PUE, "--pue", help="Facility PUE (default: Uptime 2023 industry average 1.58)."),
-    power_fraction: float = typer.Option(sc.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP."),
+    pue: float = typer.Option(sc.DEFAULT_PUE, "--pue", help="Facility PUE (default 1.58: Uptime Institute 2023 industry average; costmodel/energy.py)."),
+    power_fraction: float = typer.Option(sc.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP (default 1.0: TDP, as published carbon accounts count it)."),
     served_tokens: float = typer.Option(0.0, "--served-tokens", help="Lifetime served tokens (inference-aware laws)."),
     unique_tokens: Optional[float] = typer.Option(None, "--unique-tokens", help="Unique tokens available (data-constrained laws)."),
     bits: Optional[float] = typer.Option(None, "--bits", help="Training precision in bits for weights/activations/KV (default: from --dtype)."),
@@ -239,7 +240,7 @@ def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | Non
         console.print(f"[bold]{hw.spec.id}[/] x {hw.devices}: {fmt_si(th.peak_flops, 'FLOP/s')} {th.dtype} peak, "
                       f"MFU {th.mfu:.0%} ({th.source}) -> {fmt_si(hw.cluster_flops, 'FLOP/s')} sustained", highlight=False)
         price = f"${hw.price_per_device_hour:.2f}/device-hour ({hw.price_source})" if hw.price_per_device_hour else hw.price_source
-        console.print(f"price {price}; energy = TDP {hw.spec.tdp_w:.0f} W x {hw.power_fraction:g} x PUE {hw.pue:g}; "
+        console.print(f"price {price}; {energy.describe(hw.spec.tdp_w, hw.pue, hw.power_fraction)}; "
                       f"serving utilisation {hw.serving_util:.1%} ({hw.serving_util_source})", highlight=False)
     if budget is not None and plans and plans[0].budget_flops:
         console.print(f"budget {budget.value:g} {budget.kind.replace('_', '-')} = {plans[0].budget_flops:.3g} training FLOPs",

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
 from .common import HardwareFileOpt, JsonOpt, console, emit_json
@@ -43,6 +44,8 @@ def train_cmd(
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (for days, energy and cost)."),
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (alternative to --steps)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
+    pue: float = typer.Option(energy.DEFAULT_PUE, "--pue", help="Facility PUE for the run's energy (default 1.58: Uptime Institute 2023 industry average; costmodel/energy.py)."),
+    power_fraction: float = typer.Option(energy.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP for the run's energy (default 1.0: TDP, as published carbon accounts count it)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory per device vs capacity and the step-time breakdown (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
@@ -51,8 +54,8 @@ def train_cmd(
     """Memory per device and step time for a model on a layout; says when it does not fit."""
     from ..errors import InputError
     from ..specs import load_library
-    from ..training import DEFAULT_PUE, POWER_FRACTION_OF_TDP
 
+    energy.check_energy_inputs(pue, power_fraction)
     for name, val, allowed in (("precision", precision, ("fp32", "amp-bf16", "amp-fp16", "bf16", "fp8")),
                                ("recompute", recompute, ("none", "selective", "full")),
                                ("attention", attention, ("flash", "standard")),
@@ -75,9 +78,11 @@ def train_cmd(
     if n_steps:
         secs = n_steps * est.step.total_s
         dev_h = secs / 3600 * est.devices
-        energy_kwh = dev_h * spec.tdp_w * POWER_FRACTION_OF_TDP / 1000 * DEFAULT_PUE
         run = {"steps": n_steps, "seconds": secs, "days": secs / 86400, "device_hours": dev_h,
-               "energy_kwh": energy_kwh, "cost_usd": dev_h * price if price else None, "price_per_hour_usd": price}
+               "energy_kwh": energy.energy_kwh(spec.tdp_w, est.devices, secs, pue, power_fraction),
+               "tdp_w": spec.tdp_w, "power_fraction": power_fraction, "pue": pue,
+               "energy_model": energy.describe(spec.tdp_w, pue, power_fraction),
+               "cost_usd": dev_h * price if price else None, "price_per_hour_usd": price}
     out = est.to_dict()
     out["run"] = run
     out["fix_suggestions"] = [] if est.fits else fix_suggestions(est)
@@ -130,7 +135,8 @@ def _render(est, run):
     if run:
         cost = f"${run['cost_usd']:,.0f}" if run["cost_usd"] else "n/a (no price)"
         console.print(f"run: {run['steps']:,} steps, {run['days']:.1f} days, {run['device_hours']:,.0f} device-hours, "
-                      f"{run['energy_kwh']:,.0f} kWh, {cost}")
+                      f"{run['energy_kwh']:,.0f} kWh, {cost}", highlight=False)
+        console.print(run["energy_model"], highlight=False)
     if not est.fits:
         over = est.required_bytes - est.capacity_bytes
         console.print(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
