@@ -290,7 +290,7 @@ def test_train_plot_written_when_it_does_not_fit(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "big.png"
     code, _, _ = run(["train", "llama2-7b", "--seq-len", "4096", "--plot", str(out)], capsys)
-    assert code == 1 and out.exists()
+    assert code == 0 and out.exists()  # "does not fit" is a result
 
 
 def test_search_plot_from_a_result_shaped_object(tmp_path):
@@ -306,3 +306,15 @@ def test_search_plot_from_a_result_shaped_object(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(costmodel.InputError):
         search_plot(NS(model="m", global_batch=1, seq_len=1, top=[], pareto=[]), tmp_path / "e.png")
+
+
+def test_a_one_node_plan_names_devices_and_nodes_apart(capsys):
+    # "training on 8 x dgx-h100" read as eight nodes: the devices are H100s, the node is one DGX
+    plan = ROOT / "plans" / "llama2-7b-fsdp-8xh100.yaml"
+    res = costmodel.check(plan, search=False)
+    assert (res.devices, res.device, res.nodes) == (8, "h100-sxm", 1)
+    code, out, _ = run(["check", str(plan), "--no-search"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "training on 8 x h100-sxm (1 dgx-h100 node)" in flat and "8 x dgx-h100" not in flat
+    serve = costmodel.check(ROOT / "plans" / "llama3-8b-serve-h100.yaml", search=False)
+    assert serve.nodes is None and serve.where == "1 x h100-sxm"

@@ -41,10 +41,19 @@ def test_train_json_and_fit(capsys):
     assert d["memory"]["peak_bytes"] > d["memory"]["steady_bytes"]
 
 
-def test_train_that_does_not_fit_exits_1_with_advice(capsys):
+def test_train_and_infer_that_do_not_fit_are_results_exit_0_with_advice(capsys):
+    # A computed "does not fit" is a result (exit 0, a clear line, fits false in --json); `check`
+    # is where a limit fails with exit 1.
     code, out, _ = run(capsys, "train", "llama2-70b", "--hardware", "h100-sxm")
-    assert code == 1
-    assert "does not fit" in out
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "does not fit: needs" in flat and "Try:" in flat and "MFU" in flat
+    code, out, _ = run(capsys, "train", "llama2-70b", "--hardware", "h100-sxm", "--json")
+    assert code == 0 and json.loads(out)["fits"] is False and json.loads(out)["fix_suggestions"]
+    code, out, _ = run(capsys, "infer", "llama2-70b", "--batch", "64")
+    assert code == 0 and "does not fit" in out
+    code, out, _ = run(capsys, "infer", "llama2-70b", "--batch", "64", "--json")
+    assert code == 0 and json.loads(out)["fits"] is False
 
 
 def test_bad_input_exits_2_without_traceback(capsys):

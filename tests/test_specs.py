@@ -543,3 +543,17 @@ def test_unsafe_pattern_catches_yaml_load():
 def test_shipped_specs_hold_no_python_tags():
     for f in HW_DIR.rglob("*.y*ml"):
         assert "!!python" not in f.read_text(encoding="utf-8"), f
+
+
+def test_hardware_list_shows_a_cpus_memory_as_the_platform_maximum(capsys, monkeypatch):
+    from costmodel.cli import common
+
+    monkeypatch.setattr(common.console, "width", 200)
+    code, out, _ = run_cli(["hardware", "list", "--kind", "cpu", "--json"], capsys)
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert "memory_bytes" not in rows["cpu-epyc-9654"] and rows["cpu-epyc-9654"]["max_memory_bytes"] == 6 * 2**40
+    code, out, _ = run_cli(["hardware", "list"], capsys)
+    flat = " ".join(out.split())
+    assert "max 6.00 TiB" in flat and "not memory installed" in flat
+    code, out, _ = run_cli(["hardware", "show", "cpu-epyc-9654"], capsys)
+    assert "platform maximum" in " ".join(out.split())

@@ -47,7 +47,7 @@ def check_cmd(
 
 
 def _render(r: CheckResult) -> None:
-    title = escape(f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.devices} x {r.hardware}")
+    title = escape(f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.where}")
     t = Table(title=title)
     for c in ("limit", "limit value", "predicted", "margin", ""):
         t.add_column(c, justify="left" if c in ("limit", "") else "right")
