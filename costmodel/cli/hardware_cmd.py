@@ -29,6 +29,7 @@ def _summary(spec) -> dict:
         d["device"] = spec.device
         d["devices_per_node"] = spec.devices_per_node
     d["price_per_hour_usd"] = spec.price_per_hour_usd
+    d["unsourced"] = spec.unsourced()  # figures without a citation (a user's own file)
     return d
 
 
@@ -57,6 +58,9 @@ def list_cmd(
             f"{r['price_per_hour_usd']:.2f}" if r.get("price_per_hour_usd") else "-",
         )
     console.print(t)
+    unsourced = [r["id"] for r in rows if r["unsourced"]]
+    if unsourced:
+        console.print(f"unsourced (user files without citations): {', '.join(unsourced)}", highlight=False)
     if any(r.get("max_memory_bytes") for r in rows):
         console.print("CPU memory: 'max' is the most the platform supports, not memory installed", highlight=False)
 
@@ -68,7 +72,7 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
     spec = lib.get(spec_id)
     data = spec.model_dump(mode="json")
     if json_out:
-        emit_json(data)
+        emit_json({**data, "unsourced": spec.unsourced()})
         return
     t = Table(title=f"{spec.id}: {spec.name}", show_header=False)
     t.add_column("field")
@@ -87,6 +91,8 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
     add("", data)
     for k, v in spec.sources.items():
         t.add_row(f"source[{k}]", v)
+    if spec.unsourced():
+        t.add_row("unsourced", ", ".join(spec.unsourced()) + " (no citation: a user's own file)")
     t.add_row("file", str(lib.files[spec.id]))
     console.print(t)
 
