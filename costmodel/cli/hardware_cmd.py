@@ -8,9 +8,9 @@ from rich.table import Table
 
 from ..specs import AcceleratorSpec, CpuSpec, NodeSpec, NvmeSpec
 from ..units import fmt_bytes, fmt_si
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table
 
-hw = typer.Typer(help="List and show hardware specs.", no_args_is_help=True)
+hw = typer.Typer(help="List and show hardware specs.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _summary(spec) -> dict:
@@ -57,7 +57,7 @@ def list_cmd(
             f"{r['tdp_w']:.0f} W" if r.get("tdp_w") else "-",
             f"{r['price_per_hour_usd']:.2f}" if r.get("price_per_hour_usd") else "-",
         )
-    console.print(t)
+    print_table(t)
     unsourced = [r["id"] for r in rows if r["unsourced"]]
     if unsourced:
         console.print(f"unsourced (user files without citations): {', '.join(unsourced)}", highlight=False)
@@ -94,7 +94,7 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
     if spec.unsourced():
         t.add_row("unsourced", ", ".join(spec.unsourced()) + " (no citation: a user's own file)")
     t.add_row("file", str(lib.files[spec.id]))
-    console.print(t)
+    print_table(t)
 
 
 def _memory_cell(r: dict) -> str:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..plan import infer, largest_batch_under_tpot
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
 
 
 def infer_cmd(
@@ -46,10 +46,11 @@ def infer_cmd(
             model, hardware, tp=tp, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
             cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_file,
             host_time_factor=host_time_factor, max_tpot_s=max_tpot_ms / 1e3)
+    written = None
     if plot is not None:
         from ..plots import infer_plot
 
-        infer_plot(est, plot)
+        written = infer_plot(est, plot)
     if json_out:
         emit_json(out)
     else:
@@ -71,13 +72,13 @@ def infer_cmd(
         t.add_row("tokens/s end to end (prefill included)", f"{est.e2e_tokens_per_s:,.0f}")
         t.add_row("max batch that fits", str(est.max_batch_that_fits))
         t.add_row("efficiency", est.efficiency_source)
-        console.print(t)
+        print_table(t)
         c = Table(title="throughput vs batch (output tokens/s)")
         for col in ("batch", "TPOT", "decode only", "end to end"):
             c.add_column(col, justify="right")
         for p in est.throughput_curve:
             c.add_row(str(p["batch"]), fmt_time(p["tpot_s"]), f"{p['tokens_per_s']:,.0f}", f"{p['e2e_tokens_per_s']:,.0f}")
-        console.print(c)
+        print_table(c)
         if "best_under_tpot" in out:
             b = out["best_under_tpot"]
             console.print(f"largest batch under {max_tpot_ms:g} ms/token: " + (
@@ -86,8 +87,10 @@ def infer_cmd(
                 else "none (batch 1 misses it or does not fit)"), highlight=False)
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
-        console.print("[green]fits[/]" if est.fits else f"[bold red]does not fit[/]: needs {fmt_bytes(est.required_bytes)}; "
-                      "try --tp, --weight-dtype int8/fp8, --kv-dtype fp8 or a smaller batch/context")
+        console.print(styled("[green]fits[/]" if est.fits else f"[bold red]does not fit[/]: needs {fmt_bytes(est.required_bytes)}; "
+                             "try --tp, --weight-dtype int8/fp8, --kv-dtype fp8 or a smaller batch/context"))
+    if written is not None:
+        wrote_plot(written, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import InputError
+from ..plots import layout_label
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, wrote_plot
 
 
 def _ints(text: Optional[str], field: str, minimum: int = 1) -> Optional[list[int]]:
@@ -83,7 +85,7 @@ def search_cmd(
 
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
-        with err_console.status(f"searching serving layouts of {model}...") if not json_out else nullcontext():
+        with err_console.status(Text(f"searching serving layouts of {model}...")) if not json_out else nullcontext():
             res = search_infer(model, hardware, prompt_len=prompt_len, gen_len=gen_len, max_ttft_ms=max_ttft_ms,
                                max_tpot_ms=max_tpot_ms, objective=objective or "throughput", top=top,
                                tp=_ints(tp, "tp"), batch=_ints(batch, "batch"), weight_dtype=split(weight_dtype),
@@ -112,18 +114,19 @@ def search_cmd(
                   recompute=rc, sequence_parallel=_choice(sequence_parallel, "sequence-parallel"),
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
     status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."
-    with err_console.status(status) if not json_out else nullcontext():
+    with err_console.status(Text(status)) if not json_out else nullcontext():
         res = search(model, hardware, devices, **kwargs)
+    written = None
     if plot is not None:
         from .. import plots
 
-        if not hasattr(plots, "search_plot"):
-            raise InputError("--plot for search is not available in this build", field="plot")
-        plots.search_plot(res, plot)
+        written = plots.search_plot(res, plot)
     if json_out:
         emit_json(res.to_dict())
     else:
         _render(res)
+    if written is not None:
+        wrote_plot(written, json_out)
     if not res.top:
         raise typer.Exit(1)
 
@@ -143,9 +146,7 @@ def _render(res) -> None:
         t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right", no_wrap=True)
     for c in res.top:
         lay = c.layout
-        layout = f"tp{lay.tp}{'+sp' if lay.sequence_parallel else ''} pp{lay.pp}" + (f"v{lay.interleave}" if lay.interleave > 1 else "")
-        layout += f" dp{lay.dp}" + (f" cp{lay.cp}" if lay.cp > 1 else "") + (f" ep{lay.ep}" if lay.ep > 1 else "")
-        layout += f" z{lay.zero_stage}" + (" off" if lay.offload_optimizer != "none" else "")
+        layout = layout_label(lay, per_micro_batch=False)
         row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
             str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s),
             f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
@@ -157,7 +158,7 @@ def _render(res) -> None:
                 run += f" ${c.run_cost_usd / 1e6:,.2f}M" if c.run_cost_usd >= 1e6 else f" ${c.run_cost_usd:,.0f}"
             row.append(run)
         t.add_row(*row)
-    console.print(t)
+    print_table(t)
     if res.top:
         b = Table(title="step-time breakdown of the best layouts (share of the step)")
         b.add_column("#")
@@ -169,11 +170,11 @@ def _render(res) -> None:
             b.add_column(short.get(k, k.removesuffix("_s")), justify="right")
         for c in res.top[:3]:
             b.add_row(str(c.rank), *(f"{c.step_breakdown_s.get(k, 0.0) / c.step_s:.0%}" for k in parts))
-        console.print(b)
-    console.print(_rejected_table(res.rejected, "grid points"))
+        print_table(b)
+    print_table(_rejected_table(res.rejected, "grid points"))
     if not res.top:
-        console.print("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
-                      "recompute / offload, or lower the micro-batch")
+        console.print(styled("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
+                             "recompute / offload, or lower the micro-batch"))
 
 
 def _rejected_table(rejected: dict[str, int], unit: str) -> Table:
@@ -200,11 +201,11 @@ def _render_infer(res) -> None:
         if priced:
             row.append(f"{c.cost_per_million_tokens_usd:.3f}" if c.cost_per_million_tokens_usd is not None else "-")
         t.add_row(*row)
-    console.print(t)
-    console.print(_rejected_table(res.rejected, "layouts"))
+    print_table(t)
+    print_table(_rejected_table(res.rejected, "layouts"))
     if not res.top:
-        console.print("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
-                      "allow more tp or quantised weights / KV cache")
+        console.print(styled("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
+                             "allow more tp or quantised weights / KV cache"))
 
 
 def register(app: typer.Typer) -> None:

@@ -5,12 +5,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
 
 
 def train_cmd(
@@ -87,14 +88,17 @@ def train_cmd(
     out = est.to_dict()
     out["run"] = run
     out["fix_suggestions"] = [] if est.fits else fix_suggestions(est)
+    written = None
     if plot is not None:
         from ..plots import train_plot
 
-        train_plot(est, plot)
+        written = train_plot(est, plot)
     if json_out:
         emit_json(out)
     else:
         _render(est, run)
+    if written is not None:
+        wrote_plot(written, json_out)
 
 
 def _render(est, run):
@@ -110,14 +114,14 @@ def _render(est, run):
         if v:
             t.add_row(k, fmt_bytes(v))
     t.add_row("steady (between steps)", fmt_bytes(mem.steady_bytes))
-    t.add_row(f"[bold]peak allocated[/] ({mem.peak_phase})", f"[bold]{fmt_bytes(mem.peak_bytes)}[/]")
+    t.add_row(styled(f"[bold]peak allocated[/] ({escape(mem.peak_phase)})"), styled(f"[bold]{fmt_bytes(mem.peak_bytes)}[/]"))
     t.add_row("needed incl. CUDA context + fragmentation", fmt_bytes(est.required_bytes))
     t.add_row("device capacity", fmt_bytes(est.capacity_bytes))
     if mem.offloaded_cpu_bytes:
         t.add_row("offloaded to host DRAM", fmt_bytes(mem.offloaded_cpu_bytes))
     if mem.offloaded_nvme_bytes:
         t.add_row("offloaded to NVMe", fmt_bytes(mem.offloaded_nvme_bytes))
-    console.print(t)
+    print_table(t)
     s = Table(title="step time breakdown")
     s.add_column("part")
     s.add_column("time", justify="right")
@@ -125,8 +129,8 @@ def _render(est, run):
     for k, v in est.step.parts().items():
         if v > 0:
             s.add_row(k.removesuffix("_s"), fmt_time(v), f"{v / est.step.total_s:.1%}")
-    s.add_row("[bold]total[/]", f"[bold]{fmt_time(est.step.total_s)}[/]", "100%")
-    console.print(s)
+    s.add_row(styled("[bold]total[/]"), styled(f"[bold]{fmt_time(est.step.total_s)}[/]"), "100%")
+    print_table(s)
     console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {est.mfu:.1%}   HFU {est.hfu:.1%}   "
                   f"{est.tflops_per_device:.0f} TFLOP/s per device   efficiency: {est.efficiency_source}")
     for note in est.notes:
@@ -138,12 +142,12 @@ def _render(est, run):
         console.print(run["energy_model"], highlight=False)
     if not est.fits:
         over = est.required_bytes - est.capacity_bytes
-        console.print(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
-                      f"({fmt_bytes(over)} over). Try:")
+        console.print(styled(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
+                             f"({fmt_bytes(over)} over). Try:"))
         for tip in fix_suggestions(est):
             console.print(f"  - {tip}")
     else:
-        console.print(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare")
+        console.print(styled(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare"))
 
 
 def layout_label(par: dict) -> str:
