@@ -167,3 +167,52 @@ def test_infer_max_tpot_finds_the_largest_batch_not_a_power_of_two(capsys):
                            "--max-tpot-ms", "12", "--json")[1])["best_under_tpot"]
     assert small["tpot_s"] <= 0.012 and tpot(small["batch"] + 1)[0] > 0.012
     assert small["batch"] & (small["batch"] - 1)  # not a power of two here
+
+
+def test_megatron_option_names_are_aliases_on_train_and_search(capsys):
+    short = ["--tp", "2", "--pp", "2", "--micro-batch", "2", "--global-batch", "64", "--seq-len", "4096"]
+    mega = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--micro-batch-size", "2",
+            "--global-batch-size", "64", "--seq-length", "4096"]
+    outs = []
+    for names in (short, mega):
+        code, out, err = run(capsys, "train", "llama3-8b", "--hardware", "dgx-h100", "--nodes", "1", *names, "--json")
+        assert code == 0, err
+        outs.append(json.loads(out))
+    assert outs[0]["parallel"] == outs[1]["parallel"] and outs[0]["step"] == outs[1]["step"]
+    assert outs[1]["parallel"]["tp"] == 2 and outs[1]["job"]["seq_len"] == 4096 and outs[1]["job"]["global_batch"] == 64
+    tops = []
+    for names in (short, mega):
+        code, out, err = run(capsys, "search", "llama3-8b", "--hardware", "dgx-h100", "--devices", "8", *names,
+                             "--top", "3", "--json")
+        assert code == 0, err
+        tops.append([c["layout"] for c in json.loads(out)["top"]])
+    assert tops[0] == tops[1] and all(lay["tp"] == 2 and lay["pp"] == 2 for lay in tops[0])
+
+
+def test_sequence_parallel_reads_the_same_in_train_and_search(capsys):
+    from costmodel.cli.common import normalise_switches
+
+    assert normalise_switches(["search", "m", "--sequence-parallel", "off", "--tp", "2"]) == \
+        ["search", "m", "--no-sequence-parallel", "--tp", "2"]
+    assert normalise_switches(["x", "--sequence-parallel=on"]) == ["x", "--sequence-parallel"]
+    assert normalise_switches(["x", "--sequence-parallel", "both"]) == ["x"]
+    assert normalise_switches(["x", "--sequence-parallel", "--tp", "2"]) == ["x", "--sequence-parallel", "--tp", "2"]
+
+    def train_sp(*flag):
+        code, out, err = run(capsys, "train", "llama3-8b", "--hardware", "dgx-h100", "--nodes", "1", "--tp", "2", *flag, "--json")
+        assert code == 0, err
+        return json.loads(out)["parallel"]["sequence_parallel"]
+
+    def search_sp(*flag):
+        code, out, err = run(capsys, "search", "llama3-8b", "--hardware", "dgx-h100", "--devices", "8", "--global-batch", "64",
+                             "--tp", "2", *flag, "--top", "20", "--json")
+        assert code == 0, err
+        d = json.loads(out)
+        return {c["layout"]["sequence_parallel"] for c in d["top"]}, d["evaluated"]
+
+    for on in (["--sequence-parallel"], ["--sequence-parallel", "on"], ["--sequence-parallel=on"]):
+        assert train_sp(*on) is True and search_sp(*on)[0] == {True}
+    for off in (["--no-sequence-parallel"], ["--sequence-parallel", "off"], ["--sequence-parallel=off"]):
+        assert train_sp(*off) is False and search_sp(*off)[0] == {False}
+    n_on, n_off = search_sp("--sequence-parallel")[1], search_sp("--no-sequence-parallel")[1]
+    assert train_sp() is False and search_sp()[1] == search_sp("--sequence-parallel", "both")[1] == n_on + n_off

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import CostModelError
-from .common import err_console, styled
+from .common import err_console, normalise_switches, styled
 
 app = typer.Typer(
     name="costmodel",
@@ -48,6 +48,7 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit 2, never a traceback."""
+    argv = normalise_switches(sys.argv[1:] if argv is None else list(argv))
     try:
         app(args=argv, standalone_mode=True)
     except CostModelError as exc:

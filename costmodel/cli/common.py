@@ -20,6 +20,39 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instea
 HardwareFileOpt = typer.Option(None, "--hardware-file", help="Extra hardware spec YAML file(s); override shipped ids.")
 
 
+# On/off switches spelled the same way in every command: `--X` / `--no-X` flags, and, as search
+# first took them, `--X on|off|both` (or `--X=on`), rewritten to the flags before parsing ("both":
+# neither flag, which is the default where a command searches both).
+SWITCHES = ("--sequence-parallel",)
+_ON, _OFF, _BOTH = {"on", "true", "yes"}, {"off", "false", "no"}, {"both"}
+
+
+def normalise_switches(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if a == "--":
+            return out + argv[i:]
+        if name in SWITCHES:
+            if not eq and i + 1 < len(argv) and argv[i + 1].lower() in _ON | _OFF | _BOTH:
+                val, i = argv[i + 1], i + 1
+            elif not eq:
+                val = "on"
+            v = val.lower()
+            if v in _ON:
+                out.append(name)
+            elif v in _OFF:
+                out.append("--no-" + name[2:])
+            elif v not in _BOTH:
+                out.append(a)  # let the parser say what is wrong
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
 def emit_json(obj: Any) -> None:
     """Print JSON to stdout (pydantic models, dicts, lists)."""
     if hasattr(obj, "model_dump"):

@@ -24,7 +24,7 @@ def _fmt(metric: str, v) -> str:
 def validate(
     files: list[str] = typer.Argument(..., help="JSONL measurement files (SCHEMA.md format)."),
     json_out: bool = JsonOpt,
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    calibration: Optional[list[str]] = typer.Option(None, "--calibration", help="Calibration overlay YAML; repeat for several devices (e.g. an H100 and an H200 overlay): each applies to the records of its own device, the others keep the shipped calibration."),
     hardware_file: Optional[list[str]] = HardwareFileOpt,
     max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
