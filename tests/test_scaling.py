@@ -398,11 +398,13 @@ def test_train_and_scale_share_one_energy_model(laws, h100, capsys):
         main(["train", "llama-1.3b", "--micro-batch", "4", "--steps", "1000", "--json"])
     assert (exc.value.code or 0) == 0
     run = json.loads(capsys.readouterr().out)["run"]
+    # by hand: 0.700 kW (H100 SXM TDP) x 1.0 x PUE 1.58 = 1.106 kWh per device-hour
+    assert run["energy_kwh"] == pytest.approx(run["device_hours"] * 0.700 * 1.58, rel=1e-9)
     assert run["energy_kwh"] == pytest.approx(energy.energy_kwh(h100.tdp_w, 1, run["seconds"]), rel=1e-12)
     assert (run["pue"], run["power_fraction"]) == (sc.DEFAULT_PUE, sc.DEFAULT_POWER_FRACTION)
     hw = sc.make_hardware(h100, 1, mfu=0.4, price_per_hour=2.0)
     plan = sc.plan_from_budget(laws["besiroglu"], laws, sc.Budget("usd", 1e4), hw)
-    assert plan.energy_kwh == pytest.approx(energy.energy_kwh(h100.tdp_w, 1, plan.train_time_s), rel=1e-12)
+    assert plan.energy_kwh == pytest.approx(plan.device_hours * 0.700 * 1.58, rel=1e-9)
     # the same job (one H100 for the same time) uses the same energy in both
     assert run["energy_kwh"] / run["seconds"] == pytest.approx(plan.energy_kwh / plan.train_time_s, rel=1e-12)
     with pytest.raises(SystemExit):
