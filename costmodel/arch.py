@@ -241,18 +241,46 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in models_dir().glob("*.yaml"))
 
 
+def did_you_mean(name: str, known: list[str], n: int = 3) -> list[str]:
+    """The known ids closest to a mistyped one (difflib), also matching a hub id's last part with
+    its punctuation dropped ('meta-llama/Meta-Llama-3-8B' -> llama3-8b)."""
+    import difflib
+
+    key = name.lower()
+    tail = key.rsplit("/", 1)[-1]
+    squash = lambda t: "".join(ch for ch in t if ch.isalnum())  # noqa: E731
+    by_squash = {squash(k): k for k in known}
+    out = difflib.get_close_matches(key, known, n=n, cutoff=0.6)
+    for cand in difflib.get_close_matches(squash(tail.removeprefix("meta-")), list(by_squash), n=n, cutoff=0.6):
+        if by_squash[cand] not in out:
+            out.append(by_squash[cand])
+    return out[:n]
+
+
 def load_preset(name: str) -> ModelConfig:
     path = models_dir() / f"{name}.yaml"
     if not path.exists():
-        close = [p for p in list_presets() if name.split("-")[0] in p][:8]
-        hint = f"; similar: {', '.join(close)}" if close else "; run `costmodel model list`"
-        raise InputError(f"unknown model preset {name!r}{hint}", field="model")
+        close = did_you_mean(name, list_presets())
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        if "/" in name:
+            hint += (" It looks like a Hugging Face hub id: costmodel works offline and downloads nothing; fetch its "
+                     f"config.json (huggingface-cli download {name} config.json --local-dir DIR) and pass DIR or "
+                     "DIR/config.json")
+        raise InputError(f"unknown model preset {name!r}{hint} (`costmodel model list` lists the presets; a preset "
+                         "YAML, a Hugging Face config.json or a model directory holding one also work)", field="model")
     return parse_model(read_yaml(path), path)
 
 
 def load_model(name_or_file: str) -> ModelConfig:
-    """A preset id, a preset-format YAML file, or a Hugging Face config.json."""
+    """A preset id, a preset-format YAML file, a Hugging Face config.json, or a Hugging Face model
+    directory (one holding config.json, as ``save_pretrained`` or a hub download writes it)."""
     p = Path(name_or_file)
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            raise InputError("a directory without config.json; expected a Hugging Face model directory, "
+                             "a config.json, a preset YAML or a preset id", file=p)
+        return from_hf_config(cfg, model_id=p.resolve().name)
     if p.suffix in (".json", ".yaml", ".yml") or p.exists():
         if not p.exists():
             raise InputError("file does not exist", file=p)
@@ -262,8 +290,15 @@ def load_model(name_or_file: str) -> ModelConfig:
     return load_preset(name_or_file)
 
 
-def from_hf_config(path: str | Path) -> ModelConfig:
-    """Read a Hugging Face transformers ``config.json`` (offline) into a ModelConfig."""
+def _model_id(name: str) -> str:
+    """A directory name as a model id: lower case, characters other than [a-z0-9._-] as '-'."""
+    out = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "._-" else "-" for ch in name.lower()).strip("-._")
+    return out or "hf-model"
+
+
+def from_hf_config(path: str | Path, model_id: str | None = None) -> ModelConfig:
+    """Read a Hugging Face transformers ``config.json`` (offline) into a ModelConfig. ``model_id``:
+    the id to give it (default: the file's stem, or the model type for a file named config.json)."""
     path = Path(path)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -290,8 +325,9 @@ def from_hf_config(path: str | Path) -> ModelConfig:
     activation = ("geglu" if "gelu" in act else "swiglu") if gated else (
         "relu" if act == "relu" else ("gelu_new" if act == "gelu_new" else "gelu"))
     data: dict = dict(
-        id=path.stem.lower().replace("_", "-") if path.stem != "config" else (mt.replace("_", "-") or "hf-model"),
-        name=str(cfg.get("_name_or_path", path.name)),
+        id=_model_id(model_id) if model_id else (
+            path.stem.lower().replace("_", "-") if path.stem != "config" else (mt.replace("_", "-") or "hf-model")),
+        name=str(cfg.get("_name_or_path") or model_id or path.name),
         family=mt,
         source=f"Hugging Face config {path.name}",
         layers=layers,

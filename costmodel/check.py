@@ -168,8 +168,10 @@ class CheckResult(BaseModel):
     name: Optional[str] = None
     kind: Literal["training", "inference"]
     model: str
-    hardware: str
+    hardware: str  # the plan's hardware id: a device or a node spec
     devices: int
+    device: Optional[str] = None  # the accelerator id the devices are
+    nodes: Optional[float] = None  # devices / devices per node when `hardware` is a node spec
     ok: bool
     checks: list[LimitCheck]
     predicted: dict[str, Optional[float]]  # every quantity a limit can name, predicted
@@ -178,6 +180,16 @@ class CheckResult(BaseModel):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    @property
+    def where(self) -> str:
+        """What the job runs on, devices and nodes apart: '8 x h100-sxm (1 dgx-h100 node)'."""
+        dev = f"{self.devices} x {self.device or self.hardware}"
+        if self.nodes is None:
+            return dev
+        if self.nodes < 1:
+            return f"{dev} (of one {self.hardware} node)"
+        return f"{dev} ({self.nodes:g} {self.hardware} node{'' if self.nodes == 1 else 's'})"
 
     @property
     def failed(self) -> list[LimitCheck]:
@@ -499,8 +511,10 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
     nb, n_eval = (None, 0)
     if not ok and search:
         nb, n_eval = nearest_passing(plan, ctx, devices, gb, framework, max_changes, where)
+    node = ctx["node"]
     return CheckResult(file=where, name=plan.name, kind=plan.kind, model=plan.model, hardware=plan.hardware,
-                       devices=devices, ok=ok, checks=checks, predicted=pred, nearest_passing=nb, searched=n_eval)
+                       devices=devices, device=ctx["spec"].id,
+                       nodes=devices / node.devices_per_node if node is not None else None, ok=ok, checks=checks, predicted=pred, nearest_passing=nb, searched=n_eval)
 
 
 def check(path_or_plan: Union[str, Path, dict, Plan], *, search: bool = True,

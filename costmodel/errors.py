@@ -30,22 +30,30 @@ class InputError(CostModelError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
-def from_validation_error(exc, file: str | Path | None) -> InputError:
-    """Convert a pydantic ValidationError into an InputError naming the first bad field."""
+def from_validation_error(exc, file: str | Path | None, drop_first: tuple[str, ...] = ()) -> InputError:
+    """Convert a pydantic ValidationError into one InputError that names every bad field: the
+    first is the error's ``field``, the others follow in the message ("; also field 'x': ...").
+    ``drop_first``: location tags to drop when they come first (a discriminated union's kind)."""
     errs = exc.errors()
     if not errs:
         return InputError(str(exc), file=file)
-    first = errs[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-"))
-    msg = first.get("msg", "invalid value")
-    msg = msg.removeprefix("Value error, ")
-    inp = first.get("input")
-    if first.get("type") == "missing":
-        msg = "missing required field"
-    elif inp is not None and not isinstance(inp, (dict, list)):
-        msg = f"{msg} (got {inp!r})"
-    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-    return InputError(msg + more, file=file, field=loc or None)
+    items = []
+    for e in errs:
+        parts = [str(p) for p in e.get("loc", ()) if not str(p).startswith("function-")]
+        if parts and parts[0] in drop_first:
+            parts = parts[1:]
+        msg = e.get("msg", "invalid value").removeprefix("Value error, ")
+        inp = e.get("input")
+        if e.get("type") == "missing":
+            msg = "missing required field"
+        elif inp is not None and not isinstance(inp, (dict, list)):
+            msg = f"{msg} (got {inp!r})"
+        items.append((".".join(parts) or None, msg))
+    field, msg = items[0]
+    rest = [f"field '{f}': {m}" if f else m for f, m in items[1:]]
+    if rest:
+        msg += "; also " + "; ".join(rest)
+    return InputError(msg, file=file, field=field)
 
 
 def require_positive(**values) -> None:

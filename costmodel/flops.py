@@ -3,11 +3,15 @@
 Conventions
 - A multiply-add is 2 FLOPs. Backward of a matmul costs twice its forward (grad of input and of
   weight), so training is 3x forward (Kaplan et al. 2020, sec. 2.1; the "6ND" rule).
-- *Model* FLOPs (for MFU) count the work the model needs, with attention over the full s x s
-  score matrix as in Megatron-LM (Narayanan et al. 2021, eq. 3) and PaLM (Chowdhery et al. 2022,
-  appendix B: 6N + 12 L H Q T per token). No recompute.
-- *Hardware* FLOPs (for HFU) add what recompute re-executes, and count causal attention as what a
-  flash kernel executes (about half the score matrix, blocks above the diagonal are skipped).
+- One attention convention for both counts: attention over the full s x s score matrix, whatever
+  a causal kernel skips, as in PaLM (Chowdhery et al. 2022, appendix B: 6N + 12 L H Q T per token)
+  and Korthikanti et al. 2022 (appendix A; Megatron-LM's eq. 3, Narayanan et al. 2021, counts the
+  same).
+- *Model* FLOPs (for MFU) count the work the model needs: 3 x forward, no recompute.
+- *Hardware* FLOPs (for HFU) are the model FLOPs plus what recompute re-executes (PaLM appendix B:
+  "HFU adds rematerialisation"), so HFU >= MFU for every input and the two differ by recompute only.
+  What a flash kernel actually executes for causal attention (about half the score matrix) is a
+  matter of step time: the timing code counts it with ``attention_core_flops(causal=True)``.
 """
 from __future__ import annotations
 
@@ -93,29 +97,30 @@ def lm_head_flops(model: ModelConfig, tokens: float) -> float:
 
 @dataclass(frozen=True)
 class TrainFlops:
-    """FLOPs of one training step (all devices), forward+backward(+recompute)."""
+    """FLOPs of one training step (all devices), forward+backward(+recompute), attention counted
+    over the full score matrix in every field (the module's convention)."""
 
     model_flops: float  # for MFU
-    hardware_flops: float  # for HFU
-    forward_flops: float  # one forward pass, hardware convention (causal attention)
+    hardware_flops: float  # for HFU: model_flops + recompute_flops
+    forward_flops: float  # one forward pass
     by_component: dict[str, float] = field(default_factory=dict)  # model FLOPs by component
+    recompute_flops: float = 0.0  # what recompute re-executes
 
 
 def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str = "none",
                      attention: str = "flash") -> TrainFlops:
     """FLOPs of forward + backward for `batch` sequences of length `seq`.
 
-    Model FLOPs: 3 x forward, attention non-causal (Megatron-LM / PaLM convention).
-    Hardware FLOPs: causal attention as executed (a flash kernel skips the masked half; ``standard``
-    attention multiplies the whole s x s score matrix and masks it, Narayanan et al. 2021 eq. (3));
-    recompute adds one more forward of the layers ("full") or of the attention core ("selective",
-    Korthikanti et al. 2022 sec. 5).
+    Model FLOPs: 3 x forward, attention over the full s x s score matrix (PaLM appendix B,
+    Korthikanti et al. 2022 appendix A). Hardware FLOPs: the model FLOPs plus recompute, one more
+    forward of the layers ("full") or of the attention core ("selective", Korthikanti et al. 2022
+    sec. 5), in the same attention convention. ``attention`` (flash or standard) changes how long
+    the scores take, not how they are counted, so it does not change either count.
     """
     tokens = batch * seq
     comp = {"attention_proj": 0.0, "attention_core": 0.0, "mlp": 0.0, "moe_router": 0.0, "lm_head": 0.0}
-    layers_fwd_hw = 0.0
-    core_full = attention_core_flops(model, batch, seq, causal=False)
-    core_causal = core_full if attention == "standard" else attention_core_flops(model, batch, seq, causal=True)
+    layers_fwd = 0.0
+    core = attention_core_flops(model, batch, seq, causal=False)
     for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
         if n == 0:
             continue
@@ -123,18 +128,20 @@ def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str 
             key = "attention_proj" if g.name in ("qkv", "attn_out", "q", "q_down", "q_up", "kv_down", "kv_up") else (
                 "moe_router" if g.name == "router" else "mlp")
             comp[key] += 3.0 * n * g.flops
-            layers_fwd_hw += n * g.flops
-    comp["attention_core"] = 3.0 * model.layers * core_full
-    layers_fwd_hw += model.layers * core_causal
+            layers_fwd += n * g.flops
+    comp["attention_core"] = 3.0 * model.layers * core
+    layers_fwd += model.layers * core
     comp["lm_head"] = 3.0 * lm_head_flops(model, tokens)
     model_flops = sum(comp.values())
-    forward_hw = layers_fwd_hw + lm_head_flops(model, tokens)
-    hardware = 3.0 * forward_hw
+    forward = layers_fwd + lm_head_flops(model, tokens)
+    recompute_flops = 0.0
     if recompute == "full":
-        hardware += layers_fwd_hw
+        recompute_flops = layers_fwd
     elif recompute == "selective":
-        hardware += model.layers * core_causal
-    return TrainFlops(model_flops=model_flops, hardware_flops=hardware, forward_flops=forward_hw, by_component=comp)
+        recompute_flops = model.layers * core
+    # model + a non-negative term: HFU >= MFU holds exactly, rounding included
+    return TrainFlops(model_flops=model_flops, hardware_flops=model_flops + recompute_flops, forward_flops=forward,
+                      by_component=comp, recompute_flops=recompute_flops)
 
 
 def megatron_flops_per_iteration(batch: float, seq: int, layers: int, hidden: int, vocab: int) -> float:

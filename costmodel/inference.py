@@ -189,6 +189,8 @@ class InferEstimate:
     efficiency_source: str
     throughput_curve: list[dict] = field(default_factory=list)
     eager_host_factor: float | None = None  # scale on eager host time (job x machine); None under a CUDA graph
+    e2e_tokens_per_s: float = 0.0  # output tokens per second of the whole batch, prefill included
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -213,15 +215,10 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
     return lo
 
 
-def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
-                   node: NodeSpec | None = None, calibration: str | None = None) -> InferEstimate:
-    eff = efficiency_for(spec, calibration)
-    context = job.prompt_len + job.gen_len
-    mem = decode_memory(model, job, context, tp)
-    req = required_device_bytes(mem.peak_bytes)
-    ttft = prefill_time_s(model, spec, job, tp, eff=eff)
+def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff):
+    """batch -> time per output token as the estimate reports it: one decode step at the middle of
+    the generation (prompt + gen/2 cached positions) plus the tensor-parallel all-reduces."""
     mid_ctx = job.prompt_len + job.gen_len // 2
-    d = decode_step(model, spec, job, mid_ctx, tp, eff=eff)
     links = None
     if tp > 1:
         from .comm_bridge import Links
@@ -233,29 +230,72 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             return 0.0
         return 2 * model.layers * links.collective_time_s("all_reduce", batch * model.hidden * 2.0, tp)
 
-    tpot = d.step_s + tp_comm_s(job.batch)
+    def tpot(batch: int):
+        d = decode_step(model, spec, job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)
+        return d.step_s + tp_comm_s(batch), d
+
+    return tpot
+
+
+def end_to_end_tokens_per_s(batch: int, gen_len: int, ttft_s: float, tpot_s: float) -> float:
+    """Output tokens per second of a whole request batch, prefill included: batch x gen_len over
+    TTFT + gen_len x TPOT (decode-only throughput is batch / TPOT)."""
+    return batch * gen_len / (ttft_s + gen_len * tpot_s)
+
+
+def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
+                   node: NodeSpec | None = None, calibration: str | None = None) -> InferEstimate:
+    eff = efficiency_for(spec, calibration)
+    context = job.prompt_len + job.gen_len
+    mem = decode_memory(model, job, context, tp)
+    req = required_device_bytes(mem.peak_bytes)
+    ttft = prefill_time_s(model, spec, job, tp, eff=eff)
+    tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
+    tpot, d = tpot_of(job.batch)
     mb = max_batch(model, spec, job, context, tp)
     curve = []
     bsz = 1
     while bsz <= max(1, mb):
-        j = job.model_copy(update={"batch": bsz})
-        st = decode_step(model, spec, j, mid_ctx, tp, eff=eff).step_s + tp_comm_s(bsz)
-        curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st})
+        st = tpot_of(bsz)[0]
+        pre = ttft if bsz == job.batch else prefill_time_s(model, spec, job.model_copy(update={"batch": bsz}), tp, eff=eff)
+        curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
+                      "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
         bsz *= 2
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
                          capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
                          ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,
                          max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), throughput_curve=curve,
-                         eager_host_factor=None if job.cuda_graph else eager_host_factor(eff, job))
+                         eager_host_factor=None if job.cuda_graph else eager_host_factor(eff, job),
+                         e2e_tokens_per_s=end_to_end_tokens_per_s(job.batch, job.gen_len, ttft, tpot))
+
+
+def largest_batch_under_tpot(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, max_tpot_s: float, tp: int = 1,
+                             node: NodeSpec | None = None, calibration: str | None = None) -> dict | None:
+    """The largest batch that fits in memory and whose TPOT (as ``estimate_infer`` reports it) is at
+    most ``max_tpot_s``, by bisection between 1 and the memory limit (TPOT grows with the batch);
+    None when batch 1 misses the target or does not fit. Returns batch, tpot_s, decode-only
+    tokens_per_s, ttft_s and end-to-end e2e_tokens_per_s (prefill included)."""
+    eff = efficiency_for(spec, calibration)
+    tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
+    hi = max_batch(model, spec, job, job.prompt_len + job.gen_len, tp)
+    if hi < 1 or tpot_of(1)[0] > max_tpot_s:
+        return None
+    lo = 1  # meets the target
+    if tpot_of(hi)[0] <= max_tpot_s:
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tpot_of(mid)[0] <= max_tpot_s:
+            lo = mid
+        else:
+            hi = mid
+    tpot = tpot_of(lo)[0]
+    ttft = prefill_time_s(model, spec, job.model_copy(update={"batch": lo}), tp, eff=eff)
+    return {"batch": lo, "tpot_s": tpot, "tokens_per_s": lo / tpot, "ttft_s": ttft,
+            "e2e_tokens_per_s": end_to_end_tokens_per_s(lo, job.gen_len, ttft, tpot)}
 
 
 def best_batch_under_latency(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, max_tpot_s: float, tp: int = 1) -> int:
-    """Largest batch (up to the memory limit) whose decode step stays under `max_tpot_s`."""
-    context = job.prompt_len + job.gen_len
-    best = 0
-    for bsz in range(1, max_batch(model, spec, job, context, tp) + 1):
-        if decode_step(model, spec, job.model_copy(update={"batch": bsz}), context, tp).step_s <= max_tpot_s:
-            best = bsz
-        else:
-            break
-    return best
+    """Largest batch (up to the memory limit) whose TPOT stays under `max_tpot_s` (0 if none)."""
+    best = largest_batch_under_tpot(model, spec, job, max_tpot_s, tp)
+    return best["batch"] if best else 0

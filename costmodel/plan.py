@@ -59,7 +59,19 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         raise InputError(f"tp ({tp}) must divide the model's {m.heads} heads", field="tp")
     if pp > m.layers:
         raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
-    return estimate_train(m, spec, job, par, node=node, calibration=calibration)
+    est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
+    est.notes.extend(context_notes(m, seq_len, "--seq-len"))
+    return est
+
+
+def context_notes(model, tokens: int, what: str) -> list[str]:
+    """A warning when a sequence is longer than the model was trained for (``max_context``): the
+    estimate still counts it, but the model would need its positions extended (RoPE scaling,
+    continued pre-training) to use it."""
+    if tokens <= model.max_context:
+        return []
+    return [f"{what} {tokens:,} exceeds {model.id}'s max_context {model.max_context:,}: the numbers assume the "
+            "model runs at that length (positions extended, e.g. RoPE scaling), which it was not trained for"]
 
 
 def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1, prompt_len: int = 1024,
@@ -78,7 +90,30 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
                        host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
-    return estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
+    est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
+    est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
+    return est
+
+
+def largest_batch_under_tpot(model: str, hardware: str = "h100-sxm", *, max_tpot_s: float, tp: int = 1,
+                             prompt_len: int = 1024, gen_len: int = 128, weight_dtype: str = "bf16", kv_dtype: str = "bf16",
+                             cuda_graph: bool = True, calibration: str | None = None,
+                             hardware_files: list[str] | None = None, host_time_factor: float = 1.0) -> dict | None:
+    """The largest serving batch whose time per output token meets ``max_tpot_s`` and that fits
+    (costmodel.inference.largest_batch_under_tpot), with its decode-only and end-to-end throughput;
+    None when even batch 1 misses the target or does not fit."""
+    from .inference import largest_batch_under_tpot as _largest
+
+    if not max_tpot_s > 0:
+        raise InputError(f"expected a positive per-token latency target (got {max_tpot_s * 1e3:g} ms)", field="max-tpot-ms")
+    est_job = dict(tp=tp, batch=1, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                   cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_files,
+                   host_time_factor=host_time_factor)
+    est = infer(model, hardware, **est_job)  # validates the inputs as infer does
+    lib = load_library(hardware_files)
+    job = InferJob.model_validate(est.job)
+    return _largest(load_model(model), lib.device(hardware), job, max_tpot_s, tp=tp, node=lib.node_for(hardware),
+                    calibration=calibration)
 
 
 def fix_suggestions(est: TrainEstimate) -> list[str]:

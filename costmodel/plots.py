@@ -152,15 +152,20 @@ def infer_plot(est, path: str | Path, curve: list[dict] | None = None) -> Path:
     return _save(fig, plt, path)
 
 
-def _layout_label(lay) -> str:
-    parts = [f"tp{lay.tp}", f"pp{lay.pp}", f"dp{lay.dp}"]
-    if getattr(lay, "cp", 1) > 1:
-        parts.append(f"cp{lay.cp}")
-    parts.append(f"z{lay.zero_stage}")
-    parts.append(f"mb{lay.micro_batch}")
-    if lay.recompute != "none":
-        parts.append(lay.recompute[:3])
-    return " ".join(parts)
+def layout_label(lay, per_micro_batch: bool = True, hardware: bool = False) -> str:
+    """A search layout in one line, with every field that tells two layouts apart (the devices and
+    gradient accumulation follow from them and the batch): 'tp2+sp pp4v4 dp8 cp2 z2 off mb1
+    selective'. +sp: sequence parallelism; vN: virtual pipeline stages; off: optimizer offloaded to
+    the host. ``per_micro_batch``: add the micro-batch and recompute (the search table has columns
+    for them); ``hardware``: prefix the hardware id (a search over several)."""
+    g = lambda k, d: getattr(lay, k, d)  # noqa: E731
+    s = f"tp{lay.tp}{'+sp' if g('sequence_parallel', False) else ''} pp{lay.pp}"
+    s += f"v{g('interleave', 1)}" if g("interleave", 1) > 1 else ""
+    s += f" dp{lay.dp}" + (f" cp{g('cp', 1)}" if g("cp", 1) > 1 else "") + (f" ep{g('ep', 1)}" if g("ep", 1) > 1 else "")
+    s += f" z{lay.zero_stage}" + (" off" if g("offload_optimizer", "none") != "none" else "")
+    if per_micro_batch:
+        s += f" mb{lay.micro_batch}" + (f" {lay.recompute}" if lay.recompute != "none" else "")
+    return (f"{lay.hardware} " if hardware and g("hardware", None) else "") + s
 
 
 def search_plot(res, path: str | Path) -> Path:
@@ -178,11 +183,15 @@ def search_plot(res, path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=FIGSIZE_ONE)
     ax.scatter([c.step_s for c in cands], [y(c) for c in cands], s=30, color="tab:blue", zorder=3, label="best layouts")
+    several_hw = len({getattr(c.layout, "hardware", None) for c in cands + front}) > 1
     for c in cands[:10]:
-        ax.annotate(_layout_label(c.layout), (c.step_s, y(c)), xytext=(4, 2), textcoords="offset points", fontsize=7)
+        ax.annotate(layout_label(c.layout, hardware=several_hw), (c.step_s, y(c)), xytext=(4, 2),
+                    textcoords="offset points", fontsize=7)
     if front:
         front = sorted(front, key=lambda c: c.step_s)
-        ax.plot([c.step_s for c in front], [y(c) for c in front], "o-", color="tab:red", ms=4, label="Pareto front")
+        # above the layouts' dots, a solid 2-point line: visible in the plot and in its legend entry
+        ax.plot([c.step_s for c in front], [y(c) for c in front], color="tab:red", ls="-", lw=2, marker="o", ms=5,
+                mfc="white", zorder=4, label=f"Pareto front ({len(front)} layout{'s' if len(front) != 1 else ''})")
     ax.set_xlabel("step time (s)")
     ax.set_ylabel("USD per million tokens" if priced else "MFU (%)")
     ax.set_title(f"{res.model}: {res.global_batch} x {res.seq_len} tokens per step")

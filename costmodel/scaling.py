@@ -31,6 +31,7 @@ from typing import Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import energy
 from .errors import CostModelError, InputError, from_validation_error
 from .specs import AcceleratorSpec, package_data_dir, read_yaml
 
@@ -51,12 +52,10 @@ PF_DAY_FLOPS = 8.64e19
 DEFAULT_MFU = 0.40
 DEFAULT_MFU_SOURCE = "default MFU 0.40 (Llama 3 405B: 38-43% BF16 MFU on H100, Dubey et al. 2024 Table 4)"
 
-# Power usage effectiveness of the facility: industry average annual PUE 1.58 in 2023
-# (Uptime Institute Global Data Center Survey 2023). Hyperscale sites report ~1.1; pass --pue.
-DEFAULT_PUE = 1.58
-# Average board power as a fraction of TDP during training. TDP is the bound the datasheet
-# guarantees; dense training runs close to it, so 1.0 gives an upper estimate. Pass --power-fraction.
-DEFAULT_POWER_FRACTION = 1.0
+# Energy: one model and one set of defaults for `train` and `scale` (costmodel/energy.py: TDP x
+# power fraction 1.0 x PUE 1.58, with their sources).
+DEFAULT_PUE = energy.DEFAULT_PUE
+DEFAULT_POWER_FRACTION = energy.DEFAULT_POWER_FRACTION
 
 # Serving utilisation. Decode reads every weight once per step and does 2 FLOPs per weight per
 # sequence in the batch, so with weights of b bytes the arithmetic intensity is 2*batch/b FLOP
@@ -641,10 +640,7 @@ def make_hardware(spec: AcceleratorSpec, devices: int, *, model=None, dtype: str
                   serving_mfu: float | None = None) -> Hardware:
     if devices < 1:
         raise InputError("devices must be at least 1", field="devices")
-    if pue < 1:
-        raise InputError(f"PUE is total facility power over IT power and cannot be below 1, got {pue}", field="pue")
-    if not 0 < power_fraction <= 1.5:
-        raise InputError(f"power fraction of TDP must be in (0, 1.5], got {power_fraction}", field="power_fraction")
+    energy.check_energy_inputs(pue, power_fraction)
     if price_per_hour is not None and not price_per_hour > 0:
         raise InputError("price per device-hour must be positive", field="price_per_hour")
     thr = achieved_flops_per_device(model, spec, devices, dtype, mfu)
@@ -716,7 +712,7 @@ class Plan:
         if not self.hardware:
             return None
         hw = self.hardware
-        return hw.spec.tdp_w * hw.power_fraction * hw.devices * self.train_time_s * hw.pue / 3.6e6
+        return energy.energy_kwh(hw.spec.tdp_w, hw.devices, self.train_time_s, hw.pue, hw.power_fraction)
 
     @property
     def cost_usd(self) -> float | None:

@@ -10,8 +10,11 @@ A spec is one of
   the scale-out network. Clusters and pod slices are nodes whose scale-up domain spans more
   devices than one host holds (TPU ICI).
 
-Every spec carries ``sources``: a map from the top-level field it backs to a citation (URL or
-paper). All quantities are strings with units in YAML and base SI units in Python.
+A shipped spec (``hardware/``) carries ``sources``: a map from the top-level field it backs to a
+citation (URL or paper), one for every figure. A user's spec (``--hardware-file``,
+``COSTMODEL_HARDWARE_PATH``) loads without them and is marked unsourced (``unsourced()`` lists the
+figures without a citation). All quantities are strings with units in YAML and base SI units in
+Python. A file with several problems reports them all at once.
 Files are read with ``yaml.safe_load`` only.
 """
 from __future__ import annotations
@@ -87,22 +90,34 @@ class _SpecBase(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     name: str
     vendor: str
-    sources: dict[str, str] = Field(min_length=1)
+    sources: dict[str, str] = Field(default_factory=dict)
     price_per_hour_usd: float | None = Field(default=None, gt=0)
     notes: str | None = None
 
     @model_validator(mode="after")
-    def _cited(self):
-        cited = set(self.sources)
-        aliases = {name: (f.alias or name) for name, f in type(self).model_fields.items()}
-        for field in self._cite_fields():
-            key = aliases.get(field, field)
-            if getattr(self, field, None) is not None and not ({key, field, "all"} & cited):
-                raise ValueError(f"'{key}' has no entry in 'sources' (cite a datasheet or paper)")
+    def _cited(self, info):
+        # shipped specs cite every figure; a user's own file need not (it is marked unsourced)
+        if (info.context or {}).get("require_sources"):
+            missing = self.unsourced()
+            if missing:
+                keys = ", ".join(f"'{k}'" for k in missing)
+                raise ValueError(f"{keys} {'has' if len(missing) == 1 else 'have'} no entry in 'sources' "
+                                 "(a shipped spec cites a datasheet or paper for every figure)")
         return self
 
     def _cite_fields(self) -> tuple[str, ...]:
         return ()
+
+    def unsourced(self) -> list[str]:
+        """The figures (as named in YAML) that have no entry in ``sources``."""
+        cited = set(self.sources)
+        aliases = {name: (f.alias or name) for name, f in type(self).model_fields.items()}
+        out = []
+        for field in self._cite_fields():
+            key = aliases.get(field, field)
+            if getattr(self, field, None) is not None and not ({key, field, "all"} & cited):
+                out.append(key)
+        return out
 
 
 class AcceleratorSpec(_SpecBase):
@@ -278,7 +293,11 @@ def read_yaml(path: Path) -> object:
         raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=path) from None
 
 
-def parse_spec(data: object, file: str | Path = "<spec>") -> AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec:
+def parse_spec(data: object, file: str | Path = "<spec>", require_sources: bool = False
+               ) -> AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec:
+    """Validate one spec mapping. ``require_sources``: every figure must cite a source (shipped
+    specs). Every invalid or missing field is reported in one InputError (the first names the
+    field attribute)."""
     if not isinstance(data, dict):
         raise InputError("expected a mapping of spec fields at the top level", file=file)
     if "kind" not in data:
@@ -287,13 +306,19 @@ def parse_spec(data: object, file: str | Path = "<spec>") -> AcceleratorSpec | C
         raise InputError(f"unknown kind {data['kind']!r}; expected one of gpu, tpu, cpu, nvme, node", file=file, field="kind")
     try:
         # Quantities in files must carry their unit (a bare 80 could be GB, GiB or bytes).
-        return _SPEC_ADAPTER.validate_python(data, context={"units_required": True})
+        return _SPEC_ADAPTER.validate_python(data, context={"units_required": True, "require_sources": require_sources})
     except ValidationError as exc:
-        err = from_validation_error(exc, file)
         # Drop the discriminator tag pydantic puts first in the location ("gpu.memory" -> "memory").
-        if err.field and err.field.split(".")[0] in ("gpu", "tpu", "cpu", "nvme", "node"):
-            err = InputError(err.detail, file=file, field=".".join(err.field.split(".")[1:]) or None)
-        raise err from None
+        raise from_validation_error(exc, file, drop_first=("gpu", "tpu", "cpu", "nvme", "node")) from None
+
+
+def is_shipped(path: str | Path) -> bool:
+    """A spec file shipped with costmodel (under its ``hardware/`` directory)."""
+    try:
+        Path(path).resolve().relative_to(package_data_dir("hardware").resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def load_spec_file(path: str | Path):
@@ -308,7 +333,7 @@ def load_spec_file(path: str | Path):
         key = None
     if key is not None and key in _SPEC_CACHE:
         return _SPEC_CACHE[key]
-    spec = parse_spec(read_yaml(path), path)
+    spec = parse_spec(read_yaml(path), path, require_sources=is_shipped(path))
     if key is not None:
         _SPEC_CACHE[key] = spec
     return spec
@@ -359,8 +384,12 @@ class HardwareLibrary:
         try:
             return self.specs[spec_id]
         except KeyError:
-            close = [i for i in self.ids() if spec_id.split("-")[0] in i][:6]
-            hint = f"; similar: {', '.join(close)}" if close else "; run `costmodel hardware list`"
+            from .arch import did_you_mean
+
+            close = did_you_mean(spec_id, self.ids())
+            similar = [i for i in self.ids() if spec_id.split("-")[0] in i and i not in close][:6]
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            hint += f"; similar: {', '.join(similar)}" if similar else ("" if close else "; run `costmodel hardware list`")
             raise InputError(f"unknown hardware id {spec_id!r}{hint}", field="hardware") from None
 
     def device(self, spec_id: str) -> AcceleratorSpec:

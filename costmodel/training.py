@@ -90,12 +90,6 @@ DP_OVERLAP_FRACTION = 0.8
 # 43.8 ms, against 19.8 and 39.6 ms of bucketed all-reduce predicted from the collective
 # calibration: the whole call time is exposed.
 DDP_NVLINK_NET_OVERLAP = 0.0
-# Average power as a fraction of TDP during training (H100 at ~ 0.75-0.85 of 700 W under
-# sustained GEMM load: NVIDIA DGX H100 system power 10.2 kW max for 8 GPUs + host).
-POWER_FRACTION_OF_TDP = 0.8
-# Data-centre PUE (Patterson et al. 2021, "Carbon emissions and large neural network training": 1.1 for
-# Google, ~1.5 industry average); used for energy at the wall.
-DEFAULT_PUE = 1.1
 
 
 @dataclass

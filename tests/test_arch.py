@@ -353,3 +353,36 @@ def test_hf_bad_json_is_an_input_error(tmp_path):
     with pytest.raises(InputError) as info:
         from_hf_config(p)
     assert info.value.field == "num_hidden_layers"
+
+
+def test_a_hugging_face_model_directory_loads_its_config_json(tmp_path, capsys):
+    d = tmp_path / "Meta-Llama-3-8B"
+    d.mkdir()
+    (d / "config.json").write_text((HF_DIR / "llama3-8b.json").read_text())
+    m = load_model(str(d))
+    ref = from_hf_config(HF_DIR / "llama3-8b.json")
+    assert m.params == ref.params and m.id == "meta-llama-3-8b"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(d) + "/", "--json"])
+    assert (exc.value.code or 0) == 0, capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="without config.json"):
+        load_model(str(empty))
+
+
+def test_a_hub_id_says_how_to_get_its_config_and_a_typo_gets_did_you_mean(capsys):
+    with pytest.raises(InputError) as info:
+        load_model("meta-llama/Meta-Llama-3-8B")
+    msg = str(info.value)
+    assert "Hugging Face hub id" in msg and "config.json" in msg and "llama3-8b" in msg
+    with pytest.raises(InputError, match="did you mean llama3-8b"):
+        load_model("lama3-8b")
+    with pytest.raises(InputError, match="did you mean llama3-70b"):
+        load_model("llama3-70")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "llama-3-8b"])
+    assert exc.value.code == 2 and "did you mean llama3-8b" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "llama-1.3b", "-H", "h100-sm"])
+    assert exc.value.code == 2 and "did you mean h100-sxm" in " ".join(capsys.readouterr().err.split())

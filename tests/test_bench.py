@@ -209,3 +209,14 @@ def test_merge_rounds_keeps_the_median_and_the_spread():
     assert fast["tflops"] == pytest.approx(f / 1e-5 / 1e12)
     assert fast["s_spread"] == pytest.approx(4.5)
     assert make_bench("numpy", quick=True).round_stat == "min"
+
+
+def test_fit_host_without_scipy_says_which_extra_in_one_line(monkeypatch, capsys):
+    # scipy is the `fit` extra (pyproject.toml), not a dependency of the calculator
+    from costmodel.bench import fit_host
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    assert fit_host.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'costmodel[fit]'" in err and "scipy" in err

@@ -41,10 +41,19 @@ def test_train_json_and_fit(capsys):
     assert d["memory"]["peak_bytes"] > d["memory"]["steady_bytes"]
 
 
-def test_train_that_does_not_fit_exits_1_with_advice(capsys):
+def test_train_and_infer_that_do_not_fit_are_results_exit_0_with_advice(capsys):
+    # A computed "does not fit" is a result (exit 0, a clear line, fits false in --json); `check`
+    # is where a limit fails with exit 1.
     code, out, _ = run(capsys, "train", "llama2-70b", "--hardware", "h100-sxm")
-    assert code == 1
-    assert "does not fit" in out
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "does not fit: needs" in flat and "Try:" in flat and "MFU" in flat
+    code, out, _ = run(capsys, "train", "llama2-70b", "--hardware", "h100-sxm", "--json")
+    assert code == 0 and json.loads(out)["fits"] is False and json.loads(out)["fix_suggestions"]
+    code, out, _ = run(capsys, "infer", "llama2-70b", "--batch", "64")
+    assert code == 0 and "does not fit" in out
+    code, out, _ = run(capsys, "infer", "llama2-70b", "--batch", "64", "--json")
+    assert code == 0 and json.loads(out)["fits"] is False
 
 
 def test_bad_input_exits_2_without_traceback(capsys):
@@ -127,3 +136,83 @@ def test_bad_kernel_record_names_line_and_field(capsys, tmp_path, verb, change, 
     code, _, err = run(capsys, *args)
     assert code == 2 and "Traceback" not in err, err
     assert "k.jsonl" in err and ("k.jsonl:2" in err or "line 2" in err) and f"'{field}'" in err, err
+
+
+def test_infer_max_tpot_finds_the_largest_batch_not_a_power_of_two(capsys):
+    from costmodel.arch import load_model
+    from costmodel.inference import _tpot_fn, max_batch
+    from costmodel.roofline import efficiency_for
+    from costmodel.specs import load_library
+    from costmodel.workload import InferJob
+
+    code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "32", "--prompt-len", "2048", "--gen-len", "256",
+                       "--max-tpot-ms", "30", "--json")
+    assert code == 0
+    d = json.loads(out)
+    best = d["best_under_tpot"]
+    assert best["batch"] > 128 and best["tpot_s"] <= 0.030
+    spec, m = load_library().device("h100-sxm"), load_model("llama3-8b")
+    job = InferJob(batch=1, prompt_len=2048, gen_len=256)
+    limit = max_batch(m, spec, job, 2048 + 256)
+    tpot = _tpot_fn(m, spec, job, 1, None, efficiency_for(spec))
+    # the next batch misses the target or does not fit
+    assert best["batch"] == limit or tpot(best["batch"] + 1)[0] > 0.030
+    # end to end (prefill included) is below decode-only throughput, and both are printed, labelled
+    assert best["e2e_tokens_per_s"] < best["tokens_per_s"] and d["e2e_tokens_per_s"] < d["tokens_per_s"]
+    code, out, _ = run(capsys, "infer", "llama3-8b", "--batch", "32", "--prompt-len", "2048", "--gen-len", "256",
+                       "--max-tpot-ms", "12")
+    flat = " ".join(out.split())
+    assert "decode only" in flat and "end to end" in flat and "prefill" in flat
+    small = json.loads(run(capsys, "infer", "llama3-8b", "--prompt-len", "2048", "--gen-len", "256",
+                           "--max-tpot-ms", "12", "--json")[1])["best_under_tpot"]
+    assert small["tpot_s"] <= 0.012 and tpot(small["batch"] + 1)[0] > 0.012
+    assert small["batch"] & (small["batch"] - 1)  # not a power of two here
+
+
+def test_megatron_option_names_are_aliases_on_train_and_search(capsys):
+    short = ["--tp", "2", "--pp", "2", "--micro-batch", "2", "--global-batch", "64", "--seq-len", "4096"]
+    mega = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--micro-batch-size", "2",
+            "--global-batch-size", "64", "--seq-length", "4096"]
+    outs = []
+    for names in (short, mega):
+        code, out, err = run(capsys, "train", "llama3-8b", "--hardware", "dgx-h100", "--nodes", "1", *names, "--json")
+        assert code == 0, err
+        outs.append(json.loads(out))
+    assert outs[0]["parallel"] == outs[1]["parallel"] and outs[0]["step"] == outs[1]["step"]
+    assert outs[1]["parallel"]["tp"] == 2 and outs[1]["job"]["seq_len"] == 4096 and outs[1]["job"]["global_batch"] == 64
+    tops = []
+    for names in (short, mega):
+        code, out, err = run(capsys, "search", "llama3-8b", "--hardware", "dgx-h100", "--devices", "8", *names,
+                             "--top", "3", "--json")
+        assert code == 0, err
+        tops.append([c["layout"] for c in json.loads(out)["top"]])
+    assert tops[0] == tops[1] and all(lay["tp"] == 2 and lay["pp"] == 2 for lay in tops[0])
+
+
+def test_sequence_parallel_reads_the_same_in_train_and_search(capsys):
+    from costmodel.cli.common import normalise_switches
+
+    assert normalise_switches(["search", "m", "--sequence-parallel", "off", "--tp", "2"]) == \
+        ["search", "m", "--no-sequence-parallel", "--tp", "2"]
+    assert normalise_switches(["x", "--sequence-parallel=on"]) == ["x", "--sequence-parallel"]
+    assert normalise_switches(["x", "--sequence-parallel", "both"]) == ["x"]
+    assert normalise_switches(["x", "--sequence-parallel", "--tp", "2"]) == ["x", "--sequence-parallel", "--tp", "2"]
+
+    def train_sp(*flag):
+        code, out, err = run(capsys, "train", "llama3-8b", "--hardware", "dgx-h100", "--nodes", "1", "--tp", "2", *flag, "--json")
+        assert code == 0, err
+        return json.loads(out)["parallel"]["sequence_parallel"]
+
+    def search_sp(*flag):
+        code, out, err = run(capsys, "search", "llama3-8b", "--hardware", "dgx-h100", "--devices", "8", "--global-batch", "64",
+                             "--tp", "2", *flag, "--top", "20", "--json")
+        assert code == 0, err
+        d = json.loads(out)
+        return {c["layout"]["sequence_parallel"] for c in d["top"]}, d["evaluated"]
+
+    for on in (["--sequence-parallel"], ["--sequence-parallel", "on"], ["--sequence-parallel=on"]):
+        assert train_sp(*on) is True and search_sp(*on)[0] == {True}
+    for off in (["--no-sequence-parallel"], ["--sequence-parallel", "off"], ["--sequence-parallel=off"]):
+        assert train_sp(*off) is False and search_sp(*off)[0] == {False}
+    n_on, n_off = search_sp("--sequence-parallel")[1], search_sp("--no-sequence-parallel")[1]
+    assert train_sp() is False and search_sp()[1] == search_sp("--sequence-parallel", "both")[1] == n_on + n_off

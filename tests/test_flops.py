@@ -1,8 +1,12 @@
 """FLOP counts against independent formulas: Megatron-LM eq. 3, the 6ND rule with PaLM's
-attention term."""
+attention term; one attention convention for model and hardware FLOPs (HFU >= MFU)."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from costmodel.arch import load_model
+import costmodel
+from costmodel.arch import list_presets, load_model
+from costmodel.cli.app import main
 from costmodel.flops import attention_core_flops, megatron_flops_per_iteration, train_step_flops
 
 
@@ -40,15 +44,46 @@ def test_causal_flash_executes_about_half_the_scores():
     assert causal / full == pytest.approx(0.5, abs=0.001)
 
 
-def test_standard_attention_counts_the_whole_score_matrix_as_executed():
-    # Materialised (standard) attention multiplies all s x s scores and masks them; flash skips the
-    # masked half. Hardware FLOPs differ by the causal half of 4 b s^2 h d per layer and pass
-    # (3 passes, + 1 forward again under selective recompute); model FLOPs do not differ.
+def test_attention_kernel_changes_neither_count():
+    # One convention (PaLM appendix B, Korthikanti et al. 2022 appendix A): the full s x s score
+    # matrix in model and hardware FLOPs alike, whether a flash kernel skips the masked half or
+    # standard attention multiplies it; recompute is the only difference between the two counts.
     m = load_model("llama-1.3b")
     b, s = 2, 2048
-    half = m.layers * 4 * b * s * s * m.hidden / 2
-    for rc, passes in (("none", 3), ("selective", 4)):
+    core = m.layers * 4 * b * s * s * m.hidden  # one forward of the scores and values, full matrix
+    for rc, extra in (("none", 0.0), ("selective", core)):
         flash = train_step_flops(m, b, s, rc)
         std = train_step_flops(m, b, s, rc, "standard")
-        assert std.model_flops == flash.model_flops
-        assert std.hardware_flops - flash.hardware_flops == pytest.approx(passes * half, rel=0.02)
+        assert std.model_flops == flash.model_flops and std.hardware_flops == flash.hardware_flops
+        assert flash.hardware_flops - flash.model_flops == pytest.approx(extra, rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(preset=st.sampled_from(list_presets()), batch=st.integers(1, 4096), seq=st.integers(1, 1 << 21),
+       recompute=st.sampled_from(["none", "selective", "full"]), attention=st.sampled_from(["flash", "standard"]))
+def test_hardware_flops_never_below_model_flops(preset, batch, seq, recompute, attention):
+    f = train_step_flops(load_model(preset), batch, seq, recompute, attention)
+    assert f.hardware_flops >= f.model_flops > 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(preset=st.sampled_from(["llama-1.3b", "llama3-8b", "gpt3-1.3b", "mixtral-8x7b", "gemma2-9b", "deepseek-v3"]),
+       seq=st.sampled_from([128, 2048, 8192, 131072, 1_000_000]), mb=st.integers(1, 8),
+       recompute=st.sampled_from(["none", "selective", "full"]), attention=st.sampled_from(["flash", "standard"]))
+def test_hfu_never_below_mfu(preset, seq, mb, recompute, attention):
+    est = costmodel.train(preset, "h100-sxm", micro_batch=mb, seq_len=seq, recompute=recompute, attention=attention)
+    assert est.hfu >= est.mfu > 0
+
+
+def test_issue_cases_hfu_at_least_mfu_and_long_sequence_warned(capsys):
+    est = costmodel.train("gpt3-175b", "dgx-a100", nodes=128, tp=8, pp=8, global_batch=1536)
+    assert est.hfu >= est.mfu
+    long = costmodel.train("llama3-8b", seq_len=1_000_000)
+    assert long.hfu >= long.mfu
+    assert any("max_context" in n and "8,192" in n for n in long.notes)
+    assert not any("max_context" in n for n in costmodel.train("llama3-8b", seq_len=8192).notes)
+    assert any("max_context" in n for n in costmodel.infer("llama3-8b", prompt_len=8000, gen_len=512).notes)
+    with pytest.raises(SystemExit):
+        main(["train", "llama3-8b", "--seq-len", "1000000"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: --seq-len 1,000,000 exceeds llama3-8b's max_context 8,192" in out

@@ -387,3 +387,35 @@ def test_cli_plot(capsys, tmp_path):
         assert code == 2 and "matplotlib" in err
         return
     assert code in (0, None) and target.stat().st_size > 1000
+
+
+def test_train_and_scale_share_one_energy_model(laws, h100, capsys):
+    # One model (costmodel/energy.py): devices x time x TDP x power fraction x PUE, with the same
+    # defaults in `train` and `scale`, printed with the result in both.
+    from costmodel import energy
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "llama-1.3b", "--micro-batch", "4", "--steps", "1000", "--json"])
+    assert (exc.value.code or 0) == 0
+    run = json.loads(capsys.readouterr().out)["run"]
+    # by hand: 0.700 kW (H100 SXM TDP) x 1.0 x PUE 1.58 = 1.106 kWh per device-hour
+    assert run["energy_kwh"] == pytest.approx(run["device_hours"] * 0.700 * 1.58, rel=1e-9)
+    assert run["energy_kwh"] == pytest.approx(energy.energy_kwh(h100.tdp_w, 1, run["seconds"]), rel=1e-12)
+    assert (run["pue"], run["power_fraction"]) == (sc.DEFAULT_PUE, sc.DEFAULT_POWER_FRACTION)
+    hw = sc.make_hardware(h100, 1, mfu=0.4, price_per_hour=2.0)
+    plan = sc.plan_from_budget(laws["besiroglu"], laws, sc.Budget("usd", 1e4), hw)
+    assert plan.energy_kwh == pytest.approx(plan.device_hours * 0.700 * 1.58, rel=1e-9)
+    # the same job (one H100 for the same time) uses the same energy in both
+    assert run["energy_kwh"] / run["seconds"] == pytest.approx(plan.energy_kwh / plan.train_time_s, rel=1e-12)
+    with pytest.raises(SystemExit):
+        main(["train", "llama-1.3b", "--micro-batch", "4", "--steps", "1000", "--pue", "1.1", "--power-fraction", "0.8"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "energy = TDP 700 W x 0.8 x PUE 1.1" in out
+    with pytest.raises(SystemExit):
+        main(["train", "llama-1.3b", "--micro-batch", "4", "--steps", "1000"])
+    train_out = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["scale", "--budget-usd", "1e6", "--hardware", "h100-sxm"])
+    scale_out = " ".join(capsys.readouterr().out.split())
+    for out in (train_out, scale_out):
+        assert "energy = TDP 700 W x 1 x PUE 1.58" in out and "Uptime Institute 2023" in out

@@ -27,6 +27,7 @@ from costmodel.specs import (  # noqa: E402
     load_library,
     load_spec_file,
     package_data_dir,
+    parse_spec,
 )
 
 HW_DIR = ROOT / "hardware"
@@ -380,8 +381,6 @@ BAD_SPECS = [
     ("wrong-type-id", _mutate(_good_gpu(), ["id"], 100), "id", ["string"]),
     ("bad-id-pattern", _mutate(_good_gpu(), ["id"], "My GPU"), "id", ["pattern"]),
     ("bad-topology", _mutate(_good_gpu(), ["scale_up"], {"name": "x", "bandwidth": "1 GB/s", "topology": "hypercube"}), "scale_up.topology", ["hypercube"]),
-    ("missing-source", _mutate(_good_gpu(), ["sources", "memory"], _DELETE), None, ["'memory'", "sources"]),
-    ("empty-sources", _mutate(_good_gpu(), ["sources"], {}), "sources", ["at least 1"]),
     ("no-matmul-dtype", _mutate(_good_gpu(), ["peak_flops"], {"fp64": "60 TFLOP/s"}), "peak_flops", ["bf16, fp16, fp32"]),
     ("sparse-below-dense", _mutate(_good_gpu(), ["sparse_flops", "bf16"], "450 TFLOP/s"), "sparse_flops", ["bf16", "below the dense peak"]),
     ("threads-below-cores", _mutate(_good_cpu(), ["threads"], 32), "threads", ["fewer than the 64 cores"]),
@@ -543,3 +542,68 @@ def test_unsafe_pattern_catches_yaml_load():
 def test_shipped_specs_hold_no_python_tags():
     for f in HW_DIR.rglob("*.y*ml"):
         assert "!!python" not in f.read_text(encoding="utf-8"), f
+
+
+def test_hardware_list_shows_a_cpus_memory_as_the_platform_maximum(capsys, monkeypatch):
+    from costmodel.cli import common
+
+    monkeypatch.setattr(common.console, "width", 200)
+    code, out, _ = run_cli(["hardware", "list", "--kind", "cpu", "--json"], capsys)
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert "memory_bytes" not in rows["cpu-epyc-9654"] and rows["cpu-epyc-9654"]["max_memory_bytes"] == 6 * 2**40
+    code, out, _ = run_cli(["hardware", "list"], capsys)
+    flat = " ".join(out.split())
+    assert "max 6.00 TiB" in flat and "not memory installed" in flat
+    code, out, _ = run_cli(["hardware", "show", "cpu-epyc-9654"], capsys)
+    assert "platform maximum" in " ".join(out.split())
+
+
+# ============================================ sources: required of shipped specs, not of users'
+
+def _l40s() -> dict:
+    """A minimal user spec, as a newcomer writes one: no sources."""
+    return {"id": "l40s", "name": "NVIDIA L40S", "vendor": "nvidia", "kind": "gpu",
+            "memory": {"capacity": "48 GB", "bandwidth": "864 GB/s"}, "peak_flops": {"bf16": "362 TFLOP/s"},
+            "tdp": "350 W"}
+
+
+def test_a_users_spec_loads_without_sources_marked_unsourced(tmp_path, capsys):
+    path = _write(tmp_path, "l40s", _l40s())
+    spec = load_spec_file(path)
+    assert spec.sources == {} and spec.unsourced() == ["memory", "peak_flops", "tdp"]
+    assert load_spec_file(_write(tmp_path, "part", _mutate(_l40s(), ["sources"], {"memory": "datasheet"}))).unsourced() == ["peak_flops", "tdp"]
+    code, out, err = run_cli(["train", "llama-1.3b", "-H", "l40s", "--hardware-file", str(path), "--json"], capsys)
+    assert code == 0, err
+    code, out, _ = run_cli(["hardware", "show", "l40s", "--hardware-file", str(path), "--json"], capsys)
+    assert json.loads(out)["unsourced"] == ["memory", "peak_flops", "tdp"]
+    code, out, _ = run_cli(["hardware", "show", "l40s", "--hardware-file", str(path)], capsys)
+    assert "unsourced" in out and "memory, peak_flops, tdp" in " ".join(out.split())
+    code, out, _ = run_cli(["hardware", "list", "--hardware-file", str(path)], capsys)
+    assert "unsourced (user files without citations): l40s" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("case, data, needles", [
+    ("missing-source", _mutate(_good_gpu(), ["sources", "memory"], _DELETE), ["'memory'", "sources"]),
+    ("empty-sources", _mutate(_good_gpu(), ["sources"], {}), ["'memory', 'peak_flops', 'tdp'", "sources"]),
+    ("no-sources", _mutate(_good_gpu(), ["sources"], _DELETE), ["'memory', 'peak_flops', 'tdp'", "sources"]),
+])
+def test_a_shipped_spec_must_cite_every_figure_all_reported_at_once(case, data, needles):
+    with pytest.raises(InputError) as info:
+        parse_spec(data, "hardware/test-gpu.yaml", require_sources=True)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+    assert parse_spec(data, "my.yaml").id == "test-gpu"  # a user's file loads
+
+
+def test_every_problem_of_a_spec_is_reported_at_once(tmp_path, capsys):
+    bad = _mutate(_mutate(_mutate(_l40s(), ["memory", "capacity"], 48), ["tdp"], _DELETE), ["peak_flops", "bfloat16"], "1 TFLOP/s")
+    path = _write(tmp_path, "l40s-bad", bad)
+    with pytest.raises(InputError) as info:
+        load_spec_file(path)
+    msg = str(info.value)
+    assert info.value.field == "memory.capacity"
+    for needle in ("field 'memory.capacity'", "bare number", "field 'peak_flops.bfloat16'", "field 'tdp': missing required field"):
+        assert needle in msg, (needle, msg)
+    code, _, err = run_cli(["hardware", "list", "--hardware-file", str(path)], capsys)
+    flat = " ".join(err.split())
+    assert code == 2 and "memory.capacity" in flat and "peak_flops.bfloat16" in flat and "'tdp'" in flat

@@ -53,3 +53,58 @@ def test_cli_fit_host_factor_json(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["validate", str(k), "--fit-host-factor", "--json"])
     assert (exc.value.code or 0) == 0 and json.loads(capsys.readouterr().out)["host_factor_fits"] == []
+
+
+def test_fitted_factor_minimises_the_error_it_reports():
+    """The fit minimises what it reports (mean |relative error|), so the factor it prints is never
+    worse than 1.0 on that error; on the H100 inference file the log-error fit printed 1.09 at
+    17.8% against 17.6% at 1.0."""
+    recs = read_records(ROOT / "data" / "measurements" / "infer-h100.jsonl")
+    fit = fit_host_time_factor(recs, "infer")
+    assert fit is not None and fit.mape_at_factor <= fit.mape_at_1
+    # no factor of the grid does better on the reported metric
+    for f in (fit.factor / STEP, fit.factor * STEP, 1.0):
+        cases = validate_records(recs, host_time_factor=f).cases
+        errs = [abs(c.rel_error) for c in cases if c.metric in ("prefill_seconds", "decode_seconds_per_token")]
+        assert fit.mape_at_factor <= sum(errs) / len(errs) + 1e-12
+
+
+def test_calibration_takes_an_overlay_per_device(tmp_path, capsys):
+    """--calibration mine.yaml on a file with H100 and H200 records used to exit 2 ("overlay is for
+    'h100-sxm', not 'h200-sxm'"): each overlay applies to the records of its own device, the others
+    keep the shipped calibration."""
+    import yaml
+
+    def overlay(dev, name, scale):
+        data = yaml.safe_load((ROOT / "hardware" / "calibrated" / f"{dev}.yaml").read_text())
+        for d in data["gemm"]["dtypes"].values():  # a slower GEMM than the shipped fit: visible in predictions
+            d["flops_per_s"] *= scale
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(data))
+        return p
+
+    mine100, mine200 = overlay("h100-sxm", "mine-h100.yaml", 0.5), overlay("h200-sxm", "mine-h200.yaml", 0.5)
+    recs = [json.loads(line) for line in (ROOT / "data" / "samples" / "h100-measured.jsonl").read_text().splitlines()
+            if '"kind": "kernel"' in line and '"op": "gemm"' in line][:2]
+    h200 = [dict(r, hardware="h200-sxm") for r in recs]
+    f = tmp_path / "both.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs + h200))
+
+    def predicted(*cal):
+        with pytest.raises(SystemExit) as exc:
+            main(["validate", str(f), "--json", *[a for c in cal for a in ("--calibration", str(c))]])
+        out, err = capsys.readouterr()
+        assert (exc.value.code or 0) == 0, err
+        d = json.loads(out)
+        return [c["predicted"] for c in d["cases"]], d["efficiency"]
+
+    shipped, _ = predicted()
+    one, eff = predicted(mine100)
+    assert [a > b * 1.2 for a, b in zip(one, shipped)] == [True, True, False, False]
+    assert "mine-h100.yaml" in eff["h100-sxm"] and "mine" not in eff["h200-sxm"]
+    both, eff = predicted(mine100, mine200)
+    assert all(a > b * 1.2 for a, b in zip(both, shipped))
+    assert "mine-h100.yaml" in eff["h100-sxm"] and "mine-h200.yaml" in eff["h200-sxm"]
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(f), "--calibration", str(mine100), "--calibration", str(mine100)])
+    assert exc.value.code == 2 and "second overlay for 'h100-sxm'" in " ".join(capsys.readouterr().err.split())

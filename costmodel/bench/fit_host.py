@@ -11,6 +11,7 @@ on data/measurements/infer-h100.jsonl, same split. Decode steps: costmodel.infer
 public file's decode_step records only (the measurement files' decode steps come from a less fused
 hand-written step, 14-20% slower: README-train-steps.md), same split. The objective is a soft-L1
 loss of the log errors (scale 10%). Prints the constants and the errors per file and split; edits nothing.
+Needs scipy: pip install 'costmodel[fit]'.
 """
 from __future__ import annotations
 
@@ -73,8 +74,13 @@ def _report(name, res):
 
 
 def main(argv=None) -> int:
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        # scipy is the `fit` extra (and in `test`), not a dependency of the calculator
+        print("fit_host needs scipy (scipy.optimize.minimize): pip install 'costmodel[fit]'", file=sys.stderr)
+        return 2
     import numpy as np
-    from scipy.optimize import minimize
 
     from .. import inference, training
     from ..specs import load_library

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import CostModelError
-from .common import err_console
+from .common import err_console, normalise_switches, styled
 
 app = typer.Typer(
     name="costmodel",
@@ -16,6 +16,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's own help formatter: whole option names at any width (rich's help table cuts them at
+    # 80 columns) and help text printed as written ("costmodel[plot]", not markup)
+    rich_markup_mode=None,
 )
 
 # Modules that define `register(app)`. A module that is not there yet is skipped.
@@ -45,10 +48,11 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit 2, never a traceback."""
+    argv = normalise_switches(sys.argv[1:] if argv is None else list(argv))
     try:
         app(args=argv, standalone_mode=True)
     except CostModelError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(styled("[bold red]error:[/] " + escape(str(exc))), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

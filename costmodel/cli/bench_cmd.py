@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
 from ..units import fmt_si, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, progress_bar
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, progress_bar, styled
 
 BackendOpt = typer.Option("auto", "--backend", help="numpy (host CPU), torch (GPU, or CPU without one), nccl (under torchrun), auto.")
 QuickOpt = typer.Option(False, "--quick", help="A short run (about a minute on a small CPU).")
@@ -79,7 +80,7 @@ def bench_cmd(
         _records_table(records)
         console.print(f"{len(records)} records -> {out}")
     for e in errors:
-        err_console.print(f"[yellow]failed:[/] {e}", highlight=False)
+        err_console.print(styled(f"[yellow]failed:[/] {escape(str(e))}"), highlight=False)
     if errors and not records:
         raise typer.Exit(1)
 
@@ -93,7 +94,7 @@ def _records_table(records: list[dict]):
         t.add_column(c)
     for r in records:
         t.add_row(r["op"], describe(r), summarize(r))
-    console.print(t)
+    print_table(t)
 
 
 def _spec_for(hardware_id: str | None, hardware_file):
@@ -178,7 +179,7 @@ def calibrate_cmd(
     else:
         recs, errors, info = _bench(backend, quick, ops, hardware, None, not no_progress and not json_out, save_records)
         for e in errors:
-            err_console.print(f"[yellow]failed:[/] {e}", highlight=False)
+            err_console.print(styled(f"[yellow]failed:[/] {escape(str(e))}"), highlight=False)
         if not recs:
             raise InputError("the benchmark run produced no records", field="backend")
         meta.update({k: info.get(k) for k in ("date", "backend", "device", "torch", "cuda", "nccl", "driver", "numpy", "cpu") if info.get(k)})
@@ -226,7 +227,7 @@ def calibrate_cmd(
         src = f"spec {spec.id}" if spec is not None else "no spec (absolute rates only)"
         console.print(f"fitted {len(recs)} records ({src}) -> {out}")
     if failed:
-        err_console.print(f"[bold red]check failed:[/] a held-back GEMM or bandwidth shape is off by more than {max_error:.0%}")
+        err_console.print(styled(f"[bold red]check failed:[/] a held-back GEMM or bandwidth shape is off by more than {max_error:.0%}"))
         raise typer.Exit(1)
 
 
@@ -235,7 +236,6 @@ def _calibrate_nccl_tests(logs: list[Path], out: Path, node: Optional[str], new_
     """`calibrate --nccl-tests`: fit scale_out.scaling from nccl-tests logs, write a node spec."""
     from ..bench.nccl_tests import parse_files
     from ..cluster_fit import check_node_out, choose_base_node, fit_scaling, measured_node, write_node
-    from rich.markup import escape
 
     from ..specs import read_yaml
     from .common import library
@@ -258,10 +258,10 @@ def _calibrate_nccl_tests(logs: list[Path], out: Path, node: Optional[str], new_
     else:
         _nccl_table(fit)
         console.print(f"step latency {fmt_time(fit.step_latency_s)} (median over {len(fit.latency_logs)} multi-node "
-                      f"log{'s' if len(fit.latency_logs) != 1 else ''}); node {new_id} (copy of {base.id}) -> {escape(str(out))}",
+                      f"log{'s' if len(fit.latency_logs) != 1 else ''}); node {new_id} (copy of {base.id}) -> {out}",
                       highlight=False)
     for w in warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        err_console.print(styled(f"[yellow]warning:[/] {escape(w)}"), highlight=False)
 
 
 def _nccl_table(fit) -> None:
@@ -273,7 +273,7 @@ def _nccl_table(fit) -> None:
         bw = f"{g.bus_bandwidth_bytes_per_s / 1e9:.1f}" + ("" if g.used else " (not used)")
         lat = fmt_time(g.step_latency_s) if g.step_latency_s is not None else "-"
         t.add_row(g.op, str(g.nodes), str(g.ranks), bw, lat, str(len(g.logs)))
-    console.print(t)
+    print_table(t)
 
 
 def _sibling_env(paths: list[Path]) -> list[dict]:
@@ -323,7 +323,7 @@ def _overlay_table(ov: dict):
     for op, worlds in (ov.get("collectives") or {}).items():
         for w, v in worlds.items():
             t.add_row(f"{op} x{w}", fmt_si(v["busbw_bytes_per_s"], "B/s") + " bus", f"alpha {fmt_time(v['alpha_s'])}")
-    console.print(t)
+    print_table(t)
 
 
 def _check_table(chk: dict):
@@ -335,7 +335,7 @@ def _check_table(chk: dict):
     for fam, v in chk["call"].items():
         s = stream.get(fam)
         t.add_row(fam, str(v["n"]), f"{v['median_abs_error']:.1%}", f"{v['max_abs_error']:.1%}", f"{s['max_abs_error']:.1%}" if s else "-")
-    console.print(t)
+    print_table(t)
     worst = sorted(chk["rows"], key=lambda r: -abs(r["error"]))[:8]
     if worst:
         w = Table(title="largest held-back errors")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..check import CheckResult, check_files, describe_changes, describe_failure, expand_paths, junit_xml
 from ..errors import InputError
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled
 
 
 def check_cmd(
@@ -39,7 +39,7 @@ def check_cmd(
                 _render(r)
     errors = [r for r in results if isinstance(r, InputError)]
     for e in errors:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err_console.print(styled(f"[bold red]error:[/] {escape(str(e))}"), highlight=False, soft_wrap=True)
     if errors:
         raise typer.Exit(2)
     if not all(r.ok for r in results):
@@ -47,25 +47,25 @@ def check_cmd(
 
 
 def _render(r: CheckResult) -> None:
-    title = escape(f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.devices} x {r.hardware}")
+    title = f"{r.file or r.name or 'plan'}: {r.model} {r.kind} on {r.where}"
     t = Table(title=title)
     for c in ("limit", "limit value", "predicted", "margin", ""):
         t.add_column(c, justify="left" if c in ("limit", "") else "right")
     for c in r.checks:
         t.add_row(c.limit, _num(c.value), _num(c.predicted), f"{c.margin:+.1%}",
-                  "[green]pass[/]" if c.passed else "[bold red]FAIL[/]")
-    console.print(t)
+                  styled("[green]pass[/]" if c.passed else "[bold red]FAIL[/]"))
+    print_table(t)
     if r.ok:
-        console.print(f"[green]ok[/] {escape(r.file or r.name or 'plan')}: every limit holds")
+        console.print(styled(f"[green]ok[/] {escape(r.file or r.name or 'plan')}: every limit holds"), highlight=False)
         return
     for c in r.failed:
-        console.print(f"[bold red]failed[/] {escape(describe_failure(c))}", highlight=False)
+        console.print(styled(f"[bold red]failed[/] {escape(describe_failure(c))}"), highlight=False)
     nb = r.nearest_passing
     if nb is not None:
         what = "step" if r.kind == "training" else "per-token time"
-        console.print(f"nearest passing layout ({len(nb.changes)} change{'s' if len(nb.changes) > 1 else ''}): "
-                      f"[bold]{escape(describe_changes(nb))}[/] ({what} {nb.step_s * 1e3:,.1f} ms; "
-                      + ", ".join(f"{c.limit} {_num(c.predicted)}" for c in nb.checks) + ")", highlight=False)
+        console.print(styled(f"nearest passing layout ({len(nb.changes)} change{'s' if len(nb.changes) > 1 else ''}): "
+                             f"[bold]{escape(describe_changes(nb))}[/] ({what} {nb.step_s * 1e3:,.1f} ms; "
+                             + escape(", ".join(f"{c.limit} {_num(c.predicted)}" for c in nb.checks)) + ")"), highlight=False)
     elif r.searched:
         console.print(f"no layout within two changes passes ({r.searched} tried): change the hardware, "
                       "the number of devices or the limits", highlight=False)

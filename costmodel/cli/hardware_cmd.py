@@ -8,15 +8,17 @@ from rich.table import Table
 
 from ..specs import AcceleratorSpec, CpuSpec, NodeSpec, NvmeSpec
 from ..units import fmt_bytes, fmt_si
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table
 
-hw = typer.Typer(help="List and show hardware specs.", no_args_is_help=True)
+hw = typer.Typer(help="List and show hardware specs.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _summary(spec) -> dict:
     d = {"id": spec.id, "kind": spec.kind, "name": spec.name, "vendor": spec.vendor}
     if isinstance(spec, (AcceleratorSpec, CpuSpec)):
-        d["memory_bytes"] = spec.memory.capacity_bytes
+        # a CPU spec's capacity is the most its platform supports (DIMMs are bought separately),
+        # not memory a machine has: it is listed as such
+        d["max_memory_bytes" if isinstance(spec, CpuSpec) else "memory_bytes"] = spec.memory.capacity_bytes
         d["memory_bandwidth_bytes_per_s"] = spec.memory.bandwidth_bytes_per_s
         d["bf16_flops"] = spec.peak_flops.bf16
         d["tdp_w"] = spec.tdp_w
@@ -27,6 +29,7 @@ def _summary(spec) -> dict:
         d["device"] = spec.device
         d["devices_per_node"] = spec.devices_per_node
     d["price_per_hour_usd"] = spec.price_per_hour_usd
+    d["unsourced"] = spec.unsourced()  # figures without a citation (a user's own file)
     return d
 
 
@@ -48,13 +51,18 @@ def list_cmd(
     for r in rows:
         t.add_row(
             r["id"], r["kind"], r["name"],
-            fmt_bytes(r["memory_bytes"]) if r.get("memory_bytes") else (fmt_bytes(r["capacity_bytes"]) if r.get("capacity_bytes") else "-"),
+            _memory_cell(r),
             fmt_si(r["memory_bandwidth_bytes_per_s"], "B/s") if r.get("memory_bandwidth_bytes_per_s") else (fmt_si(r["read_bytes_per_s"], "B/s") if r.get("read_bytes_per_s") else "-"),
             fmt_si(r["bf16_flops"], "FLOP/s") if r.get("bf16_flops") else "-",
             f"{r['tdp_w']:.0f} W" if r.get("tdp_w") else "-",
             f"{r['price_per_hour_usd']:.2f}" if r.get("price_per_hour_usd") else "-",
         )
-    console.print(t)
+    print_table(t)
+    unsourced = [r["id"] for r in rows if r["unsourced"]]
+    if unsourced:
+        console.print(f"unsourced (user files without citations): {', '.join(unsourced)}", highlight=False)
+    if any(r.get("max_memory_bytes") for r in rows):
+        console.print("CPU memory: 'max' is the most the platform supports, not memory installed", highlight=False)
 
 
 @hw.command("show")
@@ -64,7 +72,7 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
     spec = lib.get(spec_id)
     data = spec.model_dump(mode="json")
     if json_out:
-        emit_json(data)
+        emit_json({**data, "unsourced": spec.unsourced()})
         return
     t = Table(title=f"{spec.id}: {spec.name}", show_header=False)
     t.add_column("field")
@@ -75,13 +83,26 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
             if isinstance(v, dict) and k != "sources":
                 add(f"{prefix}{k}.", v)
             elif v is not None and k != "sources":
-                t.add_row(prefix + k, _fmt(k, v))
+                val = _fmt(k, v)
+                if isinstance(spec, CpuSpec) and prefix + k == "memory.capacity_bytes":
+                    val += " (the platform maximum, not installed memory)"
+                t.add_row(prefix + k, val)
 
     add("", data)
     for k, v in spec.sources.items():
         t.add_row(f"source[{k}]", v)
+    if spec.unsourced():
+        t.add_row("unsourced", ", ".join(spec.unsourced()) + " (no citation: a user's own file)")
     t.add_row("file", str(lib.files[spec.id]))
-    console.print(t)
+    print_table(t)
+
+
+def _memory_cell(r: dict) -> str:
+    if r.get("memory_bytes"):
+        return fmt_bytes(r["memory_bytes"])
+    if r.get("max_memory_bytes"):
+        return f"max {fmt_bytes(r['max_memory_bytes'])}"
+    return fmt_bytes(r["capacity_bytes"]) if r.get("capacity_bytes") else "-"
 
 
 def _fmt(key: str, v) -> str:

@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..plan import infer
+from ..plan import infer, largest_batch_under_tpot
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
 
 
 def infer_cmd(
@@ -24,13 +24,14 @@ def infer_cmd(
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--eager"),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
                                            help="--eager: host (Python) time relative to the H100 machine the eager constants were fitted on; multiplies the device calibration's own factor (0.6 in the shipped H200 one)."),
-    max_tpot_ms: Optional[float] = typer.Option(None, help="Report the largest batch under this per-token latency."),
+    max_tpot_ms: Optional[float] = typer.Option(None, help="Also find the largest batch (up to the memory limit) whose TPOT meets this target."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: throughput and per-token latency vs batch, memory limit marked (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
-    """Weights + KV cache per device, prefill (TTFT) and decode (TPOT) time, throughput vs batch."""
+    """Weights + KV cache per device, prefill (TTFT) and decode (TPOT) time, throughput vs batch;
+    says when it does not fit (a result: exit 0; `costmodel check` fails on limits)."""
     from ..errors import InputError
 
     for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
@@ -41,12 +42,15 @@ def infer_cmd(
                 host_time_factor=host_time_factor)
     out = est.to_dict()
     if max_tpot_ms is not None:
-        ok = [p for p in est.throughput_curve if p["tpot_s"] * 1e3 <= max_tpot_ms]
-        out["best_under_tpot"] = max(ok, key=lambda p: p["tokens_per_s"]) if ok else None
+        out["best_under_tpot"] = largest_batch_under_tpot(
+            model, hardware, tp=tp, prompt_len=prompt_len, gen_len=gen_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+            cuda_graph=cuda_graph, calibration=calibration, hardware_files=hardware_file,
+            host_time_factor=host_time_factor, max_tpot_s=max_tpot_ms / 1e3)
+    written = None
     if plot is not None:
         from ..plots import infer_plot
 
-        infer_plot(est, plot)
+        written = infer_plot(est, plot)
     if json_out:
         emit_json(out)
     else:
@@ -64,23 +68,29 @@ def infer_cmd(
             mach = est.eager_host_factor / host_time_factor if host_time_factor else 1.0
             why = f"x{host_time_factor:g} (--host-time-factor)" + (f" x {mach:g} (this machine's calibration)" if abs(mach - 1) > 1e-9 else "")
             t.add_row("eager host time", f"x{est.eager_host_factor:g} of the fitted H100 host: {why}")
-        t.add_row("tokens/s", f"{est.tokens_per_s:,.0f}")
+        t.add_row("tokens/s, decode only (batch / TPOT)", f"{est.tokens_per_s:,.0f}")
+        t.add_row("tokens/s end to end (prefill included)", f"{est.e2e_tokens_per_s:,.0f}")
         t.add_row("max batch that fits", str(est.max_batch_that_fits))
         t.add_row("efficiency", est.efficiency_source)
-        console.print(t)
-        c = Table(title="throughput vs batch")
-        for col in ("batch", "TPOT", "tokens/s"):
+        print_table(t)
+        c = Table(title="throughput vs batch (output tokens/s)")
+        for col in ("batch", "TPOT", "decode only", "end to end"):
             c.add_column(col, justify="right")
         for p in est.throughput_curve:
-            c.add_row(str(p["batch"]), fmt_time(p["tpot_s"]), f"{p['tokens_per_s']:,.0f}")
-        console.print(c)
+            c.add_row(str(p["batch"]), fmt_time(p["tpot_s"]), f"{p['tokens_per_s']:,.0f}", f"{p['e2e_tokens_per_s']:,.0f}")
+        print_table(c)
         if "best_under_tpot" in out:
             b = out["best_under_tpot"]
-            console.print(f"best batch under {max_tpot_ms} ms/token: " + (f"{b['batch']} ({b['tokens_per_s']:,.0f} tokens/s)" if b else "none"))
-        console.print("[green]fits[/]" if est.fits else f"[bold red]does not fit[/]: needs {fmt_bytes(est.required_bytes)}; "
-                      "try --tp, --weight-dtype int8/fp8, --kv-dtype fp8 or a smaller batch/context")
-    if not est.fits:
-        raise typer.Exit(1)
+            console.print(f"largest batch under {max_tpot_ms:g} ms/token: " + (
+                f"{b['batch']} (TPOT {fmt_time(b['tpot_s'])}; {b['tokens_per_s']:,.0f} tokens/s decode only, "
+                f"{b['e2e_tokens_per_s']:,.0f} end to end with a {fmt_time(b['ttft_s'])} prefill)" if b
+                else "none (batch 1 misses it or does not fit)"), highlight=False)
+        for note in est.notes:
+            console.print(f"note: {note}", highlight=False)
+        console.print(styled("[green]fits[/]" if est.fits else f"[bold red]does not fit[/]: needs {fmt_bytes(est.required_bytes)}; "
+                             "try --tp, --weight-dtype int8/fp8, --kv-dtype fp8 or a smaller batch/context"))
+    if written is not None:
+        wrote_plot(written, json_out)
 
 
 def register(app: typer.Typer) -> None:

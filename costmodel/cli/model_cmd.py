@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from ..arch import list_presets, load_model, load_preset
-from .common import JsonOpt, console, emit_json
+from .common import JsonOpt, emit_json, print_table, styled
 
-mdl = typer.Typer(help="List and show model presets.", no_args_is_help=True)
+mdl = typer.Typer(help="List and show model presets.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @mdl.command("list")
@@ -28,7 +28,7 @@ def list_cmd(json_out: bool = JsonOpt):
     for r in rows:
         t.add_row(r["id"], r["name"], r["family"], f"{r['params'] / 1e9:.3f} B", f"{r['active_params'] / 1e9:.3f} B",
                   f"{r['published_params'] / 1e9:.3f} B" if r["published_params"] else "-")
-    console.print(t)
+    print_table(t)
 
 
 @mdl.command("show")
@@ -50,17 +50,17 @@ def show_cmd(
     for k, v in breakdown.items():
         if v:
             t.add_row(k, f"{v:,}", f"{v / m.params:.1%}")
-    t.add_row("[bold]total[/]", f"[bold]{m.params:,}[/]", "100%")
+    t.add_row(styled("[bold]total[/]"), styled(f"[bold]{m.params:,}[/]"), "100%")
     if m.moe:
         t.add_row("active per token", f"{m.active_params:,}", f"{m.active_params / m.params:.1%}")
     if m.published_params:
         t.add_row("published", f"{m.published_params:,}", f"{m.params / m.published_params - 1:+.3%} off")
-    console.print(t)
+    print_table(t)
     arch = Table(show_header=False, title="architecture")
     for k, v in m.model_dump(exclude_none=True).items():
         if k not in ("id", "published_params"):
             arch.add_row(k, str(v))
-    console.print(arch)
+    print_table(arch)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from ..errors import require_positive
 from ..flops import attention_core_flops, layer_gemms
 from ..roofline import attention_op, efficiency_for, gemm_op, memory_op
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from .common import HardwareFileOpt, JsonOpt, emit_json, library, print_table, wrote_plot
 
 
 def roofline_cmd(
@@ -43,8 +43,8 @@ def roofline_cmd(
     if plot is not None:
         from ..plots import roofline_plot
 
-        roofline_plot(rows, spec.peak(dtype), spec.memory.bandwidth_bytes_per_s, plot,
-                      title=f"{m.id} layer on {spec.id} ({dtype}, {tokens} tokens)")
+        wrote_plot(roofline_plot(rows, spec.peak(dtype), spec.memory.bandwidth_bytes_per_s, plot,
+                                 title=f"{m.id} layer on {spec.id} ({dtype}, {tokens} tokens)"), json_out)
     if json_out:
         emit_json({"model": m.id, "hardware": spec.id, "ridge_flops_per_byte": ridge, "efficiency": eff.source, "ops": rows})
         return
@@ -53,7 +53,7 @@ def roofline_cmd(
         t.add_column(c, justify="left" if c in ("op", "bound") else "right")
     for r in rows:
         t.add_row(r["op"], f"{r['flops'] / 1e9:,.1f}", f"{r['bytes'] / 1e6:,.1f}", f"{r['intensity']:,.0f}", r["bound"], fmt_time(r["time_s"]))
-    console.print(t)
+    print_table(t)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .. import scaling as sc
+from .. import energy
 from ..errors import InputError
 from ..units import fmt_si, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table, styled, wrote_plot
 
 DEFAULT_LAW = "besiroglu"
 DEFAULT_DEVICES = 1024
@@ -123,8 +126,8 @@ def scale_cmd(
     dtype: str = typer.Option("bf16", "--dtype", help="Training/serving dtype for peak FLOP/s and precision laws."),
     mfu: Optional[float] = typer.Option(None, "--mfu", help="Training MFU (default: costmodel.training estimate or 0.40)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (overrides the spec)."),
-    pue: float = typer.Option(sc.DEFAULT_PUE, "--pue", help="Facility PUE (default: Uptime 2023 industry average 1.58)."),
-    power_fraction: float = typer.Option(sc.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP."),
+    pue: float = typer.Option(sc.DEFAULT_PUE, "--pue", help="Facility PUE (default 1.58: Uptime Institute 2023 industry average; costmodel/energy.py)."),
+    power_fraction: float = typer.Option(sc.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP (default 1.0: TDP, as published carbon accounts count it)."),
     served_tokens: float = typer.Option(0.0, "--served-tokens", help="Lifetime served tokens (inference-aware laws)."),
     unique_tokens: Optional[float] = typer.Option(None, "--unique-tokens", help="Unique tokens available (data-constrained laws)."),
     bits: Optional[float] = typer.Option(None, "--bits", help="Training precision in bits for weights/activations/KV (default: from --dtype)."),
@@ -151,7 +154,7 @@ def scale_cmd(
             t.add_column(c, overflow="fold")
         for r in rows:
             t.add_row(r["id"], r["form"], r["source"])
-        console.print(t)
+        print_table(t)
         return
 
     chosen = list(laws.values()) if law == "all" else [sc.get_law(laws, law)]
@@ -188,8 +191,8 @@ def scale_cmd(
         hw = sc.make_hardware(spec, n_dev, model=mcfg, dtype=dtype, mfu=mfu, price_per_hour=price_per_hour, pue=pue,
                               power_fraction=power_fraction, serving_batch=serving_batch, serving_mfu=serving_mfu)
         if node is not None and n_dev % node.devices_per_node and not json_out:
-            console.print(f"[yellow]note:[/] {n_dev} devices is not a whole number of {node.id} nodes "
-                          f"({node.devices_per_node} per node)", highlight=False)
+            console.print(styled(f"[yellow]note:[/] {n_dev} devices is not a whole number of {node.id} nodes "
+                                 f"({node.devices_per_node} per node)"), highlight=False)
     elif budget is not None and budget.kind != "flops":
         raise InputError(f"a {budget.kind.replace('_', '-')} budget needs --hardware", field="hardware")
 
@@ -214,6 +217,7 @@ def scale_cmd(
     if plot:
         ref = plans[0].budget_flops or plans[0].allocation.train_flops
         _plot(plot, chosen, laws, plans, hw, ref, cond)
+        wrote_plot(plot, json_out)
 
     inputs = {
         "mode": "model" if reverse else "budget",
@@ -236,10 +240,10 @@ def scale_cmd(
 def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | None, reverse: bool):
     if hw is not None:
         th = hw.throughput
-        console.print(f"[bold]{hw.spec.id}[/] x {hw.devices}: {fmt_si(th.peak_flops, 'FLOP/s')} {th.dtype} peak, "
-                      f"MFU {th.mfu:.0%} ({th.source}) -> {fmt_si(hw.cluster_flops, 'FLOP/s')} sustained", highlight=False)
+        console.print(styled(f"[bold]{escape(hw.spec.id)}[/] x {hw.devices}: {fmt_si(th.peak_flops, 'FLOP/s')} {th.dtype} peak, "
+                      f"MFU {th.mfu:.0%} ({escape(th.source)}) -> {fmt_si(hw.cluster_flops, 'FLOP/s')} sustained"), highlight=False)
         price = f"${hw.price_per_device_hour:.2f}/device-hour ({hw.price_source})" if hw.price_per_device_hour else hw.price_source
-        console.print(f"price {price}; energy = TDP {hw.spec.tdp_w:.0f} W x {hw.power_fraction:g} x PUE {hw.pue:g}; "
+        console.print(f"price {price}; {energy.describe(hw.spec.tdp_w, hw.pue, hw.power_fraction)}; "
                       f"serving utilisation {hw.serving_util:.1%} ({hw.serving_util_source})", highlight=False)
     if budget is not None and plans and plans[0].budget_flops:
         console.print(f"budget {budget.value:g} {budget.kind.replace('_', '-')} = {plans[0].budget_flops:.3g} training FLOPs",
@@ -270,7 +274,7 @@ def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | Non
         t.add_row("source", p.source)
         for n in d["notes"]:
             t.add_row("note", n)
-        console.print(t)
+        print_table(t)
         return
     ds = [p.to_dict() for p in plans]
     run_cols = ("train_time_s", "device_hours", "energy_kwh", "cost_usd")
@@ -291,7 +295,7 @@ def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | Non
             row += [fmt_time(d["train_time_s"]), _fmt_usd(d.get("cost_usd"))]
         row.append(_fmt_usd(d.get("cost_per_million_served_tokens_usd")))
         t.add_row(*row)
-    console.print(t)
+    print_table(t)
     if same_run:
         d = ds[0]
         console.print(f"every plan trains for {fmt_time(d['train_time_s'])} on {hw.devices} x {hw.spec.id}: "
@@ -301,7 +305,7 @@ def _print(plans: list[sc.Plan], hw: sc.Hardware | None, budget: sc.Budget | Non
                   "see --list-laws for sources", highlight=False)
     for p in plans:
         for n in p.to_dict()["notes"]:
-            console.print(f"[dim]{p.law_id}: {n}[/]", highlight=False)
+            console.print(Text(f"{p.law_id}: {n}", style="dim"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import InputError
+from ..plots import layout_label
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, wrote_plot
 
 
 def _ints(text: Optional[str], field: str, minimum: int = 1) -> Optional[list[int]]:
@@ -38,7 +40,7 @@ def search_cmd(
     hardware: list[str] = typer.Option(["dgx-h100"], "--hardware", "-H",
                                        help="Device or node id; repeat to compare hardware."),
     devices: str = typer.Option("8", help="Device count: N, N1,N2,... or LO..HI (powers of two in the range)."),
-    global_batch: Optional[int] = typer.Option(None, "--global-batch", help="Sequences per optimizer step (training)."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", "--global-batch-size", help="Sequences per optimizer step (training)."),
     infer: bool = typer.Option(False, "--infer", help="Search serving layouts (hardware, tp, batch, weight/KV dtype) instead."),
     prompt_len: int = typer.Option(1024, "--prompt-len", help="--infer: prompt tokens."),
     gen_len: int = typer.Option(256, "--gen-len", help="--infer: generated tokens."),
@@ -47,7 +49,7 @@ def search_cmd(
     batch: Optional[str] = typer.Option(None, help="--infer: restrict batch sizes."),
     weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="--infer: restrict weight dtypes, e.g. bf16,fp8."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="--infer: restrict KV-cache dtypes."),
-    seq_len: int = typer.Option(2048, "--seq-len"),
+    seq_len: int = typer.Option(2048, "--seq-len", "--seq-length", help="Tokens per sequence (training)."),
     objective: Optional[str] = typer.Option(None, help="Training: step_time (default), time_to_train, cost, mfu, throughput. "
                                                         "--infer: throughput (default, per device), cost, tpot."),
     top: int = typer.Option(10, help="Layouts to print."),
@@ -62,15 +64,17 @@ def search_cmd(
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (alternative to --tokens)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
     max_memory_fraction: float = typer.Option(1.0, "--max-memory-fraction", help="Usable share of device memory."),
-    tp: Optional[str] = typer.Option(None, help="Restrict tp, e.g. 4,8."),
-    pp: Optional[str] = typer.Option(None, help="Restrict pp."),
+    tp: Optional[str] = typer.Option(None, "--tp", "--tensor-model-parallel-size", help="Restrict tp, e.g. 4,8."),
+    pp: Optional[str] = typer.Option(None, "--pp", "--pipeline-model-parallel-size", help="Restrict pp."),
     interleave: Optional[str] = typer.Option(None, help="Restrict virtual pipeline stages."),
-    cp: Optional[str] = typer.Option(None, help="Restrict context parallelism."),
-    ep: Optional[str] = typer.Option(None, help="Restrict expert parallelism."),
+    cp: Optional[str] = typer.Option(None, "--cp", "--context-parallel-size", help="Restrict context parallelism."),
+    ep: Optional[str] = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Restrict expert parallelism."),
     zero_stage: Optional[str] = typer.Option(None, "--zero-stage", help="Restrict ZeRO stages, e.g. 0,1."),
-    micro_batch: Optional[str] = typer.Option(None, "--micro-batch", help="Restrict micro-batch sizes."),
+    micro_batch: Optional[str] = typer.Option(None, "--micro-batch", "--micro-batch-size", help="Restrict micro-batch sizes."),
     recompute: Optional[str] = typer.Option(None, help="Restrict recompute modes, e.g. none,selective."),
-    sequence_parallel: str = typer.Option("both", "--sequence-parallel", help="on, off or both."),
+    sequence_parallel: Optional[bool] = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
+                                                     help="Only layouts with (without) sequence parallelism; neither: both, as "
+                                                          "train reads it; --sequence-parallel on|off|both also works."),
     offload: str = typer.Option("both", help="Optimizer offload to host: on, off or both."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the time/cost Pareto front (needs costmodel[plot])."),
@@ -83,7 +87,7 @@ def search_cmd(
 
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
-        with err_console.status(f"searching serving layouts of {model}...") if not json_out else nullcontext():
+        with err_console.status(Text(f"searching serving layouts of {model}...")) if not json_out else nullcontext():
             res = search_infer(model, hardware, prompt_len=prompt_len, gen_len=gen_len, max_ttft_ms=max_ttft_ms,
                                max_tpot_ms=max_tpot_ms, objective=objective or "throughput", top=top,
                                tp=_ints(tp, "tp"), batch=_ints(batch, "batch"), weight_dtype=split(weight_dtype),
@@ -109,21 +113,22 @@ def search_cmd(
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
                   zero_stage=_ints(zero_stage, "zero-stage", minimum=0), micro_batch=_ints(micro_batch, "micro-batch"),
-                  recompute=rc, sequence_parallel=_choice(sequence_parallel, "sequence-parallel"),
+                  recompute=rc, sequence_parallel=None if sequence_parallel is None else [sequence_parallel],
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
     status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."
-    with err_console.status(status) if not json_out else nullcontext():
+    with err_console.status(Text(status)) if not json_out else nullcontext():
         res = search(model, hardware, devices, **kwargs)
+    written = None
     if plot is not None:
         from .. import plots
 
-        if not hasattr(plots, "search_plot"):
-            raise InputError("--plot for search is not available in this build", field="plot")
-        plots.search_plot(res, plot)
+        written = plots.search_plot(res, plot)
     if json_out:
         emit_json(res.to_dict())
     else:
         _render(res)
+    if written is not None:
+        wrote_plot(written, json_out)
     if not res.top:
         raise typer.Exit(1)
 
@@ -143,9 +148,7 @@ def _render(res) -> None:
         t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right", no_wrap=True)
     for c in res.top:
         lay = c.layout
-        layout = f"tp{lay.tp}{'+sp' if lay.sequence_parallel else ''} pp{lay.pp}" + (f"v{lay.interleave}" if lay.interleave > 1 else "")
-        layout += f" dp{lay.dp}" + (f" cp{lay.cp}" if lay.cp > 1 else "") + (f" ep{lay.ep}" if lay.ep > 1 else "")
-        layout += f" z{lay.zero_stage}" + (" off" if lay.offload_optimizer != "none" else "")
+        layout = layout_label(lay, per_micro_batch=False)
         row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
             str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s),
             f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
@@ -157,7 +160,7 @@ def _render(res) -> None:
                 run += f" ${c.run_cost_usd / 1e6:,.2f}M" if c.run_cost_usd >= 1e6 else f" ${c.run_cost_usd:,.0f}"
             row.append(run)
         t.add_row(*row)
-    console.print(t)
+    print_table(t)
     if res.top:
         b = Table(title="step-time breakdown of the best layouts (share of the step)")
         b.add_column("#")
@@ -169,11 +172,11 @@ def _render(res) -> None:
             b.add_column(short.get(k, k.removesuffix("_s")), justify="right")
         for c in res.top[:3]:
             b.add_row(str(c.rank), *(f"{c.step_breakdown_s.get(k, 0.0) / c.step_s:.0%}" for k in parts))
-        console.print(b)
-    console.print(_rejected_table(res.rejected, "grid points"))
+        print_table(b)
+    print_table(_rejected_table(res.rejected, "grid points"))
     if not res.top:
-        console.print("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
-                      "recompute / offload, or lower the micro-batch")
+        console.print(styled("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
+                             "recompute / offload, or lower the micro-batch"))
 
 
 def _rejected_table(rejected: dict[str, int], unit: str) -> Table:
@@ -200,11 +203,11 @@ def _render_infer(res) -> None:
         if priced:
             row.append(f"{c.cost_per_million_tokens_usd:.3f}" if c.cost_per_million_tokens_usd is not None else "-")
         t.add_row(*row)
-    console.print(t)
-    console.print(_rejected_table(res.rejected, "layouts"))
+    print_table(t)
+    print_table(_rejected_table(res.rejected, "layouts"))
     if not res.top:
-        console.print("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
-                      "allow more tp or quantised weights / KV cache")
+        console.print(styled("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
+                             "allow more tp or quantised weights / KV cache"))
 
 
 def register(app: typer.Typer) -> None:

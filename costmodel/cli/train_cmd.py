@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
 
 
 def train_cmd(
@@ -17,17 +19,19 @@ def train_cmd(
     hardware: str = typer.Option("h100-sxm", "--hardware", "-H", help="Device or node spec id."),
     devices: Optional[int] = typer.Option(None, help="Total devices (default: nodes x devices per node, or tp*pp*dp)."),
     nodes: Optional[int] = typer.Option(None, help="Number of nodes of a node spec."),
-    tp: int = typer.Option(1, help="Tensor-parallel size."),
-    pp: int = typer.Option(1, help="Pipeline-parallel size."),
+    tp: int = typer.Option(1, "--tp", "--tensor-model-parallel-size", help="Tensor-parallel size."),
+    pp: int = typer.Option(1, "--pp", "--pipeline-model-parallel-size", help="Pipeline-parallel size."),
     dp: Optional[int] = typer.Option(None, help="Data-parallel size (default: the rest)."),
-    cp: int = typer.Option(1, help="Context-parallel size."),
-    ep: int = typer.Option(1, help="Expert-parallel size."),
-    sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel"),
+    cp: int = typer.Option(1, "--cp", "--context-parallel-size", help="Context-parallel size."),
+    ep: int = typer.Option(1, "--ep", "--expert-model-parallel-size", help="Expert-parallel size."),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel",
+                                           help="Sequence parallelism with tp (Korthikanti et al. 2022); "
+                                                "--sequence-parallel on|off also works, as in search."),
     zero_stage: int = typer.Option(0, min=0, max=3, help="ZeRO stage (3 = FSDP)."),
     interleave: int = typer.Option(1, help="Virtual pipeline stages per device."),
-    micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per device per forward/backward."),
-    global_batch: Optional[int] = typer.Option(None, "--global-batch", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(2048, "--seq-len"),
+    micro_batch: int = typer.Option(1, "--micro-batch", "--micro-batch-size", help="Sequences per device per forward/backward."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", "--global-batch-size", help="Sequences per optimizer step."),
+    seq_len: int = typer.Option(2048, "--seq-len", "--seq-length", help="Tokens per sequence."),
     precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
     optimizer: str = typer.Option("adamw", help="adamw, adamw-bf16, adamw-8bit, sgd, adafactor, lion."),
     recompute: str = typer.Option("none", help="none, selective, full."),
@@ -43,16 +47,19 @@ def train_cmd(
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (for days, energy and cost)."),
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (alternative to --steps)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
+    pue: float = typer.Option(energy.DEFAULT_PUE, "--pue", help="Facility PUE for the run's energy (default 1.58: Uptime Institute 2023 industry average; costmodel/energy.py)."),
+    power_fraction: float = typer.Option(energy.DEFAULT_POWER_FRACTION, "--power-fraction", help="Average board power / TDP for the run's energy (default 1.0: TDP, as published carbon accounts count it)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: memory per device vs capacity and the step-time breakdown (needs costmodel[plot])."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
-    """Memory per device and step time for a model on a layout; says when it does not fit."""
+    """Memory per device and step time for a model on a layout; says when it does not fit (a
+    result: exit 0; `costmodel check` fails on limits)."""
     from ..errors import InputError
     from ..specs import load_library
-    from ..training import DEFAULT_PUE, POWER_FRACTION_OF_TDP
 
+    energy.check_energy_inputs(pue, power_fraction)
     for name, val, allowed in (("precision", precision, ("fp32", "amp-bf16", "amp-fp16", "bf16", "fp8")),
                                ("recompute", recompute, ("none", "selective", "full")),
                                ("attention", attention, ("flash", "standard")),
@@ -75,22 +82,25 @@ def train_cmd(
     if n_steps:
         secs = n_steps * est.step.total_s
         dev_h = secs / 3600 * est.devices
-        energy_kwh = dev_h * spec.tdp_w * POWER_FRACTION_OF_TDP / 1000 * DEFAULT_PUE
         run = {"steps": n_steps, "seconds": secs, "days": secs / 86400, "device_hours": dev_h,
-               "energy_kwh": energy_kwh, "cost_usd": dev_h * price if price else None, "price_per_hour_usd": price}
+               "energy_kwh": energy.energy_kwh(spec.tdp_w, est.devices, secs, pue, power_fraction),
+               "tdp_w": spec.tdp_w, "power_fraction": power_fraction, "pue": pue,
+               "energy_model": energy.describe(spec.tdp_w, pue, power_fraction),
+               "cost_usd": dev_h * price if price else None, "price_per_hour_usd": price}
     out = est.to_dict()
     out["run"] = run
     out["fix_suggestions"] = [] if est.fits else fix_suggestions(est)
+    written = None
     if plot is not None:
         from ..plots import train_plot
 
-        train_plot(est, plot)
+        written = train_plot(est, plot)
     if json_out:
         emit_json(out)
     else:
         _render(est, run)
-    if not est.fits:
-        raise typer.Exit(1)
+    if written is not None:
+        wrote_plot(written, json_out)
 
 
 def _render(est, run):
@@ -106,14 +116,14 @@ def _render(est, run):
         if v:
             t.add_row(k, fmt_bytes(v))
     t.add_row("steady (between steps)", fmt_bytes(mem.steady_bytes))
-    t.add_row(f"[bold]peak allocated[/] ({mem.peak_phase})", f"[bold]{fmt_bytes(mem.peak_bytes)}[/]")
+    t.add_row(styled(f"[bold]peak allocated[/] ({escape(mem.peak_phase)})"), styled(f"[bold]{fmt_bytes(mem.peak_bytes)}[/]"))
     t.add_row("needed incl. CUDA context + fragmentation", fmt_bytes(est.required_bytes))
     t.add_row("device capacity", fmt_bytes(est.capacity_bytes))
     if mem.offloaded_cpu_bytes:
         t.add_row("offloaded to host DRAM", fmt_bytes(mem.offloaded_cpu_bytes))
     if mem.offloaded_nvme_bytes:
         t.add_row("offloaded to NVMe", fmt_bytes(mem.offloaded_nvme_bytes))
-    console.print(t)
+    print_table(t)
     s = Table(title="step time breakdown")
     s.add_column("part")
     s.add_column("time", justify="right")
@@ -121,8 +131,8 @@ def _render(est, run):
     for k, v in est.step.parts().items():
         if v > 0:
             s.add_row(k.removesuffix("_s"), fmt_time(v), f"{v / est.step.total_s:.1%}")
-    s.add_row("[bold]total[/]", f"[bold]{fmt_time(est.step.total_s)}[/]", "100%")
-    console.print(s)
+    s.add_row(styled("[bold]total[/]"), styled(f"[bold]{fmt_time(est.step.total_s)}[/]"), "100%")
+    print_table(s)
     console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {est.mfu:.1%}   HFU {est.hfu:.1%}   "
                   f"{est.tflops_per_device:.0f} TFLOP/s per device   efficiency: {est.efficiency_source}")
     for note in est.notes:
@@ -130,15 +140,16 @@ def _render(est, run):
     if run:
         cost = f"${run['cost_usd']:,.0f}" if run["cost_usd"] else "n/a (no price)"
         console.print(f"run: {run['steps']:,} steps, {run['days']:.1f} days, {run['device_hours']:,.0f} device-hours, "
-                      f"{run['energy_kwh']:,.0f} kWh, {cost}")
+                      f"{run['energy_kwh']:,.0f} kWh, {cost}", highlight=False)
+        console.print(run["energy_model"], highlight=False)
     if not est.fits:
         over = est.required_bytes - est.capacity_bytes
-        console.print(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
-                      f"({fmt_bytes(over)} over). Try:")
+        console.print(styled(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
+                             f"({fmt_bytes(over)} over). Try:"))
         for tip in fix_suggestions(est):
             console.print(f"  - {tip}")
     else:
-        console.print(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare")
+        console.print(styled(f"[green]fits[/] with {fmt_bytes(est.capacity_bytes - est.required_bytes)} to spare"))
 
 
 def layout_label(par: dict) -> str:

@@ -5,9 +5,10 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..validate import fit_host_time_factor, host_factor_grid, read_records, validate_records
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, progress_bar
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table, progress_bar
 
 
 def _fmt(metric: str, v) -> str:
@@ -23,7 +24,7 @@ def _fmt(metric: str, v) -> str:
 def validate(
     files: list[str] = typer.Argument(..., help="JSONL measurement files (SCHEMA.md format)."),
     json_out: bool = JsonOpt,
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
+    calibration: Optional[list[str]] = typer.Option(None, "--calibration", help="Calibration overlay YAML; repeat for several devices (e.g. an H100 and an H200 overlay): each applies to the records of its own device, the others keep the shipped calibration."),
     hardware_file: Optional[list[str]] = HardwareFileOpt,
     max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
@@ -59,20 +60,20 @@ def validate(
         for c in cases:
             err = f"{c.rel_error:+.1%}"
             style = "red" if abs(c.rel_error) > 0.15 else ("yellow" if abs(c.rel_error) > 0.05 else "green")
-            t.add_row(c.name, c.kind, c.metric, _fmt(c.metric, c.measured), _fmt(c.metric, c.predicted), f"[{style}]{err}[/]")
-        console.print(t)
+            t.add_row(c.name, c.kind, c.metric, _fmt(c.metric, c.measured), _fmt(c.metric, c.predicted), Text(err, style=style))
+        print_table(t)
         s = Table(title="summary (mean absolute percentage error)")
         for c in ("kind.metric", "n", "mean |error|", "max |error|"):
             s.add_column(c)
         for k, v in summary.items():
             s.add_row(k, str(v.n), f"{v.mape:.1%}", f"{v.max_abs_rel_error:.1%}")
-        console.print(s)
+        print_table(s)
         if report.ranking:
             _print_ranking(report)
         for hw, src in sorted(sources.items()):
             console.print(f"efficiency {hw}: {src}", highlight=False)
         for sk in skipped[:5]:
-            console.print(f"[dim]skipped {sk}[/]")
+            console.print(Text(f"skipped {sk}", style="dim"), highlight=False)
         if fits is not None:
             _print_fits(fits)
     if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
@@ -87,7 +88,7 @@ def _print_ranking(report) -> None:
     for key, g in report.ranking.items():
         t.add_row(key, str(g.n), "-" if g.spearman is None else f"{g.spearman:+.2f}",
                   "-" if g.regret is None else f"{g.regret:.1%}")
-    console.print(t)
+    print_table(t)
     s = report.ranking_summary
     med_s = "-" if s.median_spearman is None else f"{s.median_spearman:+.2f}"
     med_r = "-" if s.median_regret is None else f"{s.median_regret:.1%}"
@@ -114,7 +115,7 @@ def _print_fits(fits: list) -> None:
     for f in fits:
         note = " (range end: host time does not explain the error)" if f.at_bound else ""
         t.add_row(f.kind, str(f.n), f"{f.factor:.2f}{note}", f"{f.mape_at_1:.1%}", f"{f.mape_at_factor:.1%}")
-    console.print(t)
+    print_table(t)
 
 
 def register(app: typer.Typer) -> None:
