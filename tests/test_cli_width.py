@@ -26,6 +26,7 @@ MAIN_COMMANDS = [
      "--max-ttft-ms", "3000"],
     ["validate", "data/samples/h100-measured.jsonl"],
     ["validate", "data/samples/playbook-nanotron-8gpus.jsonl"],
+    ["fit-profile", "data/samples/playbook-nanotron-8gpus.jsonl", "--framework", "nanotron", "--folds", "0"],
     ["check", *PLANS],
     ["check", "tests/fixtures/plans/too-big.yaml"],
     ["hardware", "list"],

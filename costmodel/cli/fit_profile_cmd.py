@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table
 
 
 def fit_profile_cmd(
@@ -60,7 +60,7 @@ def fit_profile_cmd(
         t.add_row(k, f"{start.parameters[k].value:.4g}", f"{p.value:.4g}", f"{p.bounds[0]:g}..{p.bounds[1]:g}")
     if res.step_latency_s is not None:
         t.add_row("cluster step latency", "", f"{res.step_latency_s * 1e6:.1f} us", "")
-    console.print(t)
+    print_table(t)
     hold = f", {res.folds}-fold held-out {res.holdout_mape:.1%}" if res.holdout_mape is not None else ""
     console.print(f"step time mean |error| {res.mape_before:.1%} at the start -> {res.mape:.1%} fitted "
                   f"(median {res.median_ape:.1%}){hold}")
