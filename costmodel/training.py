@@ -20,76 +20,31 @@ from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_fo
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
-# Host-side dispatch of eager PyTorch (Python + dispatcher + autograd + autocast, ~ 150 ops per
-# decoder layer forward+backward):
+# The fitted constants of eager PyTorch / Hugging Face steps and of the data-parallel overlap live in
+# the framework profiles they describe, each with what it was fitted on and its held-out check:
+# data/frameworks/pytorch.yaml (host dispatch per layer and its smooth max with the GPU, FSDP2's
+# hooks, HF MoE dispatch, the eager elementwise traffic ratio, autocast casts, DDP's net overlap
+# inside an NVLink node) and data/frameworks/megatron.yaml (the bucketed reduction's overlap).
 # host time per step = max(0, L x HOST_S_PER_LAYER x (1 + HOST_RECOMPUTE_FACTOR [full]) + HOST_INTERCEPT_S)
-# and step = (gpu^p + host^p)^(1/p): a smooth max, since the host runs ahead of the GPU except
-# where one of them starves the other. Fitted (costmodel/bench/fit_host.py, soft-L1 on log errors)
-# with the shipped calibrations (hardware/calibrated/) on the single-GPU train records of
-# shared/truth/h100-h200-public.jsonl, data/measurements/train-steps-h100.jsonl and
-# train-steps-h200x2.jsonl, every third record per file held out, after the GPU side's HF-eager
-# terms below (elementwise ratio, amp casts, interleaved GEMMs). Mean error fit / held-out: public
-# 7.1% / 5.7%, H100 file 6.5% / 9.0%, H200 file 6.4% / 3.5%. The intercept is negative: the first
-# layers' dispatch overlaps the previous step's optimizer kernels. Host-specific: the same case
-# runs up to ~30% slower on another day's VM (llama-110m b1 s1024: 38.2 ms public, 49.8 ms in
-# data/measurements/train-profile-h100.jsonl); override for another host.
-HOST_S_PER_LAYER = 4.90e-3
-HOST_RECOMPUTE_FACTOR = 0.729
-HOST_INTERCEPT_S = -22.35e-3
-HOST_GPU_COMBINE_P = 4.72
-# FSDP2 steps overlap host and GPU less: its per-layer hooks order the all-gather and reduce-scatter
-# streams against the compute stream every layer. Fitted on the FSDP2 records of
-# data/measurements/train-steps-h200x2.jsonl (6; mean error 5.2% -> 2.8% against 4.72) and checked
-# on FSDP2 records no constant came from: train-holdout-h200x2 6.8% -> 4.4%, train-variants-h200x2
-# 14.8% -> 8.6%, train-fsdp-accum-h200x2 12.1% -> 9.7%, train-profile-h200x2 26.3% -> 22.9%.
-HOST_GPU_COMBINE_P_FSDP = 3.0
-# FSDP2 (fully_shard per decoder layer): per layer and micro-batch the pre-forward and pre-backward
-# hooks (all-gather, copy-in / copy-out, stream waits) and the post-backward reduce-scatter add host
-# work. From the three host-bound FSDP records of data/measurements/train-steps-h200x2.jsonl
-# (b1 s2048: llama-1.3b +46 ms over the dense-host prediction, llama-3b +74 ms, llama-7b full
-# recompute +67 ms): 1.9-2.3 ms per layer.
-HOST_FSDP_S_PER_LAYER = 2.1e-3
-# Hugging Face MoE layers dispatch more host ops than a dense llama layer (profiled training steps
-# on H100, transformers 5.17, data/measurements/train-profile-h100.diag.jsonl: CPU ops per layer
-# per step, Mixtral 8 experts top-2 vs llama): under amp the experts take torch._grouped_mm's fp32
-# fallback, a per-expert loop with a host synchronisation per call, 1930 vs 934 ops (x 2.07); in pure
-# bf16 the native grouped GEMM, 1217 vs 934 (x 1.30).
-HOST_MOE_LAYER_FACTOR_AMP = 2.07
-HOST_MOE_LAYER_FACTOR_BF16 = 1.30
-# MoE layers' non-GEMM kernels: 56 hidden-wide passes per routed token copy in a forward (gather, argsort
-# permutes, routing weights, un-permute, top-k sum, and the index/masked_fill traffic of their
-# backward counted as 2x), in fp32 under amp (the fallback path's dtype) and bf16 otherwise.
-# Fitted once on the profiled non-GEMM kernel time of two Mixtral steps (same file: bf16 b8 s2048,
-# 76 ms; amp b4 s1024, 28 ms); Megatron's fused permutation keeps 16 bytes per hidden element.
-HF_MOE_DISPATCH_PASSES = 56.0
-# That fp32 fallback reads the experts' token offsets back to the host (profiled: 122
-# cudaMemcpyAsync device-to-host per 8-layer step), draining the GPU queue each time; the GPU then
-# idles while the host restarts. Exposed on top of the smooth max of host and GPU time, per MoE layer
-# and micro-batch: 1.8 ms (measured step minus the predicted one without it, H100 and H200 amp
-# Mixtral records of data/measurements/: 9-20 ms per 8-layer step).
-HF_MOE_AMP_SYNC_S_PER_LAYER = 1.8e-3
-# Measured over counted non-GEMM kernel time of eager HF steps, per token: the op-by-op count in
-# elementwise_bytes_per_token misses broadcasts, non-vectorised (strided) kernels and the
-# transposes around attention. Profiled amp steps (data/measurements/train-profile-h100.diag.jsonl,
-# train-profile-h200.diag.jsonl; non-GEMM, non-attention, non-optimizer kernel time less the amp
-# casts below, over the count): llama-1.3b on H200 1.52 (slope b1 -> b4 at s2048), llama-350m 1.36,
-# qwen2-350m 1.43, gpt2-350m 1.18, gpt2-124m 1.39 on H100.
-HF_EAGER_TRAFFIC_RATIO = 1.4
-# Under autocast every weight is cast fp32 -> bf16 in each forward (4 + 2 bytes) and its bf16
-# gradient cast back to fp32 in backward (2 + 4): 12 bytes per parameter per micro-batch, whatever
-# the batch (profiled: aten::copy_ on H200 llama-1.3b, 11.9 ms at b1 and 29.6 ms at b4, s2048:
-# ~ 6 ms per step that does not scale with tokens).
-AMP_CAST_BYTES_PER_PARAM = 12.0
-# Fraction of the data-parallel gradient reduction hidden behind backward compute when
-# bucketed (PyTorch DDP overlaps all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3).
-DP_OVERLAP_FRACTION = 0.8
-# PyTorch DDP (gradient buckets of comm.DDP_BUCKET_BYTES): inside one NVLink node the overlap buys
-# nothing net: the NCCL ring kernels run on SMs and HBM bandwidth that the backward kernels then
-# lack. Measured on 2x H200 (data/measurements/train-steps-h200x2.jsonl, train-profile-h200x2.jsonl),
-# DDP minus the same step on one GPU at b4 s2048 (GPU-bound): llama-1.3b 20.9 and 19.8 ms, llama-3b
-# 43.8 ms, against 19.8 and 39.6 ms of bucketed all-reduce predicted from the collective
-# calibration: the whole call time is exposed.
-DDP_NVLINK_NET_OVERLAP = 0.0
+# and step = (gpu^p + host^p)^(1/p), p = HOST_GPU_COMBINE_P (HOST_GPU_COMBINE_P_FSDP for FSDP2).
+_EAGER = frameworks.builtin_profiles()["pytorch"]
+_MEGATRON = frameworks.builtin_profiles()["megatron"]
+HOST_S_PER_LAYER = _EAGER.value("host_s_per_layer")
+HOST_RECOMPUTE_FACTOR = _EAGER.value("host_recompute_factor")
+HOST_INTERCEPT_S = _EAGER.value("host_intercept_s")
+HOST_GPU_COMBINE_P = _EAGER.value("host_gpu_combine_p")
+HOST_GPU_COMBINE_P_FSDP = _EAGER.value("host_gpu_combine_p_fsdp")
+HOST_FSDP_S_PER_LAYER = _EAGER.value("host_fsdp_s_per_layer")
+HOST_MOE_LAYER_FACTOR_AMP = _EAGER.value("host_moe_layer_factor_amp")
+HOST_MOE_LAYER_FACTOR_BF16 = _EAGER.value("host_moe_layer_factor_bf16")
+HF_MOE_DISPATCH_PASSES = _EAGER.value("hf_moe_dispatch_passes")
+HF_MOE_AMP_SYNC_S_PER_LAYER = _EAGER.value("hf_moe_amp_sync_s_per_layer")
+HF_EAGER_TRAFFIC_RATIO = _EAGER.value("eager_traffic_ratio")
+AMP_CAST_BYTES_PER_PARAM = _EAGER.value("amp_cast_bytes_per_param")
+DDP_NVLINK_NET_OVERLAP = _EAGER.value("dp_overlap")
+# Fraction of the data-parallel gradient reduction hidden behind backward compute when bucketed
+# (all but the last bucket; Li et al. 2020, VLDB, sec. 3.2.3), Megatron-LM and DeepSpeed.
+DP_OVERLAP_FRACTION = _MEGATRON.value("dp_overlap")
 
 
 @dataclass

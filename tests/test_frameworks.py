@@ -32,14 +32,19 @@ def test_unknown_framework_lists_the_known_ones():
         assert name in msg
 
 
-def test_builtin_profiles_list_the_constants_the_step_model_uses():
-    # the built-in step model's constants live in training.py; their profiles quote them
+def test_the_step_model_reads_its_fitted_constants_from_the_profiles():
+    """The eager PyTorch constants and the bucketed overlap are data: the values in
+    data/frameworks/pytorch.yaml and megatron.yaml are the ones training.py runs, and each cites
+    what it was fitted on (a data file or a paper)."""
     pt = frameworks.resolve("pytorch")
-    assert pt.value("host_s_per_layer") == training.HOST_S_PER_LAYER
-    assert pt.value("host_gpu_combine_p") == training.HOST_GPU_COMBINE_P
-    assert pt.value("dp_overlap") == training.DDP_NVLINK_NET_OVERLAP
-    assert frameworks.resolve("megatron").value("dp_overlap") == training.DP_OVERLAP_FRACTION
-    assert frameworks.resolve("deepspeed").value("dp_overlap") == training.DP_OVERLAP_FRACTION
+    for name, const in (("host_s_per_layer", "HOST_S_PER_LAYER"), ("host_intercept_s", "HOST_INTERCEPT_S"),
+                        ("host_gpu_combine_p", "HOST_GPU_COMBINE_P"), ("eager_traffic_ratio", "HF_EAGER_TRAFFIC_RATIO"),
+                        ("amp_cast_bytes_per_param", "AMP_CAST_BYTES_PER_PARAM"), ("dp_overlap", "DDP_NVLINK_NET_OVERLAP")):
+        assert getattr(training, const) == pt.value(name)
+    assert training.DP_OVERLAP_FRACTION == frameworks.resolve("megatron").value("dp_overlap")
+    for prof in frameworks.builtin_profiles().values():
+        for name, p in prof.parameters.items():
+            assert any(w in p.source for w in ("data/", "shared/truth", "et al.", "arithmetic", "training.", "fit", "value")), (prof.id, name)
 
 
 def test_profile_values_must_lie_in_their_bounds():
