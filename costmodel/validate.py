@@ -555,6 +555,23 @@ def summarize(cases: list[Case]) -> dict[str, MetricSummary]:
     return {k: MetricSummary(n=len(v), mape=sum(v) / len(v), max_abs_rel_error=max(v)) for k, v in sorted(groups.items())}
 
 
+def on_node(records: list[tuple[str, dict]], node_id: str, lib: HardwareLibrary) -> list[tuple[str, dict]]:
+    """The train / published records as if run on nodes ``node_id`` (e.g. a cluster fitted by
+    `calibrate --nccl-tests`): their ``node`` replaced; the node's device must be theirs."""
+    node = lib.node_for(node_id)
+    if node is None:
+        raise InputError(f"{node_id!r} is not a node spec (see `costmodel hardware list`)", field="node")
+    out = []
+    for where, rec in records:
+        if rec.get("kind") in ("train", "published"):
+            if rec.get("hardware") not in (None, node.device):
+                raise InputError(f"ran on {rec.get('hardware')!r}, but node {node_id!r} holds {node.device!r}",
+                                 file=where, field="hardware")
+            rec = {**rec, "node": node_id}
+        out.append((where, rec))
+    return out
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     from .bench.records import read_json_objects
 

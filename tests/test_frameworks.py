@@ -262,3 +262,36 @@ def test_dp_bucket_setting_counts_calls():
     a = estimate_train(m, lib.device("h100-sxm"), job, par, node=lib.node_for("dgx-h100"), profile=prof).terms
     b = estimate_train(m, lib.device("h100-sxm"), job, par, node=lib.node_for("dgx-h100"), profile=half).terms
     assert b.dp_comm_steps == pytest.approx(2 * a.dp_comm_steps, rel=0.01)
+
+
+def test_node_option_times_runs_on_your_cluster(tmp_path, capsys):
+    """validate / fit-profile --node: the runs' node replaced by a cluster spec the user brings
+    (here dgx-h100 with a 4x slower network across nodes): multi-node steps get slower, one-node
+    steps do not; a node of another device is refused naming the record."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "hardware" / "nodes" / "dgx-h100.yaml").read_text())
+    base["id"] = "my-h100-cluster"
+    sc = base["scale_out"]["scaling"]
+    sc["bus_bandwidth"] = {op: {n: f"{float(str(v).split()[0]) / 4} GB/s" for n, v in t.items()}
+                           for op, t in sc["bus_bandwidth"].items()}
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(yaml.safe_dump(base))
+    runs = tmp_path / "runs.jsonl"
+    recs = [r for _, r in _records(40) if r["parallel"]["dp"] >= 2]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def preds(*extra):
+        code, out = _main(capsys, "validate", str(runs), "--json", "--hardware-file", str(spec), *extra)
+        assert code == 0, out
+        return {c["name"]: c["predicted"] for c in json.loads(out[:out.rindex("}") + 1])["cases"]}
+
+    plain, mine = preds(), preds("--node", "my-h100-cluster")
+    multi = [r["name"] for r in recs if r["devices"] > 8]
+    one = [r["name"] for r in recs if r["devices"] == 8]
+    assert multi and one
+    # slower wherever a collective crosses nodes (a 16-GPU tp1 pp2 dp8 run only sends p2p across)
+    assert all(mine[n] >= plain[n] * (1 - 1e-12) for n in multi) and sum(mine[n] > plain[n] * 1.01 for n in multi) >= len(multi) // 2
+    assert all(mine[n] == pytest.approx(plain[n], rel=1e-12) for n in one)
+    code, out = _main(capsys, "validate", str(runs), "--node", "dgx-a100")
+    assert code == 2 and "dgx-a100" in out and "a100" in out

@@ -22,6 +22,7 @@ def fit_profile_cmd(
                                      help="Also fit the cluster's cross-node ring step latency (off when nccl-tests logs pinned it)."),
     prior_weight: float = typer.Option(1.0, "--prior-weight", min=0.0,
                                        help="How strongly the start profile holds (a parameter moved across its whole range costs as much as one run missed by this fraction; 0: no prior)."),
+    node: Optional[str] = typer.Option(None, "--node", help="The runs ran on nodes of this spec (e.g. your cluster from calibrate --nccl-tests, with --hardware-file)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration overlay YAML."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
@@ -39,6 +40,10 @@ def fit_profile_cmd(
     if not recs:
         raise InputError(f"no train records of framework {base.id!r} in {', '.join(files)}", field="framework")
     lib = library(hardware_file)
+    if node is not None:
+        from ..validate import on_node
+
+        recs = on_node(recs, node, lib)
     runs = profile_fit.run_set(recs, start, lib, calibration)
     res = profile_fit.fit_profile(runs, start, fit_latency=fit_latency, folds=folds, prior_weight=prior_weight)
     src = f"fitted by costmodel fit-profile on {', '.join(Path(f).name for f in files)} ({res.n} runs)"

@@ -30,6 +30,7 @@ def validate(
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
                                            help="Eager host time of the measuring machine relative to the H100 machines the host constants came from (train and infer records)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the train records of its framework."),
+    node: Optional[str] = typer.Option(None, "--node", help="Time the train records as run on nodes of this spec (e.g. your cluster from calibrate --nccl-tests)."),
     fit_host_factor: bool = typer.Option(False, "--fit-host-factor",
                                          help="Also fit the --host-time-factor that best explains the files' train and infer records (the measuring machine's host speed), per kind."),
 ):
@@ -40,6 +41,10 @@ def validate(
 
     cases, skipped, sources = [], [], {}
     per_file = [read_records(f) for f in files]
+    if node is not None:
+        from ..validate import on_node
+
+        per_file = [on_node(recs, node, lib) for recs in per_file]
     for recs in per_file:
         rep = validate_records(recs, lib, calibration, host_time_factor, profile=profile)
         cases += rep.cases
