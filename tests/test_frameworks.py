@@ -291,7 +291,7 @@ def test_node_option_times_runs_on_your_cluster(tmp_path, capsys):
     one = [r["name"] for r in recs if r["devices"] == 8]
     assert multi and one
     # slower wherever a collective crosses nodes (a 16-GPU tp1 pp2 dp8 run only sends p2p across)
-    assert all(mine[n] >= plain[n] * (1 - 1e-12) for n in multi) and sum(mine[n] > plain[n] * 1.01 for n in multi) >= len(multi) // 2
+    assert all(mine[n] >= plain[n] * (1 - 1e-12) for n in multi) and sum(mine[n] > plain[n] * 1.01 for n in multi) >= 3
     assert all(mine[n] == pytest.approx(plain[n], rel=1e-12) for n in one)
     code, out = _main(capsys, "validate", str(runs), "--node", "dgx-a100")
     assert code == 2 and "dgx-a100" in out and "a100" in out
