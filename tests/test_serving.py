@@ -136,3 +136,24 @@ def test_serve_cli(capsys):
     assert d["engine"] == "sglang" and d["num_requests"] == 50 and d["itl_s"]["p99"] > 0
     r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--max-load", "--batch", "2"])
     assert r.exit_code != 0
+
+
+def test_weight_only_quantized_gemm_reads_packed_bytes():
+    from costmodel.roofline import DEQUANT_OVERHEAD, efficiency_for, gemm_op
+    from costmodel.specs import load_library
+
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    k, n = 4096, 28672
+    t16 = gemm_op(eff, "mlp_in", 1, k, n, elem_bytes=2.0, graph=True).time_s
+    rate = eff.mem_bytes_per_s(2.0 * (k + k * n + n))
+    for wb in (1.0, 0.5):
+        # hand arithmetic: the bf16 kernel less (2 - wb) bytes per weight at the streaming rate, plus
+        # 3% of the packed read for dequantization
+        expect = t16 - (2.0 - wb) * k * n / rate + DEQUANT_OVERHEAD * wb * k * n / rate
+        assert gemm_op(eff, "mlp_in", 1, k, n, elem_bytes=wb, graph=True).time_s == pytest.approx(expect, rel=1e-9)
+    # memory-bound decode speeds up with the bytes
+    from costmodel.plan import infer
+
+    t = {d: infer("llama3-8b", "h100-sxm", batch=1, weight_dtype=d).tpot_s for d in ("bf16", "int8", "int4")}
+    assert t["int4"] < t["int8"] < t["bf16"] and t["bf16"] / t["int8"] > 1.5
