@@ -130,20 +130,42 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             # run at a short burst's clock as in a training step (training._gemm); a fused serving
             # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
             t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph).time_s
+    if job.cuda_graph:
+        t += prefill_attention_s(model, spec, job, tp, eff=eff)
+        t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
+        return t
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
-    if job.cuda_graph:
-        # fused serving kernels (norm, rotary, activation): ~ 40 bytes per hidden element
-        ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
-    else:
-        # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
-        wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
-        ew = tokens * (wide + sharded / tp)
-        t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
-    cap = None if job.cuda_graph else eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
+    # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
+    wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
+    ew = tokens * (wide + sharded / tp)
+    t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
+    cap = eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
     t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
-    return _combine(t, 0.0 if job.cuda_graph else eager_host_s(model) * eager_host_factor(eff, job))
+    return _combine(t, eager_host_s(model) * eager_host_factor(eff, job))
+
+
+def prefill_attention_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
+                        calibration: str | None = None, eff=None) -> float:
+    """The part of a fused (CUDA-graph / serving) prefill of ``batch x prompt_len`` tokens that is not
+    a matmul: causal flash attention and the fused elementwise kernels (prefill_time_s's terms)."""
+    eff = eff or efficiency_for(spec, calibration)
+    b, s = job.batch, job.prompt_len
+    tokens = b * s
+    core = attention_core_flops(model, b, s, causal=True) / tp
+    t = model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    # fused serving kernels (norm, rotary, activation): ~ 40 bytes per hidden element
+    ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
+    return t + model.layers * memory_op(eff, "elementwise", ew).time_s
+
+
+def tp_allreduce_s(model: ModelConfig, links, tp: int, tokens: int) -> float:
+    """Tensor-parallel communication of one forward over ``tokens`` tokens: 2 all-reduces of
+    tokens x hidden bf16 activations per layer (Megatron TP, Shoeybi et al. 2019); 0 without links."""
+    if links is None or tp <= 1:
+        return 0.0
+    return 2 * model.layers * links.collective_time_s("all_reduce", tokens * model.hidden * 2.0, tp)
 
 
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
@@ -225,10 +247,7 @@ def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, 
         links = Links.from_specs(spec, node, eff)
 
     def tp_comm_s(batch: int) -> float:
-        # 2 all-reduces of batch x hidden activations per layer (Megatron TP, Shoeybi et al. 2019)
-        if links is None:
-            return 0.0
-        return 2 * model.layers * links.collective_time_s("all_reduce", batch * model.hidden * 2.0, tp)
+        return tp_allreduce_s(model, links, tp, batch)
 
     def tpot(batch: int):
         d = decode_step(model, spec, job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)

@@ -337,6 +337,47 @@ def _infer_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
             for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
 
 
+_SERVE_LOADS = ("batch", "concurrency", "request_rate", "max_load")
+_SERVE_METRICS = {"output_tokens_per_s": ("output_tokens_per_s", None), "ttft_seconds": ("ttft_s", "mean"),
+                  "itl_seconds": ("itl_s", "mean"), "e2e_seconds": ("e2e_s", "mean")}
+
+
+def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None) -> list[Case]:
+    """A SCHEMA.md `serve` record: the engine's scheduler under its load (costmodel.serving)."""
+    from .serving import estimate_serve
+
+    for f in ("engine", "hardware", "input_len", "output_len"):
+        if rec.get(f) is None:
+            raise InputError(f"missing required field {f!r}", file=where, field=f)
+    loads = [k for k in _SERVE_LOADS if rec.get(k) not in (None, False)]
+    if len(loads) != 1:
+        raise InputError(f"needs exactly one load of {', '.join(_SERVE_LOADS)} (got {', '.join(loads) or 'none'})",
+                         file=where, field="load")
+    load = loads[0]
+    value = None if load == "max_load" else rec[load]
+    if load != "max_load" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise InputError(f"expected a positive number (got {value!r})", file=where, field=load)
+    model = model_from_record(rec.get("model"), where)
+    spec = lib.device(rec["hardware"])
+    node = lib.node_for(rec["node"]) if rec.get("node") else None
+    p = rec.get("parallel") or {}
+    tp = p.get("tp") or 1
+    est = estimate_serve(model, spec, tp=tp, input_len=rec["input_len"], output_len=rec["output_len"], load=load,
+                         value=value, num_requests=rec.get("num_requests"), engine=str(rec["engine"]).lower(),
+                         weight_dtype=rec.get("weight_dtype") or "bf16", kv_dtype=rec.get("kv_dtype") or "bf16",
+                         node=node, calibration=calibration)
+    meas = rec.get("measured") or {}
+    out = []
+    for metric, (attr, stat) in _SERVE_METRICS.items():
+        m = meas.get(metric)
+        if isinstance(m, (int, float)) and not isinstance(m, bool):
+            v = getattr(est, attr)
+            pred = float(v[stat] if stat else v)
+            out.append(Case(name=rec.get("name", "?"), kind="serve", metric=metric, measured=float(m), predicted=pred,
+                            rel_error=_rel(pred, m)))
+    return out
+
+
 # An attention fwd+bwd timed through autograd into leaf tensors (``loss.backward()``, SCHEMA.md's
 # sdpa_fwd_bwd) moves more than the fused kernels that our harness times with
 # ``torch.autograd.grad`` (and that a model's backward runs): the expanded output gradient made
@@ -475,6 +516,8 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 cases += _decode_cases(rec, lib, where, calibration)
             elif kind == "infer":
                 cases += _infer_cases(rec, lib, where, calibration, host_time_factor)
+            elif kind == "serve":
+                cases += _serve_cases(rec, lib, where, calibration)
             elif kind == "kernel":
                 check_kernel_record(rec, where)
                 c = _kernel_case(rec, lib, calibration, effs)
@@ -484,7 +527,7 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 else:
                     cases.append(c)
             else:
-                raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer or published", file=where, field="kind")
+                raise InputError(f"unknown kind {kind!r}; expected kernel, train, decode_step, infer, serve or published", file=where, field="kind")
         except KeyError as exc:
             raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
         except ValidationError as exc:  # a record field out of its range or set (TrainJob, InferJob, Parallel)

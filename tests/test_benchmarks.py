@@ -66,3 +66,17 @@ def test_bench_fit_profile_100_runs(benchmark):
     res = benchmark.pedantic(fit, rounds=1, iterations=1)
     assert res.n == 100 and res.holdout_mape is not None
     _goal(benchmark, 30.0)
+
+
+def test_bench_serve_max_load_30k(benchmark):
+    """Issue #27's goal: the scheduler over 30,000 requests at max load under 1 s."""
+    from costmodel.arch import load_model
+    from costmodel.serving import estimate_serve
+    from costmodel.specs import load_library
+
+    model, spec = load_model("llama3.1-8b"), load_library().device("h100-sxm")
+    est = benchmark.pedantic(estimate_serve, args=(model, spec),
+                             kwargs=dict(input_len=1000, output_len=128, load="max_load", num_requests=30_000),
+                             rounds=1, iterations=1)
+    assert est.num_requests == 30_000 and est.output_tokens_per_s > 0
+    _goal(benchmark, 1.0)

@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "check_cmd",
     "scale_cmd",
     "fit_profile_cmd",
+    "serve_cmd",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,87 @@
+"""`costmodel serve`: an engine serving requests under load (continuous batching, costmodel.serving)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..units import fmt_bytes, fmt_time
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table
+
+
+def serve_cmd(
+    model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
+    tp: int = typer.Option(1, help="Tensor-parallel size."),
+    input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
+    output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Load: static batches of B requests."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Load: N requests in flight (closed loop)."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Load: Poisson arrivals, requests/s."),
+    max_load: bool = typer.Option(False, "--max-load", help="Load: every request queued at t=0."),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests to run (default: the batch, 10 x concurrency, or 1000)."),
+    engine: str = typer.Option("vllm", "--engine", help="vllm, sglang or tensorrt-llm (data/engines/<engine>.yaml defaults)."),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Override the engine's running-sequence cap."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens-per-iteration", help="Override the engine's token budget per iteration."),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
+    kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
+    calibration: Optional[str] = typer.Option(None, "--calibration"),
+    json_out: bool = JsonOpt,
+    hardware_file: Optional[list[str]] = HardwareFileOpt,
+):
+    """Throughput, TTFT, time between tokens and request latency of an engine under a load."""
+    from ..arch import load_model
+    from ..errors import InputError
+    from ..serving import estimate_serve
+    from ..specs import load_library
+
+    loads = {"batch": batch, "concurrency": concurrency, "request_rate": request_rate, "max_load": max_load or None}
+    given = [k for k, v in loads.items() if v is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one load: --batch, --concurrency, --request-rate or --max-load", field="load")
+    for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
+        if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
+            raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
+    for name, val in (("tp", tp), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
+        if val is not None and val < 1:
+            raise InputError(f"must be >= 1 (got {val})", field=name)
+    load = given[0]
+    lib = load_library(hardware_file)
+    spec = lib.device(hardware)
+    est = estimate_serve(load_model(model), spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
+                         value=None if load == "max_load" else float(loads[load]), num_requests=num_requests,
+                         engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
+                         calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens)
+    if json_out:
+        emit_json(est.to_dict())
+        return
+    what = "max load" if load == "max_load" else f"{load.replace('_', ' ')} {loads[load]:g}"
+    t = Table(title=f"{est.model_id} on {tp} x {est.hardware}, {est.engine}, {what}, "
+                    f"{est.num_requests} x {input_len}+{output_len} tokens")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    t.add_row("output tokens/s (all devices)", f"{est.output_tokens_per_s:,.0f}")
+    t.add_row("output tokens/s per device", f"{est.output_tokens_per_s_per_device:,.0f}")
+    t.add_row("total tokens/s (all devices)", f"{est.total_tokens_per_s:,.0f}")
+    t.add_row("requests/s", f"{est.requests_per_s:,.2f}")
+    t.add_row("KV cache per device", fmt_bytes(est.kv_cache_bytes_per_device))
+    t.add_row("KV cache tokens / full sequences", f"{est.kv_cache_tokens:,} / {est.kv_cache_sequences:,}")
+    t.add_row("running sequences cap / tokens per iteration",
+              f"{min(est.max_num_seqs, est.kv_cache_sequences) if est.max_num_seqs >= 1 << 30 else est.max_num_seqs:,} / "
+              f"{est.max_tokens_per_iteration:,}")
+    t.add_row("iterations / preemptions", f"{est.iterations:,} / {est.preemptions:,}")
+    print_table(t)
+    lat = Table(title="latency")
+    for col in ("", "mean", "p50", "p90", "p99"):
+        lat.add_column(col, justify="right")
+    for name, st in (("TTFT", est.ttft_s), ("time between tokens", est.itl_s), ("request latency", est.e2e_s)):
+        lat.add_row(name, *[fmt_time(st[k]) if st[k] is not None else "-" for k in ("mean", "p50", "p90", "p99")])
+    print_table(lat)
+    for note in est.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)

@@ -1,0 +1,543 @@
+"""Serving under load: an iteration-level model of an engine's scheduler.
+
+As in Vidur (Agrawal et al., MLSys 2024), what the hardware costs per iteration is kept apart from
+what the scheduler decides. The cost (:class:`IterationCost`) is the calibrated per-iteration model
+of costmodel.inference: decode_step's matmuls (CUDA-graph batch sizes), its KV-cache read over each
+sequence's real context, prefill_attention_s for prefill chunks and the tensor-parallel
+all-reduces, tabulated once over token counts and interpolated. The scheduler
+(:func:`simulate`) does continuous batching with chunked prefill under a token budget per
+iteration, a cap on running sequences, a paged KV cache sized from the memory left after the
+weights, and preemption (recompute) when the cache is full (Kwon et al. 2023; Agrawal et al. 2024,
+Sarathi-Serve).
+
+Every request has the same input and output length. Requests admitted together with the same
+progress form a *cohort* (a contiguous range of request ids), so an iteration costs numpy
+operations over cohorts, never a Python loop over sequences, and runs of decode-only iterations in
+which nothing is admitted, preempted or finished are stepped at once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .arch import ModelConfig
+from .errors import InputError
+from .inference import decode_step, prefill_attention_s, tp_allreduce_s
+from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
+from .roofline import efficiency_for, gemm_op
+from .specs import AcceleratorSpec, NodeSpec, package_data_dir, read_yaml
+from .workload import DTYPE_BYTES, InferJob
+
+ENGINES = ("vllm", "sglang", "tensorrt-llm")
+LOADS = ("batch", "concurrency", "request_rate", "max_load")
+GIB = 2**30
+
+
+@dataclass
+class EngineConfig:
+    id: str
+    max_num_seqs: int  # running sequences at most
+    max_tokens_per_iteration: int  # token budget of one iteration (chunked prefill size)
+    kv_memory_fraction: float
+    kv_memory_basis: str  # "total": of the device's memory (weights, activations, KV); "free": of what is left after them
+    block_tokens: int
+    mixed_batches: bool  # prefill chunks and decode tokens in one iteration
+    cuda_graph_sizes: list[int]
+    sources: list[str] = field(default_factory=list)
+
+
+def engines_dir() -> Path:
+    return package_data_dir("data") / "engines"
+
+
+def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> EngineConfig:
+    """The engine's defaults (data/engines/<name>.yaml) for a device and TP size; ``overrides``
+    (non-None) replace fields."""
+    path = engines_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise InputError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}", field="engine")
+    d = read_yaml(path)
+    gib = spec.memory.capacity_bytes / GIB
+    tier = next(t for t in d["tiers"] if gib >= t["min_memory_gib"] and spec.id not in t.get("not_devices", ()))
+    frac = d["kv_memory_fraction"]
+    by_tp = d.get("kv_memory_fraction_by_tp") or {}
+    for k in sorted(by_tp):
+        if tp >= int(k):
+            frac = by_tp[k]
+    budget = tier["max_tokens_per_iteration"]
+    seqs = tier["max_num_seqs"] or 1 << 30  # null: the KV cache bounds it
+    gmax = d["cuda_graph_max_batch"]
+    sizes = sorted(set(list(d["cuda_graph_small"]) + list(range(d["cuda_graph_step"], gmax + 1, d["cuda_graph_step"]))))
+    cfg = EngineConfig(id=d["id"], max_num_seqs=seqs, max_tokens_per_iteration=budget, kv_memory_fraction=frac,
+                       kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
+                       mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])))
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- cost
+
+
+def _grid(hi: int, points: int = 40) -> np.ndarray:
+    return np.unique(np.concatenate([np.arange(1, 17), np.round(np.geomspace(1, max(hi, 2), points))])).astype(float)
+
+
+class IterationCost:
+    """Seconds of one engine iteration, from costmodel.inference's calibrated pieces:
+
+    body(n)   decode_step's matmuls over n tokens without the LM head, + its small graph kernels
+    lm(r)     the LM head over r sampled rows (decode tokens and last prefill chunks)
+    kv(c)     decode_step's KV-cache read of c cached positions in all (the read is linear in
+              batch x context, so a batch's sum of contexts is what counts)
+    attn(L)   prefill_attention_s of one L-token prompt; a chunk from s0 to s1 costs attn(s1) -
+              attn(s0) (causal attention of the chunk over its prefix, and the chunk's elementwise)
+    comm(n)   tensor-parallel all-reduces over n tokens (tp_allreduce_s)
+    Decode-only iterations pad n to the engine's next CUDA-graph batch size.
+    """
+
+    def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
+                 max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
+                 calibration: str | None = None):
+        eff = efficiency_for(spec, calibration)
+        self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
+        links = None
+        if tp > 1:
+            from .comm_bridge import Links
+
+            links = Links.from_specs(spec, node, eff)
+        wbytes = DTYPE_BYTES[job.weight_dtype]
+        dtype = job.compute_dtype if spec.peak_flops.get(job.compute_dtype) else "bf16"
+        self.n_grid = _grid(max(max_tokens, int(self.graph_sizes.max())))
+        body, lm, comm = [], [], []
+        for n in self.n_grid:
+            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff)
+            head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
+                           graph=job.cuda_graph).time_s
+            body.append(d.weights_s - head + d.small_kernels_s)
+            lm.append(head)
+            comm.append(tp_allreduce_s(model, links, tp, int(n)))
+        self.body, self.lm, self.comm = np.array(body), np.array(lm), np.array(comm)
+        self.c_grid = np.concatenate([[0.0], _grid(max(max_context_tokens, 2), 48)])
+        kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff).kv_s
+                      for c in self.c_grid[1:]]
+        self.kv_tab = np.array(kv)
+        self.l_grid = np.concatenate([[0.0], _grid(max(max_prompt, 2), 40)])
+        attn = [0.0] + [prefill_attention_s(model, spec, job.model_copy(update={"batch": 1, "prompt_len": int(L)}), tp, eff=eff)
+                        for L in self.l_grid[1:]]
+        self.attn_tab = np.array(attn)
+
+    def _n(self, tab, n):
+        return np.interp(n, self.n_grid, tab)
+
+    def pad(self, n):
+        """The CUDA-graph batch size a decode-only batch of n runs at (n itself above the largest)."""
+        n = np.asarray(n, dtype=float)
+        i = np.searchsorted(self.graph_sizes, n)
+        return np.where(i < len(self.graph_sizes), self.graph_sizes[np.minimum(i, len(self.graph_sizes) - 1)], n)
+
+    def kv(self, c):
+        return np.interp(c, self.c_grid, self.kv_tab)
+
+    def attn(self, L):
+        return np.interp(L, self.l_grid, self.attn_tab)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        """Seconds of iterations (numpy-broadcast): n_tokens scheduled, n_logits sampled rows,
+        ctx_sum cached positions read by the decode tokens, attn_s of prefill chunks."""
+        n = np.where(decode_only, self.pad(n_tokens), n_tokens)
+        r = np.where(decode_only, n, n_logits)
+        return self._n(self.body, n) + self._n(self.lm, r) + self._n(self.comm, n) + self.kv(ctx_sum) + attn_s
+
+
+# ---------------------------------------------------------------------------------- scheduler
+
+
+@dataclass
+class SimResult:
+    arrival: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    itl: np.ndarray  # duration of each iteration that produced decode tokens
+    itl_weight: np.ndarray  # decode tokens it produced
+    iterations: int
+    preemptions: int
+
+
+def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
+             kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
+             value: float | None = None, seed: int = 0) -> SimResult:
+    """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
+
+    Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
+    the next batch starts when the last finished), ``concurrency`` (closed loop: ``value`` requests
+    in flight), ``request_rate`` (open loop: Poisson arrivals at ``value`` per second, seeded),
+    ``max_load`` (all queued at t=0).
+
+    Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
+    chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
+    token budget, the running-sequence cap and the KV cache allow. ``mixed`` False (SGLang):
+    an iteration with prefill work runs no decode tokens. A sequence's first token comes at the end
+    of the iteration that finishes its prompt. When a decode token needs a KV block and none is
+    free, the most recently admitted sequences are preempted and later re-prefilled (recompute).
+    """
+    N, I, O = int(num_requests), int(input_len), int(output_len)
+    if min(N, I, O, max_num_seqs, token_budget) < 1:
+        raise InputError("requests, lengths, running sequences and token budget must be >= 1", field="load")
+    bs = max(1, int(block_tokens))
+    cap_blocks = int(kv_capacity_tokens) // bs
+    if -(-(I + O) // bs) > cap_blocks:
+        raise InputError(f"one request of {I + O} tokens does not fit the KV cache ({int(kv_capacity_tokens)} tokens)",
+                         field="input_len")
+    static = load == "batch"
+    arrival = np.full(N, np.inf)
+    if load in ("max_load", "batch"):
+        arrival[:] = 0.0
+        if static:
+            max_num_seqs = int(value)
+            token_budget = max(token_budget, int(value) * I)
+    elif load == "concurrency":
+        arrival[: int(value)] = 0.0
+    elif load == "request_rate":
+        rng = np.random.default_rng(seed)
+        arrival = np.cumsum(rng.exponential(1.0 / float(value), N))
+    else:
+        raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
+    conc = int(value) if load == "concurrency" else 0
+    first = np.full(N, np.nan)
+    finish = np.full(N, np.nan)
+    # cohorts: request ids [lo, hi), ctx = tokens in the KV cache, pf = prompt tokens still to
+    # prefill, dec = tokens generated; order = admission order
+    lo = np.zeros(0, np.int64); hi = np.zeros(0, np.int64)
+    ctx = np.zeros(0, np.int64); pf = np.zeros(0, np.int64); dec = np.zeros(0, np.int64)
+    requeue: list[tuple[int, int, int]] = []  # preempted (lo, hi, dec), re-admitted first
+    next_req = 0
+    done = 0
+    now = 0.0
+    itl_t: list[np.ndarray] = []
+    itl_w: list[np.ndarray] = []
+    iters = 0
+    preempted = 0
+
+    def blocks(c):
+        return -(-c // bs)
+
+    while done < N:
+        n = hi - lo
+        running = int(n.sum())
+        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        waiting = avail_new + sum(h - l for l, h, _ in requeue)
+        if running == 0 and waiting == 0:
+            now = max(now, float(arrival[next_req]))
+            continue
+        decoding = pf == 0
+        used = int((n * blocks(ctx)).sum())
+        can_admit = waiting > 0 and running < max_num_seqs and (not static or running == 0)
+        # ------------------------------------------------ a run of decode-only iterations
+        if running and bool(decoding.all()) and not can_admit:
+            nd = running
+            k = int((O - dec).min())
+            if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
+                limit_t = float(arrival[next_req])
+            else:
+                limit_t = np.inf
+            if k > 1:  # KV blocks: the first step that would need more than there are
+                j = np.arange(1, k + 1)
+                need = (n[:, None] * blocks(ctx[:, None] + j[None, :])).sum(axis=0)
+                over = np.nonzero(need > cap_blocks)[0]
+                if over.size:
+                    k = max(1, int(over[0]))
+            j = np.arange(k)
+            ctx0 = int((n * (ctx + 1)).sum())
+            ts = cost.iteration_s(nd, nd, ctx0 + nd * j, 0.0, True) * np.ones(k)
+            if np.isfinite(limit_t):
+                cum = now + np.cumsum(ts)
+                stop = int(np.searchsorted(cum, limit_t, side="left"))
+                if stop < k:
+                    k = stop + 1
+                    ts = ts[:k]
+            if int((n * blocks(ctx + k)).sum()) > cap_blocks:
+                k = 1
+                ts = ts[:1]
+                # fall through to the single-iteration path, which preempts
+            else:
+                now += float(ts.sum())
+                iters += k
+                itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
+                ctx = ctx + k; dec = dec + k
+                fin = dec >= O
+                if fin.any():
+                    for a, b in zip(lo[fin], hi[fin]):
+                        finish[a:b] = now
+                        cnt = b - a
+                        if conc:
+                            s0 = conc + done
+                            arrival[s0: min(N, s0 + cnt)] = now
+                        done += int(cnt)
+                    keep = ~fin
+                    lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
+                continue
+        # ------------------------------------------------ one iteration
+        iters += 1
+        n = hi - lo
+        decoding = pf == 0
+        # decode tokens first (not in a prefill iteration of an unmixed engine)
+        has_pf_work = bool((~decoding).any()) or can_admit
+        run_decode = mixed or not has_pf_work
+        if run_decode and decoding.any():
+            # preempt the newest cohorts' sequences until every decode token has its block
+            while True:
+                need = int((n * blocks(ctx + np.where(decoding, 1, 0))).sum())
+                if need <= cap_blocks or len(lo) <= 1 and n.sum() <= 1:
+                    break
+                last = len(lo) - 1
+                excess_blocks = need - cap_blocks
+                per = max(1, int(blocks(ctx[last] + (1 if decoding[last] else 0))))
+                drop = int(min(n[last], -(-excess_blocks // per)))
+                requeue.insert(0, (int(hi[last] - drop), int(hi[last]), int(dec[last])))
+                preempted += drop
+                hi[last] -= drop
+                if hi[last] == lo[last]:
+                    lo, hi, ctx, pf, dec = lo[:-1], hi[:-1], ctx[:-1], pf[:-1], dec[:-1]
+                n = hi - lo
+                decoding = pf == 0
+        nd = int(n[decoding].sum()) if run_decode else 0
+        ctx_sum = int((n[decoding] * (ctx[decoding] + 1)).sum()) if run_decode else 0
+        budget = token_budget - nd
+        free = cap_blocks - int((n * blocks(ctx + np.where(decoding & run_decode, 1, 0))).sum())
+        tokens = nd
+        logits = nd
+        attn_s = 0.0
+        first_done: list[tuple[int, int]] = []
+        new_ctx = ctx.copy()
+        new_pf = pf.copy()
+        # continue partial prefills (cohorts of one sequence)
+        for i in np.nonzero(~decoding)[0]:
+            if budget <= 0:
+                break
+            c = int(min(pf[i], budget))
+            grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+            if grow > free:
+                c = max(0, int((blocks(ctx[i]) + free) * bs - ctx[i]))
+                c = min(c, int(pf[i]))
+                grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+            if c <= 0:
+                continue
+            attn_s += float(cost.attn(ctx[i] + c) - cost.attn(ctx[i]))
+            budget -= c; free -= grow; tokens += c
+            new_ctx[i] += c; new_pf[i] -= c
+            if new_pf[i] == 0:
+                logits += 1
+        # admissions
+        add_lo, add_hi, add_ctx, add_pf, add_dec = [], [], [], [], []
+        seats = max_num_seqs - running
+        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        if not (static and running > 0) and (mixed or nd == 0):
+            while budget > 0 and seats > 0 and (requeue or avail_new > 0):
+                from_rq = bool(requeue)
+                if from_rq:
+                    a, b, d0 = requeue[0]
+                else:
+                    a, b, d0 = next_req, next_req + avail_new, 0
+                start, L = a, I + d0
+                per_blocks = int(blocks(L))
+                full = int(min(b - a, seats, budget // L, free // per_blocks))
+                if full > 0:
+                    add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
+                    if d0 == 0:
+                        first_done.append((a, a + full))
+                    budget -= full * L; free -= full * per_blocks; seats -= full; tokens += full * L; logits += full
+                    attn_s += full * float(cost.attn(L))
+                    a += full
+                c = int(min(budget, L, free * bs))
+                if a < b and seats > 0 and 0 < c < L:  # a chunk of the next prompt
+                    add_lo.append(a); add_hi.append(a + 1); add_ctx.append(c); add_pf.append(L - c); add_dec.append(d0)
+                    budget -= c; free -= int(blocks(c)); seats -= 1; tokens += c
+                    attn_s += float(cost.attn(c))
+                    a += 1
+                if from_rq:
+                    if a >= b:
+                        requeue.pop(0)
+                    else:
+                        requeue[0] = (a, b, d0)
+                else:
+                    next_req += a - start
+                    avail_new -= a - start
+                if a == start or a < b:
+                    break
+        if tokens == 0:
+            # nothing could run (KV full with only partial prefills): free the newest sequence
+            last = len(lo) - 1
+            requeue.insert(0, (int(hi[last] - 1), int(hi[last]), int(dec[last])))
+            preempted += 1
+            hi[last] -= 1
+            if hi[last] == lo[last]:
+                lo, hi, ctx, pf, dec = lo[:-1], hi[:-1], ctx[:-1], pf[:-1], dec[:-1]
+            continue
+        t = float(cost.iteration_s(tokens, logits, ctx_sum, attn_s, tokens == nd))
+        now += t
+        if nd:
+            itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)]))
+        # decoders advance
+        new_dec = dec.copy()
+        if run_decode:
+            new_ctx = np.where(decoding, new_ctx + 1, new_ctx)
+            new_dec = np.where(decoding, dec + 1, dec)
+        # sequences whose prefill ended now emit their first token (a re-prefilled one: its next)
+        ended = (~decoding) & (new_pf == 0)
+        for i in np.nonzero(ended)[0]:
+            if dec[i] == 0:
+                first[lo[i]:hi[i]] = now
+            new_dec[i] += 1
+        lo = np.concatenate([lo, np.array(add_lo, np.int64)])
+        hi = np.concatenate([hi, np.array(add_hi, np.int64)])
+        ctx = np.concatenate([new_ctx, np.array(add_ctx, np.int64)])
+        pf = np.concatenate([new_pf, np.array(add_pf, np.int64)])
+        add_dec_arr = np.array(add_dec, np.int64) + (np.array(add_pf, np.int64) == 0)
+        dec = np.concatenate([new_dec, add_dec_arr])
+        for a, b in first_done:
+            first[a:b] = now
+        fin = dec >= O
+        if fin.any():
+            for a, b in zip(lo[fin], hi[fin]):
+                finish[a:b] = now
+                cnt = int(b - a)
+                if conc:
+                    s0 = conc + done
+                    arrival[s0: min(N, s0 + cnt)] = now
+                done += cnt
+            keep = ~fin
+            lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
+    return SimResult(arrival=arrival, first_token=first, finish=finish,
+                     itl=np.concatenate(itl_t) if itl_t else np.zeros(0),
+                     itl_weight=np.concatenate(itl_w) if itl_w else np.zeros(0), iterations=iters, preemptions=preempted)
+
+
+# ---------------------------------------------------------------------------------- statistics
+
+
+def _stats(x: np.ndarray, w: np.ndarray | None = None) -> dict:
+    if x.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    if w is None:
+        p = np.percentile(x, [50, 90, 99])
+        return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+    order = np.argsort(x)
+    xs, ws = x[order], w[order]
+    cw = np.cumsum(ws) / ws.sum()
+    q = [float(xs[min(len(xs) - 1, int(np.searchsorted(cw, f)))]) for f in (0.5, 0.9, 0.99)]
+    return {"mean": float((x * w).sum() / w.sum()), "p50": q[0], "p90": q[1], "p99": q[2]}
+
+
+@dataclass
+class ServeEstimate:
+    model_id: str
+    hardware: str
+    engine: str
+    tp: int
+    devices: int
+    load: str
+    load_value: float | None
+    num_requests: int
+    input_len: int
+    output_len: int
+    weight_dtype: str
+    kv_dtype: str
+    max_num_seqs: int
+    max_tokens_per_iteration: int
+    kv_cache_tokens: int
+    kv_cache_sequences: int  # full-length (input + output) sequences the KV cache holds at once
+    weights_bytes_per_device: float
+    kv_cache_bytes_per_device: float
+    duration_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    output_tokens_per_s_per_device: float
+    total_tokens_per_s_per_device: float
+    requests_per_s: float
+    ttft_s: dict
+    itl_s: dict
+    e2e_s: dict
+    iterations: int
+    preemptions: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig) -> tuple[float, float, int]:
+    """(weights bytes, KV-cache bytes, KV-cache tokens) per device under the engine's memory rule.
+    Besides the weights, the engine keeps an activation workspace for a forward of its token
+    budget (~ 12 bytes per hidden and 6 per FFN element per token, the live tensors of one layer,
+    as validate's eager prefill peak counts them) and the CUDA context."""
+    w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
+    act = eng.max_tokens_per_iteration * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3) / tp
+    cap = spec.memory.capacity_bytes
+    if eng.kv_memory_basis == "free":
+        kv = eng.kv_memory_fraction * (cap - w - act - CUDA_CONTEXT_BYTES)
+    else:
+        kv = eng.kv_memory_fraction * cap - w - act - CUDA_CONTEXT_BYTES
+    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)
+    tokens = int(max(0.0, kv) // per_tok) // eng.block_tokens * eng.block_tokens
+    return w, max(0.0, kv), tokens
+
+
+def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, input_len: int, output_len: int,
+                   load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
+                   weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
+                   calibration: str | None = None, seed: int = 0, max_num_seqs: int | None = None,
+                   max_tokens_per_iteration: int | None = None) -> ServeEstimate:
+    if load not in LOADS:
+        raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
+    if load != "max_load" and (value is None or value <= 0):
+        raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
+    if model.heads % tp:
+        raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
+    job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                   cuda_graph=True)
+    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng)
+    if kv_tokens < input_len + output_len:
+        raise InputError(f"{model.id} does not fit {tp} x {spec.id} with room for one {input_len}+{output_len}-token "
+                         f"request ({w / GIB:.1f} GiB of weights per device); try --tp or a smaller --weight-dtype",
+                         field="tp")
+    if num_requests is None:
+        num_requests = {"batch": int(value or 1), "concurrency": int(10 * (value or 1))}.get(load, 1000)
+    notes = []
+    seqs = eng.max_num_seqs
+    if load == "batch":
+        seqs = int(value)
+    per_seq = -(-(input_len + output_len) // eng.block_tokens) * eng.block_tokens
+    kv_seqs = kv_tokens // per_seq
+    if load == "batch" and kv_seqs < value:
+        notes.append(f"the KV cache holds {kv_seqs} full sequences, fewer than the batch: sequences are preempted")
+    seqs_bound = min(seqs, 1 << 20)
+    cost = IterationCost(model, spec, job, tp, node,
+                         max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
+                                        min(seqs_bound, kv_seqs + 1)),
+                         max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
+                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration)
+    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
+                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
+                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed)
+    start = float(np.min(sim.arrival))
+    duration = float(np.max(sim.finish)) - start
+    out_tok = num_requests * output_len
+    tot_tok = num_requests * (input_len + output_len)
+    if sim.preemptions:
+        notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
+    return ServeEstimate(
+        model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=tp, load=load, load_value=value,
+        num_requests=num_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(value),
+        max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens, kv_cache_sequences=kv_seqs,
+        weights_bytes_per_device=w, kv_cache_bytes_per_device=kv_bytes, duration_s=duration,
+        output_tokens_per_s=out_tok / duration, total_tokens_per_s=tot_tok / duration,
+        output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
+        requests_per_s=num_requests / duration, ttft_s=_stats(sim.first_token - sim.arrival),
+        itl_s=_stats(sim.itl, sim.itl_weight), e2e_s=_stats(sim.finish - sim.arrival), iterations=sim.iterations,
+        preemptions=sim.preemptions, notes=notes)

@@ -1,0 +1,159 @@
+"""The serving scheduler (costmodel.serving), `validate` on serve records and `costmodel serve`."""
+import json
+
+import numpy as np
+import pytest
+
+from costmodel.errors import InputError
+from costmodel.serving import simulate
+
+
+class LinearCost:
+    """A hand-checkable cost: an iteration takes 1 s + 0.1 s per scheduled token."""
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        return 1.0 + 0.1 * np.asarray(n_tokens, dtype=float)
+
+    def attn(self, L):
+        return 0.0
+
+
+def test_three_requests_chunked_prefill_by_hand():
+    # budget 6 tokens, prompts of 4, 3 tokens out each:
+    # it1: r0 prefill 4 + r1 chunk 2 = 6 tokens, 1.6 s (r0's first token at 1.6)
+    # it2: r0 decode 1 + r1 last 2 + r2 chunk 3 = 6, 1.6 s -> 3.2 (r1 first token)
+    # it3: r0, r1 decode 2 + r2 last 1 = 3, 1.3 s -> 4.5 (r0 done, r2 first token)
+    # it4: r1, r2 decode 2, 1.2 s -> 5.7 (r1 done); it5: r2 decode 1, 1.1 s -> 6.8
+    r = simulate(LinearCost(), num_requests=3, input_len=4, output_len=3, max_num_seqs=8, token_budget=6,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load")
+    assert np.allclose(r.first_token, [1.6, 3.2, 4.5])
+    assert np.allclose(r.finish, [4.5, 5.7, 6.8])
+    assert r.iterations == 5
+    # time between tokens: r0 1.6, 1.3; r1 1.3, 1.2; r2 1.2, 1.1
+    assert np.isclose((r.itl * r.itl_weight).sum() / r.itl_weight.sum(), 7.7 / 6)
+
+
+def test_static_batch_by_hand():
+    # batch 2 of 4+3: one prefill of 8 tokens (1.8 s), then two decode steps of 2 tokens (1.2 s each)
+    r = simulate(LinearCost(), num_requests=4, input_len=4, output_len=3, max_num_seqs=99, token_budget=2,
+                 kv_capacity_tokens=1000, block_tokens=1, load="batch", value=2)
+    assert np.allclose(r.first_token, [1.8, 1.8, 6.0, 6.0])
+    assert np.allclose(r.finish, [4.2, 4.2, 8.4, 8.4])
+
+
+def test_running_cap_and_kv_preemption():
+    # max 2 running: the third request waits for a finished one
+    r = simulate(LinearCost(), num_requests=3, input_len=4, output_len=3, max_num_seqs=2, token_budget=100,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load")
+    # it1: 8 tokens (1.8); it2, it3: 2 decode tokens (1.2 each) -> 4.2 both done; it4: r2 prefill 4 (1.4) -> 5.6
+    assert np.allclose(r.finish[:2], 4.2) and np.isclose(r.first_token[2], 5.6)
+    # each sequence ends holding 4 + 2 positions (the last token is not cached): 11 cannot hold both
+    r = simulate(LinearCost(), num_requests=2, input_len=4, output_len=3, max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=11, block_tokens=1, load="max_load")
+    assert r.preemptions >= 1 and np.all(np.isfinite(r.finish))
+
+
+def test_one_request_larger_than_the_cache_is_an_input_error():
+    with pytest.raises(InputError):
+        simulate(LinearCost(), num_requests=1, input_len=10, output_len=10, max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=16, block_tokens=1)
+
+
+@pytest.fixture(scope="module")
+def h100():
+    from costmodel.arch import load_model
+    from costmodel.specs import load_library
+
+    return load_model("llama3.1-8b"), load_library().device("h100-sxm")
+
+
+def test_closed_loop_obeys_littles_law(h100):
+    from costmodel.serving import estimate_serve
+
+    est = estimate_serve(*h100, input_len=512, output_len=128, load="concurrency", value=32, num_requests=640)
+    # Little's law: requests in flight = throughput x time in system
+    assert est.requests_per_s * est.e2e_s["mean"] == pytest.approx(32, rel=0.06)
+    assert est.output_tokens_per_s == pytest.approx(est.requests_per_s * 128)
+    assert est.ttft_s["p50"] <= est.ttft_s["p99"] and est.itl_s["p50"] <= est.itl_s["p99"]
+
+
+def test_batch_one_matches_the_decode_step(h100):
+    from costmodel.inference import decode_step
+    from costmodel.serving import estimate_serve
+    from costmodel.workload import InferJob
+
+    model, spec = h100
+    est = estimate_serve(model, spec, input_len=1000, output_len=101, load="batch", value=1)
+    # one sequence decodes alone: every step is decode_step at batch 1 (graph size 1), its context
+    # growing 1001..1100; the mean is within a hair of the step at the middle context
+    mid = decode_step(model, spec, InferJob(batch=1, cuda_graph=True), 1050).step_s
+    assert est.itl_s["mean"] == pytest.approx(mid, rel=0.01)
+    # KV capacity: vLLM's 0.9 of 80 GiB less 15 GiB of weights, 8192 tokens of activations and the CUDA context
+    per_tok = 2 * 32 * 8 * 128 * 2
+    w = 8.03e9 * 2
+    act = 8192 * (4096 * 12 + 14336 * 6)
+    expect = (0.9 * 80 * 2**30 - w - act - 0.5 * 2**30) / per_tok
+    assert est.kv_cache_tokens == pytest.approx(expect, rel=0.01)
+
+
+def _serve_rec(**kw):
+    rec = {"kind": "serve", "name": "t", "engine": "vllm", "hardware": "h100-sxm", "devices": 1, "parallel": {"tp": 1},
+           "model": "llama3.1-8b", "weight_dtype": "bf16", "kv_dtype": "bf16", "input_len": 256, "output_len": 64,
+           "concurrency": 4, "num_requests": 16,
+           "measured": {"output_tokens_per_s": 500.0, "ttft_seconds": 0.05, "itl_seconds": 0.008, "e2e_seconds": 0.6}}
+    rec.update(kw)
+    return rec
+
+
+def test_validate_reports_serve_metrics():
+    from costmodel.validate import validate_records
+
+    rep = validate_records([("f.jsonl:1", _serve_rec())])
+    assert set(rep.summary) == {"serve.output_tokens_per_s", "serve.ttft_seconds", "serve.itl_seconds", "serve.e2e_seconds"}
+
+
+@pytest.mark.parametrize("change, field", [({"concurrency": None, "burst": 3}, "load"),
+                                           ({"max_load": True}, "load"),
+                                           ({"input_len": None}, "input_len"),
+                                           ({"concurrency": "many"}, "concurrency")])
+def test_validate_serve_input_errors(change, field):
+    from costmodel.validate import validate_records
+
+    with pytest.raises(InputError) as e:
+        validate_records([("f.jsonl:7", _serve_rec(**change))])
+    assert e.value.file == "f.jsonl:7" and e.value.field == field and "\n" not in str(e.value)
+
+
+def test_serve_cli(capsys):
+    from typer.testing import CliRunner
+
+    from costmodel.cli.app import app
+
+    r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--request-rate", "4", "--num-requests", "50",
+                                 "--input-len", "256", "--output-len", "32", "--engine", "sglang", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["engine"] == "sglang" and d["num_requests"] == 50 and d["itl_s"]["p99"] > 0
+    r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--max-load", "--batch", "2"])
+    assert r.exit_code != 0
+
+
+def test_weight_only_quantized_gemm_reads_packed_bytes():
+    from costmodel.roofline import DEQUANT_OVERHEAD, efficiency_for, gemm_op
+    from costmodel.specs import load_library
+
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    k, n = 4096, 28672
+    t16 = gemm_op(eff, "mlp_in", 1, k, n, elem_bytes=2.0, graph=True).time_s
+    rate = eff.mem_bytes_per_s(2.0 * (k + k * n + n))
+    for wb in (1.0, 0.5):
+        # hand arithmetic: the bf16 kernel less (2 - wb) bytes per weight at the streaming rate, plus
+        # 3% of the packed read for dequantization
+        expect = t16 - (2.0 - wb) * k * n / rate + DEQUANT_OVERHEAD * wb * k * n / rate
+        assert gemm_op(eff, "mlp_in", 1, k, n, elem_bytes=wb, graph=True).time_s == pytest.approx(expect, rel=1e-9)
+    # memory-bound decode speeds up with the bytes
+    from costmodel.plan import infer
+
+    t = {d: infer("llama3-8b", "h100-sxm", batch=1, weight_dtype=d).tpot_s for d in ("bf16", "int8", "int4")}
+    assert t["int4"] < t["int8"] < t["bf16"] and t["bf16"] / t["int8"] > 1.5
