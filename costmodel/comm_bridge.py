@@ -48,6 +48,9 @@ class Links:
     # comm.CommParams of the calls: isolated calls (the truth file's kernel records) by default;
     # ``from_specs(..., queued=True)`` for calls queued inside a training step (QUEUED_PARAMS).
     params: comm.CommParams = comm.DEFAULT_PARAMS
+    # measured scale-out scaling to use where the node spec has none of its own (a framework
+    # profile's ``cluster_scaling``: the network it was fitted on)
+    fallback_scaling: object = None
 
     @classmethod
     def from_specs(cls, spec: AcceleratorSpec, node: NodeSpec | None, eff, queued: bool = False) -> "Links":
@@ -101,9 +104,9 @@ class Links:
 
     @property
     def scaling(self):
-        """The node's measured scale-out behaviour (specs.ScaleOutScaling), or None."""
+        """The node's measured scale-out behaviour (specs.ScaleOutScaling), else the fallback, or None."""
         so = getattr(self.node, "scale_out", None) if self.node is not None else None
-        return getattr(so, "scaling", None)
+        return getattr(so, "scaling", None) or self.fallback_scaling
 
     def _efficiency(self):
         return self.eff if hasattr(self.eff, "collective_time_s") else None

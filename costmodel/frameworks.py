@@ -77,13 +77,30 @@ class FrameworkProfile(BaseModel):
     description: str
     parameters: dict[str, ProfileParameter] = Field(default_factory=dict)
     settings: ProfileSettings = Field(default_factory=ProfileSettings)
+    # The network the profile was fitted on, as measured (specs.ScaleOutScaling: bus bandwidth by
+    # node count, ring step latency): used across nodes where the node spec has no measured
+    # scaling of its own (a cluster from `calibrate --nccl-tests` takes precedence).
+    cluster_scaling: dict | None = None
     # the cross-node ring step latency fitted with the profile where no nccl-tests logs pinned the
-    # cluster's (costmodel.cluster); replaces the node spec's scale_out.scaling.step_latency
+    # cluster's (costmodel.cluster); replaces the scaling's step_latency
     cluster_step_latency_s: float | None = Field(default=None, gt=0)
     fit: dict | None = None  # how the values were fitted (file, records, errors), written by fit-profile
 
+    @property
+    def scaling(self):
+        """``cluster_scaling`` as a specs.ScaleOutScaling (None when the profile names none)."""
+        if self.cluster_scaling is None:
+            return None
+        from .specs import ScaleOutScaling
+
+        return ScaleOutScaling.model_validate(self.cluster_scaling)
+
     @model_validator(mode="after")
     def _complete(self):
+        if self.cluster_scaling is not None:
+            from .specs import ScaleOutScaling
+
+            ScaleOutScaling.model_validate(self.cluster_scaling)  # its units and fields, checked once
         if self.step_model == "composed":
             missing = [p for p in COMPOSED_PARAMETERS if p not in self.parameters]
             if missing:

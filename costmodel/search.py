@@ -550,6 +550,9 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     """The step time of a composed framework profile on the screen's arrays: the terms of
     costmodel.steptime (its tp_layer_comm, pp_p2p, dp_comm and placement, once per distinct
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
+    from dataclasses import replace
+
+    link = replace(link, fallback_scaling=prof.scaling)  # the profile's network where the node has none measured
     v = c.val
     tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
     dp = N // (tp * pp * cp)

@@ -190,7 +190,7 @@ def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: flo
 
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
-                layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES) -> StepTerms:
+                layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None) -> StepTerms:
     """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
     search's screen builds the same terms on arrays from the same functions."""
@@ -202,6 +202,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     recompute_a = a_f if job.recompute != "none" else 0.0
     per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
+    link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)
     act = job.micro_batch * max(1, job.seq_len // par.cp) * model.hidden * 2.0
     tp_i, tp_w, tp_s = tp_layer_comm(link, act, par.tp, par.sequence_parallel, job.recompute)

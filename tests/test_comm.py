@@ -400,14 +400,18 @@ def test_bridge_routes_through_comm_and_truth_records():
     assert bl.collective_time_s("all_gather", GiB, 64, intra=False, per_node=8) == pytest.approx(
         collective_time_s("all_gather", GiB, Group(64, 8), node))
     assert bl.p2p_time_s(MiB, crosses_node=True) == pytest.approx(collective_time_s("send_recv", MiB, Group(2, 1), node))
-    # a node whose scaling was measured (dgx-h100: the Playbook's bus bandwidth by node count) goes
-    # through costmodel.cluster across nodes: 8 nodes of all-gather, 63 ring steps + the wire at the
+    # a node with measured scaling (here the Playbook's bus bandwidth by node count) goes through
+    # costmodel.cluster across nodes: 8 nodes of all-gather, 63 ring steps + the wire at the
     # interpolated bus bandwidth, and the queued call's launch overhead
     from costmodel import cluster
 
+    from costmodel import frameworks
+
     h = lib.node_for("dgx-h100")
     bh = BridgeLinks.from_specs(lib.device("h100-sxm"), h, None)
-    sc = h.scale_out.scaling
+    assert bh.scaling is None  # a DGX's InfiniBand: the alpha-beta model, until measured
+    sc = frameworks.resolve("nanotron").scaling  # the Playbook's EFA cluster, which nanotron was fitted on
+    bh.fallback_scaling = sc
     bw8 = 250e9 * (11 / 250) ** (3 / 6)  # log-log between 1 node (250 GB/s) and 64 nodes (11 GB/s)
     expect = bh.params.launch_overhead_s + 63 * sc.step_latency_s + 63 / 64 * GiB / bw8
     assert cluster.bus_bandwidth_at(sc, "all_gather", 8) == pytest.approx(bw8)

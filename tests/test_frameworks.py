@@ -266,15 +266,17 @@ def test_dp_bucket_setting_counts_calls():
 
 def test_node_option_times_runs_on_your_cluster(tmp_path, capsys):
     """validate / fit-profile --node: the runs' node replaced by a cluster spec the user brings
-    (here dgx-h100 with a 4x slower network across nodes): multi-node steps get slower, one-node
-    steps do not; a node of another device is refused naming the record."""
+    (here dgx-h100 with measured scaling 4x slower than the network the nanotron profile was fitted
+    on; a node's own measured scaling takes precedence over the profile's): multi-node steps get
+    slower, one-node steps do not; a node of another device is refused naming the record."""
     import yaml
 
     base = yaml.safe_load((ROOT / "hardware" / "nodes" / "dgx-h100.yaml").read_text())
     base["id"] = "my-h100-cluster"
-    sc = base["scale_out"]["scaling"]
+    sc = dict(frameworks.resolve("nanotron").cluster_scaling)  # the network nanotron was fitted on, 4x slower
     sc["bus_bandwidth"] = {op: {n: f"{float(str(v).split()[0]) / 4} GB/s" for n, v in t.items()}
                            for op, t in sc["bus_bandwidth"].items()}
+    base["scale_out"]["scaling"] = sc
     spec = tmp_path / "cluster.yaml"
     spec.write_text(yaml.safe_dump(base))
     runs = tmp_path / "runs.jsonl"
