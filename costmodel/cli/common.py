@@ -70,6 +70,15 @@ def _default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def check_plot(path) -> None:
+    """--plot's file, checked before any work (costmodel.outputs): never a shipped file, never over
+    a file that is not an image, its directory writable."""
+    if path is not None:
+        from ..outputs import check_output
+
+        check_output(path, "plot", flag="plot")
+
+
 def wrote_plot(path, json_out: bool = False) -> None:
     """Say where --plot wrote its PNG: on stdout, or stderr under --json (stdout is the JSON)."""
     (err_console if json_out else console).print(f"wrote plot {path}", highlight=False, soft_wrap=True)

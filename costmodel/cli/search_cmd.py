@@ -12,7 +12,7 @@ from rich.text import Text
 from ..errors import InputError
 from ..plots import layout_label
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, check_plot, wrote_plot
 
 
 def _ints(text: Optional[str], field: str, minimum: int = 1) -> Optional[list[int]]:
@@ -85,6 +85,7 @@ def search_cmd(
     parallelism, offload) on the hardware; print the best that fit and why the rest were rejected."""
     from ..search import search, search_infer
 
+    check_plot(plot)
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
         with err_console.status(Text(f"searching serving layouts of {model}...")) if not json_out else nullcontext():
