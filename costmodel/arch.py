@@ -6,7 +6,6 @@ architecture and checked in the tests against each model's published total.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -299,13 +298,10 @@ def _model_id(name: str) -> str:
 def from_hf_config(path: str | Path, model_id: str | None = None) -> ModelConfig:
     """Read a Hugging Face transformers ``config.json`` (offline) into a ModelConfig. ``model_id``:
     the id to give it (default: the file's stem, or the model type for a file named config.json)."""
+    from .inputs import load_json
+
     path = Path(path)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=path) from None
+    cfg = load_json(path)
     if not isinstance(cfg, dict):
         raise InputError("expected a JSON object", file=path)
 

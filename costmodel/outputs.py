@@ -161,7 +161,7 @@ def _holds(path: Path, kind: str) -> bool:
             if not s or s.startswith("#"):
                 continue
             try:
-                return isinstance(json.loads(s), dict)
+                return isinstance(json.loads(s), dict)  # not an input file: what an output would replace
             except ValueError:
                 return False  # the first line of a large file may be cut: then it is not ours to judge
         return False

@@ -15,7 +15,7 @@ citation (URL or paper), one for every figure. A user's spec (``--hardware-file`
 ``COSTMODEL_HARDWARE_PATH``) loads without them and is marked unsourced (``unsourced()`` lists the
 figures without a citation). All quantities are strings with units in YAML and base SI units in
 Python. A file with several problems reports them all at once.
-Files are read with ``yaml.safe_load`` only.
+Files are read with costmodel.inputs (PyYAML's safe loader, duplicate keys refused) only.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
@@ -33,7 +32,7 @@ DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MemorySpec(_Strict):
@@ -280,17 +279,12 @@ def package_data_dir(name: str) -> Path:
     return here.parent / name
 
 
-def read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=path) from None
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's data, read through costmodel.inputs (size limit, UTF-8, duplicate keys and
+    non-finite numbers refused; every problem one InputError naming the file)."""
+    from .inputs import load_yaml
+
+    return load_yaml(path)
 
 
 def parse_spec(data: object, file: str | Path = "<spec>", require_sources: bool = False
