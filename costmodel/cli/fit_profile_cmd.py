@@ -39,9 +39,16 @@ def fit_profile_cmd(
         check_output(out, "profile", inputs=inputs)
     base = frameworks.resolve(framework)
     start = frameworks.composed_start(frameworks.load_profile_file(profile) if profile else base)
+    from ..record_schema import check_record
+
+    _unverified = {"model", "parallel", "devices", "seq_len"}
     recs = [r for f in files for r in read_records(f)
-            if (r[1].get("kind") in ("train", "published"))
-            and frameworks.resolve(r[1].get("framework") or "pytorch").id == base.id]
+            if r[1].get("kind") in ("train", "published")
+            and not (r[1].get("kind") == "published" and isinstance(r[1].get("unverified"), list)
+                     and set(map(str, r[1]["unverified"])) & _unverified)]
+    for where, rec in recs:
+        check_record(rec, where)
+    recs = [r for r in recs if frameworks.resolve(r[1].get("framework") or "pytorch").id == base.id]
     if not recs:
         raise InputError(f"no train records of framework {base.id!r} in {', '.join(files)}", field="framework")
     lib = library(hardware_file)
