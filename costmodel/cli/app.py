@@ -48,7 +48,10 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit 2, never a traceback."""
+    from ..specs import pending_notes, reset_notes
+
     argv = normalise_switches(sys.argv[1:] if argv is None else list(argv))
+    reset_notes()
     try:
         app(args=argv, standalone_mode=True)
     except CostModelError as exc:
@@ -57,3 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    finally:
+        for note in pending_notes():  # e.g. a user's spec that replaces a shipped one
+            err_console.print(styled("[yellow]note:[/] " + escape(note)), highlight=False, soft_wrap=True)
