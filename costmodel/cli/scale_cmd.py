@@ -139,7 +139,10 @@ def scale_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Compute-optimal model size, tokens and loss for a budget, with time, energy and cost."""
+    from ..errors import require_run
+
     check_plot(plot)
+    require_run(tokens, None, price_per_hour)
     laws = sc.load_laws(law_file or [])
     if list_laws:
         rows = [{"id": l.id, "name": l.name, "form": l.form, "param_convention": l.param_convention,
