@@ -1,6 +1,6 @@
 """Where costmodel may write, and how: the one guard every command that writes a file goes through
 (``bench --out``, ``calibrate --out`` / ``--save-records``, ``calibrate --nccl-tests --out``,
-``fit-profile --out``, ``--plot``).
+``fit-profile --out``, ``--plot``, ``check --junit``).
 
 :func:`check_output` is called before any work is done (a benchmark, a fit, a search) and
 :func:`write_output` / :func:`atomic_target` when the work has succeeded. The rules:
@@ -13,7 +13,8 @@
    calibration.
 2. Never over a file the command reads (an input) or over another output of the same command.
 3. An existing file is replaced only when it holds what the command writes (kernel records, a
-   calibration overlay of the same device, a node spec, a framework profile, an image); anything
+   calibration overlay of the same device, a node spec, a framework profile, an image, a JUnit
+   report); anything
    else is refused, so a mistyped path does not destroy an unrelated file. A read-only file is
    never replaced, and a directory is never an output.
 4. The directory must exist and be writable, checked before the work starts.
@@ -41,6 +42,7 @@ KINDS = {
     "node": "a node spec (kind: node)",
     "profile": "a framework profile",
     "plot": "an image (PNG, SVG, PDF, JPEG or PostScript)",
+    "junit": "a JUnit XML report",
 }
 
 # How much of an existing file is read to tell what it holds.
@@ -155,6 +157,8 @@ def _holds(path: Path, kind: str) -> bool:
         return True  # an empty file holds nothing to lose
     if kind == "plot":
         return head.startswith((b"\x89PNG", b"%PDF", b"\xff\xd8\xff", b"%!PS")) or b"<svg" in head[:4096]
+    if kind == "junit":
+        return head.lstrip().startswith(b"<") and (b"<testsuite" in head[:4096] or b"<testsuites" in head[:4096])
     if kind == "records":
         for line in head.decode("utf-8", errors="replace").splitlines():
             s = line.strip()

@@ -292,3 +292,22 @@ def test_plot_over_an_old_plot_is_replaced_atomically(tmp_path):
     plots._save(fig, plt, png)
     assert png.read_bytes().startswith(b"\x89PNG") and png.read_bytes() != b"\x89PNG old"
     assert sorted(tmp_path.iterdir()) == [png]
+
+
+def test_check_junit_never_replaces_a_plan_and_replaces_an_old_report(capsys, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("model: llama-110m\nhardware: h100-sxm\ntraining: {}\nlimits: {min_mfu: 0.01}\n")
+    before = plan.read_bytes()
+    code, _, err = run(capsys, "check", plan, "--junit", plan)
+    assert code == 2 and plan.read_bytes() == before
+    _one_line_error(err, "'junit'", "one of the --plans inputs")
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me")
+    code, _, err = run(capsys, "check", plan, "--junit", other)
+    assert code == 2 and other.read_text() == "keep me"
+    report = tmp_path / "report.xml"
+    code, _, _ = run(capsys, "check", plan, "--no-search", "--junit", report)
+    first = report.read_text()
+    assert code in (0, 1) and "<testsuite" in first
+    code, _, _ = run(capsys, "check", plan, "--no-search", "--junit", report)
+    assert code in (0, 1) and report.read_text() == first and sorted(tmp_path.iterdir()) == [other, plan, report]
