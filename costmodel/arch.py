@@ -6,14 +6,19 @@ architecture and checked in the tests against each model's published total.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
 from .specs import package_data_dir, read_yaml
+
+# Bounds on architecture sizes, far beyond any model (the largest have ~130 layers, hidden sizes
+# near 2^15, vocabularies near 2^18): they keep absurd inputs (a config with 10^12 layers) from
+# reaching the formulas and the layout search as numbers nothing can be computed with.
+MAX_LAYERS = 100_000
+MAX_DIM = 2**31 - 1  # hidden, ffn, heads, vocab, context: the int32 range of tensor shapes
 
 # "gelu_new": the tanh-approximate GELU computed op by op (Hugging Face GPT-2's NewGELUActivation),
 # the same FLOPs as "gelu" but eight elementwise kernels and five saved tensors.
@@ -22,13 +27,13 @@ GATED = ("swiglu", "geglu")
 
 
 class MoEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    experts: int = Field(ge=1)
-    top_k: int = Field(ge=1)
-    expert_ffn: int = Field(ge=1)
-    shared_experts: int = Field(default=0, ge=0)
-    shared_expert_ffn: int | None = Field(default=None, ge=1)  # default: expert_ffn
-    dense_layers: int = Field(default=0, ge=0)  # first layers with a dense MLP (DeepSeek)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    experts: int = Field(ge=1, le=MAX_DIM)
+    top_k: int = Field(ge=1, le=MAX_DIM)
+    expert_ffn: int = Field(ge=1, le=MAX_DIM)
+    shared_experts: int = Field(default=0, ge=0, le=MAX_DIM)
+    shared_expert_ffn: int | None = Field(default=None, ge=1, le=MAX_DIM)  # default: expert_ffn
+    dense_layers: int = Field(default=0, ge=0, le=MAX_LAYERS)  # first layers with a dense MLP (DeepSeek)
     router_bias: bool = False
 
     @field_validator("top_k")
@@ -44,43 +49,44 @@ class MoEConfig(BaseModel):
 class MLAConfig(BaseModel):
     """Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434 section 2.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    q_lora_rank: int | None = Field(default=None, ge=1)  # None: q projected directly
-    kv_lora_rank: int = Field(ge=1)
-    qk_nope_head_dim: int = Field(ge=1)
-    qk_rope_head_dim: int = Field(ge=1)
-    v_head_dim: int = Field(ge=1)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    q_lora_rank: int | None = Field(default=None, ge=1, le=MAX_DIM)  # None: q projected directly
+    kv_lora_rank: int = Field(ge=1, le=MAX_DIM)
+    qk_nope_head_dim: int = Field(ge=1, le=MAX_DIM)
+    qk_rope_head_dim: int = Field(ge=1, le=MAX_DIM)
+    v_head_dim: int = Field(ge=1, le=MAX_DIM)
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a count given as text ("4096") or a float is an error, not silently converted
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     name: str = ""
     family: str = "custom"
     source: str = ""
-    layers: int = Field(ge=1)
-    hidden: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    kv_heads: int | None = Field(default=None, ge=1)  # default: heads (MHA)
-    head_dim: int | None = Field(default=None, ge=1)  # default: hidden / heads
-    ffn: int = Field(ge=1)
+    layers: int = Field(ge=1, le=MAX_LAYERS)
+    hidden: int = Field(ge=1, le=MAX_DIM)
+    heads: int = Field(ge=1, le=MAX_DIM)
+    kv_heads: int | None = Field(default=None, ge=1, le=MAX_DIM)  # default: heads (MHA)
+    head_dim: int | None = Field(default=None, ge=1, le=MAX_DIM)  # default: hidden / heads
+    ffn: int = Field(ge=1, le=MAX_DIM)
     activation: Activation = "swiglu"
-    vocab: int = Field(ge=1)
+    vocab: int = Field(ge=1, le=MAX_DIM)
     tied_embeddings: bool = False
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
-    norms_per_layer: int = Field(default=2, ge=0)  # Gemma 2: 4 (pre and post)
+    norms_per_layer: int = Field(default=2, ge=0, le=64)  # Gemma 2: 4 (pre and post)
     positions: Literal["learned", "rope", "alibi", "none"] = "rope"
-    max_context: int = Field(default=2048, ge=1)
+    max_context: int = Field(default=2048, ge=1, le=MAX_DIM)
     qkv_bias: bool = False
     bias: bool = False  # biases on every linear layer (GPT-2/3)
     parallel_block: bool = False  # attention and MLP side by side (GPT-J, Falcon)
     attention: Literal["mha", "gqa", "mqa", "mla"] = "mha"
-    sliding_window: int | None = Field(default=None, ge=1)
-    sliding_window_every: int = Field(default=1, ge=1)  # 2: every other layer (Gemma 2)
+    sliding_window: int | None = Field(default=None, ge=1, le=MAX_DIM)
+    sliding_window_every: int = Field(default=1, ge=1, le=MAX_LAYERS)  # 2: every other layer (Gemma 2)
     mla: MLAConfig | None = None
     moe: MoEConfig | None = None
-    published_params: int | None = Field(default=None, ge=1)
+    published_params: int | None = Field(default=None, ge=1, le=10**16)
     params_source: str = ""
 
     @field_validator("kv_heads")
@@ -296,59 +302,126 @@ def _model_id(name: str) -> str:
     return out or "hf-model"
 
 
+_Count = Annotated[StrictInt, Field(ge=1, le=MAX_DIM)]
+_Layers = Annotated[StrictInt, Field(ge=1, le=MAX_LAYERS)]
+
+
+class HFConfig(BaseModel):
+    """The fields of a Hugging Face ``config.json`` that :func:`from_hf_config` reads, checked
+    before any is used: counts are JSON integers >= 1 (a ``"4096"`` string, a 0 or a null where a
+    number is needed is an error naming the key), switches are true / false. ``null`` means "not
+    set", as in transformers (the next key or the default is used). Other keys are ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    model_type: StrictStr | None = None
+    name_or_path: StrictStr | None = Field(default=None, alias="_name_or_path")
+    hidden_size: _Count | None = None
+    n_embd: _Count | None = None
+    d_model: _Count | None = None
+    num_attention_heads: _Count | None = None
+    n_head: _Count | None = None
+    num_hidden_layers: _Layers | None = None
+    n_layer: _Layers | None = None
+    num_key_value_heads: _Count | None = None
+    num_kv_heads: _Count | None = None
+    multi_query: StrictBool | None = None
+    intermediate_size: _Count | None = None
+    n_inner: _Count | None = None
+    ffn_hidden_size: _Count | None = None
+    vocab_size: _Count | None = None
+    head_dim: _Count | None = None
+    hidden_act: StrictStr | None = None
+    activation_function: StrictStr | None = None
+    tie_word_embeddings: StrictBool | None = None
+    max_position_embeddings: _Count | None = None
+    n_positions: _Count | None = None
+    attention_bias: StrictBool | None = None
+    alibi: StrictBool | None = None
+    sliding_window: _Count | None = None
+    use_sliding_window: StrictBool | None = None
+    parallel_attn: StrictBool | None = None
+    new_decoder_architecture: StrictBool | None = None
+    num_ln_in_parallel_attn: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
+    bias: StrictBool | None = None
+    num_local_experts: _Count | None = None
+    n_routed_experts: _Count | None = None
+    num_experts: _Count | None = None
+    num_experts_per_tok: _Count | None = None
+    moe_intermediate_size: _Count | None = None
+    n_shared_experts: Annotated[StrictInt, Field(ge=0, le=MAX_DIM)] | None = None
+    first_k_dense_replace: Annotated[StrictInt, Field(ge=0, le=MAX_LAYERS)] | None = None
+    topk_method: StrictStr | None = None
+    kv_lora_rank: _Count | None = None
+    q_lora_rank: _Count | None = None
+    qk_nope_head_dim: _Count | None = None
+    qk_rope_head_dim: _Count | None = None
+    v_head_dim: _Count | None = None
+
+
 def from_hf_config(path: str | Path, model_id: str | None = None) -> ModelConfig:
     """Read a Hugging Face transformers ``config.json`` (offline) into a ModelConfig. ``model_id``:
-    the id to give it (default: the file's stem, or the model type for a file named config.json)."""
+    the id to give it (default: the file's stem, or the model type for a file named config.json).
+    The file is checked against :class:`HFConfig` first: every error names the file and the key."""
+    from .inputs import load_json
+
     path = Path(path)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} at line {exc.lineno}", file=path) from None
+    cfg = load_json(path)
     if not isinstance(cfg, dict):
         raise InputError("expected a JSON object", file=path)
+    try:
+        HFConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise from_validation_error(exc, path) from None
+
+    def first(*keys, default=None):
+        """The value of the first key that is set (not absent, not null), else ``default``."""
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return default
 
     def need(*keys):
-        for k in keys:
-            if k in cfg:
-                return cfg[k]
-        raise InputError(f"missing; expected one of {', '.join(keys)}", file=path, field=keys[0])
+        v = first(*keys)
+        if v is None:
+            raise InputError(f"missing; expected one of {', '.join(keys)}", file=path, field=keys[0])
+        return v
 
-    mt = str(cfg.get("model_type", "custom"))
+    mt = cfg.get("model_type")
+    mt = "custom" if mt is None else mt
     hidden = need("hidden_size", "n_embd", "d_model")
     heads = need("num_attention_heads", "n_head")
     layers = need("num_hidden_layers", "n_layer")
     gpt2 = mt in ("gpt2", "gpt_neo", "gptj", "opt")
-    act = str(cfg.get("hidden_act", cfg.get("activation_function", "silu")))
+    act = str(first("hidden_act", "activation_function", default="silu"))
     gated = not gpt2 and mt not in ("falcon", "gpt_bigcode")
     activation = ("geglu" if "gelu" in act else "swiglu") if gated else (
         "relu" if act == "relu" else ("gelu_new" if act == "gelu_new" else "gelu"))
     data: dict = dict(
         id=_model_id(model_id) if model_id else (
-            path.stem.lower().replace("_", "-") if path.stem != "config" else (mt.replace("_", "-") or "hf-model")),
+            _model_id(path.stem.replace("_", "-")) if path.stem != "config" else _model_id(mt.replace("_", "-"))),
         name=str(cfg.get("_name_or_path") or model_id or path.name),
         family=mt,
         source=f"Hugging Face config {path.name}",
         layers=layers,
         hidden=hidden,
         heads=heads,
-        kv_heads=cfg.get("num_key_value_heads") or cfg.get("num_kv_heads") or (1 if cfg.get("multi_query") else heads),
-        ffn=cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_hidden_size") or 4 * hidden,
+        kv_heads=first("num_key_value_heads", "num_kv_heads", default=1 if cfg.get("multi_query") else heads),
+        ffn=first("intermediate_size", "n_inner", "ffn_hidden_size", default=4 * hidden),
         activation=activation,
         vocab=need("vocab_size"),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", gpt2)),
         norm="layernorm" if gpt2 or mt == "falcon" else "rmsnorm",
         positions="learned" if gpt2 else ("alibi" if cfg.get("alibi") else "rope"),
-        max_context=cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048,
+        max_context=first("max_position_embeddings", "n_positions", default=2048),
         qkv_bias=bool(cfg.get("attention_bias", mt == "qwen2")),
         bias=gpt2,
     )
-    if cfg.get("head_dim"):
+    if cfg.get("head_dim") is not None:
         data["head_dim"] = cfg["head_dim"]
     kv = data["kv_heads"]
     data["attention"] = "mha" if kv == heads else ("mqa" if kv == 1 else "gqa")
-    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
+    if cfg.get("sliding_window") is not None and cfg.get("use_sliding_window", True):
         data["sliding_window"] = cfg["sliding_window"]
     if mt == "gemma2":
         data.update(norms_per_layer=4, sliding_window_every=2, tied_embeddings=True)
@@ -358,24 +431,28 @@ def from_hf_config(path: str | Path, model_id: str | None = None) -> ModelConfig
         # by default and has no biases unless `bias` is set.
         parallel = bool(cfg.get("parallel_attn", True))
         if cfg.get("new_decoder_architecture"):
-            norms = cfg.get("num_ln_in_parallel_attn") or 2
+            norms = first("num_ln_in_parallel_attn", default=2)
         else:
             norms = 1 if parallel else 2
         data.update(parallel_block=parallel, norms_per_layer=norms, bias=bool(cfg.get("bias", False)),
                     tied_embeddings=bool(cfg.get("tie_word_embeddings", True)))
-    n_exp = cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts")
-    if n_exp:
+    n_exp = first("num_local_experts", "n_routed_experts", "num_experts")
+    if n_exp is not None:
         data["moe"] = dict(
             experts=n_exp,
-            top_k=cfg.get("num_experts_per_tok", 2),
-            expert_ffn=cfg.get("moe_intermediate_size") or data["ffn"],
-            shared_experts=cfg.get("n_shared_experts") or 0,
-            dense_layers=cfg.get("first_k_dense_replace", 0),
+            top_k=first("num_experts_per_tok", default=2),
+            expert_ffn=first("moe_intermediate_size", default=data["ffn"]),
+            shared_experts=first("n_shared_experts", default=0),
+            dense_layers=first("first_k_dense_replace", default=0),
             # DeepSeek-V3 aux-loss-free balancing keeps a per-expert gate bias, e_score_correction_bias
             # (arXiv:2412.19437 section 2.1.2), stored in the checkpoint for every MoE layer
             router_bias=cfg.get("topk_method") == "noaux_tc",
         )
-    if cfg.get("kv_lora_rank"):
+    if cfg.get("kv_lora_rank") is not None:
+        for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if cfg.get(k) is None:
+                raise InputError("missing; kv_lora_rank (multi-head latent attention) needs qk_nope_head_dim, "
+                                 "qk_rope_head_dim and v_head_dim", file=path, field=k)
         data["attention"] = "mla"
         data["mla"] = dict(
             q_lora_rank=cfg.get("q_lora_rank"),

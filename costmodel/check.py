@@ -36,6 +36,8 @@ Offload = Literal["none", "cpu", "nvme"]
 # one NVLink domain of an HGX/DGX baseboard (8 GPUs; NVIDIA DGX H100 user guide). Node specs
 # use their own devices_per_node.
 MAX_TP_WITHOUT_NODE = 8
+# Largest count a plan takes (sizes, batches, lengths, steps, devices): the int32 range, as the CLI.
+MAX_COUNT = 2**31 - 1
 # Seconds per day, for max_days.
 SECONDS_PER_DAY = 86400.0
 
@@ -45,18 +47,18 @@ SECONDS_PER_DAY = 86400.0
 class TrainingSection(BaseModel):
     """The training job and its layout; names and defaults as `costmodel train`."""
 
-    model_config = ConfigDict(extra="forbid")
-    tp: int = Field(default=1, ge=1)
-    pp: int = Field(default=1, ge=1)
-    dp: Optional[int] = Field(default=None, ge=1)
-    cp: int = Field(default=1, ge=1)
-    ep: int = Field(default=1, ge=1)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    tp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    pp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    dp: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
+    cp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    ep: int = Field(default=1, ge=1, le=MAX_COUNT)
     sequence_parallel: bool = False
     zero_stage: int = Field(default=0, ge=0, le=3)
-    interleave: int = Field(default=1, ge=1)
-    micro_batch: int = Field(default=1, ge=1)
-    global_batch: Optional[int] = Field(default=None, ge=1)
-    seq_len: int = Field(default=2048, ge=1)
+    interleave: int = Field(default=1, ge=1, le=MAX_COUNT)
+    micro_batch: int = Field(default=1, ge=1, le=MAX_COUNT)
+    global_batch: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
+    seq_len: int = Field(default=2048, ge=1, le=MAX_COUNT)
     precision: Precision = "amp-bf16"
     optimizer: Optimizer = "adamw"
     recompute: Recompute = "none"
@@ -72,11 +74,11 @@ class TrainingSection(BaseModel):
 class InferenceSection(BaseModel):
     """The serving job; names and defaults as `costmodel infer`."""
 
-    model_config = ConfigDict(extra="forbid")
-    tp: int = Field(default=1, ge=1)
-    batch: int = Field(default=1, ge=1)
-    prompt_len: int = Field(default=1024, ge=1)
-    gen_len: int = Field(default=128, ge=1)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    tp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    batch: int = Field(default=1, ge=1, le=MAX_COUNT)
+    prompt_len: int = Field(default=1024, ge=1, le=MAX_COUNT)
+    gen_len: int = Field(default=128, ge=1, le=MAX_COUNT)
     weight_dtype: Dtype = "bf16"
     kv_dtype: Dtype = "bf16"
     cuda_graph: bool = True
@@ -87,8 +89,8 @@ class RunSection(BaseModel):
     """Length and price of the whole run. Training: steps or tokens (trained); inference: tokens
     (generated). price_per_hour is USD per device-hour (default: the device spec's)."""
 
-    model_config = ConfigDict(extra="forbid")
-    steps: Optional[int] = Field(default=None, ge=1)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    steps: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
     tokens: Optional[float] = Field(default=None, gt=0)
     price_per_hour: Optional[float] = Field(default=None, ge=0)
 
@@ -96,7 +98,7 @@ class RunSection(BaseModel):
 class Limits(BaseModel):
     """What must hold. max_* are upper bounds, min_* lower bounds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_memory_fraction: Optional[float] = Field(default=None, gt=0, le=1)  # of device capacity
     min_mfu: Optional[float] = Field(default=None, gt=0, le=1)
     max_step_seconds: Optional[float] = Field(default=None, gt=0)
@@ -108,12 +110,12 @@ class Limits(BaseModel):
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Optional[str] = None
     model: str = Field(min_length=1)
     hardware: str = Field(default="h100-sxm", min_length=1)
-    nodes: Optional[int] = Field(default=None, ge=1)
-    devices: Optional[int] = Field(default=None, ge=1)
+    nodes: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
+    devices: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
     training: Optional[TrainingSection] = None
     inference: Optional[InferenceSection] = None
     run: RunSection = Field(default_factory=RunSection)
@@ -275,6 +277,29 @@ def _resolve(ref: str, base: Path | None) -> str:
 
 
 # ------------------------------------------------------------------------------ evaluation
+
+def _referenced_field(plan: Plan, base: Path | None, file: str) -> str | None:
+    """The plan field that points to ``file`` (model, calibration, hardware_files,
+    training.profile), or None when the plan names no such file."""
+    refs = [("model", plan.model), ("calibration", plan.calibration)]
+    refs += [("hardware_files", f) for f in plan.hardware_files]
+    if plan.training is not None:
+        refs.append(("training.profile", plan.training.profile))
+    try:
+        target = Path(file).resolve()
+    except (OSError, ValueError):
+        return None
+    for field, ref in refs:
+        if not ref:
+            continue
+        try:
+            p = Path(_resolve(ref, base)).resolve()
+        except (OSError, ValueError):
+            continue
+        if target == p or target.parent == p:  # a model directory: its config.json
+            return field
+    return None
+
 
 def _hardware_files(plan: Plan, base: Path | None, extra: list[str] | None) -> list[str]:
     return [_resolve(f, base) for f in plan.hardware_files] + list(extra or [])
@@ -499,6 +524,10 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
         field = f"{plan.kind}.{err.field}" if err.field else plan.kind
         raise InputError(err.detail, file=where if where is not None else "<plan>", field=field) from None
     except InputError as exc:
+        if exc.file is not None and where is not None:
+            ref = _referenced_field(plan, base, exc.file)
+            if ref is not None:  # a file the plan points to: name the plan and its field too
+                raise InputError(str(exc), file=where, field=ref) from None
         if exc.file is not None or where is None:
             raise
         field = exc.field or plan.kind  # a layout's own consistency rule (workload.Parallel) names no field

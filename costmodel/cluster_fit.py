@@ -275,34 +275,23 @@ def measured_node(base_raw: dict, fit: ScalingFit, *, new_id: str, base_id: str,
     return data
 
 
-def check_node_out(path: str | Path) -> Path:
-    """Raise InputError unless a node spec may be written at ``path``: never inside the shipped
-    hardware/ directory (its specs are never overwritten)."""
-    from .specs import package_data_dir
+def check_node_out(path: str | Path, **kw) -> Path:
+    """Raise InputError unless a node spec may be written at ``path`` (costmodel.outputs.check_output:
+    never inside the shipped hardware/ directory, never over a file that is not a node spec).
+    ``kw``: check_output's ``inputs``, ``others`` and ``flag``."""
+    from .outputs import check_output
 
-    path = Path(path)
-    try:
-        path.resolve().relative_to(package_data_dir("hardware").resolve())
-    except ValueError:
-        pass
-    else:
-        raise InputError("refusing to write inside the shipped hardware/ directory; write the measured node elsewhere "
-                         "and pass it with --hardware-file", file=path, field="out")
-    if path.is_dir():
-        raise InputError("is a directory", file=path, field="out")
-    if not path.parent.is_dir():
-        raise InputError("directory does not exist", file=path, field="out")
-    return path
+    return check_output(path, "node", **kw)
 
 
-def write_node(data: dict, path: str | Path, *, header: str = "") -> Path:
+def write_node(data: dict, path: str | Path, *, header: str = "", **kw) -> Path:
     """Write the node spec atomically (temp file in the same directory, then os.replace), after
     check_node_out."""
     import yaml
 
-    from .bench.records import write_text_atomic
+    from .outputs import write_atomic
 
-    path = check_node_out(path)
+    path = check_node_out(path, **kw)
     head = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     text = head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=120)
-    return write_text_atomic(path, text)
+    return write_atomic(path, text)

@@ -63,3 +63,20 @@ def require_positive(**values) -> None:
     for name, v in values.items():
         if v is not None and not (isinstance(v, (int, float)) and v >= 1):
             raise InputError(f"expected a positive count (got {v!r})", field=name.replace("_", "-"))
+
+
+def require_run(tokens=None, steps=None, price_per_hour=None) -> None:
+    """A run's length and price, where given: a positive finite number of tokens, a positive whole
+    number of steps, a finite price >= 0 per device-hour (a negative one gave negative days and
+    dollars)."""
+    import math
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if tokens is not None and not (number(tokens) and tokens > 0):
+        raise InputError(f"expected a positive number of tokens (got {tokens!r})", field="tokens")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise InputError(f"expected a positive number of steps (got {steps!r})", field="steps")
+    if price_per_hour is not None and not (number(price_per_hour) and price_per_hour >= 0):
+        raise InputError(f"expected a price >= 0 per device-hour (got {price_per_hour!r})", field="price-per-hour")

@@ -19,7 +19,6 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InputError, from_validation_error
@@ -122,15 +121,10 @@ def frameworks_dir() -> Path:
 
 
 def load_profile_file(path: str | Path) -> FrameworkProfile:
+    from .inputs import load_yaml
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read framework profile: {exc.__class__.__name__}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=path) from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise InputError("expected a mapping (a framework profile)", file=path)
     try:

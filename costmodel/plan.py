@@ -61,7 +61,18 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
     est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))
+    est.notes.extend(_spec_notes(lib, hardware))
     return est
+
+
+def _spec_notes(lib, hardware: str) -> list[str]:
+    """Notes on specs that replace another file's (a user's spec with a shipped id): reported with
+    the estimate (and not again by the CLI)."""
+    from .specs import claim_notes
+
+    notes = lib.notes(hardware)
+    claim_notes(notes)
+    return notes
 
 
 def context_notes(model, tokens: int, what: str) -> list[str]:
@@ -92,6 +103,7 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
         raise from_validation_error(exc, None) from None
     est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
+    est.notes.extend(_spec_notes(lib, hardware))
     return est
 
 

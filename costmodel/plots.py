@@ -26,10 +26,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def _save(fig, plt, path: str | Path, **kw) -> Path:
+    """Save ``fig`` at ``path`` through costmodel.outputs: checked (never a shipped file, never over
+    a file that is not an image) and written atomically (an error leaves an old plot as it was)."""
+    from .outputs import atomic_target, check_output
+
     path = Path(path)
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        check_output(path, "plot", flag="plot")
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, **({"dpi": DPI, "bbox_inches": "tight"} | kw))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot write the plot: {exc}", file=path, field="plot") from None
     finally:

@@ -84,6 +84,9 @@ def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfil
     for where, rec in records:
         if rec.get("kind") not in ("train", "published"):
             continue
+        from .record_schema import check_record
+
+        check_record(rec, where)  # a wrong type or range is an error naming the line, not a skipped run
         m = (rec.get("measured") or {}).get("step_seconds")
         if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m) or m <= 0:
             continue

@@ -116,10 +116,17 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
             path = cal.shipped_overlay_path(spec.id)
             if path is None:
                 return _DefaultEfficiency(spec)  # the datasheet curves below (as before calibration existed)
-            key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json())
+            file = getattr(spec, "file", None)
+            key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json(), str(file))
             eff = _SHIPPED_CACHE.get(key)
             if eff is None:
-                eff = _SHIPPED_CACHE[key] = cal.load_overlay(path, spec)
+                eff = cal.load_overlay(path, spec)
+                if file is not None and not _is_shipped(file):
+                    # a user's spec took the shipped id: the shipped calibration (measured on the shipped
+                    # part) applies to it, and the source says so and names the spec's file
+                    eff = cal.DeviceEfficiency(**{k: getattr(eff, k) for k in _EFF_FIELDS},
+                                               source=f"{eff.source}, measured on the shipped {spec.id}; spec from {file}")
+                _SHIPPED_CACHE[key] = eff
             return eff
         except (ImportError, AttributeError):
             pass
@@ -128,6 +135,14 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
 
 # Shipped overlays read once per (device, file version, spec): DeviceEfficiency is immutable.
 _SHIPPED_CACHE: dict = {}
+_EFF_FIELDS = ("device", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives", "launch_overhead_s",
+               "peaks", "eager_infer_host_factor")
+
+
+def _is_shipped(path) -> bool:
+    from .specs import is_shipped
+
+    return is_shipped(path)
 
 
 def _takes_spec(fn) -> bool:

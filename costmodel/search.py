@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import cluster, comm, comm_bridge, frameworks, steptime
 from .arch import ModelConfig, load_model
 from . import _callable_module
-from .errors import InputError, require_positive
+from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
@@ -54,6 +54,13 @@ REFINE_MIN = 32
 REFINE_COMPOSED_FACTOR = 4
 # Points of the screened time/cost Pareto front re-estimated for the report and the plot.
 PARETO_MAX = 24
+# Bounds on the work one search may ask for (a clear error naming the limit, not hours or a
+# MemoryError): grid points of a training search (the product of the axes; the largest searches in
+# the README, DeepSeek-V3 on 8..16384 devices, are ~25 million), serving layouts of an inference
+# search (each costs two scalar estimates, ~1 ms), and device counts.
+MAX_GRID_POINTS = 50_000_000
+MAX_INFER_LAYOUTS = 20_000
+MAX_DEVICES = 2**24
 
 
 # ----------------------------------------------------------------------------------- results
@@ -136,11 +143,21 @@ def _pow2_upto(n: int) -> list[int]:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n`` in ascending order (trial division up to sqrt(n))."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def device_counts(spec: str | int | Sequence[int]) -> list[int]:
     """`64`, `[8, 16]`, or a range "8..16384" (every power of two in it, and both ends)."""
+    shown = repr(spec) if len(repr(spec)) <= 60 else repr(spec)[:60] + "..."
     if isinstance(spec, int):
         counts = [spec]
     elif isinstance(spec, str):
@@ -151,16 +168,21 @@ def device_counts(spec: str | int | Sequence[int]) -> list[int]:
                 lo, hi = int(lo_s), int(hi_s)
                 if lo < 1 or hi < lo:
                     raise ValueError
+                if hi > MAX_DEVICES:
+                    raise InputError(f"{hi:,} devices is more than costmodel searches (at most {MAX_DEVICES:,})",
+                                     field="devices")
                 counts = sorted({lo, hi, *(p for p in _pow2_upto(hi) if p >= lo)})
             else:
                 counts = [int(x) for x in s.replace(" ", "").split(",") if x]
         except ValueError:
-            raise InputError(f"devices {spec!r}: expected N, N1,N2,... or LO..HI with 1 <= LO <= HI",
+            raise InputError(f"devices {shown}: expected N, N1,N2,... or LO..HI with 1 <= LO <= HI",
                              field="devices") from None
     else:
         counts = [int(x) for x in spec]
     if not counts or any(c < 1 for c in counts):
-        raise InputError(f"devices {spec!r}: expected positive counts", field="devices")
+        raise InputError(f"devices {shown}: expected positive counts", field="devices")
+    if max(counts) > MAX_DEVICES:
+        raise InputError(f"{max(counts):,} devices is more than costmodel searches (at most {MAX_DEVICES:,})", field="devices")
     return sorted(set(counts))
 
 
@@ -214,6 +236,17 @@ def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_b
     return _Axes(np.asarray(counts, dtype=np.int64), as_i(tps), as_i(pps), as_i(vs), as_i(cps), as_i(eps), as_i(zs),
                  as_i(mbs), as_i(rcs), np.asarray(sorted(set(bool(s) for s in sps))),
                  np.asarray(sorted(set(bool(o) for o in offs))))
+
+
+def _check_grid(ax: _Axes) -> None:
+    """InputError when the grid of layouts is larger than MAX_GRID_POINTS, naming its axes."""
+    shape = ax.shape()
+    n = math.prod(shape)
+    if n > MAX_GRID_POINTS:
+        sizes = " x ".join(f"{len(getattr(ax, a))} {a}" for a in ax.names if len(getattr(ax, a)) > 1)
+        raise InputError(f"the layout grid has {n:,} points ({sizes}), over the limit of {MAX_GRID_POINTS:,}: "
+                         "restrict --devices, --micro-batch, --tp, --pp, --interleave, --cp, --ep or --zero-stage",
+                         field="devices")
 
 
 def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, devices_per_node: int):
@@ -713,6 +746,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         raise InputError(f"max_memory_fraction must be in (0, 1], got {max_memory_fraction}", field="max_memory_fraction")
     if top < 1:
         raise InputError("top must be >= 1", field="top")
+    require_run(tokens, steps, price_per_hour)
     for r in recompute or ():
         if r not in RECOMPUTE_CODES:
             raise InputError(f"recompute {r!r} is not one of none, selective, full", field="recompute")
@@ -753,6 +787,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
                    zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
                    offload=offload)
+        _check_grid(ax)
         ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn)
         enumerated += int(ok.size)
         for k, n in rej.items():
@@ -970,10 +1005,23 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
     for d in (*(weight_dtype or ()), *(kv_dtype or ())):
         if d not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
             raise InputError(f"dtype {d!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field="dtype")
+    for name, target in (("max-ttft-ms", max_ttft_ms), ("max-tpot-ms", max_tpot_ms)):
+        if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
+            raise InputError(f"expected a positive latency target in ms (got {target!r})", field=name)
+    require_run(price_per_hour=price_per_hour)
+    if not (isinstance(gen_len, int) and gen_len >= 0):
+        raise InputError(f"expected a number of generated tokens >= 0 (got {gen_len!r})", field="gen-len")
     lib = load_library(hardware_files)
     hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
     batches = np.asarray(sorted(set(batch or _pow2_upto(1024))), dtype=np.int64)
     wds, kvs = list(weight_dtype or INFER_DTYPES), list(kv_dtype or ("bf16", "fp8"))
+    layouts = sum(len(tp or _pow2_upto(lib.node_for(hw).devices_per_node if lib.node_for(hw) else 8)) for hw in hw_ids) \
+        * len(wds) * len(kvs) * len(batches)
+    if layouts > MAX_INFER_LAYOUTS:
+        raise InputError(f"the serving search has {layouts:,} layouts ({len(batches)} batch sizes x {len(wds)} weight dtypes "
+                         f"x {len(kvs)} KV dtypes, over the tp sizes and hardware), over the limit of "
+                         f"{MAX_INFER_LAYOUTS:,}: restrict --batch, --tp, --weight-dtype, --kv-dtype or --hardware",
+                         field="batch")
     context = prompt_len + gen_len
     mid_ctx = prompt_len + gen_len // 2
     enumerated = evaluated = feasible = 0

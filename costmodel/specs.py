@@ -15,7 +15,7 @@ citation (URL or paper), one for every figure. A user's spec (``--hardware-file`
 ``COSTMODEL_HARDWARE_PATH``) loads without them and is marked unsourced (``unsourced()`` lists the
 figures without a citation). All quantities are strings with units in YAML and base SI units in
 Python. A file with several problems reports them all at once.
-Files are read with ``yaml.safe_load`` only.
+Files are read with costmodel.inputs (PyYAML's safe loader, duplicate keys refused) only.
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
 from .units import Bytes, BytesPerSec, FlopsPerSec, Seconds, Watts
@@ -33,7 +32,7 @@ DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MemorySpec(_Strict):
@@ -93,6 +92,12 @@ class _SpecBase(_Strict):
     sources: dict[str, str] = Field(default_factory=dict)
     price_per_hour_usd: float | None = Field(default=None, gt=0)
     notes: str | None = None
+    # the file the spec was read from (None: built in Python); not a field of the spec
+    _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> Path | None:
+        return self._file
 
     @model_validator(mode="after")
     def _cited(self, info):
@@ -280,17 +285,12 @@ def package_data_dir(name: str) -> Path:
     return here.parent / name
 
 
-def read_yaml(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=path) from None
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's data, read through costmodel.inputs (size limit, UTF-8, duplicate keys and
+    non-finite numbers refused; every problem one InputError naming the file)."""
+    from .inputs import load_yaml
+
+    return load_yaml(path)
 
 
 def parse_spec(data: object, file: str | Path = "<spec>", require_sources: bool = False
@@ -334,12 +334,61 @@ def load_spec_file(path: str | Path):
     if key is not None and key in _SPEC_CACHE:
         return _SPEC_CACHE[key]
     spec = parse_spec(read_yaml(path), path, require_sources=is_shipped(path))
+    spec._file = path
     if key is not None:
         _SPEC_CACHE[key] = spec
     return spec
 
 
 _SPEC_CACHE: dict[tuple, object] = {}
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _display(path: Path) -> str:
+    """A shipped spec as ``the shipped hardware/<file>``; any other file as given."""
+    try:
+        rel = Path(path).resolve().relative_to(package_data_dir("hardware").resolve())
+        return f"the shipped hardware/{rel.as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+# Where a replaced spec is reported: each message once per command. A result that carries it in its
+# own notes (plan.train, plan.infer) claims it; the CLI prints the rest on stderr when the command
+# ends (cli.app.main). The Python API also finds the lines in HardwareLibrary.notes / .replaced.
+_NOTED: set[str] = set()
+_PENDING: list[str] = []
+
+
+def _note(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        _PENDING.append(message)
+
+
+def reset_notes() -> None:
+    _NOTED.clear()
+    _PENDING.clear()
+
+
+def claim_notes(messages) -> None:
+    """``messages`` are reported with a result: not printed again."""
+    for m in messages:
+        if m in _PENDING:
+            _PENDING.remove(m)
+
+
+def pending_notes() -> list[str]:
+    """The notes not yet reported (and forget them)."""
+    out = list(_PENDING)
+    _PENDING.clear()
+    return out
 
 
 def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
@@ -351,31 +400,70 @@ def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
 
 
 class HardwareLibrary:
-    """All specs visible: shipped ones, ``COSTMODEL_HARDWARE_PATH`` directories, extra files.
+    """All specs visible: shipped ones, ``COSTMODEL_HARDWARE_PATH`` entries (directories, or spec
+    files), extra files.
 
-    Later sources override earlier ones with the same id, so a user file can replace a
-    shipped spec without editing it.
+    Later sources override earlier ones with the same id, so a user file can replace a shipped
+    spec without editing it; ``replaced`` records each such replacement (id -> (the file used, the
+    file it replaces)) and it is reported (``notes``; the CLI prints it, :func:`pending_notes`). Two files with one id
+    in the same source (one directory, or the extra files) are an InputError naming both.
     """
 
     def __init__(self, extra_files: list[str | Path] | None = None, extra_dirs: list[str | Path] | None = None):
         self.specs: dict[str, AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec] = {}
         self.files: dict[str, Path] = {}
+        self.replaced: dict[str, tuple[Path, Path]] = {}
+        shipped = package_data_dir("hardware")
         for d in _search_dirs(extra_dirs):
             if not d.exists():
-                if d != package_data_dir("hardware"):
-                    raise InputError("hardware directory does not exist", file=d)
+                if d != shipped:
+                    raise InputError("hardware directory does not exist (COSTMODEL_HARDWARE_PATH)", file=d)
                 continue
-            for f in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml")):
-                if "calibrated" in f.relative_to(d).parts:
-                    continue  # calibration overlays are not specs
-                self._add(f)
-        for f in extra_files or []:
-            self._add(Path(f))
+            if d.is_file():  # a spec file named where a directory is expected: read it, never ignore it
+                if d.suffix not in (".yaml", ".yml"):
+                    raise InputError("is a file, not a directory of specs or a .yaml spec (COSTMODEL_HARDWARE_PATH)", file=d)
+                files = [d]
+            else:
+                files = [f for f in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml"))
+                         if "calibrated" not in f.relative_to(d).parts]  # calibration overlays are not specs
+            self._add_group(files)
+        self._add_group([Path(f) for f in extra_files or []])
 
-    def _add(self, path: Path):
-        spec = load_spec_file(path)
+    def _add_group(self, files: list[Path]) -> None:
+        """Add the specs of one source; one id twice in it is an error."""
+        seen: dict[str, Path] = {}
+        for f in files:
+            spec = load_spec_file(f)
+            first = seen.get(spec.id)
+            if first is not None and not _same_path(first, f):
+                raise InputError(f"defines id {spec.id!r}, as {first} does: one of them must go (or take another id)",
+                                 file=f, field="id")
+            seen[spec.id] = f
+            self._add(f, spec)
+
+    def _add(self, path: Path, spec=None):
+        spec = spec if spec is not None else load_spec_file(path)
+        old = self.files.get(spec.id)
+        if old is not None and not _same_path(old, path):
+            self.replaced[spec.id] = (path, self.replaced.get(spec.id, (None, old))[1])
+            _note(f"hardware {spec.id!r}: the spec in {path} replaces {_display(self.replaced[spec.id][1])}")
         self.specs[spec.id] = spec
         self.files[spec.id] = path
+
+    def notes(self, *ids: str) -> list[str]:
+        """A line for each of ``ids`` (and a node's device) whose spec replaces another file's."""
+        out, todo = [], list(ids)
+        while todo:
+            i = todo.pop(0)
+            spec = self.specs.get(i)
+            if isinstance(spec, NodeSpec):
+                todo.append(spec.device)
+            if i in self.replaced:
+                new, old = self.replaced[i]
+                line = f"hardware {i!r}: the spec in {new} replaces {_display(old)}"
+                if line not in out:
+                    out.append(line)
+        return out
 
     def ids(self) -> list[str]:
         return sorted(self.specs)

@@ -6,6 +6,7 @@ powers of 1024, as in IEC 80000-13. Bit rates ("400 Gb/s", "Gbit/s") are divided
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -23,7 +24,16 @@ def _split(text: str) -> tuple[float, str]:
     m = _RE.match(text)
     if not m:
         raise ValueError(f"cannot read a number with a unit from {text!r}")
-    return float(m.group("num")), (m.group("unit") or "").strip()
+    num = float(m.group("num"))
+    if not math.isfinite(num):
+        raise ValueError(f"{m.group('num')} in {text!r} is too large to be a number")
+    return num, (m.group("unit") or "").strip()
+
+
+def _finite(value: float, text: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is too large to be a number")
+    return value
 
 
 def _prefix(p: str) -> float:
@@ -40,7 +50,7 @@ def parse_bytes(text: str) -> float:
     m = re.fullmatch(r"(Ki|Mi|Gi|Ti|Pi|[kKMGTPE]?)(B|bytes?)", unit)
     if not m:
         raise ValueError(f"expected a size like '80 GiB' or '40 GB', got {text!r}")
-    return num * _prefix(m.group(1))
+    return _finite(num * _prefix(m.group(1)), text)
 
 
 def parse_bandwidth(text: str) -> float:
@@ -52,7 +62,7 @@ def parse_bandwidth(text: str) -> float:
     scale = _prefix(m.group(1))
     if m.group(2) in ("b", "bit"):
         scale /= 8.0
-    return num * scale
+    return _finite(num * scale, text)
 
 
 def parse_flops(text: str) -> float:
@@ -61,7 +71,7 @@ def parse_flops(text: str) -> float:
     m = re.fullmatch(r"([kKMGTPE]?)(FLOP/s|FLOPS|flop/s|OP/s|OPS)", unit)
     if not m:
         raise ValueError(f"expected a rate like '989 TFLOP/s' or '1979 TOPS', got {text!r}")
-    return num * _prefix(m.group(1))
+    return _finite(num * _prefix(m.group(1)), text)
 
 
 def parse_power(text: str) -> float:
@@ -70,7 +80,7 @@ def parse_power(text: str) -> float:
     m = re.fullmatch(r"([kM]?)W", unit)
     if not m:
         raise ValueError(f"expected a power like '700 W', got {text!r}")
-    return num * _prefix(m.group(1))
+    return _finite(num * _prefix(m.group(1)), text)
 
 
 def parse_time(text: str) -> float:
@@ -78,7 +88,7 @@ def parse_time(text: str) -> float:
     num, unit = _split(text)
     if unit not in _TIME:
         raise ValueError(f"expected a time like '5 us' or '2 ms', got {text!r}")
-    return num * _TIME[unit]
+    return _finite(num * _TIME[unit], text)
 
 
 def _validator(parse, example: str, allow_zero: bool = True):
@@ -96,6 +106,8 @@ def _validator(parse, example: str, allow_zero: bool = True):
             value = parse(v)
         else:
             raise ValueError(f"expected a string with a unit like '{example}'")
+        if not math.isfinite(value):  # "1e308 PB/s" overflows once scaled; inf from Python callers
+            raise ValueError(f"{v!r} is not a finite quantity")
         if value < 0 or (value == 0 and not allow_zero):
             raise ValueError(f"must be positive, like '{example}'")
         return value

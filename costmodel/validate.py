@@ -22,6 +22,7 @@ from .arch import ModelConfig, load_model
 from .bench.records import check_kernel_record
 from . import frameworks
 from .errors import InputError, from_validation_error
+from .record_schema import check_record
 from .inference import decode_step, prefill_time_s
 from .memory import CUBLAS_WORKSPACES_BYTES, decode_memory, required_device_bytes
 from .roofline import efficiency_for
@@ -500,14 +501,15 @@ def validate_records(records: list[tuple[str, dict]], lib: HardwareLibrary | Non
                 sources[hw] = getattr(efficiency_for(lib.device(hw), calibration), "source", "?")
             except InputError:
                 pass
+        unverified = rec.get("unverified") if kind == "published" else None
+        if isinstance(unverified, list) and set(map(str, unverified)) & {"model", "parallel", "devices", "seq_len"}:
+            skipped.append(f"{where}: published record with unverified {', '.join(sorted(map(str, unverified)))}")
+            continue
+        check_record(rec, where)  # types and ranges of every field read below (costmodel.record_schema)
         try:
             if kind == "train":
                 cases += _train_cases(rec, lib, where, False, calibration, host_time_factor, profile)
             elif kind == "published":
-                unverified = set(rec.get("unverified") or ())
-                if unverified & {"model", "parallel", "devices", "seq_len"}:
-                    skipped.append(f"{where}: published record with unverified {', '.join(sorted(unverified))}")
-                    continue
                 try:
                     cases += _train_cases(rec, lib, where, True, calibration, profile=profile)
                 except InputError as exc:  # e.g. an architecture we do not model (PaLM's parallel block)
@@ -616,9 +618,14 @@ def on_node(records: list[tuple[str, dict]], node_id: str, lib: HardwareLibrary)
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    """(``file:line``, record) of every record of a JSONL file. A file with no record (empty, or
+    only blank and ``#`` lines) is an InputError: validating it would check nothing."""
     from .bench.records import read_json_objects
 
-    return [(f"{path}:{i}", rec) for i, rec in read_json_objects(path)]
+    recs = [(f"{path}:{i}", rec) for i, rec in read_json_objects(path)]
+    if not recs:
+        raise InputError("no records (the file is empty or holds only blank and # lines): nothing to check", file=path)
+    return recs
 
 
 def validate_file(path: str | Path, lib: HardwareLibrary | None = None, calibration: str | list[str] | None = None,

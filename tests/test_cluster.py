@@ -391,7 +391,7 @@ def test_cli_rejects_mixed_options(capsys, logs, tmp_path):
     assert code == 2 and "unexpected argument" in err
     before = logs[1].read_bytes()
     code, _, err = run(capsys, "calibrate", "--nccl-tests", *logs, "--out", logs[1])
-    assert code == 2 and "is one of the --nccl-tests logs" in err and logs[1].read_bytes() == before
+    assert code == 2 and "is one of the --nccl-tests inputs" in err and logs[1].read_bytes() == before
     code, _, err = run(capsys, "calibrate", "--nccl-tests", logs[1], "--check", "--out", tmp_path / "c.yaml")
     assert code == 2 and "--check cannot be combined with --nccl-tests" in err
     code, _, err = run(capsys, "calibrate", "--records", logs[1], "--node", "dgx-h100", "--out", tmp_path / "c.yaml")

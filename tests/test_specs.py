@@ -494,7 +494,7 @@ def test_costmodel_hardware_path_overrides_shipped_id(tmp_path, monkeypatch, cap
 
     # --hardware-file comes after COSTMODEL_HARDWARE_PATH and wins over it
     user["name"] = "From --hardware-file"
-    other = tmp_path / "other"
+    other = tmp_path.parent / f"{tmp_path.name}-other"  # not inside the path directory: one id twice there is an error
     other.mkdir()
     extra = _write(other, "h100-sxm", user)
     code, out, _ = run_cli(["hardware", "show", "h100-sxm", "--json", "--hardware-file", str(extra)], capsys)

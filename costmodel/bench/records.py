@@ -251,25 +251,9 @@ def merge_rounds(records: list[dict], stat: str = "median") -> list[dict]:
 def read_json_objects(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, object) for every JSON object line of a JSONL file; blank and ``#`` lines are
     skipped. Raises InputError naming the file and line on anything else."""
-    from ..errors import InputError  # costmodel.errors imports nothing heavy
+    from ..inputs import read_jsonl as _read  # the shared reader: size limit, UTF-8, no NaN
 
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {i} is not valid JSON: {exc.msg}", file=path) from None
-        if not isinstance(rec, dict):
-            raise InputError(f"line {i}: expected a JSON object", file=path)
-        out.append((i, rec))
-    return out
+    return _read(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -1,5 +1,6 @@
 """Calibration overlays on disk: reading (every field checked, errors name the file and field), the
-shipped overlays, and atomic writing (never over a shipped spec)."""
+shipped overlays, and atomic writing (costmodel.outputs: never over a shipped spec or another
+device's overlay)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, DTYPE_BYTES, HOST_OPS, write_text_atomic
+from ..bench.records import ATTENTION_OPS, COLLECTIVE_OPS, DTYPE_BYTES, HOST_OPS
 from ..errors import InputError
 from .curves import (
     AttentionCurve, BandwidthCurve, CollectiveFit, DEFAULT_THROTTLE_S, GemmCurve, GemmDtype,
@@ -263,19 +264,6 @@ def efficiency_for(spec, calibration: str | Path | None = None) -> DeviceEfficie
 # ------------------------------------------------------------------------------------------------
 # Writing.
 
-def _protected(path: Path) -> bool:
-    """True for paths inside the shipped hardware/ directory, except hardware/calibrated/."""
-    from ..specs import package_data_dir
-
-    hw = package_data_dir("hardware").resolve()
-    p = path.resolve()
-    try:
-        rel = p.relative_to(hw)
-    except ValueError:
-        return False
-    return not (rel.parts and rel.parts[0] == "calibrated" and len(rel.parts) >= 2)
-
-
 def dump_overlay(overlay: Mapping[str, Any]) -> str:
     import yaml
 
@@ -294,20 +282,19 @@ def _plain(o):
     return o
 
 
-def check_writable(path: str | Path) -> Path:
-    """Raise InputError unless an overlay may be written at ``path``: never inside the shipped
-    hardware/ directory (specs are never overwritten), except hardware/calibrated/."""
-    path = Path(path)
-    if _protected(path):
-        raise InputError("refusing to write inside the shipped hardware/ directory (only hardware/calibrated/ holds overlays)",
-                         file=path, field="out")
-    if path.is_dir():
-        raise InputError("is a directory", file=path, field="out")
-    if not path.parent.is_dir():
-        raise InputError("directory does not exist", file=path, field="out")
-    return path
+def check_writable(path: str | Path, device: str | None = None, **kw) -> Path:
+    """Raise InputError unless an overlay (fitted on ``device``, when known) may be written at
+    ``path``: costmodel.outputs.check_output (never over a shipped spec, only hardware/calibrated/
+    inside the package, never over a file that is not an overlay or is the overlay of another
+    device). ``kw``: check_output's ``inputs``, ``others`` and ``flag``."""
+    from ..outputs import check_output
+
+    return check_output(path, "overlay", device=device, **kw)
 
 
-def write_overlay(overlay: Mapping[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file in the same directory, fsync, rename), after check_writable."""
-    return write_text_atomic(check_writable(path), dump_overlay(overlay))
+def write_overlay(overlay: Mapping[str, Any], path: str | Path, **kw) -> Path:
+    """Write atomically (temp file in the same directory, fsync, rename), after check_writable
+    with the overlay's own device."""
+    from ..outputs import write_atomic
+
+    return write_atomic(check_writable(path, overlay.get("device"), **kw), dump_overlay(overlay))

@@ -20,7 +20,10 @@ HardwareOpt = typer.Option(None, "--hardware", help="Spec id written into the re
 
 
 def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str], scratch: Optional[str], progress: bool,
-           out: Optional[Path] = None) -> tuple[list[dict], list[str], dict]:
+           before_run=None) -> tuple[list[dict], list[str], dict]:
+    """Run the benchmarks; return (records, errors, environment). Nothing is written here: the
+    caller writes its outputs when the run has succeeded. ``before_run(hardware_id)`` is called
+    once the backend knows the device, before anything is measured."""
     from ..bench import env_info, make_bench, run_cases
     from ..bench.nvme import nvme_case
 
@@ -31,17 +34,17 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
         cases.append(nvme_case(scratch, quick, bench.hardware))
     if not cases:
         raise InputError(f"no benchmark matches --ops {ops!r}", field="ops")
-    if out is not None and out.exists():
-        out.unlink()
+    if before_run is not None:
+        before_run(bench.hardware)
     rounds = getattr(bench, "rounds", 1)
     if rounds <= 1:
-        records, errors = run_cases(cases, progress=progress, out=out, title=f"{bench.backend}: {bench.device}")
+        records, errors = run_cases(cases, progress=progress, out=None, title=f"{bench.backend}: {bench.device}")
     else:
         # several short rounds in shuffled order (a shared host's load comes and goes); the
         # backend says which round to keep (numpy on a shared host: the fastest; GPUs: the median)
         import random
 
-        from ..bench.records import merge_rounds, write_jsonl
+        from ..bench.records import merge_rounds
 
         raw, errors = [], []
         for rnd in range(rounds):
@@ -51,8 +54,6 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
             raw += recs
             errors += errs
         records = merge_rounds(raw, stat=getattr(bench, "round_stat", "median"))
-        if out is not None and records:
-            write_jsonl(records, out)
     if hasattr(bench, "close"):
         bench.close()
     info = env_info(bench.backend)
@@ -60,10 +61,33 @@ def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str
     return records, errors, info
 
 
+def _jsonl(records: list[dict]) -> str:
+    import json
+
+    return "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+
+
+def _check_scratch(scratch: Optional[str], outputs: list[tuple[str, Optional[Path]]]) -> None:
+    """--scratch names a new file (created, timed, deleted): checked before anything runs."""
+    if not scratch:
+        return
+    p = Path(scratch)
+    if p.exists() or p.is_symlink():
+        raise InputError("scratch file already exists; name a new file (it is deleted afterwards)", file=p, field="scratch")
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+        raise InputError("directory of the scratch file does not exist", file=p, field="scratch")
+    for flag, o in outputs:
+        if o is not None and Path(o).resolve() == p.resolve():
+            raise InputError(f"is also the --{flag} output", file=p, field="scratch")
+
+
+DEFAULT_BENCH_OUT = Path("kernels.jsonl")
+
+
 def bench_cmd(
     backend: str = BackendOpt,
     quick: bool = QuickOpt,
-    out: Path = typer.Option(Path("kernels.jsonl"), "--out", help="JSONL file of kernel records (SCHEMA.md format)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL file of kernel records (SCHEMA.md format), written when the run ends (an existing file is replaced then, atomically; an interrupted run leaves it as it was). Default: kernels.jsonl, which must not exist yet."),
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
     scratch: Optional[str] = typer.Option(None, "--scratch", help="A new file on the drive to test (NVMe sequential read/write); removed afterwards."),
@@ -71,14 +95,22 @@ def bench_cmd(
     json_out: bool = JsonOpt,
 ):
     """Run microbenchmarks on this machine and write raw kernel records (JSONL)."""
-    if out.parent and not out.parent.exists():
-        raise InputError("directory does not exist", file=out, field="out")
-    records, errors, info = _bench(backend, quick, ops, hardware, scratch, not no_progress and not json_out, out)
+    from ..outputs import check_output, write_output
+
+    if out is None:
+        out = DEFAULT_BENCH_OUT
+        if out.exists() or out.is_symlink():
+            raise InputError("exists; name the output with --out to replace it (or move it away)", file=out, field="out")
+    check_output(out, "records", flag="out")
+    _check_scratch(scratch, [("out", out)])
+    records, errors, info = _bench(backend, quick, ops, hardware, scratch, not no_progress and not json_out)
+    if records:
+        write_output(out, _jsonl(records), "records", flag="out")
     if json_out:
-        emit_json({"out": str(out), "records": len(records), "errors": errors, "environment": info})
+        emit_json({"out": str(out) if records else None, "records": len(records), "errors": errors, "environment": info})
     else:
         _records_table(records)
-        console.print(f"{len(records)} records -> {out}")
+        console.print(f"{len(records)} records -> {out}" if records else f"no records; {out} not written")
     for e in errors:
         err_console.print(styled(f"[yellow]failed:[/] {escape(str(e))}"), highlight=False)
     if errors and not records:
@@ -127,7 +159,7 @@ def calibrate_cmd(
     max_error: Optional[float] = typer.Option(None, "--max-error", help="With --check: exit 1 if a GEMM or bandwidth held-back error exceeds this (0.15 = 15%)."),
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
-    save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file."),
+    save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file (written when the benchmarks end, before the fit)."),
     reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves; host copies among them replace the fitted host links (the host sets their rate)."),
     round_stat: str = typer.Option("median", "--round-stat", help="Per-round records (a 'round' field, as in the GPU harness's X-rounds.jsonl) are merged into one record per case: median (as SCHEMA.md's records are timed) or min (the least-disturbed round)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
@@ -150,8 +182,17 @@ def calibrate_cmd(
         raise InputError("--node and --id only apply with --nccl-tests", field="node" if node else "id")
     from .. import calibration as cal
     from ..bench.records import merge_rounds, read_jsonl
+    from ..outputs import check_output, write_output
 
-    cal.check_writable(out)
+    # every output is checked before anything is measured or fitted (costmodel.outputs)
+    inputs = [*(("records", r) for r in records or []), ("reference-records", reference_records),
+              *(("hardware-file", h) for h in hardware_file or [])]
+    guard = dict(inputs=inputs, others=[("save-records", save_records)])
+    cal.check_writable(out, hardware, **guard)
+    if save_records is not None:
+        if records:
+            raise InputError("only applies to a fresh benchmark run, not to --records", field="save-records")
+        check_output(save_records, "records", flag="save-records", inputs=inputs, others=[("out", out)])
     if round_stat not in ("min", "median"):
         raise InputError(f"--round-stat {round_stat!r}: expected min or median", field="round-stat")
     meta: dict = {}
@@ -176,12 +217,18 @@ def calibrate_cmd(
         if ops:
             want = set(o.strip() for o in ops.split(","))
             recs = [r for r in recs if r["op"] in want or cal.family(r["op"]) in want]
+            if not recs:
+                raise InputError(f"no kernel records of --ops {ops!r} in the given files", field="ops")
+        cal.check_writable(out, recs[0].get("hardware") or hardware, **guard)  # the overlay's device is known now
     else:
-        recs, errors, info = _bench(backend, quick, ops, hardware, None, not no_progress and not json_out, save_records)
+        recs, errors, info = _bench(backend, quick, ops, hardware, None, not no_progress and not json_out,
+                                    before_run=lambda hw: cal.check_writable(out, hw, **guard))
         for e in errors:
             err_console.print(styled(f"[yellow]failed:[/] {escape(str(e))}"), highlight=False)
         if not recs:
             raise InputError("the benchmark run produced no records", field="backend")
+        if save_records is not None:  # the measurements are kept whatever the fit does next
+            write_output(save_records, _jsonl(recs), "records", flag="save-records", inputs=inputs, others=[("out", out)])
         meta.update({k: info.get(k) for k in ("date", "backend", "device", "torch", "cuda", "nccl", "driver", "numpy", "cpu") if info.get(k)})
         if save_records:
             meta["records"] = str(save_records)
@@ -216,7 +263,7 @@ def calibrate_cmd(
             overlay = dict(overlay, host={**(overlay.get("host") or {}), **cal._rounded(links)})
             overlay["measured"]["host_links"] = {"ops": sorted(links), "records": str(reference_records)}
             result["reference_host_links"] = links
-    cal.write_overlay(overlay, out)
+    cal.write_overlay(overlay, out, **guard)
     result["overlay"] = overlay
     if json_out:
         emit_json(result)
@@ -240,9 +287,8 @@ def _calibrate_nccl_tests(logs: list[Path], out: Path, node: Optional[str], new_
     from ..specs import read_yaml
     from .common import library
 
-    check_node_out(out)
-    if any(p.resolve() == out.resolve() for p in logs):
-        raise InputError("is one of the --nccl-tests logs; write the node spec to another file", file=out, field="out")
+    guard = dict(inputs=[*(("nccl-tests", p) for p in logs), *(("hardware-file", h) for h in hardware_file or [])])
+    check_node_out(out, **guard)
     fit = fit_scaling(parse_files(logs))
     lib = library(hardware_file)
     base, notes = choose_base_node(lib, fit, node)
@@ -251,7 +297,7 @@ def _calibrate_nccl_tests(logs: list[Path], out: Path, node: Optional[str], new_
     header = (f"{new_id}: {base.id} with scale_out.scaling fitted from nccl-tests logs by `costmodel calibrate --nccl-tests`\n"
               f"(costmodel/cluster_fit.py: bus bandwidth = median busbw of the largest sizes; step latency from the smallest).\n"
               f"Logs: {', '.join(str(p) for p in logs)}")
-    write_node(data, out, header=header)
+    write_node(data, out, header=header, **guard)
     warnings = notes + fit.warnings
     if json_out:
         emit_json({"out": str(out), "id": new_id, "base": base.id, **fit.to_json(), "warnings": warnings})

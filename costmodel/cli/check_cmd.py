@@ -16,18 +16,23 @@ from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, p
 
 def check_cmd(
     plans: list[str] = typer.Argument(..., help="Plan YAML file(s); a glob such as plans/*.yaml works."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report (one testcase per plan x limit)."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report (one testcase per plan x limit), atomically; an existing file is replaced only if it is a JUnit report."),
     search: bool = typer.Option(True, "--search/--no-search", help="Search nearby layouts when a limit fails."),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Check plans (model, hardware, job, limits) against the predictions; suggest the nearest
     passing layout when a limit fails."""
+    from ..outputs import check_output, write_output
+
     paths = expand_paths(plans)
+    guard = dict(flag="junit", inputs=[*(("plans", p) for p in paths), *(("hardware-file", h) for h in hardware_file or [])])
+    if junit is not None:  # before the checks: never over a plan or a file that is not a report
+        check_output(junit, "junit", **guard)
     results = check_files(paths, search=search, hardware_files=hardware_file)
     if junit is not None:
         try:
-            junit.write_text(junit_xml(results, paths), encoding="utf-8")
+            write_output(junit, junit_xml(results, paths), "junit", **guard)
         except OSError as exc:
             raise InputError(f"cannot write the JUnit report: {exc.strerror}", file=junit, field="junit") from None
     if json_out:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Optional
 
@@ -54,10 +55,26 @@ def normalise_switches(argv: list[str]) -> list[str]:
 
 
 def emit_json(obj: Any) -> None:
-    """Print JSON to stdout (pydantic models, dicts, lists)."""
+    """Print JSON to stdout (pydantic models, dicts, lists). Always valid JSON: a NaN or infinite
+    float (not JSON, though Python's json writes it) is printed as null."""
     if hasattr(obj, "model_dump"):
         obj = obj.model_dump(mode="json")
-    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    try:
+        text = json.dumps(obj, indent=2, default=_default, allow_nan=False)
+    except ValueError:
+        plain = json.loads(json.dumps(obj, default=_default))  # not an input file: our own output, NaN kept
+        text = json.dumps(_finite_or_null(plain), indent=2, allow_nan=False)
+    sys.stdout.write(text + "\n")
+
+
+def _finite_or_null(o):
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite_or_null(v) for v in o]
+    return o
 
 
 def _default(o):
@@ -68,6 +85,15 @@ def _default(o):
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def check_plot(path) -> None:
+    """--plot's file, checked before any work (costmodel.outputs): never a shipped file, never over
+    a file that is not an image, its directory writable."""
+    if path is not None:
+        from ..outputs import check_output
+
+        check_output(path, "plot", flag="plot")
 
 
 def wrote_plot(path, json_out: bool = False) -> None:

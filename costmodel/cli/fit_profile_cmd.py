@@ -32,11 +32,24 @@ def fit_profile_cmd(
     from ..errors import InputError
     from ..validate import read_records
 
+    inputs = [*(("files", f) for f in files), ("profile", profile), ("calibration", calibration),
+              *(("hardware-file", h) for h in hardware_file or [])]
+    if out is not None:  # before the fit: a path it may not write is an error now, not after the work
+        from ..outputs import check_output
+
+        check_output(out, "profile", inputs=inputs)
     base = frameworks.resolve(framework)
     start = frameworks.composed_start(frameworks.load_profile_file(profile) if profile else base)
+    from ..record_schema import check_record
+
+    _unverified = {"model", "parallel", "devices", "seq_len"}
     recs = [r for f in files for r in read_records(f)
-            if (r[1].get("kind") in ("train", "published"))
-            and frameworks.resolve(r[1].get("framework") or "pytorch").id == base.id]
+            if r[1].get("kind") in ("train", "published")
+            and not (r[1].get("kind") == "published" and isinstance(r[1].get("unverified"), list)
+                     and set(map(str, r[1]["unverified"])) & _unverified)]
+    for where, rec in recs:
+        check_record(rec, where)
+    recs = [r for r in recs if frameworks.resolve(r[1].get("framework") or "pytorch").id == base.id]
     if not recs:
         raise InputError(f"no train records of framework {base.id!r} in {', '.join(files)}", field="framework")
     lib = library(hardware_file)
@@ -54,7 +67,7 @@ def fit_profile_cmd(
                        for k, p in fitted.parameters.items()},
         "cluster_step_latency_s": res.step_latency_s})
     if out is not None:
-        write_profile(fitted, out)
+        write_profile(fitted, out, inputs=inputs)
     if json_out:
         emit_json({"profile": fitted.model_dump(mode="json"), "fit": res.summary(), "out": str(out) if out else None})
         return
@@ -73,26 +86,17 @@ def fit_profile_cmd(
         console.print(f"wrote {out}: use it with --profile {out}")
 
 
-def write_profile(profile, path: Path) -> Path:
-    """Write a profile YAML atomically; never over a shipped profile or spec."""
+def write_profile(profile, path: Path, **kw) -> Path:
+    """Write a profile YAML atomically; never over a shipped profile or spec, nor over a file that
+    is not a profile (costmodel.outputs). ``kw``: check_output's ``inputs`` and ``others``."""
     import yaml
 
-    from ..bench.records import write_text_atomic
-    from ..errors import InputError
-    from ..frameworks import frameworks_dir
-    from ..specs import package_data_dir
+    from ..outputs import check_output, write_atomic
 
-    p = Path(path).resolve()
-    for shipped in (frameworks_dir().resolve(), package_data_dir("hardware").resolve()):
-        if p == shipped or shipped in p.parents:
-            raise InputError("refusing to write inside the shipped profiles or specs; choose another --out", file=path, field="out")
-    if p.is_dir():
-        raise InputError("is a directory; expected a file to write", file=path, field="out")
-    if not p.parent.is_dir():
-        raise InputError("its directory does not exist", file=path, field="out")
+    check_output(path, "profile", **kw)
     data = profile.model_dump(mode="json", exclude_none=True)
     head = "# costmodel framework profile (costmodel/frameworks.py, costmodel/steptime.py), fitted by fit-profile\n"
-    return write_text_atomic(p, head + yaml.safe_dump(data, sort_keys=False, width=110))
+    return write_atomic(path, head + yaml.safe_dump(data, sort_keys=False, width=110))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..plan import infer, largest_batch_under_tpot
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
 
 
 def infer_cmd(
@@ -34,6 +34,7 @@ def infer_cmd(
     says when it does not fit (a result: exit 0; `costmodel check` fails on limits)."""
     from ..errors import InputError
 
+    check_plot(plot)
     for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
         if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
             raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)

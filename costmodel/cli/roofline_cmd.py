@@ -12,7 +12,7 @@ from ..errors import require_positive
 from ..flops import attention_core_flops, layer_gemms
 from ..roofline import attention_op, efficiency_for, gemm_op, memory_op
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, emit_json, library, print_table, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, emit_json, library, print_table, check_plot, wrote_plot
 
 
 def roofline_cmd(
@@ -28,6 +28,7 @@ def roofline_cmd(
 ):
     """Forward operators of one layer: FLOPs, bytes, arithmetic intensity, bound and time."""
     require_positive(micro_batch=micro_batch, seq_len=seq_len)
+    check_plot(plot)
     m = load_model(model)
     spec = library(hardware_file).device(hardware)
     eff = efficiency_for(spec, calibration)

@@ -17,7 +17,7 @@ from .. import scaling as sc
 from .. import energy
 from ..errors import InputError
 from ..units import fmt_si, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table, styled, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table, styled, check_plot, wrote_plot
 
 DEFAULT_LAW = "besiroglu"
 DEFAULT_DEVICES = 1024
@@ -101,12 +101,9 @@ def _plot(path: str, laws_to_plot, laws, plans, hw, budget_flops: float, cond: s
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise InputError(f"cannot write plot: {exc.strerror}", file=path, field="plot") from None
-    finally:
-        plt.close(fig)
+    from ..plots import _save
+
+    _save(fig, plt, path, dpi=120, bbox_inches=None)
 
 
 def scale_cmd(
@@ -142,6 +139,10 @@ def scale_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Compute-optimal model size, tokens and loss for a budget, with time, energy and cost."""
+    from ..errors import require_run
+
+    check_plot(plot)
+    require_run(tokens, None, price_per_hour)
     laws = sc.load_laws(law_file or [])
     if list_laws:
         rows = [{"id": l.id, "name": l.name, "form": l.form, "param_convention": l.param_convention,

@@ -12,19 +12,30 @@ from rich.text import Text
 from ..errors import InputError
 from ..plots import layout_label
 from ..units import fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, err_console, print_table, styled, check_plot, wrote_plot
 
 
-def _ints(text: Optional[str], field: str, minimum: int = 1) -> Optional[list[int]]:
+# Largest value of a restricted axis (tp, pp, batch, ...): the int32 range, as every count.
+MAX_VALUE = 2**31 - 1
+
+
+def _ints(text: Optional[str], field: str, minimum: int = 1, maximum: int = MAX_VALUE) -> Optional[list[int]]:
     if text is None:
         return None
     try:
         vals = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise InputError(f"{text!r}: expected a comma-separated list of integers, e.g. 1,2,4,8", field=field) from None
+        raise InputError(f"{_short(text)}: expected a comma-separated list of integers, e.g. 1,2,4,8", field=field) from None
     if not vals or any(v < minimum for v in vals):
-        raise InputError(f"{text!r}: expected integers >= {minimum}", field=field)
+        raise InputError(f"{_short(text)}: expected integers >= {minimum}", field=field)
+    if any(v > maximum for v in vals):
+        raise InputError(f"{_short(text)}: expected integers <= {maximum}", field=field)
     return vals
+
+
+def _short(text: str, n: int = 60) -> str:
+    """A long argument, cut for a one-line message."""
+    return repr(text) if len(text) <= n else repr(text[:n]) + f"... ({len(text)} characters)"
 
 
 def _choice(text: str, field: str) -> Optional[list[bool]]:
@@ -85,6 +96,7 @@ def search_cmd(
     parallelism, offload) on the hardware; print the best that fit and why the rest were rejected."""
     from ..search import search, search_infer
 
+    check_plot(plot)
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
         with err_console.status(Text(f"searching serving layouts of {model}...")) if not json_out else nullcontext():
@@ -112,7 +124,7 @@ def search_cmd(
                   overlap_grad_reduce=overlap_grad_reduce, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
-                  zero_stage=_ints(zero_stage, "zero-stage", minimum=0), micro_batch=_ints(micro_batch, "micro-batch"),
+                  zero_stage=_ints(zero_stage, "zero-stage", minimum=0, maximum=3), micro_batch=_ints(micro_batch, "micro-batch"),
                   recompute=rc, sequence_parallel=None if sequence_parallel is None else [sequence_parallel],
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
     status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."

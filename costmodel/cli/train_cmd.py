@@ -11,7 +11,7 @@ from rich.table import Table
 from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
 
 
 def train_cmd(
@@ -59,6 +59,10 @@ def train_cmd(
     from ..errors import InputError
     from ..specs import load_library
 
+    from ..errors import require_run
+
+    check_plot(plot)
+    require_run(tokens, steps, price_per_hour)
     energy.check_energy_inputs(pue, power_fraction)
     for name, val, allowed in (("precision", precision, ("fp32", "amp-bf16", "amp-fp16", "bf16", "fp8")),
                                ("recompute", recompute, ("none", "selective", "full")),

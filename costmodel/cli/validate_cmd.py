@@ -26,7 +26,7 @@ def validate(
     json_out: bool = JsonOpt,
     calibration: Optional[list[str]] = typer.Option(None, "--calibration", help="Calibration overlay YAML; repeat for several devices (e.g. an H100 and an H200 overlay): each applies to the records of its own device, the others keep the shipped calibration."),
     hardware_file: Optional[list[str]] = HardwareFileOpt,
-    max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction."),
+    max_mape: Optional[float] = typer.Option(None, help="Exit 1 if any metric's mean error exceeds this fraction, or if no measurement was compared at all (every record skipped). A file without records exits 2."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
                                            help="Eager host time of the measuring machine relative to the H100 machines the host constants came from (train and infer records)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the train records of its framework."),
@@ -81,8 +81,16 @@ def validate(
             console.print(Text(f"skipped {sk}", style="dim"), highlight=False)
         if fits is not None:
             _print_fits(fits)
-    if max_mape is not None and any(v.mape > max_mape for v in summary.values()):
-        raise typer.Exit(1)
+    if max_mape is not None:
+        if not cases:  # nothing was compared: a gate that checked nothing must not pass
+            from .common import err_console
+
+            err_console.print(f"validate: no measurement was compared with a prediction ({len(skipped)} record"
+                              f"{'' if len(skipped) == 1 else 's'} skipped), so --max-mape {max_mape:g} checked nothing",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        if any(v.mape > max_mape for v in summary.values()):
+            raise typer.Exit(1)
 
 
 def _print_ranking(report) -> None:
