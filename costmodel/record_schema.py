@@ -59,6 +59,31 @@ class ParallelRecord(_Record):
     sequence_parallel: Optional[StrictBool] = None
 
 
+class InlineModel(_Record):
+    """A record's inline architecture (SCHEMA.md ``model``): the types of the fields
+    costmodel.validate.model_from_record reads; which arch it names is checked there."""
+
+    arch: Optional[StrictStr] = None
+    preset: Optional[StrictStr] = None
+    layers: Optional[Count] = None
+    hidden: Optional[Count] = None
+    heads: Optional[Count] = None
+    kv_heads: Optional[Count] = None
+    head_dim: Optional[Count] = None
+    ffn: Optional[Count] = None
+    vocab: Optional[Count] = None
+    max_context: Optional[Count] = None
+    n_positions: Optional[Count] = None
+    moe_experts: Optional[Count] = None
+    moe_top_k: Optional[Count] = None
+    tied_embeddings: Optional[StrictBool] = None
+    qkv_bias: Optional[StrictBool] = None
+    bias: Optional[StrictBool] = None
+    mlp: Optional[StrictStr] = None
+    norm: Optional[StrictStr] = None
+    positions: Optional[StrictStr] = None
+
+
 class _Common(_Record):
     kind: StrictStr
     name: Optional[StrictStr] = None
@@ -72,7 +97,10 @@ class _Common(_Record):
     @field_validator("model")
     @classmethod
     def _model(cls, v):
-        if not ((isinstance(v, str) and v) or isinstance(v, dict)):
+        if isinstance(v, dict):
+            InlineModel.model_validate(v)  # errors name model.<field>
+            return v
+        if not (isinstance(v, str) and v):
             raise ValueError("expected a preset id or an object with the architecture")
         return v
 

@@ -297,7 +297,8 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
 def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str | None) -> list[Case]:
     model = model_from_record(rec.get("model"), where)
     spec = lib.device(rec["hardware"])
-    tp = (rec.get("parallel") or {}).get("tp", 1)
+    tp = (rec.get("parallel") or {}).get("tp")
+    tp = 1 if tp is None else tp  # null: not given
     job = InferJob(batch=rec["batch"], cuda_graph=True)
     ctx = rec["context_len"]
     mem = decode_memory(model, job, ctx, tp)

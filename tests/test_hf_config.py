@@ -106,4 +106,4 @@ def test_inline_record_model_counts_as_text_are_errors(capsys, tmp_path):
     f = tmp_path / "recs.jsonl"
     f.write_text(json.dumps(rec) + "\n")
     code, _, err = run(capsys, "validate", f)
-    assert code == 2 and "recs.jsonl:1" in err and "'hidden'" in err, err
+    assert code == 2 and "recs.jsonl:1" in err and "'model.hidden'" in err, err

@@ -121,11 +121,10 @@ class _Run:
 
 def parse_file(path: str | Path) -> list[NcclTestsLog]:
     """Every run in one nccl-tests log file (module docstring)."""
+    from ..inputs import MAX_RECORDS_BYTES, read_bytes
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", file=path) from None
+    data = read_bytes(path, MAX_RECORDS_BYTES)  # the shared reader's size limit (a log is at most a few MB)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -122,12 +122,15 @@ def record_problems(rec: dict, rates: bool = True) -> list[tuple[str, str]]:
         probs.append(("hardware", "missing"))
     need: tuple[str, ...]
     rate: tuple[str, ...] = ()
+    dtype = rec.get("dtype")
     if op in GEMM_OPS:
         need, rate = ("m", "n", "k", "s"), ("tflops",)
-        if rec.get("dtype") not in DTYPE_BYTES:
-            probs.append(("dtype", f"{rec.get('dtype')!r} unknown; expected one of {', '.join(DTYPE_BYTES)}"))
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            probs.append(("dtype", f"{dtype!r} unknown; expected one of {', '.join(DTYPE_BYTES)}"))
     elif op == "cpu_gemm":
         need, rate = ("n", "s"), ("tflops",)
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPE_BYTES):
+            probs.append(("dtype", f"{dtype!r} unknown; expected one of {', '.join(DTYPE_BYTES)}"))
     elif op in MEM_OPS + ELEMENTWISE_OPS + NVME_OPS:
         need, rate = ("bytes", "s"), ("gbps",)
     elif op in HOST_OPS:
@@ -136,6 +139,8 @@ def record_problems(rec: dict, rates: bool = True) -> list[tuple[str, str]]:
             probs.append(("gbps", f"a host copy needs a positive s or gbps (got {rec.get('gbps')!r})"))
     elif op in ATTENTION_OPS:
         need, rate = ("b", "h", "s", "d", "s_time"), ("tflops",)
+        if "causal" in rec and not isinstance(rec["causal"], bool):
+            probs.append(("causal", f"expected true or false (got {rec['causal']!r})"))
     elif op in COLLECTIVE_OPS:
         need, rate = ("bytes", "s", "world"), (("gbps",) if op == "send_recv" else ("algbw_gbps", "busbw_gbps"))
     else:

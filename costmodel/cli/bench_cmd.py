@@ -325,15 +325,17 @@ def _nccl_table(fit) -> None:
 def _sibling_env(paths: list[Path]) -> list[dict]:
     """Provenance (date, driver, library versions) from ``X-env.json`` files beside ``X-kernels.jsonl``
     (or ``X-rounds.jsonl``)."""
-    import json
+    from ..inputs import load_json
 
     out = []
     for p in paths:
         env = Path(str(p).replace("-kernels.jsonl", "-env.json").replace("-rounds.jsonl", "-env.json"))
         if env != Path(p) and env.is_file():
             try:
-                d = json.loads(env.read_text())
-            except (OSError, ValueError):
+                d = load_json(env)
+            except InputError:  # provenance is optional: an unreadable file is left out
+                continue
+            if not isinstance(d, dict):
                 continue
             out.append({k: d.get(k) for k in ("date", "device", "driver", "torch", "cuda", "nccl", "numpy", "world") if d.get(k) is not None})
     return out
