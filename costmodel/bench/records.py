@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -168,18 +167,12 @@ def validate_record(rec: dict) -> list[str]:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` atomically: a temp file in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write `text` to `path` atomically: a temp file in the same directory, fsync, rename
+    (costmodel.outputs.write_atomic; callers that write user-named outputs check them first with
+    costmodel.outputs.check_output)."""
+    from ..outputs import write_atomic
+
+    return write_atomic(path, text)
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path, append: bool = False) -> Path:

@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
                 _error(exc.format_message() + hint)
             code = exc.exit_code
         else:
-            _error(f"{type(exc).__name__}: {exc} (please report this with the command line that caused it)",
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 300 else detail[:300] + "..."
+            _error(f"{type(exc).__name__}: {detail} (please report this with the command line that caused it)",
                    prefix="internal error:")
             code = INTERNAL_ERROR_EXIT
     finally:
