@@ -74,7 +74,6 @@ def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfil
             calibration: str | None = None) -> RunSet:
     """Terms of every train record with a measured step time, timed as ``profile``'s framework."""
     from .specs import load_library
-    from .validate import _train_cases  # noqa: F401  (same record reading as validate)
     from .validate import _parallel, model_from_record
     from .training import estimate_train
     from .workload import TrainJob
