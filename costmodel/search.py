@@ -359,7 +359,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
                  calibration: str | None = None) -> dict[str, np.ndarray]:
     from . import training as tr
 
-    eff = efficiency_for(spec, calibration)
+    eff = tr.step_efficiency(spec, calibration, frameworks.resolve(job.profile or job.framework))
     dtype = _dtype_for(job, spec)
     v = c.val
     tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]

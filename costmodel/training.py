@@ -280,6 +280,29 @@ def _cast_params_per_layer(model: ModelConfig) -> float:
     return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
 
 
+class SustainedClock:
+    """A device's efficiency model whose GEMMs all run at the power-limited clock of back-to-back
+    GEMMs (a framework profile's ``settings.gemm_clock: sustained``): every GEMM is timed as
+    sustained load, never as an interleaved burst. Everything else is the wrapped model's."""
+
+    def __init__(self, eff):
+        self._eff = eff
+
+    def __getattr__(self, name):
+        return getattr(self._eff, name)
+
+    def gemm_time_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
+        return self._eff.gemm_time_s(m, n, k, dtype, batch, interleaved=False)
+
+
+def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> object:
+    """The efficiency model a training step of framework profile ``prof`` runs on."""
+    eff = efficiency_for(spec, calibration)
+    if prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s"):
+        return SustainedClock(eff)
+    return eff
+
+
 def _gemm(eff, *args, **kw):
     """A GEMM inside a training step: interleaved with memory-bound kernels, so it runs at a short
     burst's clock rather than under the sustained power cap of back-to-back GEMMs (profiled: the
@@ -517,7 +540,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     """Memory and step time of one layout. ``profile``: a framework profile (costmodel.frameworks;
     an id, a YAML path or a FrameworkProfile) that replaces the job's own (``job.profile``, else
     the built-in profile of ``job.framework``)."""
-    eff = efficiency_for(spec, calibration)
+    prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
+    eff = step_efficiency(spec, calibration, prof)
     dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
     if spec.peak_flops.get(dtype) is None:
         dtype = "bf16" if spec.peak_flops.bf16 else "fp16"
@@ -690,7 +714,6 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
              + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
     step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
                     pp_comm, bubble, optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
-    prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
     if prof.step_model == "composed":
         # the framework's own mechanisms (costmodel.steptime), from its profile's parameters
         terms = steptime.train_terms(
