@@ -63,20 +63,12 @@ class FitResult:
                 "step_latency_s": self.step_latency_s}
 
 
-def _group_key(rec: dict) -> str:
-    m = rec.get("model")
-    if isinstance(m, dict):
-        m = f"{m.get('arch', 'model')}-{m.get('layers', '?')}L-{m.get('hidden', '?')}h"
-    return f"{m}/{rec.get('devices')}"
-
-
 def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfile, lib=None,
             calibration: str | None = None) -> RunSet:
     """Terms of every train record with a measured step time, timed as ``profile``'s framework."""
     from .specs import load_library
-    from .validate import _parallel, model_from_record
     from .training import estimate_train
-    from .workload import TrainJob
+    from .validate import group_key, train_inputs
 
     lib = lib or load_library()
     names, groups, meas, terms = [], [], [], []
@@ -90,24 +82,13 @@ def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfil
         if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m) or m <= 0:
             continue
         try:
-            model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
-            spec = lib.device(rec["hardware"])
-            node = lib.node_for(rec["node"]) if rec.get("node") else None
-            par = _parallel(rec)
-            opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
-            mb = rec.get("micro_batch")
-            job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"],
-                           global_batch=rec.get("global_batch"), precision=rec.get("precision") or "amp-bf16",
-                           optimizer=opt, recompute=rec.get("recompute") or "none",
-                           attention=rec.get("attention") or "flash", framework=profile.base,
-                           profile=profile.id if profile.id in frameworks.builtin_profiles() else None,
-                           overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)))
-            job.check_batch(par)
+            model, spec, node, par, job = train_inputs(
+                rec, lib, where, profile.base, profile.id if profile.id in frameworks.builtin_profiles() else None)
         except KeyError as exc:
             raise InputError(f"missing required field {exc.args[0]!r}", file=where, field=str(exc.args[0])) from None
         est = estimate_train(model, spec, job, par, node=node, calibration=calibration, profile=profile)
         names.append(rec.get("name", where))
-        groups.append(_group_key(rec))
+        groups.append(group_key(rec))
         meas.append(float(m))
         terms.append(est.terms)
     if not terms:

@@ -236,12 +236,27 @@ def _rel(pred: float, meas: float) -> float:
     return (pred - meas) / meas if meas else 0.0
 
 
-def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None,
-                 host_time_factor: float = 1.0, profile: str | None = None) -> list[Case]:
+def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, profile: str | None,
+                 host_time_factor: float = 1.0):
+    """(model, device spec, node spec, Parallel, TrainJob) of a train or published record, timed as
+    the framework profile ``profile`` (an id or None: the built-in one of base semantics ``framework``)."""
     model = model_from_record(rec.get("model"), where, rec.get("seq_len"))
     spec = lib.device(rec["hardware"])
     node = lib.node_for(rec["node"]) if rec.get("node") else None
     par = _parallel(rec)
+    opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
+    mb = rec.get("micro_batch")
+    job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
+                   precision=rec.get("precision") or "amp-bf16", optimizer=opt,
+                   recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash",
+                   framework=framework, profile=profile,
+                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
+    job.check_batch(par)
+    return model, spec, node, par, job
+
+
+def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, calibration: str | None,
+                 host_time_factor: float = 1.0, profile: str | None = None) -> list[Case]:
     fw_rec = rec.get("framework")
     if fw_rec is not None and not isinstance(fw_rec, str):
         raise InputError(f"expected a framework name (got {fw_rec!r})", file=where, field="framework")
@@ -252,15 +267,9 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     prof = frameworks.resolve(fw_rec or None, default="megatron" if published else "pytorch")
     if profile is not None and (fw_rec is None or frameworks.resolve(profile).id == prof.id):
         prof = frameworks.resolve(profile)
-    fw = prof.base
-    opt = {"adam": "adamw", None: "adamw"}.get(rec.get("optimizer"), rec.get("optimizer"))
-    mb = rec.get("micro_batch")
-    job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
-                   precision=rec.get("precision") or "amp-bf16", optimizer=opt,
-                   recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
-                   profile=None if prof.step_model == "builtin" and profile is None else (profile or prof.id),
-                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
-    job.check_batch(par)
+    model, spec, node, par, job = train_inputs(
+        rec, lib, where, prof.base, None if prof.step_model == "builtin" and profile is None else (profile or prof.id),
+        host_time_factor)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}
     name = rec.get("name", "?")
