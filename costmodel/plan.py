@@ -20,7 +20,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           zero_stage: int = 0, interleave: int = 1, micro_batch: int = 1, seq_len: int = 2048,
           global_batch: int | None = None, precision: str = "amp-bf16", optimizer: str = "adamw",
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
-          overlap_grad_reduce: bool = True, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
+          overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
           hardware_files: list[str] | None = None, host_time_factor: float = 1.0,
           profile: str | None = None) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
@@ -49,7 +49,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
                        interleave=interleave)
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, **fw,
-                       overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer,
+                       overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,
+                       offload_optimizer=offload_optimizer,
                        offload_params=offload_params, host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None

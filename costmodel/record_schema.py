@@ -116,6 +116,7 @@ class TrainRecord(_Common):
     recompute: Optional[StrictStr] = None
     attention: Optional[StrictStr] = None
     overlap_grad_reduce: Optional[StrictBool] = None
+    tp_comm_overlap: Optional[StrictBool] = None  # Megatron-LM --tp-comm-overlap
     flops_convention: Optional[StrictStr] = None
     unverified: Optional[list[StrictStr]] = None
 

@@ -249,7 +249,8 @@ def _check_grid(ax: _Axes) -> None:
                          field="devices")
 
 
-def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, devices_per_node: int):
+def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, devices_per_node: int,
+                tp_comm_overlap: bool = False):
     """Boolean grid of layouts that satisfy every rule, and grid points rejected per reason
     (the first failed rule counts)."""
     N, tp, pp, v, cp, ep = (ax.along(n) for n in ("devices", "tp", "pp", "v", "cp", "ep"))
@@ -271,6 +272,7 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
          (v == 1) | ((global_batch // np.maximum(mb * dp, 1)) % pp == 0)),
         ("duplicate (ZeRO stage without data parallelism)", (zero == 0) | (dp * cp > 1)),
         ("duplicate (sequence parallelism without tp)", (~sp) | (tp > 1)),
+        ("--tp-comm-overlap needs sequence parallelism", (not tp_comm_overlap) | sp | (tp == 1)),
     ]
     shape = ax.shape()
     ok = np.ones(shape, dtype=bool)
@@ -414,7 +416,10 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
 
     tp_keys = (ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
     tp_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"])
-    tp_comm = layers * _subgrid_table(tp_layer, *tp_keys)[tp_sel] * n_micro
+    tp_per_layer = _subgrid_table(tp_layer, *tp_keys)[tp_sel]
+    if job.tp_comm_overlap:  # Megatron-LM --tp-comm-overlap (training.estimate_train), with sequence parallelism
+        tp_per_layer = steptime.tp_overlap_exposed_s(tp_per_layer, g_f + g_b + np.where(full, g_f, 0.0), tp)
+    tp_comm = layers * tp_per_layer * n_micro
 
     ep_comm = np.zeros(len(c))
     if model.moe is not None and model.moe_layers > 0 and np.any(ep > 1):
@@ -456,7 +461,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
 
     # data parallel and optimizer: per (devices, tp, pp, cp, ep, zero), only where a candidate is
     st = state_bytes_per_param(job, model.hidden)
-    grad_per_param = 4.0 if job.framework == "pytorch" and job.precision != "bf16" else 2.0
+    grad_per_param = tr.dp_grad_bytes_per_param(job)
     opt_per_param = tr.optimizer_bytes_per_param(job, st)
 
     stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total))
@@ -719,8 +724,8 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
 def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
            precision: str = "amp-bf16", optimizer: str = "adamw", framework: str | None = None,
-           attention: str = "flash", overlap_grad_reduce: bool = True, tokens: float | None = None,
-           steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+           attention: str = "flash", overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False,
+           tokens: float | None = None, steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
            tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
            cp: Sequence[int] | None = None, ep: Sequence[int] | None = None, zero_stage: Sequence[int] | None = None,
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
@@ -756,7 +761,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     try:
         job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, attention=attention, overlap_grad_reduce=overlap_grad_reduce,
-                       **frameworks.job_fields(framework if framework is not None or profile is not None
+                       tp_comm_overlap=tp_comm_overlap, **frameworks.job_fields(framework if framework is not None or profile is not None
                                                else frameworks.DEFAULT_FRAMEWORK, profile))
     except InputError:
         raise
@@ -766,6 +771,10 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         raise from_validation_error(exc, file=None) if hasattr(exc, "errors") else exc
 
     prof = frameworks.resolve(job.profile or job.framework)
+    if tp_comm_overlap and (prof.step_model == "composed" or prof.base == "pytorch"):
+        raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
+                         + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
+                            else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     sets = prof.settings
     if zero_stage is None:
         zero_stage = [z for z in DEFAULT_ZERO if z in sets.zero_stages]
@@ -788,7 +797,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
                    zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
                    offload=offload)
         _check_grid(ax)
-        ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn)
+        ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
         enumerated += int(ok.size)
         for k, n in rej.items():
             rejected[k] = rejected.get(k, 0) + n
@@ -916,7 +925,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
                   framework: str = "megatron", precision: str = "amp-bf16", attention: str = "flash",
                   calibration: str | None = None, hardware_files: list[str] | None = None,
-                  **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
+                  tp_comm_overlap: bool = False, **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
     """The screen's raw arrays for every valid layout (for tests, benchmarks and plots)."""
     m = model if isinstance(model, ModelConfig) else load_model(model)
     lib = load_library(hardware_files)
@@ -924,10 +933,10 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     dpn = node.devices_per_node if node else 8
     counts = device_counts(devices)
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
-    ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn)
+    ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
     c = _flatten(ax, ok)
     job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                   attention=attention, **frameworks.job_fields(framework))
+                   attention=attention, tp_comm_overlap=tp_comm_overlap, **frameworks.job_fields(framework))
     return c, screen(m, spec, node, job, ax, c, calibration)
 
 

@@ -158,6 +158,19 @@ def tp_layer_comm(link, act_bytes: float, tp: int, sequence_parallel: bool, reco
     return intra, wire, steps
 
 
+def tp_overlap_exposed_s(comm_s, gemm_s, tp):
+    """Exposed time of a layer's tensor-parallel communication ``comm_s`` when each collective is
+    decomposed into ``tp`` chunks pipelined with its GEMM (``gemm_s`` of GEMM time in the same
+    passes): the first chunk's communication waits, each later chunk hides behind the previous
+    chunk's GEMM, and what a chunk's communication exceeds its GEMM by is exposed: c/tp +
+    (tp - 1)/tp * max(0, c - g). Wang et al. 2023 (ASPLOS, "Overlap Communication with Dependent
+    Computation via Decomposition in Large Deep Learning Models"), sec. 4; Megatron-LM's
+    --tp-comm-overlap (Transformer Engine userbuffers) runs it for the sequence-parallel
+    all-gathers and reduce-scatters."""
+    tp = np.maximum(np.asarray(tp, dtype=float), 1.0)
+    return comm_s / tp + (tp - 1.0) / tp * np.maximum(0.0, comm_s - gemm_s)
+
+
 def pp_p2p(link, act_bytes: float, tp: int, sequence_parallel: bool, interleave: int, crosses: bool) -> float:
     """Pipeline sends of one micro-batch: the forward activation and the backward gradient, a
     tensor-parallel rank's 1/tp of it under sequence parallelism, once per model chunk."""

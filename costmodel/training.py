@@ -13,6 +13,7 @@ import numpy as np
 
 from . import comm, comm_bridge, frameworks, steptime
 from .arch import GATED, ModelConfig
+from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
@@ -261,6 +262,20 @@ def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
     """Step time the fp32 experts' host syncs expose (HF_MOE_AMP_SYNC_S_PER_LAYER) for ``layers``
     decoder layers of a stage, times the job's host_time_factor."""
     return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER * job.host_time_factor
+
+
+def dp_grad_bytes_per_param(job: TrainJob) -> float:
+    """Bytes per parameter the data-parallel gradient reduction moves. Eager PyTorch under amp keeps
+    fp32 gradients (4; pure bf16: 2). Megatron-LM reduces its main_grad buffer, fp32 for bf16
+    parameters unless --grad-reduce-in-bf16 ("bfloat16 requires gradient accumulation and
+    all-reduce to be done in fp32", megatron/training/arguments.py; Megatron-core DDP
+    grad_reduce_in_fp32), and in the parameters' dtype for fp16 (2). DeepSpeed reduces in the
+    compute dtype (2)."""
+    if job.framework == "pytorch":
+        return 4.0 if job.precision != "bf16" else 2.0
+    if job.framework == "megatron" and job.precision in ("amp-bf16", "bf16", "fp8"):
+        return 4.0
+    return 2.0
 
 
 def ddp_buckets(grad_bytes):
@@ -541,6 +556,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     an id, a YAML path or a FrameworkProfile) that replaces the job's own (``job.profile``, else
     the built-in profile of ``job.framework``)."""
     prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
+    if job.tp_comm_overlap and (prof.step_model == "composed" or prof.base == "pytorch"):
+        raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
+                         + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
+                            else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     eff = step_efficiency(spec, calibration, prof)
     dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
     if spec.peak_flops.get(dtype) is None:
@@ -562,6 +581,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     loss_bytes = tokens_mb * model.vocab / par.tp * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
     loss_t = memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5)  # forward + backward passes
     recompute_f = 0.0
+    recompute_f_gemm = g_f if job.recompute == "full" else 0.0
     if job.recompute == "full":
         recompute_f = g_f + a_f + e_f
     elif job.recompute == "selective":
@@ -585,6 +605,11 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         per = sum(c.count * link.collective_time_s(c.op, c.nbytes, par.tp, intra=True)
                   for c in comm.tp_layer_collectives(act_bytes, tp_group, sequence_parallel=par.sequence_parallel,
                                                      recompute=job.recompute))
+        if job.tp_comm_overlap:
+            if not par.sequence_parallel:
+                raise InputError("--tp-comm-overlap needs sequence parallelism (Megatron-LM's arguments.py), "
+                                 "or no tensor parallelism", field="tp_comm_overlap")
+            per = float(steptime.tp_overlap_exposed_s(per, g_f + g_b + recompute_f_gemm, par.tp))
         tp_comm = layers * per * n_micro
     ep_comm = 0.0
     if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
@@ -626,7 +651,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
         bubble = (par.pp - 1) / par.interleave * slot
     st = state_bytes_per_param(job, model.hidden)
-    grad_bytes = 4.0 * sp.total if job.framework == "pytorch" and job.precision != "bf16" else 2.0 * sp.total
+    grad_bytes = dp_grad_bytes_per_param(job) * sp.total
     dp_exposed = fsdp_exposed = 0.0
     dp_world = par.dp * par.cp
     if dp_world > 1:

@@ -250,7 +250,8 @@ def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, pr
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash",
                    framework=framework, profile=profile,
-                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
+                   overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)),
+                   tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)), host_time_factor=host_time_factor)
     job.check_batch(par)
     return model, spec, node, par, job
 

@@ -62,6 +62,10 @@ class TrainJob(BaseModel):
     # --overlap-grad-reduce). False: reduced after the last backward, fully exposed, as Megatron-LM's
     # local DDP did in 2021-2022 (training.py: allreduce_gradients() after forward_backward_func).
     overlap_grad_reduce: bool = True
+    # Megatron-LM --tp-comm-overlap (Transformer Engine userbuffers): each sequence-parallel
+    # all-gather / reduce-scatter is split into tp chunks pipelined with the GEMM it feeds or
+    # follows (steptime.tp_overlap_exposed_s). Needs sequence parallelism, as in Megatron-LM.
+    tp_comm_overlap: bool = False
     # Eager PyTorch's host (Python + dispatcher) time relative to the hosts the step model's host
     # constants were fitted on (training.HOST_*: H100 machines). Host speed differs by machine: the
     # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README-*.md).

@@ -299,3 +299,46 @@ def test_node_option_times_runs_on_your_cluster(tmp_path, capsys):
     assert all(mine[n] == pytest.approx(plain[n], rel=1e-12) for n in one)
     code, out = _main(capsys, "validate", str(runs), "--node", "dgx-a100")
     assert code == 2 and "dgx-a100" in out and "a100" in out
+
+
+def test_tp_overlap_exposed_by_hand():
+    """Decomposed TP communication (Wang et al. 2023): of 8 ms of collectives beside 20 ms of GEMMs
+    over tp = 4 chunks only the first chunk's 2 ms waits; beside 4 ms of GEMMs each later chunk's
+    1 ms GEMM hides 1 ms of its 2 ms: 2 + 3 x 1 = 5 ms."""
+    from costmodel import steptime
+
+    assert steptime.tp_overlap_exposed_s(8e-3, 20e-3, 4) == pytest.approx(2e-3)
+    assert steptime.tp_overlap_exposed_s(8e-3, 4e-3, 4) == pytest.approx(5e-3)
+    assert steptime.tp_overlap_exposed_s(8e-3, 0.0, 1) == pytest.approx(8e-3)
+
+
+def test_tp_comm_overlap_in_train():
+    """--tp-comm-overlap shortens a Megatron step by what it hides, needs sequence parallelism and is
+    refused for frameworks that do not have it."""
+    import costmodel
+
+    kw = dict(devices=8, tp=8, global_batch=8, seq_len=4096, sequence_parallel=True)
+    off = costmodel.train("llama3-8b", "dgx-h100", **kw)
+    on = costmodel.train("llama3-8b", "dgx-h100", tp_comm_overlap=True, **kw)
+    assert on.step.tp_comm_s < off.step.tp_comm_s / 4  # tp = 8 chunks: about 1/8 left where the GEMMs hide it
+    assert on.step.total_s == pytest.approx(off.step.total_s - (off.step.tp_comm_s - on.step.tp_comm_s), rel=1e-9)
+    with pytest.raises(InputError, match="sequence parallelism"):
+        costmodel.train("llama3-8b", "dgx-h100", devices=8, tp=8, global_batch=8, tp_comm_overlap=True)
+    with pytest.raises(InputError, match="pytorch"):
+        costmodel.train("llama3-8b", "dgx-h100", framework="pytorch", tp_comm_overlap=True, **kw)
+
+
+def test_fused_frameworks_run_gemms_at_the_sustained_clock():
+    """Fused frameworks time a large GEMM at no more than the device's measured sustained rate
+    (hardware/calibrated/h100-sxm.yaml, sustained_flops_per_s), eager PyTorch at the burst clock."""
+    from costmodel.roofline import gemm_op
+    from costmodel.specs import load_library
+    from costmodel.training import step_efficiency
+
+    spec = load_library().device("h100-sxm")
+    m = n = k = 8192
+    flops = 2.0 * m * n * k
+    sustained = gemm_op(step_efficiency(spec, None, frameworks.resolve("megatron")), "g", m, k, n, interleaved=True)
+    burst = gemm_op(step_efficiency(spec, None, frameworks.resolve("pytorch")), "g", m, k, n, interleaved=True)
+    assert flops / sustained.time_s <= 708.58e12 * 1.001
+    assert burst.time_s < sustained.time_s * 0.97

@@ -40,6 +40,8 @@ def train_cmd(
     profile: Optional[str] = typer.Option(None, "--profile", help="Framework profile YAML (from fit-profile) that times the step."),
     overlap_grad_reduce: bool = typer.Option(True, "--overlap-grad-reduce/--no-overlap-grad-reduce",
                                              help="Overlap the data-parallel gradient reduction with backward (DDP buckets)."),
+    tp_comm_overlap: bool = typer.Option(False, "--tp-comm-overlap",
+                                         help="Megatron-LM's TP communication overlapped with the GEMMs, chunk by chunk (needs --sequence-parallel)."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
     offload_params: str = typer.Option("none", help="none, cpu, nvme."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
@@ -76,7 +78,7 @@ def train_cmd(
                 sequence_parallel=sequence_parallel, zero_stage=zero_stage, interleave=interleave,
                 micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
-                overlap_grad_reduce=overlap_grad_reduce, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
+                overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
                 host_time_factor=host_time_factor, profile=profile,
                 hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
@@ -168,8 +170,9 @@ def layout_label(par: dict) -> str:
 def header(est) -> str:
     """The assumptions a train estimate rests on, in one line."""
     j = est.job
-    return (f"{layout_label(est.parallel)}, framework {est.framework}, {j['precision']}, recompute {j['recompute']}, "
-            f"micro-batch {j['micro_batch']}, seq {j['seq_len']}")
+    return (f"{layout_label(est.parallel)}, framework {est.framework}"
+            + (" (tp-comm-overlap)" if j.get("tp_comm_overlap") else "")
+            + f", {j['precision']}, recompute {j['recompute']}, micro-batch {j['micro_batch']}, seq {j['seq_len']}")
 
 
 def register(app: typer.Typer) -> None:
