@@ -44,6 +44,7 @@ class Links:
     node: NodeSpec | None
     spec: AcceleratorSpec
     eff: object
+    torus: tuple[int, ...] = ()  # sides of a torus scale-up domain (TPU ICI), comm.torus_shape
 
     # comm.CommParams of the calls: isolated calls (the truth file's kernel records) by default;
     # ``from_specs(..., queued=True)`` for calls queued inside a training step (QUEUED_PARAMS).
@@ -66,7 +67,9 @@ class Links:
             so = node.scale_out
             inter_bw = so.bandwidth_per_device_bytes_per_s if so else DEFAULT_INTER_BYTES_PER_S
             inter_lat = so.latency_s if so else DEFAULT_INTER_LATENCY_S
-            dpn = node.devices_per_node
+            # the scale-up domain may span hosts (a TPU pod's ICI: 4 chips per host, thousands per
+            # torus): collectives see the domain, not the host
+            dpn = max(node.devices_per_node, node.scale_up.size)
         else:
             su = spec.scale_up if (spec.scale_up is not None and spec.scale_up.topology != "none") else None
             intra_bw = su.bandwidth_bytes_per_s if su else (
@@ -74,13 +77,15 @@ class Links:
             intra_lat = su.latency_s if su else DEFAULT_INTER_LATENCY_S
             inter_bw, inter_lat = DEFAULT_INTER_BYTES_PER_S, DEFAULT_INTER_LATENCY_S
             dpn = DEFAULT_DEVICES_PER_NODE
-        return cls(intra_bw, intra_lat, inter_bw, inter_lat, dpn, node, spec, eff)
+        torus = comm.torus_shape(node.scale_up) if node is not None else ()
+        return cls(intra_bw, intra_lat, inter_bw, inter_lat, dpn, node, spec, eff, torus=torus)
 
     @property
     def comm_links(self) -> comm.Links:
         return comm.Links(intra_bytes_per_s=self.intra_bw, domain_size=self.devices_per_node,
                           intra_latency_s=self.intra_lat, inter_bytes_per_s=self.inter_bw,
-                          inter_latency_s=self.inter_lat, name=getattr(self.node or self.spec, "id", ""))
+                          inter_latency_s=self.inter_lat, name=getattr(self.node or self.spec, "id", ""),
+                          torus=self.torus)
 
     def dp_ranks_per_node(self, par) -> int:
         """Ranks of one data-parallel group inside a node: model-parallel ranks are packed

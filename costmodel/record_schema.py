@@ -114,6 +114,7 @@ class TrainRecord(_Common):
     precision: Optional[StrictStr] = None
     optimizer: Optional[StrictStr] = None
     recompute: Optional[StrictStr] = None
+    recompute_fraction: Optional[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]] = None
     attention: Optional[StrictStr] = None
     overlap_grad_reduce: Optional[StrictBool] = None
     flops_convention: Optional[StrictStr] = None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from .arch import ModelConfig, load_model
+from .arch import PALM_BLOCK, ModelConfig, load_model
 from .bench.records import check_kernel_record
 from . import frameworks
 from .errors import InputError, from_validation_error
@@ -87,6 +87,7 @@ _ARCH_DEFAULTS = {
     "mixtral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
     "gpt2": dict(activation="gelu_new", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
     "gpt": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
+    "palm": dict(PALM_BLOCK),  # parallel attention + MLP off one norm, multi-query, no biases (arch.PALM_BLOCK)
 }
 
 
@@ -122,6 +123,8 @@ def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> 
         d["moe"] = dict(experts=m["moe_experts"], top_k=m.get("moe_top_k", 2), expert_ffn=m["ffn"])
     kv = d.get("kv_heads", d["heads"])
     d["attention"] = "mha" if kv == d["heads"] else ("mqa" if kv == 1 else "gqa")
+    if m.get("params_published") is not None:
+        d["published_params"] = m["params_published"]
     d["family"] = arch
     d["id"] = "record-model"
     try:
@@ -258,6 +261,7 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     job = TrainJob(micro_batch=1 if mb is None else mb, seq_len=rec["seq_len"], global_batch=rec.get("global_batch"),
                    precision=rec.get("precision") or "amp-bf16", optimizer=opt,
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash", framework=fw,
+                   recompute_fraction=rec.get("recompute_fraction") or 1.0,
                    profile=None if prof.step_model == "builtin" and profile is None else (profile or prof.id),
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)), host_time_factor=host_time_factor)
     job.check_batch(par)

@@ -95,6 +95,22 @@ def test_palm_mfu_from_tokens_per_second():
     assert mfu == pytest.approx(r["measured"]["mfu"], abs=0.002)
 
 
+def test_palm_540b_validates_within_10_percent():
+    """PaLM 540B on 6144 TPU v4 (two pods over the DCN): the PaLM block, the ICI torus and the DCN
+    predict the paper's 46.2% MFU within 10%. Its partial rematerialisation (recompute_fraction)
+    is the paper's own HFU/MFU ratio, so HFU is off by the same fraction as MFU."""
+    from costmodel.validate import validate_file
+
+    rep = validate_file(DIR / "palm-2022.jsonl")
+    assert rep.skipped == []
+    by = {c.metric: c for c in rep.cases}
+    assert set(by) == {"mfu", "hfu"}
+    assert abs(by["mfu"].rel_error) < 0.10
+    assert by["hfu"].rel_error == pytest.approx(by["mfu"].rel_error, abs=1e-3)
+    (r,) = _load("palm-2022.jsonl")
+    assert 1 + r["recompute_fraction"] * 1.0831 / 3.2778 == pytest.approx(57.8 / 46.2, abs=0.002)
+
+
 def test_llama3_table4():
     recs = _load("llama3-2024.jsonl")
     assert [(r["devices"], r["parallel"]["cp"], r["measured"]["tflops_per_device"]) for r in recs] == [

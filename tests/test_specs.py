@@ -38,7 +38,7 @@ REQUIRED = {
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
     "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
-    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node",
+    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node",
 }
 
 GB, GiB, MiB, T = 1e9, 2.0**30, 2.0**20, 1e12
@@ -306,6 +306,21 @@ def test_tpu_v4_pod_slice(lib):
     assert node.scale_up.size == 4096
     assert node.scale_up.topology == "torus-3d"
     assert lib.device("tpu-v4-pod-slice").id == "tpu-v4"
+
+
+def test_tpu_v4_pod_as_palm_used_it(lib):
+    """PaLM sec. 4: pods of 3072 chips on 768 hosts; the cross-pod exchange ran as a burst of 81 Tbps
+    over the 1536 hosts of two pods: 81e12 / 1536 / 4 chips = 13.2 Gb/s per chip."""
+    node = lib.node_for("tpu-v4-pod")
+    assert node.scale_up.size == 768 * 4 and node.devices_per_node == 4
+    assert node.scale_up.topology == "torus-3d"
+    assert node.scale_up.bandwidth_bytes_per_s == pytest.approx(6 * 50e9)  # 6 ICI links of 50 GB/s
+    assert node.scale_out.bandwidth_per_device_bytes_per_s * 8 == pytest.approx(81e12 / 1536 / 4, rel=0.02)
+    from costmodel.comm_bridge import Links
+
+    links = Links.from_specs(lib.device("tpu-v4"), node, None)
+    assert links.devices_per_node == 3072  # collectives see the ICI domain, not the 4-chip host
+    assert sorted(links.torus) == [12, 16, 16]
 
 
 def test_node_prices_are_devices_times_device_price(lib):
