@@ -219,6 +219,9 @@ class ScaleUpDomain(_Strict):
     topology: Literal["switch", "full-mesh", "ring", "torus-2d", "torus-3d", "none"] = "switch"
     # a torus's sides (e.g. [16, 16, 12]); their product is ``size``. Default: the most cubic split.
     shape: list[Annotated[int, Field(ge=1)]] | None = None
+    # Multi-die packages (MI250X: 2 GCDs): the bandwidth between the dies of one package, per die
+    # per direction; ``bandwidth`` is then what a group spanning packages gets (its slowest hop).
+    package_bandwidth_bytes_per_s: BytesPerSec | None = Field(default=None, alias="package_bandwidth")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -567,3 +567,40 @@ def test_links_with_a_torus_use_it_inside_the_domain():
     # across pods the DCN carries it (the alpha-beta model, not the torus)
     across = collective_time_s("all_reduce", GiB, Group(2, 1), torus, params=IDEAL)
     assert across == pytest.approx(GiB / 1.6e9, rel=0.01)
+
+
+# --------------------------------------------------------------------------- AMD fabrics (RCCL)
+
+def test_mi300x_full_mesh_group_uses_one_link_per_peer():
+    """8x MI300X: each GPU has 7 direct xGMI links of 64 GB/s per direction; RCCL runs one ring per
+    link, so a group of n GPUs gets (n - 1) x 64 GB/s; a pair has one link."""
+    from costmodel.comm_bridge import Links as BridgeLinks
+    from costmodel.specs import load_library
+
+    lib = load_library()
+    L = BridgeLinks.from_specs(lib.device("mi300x-node"), lib.node_for("mi300x-node"), None)
+    assert [L.intra_bw_for(n) for n in (2, 4, 8)] == pytest.approx([64e9, 3 * 64e9, 7 * 64e9])
+    # an 8-GPU all-reduce of 1 GiB: 2 x 7/8 GiB over 448 GB/s x the ring efficiency (+ latency)
+    eff = CommParams().ring_efficiency
+    t8 = L.collective_time_s("all_reduce", GiB, 8)
+    assert t8 == pytest.approx(2 * 7 / 8 * GiB / (448e9 * eff), rel=0.02)
+    # a pair's all-reduce moves 1/4 as much per device but over 1 link, not 7: slower than 8 GPUs
+    assert L.collective_time_s("all_reduce", GiB, 2) > t8
+    # across nodes: one 400 Gb/s NIC per GPU
+    assert L.inter_bw == pytest.approx(50e9)
+
+
+def test_frontier_node_package_pairs_and_slowest_hop():
+    """Frontier: 2 GCDs of one MI250X share 4 xGMI links (200 GB/s); a ring over GCDs of several
+    packages runs at its slowest hop, one 50 GB/s link; 4 Slingshot-11 NICs of 25 GB/s for 8 GCDs."""
+    from costmodel.comm_bridge import Links as BridgeLinks
+    from costmodel.specs import load_library
+
+    lib = load_library()
+    L = BridgeLinks.from_specs(lib.device("frontier-node"), lib.node_for("frontier-node"), None)
+    assert L.intra_bw_for(2) == pytest.approx(200e9)
+    assert L.intra_bw_for(4) == L.intra_bw_for(8) == pytest.approx(50e9)
+    assert L.inter_bw == pytest.approx(4 * 25e9 / 8)
+    eff = CommParams().ring_efficiency
+    assert L.collective_time_s("all_reduce", GiB, 2) == pytest.approx(GiB / (200e9 * eff), rel=0.02)
+    assert L.collective_time_s("all_reduce", GiB, 8) == pytest.approx(2 * 7 / 8 * GiB / (50e9 * eff), rel=0.02)
