@@ -38,7 +38,7 @@ REQUIRED = {
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
     "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
-    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node",
+    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node",
 }
 
 GB, GiB, MiB, T = 1e9, 2.0**30, 2.0**20, 1e12
@@ -321,6 +321,21 @@ def test_tpu_v4_pod_as_palm_used_it(lib):
     links = Links.from_specs(lib.device("tpu-v4"), node, None)
     assert links.devices_per_node == 3072  # collectives see the ICI domain, not the 4-chip host
     assert sorted(links.torus) == [12, 16, 16]
+
+
+def test_tpu_v5p_pod_torus_all_reduce_by_hand(lib):
+    """8960 chips = 16 x 20 x 28; 6 ICI links of 100 GB/s per direction. A 1 GiB all-reduce over the
+    whole pod, all three dimensions at once: 2 passes of (n-1)/n x 1 GiB over 6 link directions at
+    0.9 of the line rate, plus 2 x (15 + 19 + 27) ring steps of 5 us and the call overhead."""
+    from costmodel.comm import DEFAULT_LAUNCH_OVERHEAD_S, ICI_EFFICIENCY
+    from costmodel.comm_bridge import Links
+
+    node = lib.node_for("tpu-v5p-pod")
+    assert node.scale_up.size == 16 * 20 * 28 == 8960
+    links = Links.from_specs(lib.device("tpu-v5p"), node, None)
+    wire = 2 * (8959 / 8960) * GiB / (6 * 100e9 * ICI_EFFICIENCY)
+    lat = 2 * (15 + 19 + 27) * 5e-6
+    assert links.collective_time_s("all_reduce", GiB, 8960) == pytest.approx(wire + lat + DEFAULT_LAUNCH_OVERHEAD_S)
 
 
 def test_node_prices_are_devices_times_device_price(lib):
