@@ -125,6 +125,9 @@ class DecodeRecord(_Common):
     parallel: Optional[ParallelRecord] = None
     batch: Count
     context_len: Count
+    node: Optional[StrictStr] = None
+    weight_dtype: Optional[Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]] = None
+    layout: Optional[Literal["1d-weight-stationary", "2d-weight-stationary"]] = None
 
 
 class InferRecord(_Common):

@@ -303,7 +303,7 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
     spec = lib.device(rec["hardware"])
     tp = (rec.get("parallel") or {}).get("tp")
     tp = 1 if tp is None else tp  # null: not given
-    job = InferJob(batch=rec["batch"], cuda_graph=True)
+    job = InferJob(batch=rec["batch"], cuda_graph=True, weight_dtype=rec.get("weight_dtype") or "bf16")
     ctx = rec["context_len"]
     mem = decode_memory(model, job, ctx, tp)
     meas = rec.get("measured") or {}
@@ -312,7 +312,17 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
         fits = required_device_bytes(mem.peak_bytes) <= spec.memory.capacity_bytes
         return [Case(name=name, kind="decode_step", metric="fits", measured=False, predicted=fits, rel_error=0.0 if not fits else 1.0)]
     d = decode_step(model, spec, job, ctx, tp, calibration=calibration)
-    preds = {"step_seconds": d.step_s, "peak_bytes": mem.peak_bytes, "kv_cache_bytes": mem.kv_cache_bytes}
+    step = d.step_s
+    layout = rec.get("layout")
+    if layout:
+        # a multi-chip inference layout (Pope et al. 2022) adds its collectives to the step
+        from .comm_bridge import Links
+        from .partitioning import layout_comm_s
+
+        node = lib.node_for(rec["node"]) if rec.get("node") else None
+        links = Links.from_specs(spec, node, efficiency_for(spec, calibration), queued=True)
+        step += layout_comm_s(model, job.batch, tp, str(layout), links)
+    preds = {"step_seconds": step, "peak_bytes": mem.peak_bytes, "kv_cache_bytes": mem.kv_cache_bytes}
     return [Case(name=name, kind="decode_step", metric=k, measured=float(meas[k]), predicted=v, rel_error=_rel(v, meas[k]))
             for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
 

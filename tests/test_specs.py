@@ -38,7 +38,7 @@ REQUIRED = {
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
     "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
-    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node",
+    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node",
 }
 
 GB, GiB, MiB, T = 1e9, 2.0**30, 2.0**20, 1e12
