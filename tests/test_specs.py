@@ -38,7 +38,7 @@ REQUIRED = {
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
     "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
-    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node",
+    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node", "tpu-v5e-pod": "node",
 }
 
 GB, GiB, MiB, T = 1e9, 2.0**30, 2.0**20, 1e12
@@ -336,6 +336,20 @@ def test_tpu_v5p_pod_torus_all_reduce_by_hand(lib):
     wire = 2 * (8959 / 8960) * GiB / (6 * 100e9 * ICI_EFFICIENCY)
     lat = 2 * (15 + 19 + 27) * 5e-6
     assert links.collective_time_s("all_reduce", GiB, 8960) == pytest.approx(wire + lat + DEFAULT_LAUNCH_OVERHEAD_S)
+
+
+def test_tpu_v5e_pod_is_a_2d_torus(lib):
+    """256 chips = 16 x 16, 4 ports of 50 GB/s: a 1 GiB all-gather over the pod moves 255/256 GiB
+    over the 4 link directions of both dimensions at once."""
+    from costmodel.comm import ICI_EFFICIENCY
+    from costmodel.comm_bridge import Links
+
+    links = Links.from_specs(lib.device("tpu-v5e"), lib.node_for("tpu-v5e-pod"), None)
+    links.intra_lat = 0.0
+    links.params = links.params.__class__(launch_overhead_s=0.0)
+    assert links.torus == (16, 16)
+    assert links.collective_time_s("all_gather", GiB, 256) == pytest.approx(
+        255 / 256 * GiB / (4 * 50e9 * ICI_EFFICIENCY))
 
 
 def test_node_prices_are_devices_times_device_price(lib):
