@@ -346,20 +346,33 @@ def torus_shape(scale_up) -> tuple[int, ...]:
     return _cubic_factors(int(scale_up.size), k)
 
 
-def _cubic_factors(n: int, k: int) -> tuple[int, ...]:
-    """``n`` as ``k`` integer factors, as equal as possible, largest first."""
-    if k <= 1:
-        return (n,)
-    best = None
-    for d in range(1, n + 1):
+def _divisors(n: int) -> list[int]:
+    """The divisors of ``n`` (trial division up to sqrt(n)), ascending."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
         if n % d == 0:
-            rest = _cubic_factors(n // d, k - 1)
-            cand = tuple(sorted((d,) + rest, reverse=True))
-            if best is None or (max(cand) - min(cand)) < (max(best) - min(best)):
-                best = cand
-        if d ** k > n:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
+
+
+def _cubic_factors(n: int, k: int) -> tuple[int, ...]:
+    """``n`` as ``k`` integer factors, as equal as possible (least spread), largest first."""
+    if k <= 1 or n <= 1:
+        return (max(1, n),) + (1,) * max(0, k - 1)
+    divs = _divisors(n)
+    best = None
+    for d in divs:
+        if d ** k > n * (1 + 1e-9) and best is not None:
             break
-    return best or (n,) + (1,) * (k - 1)
+        rest = _cubic_factors(n // d, k - 1) if k > 2 else (n // d,)
+        cand = tuple(sorted((d,) + rest, reverse=True))
+        if best is None or (cand[0] - cand[-1]) < (best[0] - best[-1]):
+            best = cand
+    return best
 
 
 def torus_group_dims(size: int, torus: tuple[int, ...]) -> tuple[int, ...]:
@@ -369,7 +382,9 @@ def torus_group_dims(size: int, torus: tuple[int, ...]) -> tuple[int, ...]:
     as a last side."""
     left, out = int(size), []
     for side in sorted(torus, reverse=True):
-        d = max((x for x in range(1, min(side, left) + 1) if left % x == 0), default=1)
+        if left <= 1:
+            break
+        d = max(x for x in _divisors(left) if x <= side)
         if d > 1:
             out.append(d)
             left //= d
