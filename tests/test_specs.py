@@ -321,6 +321,13 @@ def test_tpu_v4_pod_as_palm_used_it(lib):
     links = Links.from_specs(lib.device("tpu-v4"), node, None)
     assert links.devices_per_node == 3072  # collectives see the ICI domain, not the 4-chip host
     assert sorted(links.torus) == [12, 16, 16]
+    # PaLM's cross-pod gradient exchange: one chip per pod pairs up over the DCN (ring of 2 moves S)
+    from costmodel.comm import DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_SCALE_OUT_EFFICIENCY
+
+    t = links.collective_time_s("all_reduce", GiB, 2, intra=False, per_node=1)
+    wire = GiB / (13e9 / 8 * DEFAULT_SCALE_OUT_EFFICIENCY)
+    assert t == pytest.approx(DEFAULT_LAUNCH_OVERHEAD_S + wire, rel=0.01)
+    assert t > 50 * links.collective_time_s("all_reduce", GiB, 2)  # the same pair over ICI: 60x faster
 
 
 def test_tpu_v5p_pod_torus_all_reduce_by_hand(lib):
