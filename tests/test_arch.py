@@ -79,6 +79,8 @@ PUBLISHED: dict[str, tuple[int, int, str]] = {
     # Table 1's shape (256k vocabulary, scale-only norms) is 540,356,474,880, 6.5M above the printed
     # figure, which is truncated, not rounded: tolerance 10M (0.002%).
     "palm-540b": (540_350 * M, 10 * M, "540.35B printed (truncated); tolerance 10M"),
+    "palm-62b": (62_500 * M, 5 * M, "62.50B, rounded to 0.01B"),
+    "palm-8b": (8_630 * M, 5 * M, "8.63B, rounded to 0.01B"),
     # The measured truth file ../shared/truth/h100-h200-public.jsonl, field model.params.
     "llama-110m": (134_105_856, 0, "truth file"),
     "llama-350m": (373_867_520, 0, "truth file"),
