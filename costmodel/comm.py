@@ -616,10 +616,10 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
     scale = None
     if efficiency is not None and hasattr(efficiency, "collective_time_s"):
         if group.intra:
-            scale = calibrated_bandwidth_scale(efficiency, op, group.size, node_or_links, params)
+            scale = calibrated_bandwidth_scale(efficiency, op, group.size, links, params)
     elif efficiency is not None:
         scale = float(efficiency)
-    return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, node_or_links,
+    return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, links,
                                       algorithm=algorithm, params=params, efficiency=scale))
 
 
