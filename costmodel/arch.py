@@ -75,6 +75,7 @@ class ModelConfig(BaseModel):
     vocab: int = Field(ge=1, le=MAX_DIM)
     tied_embeddings: bool = False
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    norm_bias: bool = True  # a LayerNorm's shift (beta); PaLM's norms have none (scale only)
     norms_per_layer: int = Field(default=2, ge=0, le=64)  # Gemma 2: 4 (pre and post)
     positions: Literal["learned", "rope", "alibi", "none"] = "rope"
     max_context: int = Field(default=2048, ge=1, le=MAX_DIM)
@@ -179,7 +180,7 @@ class ModelConfig(BaseModel):
         return self.hidden * self.moe.experts + (self.moe.experts if self.moe.router_bias else 0)
 
     def norm_params(self) -> int:
-        per = self.hidden * (2 if self.norm == "layernorm" else 1)
+        per = self.hidden * (2 if self.norm == "layernorm" and self.norm_bias else 1)
         return per
 
     def param_breakdown(self) -> dict[str, int]:
@@ -226,6 +227,26 @@ class ModelConfig(BaseModel):
         if self.moe and moe_layer is not False:
             return p + self.router_params() + self.moe.experts * self.expert_params() + self.shared_expert_params()
         return p + self.dense_mlp_params()
+
+
+# ---------------------------------------------------------------------------------- families
+
+# The PaLM block (Chowdhery et al. 2022, "PaLM: Scaling Language Modeling with Pathways",
+# arXiv:2204.02311, sec. 2 "Model Architecture"): SwiGLU MLP; "parallel layers"
+# y = x + MLP(LayerNorm(x)) + Attention(LayerNorm(x)), one LayerNorm shared by both branches;
+# multi-query attention (K and V projected to one head of size 256 shared by all query heads);
+# RoPE; shared input-output embeddings; "no biases were used in any of the dense kernels or
+# layer norms". Only the shape (layers, hidden, heads, head_dim, ffn, vocab) varies by size.
+PALM_BLOCK = dict(activation="swiglu", norm="layernorm", norm_bias=False, norms_per_layer=1, parallel_block=True,
+                  attention="mqa", kv_heads=1, bias=False, qkv_bias=False, tied_embeddings=True, positions="rope")
+
+
+def palm_model(model_id: str, layers: int, hidden: int, heads: int, head_dim: int, ffn: int, vocab: int = 256_000,
+               **extra) -> ModelConfig:
+    """A model built of PaLM blocks (PALM_BLOCK) with the given shape."""
+    data = dict(PALM_BLOCK, id=model_id, family="palm", layers=layers, hidden=hidden, heads=heads, head_dim=head_dim,
+                ffn=ffn, vocab=vocab, **extra)
+    return parse_model(data, f"<palm {model_id}>")
 
 
 # ---------------------------------------------------------------------------------- loading

@@ -194,8 +194,13 @@ class Links:
     inter_bytes_per_s: float | None = None
     inter_latency_s: float = _DEFAULT_INTER_LATENCY_S
     name: str = ""
+    # A torus scale-up domain (TPU ICI): its side lengths, e.g. (16, 16, 12) for a 3072-chip TPU v4
+    # pod; empty for a switched or ring fabric. Groups inside it use torus_collective_time_s.
+    torus: tuple[int, ...] = ()
 
     def __post_init__(self):
+        if any(int(d) != d or d < 1 for d in self.torus):
+            raise InputError(f"torus sides must be positive integers, got {self.torus}", field="torus")
         if not self.intra_bytes_per_s > 0:
             raise InputError(f"intra bandwidth must be positive, got {self.intra_bytes_per_s}", field="intra_bytes_per_s")
         if self.domain_size < 1:
@@ -220,7 +225,8 @@ class Links:
             return cls(intra_bytes_per_s=spec.scale_up.bandwidth_bytes_per_s, domain_size=spec.scale_up.size,
                        intra_latency_s=spec.scale_up.latency_s,
                        inter_bytes_per_s=so.bandwidth_per_device_bytes_per_s if so else None,
-                       inter_latency_s=so.latency_s if so else _DEFAULT_INTER_LATENCY_S, name=spec.id)
+                       inter_latency_s=so.latency_s if so else _DEFAULT_INTER_LATENCY_S, name=spec.id,
+                       torus=torus_shape(spec.scale_up))
         if isinstance(spec, AcceleratorSpec):
             size = domain_size or 8
             if spec.scale_up is not None and spec.scale_up.topology != "none":
@@ -303,6 +309,125 @@ def bus_factor(op: str, n: int | np.ndarray):
     else:
         f = np.ones_like(n)
     return float(f) if f.ndim == 0 else f
+
+
+# --------------------------------------------------------------------------- torus (TPU ICI)
+#
+# A TPU slice is a 2D (v5e) or 3D (v4, v5p) torus: every chip has 2 ICI links per dimension, one
+# to each neighbour (TPU v4: 6 links per chip, 4x4x4 cubes joined into tori by optical circuit
+# switches; Jouppi et al., "TPU v4: An Optically Reconfigurable Supercomputer for Machine Learning
+# with Hardware Support for Embeddings", ISCA 2023, arXiv:2304.01433, sec. 2). A group of chips
+# occupies a sub-torus of ``dims`` (torus_group_dims). Collectives run as dimension-ordered
+# bidirectional rings: a reduce-scatter reduces along the first dimension over both of its links
+# (each direction carries half the data), then the 1/d_1 shard left along the second, and so on;
+# an all-gather runs the same phases in reverse; an all-reduce is the two. Splitting the buffer
+# into one part per dimension, each part visiting the dimensions in a rotated order, keeps every
+# dimension's links busy at once (the 2-D gradient summation of Kumar et al., "Scale MLPerf-0.6
+# models on Google TPU-v3 Pods", arXiv:1909.09756, sec. 3.3: "both dimensions simultaneously"):
+# the wire time is then the total traffic over all 2m link directions. Both are computed; the
+# model takes the faster, as XLA picks its collective schedule.
+
+# Achieved fraction of the ICI link rate: Google quotes 1.1 PB/s of all-reduce bandwidth for a
+# 4096-chip TPU v4 pod (https://cloud.google.com/tpu/docs/v4), 270 GB/s per chip against 6 x 50
+# GB/s of links: 0.9.
+ICI_EFFICIENCY = 0.9
+
+
+def torus_shape(scale_up) -> tuple[int, ...]:
+    """The sides of a scale-up domain with a torus topology (``ScaleUpDomain.shape`` when given,
+    else the most cubic factorisation of its size into 3 or 2 sides); () for other topologies."""
+    topo = getattr(scale_up, "topology", "")
+    if not str(topo).startswith("torus"):
+        return ()
+    shape = getattr(scale_up, "shape", None)
+    if shape:
+        return tuple(int(x) for x in shape)
+    k = 3 if topo == "torus-3d" else 2
+    return _cubic_factors(int(scale_up.size), k)
+
+
+def _divisors(n: int) -> list[int]:
+    """The divisors of ``n`` (trial division up to sqrt(n)), ascending."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
+
+
+def _cubic_factors(n: int, k: int) -> tuple[int, ...]:
+    """``n`` as ``k`` integer factors, as equal as possible (least spread), largest first."""
+    if k <= 1 or n <= 1:
+        return (max(1, n),) + (1,) * max(0, k - 1)
+    divs = _divisors(n)
+    best = None
+    for d in divs:
+        if d ** k > n * (1 + 1e-9) and best is not None:
+            break
+        rest = _cubic_factors(n // d, k - 1) if k > 2 else (n // d,)
+        cand = tuple(sorted((d,) + rest, reverse=True))
+        if best is None or (cand[0] - cand[-1]) < (best[0] - best[-1]):
+            best = cand
+    return best
+
+
+def torus_group_dims(size: int, torus: tuple[int, ...]) -> tuple[int, ...]:
+    """The sub-torus a group of ``size`` chips occupies: the sides taken longest first, each the
+    largest divisor of what is left that fits the side (12 on a 16x16x12 pod: (12,); 256: (16, 16);
+    3072: (16, 16, 12)). Sides of 1 are dropped; a size the torus cannot hold keeps its remainder
+    as a last side."""
+    left, out = int(size), []
+    for side in sorted(torus, reverse=True):
+        if left <= 1:
+            break
+        d = max(x for x in _divisors(left) if x <= side)
+        if d > 1:
+            out.append(d)
+            left //= d
+    if left > 1:
+        out.append(left)
+    return tuple(out)
+
+
+def torus_collective_time_s(op: str, nbytes: float, dims: tuple[int, ...], link_bytes_per_s: float,
+                            hop_latency_s: float, *, efficiency: float = ICI_EFFICIENCY,
+                            launch_overhead_s: float = 0.0) -> float:
+    """One collective of ``nbytes`` (nccl-tests buffer convention) over a sub-torus of ``dims``
+    (section comment above): bidirectional rings per dimension, dimension-ordered, or all
+    dimensions at once on split buffers, whichever is faster. ``link_bytes_per_s``: one ICI link,
+    one direction. All-to-all and point-to-point cross the dimensions one hop at a time."""
+    op = normalize_op(op)
+    dims = tuple(int(d) for d in dims if d > 1)
+    n = int(np.prod(dims)) if dims else 1
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    b = link_bytes_per_s * efficiency
+    if op == "send_recv":
+        return launch_overhead_s + hop_latency_s + nbytes / b
+    if op == "all_to_all":
+        # each chip sends (n-1)/n of its buffer; on a torus the average message travels n_i/4 hops
+        # per dimension, so the bisection carries sum_i d_i / 4 x the traffic over 2m directions
+        hops = sum(d / 4.0 for d in dims)
+        wire = (n - 1.0) / n * nbytes * max(1.0, hops) / (2.0 * len(dims) * b)
+        return launch_overhead_s + sum(d - 1 for d in dims) * hop_latency_s + wire
+    passes = 2.0 if op == "all_reduce" else 1.0  # reduce-scatter then all-gather
+    if op == "broadcast":
+        passes = 1.0
+    # dimension-ordered: phase i moves (d_i - 1)/d_i of what is left over 2 links (both directions)
+    seq, left = 0.0, float(nbytes)
+    for d in dims:
+        seq += (d - 1.0) / d * left / (2.0 * b)
+        left /= d
+    if op == "broadcast":
+        seq = float(nbytes) / (2.0 * b)
+    # all dimensions at once: the whole traffic over every link of the group's dimensions
+    conc = bus_factor("all_gather", n) * nbytes / (2.0 * len(dims) * b) if op != "broadcast" else seq
+    steps = passes * sum(d - 1 for d in dims)
+    return launch_overhead_s + steps * hop_latency_s + passes * min(seq, conc)
 
 
 # --------------------------------------------------------------------------- vectorised core
@@ -480,13 +605,21 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
         return 0.0
     if op == "send_recv" and group.size != 2:
         raise InputError(f"send_recv is between 2 ranks; got a group of {group.size}", field="size")
+    links = as_links(node_or_links)
+    if links.torus and group.intra:
+        # inside a torus domain (TPU ICI): 2 links per dimension share the per-chip bandwidth
+        link_bw = links.intra_bytes_per_s / (2.0 * len(links.torus))
+        eff = ICI_EFFICIENCY * (float(efficiency) if isinstance(efficiency, (int, float)) else 1.0)
+        return torus_collective_time_s(op, float(nbytes), torus_group_dims(group.size, links.torus), link_bw,
+                                       links.intra_latency_s, efficiency=eff,
+                                       launch_overhead_s=params.launch_overhead_s)
     scale = None
     if efficiency is not None and hasattr(efficiency, "collective_time_s"):
         if group.intra:
-            scale = calibrated_bandwidth_scale(efficiency, op, group.size, node_or_links, params)
+            scale = calibrated_bandwidth_scale(efficiency, op, group.size, links, params)
     elif efficiency is not None:
         scale = float(efficiency)
-    return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, node_or_links,
+    return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, links,
                                       algorithm=algorithm, params=params, efficiency=scale))
 
 
@@ -627,7 +760,7 @@ def zero_collectives(param_bytes: float, grad_bytes: float, group: Group, *, sta
 
 
 def tp_layer_collectives(activation_bytes: float, group: Group, *, sequence_parallel: bool = False,
-                         recompute: str = "none") -> list[Collective]:
+                         recompute: str = "none", parallel_block: bool = False) -> list[Collective]:
     """Tensor-parallel collectives of one transformer layer for one micro-batch.
 
     ``activation_bytes``: the layer's input/output activation, b x s x h x dtype bytes (the full,
@@ -637,14 +770,20 @@ def tp_layer_collectives(activation_bytes: float, group: Group, *, sequence_para
     all-reduce becomes an all-gather before and a reduce-scatter after the block: 2 + 2 in
     forward, 2 + 2 in backward, the same bytes on the wire. Full recompute re-runs the forward's
     collectives in backward; selective recompute (attention core only) adds none.
+
+    ``parallel_block``: attention and MLP side by side off one norm (GPT-J, PaLM: y = x +
+    Attention(LN(x)) + MLP(LN(x)), Chowdhery et al. 2022 sec. 2): the two row-parallel outputs are
+    summed before one all-reduce, and in backward the two branches' input gradients are summed
+    before one: 1 collective per pass instead of 2.
     """
     if recompute not in ("none", "selective", "full"):
         raise InputError(f"recompute must be none, selective or full, got {recompute!r}", field="recompute")
     fwd_passes = 2.0 if recompute == "full" else 1.0
+    per = 1 if parallel_block else 2
     if sequence_parallel:
-        return [Collective("all_gather", activation_bytes, group, 2 * fwd_passes + 2, "sp all-gather"),
-                Collective("reduce_scatter", activation_bytes, group, 2 * fwd_passes + 2, "sp reduce-scatter")]
-    return [Collective("all_reduce", activation_bytes, group, 2 * fwd_passes + 2, "tp all-reduce")]
+        return [Collective("all_gather", activation_bytes, group, per * (fwd_passes + 1), "sp all-gather"),
+                Collective("reduce_scatter", activation_bytes, group, per * (fwd_passes + 1), "sp reduce-scatter")]
+    return [Collective("all_reduce", activation_bytes, group, per * (fwd_passes + 1), "tp all-reduce")]
 
 
 def pp_p2p_per_microbatch(activation_bytes: float, tp: int = 1, *, scatter_gather: bool = True,

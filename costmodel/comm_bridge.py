@@ -44,6 +44,7 @@ class Links:
     node: NodeSpec | None
     spec: AcceleratorSpec
     eff: object
+    torus: tuple[int, ...] = ()  # sides of a torus scale-up domain (TPU ICI), comm.torus_shape
 
     # comm.CommParams of the calls: isolated calls (the truth file's kernel records) by default;
     # ``from_specs(..., queued=True)`` for calls queued inside a training step (QUEUED_PARAMS).
@@ -66,7 +67,9 @@ class Links:
             so = node.scale_out
             inter_bw = so.bandwidth_per_device_bytes_per_s if so else DEFAULT_INTER_BYTES_PER_S
             inter_lat = so.latency_s if so else DEFAULT_INTER_LATENCY_S
-            dpn = node.devices_per_node
+            # the scale-up domain may span hosts (a TPU pod's ICI: 4 chips per host, thousands per
+            # torus): collectives see the domain, not the host
+            dpn = max(node.devices_per_node, node.scale_up.size)
         else:
             su = spec.scale_up if (spec.scale_up is not None and spec.scale_up.topology != "none") else None
             intra_bw = su.bandwidth_bytes_per_s if su else (
@@ -74,13 +77,15 @@ class Links:
             intra_lat = su.latency_s if su else DEFAULT_INTER_LATENCY_S
             inter_bw, inter_lat = DEFAULT_INTER_BYTES_PER_S, DEFAULT_INTER_LATENCY_S
             dpn = DEFAULT_DEVICES_PER_NODE
-        return cls(intra_bw, intra_lat, inter_bw, inter_lat, dpn, node, spec, eff)
+        torus = comm.torus_shape(node.scale_up) if node is not None else ()
+        return cls(intra_bw, intra_lat, inter_bw, inter_lat, dpn, node, spec, eff, torus=torus)
 
     @property
     def comm_links(self) -> comm.Links:
         return comm.Links(intra_bytes_per_s=self.intra_bw, domain_size=self.devices_per_node,
                           intra_latency_s=self.intra_lat, inter_bytes_per_s=self.inter_bw,
-                          inter_latency_s=self.inter_lat, name=getattr(self.node or self.spec, "id", ""))
+                          inter_latency_s=self.inter_lat, name=getattr(self.node or self.spec, "id", ""),
+                          torus=self.torus)
 
     def dp_ranks_per_node(self, par) -> int:
         """Ranks of one data-parallel group inside a node: model-parallel ranks are packed
@@ -121,17 +126,44 @@ class Links:
             # a group across nodes of a cluster whose scaling was measured (costmodel.cluster)
             return self.params.launch_overhead_s + cluster.collective_time_s(
                 self.scaling, op, float(nbytes), g.size, nodes, self.inter_bw)
-        return comm.collective_time_s(op, float(nbytes), g, self._links_for(nodes), efficiency=self._efficiency(),
-                                      params=self.params)
+        return comm.collective_time_s(op, float(nbytes), g, self._links_for(nodes, g.per_domain),
+                                      efficiency=self._efficiency(), params=self.params)
 
-    def _links_for(self, nodes: int) -> comm.Links:
+    def intra_bw_for(self, ranks: int) -> float:
+        """Per-device scale-up bandwidth a group with ``ranks`` ranks in one domain gets, by the
+        fabric's topology (RCCL behaves as NCCL does, on AMD's topologies):
+
+        - ``full-mesh`` (MI300X: every GPU has one xGMI link to each of the other 7): RCCL runs one
+          ring per link, each hop a direct link (AMD ROCm blog "MI300X RCCL and xGMI"), so a group of
+          n ranks uses n - 1 of a device's links: (n - 1) / links of the spec's bandwidth.
+        - multi-die packages (MI250X, ``package_bandwidth``): a group inside one package uses the
+          dies' own links; a ring that leaves the package runs at its slowest hop (``bandwidth``).
+        - otherwise (NVSwitch, torus, ring) the domain's bandwidth."""
+        ranks = max(1, int(ranks))
+        su = self.node.scale_up if self.node is not None else self.spec.scale_up
+        topo = getattr(su, "topology", "switch")
+        pkg = getattr(su, "package_bandwidth_bytes_per_s", None) if self.node is not None else None
+        if pkg and 1 < ranks <= max(1, self.spec.dies_per_package):
+            return float(pkg)
+        if topo == "full-mesh":
+            links = (self.spec.scale_up.links if self.spec.scale_up is not None and self.spec.scale_up.links else
+                     max(1, self.devices_per_node - 1))
+            return self.intra_bw * min(ranks - 1, links) / links if ranks > 1 else self.intra_bw
+        return self.intra_bw
+
+    def _links_for(self, nodes: int, ranks_per_domain: int | None = None) -> comm.Links:
         """The links a group over ``nodes`` nodes sees: past a leaf switch (scale_out.nodes_per_leaf)
-        its cross-node bandwidth is the spine's, 1 / oversubscription of the line rate."""
+        its cross-node bandwidth is the spine's, 1 / oversubscription of the line rate; inside a
+        domain, the bandwidth its ``ranks_per_domain`` ranks get from the fabric (intra_bw_for)."""
+        from dataclasses import replace
+
         links = self.comm_links
+        if ranks_per_domain is not None:
+            bw = self.intra_bw_for(ranks_per_domain)
+            if bw != links.intra_bytes_per_s:
+                links = replace(links, intra_bytes_per_s=bw)
         so = getattr(self.node, "scale_out", None) if self.node is not None else None
         if so is not None and so.nodes_per_leaf and nodes > so.nodes_per_leaf and so.oversubscription > 1:
-            from dataclasses import replace
-
             links = replace(links, inter_bytes_per_s=self.inter_bw / so.oversubscription)
         return links
 
@@ -144,5 +176,5 @@ class Links:
         if crosses_node and self.scaling is not None:
             return self.params.launch_overhead_s + cluster.collective_time_s(
                 self.scaling, "send_recv", float(nbytes), 2, 2, self.inter_bw)
-        return comm.collective_time_s("send_recv", float(nbytes), pair, self.comm_links, efficiency=self._efficiency(),
-                                      params=self.params)
+        return comm.collective_time_s("send_recv", float(nbytes), pair, self._links_for(pair.domains, pair.per_domain),
+                                      efficiency=self._efficiency(), params=self.params)

@@ -108,7 +108,7 @@ class TrainFlops:
 
 
 def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str = "none",
-                     attention: str = "flash") -> TrainFlops:
+                     attention: str = "flash", recompute_fraction: float = 1.0) -> TrainFlops:
     """FLOPs of forward + backward for `batch` sequences of length `seq`.
 
     Model FLOPs: 3 x forward, attention over the full s x s score matrix (PaLM appendix B,
@@ -136,7 +136,7 @@ def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str 
     forward = layers_fwd + lm_head_flops(model, tokens)
     recompute_flops = 0.0
     if recompute == "full":
-        recompute_flops = layers_fwd
+        recompute_flops = layers_fwd * recompute_fraction  # a partial policy re-runs part of it
     elif recompute == "selective":
         recompute_flops = model.layers * core
     # model + a non-negative term: HFU >= MFU holds exactly, rounding included

@@ -114,6 +114,7 @@ class TrainRecord(_Common):
     precision: Optional[StrictStr] = None
     optimizer: Optional[StrictStr] = None
     recompute: Optional[StrictStr] = None
+    recompute_fraction: Optional[Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]] = None
     attention: Optional[StrictStr] = None
     overlap_grad_reduce: Optional[StrictBool] = None
     tp_comm_overlap: Optional[StrictBool] = None  # Megatron-LM --tp-comm-overlap
@@ -125,6 +126,9 @@ class DecodeRecord(_Common):
     parallel: Optional[ParallelRecord] = None
     batch: Count
     context_len: Count
+    node: Optional[StrictStr] = None
+    weight_dtype: Optional[Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]] = None
+    layout: Optional[Literal["1d-weight-stationary", "2d-weight-stationary"]] = None
 
 
 class InferRecord(_Common):

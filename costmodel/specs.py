@@ -137,12 +137,16 @@ class AcceleratorSpec(_SpecBase):
     # Streaming multiprocessors (NVIDIA) / compute units (AMD) of the package: GEMM output tiles run
     # in waves of this many (wave quantisation in the default GEMM curve). None: not modelled.
     compute_units: int | None = Field(default=None, ge=1)
+    # Fraction of the dense peak that large matmuls sustain on this device, from a published
+    # measurement (cited in sources): replaces the H100-measured plateau of the datasheet-default
+    # GEMM curve (roofline._DefaultEfficiency). None: that plateau. A calibration overlay replaces both.
+    gemm_efficiency: float | None = Field(default=None, ge=0.2, le=1.0)
     # Calibration (efficiency) overlays are applied on top; see costmodel/calibration/.
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def _cite_fields(self):
-        return ("memory", "peak_flops", "scale_up", "host_link", "tdp_w")
+        return ("memory", "peak_flops", "scale_up", "host_link", "tdp_w", "gemm_efficiency")
 
     @field_validator("sparse_flops")
     @classmethod
@@ -213,8 +217,25 @@ class ScaleUpDomain(_Strict):
     bandwidth_bytes_per_s: BytesPerSec = Field(alias="bandwidth")  # per device, per direction
     latency_s: Seconds = Field(default=2e-6, alias="latency")
     topology: Literal["switch", "full-mesh", "ring", "torus-2d", "torus-3d", "none"] = "switch"
+    # a torus's sides (e.g. [16, 16, 12]); their product is ``size``. Default: the most cubic split.
+    shape: list[Annotated[int, Field(ge=1)]] | None = None
+    # Multi-die packages (MI250X: 2 GCDs): the bandwidth between the dies of one package, per die
+    # per direction; ``bandwidth`` is then what a group spanning packages gets (its slowest hop).
+    package_bandwidth_bytes_per_s: BytesPerSec | None = Field(default=None, alias="package_bandwidth")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _shape_is_size(self):
+        if self.shape is not None:
+            prod = 1
+            for d in self.shape:
+                prod *= d
+            if prod != self.size:
+                raise ValueError(f"shape {self.shape} holds {prod} devices, not size {self.size}")
+            if not self.topology.startswith("torus"):
+                raise ValueError(f"shape is for torus topologies, not {self.topology!r}")
+        return self
 
 
 class ScaleOutScaling(_Strict):

@@ -210,9 +210,10 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     from . import comm_bridge
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
-    recompute_f = {"full": g_f + a_f + e_f, "selective": a_f}.get(job.recompute, 0.0)
-    recompute_g = g_f if job.recompute == "full" else 0.0
-    recompute_a = a_f if job.recompute != "none" else 0.0
+    rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
+    recompute_f = {"full": rf * (g_f + a_f + e_f), "selective": a_f}.get(job.recompute, 0.0)
+    recompute_g = rf * g_f if job.recompute == "full" else 0.0
+    recompute_a = (rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0
     per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured

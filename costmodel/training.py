@@ -581,9 +581,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     loss_bytes = tokens_mb * model.vocab / par.tp * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
     loss_t = memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5)  # forward + backward passes
     recompute_f = 0.0
-    recompute_f_gemm = g_f if job.recompute == "full" else 0.0
+    rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
+    recompute_f_gemm = rf * g_f if job.recompute == "full" else 0.0
     if job.recompute == "full":
-        recompute_f = g_f + a_f + e_f
+        recompute_f = rf * (g_f + a_f + e_f)
     elif job.recompute == "selective":
         recompute_f = a_f
     per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
@@ -604,7 +605,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         tp_group = comm.Group(par.tp, min(par.tp, link.devices_per_node))
         per = sum(c.count * link.collective_time_s(c.op, c.nbytes, par.tp, intra=True)
                   for c in comm.tp_layer_collectives(act_bytes, tp_group, sequence_parallel=par.sequence_parallel,
-                                                     recompute=job.recompute))
+                                                     recompute=job.recompute, parallel_block=model.parallel_block))
         if job.tp_comm_overlap:
             if not par.sequence_parallel:
                 raise InputError("--tp-comm-overlap needs sequence parallelism (Megatron-LM's arguments.py), "
@@ -722,9 +723,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                          "over the host link each step" + (", optimizer states through NVMe" if job.offload_optimizer == "nvme" else ""))
         if job.offload_params != "none":
             notes.append(f"parameters offloaded to {job.offload_params}: streamed up for forward and backward of every micro-batch")
-    compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (g_f if job.recompute == "full" else 0.0))
-    attention_s = n_micro * layers * (a_f + a_b + (a_f if job.recompute != "none" else 0.0))
-    elementwise_s = (n_micro * (layers * (e_f + e_b + (e_f if job.recompute == "full" else 0.0)) + loss_t)
+    compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (rf * g_f if job.recompute == "full" else 0.0))
+    attention_s = n_micro * layers * (a_f + a_b + ((rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0))
+    elementwise_s = (n_micro * (layers * (e_f + e_b + (rf * e_f if job.recompute == "full" else 0.0)) + loss_t)
                      + float(grad_accum_s(eff, job, grad_accum_params(sp.total, par.zero_stage, par.pp, dp_world), n_micro)))
     gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
     if job.framework == "pytorch" and host_s_per_layer > 0:
@@ -758,7 +759,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
-    tf = train_step_flops(model, gb, job.seq_len, job.recompute, job.attention)
+    tf = train_step_flops(model, gb, job.seq_len, job.recompute, job.attention, job.recompute_fraction)
     devices = par.devices
     peak = spec.peak(dtype)
     mfu = tf.model_flops / total / (devices * peak)

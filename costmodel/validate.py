@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from .arch import ModelConfig, load_model
+from .arch import PALM_BLOCK, ModelConfig, load_model
 from .bench.records import check_kernel_record
 from . import frameworks
 from .errors import InputError, from_validation_error
@@ -87,6 +87,7 @@ _ARCH_DEFAULTS = {
     "mixtral": dict(activation="swiglu", norm="rmsnorm", positions="rope"),
     "gpt2": dict(activation="gelu_new", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
     "gpt": dict(activation="gelu", norm="layernorm", positions="learned", bias=True, tied_embeddings=True),
+    "palm": dict(PALM_BLOCK),  # parallel attention + MLP off one norm, multi-query, no biases (arch.PALM_BLOCK)
 }
 
 
@@ -122,6 +123,8 @@ def model_from_record(m: dict | str, where: str, seq_len: int | None = None) -> 
         d["moe"] = dict(experts=m["moe_experts"], top_k=m.get("moe_top_k", 2), expert_ffn=m["ffn"])
     kv = d.get("kv_heads", d["heads"])
     d["attention"] = "mha" if kv == d["heads"] else ("mqa" if kv == 1 else "gqa")
+    if m.get("params_published") is not None:
+        d["published_params"] = m["params_published"]
     d["family"] = arch
     d["id"] = "record-model"
     try:
@@ -251,7 +254,8 @@ def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, pr
                    recompute=rec.get("recompute") or "none", attention=rec.get("attention") or "flash",
                    framework=framework, profile=profile,
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)),
-                   tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)), host_time_factor=host_time_factor)
+                   tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)),
+                   recompute_fraction=rec.get("recompute_fraction") or 1.0, host_time_factor=host_time_factor)
     job.check_batch(par)
     return model, spec, node, par, job
 
@@ -309,7 +313,7 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
     spec = lib.device(rec["hardware"])
     tp = (rec.get("parallel") or {}).get("tp")
     tp = 1 if tp is None else tp  # null: not given
-    job = InferJob(batch=rec["batch"], cuda_graph=True)
+    job = InferJob(batch=rec["batch"], cuda_graph=True, weight_dtype=rec.get("weight_dtype") or "bf16")
     ctx = rec["context_len"]
     mem = decode_memory(model, job, ctx, tp)
     meas = rec.get("measured") or {}
@@ -318,7 +322,17 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
         fits = required_device_bytes(mem.peak_bytes) <= spec.memory.capacity_bytes
         return [Case(name=name, kind="decode_step", metric="fits", measured=False, predicted=fits, rel_error=0.0 if not fits else 1.0)]
     d = decode_step(model, spec, job, ctx, tp, calibration=calibration)
-    preds = {"step_seconds": d.step_s, "peak_bytes": mem.peak_bytes, "kv_cache_bytes": mem.kv_cache_bytes}
+    step = d.step_s
+    layout = rec.get("layout")
+    if layout:
+        # a multi-chip inference layout (Pope et al. 2022) adds its collectives to the step
+        from .comm_bridge import Links
+        from .partitioning import layout_comm_s
+
+        node = lib.node_for(rec["node"]) if rec.get("node") else None
+        links = Links.from_specs(spec, node, efficiency_for(spec, calibration), queued=True)
+        step += layout_comm_s(model, job.batch, tp, str(layout), links)
+    preds = {"step_seconds": step, "peak_bytes": mem.peak_bytes, "kv_cache_bytes": mem.kv_cache_bytes}
     return [Case(name=name, kind="decode_step", metric=k, measured=float(meas[k]), predicted=v, rel_error=_rel(v, meas[k]))
             for k, v in preds.items() if isinstance(meas.get(k), (int, float))]
 

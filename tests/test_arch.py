@@ -75,6 +75,12 @@ PUBLISHED: dict[str, tuple[int, int, str]] = {
     "falcon-7b": (6_921_720_704, 0, "unique parameters; HF checkpoint 7,217,189,760 less the stored tied lm_head"),
     "falcon-40b": (41_303_293_952, 0, "unique parameters; HF checkpoint 41,835,970,560 less the stored tied lm_head"),
     "deepseek-v3": (671_026_419_200, 0, "main model of the HF checkpoint, MTP module excluded (published 671B)"),
+    # PaLM, Chowdhery et al. 2022 (arXiv:2204.02311) Table 1 / Table 3: "540.35B". The count of
+    # Table 1's shape (256k vocabulary, scale-only norms) is 540,356,474,880, 6.5M above the printed
+    # figure, which is truncated, not rounded: tolerance 10M (0.002%).
+    "palm-540b": (540_350 * M, 10 * M, "540.35B printed (truncated); tolerance 10M"),
+    "palm-62b": (62_500 * M, 5 * M, "62.50B, rounded to 0.01B"),
+    "palm-8b": (8_630 * M, 5 * M, "8.63B, rounded to 0.01B"),
     # The measured truth file ../shared/truth/h100-h200-public.jsonl, field model.params.
     "llama-110m": (134_105_856, 0, "truth file"),
     "llama-350m": (373_867_520, 0, "truth file"),
@@ -147,6 +153,28 @@ def test_falcon_parallel_block_norms_and_tied_head():
     # the HF checkpoints store the tied lm_head a second time
     assert f7.params + 65024 * 4544 == 7_217_189_760
     assert f40.params + 65024 * 8192 == 41_835_970_560
+
+
+def test_palm_540b_block_by_hand():
+    """PaLM sec. 2 / Table 1: 118 layers, d_model 18432, 48 query heads of 256 sharing one K/V head,
+    SwiGLU MLP of 4 d_model (three 18432 x 73728 matrices), no biases, one scale-only LayerNorm per
+    parallel block, 256k shared embeddings; FLOPs per token 6N + 12 L H Q T (appendix B)."""
+    from costmodel.arch import palm_model
+    from costmodel.flops import train_step_flops
+
+    p = load_preset("palm-540b")
+    d, L, H, Q, F, V = 18432, 118, 48, 256, 73728, 256_000
+    attn = d * H * Q + 2 * d * Q + H * Q * d  # q, shared k and v, out: no biases
+    mlp = 3 * d * F
+    assert p.attention == "mqa" and p.parallel_block and p.tied_embeddings and not p.bias
+    assert p.layer_params() == attn + mlp + d
+    assert p.params == L * (attn + mlp + d) + d + V * d  # + final norm + the one embedding matrix
+    # the block builder gives the same model from the shape alone
+    assert palm_model("palm-540b", L, d, H, Q, F).params == p.params
+    per_token = train_step_flops(p, 1, 2048).model_flops / 2048
+    # 6N counts the 2.2M norm scales too, which run no matmul: 13M of 3.28e12 FLOPs (4e-6)
+    assert per_token == pytest.approx(6 * p.params + 12 * L * H * Q * 2048, rel=1e-5)
+    assert per_token == pytest.approx(6 * (p.params - (L + 1) * d) + 12 * L * H * Q * 2048, rel=1e-12)
 
 
 def test_gemma2_four_norms_and_head_dim():

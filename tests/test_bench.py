@@ -220,3 +220,48 @@ def test_fit_host_without_scipy_says_which_extra_in_one_line(monkeypatch, capsys
     assert fit_host.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'costmodel[fit]'" in err and "scipy" in err
+
+
+# --------------------------------------------------------------------------- ROCm path
+
+@pytest.mark.parametrize("name,spec_id", [
+    ("AMD Instinct MI250X", "mi250x"),            # rocm-smi / torch on Frontier (one GCD per device)
+    ("AMD Instinct MI250X/MI250", "mi250x"),      # the name older ROCm releases report
+    ("AMD Instinct MI300X", "mi300x"),
+    ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+    ("NVIDIA H100 PCIe", "h100-pcie"),
+    ("NVIDIA H200", "h200-sxm"),
+    ("NVIDIA A100-SXM4-80GB", "a100-80gb-sxm"),
+    ("NVIDIA A100-SXM4-40GB", "a100-40gb-sxm"),
+    ("NVIDIA A100 80GB PCIe", "a100-80gb-pcie"),
+])
+def test_device_names_map_to_shipped_spec_ids(name, spec_id):
+    from costmodel.bench.torch_backend import hardware_id_from_name
+    from costmodel.specs import load_library
+
+    assert hardware_id_from_name(name) == spec_id
+    assert spec_id in load_library().ids()
+
+
+def test_rocm_build_is_detected_and_queried_with_rocm_smi(monkeypatch):
+    """A ROCm build of PyTorch sets torch.version.hip and leaves torch.version.cuda None; the same
+    torch.cuda calls work. env_info then asks rocm-smi, never nvidia-smi."""
+    import types
+
+    from costmodel.bench import runner
+    from costmodel.bench.torch_backend import gpu_runtime
+
+    fake = types.SimpleNamespace(
+        __version__="2.5.1+rocm6.2", version=types.SimpleNamespace(cuda=None, hip="6.2.41133"),
+        backends=types.SimpleNamespace(cudnn=types.SimpleNamespace(is_available=lambda: False)),
+        cuda=types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                                   get_device_name=lambda i=0: "AMD Instinct MI250X",
+                                   nccl=types.SimpleNamespace(version=lambda: (2, 20, 5))))
+    assert gpu_runtime(fake) == {"runtime": "rocm", "hip": "6.2.41133", "cuda": None}
+    calls = []
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    monkeypatch.setattr(runner, "_cmd", lambda args: calls.append(args[0]) or "")
+    info = runner.env_info("torch")
+    assert info["hip"] == "6.2.41133" and info["cuda"] is None
+    assert info["gpus"] == ["AMD Instinct MI250X"] * 2 and info["nccl"] == "2.20.5"  # RCCL's version
+    assert calls and set(calls) == {"rocm-smi"}

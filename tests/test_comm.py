@@ -507,3 +507,100 @@ def test_deepspeed_zero3_2021_mechanisms():
     expect += sum(max(0.0, 0.5 - back[j - 1]) for j in (1, 3))
     assert exposed == pytest.approx(2 * 3 * expect)
     assert total == pytest.approx(2 * 3 * (26.0 + r.sum()))
+
+
+# --------------------------------------------------------------------------- torus (TPU ICI)
+
+def test_parallel_block_halves_tp_collectives():
+    g = Group(12, 12)
+    A = 2 * 2048 * 18432
+    # attention and MLP outputs summed before one all-reduce forward, input gradients before one backward
+    assert tp_layer_collectives(A, g, parallel_block=True)[0].count == 2
+    assert tp_layer_collectives(A, g, parallel_block=True, recompute="full")[0].count == 3
+    sp = tp_layer_collectives(A, g, parallel_block=True, sequence_parallel=True)
+    assert {c.op: c.count for c in sp} == {"all_gather": 2, "reduce_scatter": 2}
+
+
+def test_torus_group_dims_and_default_shape():
+    from costmodel.comm import torus_group_dims, torus_shape
+    from costmodel.specs import ScaleUpDomain
+
+    pod = (16, 16, 12)  # a 3072-chip TPU v4 pod
+    assert torus_group_dims(12, pod) == (12,)
+    assert torus_group_dims(256, pod) == (16, 16)
+    assert torus_group_dims(3072, pod) == (16, 16, 12)
+    assert torus_group_dims(512, pod) == (16, 16, 2)
+    dom = ScaleUpDomain(size=3072, bandwidth=300e9, topology="torus-3d")
+    assert sorted(torus_shape(dom)) == [12, 16, 16]
+    assert torus_shape(ScaleUpDomain(size=8, bandwidth=450e9, topology="switch")) == ()
+    with pytest.raises(Exception):
+        ScaleUpDomain(size=64, bandwidth=300e9, topology="torus-3d", shape=[4, 4, 5])
+
+
+def test_torus_all_reduce_by_hand():
+    from costmodel.comm import ICI_EFFICIENCY, torus_collective_time_s
+
+    b = 50e9 * ICI_EFFICIENCY  # one ICI link, one direction, achieved
+    S = GiB
+    # one dimension of 12: a bidirectional ring moves 2 x (11/12) S, half each way
+    assert torus_collective_time_s("all_reduce", S, (12,), 50e9, 0.0) == pytest.approx(2 * 11 / 12 * S / (2 * b))
+    # 16 x 16: dimension by dimension = (15/16 S + 15/16 S/16) / 2b per pass; both dimensions at
+    # once on halves of the buffer = 255/256 S over 4 link directions per pass: the faster
+    seq = (15 / 16 * S + 15 / 16 * S / 16) / (2 * b)
+    conc = 255 / 256 * S / (4 * b)
+    assert conc < seq
+    assert torus_collective_time_s("all_reduce", S, (16, 16), 50e9, 0.0) == pytest.approx(2 * conc)
+    assert torus_collective_time_s("all_gather", S, (16, 16), 50e9, 0.0) == pytest.approx(conc)
+    # latency: 2 x (15 + 15) ring steps of 5 us for an all-reduce
+    t_lat = torus_collective_time_s("all_reduce", 1.0, (16, 16), 50e9, 5e-6)
+    assert t_lat == pytest.approx(60 * 5e-6, rel=1e-3)
+
+
+def test_links_with_a_torus_use_it_inside_the_domain():
+    from costmodel.comm import ICI_EFFICIENCY
+
+    torus = Links(intra_bytes_per_s=300e9, domain_size=3072, intra_latency_s=0.0, inter_bytes_per_s=1.6e9,
+                  torus=(16, 16, 12))
+    b = 300e9 / 6 * ICI_EFFICIENCY  # 6 links share the chip's bandwidth
+    t = collective_time_s("all_reduce", GiB, Group(12, 12), torus, params=IDEAL)
+    assert t == pytest.approx(2 * 11 / 12 * GiB / (2 * b))
+    # across pods the DCN carries it (the alpha-beta model, not the torus)
+    across = collective_time_s("all_reduce", GiB, Group(2, 1), torus, params=IDEAL)
+    assert across == pytest.approx(GiB / 1.6e9, rel=0.01)
+
+
+# --------------------------------------------------------------------------- AMD fabrics (RCCL)
+
+def test_mi300x_full_mesh_group_uses_one_link_per_peer():
+    """8x MI300X: each GPU has 7 direct xGMI links of 64 GB/s per direction; RCCL runs one ring per
+    link, so a group of n GPUs gets (n - 1) x 64 GB/s; a pair has one link."""
+    from costmodel.comm_bridge import Links as BridgeLinks
+    from costmodel.specs import load_library
+
+    lib = load_library()
+    L = BridgeLinks.from_specs(lib.device("mi300x-node"), lib.node_for("mi300x-node"), None)
+    assert [L.intra_bw_for(n) for n in (2, 4, 8)] == pytest.approx([64e9, 3 * 64e9, 7 * 64e9])
+    # an 8-GPU all-reduce of 1 GiB: 2 x 7/8 GiB over 448 GB/s x the ring efficiency (+ latency)
+    eff = CommParams().ring_efficiency
+    t8 = L.collective_time_s("all_reduce", GiB, 8)
+    assert t8 == pytest.approx(2 * 7 / 8 * GiB / (448e9 * eff), rel=0.02)
+    # a pair's all-reduce moves 1/4 as much per device but over 1 link, not 7: slower than 8 GPUs
+    assert L.collective_time_s("all_reduce", GiB, 2) > t8
+    # across nodes: one 400 Gb/s NIC per GPU
+    assert L.inter_bw == pytest.approx(50e9)
+
+
+def test_frontier_node_package_pairs_and_slowest_hop():
+    """Frontier: 2 GCDs of one MI250X share 4 xGMI links (200 GB/s); a ring over GCDs of several
+    packages runs at its slowest hop, one 50 GB/s link; 4 Slingshot-11 NICs of 25 GB/s for 8 GCDs."""
+    from costmodel.comm_bridge import Links as BridgeLinks
+    from costmodel.specs import load_library
+
+    lib = load_library()
+    L = BridgeLinks.from_specs(lib.device("frontier-node"), lib.node_for("frontier-node"), None)
+    assert L.intra_bw_for(2) == pytest.approx(200e9)
+    assert L.intra_bw_for(4) == L.intra_bw_for(8) == pytest.approx(50e9)
+    assert L.inter_bw == pytest.approx(4 * 25e9 / 8)
+    eff = CommParams().ring_efficiency
+    assert L.collective_time_s("all_reduce", GiB, 2) == pytest.approx(GiB / (200e9 * eff), rel=0.02)
+    assert L.collective_time_s("all_reduce", GiB, 8) == pytest.approx(2 * 7 / 8 * GiB / (50e9 * eff), rel=0.02)

@@ -87,3 +87,27 @@ def test_issue_cases_hfu_at_least_mfu_and_long_sequence_warned(capsys):
         main(["train", "llama3-8b", "--seq-len", "1000000"])
     out = " ".join(capsys.readouterr().out.split())
     assert "note: --seq-len 1,000,000 exceeds llama3-8b's max_context 8,192" in out
+
+
+def test_partial_recompute_fraction():
+    """A partial rematerialisation policy re-runs a share f of each layer's forward: f x the full
+    policy's recompute FLOPs, and on one device f x its extra step time."""
+    from costmodel.arch import load_model
+    from costmodel.flops import train_step_flops
+    from costmodel.specs import load_library
+    from costmodel.training import estimate_train
+    from costmodel.workload import Parallel, TrainJob
+
+    m = load_model("llama-1.3b")
+    full = train_step_flops(m, 4, 2048, "full")
+    part = train_step_flops(m, 4, 2048, "full", recompute_fraction=0.76)
+    assert part.model_flops == full.model_flops
+    assert part.recompute_flops == pytest.approx(0.76 * full.recompute_flops)
+    spec = load_library().device("h100-sxm")
+
+    def step(**kw):
+        job = TrainJob(micro_batch=4, seq_len=2048, framework="megatron", **kw)
+        return estimate_train(m, spec, job, Parallel()).step.total_s
+
+    none, f1, f076 = step(recompute="none"), step(recompute="full"), step(recompute="full", recompute_fraction=0.76)
+    assert f076 - none == pytest.approx(0.76 * (f1 - none), rel=0.01)

@@ -38,7 +38,7 @@ REQUIRED = {
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
     "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
-    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node",
+    "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node", "tpu-v5e-pod": "node",
 }
 
 GB, GiB, MiB, T = 1e9, 2.0**30, 2.0**20, 1e12
@@ -306,6 +306,57 @@ def test_tpu_v4_pod_slice(lib):
     assert node.scale_up.size == 4096
     assert node.scale_up.topology == "torus-3d"
     assert lib.device("tpu-v4-pod-slice").id == "tpu-v4"
+
+
+def test_tpu_v4_pod_as_palm_used_it(lib):
+    """PaLM sec. 4: pods of 3072 chips on 768 hosts; the cross-pod exchange ran as a burst of 81 Tbps
+    over the 1536 hosts of two pods: 81e12 / 1536 / 4 chips = 13.2 Gb/s per chip."""
+    node = lib.node_for("tpu-v4-pod")
+    assert node.scale_up.size == 768 * 4 and node.devices_per_node == 4
+    assert node.scale_up.topology == "torus-3d"
+    assert node.scale_up.bandwidth_bytes_per_s == pytest.approx(6 * 50e9)  # 6 ICI links of 50 GB/s
+    assert node.scale_out.bandwidth_per_device_bytes_per_s * 8 == pytest.approx(81e12 / 1536 / 4, rel=0.02)
+    from costmodel.comm_bridge import Links
+
+    links = Links.from_specs(lib.device("tpu-v4"), node, None)
+    assert links.devices_per_node == 3072  # collectives see the ICI domain, not the 4-chip host
+    assert sorted(links.torus) == [12, 16, 16]
+    # PaLM's cross-pod gradient exchange: one chip per pod pairs up over the DCN (ring of 2 moves S)
+    from costmodel.comm import DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_SCALE_OUT_EFFICIENCY
+
+    t = links.collective_time_s("all_reduce", GiB, 2, intra=False, per_node=1)
+    wire = GiB / (13e9 / 8 * DEFAULT_SCALE_OUT_EFFICIENCY)
+    assert t == pytest.approx(DEFAULT_LAUNCH_OVERHEAD_S + wire, rel=0.01)
+    assert t > 50 * links.collective_time_s("all_reduce", GiB, 2)  # the same pair over ICI: 60x faster
+
+
+def test_tpu_v5p_pod_torus_all_reduce_by_hand(lib):
+    """8960 chips = 16 x 20 x 28; 6 ICI links of 100 GB/s per direction. A 1 GiB all-reduce over the
+    whole pod, all three dimensions at once: 2 passes of (n-1)/n x 1 GiB over 6 link directions at
+    0.9 of the line rate, plus 2 x (15 + 19 + 27) ring steps of 5 us and the call overhead."""
+    from costmodel.comm import DEFAULT_LAUNCH_OVERHEAD_S, ICI_EFFICIENCY
+    from costmodel.comm_bridge import Links
+
+    node = lib.node_for("tpu-v5p-pod")
+    assert node.scale_up.size == 16 * 20 * 28 == 8960
+    links = Links.from_specs(lib.device("tpu-v5p"), node, None)
+    wire = 2 * (8959 / 8960) * GiB / (6 * 100e9 * ICI_EFFICIENCY)
+    lat = 2 * (15 + 19 + 27) * 5e-6
+    assert links.collective_time_s("all_reduce", GiB, 8960) == pytest.approx(wire + lat + DEFAULT_LAUNCH_OVERHEAD_S)
+
+
+def test_tpu_v5e_pod_is_a_2d_torus(lib):
+    """256 chips = 16 x 16, 4 ports of 50 GB/s: a 1 GiB all-gather over the pod moves 255/256 GiB
+    over the 4 link directions of both dimensions at once."""
+    from costmodel.comm import ICI_EFFICIENCY
+    from costmodel.comm_bridge import Links
+
+    links = Links.from_specs(lib.device("tpu-v5e"), lib.node_for("tpu-v5e-pod"), None)
+    links.intra_lat = 0.0
+    links.params = links.params.__class__(launch_overhead_s=0.0)
+    assert links.torus == (16, 16)
+    assert links.collective_time_s("all_gather", GiB, 256) == pytest.approx(
+        255 / 256 * GiB / (4 * 50e9 * ICI_EFFICIENCY))
 
 
 def test_node_prices_are_devices_times_device_price(lib):

@@ -162,6 +162,7 @@ def env_info(backend: str) -> dict:
 
             info["torch"] = torch.__version__
             info["cuda"] = torch.version.cuda
+            info["hip"] = getattr(torch.version, "hip", None)  # ROCm builds: torch.cuda runs on HIP
             info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
             if torch.cuda.is_available():
                 info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -170,19 +171,27 @@ def env_info(backend: str) -> dict:
                     info["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
                 except Exception:
                     info["nccl"] = None
-                smi = _cmd(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit",
-                            "--format=csv,noheader"])
-                info["nvidia_smi"] = smi.splitlines() if smi else None
-                info["driver"] = smi.splitlines()[0].split(",")[1].strip() if smi else None
-                # read-only: the clock, power and temperature the card is at (METHOD.md: never set them)
-                state = _cmd(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active",
-                              "--format=csv,noheader"])
-                info["gpu_state"] = state.splitlines() if state else None
-                topo = _cmd(["nvidia-smi", "topo", "-m"])
-                info["topology"] = topo.splitlines() if topo else None
+                if info["hip"]:
+                    # ROCm: rocm-smi in place of nvidia-smi (read-only queries as well)
+                    smi = _cmd(["rocm-smi", "--showproductname", "--showdriverversion", "--csv"])
+                    info["rocm_smi"] = smi.splitlines() if smi else None
+                    topo = _cmd(["rocm-smi", "--showtopo"])
+                    info["topology"] = topo.splitlines() if topo else None
+                else:
+                    smi = _cmd(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit",
+                                "--format=csv,noheader"])
+                    info["nvidia_smi"] = smi.splitlines() if smi else None
+                    info["driver"] = smi.splitlines()[0].split(",")[1].strip() if smi else None
+                    # read-only: the clock, power and temperature the card is at (METHOD.md: never set them)
+                    state = _cmd(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active",
+                                  "--format=csv,noheader"])
+                    info["gpu_state"] = state.splitlines() if state else None
+                    topo = _cmd(["nvidia-smi", "topo", "-m"])
+                    info["topology"] = topo.splitlines() if topo else None
         except ImportError:
             pass
-    info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_SYMM", "NVSHMEM_", "CUDA_VISIBLE"))}
+    info["env"] = {k: v for k, v in os.environ.items()
+                   if k.startswith(("NCCL_", "RCCL_", "TORCH_SYMM", "NVSHMEM_", "CUDA_VISIBLE", "HIP_VISIBLE", "ROCR_VISIBLE"))}
     return info
 
 

@@ -49,17 +49,36 @@ STREAM_BATCH_S = 0.02
 
 
 def hardware_id_from_name(name: str) -> str:
-    """Spec id for a device name the runtime reports ('NVIDIA H100 80GB HBM3' -> 'h100-sxm')."""
+    """Spec id for a device name the runtime reports ('NVIDIA H100 80GB HBM3' -> 'h100-sxm').
+
+    On ROCm, PyTorch's ``torch.cuda`` API drives HIP (``torch.version.hip`` is set) and
+    ``get_device_name`` gives AMD's product name: 'AMD Instinct MI250X' (also 'AMD Instinct
+    MI250X/MI250'), one GCD per device, which is what the per-GCD mi250x spec describes;
+    'AMD Instinct MI300X'. A name without a shipped spec becomes a slug of itself."""
     n = name.lower()
     if "h100" in n:
         return "h100-pcie" if "pcie" in n else "h100-sxm"
     if "h200" in n:
         return "h200-nvl" if "nvl" in n else "h200-sxm"
     if "a100" in n:
-        return "a100-sxm-80gb" if "80" in n else "a100-sxm-40gb"
+        if "pcie" in n:
+            return "a100-80gb-pcie"
+        return "a100-80gb-sxm" if "80" in n else "a100-40gb-sxm"
     if "b200" in n:
         return "b200"
+    if "mi300x" in n:
+        return "mi300x"
+    if "mi250x" in n:
+        return "mi250x"
     return re.sub(r"[^a-z0-9]+", "-", n).strip("-") or "gpu"
+
+
+def gpu_runtime(torch) -> dict:
+    """Which GPU runtime PyTorch was built for: ROCm builds set ``torch.version.hip`` (and leave
+    ``torch.version.cuda`` None); the same ``torch.cuda`` calls and events work on both, and
+    ``torch.cuda.nccl`` is RCCL there."""
+    hip = getattr(torch.version, "hip", None)
+    return {"runtime": "rocm" if hip else "cuda", "hip": hip, "cuda": getattr(torch.version, "cuda", None)}
 
 
 class TorchBench:

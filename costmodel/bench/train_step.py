@@ -150,6 +150,11 @@ def hardware_id(dev: Dev) -> str:
         return "h200-sxm"
     if "H100" in name:
         return "h100-pcie" if "PCIe" in name else "h100-sxm"
+    # ROCm builds run torch.cuda on HIP: 'AMD Instinct MI250X' is one GCD (the per-GCD mi250x spec)
+    if "MI300X" in name:
+        return "mi300x"
+    if "MI250X" in name:
+        return "mi250x"
     return name.lower().replace(" ", "-")
 
 
@@ -159,6 +164,7 @@ def environment(dev: Dev, world: int) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_runtime": torch.version.cuda,
+        "hip_runtime": getattr(torch.version, "hip", None),  # set on ROCm builds (torch.cuda runs on HIP)
         "transformers": transformers.__version__,
         "numpy": np.__version__,
         "world_size": world,
