@@ -92,7 +92,7 @@ def test_gpt2_amp_peaks_against_measurements():
     from costmodel.validate import validate_file
 
     root = Path(__file__).resolve().parent.parent / "data" / "measurements"
-    errs = [c.rel_error for f in ("train-steps-h100.jsonl", "train-steps-h200x2.jsonl", "train-profile-h100.jsonl")
+    errs = [c.rel_error for f in ("h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl", "h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl", "h100-sxm/2026-11-23i-infer-train-profile/train-profile-h100.jsonl")
             for c in validate_file(root / f).cases
             if c.metric == "peak_bytes" and c.name.startswith("gpt2") and "/amp-bf16/" in c.name and "/full" not in c.name]
     assert len(errs) == 6
