@@ -148,7 +148,7 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
 # promoted to fp32 under amp), softmax in fp32, the cast back to bf16/fp16; backward: the cast's
 # and softmax's backward, the cast to the scores' dtype and the scale (Megatron's fused
 # scale-mask-softmax does this in one kernel each way). Profiled on H100 (data/measurements/
-# train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
+# h100-sxm/2026-11-23t-train-variants-profile/train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
 # step against the flash step): 51.1 ms of these kernels forward (broadcast add 21.1, casts 9.2,
 # scale 11.3, softmax 9.5) and 42.3 ms backward (casts 18.4, scale 11.3, softmax 12.6), i.e. 15.9
 # and 13.1 ps per element: at the 2.99 TB/s copy bandwidth, the time of 47 and 39 bytes.

@@ -375,7 +375,7 @@ def test_gemm_only_overlay_loads_and_says_so(tmp_path):
 def test_cpu_gemm_record_predicted_through_host_calibration(lib):
     # SCHEMA.md's cpu_gemm: numpy fp32 on the H100 machine's 16 host cores. The public file measured
     # n = 4096 at 0.1282 s (1.072 TFLOP/s); our host calibration (data/measurements/
-    # h100-host-2026-11-23-kernels.jsonl, a 16-core Emerald Rapids VM: 0.93 TFLOP/s at 2048^3, 0.88 at
+    # h100-sxm/2026-11-23h-gemm-sdpa-host/h100-host-2026-11-23-kernels.jsonl, a 16-core Emerald Rapids VM: 0.93 TFLOP/s at 2048^3, 0.88 at
     # 3072^3) never ran 4096^3. The prediction must land within 20% of that measurement.
     from costmodel.validate import validate_records
 
@@ -485,7 +485,7 @@ def test_reference_host_links_replace_the_fitted_link():
 
 def test_h100_overlay_predicts_held_out_short_k_gemms(lib):
     """36 bf16 LLM-shaped GEMMs with k = 1024-5504 and m = 1k-32k (data/measurements/
-    h100-sxm-2026-11-23p-small-k.jsonl), none of them in the records the shipped H100 overlay was
+    h100-sxm/2026-11-23p-small-k/h100-sxm-2026-11-23p-small-k.jsonl), none of them in the records the shipped H100 overlay was
     fitted on (run 23e: k >= 4096): isolated calls median error 3.2%, 33 of 36 within 10%."""
     recs = read_jsonl(MEAS / "h100-sxm/2026-11-23p-small-k/h100-sxm-2026-11-23p-small-k.jsonl")
     eff = C.efficiency_for(lib.device("h100-sxm"))
