@@ -45,10 +45,10 @@ def shipped_record_files(root: Path | None = None) -> list[str]:
 
 
 def _every_third_eligible(rec: dict) -> bool:
-    """costmodel/bench/fit_host.py's candidates: single-GPU train steps with a measured time and
-    infer records that did not run out of memory."""
+    """costmodel/bench/fit_host.py's candidates: single-GPU train and decode steps with a measured
+    time, and infer records that did not run out of memory."""
     m = rec.get("measured") or {}
-    if rec.get("kind") == "train":
+    if rec.get("kind") in ("train", "decode_step"):
         return (rec.get("devices") or 1) == 1 and isinstance(m.get("step_seconds"), (int, float))
     return rec.get("kind") == "infer" and not m.get("oom")
 
@@ -70,8 +70,9 @@ def split_records(records: list[tuple[str, dict]], entry: dict | None) -> dict[s
     if split not in ("every-third",):
         return {"fit": records if split == "fit" else [], "held-out": records if split == "held-out" else []}
     also = [s.lower() for s in (entry or {}).get("also_fit", [])]
+    others = (entry or {}).get("others", "held-out")
     parts: dict[str, list] = {"fit": [], "held-out": []}
-    for kind in ("train", "infer"):
+    for kind in (entry or {}).get("kinds", ("train", "infer")):
         cand = sorted((rec.get("name", ""), i) for i, (_, rec) in enumerate(records)
                       if rec.get("kind") == kind and _every_third_eligible(rec))
         for j, (_, i) in enumerate(cand):
@@ -80,7 +81,7 @@ def split_records(records: list[tuple[str, dict]], entry: dict | None) -> dict[s
     for r in records:
         if id(r) not in chosen:
             name = str(r[1].get("name", "")).lower()
-            parts["fit" if any(s in name for s in also) else "held-out"].append(r)
+            parts["fit" if others == "fit" or any(s in name for s in also) else "held-out"].append(r)
     return parts
 
 

@@ -18,6 +18,8 @@ from costmodel.specs import load_library, package_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTH = ROOT.parent / "shared" / "truth" / "h100-h200-public.jsonl"
+if not TRUTH.exists():  # a plain clone: the copy shipped in data/samples/
+    TRUTH = ROOT / "data" / "samples" / "h100-h200-public.jsonl"
 MEAS = ROOT / "data" / "measurements"
 
 
