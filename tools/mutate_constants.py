@@ -48,8 +48,8 @@ NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_
 # the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
-    "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "bench",
-    "cli_core", "serving", "scaling", "cluster")]
+    "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
+    "cluster")]
 IGNORE = ["tests/test_validation_page.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
 
 
@@ -81,6 +81,9 @@ def framework_mutations() -> list[Mutation]:
             new_value, note = v * 2, "x2"
             if hi is not None and not (lo <= v * 2 <= hi):
                 new_value, note = v * 0.5, "x0.5 (x2 is out of bounds)"
+                if not (lo <= v * 0.5 <= hi):  # neither fits: the bound farther away
+                    new_value = hi if abs(hi - v) >= abs(v - lo) else lo
+                    note = f"-> bound {new_value:g} (x2 and x0.5 are out of bounds)"
             if v == 0:  # doubling changes nothing: the middle of the bounds instead
                 new_value = (lo + hi) / 2 if hi is not None else 1.0
                 note = f"0 -> {new_value:g}"
@@ -167,13 +170,16 @@ def run_one(mut: Mutation, scratch: Path, tests: list[str], timeout: float) -> t
     target.write_text(new)
     t0 = time.time()
     try:
-        args = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=no", "-rf",
+        args = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=short", "-rf",
                 *[f"--ignore={p}" for p in IGNORE], *tests]
         r = subprocess.run(args, cwd=scratch, capture_output=True, text=True, timeout=timeout)
         failed = re.findall(r"^FAILED (\S+)", r.stdout, re.M)
         if r.returncode == 0:
             return "SURVIVED", "", time.time() - t0
-        return "killed", failed[0] if failed else r.stdout.strip().splitlines()[-1][:100], time.time() - t0
+        if not failed:  # nothing ran: the mutated file was refused on load
+            errors = re.findall(r"^E\s+(\S.*)$", r.stdout, re.M)
+            return "invalid", (errors[0] if errors else r.stdout.strip().splitlines()[-1])[:160], time.time() - t0
+        return "killed", failed[0], time.time() - t0
     except subprocess.TimeoutExpired:
         return "timeout", "", time.time() - t0
     finally:
