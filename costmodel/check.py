@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import _callable_module
 from .errors import InputError, from_validation_error
-from .workload import Framework, Optimizer, Precision, Recompute
+from .workload import Optimizer, Precision, Recompute
 
 Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]
 Offload = Literal["none", "cpu", "nvme"]

@@ -5,7 +5,7 @@ constants of costmodel.inference were fitted on.
 
 Eager PyTorch spends its host time per dispatched op (Python module calls, the dispatcher,
 autograd nodes, the launch itself), so a layer of half the kernels costs about half the host
-time. Profiles (torch.profiler, H100; data/measurements/train-profile-h100.diag.jsonl and
+time. Profiles (torch.profiler, H100; data/measurements/h100-sxm/2026-11-23i-infer-train-profile/train-profile-h100.diag.jsonl and
 infer-h100.diag.jsonl) count, per decoder layer:
 
 | layer (amp training step: CPU ops, fwd+bwd) | count | kernels below |
@@ -22,7 +22,7 @@ The training profiles' device kernels per layer and step: gpt2-124m 88, llama-11
 forward kernels below 25 / 43 = 0.58). Training steps do not use the ratio yet: with the
 training host model's negative intercept (costmodel.training.HOST_INTERCEPT_S) it under-predicts
 gpt2-124m b2 s512 by 47%, and a refit moves the public file's llama steps from 7.0% to 9.1% mean
-error (data/measurements/README-2026-11-23ac.md).
+error (data/measurements/h100-sxm/2026-11-23ac-infer/README.md).
 
 """
 from __future__ import annotations

@@ -68,11 +68,11 @@ class ProfileSettings(BaseModel):
     # they come in short bursts between memory-bound kernels and host gaps, so the power cap of
     # back-to-back GEMMs binds only as far as a short burst's does (eager PyTorch: profiled, the
     # GEMMs of a llama-1.3b amp step on H200 averaged 778 TFLOP/s against ~690 sustained,
-    # data/measurements/train-profile-h200.diag.jsonl); "sustained" where fused kernels keep the
+    # data/measurements/h200-sxm-x2/2026-11-23j-train-profile/train-profile-h200.diag.jsonl); "sustained" where fused kernels keep the
     # tensor cores busy back to back and the device runs at its power-limited clock (the
     # calibration's sustained_flops_per_s; on H100 run 23r the clock fell from 1770-1980 MHz to
     # 1455-1500 MHz as the run heated the GPU from 102 to 655 W,
-    # data/measurements/h100-sxm-2026-11-23r-gemm-interleaved.jsonl). A device without a measured
+    # data/measurements/h100-sxm/2026-11-23r-gemm-interleaved/). A device without a measured
     # sustained rate is the same under both.
     gemm_clock: Literal["burst", "sustained"] = "burst"
 

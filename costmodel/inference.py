@@ -34,7 +34,7 @@ GRAPH_KERNEL_FLOOR_S = 2.3e-6
 # EAGER_GENERATE_TOKEN_S per decoded token for generate()'s own work (logits processing, stopping
 # check with its host sync, cache bookkeeping). The host and the GPU overlap within a call:
 # time = (gpu^p + host^p)^(1/p), p = EAGER_COMBINE_P. Fitted (costmodel/bench/fit_host.py) on 21
-# `infer` records measured on H100 through transformers 5.17 (data/measurements/infer-h100.jsonl,
+# `infer` records measured on H100 through transformers 5.17 (data/measurements/h100-sxm/2026-11-23i-infer-train-profile/infer-h100.jsonl,
 # every third held out; mean error fit / held out: prefill 17.5% / 11.3%, decode 14.8% / 16.9%:
 # host-bound calls there vary +-25% between repeats and processes), before the kernel ratio
 # (kept: a refit with it moves only to H100's own gpt2 timings, which the H200 machines and the
@@ -125,7 +125,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         for g in layer_gemms(model, tokens, moe_layer):
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
             # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
-            # prefills on H100: GEMMs 36-57% of device time, data/measurements/infer-gpubound-h100.diag.jsonl;
+            # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
             # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
             # run at a short burst's clock as in a training step (training._gemm); a fused serving
             # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.

@@ -210,7 +210,7 @@ def pytorch_layer_activation_bytes(model: ModelConfig, tokens: float, precision:
         # gelu_new under autocast: pow is on autocast's fp32 list, so x^3 and everything after it
         # run in fp32: saved x (fp32 cast for pow, 4f), tanh output (4f), 0.5 x (bf16, 2f),
         # 1 + tanh (4f), and c_proj's bf16 cast of the fp32 product (2f) = 16f. Measured (GPT-2
-        # 124M / 350M amp steps, data/measurements/train-steps-h100.jsonl): 5.0-5.7 f-bytes per
+        # 124M / 350M amp steps, data/measurements/h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl): 5.0-5.7 f-bytes per
         # token and layer above the 10f count. Not explained: pure-bf16 GPT-2 peaks ~ 7f above it.
         act = 8.0 * f if gated else (16.0 * f if model.activation == "gelu_new" else 4.0 * f)
         per_token = 2 * norm + attn_in + sdpa + mlp_in
@@ -292,7 +292,7 @@ def ddp_bucket_bytes(params, grad_bytes_per_param: float, par):
     step. With ``gradient_as_bucket_view=False`` (the default) each ``.grad`` is a separate tensor
     copied into its bucket view (``Reducer::mark_variable_ready_dense``) and copied back after the
     all-reduce, so the buckets are extra memory that ``zero_grad(set_to_none=True)`` does not free.
-    Measured (data/measurements/train-holdout-h200x2.diag.jsonl, 2x H200, PyTorch 2.11):
+    Measured (data/measurements/h200-sxm-x2/2026-11-23k-train-holdout/train-holdout-h200x2.diag.jsonl, 2x H200, PyTorch 2.11):
     after_wrap_bytes - after_build_bytes = 4 B x params exactly for the fp32 llama-350m.
 
     Only plain data parallelism (ZeRO stage 0) over more than one replica wraps in DDP."""

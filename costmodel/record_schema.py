@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
-from .errors import InputError, from_validation_error
+from .errors import from_validation_error
 
 # Counts in records (devices, parallel sizes, batches, lengths): at least 1, at most the int32 range.
 MAX_COUNT = 2**31 - 1

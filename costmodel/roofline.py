@@ -21,14 +21,14 @@ KERNEL_FLOOR_S = 4.5e-6
 # HBM: in bf16 on an H200 (the H100's GH100 die and clocks, 4.8 instead of 3.35 TB/s) they ran only
 # 1.10-1.17x faster than on an H100, where the harness's vectorised copies gain 1.43x (profiled
 # prefills of llama-1.3b, llama-7b, llama-1.3b-gqa4, qwen2-0.5b on both: mul, add and copy kernels;
-# data/measurements/infer-gpubound-h100/h200.diag.jsonl): ~ 3.5 TB/s of 2-byte elements, i.e.
+# data/measurements/h100-sxm/2026-11-23n-*/ and h200-sxm/2026-11-23o-*/infer-gpubound-*.diag.jsonl): ~ 3.5 TB/s of 2-byte elements, i.e.
 # 13.3e9 elements/s per SM. fp32 kernels move twice the bytes per element under the same issue
 # limit, so amp training steps (fp32 residual stream) stay HBM-bound on Hopper (their H200 steps,
 # train-steps-h200x2.jsonl, fit better without a ceiling); an H100 stays bandwidth-bound either way.
 EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM = 3.5e12 / 2 / 132
 # torch.cat of transposed (non-contiguous) views, as Hugging Face's rotate_half and
 # DynamicCache.update run it (CatArrayBatchedCopy): 0.73-0.86 TB/s of traffic on H100 and
-# 0.71-0.86 on H200 (the same cases, profiled: data/measurements/infer-gpubound-h100/h200.diag.jsonl),
+# 0.71-0.86 on H200 (the same cases, profiled: data/measurements/h100-sxm/2026-11-23n-*/ and h200-sxm/2026-11-23o-*/infer-gpubound-*.diag.jsonl),
 # an issue-bound rate per multiprocessor, not a fraction of HBM bandwidth.
 EAGER_CAT_BYTES_PER_S_PER_SM = 0.8e12 / 132
 # Fixed time of one GEMM kernel launched from a CUDA graph (grid launch, pipeline fill, epilogue
@@ -37,7 +37,7 @@ EAGER_CAT_BYTES_PER_S_PER_SM = 0.8e12 / 132
 # the public file's decode steps; used for every device, since the fit is loose elsewhere (H200:
 # 0.95 us on the same die). Our decode harness's H200 steps (train-steps-h200x2.jsonl) went from
 # -21% / -1% to -14% / +0.4% with it; the same llama-1.3b b8 ctx2049 step on H100 is -13%
-# (that harness runs ~14% slower than the public file's: README-train-steps.md).
+# (that harness runs ~14% slower than the public file's: data/measurements/h100-sxm/2026-11-23-train-steps/README.md).
 GRAPH_GEMM_FIXED_S = 4.0e-6
 # Output tile of the default GEMM curve's wave quantisation: 128 x 128 (the common CUTLASS/cuBLAS
 # tile for large 16-bit GEMMs on Ampere and Hopper), spread over the spec's compute_units.

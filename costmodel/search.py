@@ -592,8 +592,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
 
     link = replace(link, fallback_scaling=prof.scaling)  # the profile's network where the node has none measured
     v = c.val
-    tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
-    dp = N // (tp * pp * cp)
+    tp, pp, cp, N = v["tp"], v["pp"], v["cp"], v["devices"]
     layers = a["layers"]
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
 

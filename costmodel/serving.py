@@ -234,7 +234,6 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             now = max(now, float(arrival[next_req]))
             continue
         decoding = pf == 0
-        used = int((n * blocks(ctx)).sum())
         can_admit = waiting > 0 and running < max_num_seqs and (not static or running == 0)
         # ------------------------------------------------ a run of decode-only iterations
         if running and bool(decoding.all()) and not can_admit:

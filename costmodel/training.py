@@ -149,7 +149,7 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
 # promoted to fp32 under amp), softmax in fp32, the cast back to bf16/fp16; backward: the cast's
 # and softmax's backward, the cast to the scores' dtype and the scale (Megatron's fused
 # scale-mask-softmax does this in one kernel each way). Profiled on H100 (data/measurements/
-# train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
+# h100-sxm/2026-11-23t-train-variants-profile/train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
 # step against the flash step): 51.1 ms of these kernels forward (broadcast add 21.1, casts 9.2,
 # scale 11.3, softmax 9.5) and 42.3 ms backward (casts 18.4, scale 11.3, softmax 12.6), i.e. 15.9
 # and 13.1 ps per element: at the 2.99 TB/s copy bandwidth, the time of 47 and 39 bytes.
@@ -209,7 +209,7 @@ def grad_accum_s(eff, job: TrainJob, params, n_micro):
     AccumulateGrad adds each new gradient to ``.grad`` in place (read both, write one: 3 passes of
     the gradient dtype, fp32 under amp). Megatron-LM fuses it into the weight-gradient GEMM
     (``gradient_accumulation_fusion``). Vectorised over ``params`` / ``n_micro``. Measured
-    (data/measurements/train-accum-h100.jsonl, llama-1.3b amp-bf16 b2 s2048): 4 micro-batches take
+    (data/measurements/h100-sxm/2026-11-23w-train-accum/train-accum-h100.jsonl, llama-1.3b amp-bf16 b2 s2048): 4 micro-batches take
     0.5318 s; 4 x the single step's 0.1395 s less 3 optimizer steps (12.6 ms each, predicted) is
     0.5204 s, leaving 11.4 ms for 3 accumulations, against 3 x 12 B x 1.34e9 / 3.0 TB/s = 16 ms."""
     if job.framework != "pytorch":
@@ -322,7 +322,7 @@ def _gemm(eff, *args, **kw):
     """A GEMM inside a training step: interleaved with memory-bound kernels, so it runs at a short
     burst's clock rather than under the sustained power cap of back-to-back GEMMs (profiled: the
     GEMMs of a llama-1.3b b4 s2048 amp step on H200 averaged 778 TFLOP/s, against ~ 690 sustained;
-    data/measurements/train-profile-h200.diag.jsonl)."""
+    data/measurements/h200-sxm-x2/2026-11-23j-train-profile/train-profile-h200.diag.jsonl)."""
     return gemm_op(eff, *args, interleaved=True, **kw)
 
 
@@ -332,7 +332,7 @@ def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
     Hugging Face transformers 5.x runs MoE experts through ``torch._grouped_mm``, which autocast
     does not cast: under amp the fp32 master weights make it take PyTorch's fp32 fallback, a loop
     of per-expert fp32 GEMMs on the CUDA cores (profiled on H100, transformers 5.17: sm80 FFMA /
-    cutlass SIMT sgemm kernels, data/measurements/train-profile-h100.diag.jsonl). Megatron-style
+    cutlass SIMT sgemm kernels, data/measurements/h100-sxm/2026-11-23i-infer-train-profile/train-profile-h100.diag.jsonl). Megatron-style
     frameworks cast experts like every other GEMM.
     """
     if job.framework == "pytorch" and job.precision in ("amp-bf16", "amp-fp16") and model.moe is not None:

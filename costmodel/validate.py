@@ -409,7 +409,7 @@ def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
 # ``torch.autograd.grad`` (and that a model's backward runs): the expanded output gradient made
 # contiguous, the fp32 dQ accumulator written and converted, and q, k, v's .grad accumulated
 # (read, read, write). ~ 28 bytes per element of q: measured extra over autograd.grad on H100
-# (data/measurements/h100-sxm-2026-11-23h-sdpa-variants.jsonl, o.sum().backward()): 26-28 bytes per
+# (data/measurements/h100-sxm/2026-11-23h-gemm-sdpa-host/h100-sxm-2026-11-23h-sdpa-variants.jsonl, o.sum().backward()): 26-28 bytes per
 # element at three shapes and 51 at b16 h16 s1024 d64.
 LEAF_BACKWARD_BYTES_PER_ELEMENT = 28.0
 
@@ -578,7 +578,7 @@ class HostFactorFit(BaseModel):
 
 
 # Host-factor search: a log-spaced grid 0.25 .. 4 in steps of 2^(1/16) (4.4%), the range over which
-# measured machines have differed (data/measurements/README-2026-11-23ad.md: 0.6-1.65 on H100/H200).
+# measured machines have differed (data/measurements/h100-sxm/2026-11-23ad-hostref/README.md: 0.6-1.65 on H100/H200).
 HOST_FACTOR_RANGE = (0.25, 4.0)
 HOST_FACTOR_STEPS_PER_OCTAVE = 16
 _HOST_TIME_METRICS = ("step_seconds", "prefill_seconds", "decode_seconds_per_token")

@@ -73,7 +73,7 @@ class TrainJob(BaseModel):
     tp_comm_overlap: bool = False
     # Eager PyTorch's host (Python + dispatcher) time relative to the hosts the step model's host
     # constants were fitted on (training.HOST_*: H100 machines). Host speed differs by machine: the
-    # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README-*.md).
+    # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README.md).
     host_time_factor: float = Field(default=1.0, gt=0)
 
     def global_batch_for(self, par: Parallel) -> int:

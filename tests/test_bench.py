@@ -74,8 +74,8 @@ def test_record_helpers_match_published_conventions():
 
 def test_truth_file_kernel_records_validate():
     truth = ROOT.parent / "shared" / "truth" / "h100-h200-public.jsonl"
-    if not truth.exists():
-        pytest.skip("shared truth file not present")
+    if not truth.exists():  # a plain clone: the copy shipped in data/samples/
+        truth = ROOT / "data" / "samples" / "h100-h200-public.jsonl"
     recs = read_jsonl(truth)
     assert recs and all(validate_record(r) == [] for r in recs)
 

@@ -19,6 +19,8 @@ from costmodel.errors import InputError
 GiB = 2**30
 MiB = 2**20
 TRUTH = Path(__file__).resolve().parents[2] / "shared" / "truth" / "h100-h200-public.jsonl"
+if not TRUTH.exists():  # a plain clone: the copy shipped in data/samples/
+    TRUTH = Path(__file__).resolve().parents[1] / "data" / "samples" / "h100-h200-public.jsonl"
 
 # No overhead, no latency, nominal bandwidth: the pure bandwidth term.
 IDEAL = CommParams(launch_overhead_s=0.0, ring_efficiency=1.0, p2p_efficiency=1.0, scale_out_efficiency=1.0,

@@ -12,7 +12,7 @@ MEASUREMENTS = Path(__file__).resolve().parents[1] / "data" / "measurements"
 
 
 def _model(name: str):
-    for line in (MEASUREMENTS / "infer-h100.jsonl").read_text().splitlines():
+    for line in (MEASUREMENTS / "h100-sxm/2026-11-23i-infer-train-profile/infer-h100.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["name"].split("/")[0] == name:
             return model_from_record(rec["model"], name)
@@ -48,7 +48,7 @@ def test_gpt2_eager_decode_on_h200_machines():
     """gpt2-350m on both H200 machine kinds: its decode was predicted +71% / +53% too slow (prefill
     +62% / +65%) while a gpt2 layer cost a llama layer's host time; now +17% / +5%. Each file's decode
     mean error falls (20.0% -> 13.3%, 11.5% -> 5.5%)."""
-    for f, before in (("infer-h200.jsonl", 0.200), ("infer-h200x2host.jsonl", 0.115)):
+    for f, before in (("h200-sxm/2026-11-23l-infer/infer-h200.jsonl", 0.200), ("h200-sxm-x2/2026-11-23ab-infer-host/infer-h200x2host.jsonl", 0.115)):
         rep = validate_file(MEASUREMENTS / f)
         gpt2 = [c for c in rep.cases if c.name.startswith("gpt2-350m") and c.metric == "decode_seconds_per_token"]
         assert len(gpt2) == 1 and abs(gpt2[0].rel_error) < 0.20, (f, gpt2[0].rel_error)
@@ -59,7 +59,7 @@ def test_gpt2_layer_host_time_measured_on_h100():
     """Run 23ac (H100, one process): decode per token of two depths of each family gives the per-layer
     host time free of the per-call share: gpt2 (24 - 12 layers) 0.338 ms, llama 0.640 ms, 0.53."""
     recs = {json.loads(line)["name"]: json.loads(line)["measured"]["decode_seconds_per_token"]
-            for line in (MEASUREMENTS / "infer-h100-ac.jsonl").read_text().splitlines()}
+            for line in (MEASUREMENTS / "h100-sxm/2026-11-23ac-infer/infer-h100-ac.jsonl").read_text().splitlines()}
     gpt2 = (recs["gpt2-350m/infer/b4/p512"] - recs["gpt2-124m/infer/b1/p256"]) / 12
     llama = (recs["llama-1.3b/infer/b1/p512"] - recs["llama-110m/infer/b1/p128"]) / 12
     assert gpt2 / llama == pytest.approx(dispatch.infer_dispatch_ratio(_model("gpt2-350m")), rel=0.10)

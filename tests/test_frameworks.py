@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 PLAYBOOK = ROOT.parent / "shared" / "truth" / "playbook-public-1b-8b.jsonl"
+if not PLAYBOOK.exists():  # a plain clone: the copy shipped in data/samples/
+    PLAYBOOK = ROOT / "data" / "samples" / "playbook-public-1b-8b.jsonl"
 
 
 @pytest.mark.parametrize("name,expected", [("NanoTron", "nanotron"), ("Megatron-LM", "megatron"),
@@ -225,12 +227,14 @@ def playbook():
 
 def test_shipped_nanotron_profile_on_the_playbook_runs(playbook):
     """The shipped profile is the fit on this file: refitting moves no parameter much, and the
-    error is what the fit reported (data/frameworks/nanotron.yaml, fit:)."""
+    error is what the fit reported (data/frameworks/nanotron.yaml, fit:, to its three decimals:
+    doubling elementwise_scale, host_gpu_combine_p or dp_overlap moves it by 0.5, 0.3 and 0.1
+    points, which the runs barely pin down)."""
     prof = frameworks.resolve("nanotron")
     runs = profile_fit.run_set(playbook, prof)
     pred = profile_fit.predict(runs, prof, step_latency_s=prof.cluster_step_latency_s)
     err = np.abs(pred / runs.measured - 1.0)
-    assert float(np.mean(err)) == pytest.approx(prof.fit["mape"], abs=0.005)
+    assert float(np.mean(err)) == pytest.approx(prof.fit["mape"], abs=0.0005)
     assert float(np.median(err)) < 0.30
     res = profile_fit.fit_profile(runs, prof, folds=0)
     assert res.mape <= prof.fit["mape"] + 0.002

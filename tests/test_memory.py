@@ -92,7 +92,7 @@ def test_gpt2_amp_peaks_against_measurements():
     from costmodel.validate import validate_file
 
     root = Path(__file__).resolve().parent.parent / "data" / "measurements"
-    errs = [c.rel_error for f in ("train-steps-h100.jsonl", "train-steps-h200x2.jsonl", "train-profile-h100.jsonl")
+    errs = [c.rel_error for f in ("h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl", "h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl", "h100-sxm/2026-11-23i-infer-train-profile/train-profile-h100.jsonl")
             for c in validate_file(root / f).cases
             if c.metric == "peak_bytes" and c.name.startswith("gpt2") and "/amp-bf16/" in c.name and "/full" not in c.name]
     assert len(errs) == 6
@@ -108,10 +108,19 @@ def test_fsdp_under_pipeline_keeps_the_stage_gathered():
     m = load_model("llama-1.3b")
     job = TrainJob(micro_batch=1, seq_len=2048, global_batch=32, precision="amp-bf16", framework="pytorch")
     par = Parallel(pp=2, dp=4, zero_stage=3)
-    P = stage_params(m, par).total
+    # llama-1.3b by hand: a layer holds q, k, v, o (4 x 2048^2), gate, up, down (3 x 2048 x 5504)
+    # and two RMSNorm weights (2 x 2048) = 50,597,888 parameters; a stage of pp 2 holds 12 layers
+    # (607,174,656) and, on the last stage, the final norm (2,048) and the untied LM head
+    # (32,000 x 2,048 = 65,536,000): 672,712,704 (the first stage's embedding is 2,048 fewer).
+    layer = 4 * 2048**2 + 3 * 2048 * 5504 + 2 * 2048
+    assert layer == 50_597_888
+    P = 12 * layer + 2048 + 32000 * 2048
+    assert stage_params(m, par).total == P == 672_712_704
     mem = train_memory(m, job, par)
-    assert mem.weight_copies_bytes == pytest.approx(2.0 * P * 3 / 4)
-    assert mem.grads_bytes == pytest.approx(4.0 * P)
+    # gathered for the whole step: the other three data-parallel ranks' bf16 shards,
+    # 2 B x 672,712,704 x 3/4 = 1,009,069,056 B; gradients unsharded in fp32: 4 B x P = 2,690,850,816 B
+    assert mem.weight_copies_bytes == pytest.approx(1_009_069_056)
+    assert mem.grads_bytes == pytest.approx(2_690_850_816)
     flat = train_memory(m, job, Parallel(pp=1, dp=8, zero_stage=3))
     per_layer = stage_params(m, Parallel(pp=1, dp=8)).per_layer
     assert flat.weight_copies_bytes == pytest.approx(2 * 2.0 * per_layer * 7 / 8)

@@ -14,12 +14,12 @@ from costmodel.memory import (CUBLAS_WORKSPACES_BYTES, ParallelGrid, ddp_bucket_
 from costmodel.validate import read_records, validate_records
 from costmodel.workload import Parallel, TrainJob
 
-# data/measurements/train-steps-h200x2.jsonl, "llama-1.3b/amp-bf16/dp2-ddp/b1/s2048/none" (rank 0 of
+# data/measurements/h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl, "llama-1.3b/amp-bf16/dp2-ddp/b1/s2048/none" (rank 0 of
 # 2x H200, PyTorch 2.11, the run's first case: nothing left over from an earlier case). The harness
 # (costmodel/bench/train_step.py) read weights_bytes before the DDP wrapper when it ran; that figure
 # is now the record's weights_bytes_before_wrap (= after_build_bytes in train-steps-h200x2.diag.jsonl),
 # and weights_bytes is the same line's after_wrap_bytes, memory_allocated() right after
-# DistributedDataParallel(model) (data/measurements/README-train-steps.md, 2026-12-07).
+# DistributedDataParallel(model) (data/measurements/h100-sxm/2026-11-23-train-steps/README.md, 2026-12-07).
 DDP_RECORD = {
     "kind": "train", "name": "llama-1.3b/amp-bf16/dp2-ddp/b1/s2048/none",
     "model": {"arch": "llama", "layers": 24, "hidden": 2048, "heads": 16, "kv_heads": 16, "ffn": 5504, "vocab": 32000,
@@ -88,7 +88,7 @@ def test_ddp_record_weights_after_wrap():
     assert DDP_RECORD["measured"]["weights_bytes"] == AFTER_WRAP_BYTES
     assert DDP_RECORD["measured"]["weights_bytes_before_wrap"] == AFTER_BUILD_BYTES
     # the inline copy is the committed line
-    committed = {r["name"]: r for _, r in read_records(MEASUREMENTS / "train-steps-h200x2.jsonl")}
+    committed = {r["name"]: r for _, r in read_records(MEASUREMENTS / "h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl")}
     assert committed[DDP_RECORD["name"]] == DDP_RECORD
     cases = {c.metric: c for c in validate_records([("inline", DDP_RECORD)]).cases}
     assert set(cases) == {"weights_bytes", "steady_bytes", "peak_bytes", "step_seconds"}  # not weights_bytes_before_wrap
@@ -102,8 +102,8 @@ def test_ddp_record_weights_after_wrap():
     assert abs(cases["peak_bytes"].rel_error) < 0.02
 
 
-DDP_FILES = ("train-steps-h200x2.jsonl", "train-holdout-h200x2.jsonl", "train-profile-h200x2.jsonl",
-             "train-variants-h200x2.jsonl", "train-fsdp-accum-h200x2.jsonl")
+DDP_FILES = ("h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl", "h200-sxm-x2/2026-11-23k-train-holdout/train-holdout-h200x2.jsonl", "h200-sxm-x2/2026-11-23j-train-profile/train-profile-h200x2.jsonl",
+             "h200-sxm-x2/2026-11-23x-train-variants/train-variants-h200x2.jsonl", "h200-sxm-x2/2026-11-23aa-fsdp-accum/train-fsdp-accum-h200x2.jsonl")
 
 
 def test_committed_ddp_records_weights_within_2pct_of_after_wrap():

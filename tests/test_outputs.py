@@ -14,7 +14,7 @@ from costmodel.specs import package_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAS = ROOT / "data" / "measurements"
-H100_RECORDS = MEAS / "h100-sxm-2026-11-23b-kernels.jsonl"
+H100_RECORDS = MEAS / "h100-sxm/2026-11-23b-kernels/h100-sxm-2026-11-23b-kernels.jsonl"
 _REC = {"kind": "kernel", "op": "mem_read", "bytes": 2**20, "s": 1e-5, "gbps": 104.9, "hardware": "cpu-host",
         "backend": "numpy"}
 
@@ -187,7 +187,7 @@ def test_an_output_is_never_an_input_or_another_output(capsys, tmp_path, no_meas
     ("bench", "--quick", "--backend", "numpy", "--out", "{d}"),
     ("calibrate", "--records", str(H100_RECORDS), "--out", "{d}"),
     ("calibrate", "--quick", "--backend", "numpy", "--out", "{d}/o.yaml", "--save-records", "{d}"),
-    ("fit-profile", str(ROOT / "data" / "measurements" / "train-steps-h100.jsonl"), "--framework", "pytorch", "--out", "{d}"),
+    ("fit-profile", str(ROOT / "data" / "measurements" / "h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl"), "--framework", "pytorch", "--out", "{d}"),
     ("train", "llama-110m", "--plot", "{d}"),
 ])
 def test_a_directory_as_output_is_a_one_line_error(capsys, tmp_path, args, no_measuring):

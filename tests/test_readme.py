@@ -1,6 +1,6 @@
-"""The README's examples run, so they cannot rot: python blocks are executed, `$ costmodel ...`
-lines and the `costmodel` commands of the set-up blocks run in-process and must exit 0, using only
-what a fresh clone holds (no ../shared, no files the clone lacks)."""
+"""The README's and docs/usage.md's examples run, so they cannot rot: python blocks are executed,
+`$ costmodel ...` lines and the `costmodel` commands of the README's set-up blocks run in-process
+and must exit 0, using only what a fresh clone holds (no ../shared, no files the clone lacks)."""
 import glob
 import re
 import shlex
@@ -12,20 +12,27 @@ from costmodel.cli.app import main
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 ROOT = Path(__file__).resolve().parents[1]
+USAGE = (ROOT / "docs" / "usage.md").read_text()
 
 
 def test_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README + USAGE, re.S)
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
 
 
-COMMANDS = [line[2:] for block in re.findall(r"```console\n(.*?)```", README, re.S)
-            for line in block.splitlines() if line.startswith("$ costmodel ")]
+COMMANDS = list(dict.fromkeys(line[2:] for block in re.findall(r"```console\n(.*?)```", README + USAGE, re.S)
+                              for line in block.splitlines() if line.startswith("$ costmodel ")))
 # The set-up blocks: one `&&` chain per line, pasted as they are into a fresh clone.
 SETUP = [line for block in re.findall(r"```sh\n(.*?)```", README, re.S) for line in block.splitlines() if line.strip()]
 SETUP_COMMANDS = [part.strip() for line in SETUP for part in line.split("&&") if part.strip().startswith("costmodel ")]
+
+
+def test_readme_has_five_examples():
+    examples = [line for block in re.findall(r"```console\n(.*?)```", README, re.S)
+                for line in block.splitlines() if line.startswith("$ costmodel ")]
+    assert len(examples) == 5
 
 
 def _run(cmd, monkeypatch, capsys):

@@ -4,12 +4,12 @@
 
 Train steps: costmodel.training.HOST_S_PER_LAYER, HOST_RECOMPUTE_FACTOR, HOST_INTERCEPT_S,
 HOST_GPU_COMBINE_P, fitted on the single-GPU `train` records of ../shared/truth/h100-h200-public.jsonl,
-data/measurements/train-steps-h100.jsonl, train-steps-h200x2.jsonl, train-accum-h100.jsonl and
+data/measurements/h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl, train-steps-h200x2.jsonl, train-accum-h100.jsonl and
 train-variants-h100.jsonl (every third record of each file, by name, held out; the last two with
 a host-speed factor of their own, SAME_DAY_HOST). Infer records (eager HF prefill and decode): costmodel.inference.EAGER_HOST_*
-on data/measurements/infer-h100.jsonl, same split. Decode steps: costmodel.inference.GRAPH_KERNEL_FLOOR_S, fitted on the
+on data/measurements/h100-sxm/2026-11-23i-infer-train-profile/infer-h100.jsonl, same split. Decode steps: costmodel.inference.GRAPH_KERNEL_FLOOR_S, fitted on the
 public file's decode_step records only (the measurement files' decode steps come from a less fused
-hand-written step, 14-20% slower: README-train-steps.md), same split. The objective is a soft-L1
+hand-written step, 14-20% slower: data/measurements/h100-sxm/2026-11-23-train-steps/README.md), same split. The objective is a soft-L1
 loss of the log errors (scale 10%). Prints the constants and the errors per file and split; edits nothing.
 Needs scipy: pip install 'costmodel[fit]'.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {
     "public": ROOT.parent / "shared" / "truth" / "h100-h200-public.jsonl",
-    "h100": ROOT / "data" / "measurements" / "train-steps-h100.jsonl",
-    "h200": ROOT / "data" / "measurements" / "train-steps-h200x2.jsonl",
-    "accum": ROOT / "data" / "measurements" / "train-accum-h100.jsonl",
-    "variants": ROOT / "data" / "measurements" / "train-variants-h100.jsonl",
+    "h100": ROOT / "data" / "measurements" / "h100-sxm/2026-11-23-train-steps/train-steps-h100.jsonl",
+    "h200": ROOT / "data" / "measurements" / "h200-sxm-x2/2026-11-23-train-steps/train-steps-h200x2.jsonl",
+    "accum": ROOT / "data" / "measurements" / "h100-sxm/2026-11-23w-train-accum/train-accum-h100.jsonl",
+    "variants": ROOT / "data" / "measurements" / "h100-sxm/2026-11-23s-train-variants/train-variants-h100.jsonl",
 }
 
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     return 0
 
 
-INFER_FILE = ROOT / "data" / "measurements" / "infer-h100.jsonl"
+INFER_FILE = ROOT / "data" / "measurements" / "h100-sxm/2026-11-23i-infer-train-profile/infer-h100.jsonl"
 
 
 def _fit_infer(lib):

@@ -101,7 +101,7 @@ class NumpyBench:
         # m = 4, 8 and 24 (session 12): when m = 16 itself was held back (seed 0), only m = 32 was left
         # to pin the packing phase and m = 16 came out 16-29% fast; over 8 splits of each of 12 quick
         # runs, 20 of 96 splits missed a held-back shape by > 15%, against 2 of 64 with these rows
-        # (data/measurements/cpu-host-quick-2026-11-23/).
+        # (data/measurements/cpu/2026-11-23-host-quick/).
         ms = [1, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512] if self.quick else [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048]
         for m in ms:
             out.append(("gemm_llm", "fp32", m, n, k))

@@ -58,7 +58,7 @@ class GemmDtype:
 # kernel durations of load: 3 warm-ups + half of 10 timed calls.
 BURST_CALLS_TO_MEDIAN = 8.0
 # Sharpness of the onset of power throttling with the load time T: f = 1 / (1 + (tau / T)^n).
-# data/measurements/h100-sxm-2026-11-23c-power-trace.json: bf16 8192^3 back to back from idle ran
+# data/measurements/h100-sxm/2026-11-23c-kernels-power/h100-sxm-2026-11-23c-power-trace.json: bf16 8192^3 back to back from idle ran
 # at 776-791 TFLOP/s for the first 58 ms and 672-721 after 119 ms (a delayed step, not an exponential).
 THROTTLE_SHARPNESS = 4.0
 # The power cap is a near-hard ceiling on the rate (the clock is lowered just enough): combined with

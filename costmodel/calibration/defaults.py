@@ -10,7 +10,7 @@ FORMAT = "costmodel-calibration/1"
 # ------------------------------------------------------------------------------------------------
 # Default efficiency curves (used with a spec's datasheet peaks when no calibration exists).
 #
-# Sources: data/measurements/h100-sxm-2026-11-23-kernels.jsonl (this harness on an H100 SXM,
+# Sources: data/measurements/h100-sxm/2026-11-23a-kernels/h100-sxm-2026-11-23-kernels.jsonl (this harness on an H100 SXM,
 # torch 2.11 / CUDA 13.0) and shared/truth/h100-h200-public.jsonl (H100 GEMMs: bf16 8192^3 at
 # 773 of 989 TFLOP/s = 0.78, 16384^3 at 694 = 0.70; fp16 0.75; tf32 8192^3 at 401 of 494.5 = 0.81;
 # fp32 51.2 of 67 = 0.76; fp8 1362 of 1979 = 0.69; our run: bf16 0.70-0.75, fp8 0.64).

@@ -33,10 +33,17 @@ def validate(
     node: Optional[str] = typer.Option(None, "--node", help="Time the train records as run on nodes of this spec (e.g. your cluster from calibrate --nccl-tests)."),
     fit_host_factor: bool = typer.Option(False, "--fit-host-factor",
                                          help="Also fit the --host-time-factor that best explains the files' train and infer records (the measuring machine's host speed), per kind."),
+    markdown: bool = typer.Option(False, "--markdown",
+                                  help="Print the accuracy table of docs/validation.md for FILES instead: per file and metric n, mean and median |error|, on the records that fitted a shipped constant and on the held-out ones (data/validation-splits.yaml)."),
 ):
     """Predict every record and report predicted against measured with relative errors, and how well
     the predicted step times rank the layouts of each model and device count."""
     lib = library(hardware_file)
+    if markdown:
+        from ..validation_page import markdown as page
+
+        typer.echo(page(files, lib), nl=False)
+        return
     from ..validate import ValidationReport
 
     cases, skipped, sources = [], [], {}

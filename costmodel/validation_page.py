@@ -1,0 +1,161 @@
+"""The accuracy page (docs/validation.md): predicted against measured on every shipped record file,
+per file and metric, with the records that fitted a constant and the held-out ones apart.
+
+    python -m costmodel.validation_page > docs/validation.md        # every file, as CI checks it
+    costmodel validate --markdown FILE.jsonl ...                     # the same table for some files
+
+Which records of a file fitted what is data: ``data/validation-splits.yaml``. A file it does not
+name counts as held out (nothing shipped was fitted on a user's file).
+"""
+from __future__ import annotations
+
+import fnmatch
+import statistics
+from pathlib import Path
+
+from .specs import package_data_dir, read_yaml
+
+SPLITS_FILE = "validation-splits.yaml"
+SPLIT_KINDS = ("held-out", "fit", "every-third", "same-as")
+REGENERATE = "python -m costmodel.validation_page > docs/validation.md"
+
+
+def root_dir() -> Path:
+    """The directory the paths of the splits file are relative to (a checkout's root, or the
+    installed package's data directory)."""
+    return package_data_dir("data").parent
+
+
+def load_splits() -> dict:
+    """``data/validation-splits.yaml``: {"files": {path: entry}, "not_validated": {pattern: reason}}."""
+    d = read_yaml(package_data_dir("data") / SPLITS_FILE)
+    return {"files": d.get("files") or {}, "not_validated": d.get("not_validated") or {}}
+
+
+def shipped_record_files(root: Path | None = None) -> list[str]:
+    """Every ``*.jsonl`` under data/ that is not listed as not validated, relative to ``root``."""
+    root = root or root_dir()
+    skip = list(load_splits()["not_validated"])
+    out = []
+    for p in sorted((root / "data").rglob("*.jsonl")):
+        rel = p.relative_to(root).as_posix()
+        if not any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(p.name, pat) for pat in skip):
+            out.append(rel)
+    return out
+
+
+def _every_third_eligible(rec: dict) -> bool:
+    """costmodel/bench/fit_host.py's candidates: single-GPU train and decode steps with a measured
+    time, and infer records that did not run out of memory."""
+    m = rec.get("measured") or {}
+    if rec.get("kind") in ("train", "decode_step"):
+        return (rec.get("devices") or 1) == 1 and isinstance(m.get("step_seconds"), (int, float))
+    return rec.get("kind") == "infer" and not m.get("oom")
+
+
+def split_records(records: list[tuple[str, dict]], entry: dict | None) -> dict[str, list[tuple[str, dict]]]:
+    """{"fit": [...], "held-out": [...]} of a file's records under its splits entry."""
+    split = (entry or {}).get("split", "held-out")
+    if split not in SPLIT_KINDS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_KINDS)}")
+    if split == "same-as":  # copies of records of other files: each keeps its source record's part
+        from .validate import read_records
+
+        entries, fit_names = load_splits()["files"], set()
+        for src in entry["same_as"]:
+            fit_names |= {r.get("name") for _, r in
+                          split_records(read_records(root_dir() / src), entries.get(src))["fit"]}
+        return {"fit": [r for r in records if r[1].get("name") in fit_names],
+                "held-out": [r for r in records if r[1].get("name") not in fit_names]}
+    if split not in ("every-third",):
+        return {"fit": records if split == "fit" else [], "held-out": records if split == "held-out" else []}
+    also = [s.lower() for s in (entry or {}).get("also_fit", [])]
+    others = (entry or {}).get("others", "held-out")
+    parts: dict[str, list] = {"fit": [], "held-out": []}
+    for kind in (entry or {}).get("kinds", ("train", "infer")):
+        cand = sorted((rec.get("name", ""), i) for i, (_, rec) in enumerate(records)
+                      if rec.get("kind") == kind and _every_third_eligible(rec))
+        for j, (_, i) in enumerate(cand):
+            parts["held-out" if j % 3 == 2 else "fit"].append(records[i])
+    chosen = {id(r) for p in parts.values() for r in p}
+    for r in records:
+        if id(r) not in chosen:
+            name = str(r[1].get("name", "")).lower()
+            parts["fit" if others == "fit" or any(s in name for s in also) else "held-out"].append(r)
+    return parts
+
+
+def _stats(errs: list[float]) -> str:
+    if not errs:
+        return "-"
+    a = [abs(e) for e in errs]
+    return f"{len(a)}: {statistics.fmean(a):.1%} / {statistics.median(a):.1%}"
+
+
+def file_rows(path: str, entry: dict | None, lib=None) -> list[tuple[str, list[float], list[float]]]:
+    """(kind.metric, fit errors, held-out errors) per metric of one file; boolean metrics (fits)
+    count a wrong answer as error 1."""
+    from .validate import read_records, validate_records
+
+    parts = split_records(read_records(path), entry)
+    per: dict[str, dict[str, list[float]]] = {}
+    for part, recs in parts.items():
+        if not recs:
+            continue
+        for c in validate_records(recs, lib).cases:
+            per.setdefault(f"{c.kind}.{c.metric}", {"fit": [], "held-out": []})[part].append(c.rel_error)
+    return [(k, v["fit"], v["held-out"]) for k, v in sorted(per.items())]
+
+
+def markdown(files: list[str], lib=None, root: Path | None = None) -> str:
+    """The page: one table row per file and metric."""
+    from .specs import load_library
+
+    lib = lib or load_library()
+    root = root or root_dir()
+    entries = load_splits()["files"]
+    lines = [
+        "# Validation: how right the calculator is, on what",
+        "",
+        f"Generated by `{REGENERATE}` (the same table as `costmodel validate --markdown FILES`);",
+        "`tests/test_validation_page.py` fails when this page differs from what the command prints.",
+        "Each row is one record file and metric: the records' count, then the mean / median absolute",
+        "relative error of the prediction, on all of them and on the parts that fitted a constant",
+        "(\"fit\") and that did not (\"held-out\"). Which records fitted what is",
+        "`data/validation-splits.yaml`; the runs are described in `data/measurements/README.md`.",
+        "`fits` metrics count a wrong fits / does-not-fit answer as 100%.",
+        "",
+        "| file | metric | n | mean | median | fit: n: mean / median | held-out: n: mean / median |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    fitted = []
+    for f in files:
+        p = Path(f)
+        try:
+            rel = (p if p.is_absolute() else (Path.cwd() / p)).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            rel = p.as_posix()
+        entry = entries.get(rel)
+        if entry and entry.get("fitted"):
+            fitted.append(f"- `{rel}`: {entry['fitted']}")
+        rows = file_rows(f, entry, lib)
+        if not rows:
+            lines.append(f"| `{rel}` | (no record modelled: see `costmodel validate {rel}`) | 0 | - | - | - | - |")
+        for metric, fit, held in rows:
+            errs = [abs(e) for e in fit + held]
+            lines.append(f"| `{rel}` | {metric} | {len(errs)} | {statistics.fmean(errs):.1%} | "
+                         f"{statistics.median(errs):.1%} | {_stats(fit)} | {_stats(held)} |")
+    if fitted:
+        lines += ["", "## What each fit part fitted", ""] + fitted
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import sys
+
+    root = root_dir()
+    sys.stdout.write(markdown([str(root / f) for f in shipped_record_files(root)], root=root))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Which fitted constants can be doubled without any test failing?
+
+    python tools/mutate_constants.py --list                 # the fitted constants it finds
+    python tools/mutate_constants.py [--only TEXT] [--timeout 300] [--out report.md]
+
+Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml,
+the main rates and floors of the calibration overlays (hardware/calibrated/*.yaml), and the
+module-level numeric constants of costmodel/ whose comment says they were fitted, measured or
+profiled. For each, in a scratch copy of the repository outside any ../shared (a plain clone),
+it multiplies the value by 2 (by 0.5 where 2x leaves the parameter's bounds) and runs the tests
+(``pytest -x``, without tests/test_validation_page.py, which fails on any change of a shipped
+prediction and would hide what the accuracy tests check). It prints one line per constant:
+killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = re.compile(r"\b(fitted|fit|measured|profiled)\b", re.I)
+# the overlay entries that set predicted times (rates, floors, gaps, the host factor); counts and
+# fit diagnostics (records, cv errors) are left alone
+OVERLAY_KEYS = (
+    "gemm.memory_bytes_per_s", "gemm.kernel_min_s", "gemm.x_half", "gemm.k_half",
+    "gemm.dtypes.bf16.flops_per_s", "gemm.dtypes.bf16.call_gap_s", "gemm.dtypes.bf16.call_floor_s",
+    "gemm.dtypes.fp32.flops_per_s", "memory.copy.bytes_per_s", "memory.read.bytes_per_s",
+    "elementwise.elementwise_add.bytes_per_s", "attention.sdpa_fwd.flops_per_s_max",
+    "attention.sdpa_fwd_bwd.flops_per_s_max", "host.h2d_pinned.bytes_per_s", "eager_infer_host_factor",
+)
+# named constants whose comment does not say "fitted" / "measured" but that are, and ones that do
+# but are numerical settings of an algorithm, not of the model
+ALSO = {"KERNEL_FLOOR_S", "CUDA_CONTEXT_BYTES", "FRAGMENTATION_FRACTION", "DECODE_SMALL_KERNELS_PER_LAYER",
+        "DEFAULT_GEMM_BW_EFFICIENCY", "DEFAULT_COPY_BW_EFFICIENCY", "DEFAULT_READ_BW_EFFICIENCY",
+        "DEFAULT_SCALE_OUT_EFFICIENCY", "TREE_BANDWIDTH_FACTOR", "DEFAULT_PUE"}
+NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_WEIGHT"}
+# the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
+# failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
+DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
+    "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
+    "cluster")]
+IGNORE = ["tests/test_validation_page.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
+
+
+@dataclass
+class Mutation:
+    id: str
+    file: str  # relative to the repository root
+    note: str
+    mutate: object  # callable: original text -> mutated text
+
+
+def _number(text: str) -> float | None:
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        v = eval(compile(ast.Expression(node), "<const>", "eval"), {"__builtins__": {}})  # arithmetic only
+    except Exception:  # noqa: BLE001
+        return None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def framework_mutations() -> list[Mutation]:
+    out = []
+    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")):
+        params = (yaml.safe_load(f.read_text()) or {}).get("parameters") or {}
+        for name, p in params.items():
+            if not isinstance(p, dict) or isinstance(p.get("value"), bool) or not isinstance(p.get("value"), (int, float)):
+                continue
+            v, (lo, hi) = float(p["value"]), (p.get("bounds") or (None, None))
+            new_value, note = v * 2, "x2"
+            if hi is not None and not (lo <= v * 2 <= hi):
+                new_value, note = v * 0.5, "x0.5 (x2 is out of bounds)"
+                if not (lo <= v * 0.5 <= hi):  # neither fits: the bound farther away
+                    new_value = hi if abs(hi - v) >= abs(v - lo) else lo
+                    note = f"-> bound {new_value:g} (x2 and x0.5 are out of bounds)"
+            if v == 0:  # doubling changes nothing: the middle of the bounds instead
+                new_value = (lo + hi) / 2 if hi is not None else 1.0
+                note = f"0 -> {new_value:g}"
+            pat = re.compile(rf"(^  {re.escape(name)}:\n(?:(?:    |\s*\n).*\n)*?    value: )(\S+)", re.M)
+
+            def mutate(text, pat=pat, new_value=new_value):
+                new, n = pat.subn(lambda m: m.group(1) + repr(new_value), text, count=1)
+                return new if n else None
+            out.append(Mutation(f"{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+    return out
+
+
+def overlay_mutations() -> list[Mutation]:
+    out = []
+    for f in sorted((ROOT / "hardware" / "calibrated").glob("*.yaml")):
+        data = yaml.safe_load(f.read_text())
+        for key in OVERLAY_KEYS:
+            node, parts = data, key.split(".")
+            for k in parts[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or not isinstance(node.get(parts[-1]), (int, float)):
+                continue
+
+            def mutate(text, parts=parts):
+                d = yaml.safe_load(text)
+                n = d
+                for k in parts[:-1]:
+                    n = n[k]
+                n[parts[-1]] = float(n[parts[-1]]) * 2
+                return yaml.safe_dump(d, sort_keys=False)
+            out.append(Mutation(f"{f.stem}.{key}", str(f.relative_to(ROOT)), "x2", mutate))
+    return out
+
+
+def module_mutations() -> list[Mutation]:
+    out = []
+    for f in sorted((ROOT / "costmodel").rglob("*.py")):
+        lines = f.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"^([A-Z][A-Z0-9_]+)\s*=\s*([^#]+?)\s*(#.*)?$", line)
+            if not m or _number(m.group(2)) is None:
+                continue
+            j, comment = i - 1, [m.group(3) or ""]
+            while j >= 0 and lines[j].startswith("#"):
+                comment.append(lines[j])
+                j -= 1
+            # constants declared together share the comment above the first of them
+            while j >= 0 and re.match(r"^[A-Z][A-Z0-9_]+\s*=", lines[j]) and not comment[1:]:
+                j -= 1
+                while j >= 0 and lines[j].startswith("#"):
+                    comment.append(lines[j])
+                    j -= 1
+            name, expr = m.group(1), m.group(2)
+            if name in NOT_FITTED or not (name in ALSO or WORDS.search(" ".join(comment))):
+                continue
+
+            def mutate(text, name=name, expr=expr):
+                new, n = re.subn(rf"^{name}(\s*)=(\s*){re.escape(expr)}", rf"{name}\1=\2({expr}) * 2", text,
+                                 count=1, flags=re.M)
+                return new if n else None
+            out.append(Mutation(f"{f.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}.{name}",
+                                str(f.relative_to(ROOT)), "x2", mutate))
+    return out
+
+
+def discover() -> list[Mutation]:
+    return framework_mutations() + overlay_mutations() + module_mutations()
+
+
+def _scratch() -> Path:
+    # a short path: some CLI tests read 80-column output that names the file
+    d = Path(tempfile.mkdtemp(prefix="m", dir="/tmp" if Path("/tmp").is_dir() else None))
+    shutil.copytree(ROOT, d, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".ruff_cache"),
+                    dirs_exist_ok=True)
+    return d
+
+
+def run_one(mut: Mutation, scratch: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    target = scratch / mut.file
+    original = target.read_text()
+    new = mut.mutate(original)
+    if new is None or new == original:
+        return "not applied", "", 0.0
+    target.write_text(new)
+    t0 = time.time()
+    try:
+        args = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=short", "-rf",
+                *[f"--ignore={p}" for p in IGNORE], *tests]
+        r = subprocess.run(args, cwd=scratch, capture_output=True, text=True, timeout=timeout)
+        failed = re.findall(r"^FAILED (\S+)", r.stdout, re.M)
+        if r.returncode == 0:
+            return "SURVIVED", "", time.time() - t0
+        if not failed:  # nothing ran: the mutated file was refused on load
+            errors = re.findall(r"^E\s+(\S.*)$", r.stdout, re.M)
+            return "invalid", (errors[0] if errors else r.stdout.strip().splitlines()[-1])[:160], time.time() - t0
+        return "killed", failed[0], time.time() - t0
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.time() - t0
+    finally:
+        target.write_text(original)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--list", action="store_true", help="only list the constants found")
+    ap.add_argument("--only", default=None, help="only constants whose id contains this")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation")
+    ap.add_argument("--tests", nargs="*", default=DEFAULT_TESTS, help="test files or directories to run")
+    args = ap.parse_args(argv)
+    muts = [m for m in discover() if not args.only or args.only in m.id]
+    if args.list:
+        for m in muts:
+            print(f"{m.id}\t{m.file}\t{m.note}")
+        print(f"{len(muts)} fitted constants", file=sys.stderr)
+        return 0
+    scratch = _scratch()
+    survivors = 0
+    try:
+        for m in muts:
+            status, by, secs = run_one(m, scratch, args.tests, args.timeout)
+            survivors += status == "SURVIVED"
+            print(f"{status:11s} {m.id} ({m.note}){' by ' + by if by else ''} [{secs:.0f} s]", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{survivors} of {len(muts)} mutations failed no test", flush=True)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
