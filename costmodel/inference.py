@@ -160,12 +160,46 @@ def prefill_attention_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob
     return t + model.layers * memory_op(eff, "elementwise", ew).time_s
 
 
-def tp_allreduce_s(model: ModelConfig, links, tp: int, tokens: int) -> float:
+@dataclass(frozen=True)
+class CustomAllReduce:
+    """An engine's own all-reduce for small messages inside one NVLink domain (vLLM's
+    custom_all_reduce, TensorRT-LLM's and SGLang's one-shot / two-shot kernels): each rank reads its
+    peers' buffers over NVLink peer-to-peer and reduces in one kernel, without NCCL's protocol
+    rounds. Time of one call: latency(tp) + bytes / bytes_per_s(tp), for messages up to
+    ``max_bytes`` on a switched NVLink domain (or two GPUs joined by NVLink); NCCL otherwise.
+    The per-tp constants live in the engine YAML (data/engines/*.yaml, ``custom_allreduce``)."""
+    max_bytes: float
+    by_tp: tuple  # ((tp, latency_s, bytes_per_s), ...) ascending in tp
+
+    def applies(self, links, tp: int, nbytes: float) -> bool:
+        su = getattr(links.spec, "scale_up", None)
+        if su is None or su.topology == "none" or tp > links.devices_per_node:
+            return False
+        if su.topology != "switch" and tp > 2:
+            return False
+        return nbytes <= self.max_bytes
+
+    def call_s(self, tp: int, nbytes: float) -> float:
+        row = self.by_tp[0]
+        for r in self.by_tp:
+            if tp >= r[0]:
+                row = r
+        return row[1] + nbytes / row[2]
+
+
+def tp_allreduce_s(model: ModelConfig, links, tp: int, tokens: int, custom: CustomAllReduce | None = None) -> float:
     """Tensor-parallel communication of one forward over ``tokens`` tokens: 2 all-reduces of
-    tokens x hidden bf16 activations per layer (Megatron TP, Shoeybi et al. 2019); 0 without links."""
+    tokens x hidden bf16 activations per layer (Megatron TP, Shoeybi et al. 2019); 0 without links.
+    With an engine's ``custom`` all-reduce, messages it takes (small, inside an NVLink domain) cost
+    its latency and rate instead of NCCL's."""
     if links is None or tp <= 1:
         return 0.0
-    return 2 * model.layers * links.collective_time_s("all_reduce", tokens * model.hidden * 2.0, tp)
+    nbytes = tokens * model.hidden * 2.0
+    per_call = links.collective_time_s("all_reduce", nbytes, tp)
+    if custom is not None and custom.applies(links, tp, nbytes):
+        # the engines switch to NCCL where their kernel stops paying: the faster of the two
+        per_call = min(per_call, custom.call_s(tp, nbytes))
+    return 2 * model.layers * per_call
 
 
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
@@ -256,6 +290,17 @@ def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, 
     return tpot
 
 
+def _ttft_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff) -> float:
+    """Time to first token: the prefill forward plus, under tensor parallelism, its all-reduces over
+    the batch's prompt tokens (2 per layer, tp_allreduce_s)."""
+    t = prefill_time_s(model, spec, job, tp, eff=eff)
+    if tp > 1:
+        from .comm_bridge import Links
+
+        t += tp_allreduce_s(model, Links.from_specs(spec, node, eff), tp, job.batch * job.prompt_len)
+    return t
+
+
 def end_to_end_tokens_per_s(batch: int, gen_len: int, ttft_s: float, tpot_s: float) -> float:
     """Output tokens per second of a whole request batch, prefill included: batch x gen_len over
     TTFT + gen_len x TPOT (decode-only throughput is batch / TPOT)."""
@@ -268,7 +313,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     context = job.prompt_len + job.gen_len
     mem = decode_memory(model, job, context, tp)
     req = required_device_bytes(mem.peak_bytes)
-    ttft = prefill_time_s(model, spec, job, tp, eff=eff)
+    ttft = _ttft_s(model, spec, job, tp, node, eff)
     tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
     tpot, d = tpot_of(job.batch)
     mb = max_batch(model, spec, job, context, tp)
@@ -276,7 +321,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     bsz = 1
     while bsz <= max(1, mb):
         st = tpot_of(bsz)[0]
-        pre = ttft if bsz == job.batch else prefill_time_s(model, spec, job.model_copy(update={"batch": bsz}), tp, eff=eff)
+        pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
         bsz *= 2
@@ -309,7 +354,7 @@ def largest_batch_under_tpot(model: ModelConfig, spec: AcceleratorSpec, job: Inf
         else:
             hi = mid
     tpot = tpot_of(lo)[0]
-    ttft = prefill_time_s(model, spec, job.model_copy(update={"batch": lo}), tp, eff=eff)
+    ttft = _ttft_s(model, spec, job.model_copy(update={"batch": lo}), tp, node, eff)
     return {"batch": lo, "tpot_s": tpot, "tokens_per_s": lo / tpot, "ttft_s": ttft,
             "e2e_tokens_per_s": end_to_end_tokens_per_s(lo, job.gen_len, ttft, tpot)}
 

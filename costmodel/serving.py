@@ -24,7 +24,7 @@ import numpy as np
 
 from .arch import ModelConfig
 from .errors import InputError
-from .inference import decode_step, prefill_attention_s, tp_allreduce_s
+from .inference import CustomAllReduce, decode_step, prefill_attention_s, tp_allreduce_s
 from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
 from .roofline import efficiency_for, gemm_op
 from .specs import AcceleratorSpec, NodeSpec, package_data_dir, read_yaml
@@ -46,6 +46,7 @@ class EngineConfig:
     mixed_batches: bool  # prefill chunks and decode tokens in one iteration
     cuda_graph_sizes: list[int]
     sources: list[str] = field(default_factory=list)
+    custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
 
 
 def engines_dir() -> Path:
@@ -72,11 +73,25 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
     sizes = sorted(set(list(d["cuda_graph_small"]) + list(range(d["cuda_graph_step"], gmax + 1, d["cuda_graph_step"]))))
     cfg = EngineConfig(id=d["id"], max_num_seqs=seqs, max_tokens_per_iteration=budget, kv_memory_fraction=frac,
                        kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
-                       mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])))
+                       mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
+                       custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
     return cfg
+
+
+def _custom_allreduce(d: dict | None, path: Path) -> CustomAllReduce | None:
+    if not d:
+        return None
+    try:
+        rows = tuple(sorted((int(r["tp"]), float(r["latency_s"]), float(r["bytes_per_s"])) for r in d["by_tp"]))
+        if not rows or any(r[1] < 0 or r[2] <= 0 for r in rows):
+            raise ValueError
+        return CustomAllReduce(max_bytes=float(d["max_bytes"]), by_tp=rows)
+    except (KeyError, TypeError, ValueError):
+        raise InputError("expected max_bytes and by_tp rows of tp, latency_s >= 0, bytes_per_s > 0",
+                         file=str(path), field="custom_allreduce") from None
 
 
 # ---------------------------------------------------------------------------------- cost
@@ -95,13 +110,14 @@ class IterationCost:
               batch x context, so a batch's sum of contexts is what counts)
     attn(L)   prefill_attention_s of one L-token prompt; a chunk from s0 to s1 costs attn(s1) -
               attn(s0) (causal attention of the chunk over its prefix, and the chunk's elementwise)
-    comm(n)   tensor-parallel all-reduces over n tokens (tp_allreduce_s)
+    comm(n)   tensor-parallel all-reduces over n tokens (tp_allreduce_s, with the engine's custom
+              all-reduce for small messages inside an NVLink domain: decode, and prefill chunks)
     Decode-only iterations pad n to the engine's next CUDA-graph batch size.
     """
 
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
-                 calibration: str | None = None):
+                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -119,7 +135,7 @@ class IterationCost:
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
             lm.append(head)
-            comm.append(tp_allreduce_s(model, links, tp, int(n)))
+            comm.append(tp_allreduce_s(model, links, tp, int(n), custom_allreduce))
         self.body, self.lm, self.comm = np.array(body), np.array(lm), np.array(comm)
         self.c_grid = np.concatenate([[0.0], _grid(max(max_context_tokens, 2), 48)])
         kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff).kv_s
@@ -498,8 +514,12 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if model.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
+    # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
+    # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
+    # stay weight-only (W8A16 / W4A16)
+    compute = "fp8" if weight_dtype == "fp8" and spec.peak_flops.get("fp8") else "bf16"
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                   cuda_graph=True)
+                   compute_dtype=compute, cuda_graph=True)
     w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng)
     if kv_tokens < input_len + output_len:
         raise InputError(f"{model.id} does not fit {tp} x {spec.id} with room for one {input_len}+{output_len}-token "
@@ -520,7 +540,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                          max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
                                         min(seqs_bound, kv_seqs + 1)),
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
-                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration)
+                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                         custom_allreduce=eng.custom_allreduce)
     sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed)

@@ -157,3 +157,73 @@ def test_weight_only_quantized_gemm_reads_packed_bytes():
 
     t = {d: infer("llama3-8b", "h100-sxm", batch=1, weight_dtype=d).tpot_s for d in ("bf16", "int8", "int4")}
     assert t["int4"] < t["int8"] < t["bf16"] and t["bf16"] / t["int8"] > 1.5
+
+
+def test_custom_allreduce_by_hand_and_nccl_elsewhere():
+    from costmodel.arch import load_model
+    from costmodel.comm_bridge import Links
+    from costmodel.inference import tp_allreduce_s
+    from costmodel.roofline import efficiency_for
+    from costmodel.serving import load_engine
+    from costmodel.specs import load_library
+
+    lib = load_library()
+    model = load_model("llama3.1-70b")
+    spec = lib.device("h100-sxm")
+    eff = efficiency_for(spec)
+    links = Links.from_specs(spec, None, eff)
+    trt = load_engine("tensorrt-llm", spec, 2).custom_allreduce
+    # one decode token at TP2: 8192 x 2 bytes per call; tensorrt-llm.yaml's tp 2 row is
+    # 4.0 us + bytes / 66 GB/s; 2 calls per layer, 80 layers
+    per_call = 4.0e-6 + 16384 / 6.6e10
+    assert tp_allreduce_s(model, links, 2, 1, trt) == pytest.approx(160 * per_call, rel=1e-9)
+    nccl = tp_allreduce_s(model, links, 2, 1)
+    assert nccl > 3 * tp_allreduce_s(model, links, 2, 1, trt)
+    # a prefill chunk of 8192 tokens (128 MiB a call) is past the kernel's 8 MiB: NCCL
+    assert tp_allreduce_s(model, links, 2, 8192, trt) == pytest.approx(tp_allreduce_s(model, links, 2, 8192))
+    # four PCIe H100s (NVLink bridges join pairs only): NCCL
+    pcie = lib.device("h100-pcie")
+    lp = Links.from_specs(pcie, None, efficiency_for(pcie))
+    assert tp_allreduce_s(model, lp, 4, 1, trt) == pytest.approx(tp_allreduce_s(model, lp, 4, 1))
+
+
+def _published(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "published" / "serving-public.jsonl"
+    return next(r for r in map(json.loads, path.read_text().splitlines()) if r["name"] == name)
+
+
+def test_tp2_batch1_time_between_tokens_against_nim():
+    # NVIDIA NIM 1.8.0 (TensorRT-LLM), Llama 3.3 70B fp8 on 2 x H100, one user: 18.58 ms published
+    from costmodel.validate import validate_records
+
+    rec = _published("nim-1.8.0/llama-3.3-70b-instruct/tp2/1000-1000/c1")
+    rep = validate_records([("serving-public.jsonl", rec)])
+    itl = next(c for c in rep.cases if c.metric == "itl_seconds")
+    assert itl.measured == pytest.approx(0.01867)
+    assert abs(itl.rel_error) < 0.15
+
+
+def test_fp8_w8a8_gemm_bytes_and_math():
+    from costmodel.roofline import efficiency_for, gemm_op
+    from costmodel.specs import load_library
+
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    k, n = 8192, 28672
+    # one token: memory-bound; fp8 reads half the weight bytes: no faster than the bf16 kernel less
+    # the streaming time of the k*n + k bytes it does not read (no dequantization: scales sit in the
+    # epilogue), and the calibrated fp8 kernel is within 3% of that
+    t16 = gemm_op(eff, "mlp_in", 1, k, n, graph=True).time_s
+    rate = eff.mem_bytes_per_s(2.0 * (k + k * n + n))
+    floor = t16 - (k * n + k) / rate
+    t8 = gemm_op(eff, "mlp_in", 1, k, n, "fp8", elem_bytes=1.0, graph=True).time_s
+    assert floor <= t8 < 1.03 * floor
+    assert 1.8 < t16 / t8 < 2.0
+    # 8192 tokens: compute-bound at the calibrated fp8 kernel's rate, well under bf16's
+    big16 = gemm_op(eff, "mlp_in", 8192, k, n, graph=True).time_s
+    big8 = gemm_op(eff, "mlp_in", 8192, k, n, "fp8", elem_bytes=1.0, graph=True).time_s
+    assert big8 == pytest.approx(float(eff.gemm.kernel_s(8192, n, k, "fp8")) - eff.gemm.dtypes["fp8"].timing.kernel_min_s
+                                 + __import__("costmodel.roofline", fromlist=["x"]).GRAPH_GEMM_FIXED_S, rel=1e-9)
+    assert 1.5 < big16 / big8 < 2.0
