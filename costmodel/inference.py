@@ -71,9 +71,54 @@ def _tp_shape(name: str, k: int, n: int, tp: int) -> tuple[int, int]:
     return max(1, k // tp), n
 
 
+def expected_active_experts(experts: int, top_k: int, tokens: float) -> float:
+    """Expected number of distinct experts ``tokens`` tokens route to when each picks ``top_k`` of
+    ``experts`` uniformly at random (balanced routing, as auxiliary losses / bias terms aim at):
+    an expert is missed by one token with probability 1 - k/E, by all with (1 - k/E)^tokens, so
+    E * (1 - (1 - k/E)^tokens) (occupancy of E bins; Fedus et al. 2022 sec. 2.2 for the balance)."""
+    if tokens <= 0:
+        return 0.0
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int, dtype: str, elem_bytes: float,
+                       graph: bool, interleaved: bool = False) -> float:
+    """One MoE layer's routed-expert GEMMs (gate/up and down) on one device as serving engines run
+    them: one grouped GEMM kernel each (vLLM / SGLang fused_moe, TensorRT-LLM's MoE plugin, DeepGEMM
+    grouped), over the experts this device holds that the batch activates, with no per-expert launch.
+    Expert parallelism over ``ep`` devices places experts / ep whole experts on each; the rest of the
+    tensor-parallel group (tp / ep) splits each expert's intermediate size. A grouped GEMM streams the
+    activated experts' weights once and does the math of all routed rows as one GEMM of that many
+    rows: max(bytes at the streaming rate, flops at the rate of the stacked shape), plus one kernel's
+    fixed time (the 16-bit / fp8 curves' time at one row less its streaming time)."""
+    moe = model.moe
+    mats_in = 2 if model.activation in GATED else 1
+    local = moe.experts / ep
+    shard = max(1, tp // ep)
+    f = max(1, moe.expert_ffn // shard)
+    # routed rows reaching this device: all token-expert pairs / ep (balanced)
+    rows = tokens * moe.top_k / ep
+    active = min(local, expected_active_experts(moe.experts, moe.top_k, tokens) / ep)
+    t = 0.0
+    for k, n in ((model.hidden, mats_in * f), (f, model.hidden)):
+        act = 1.0 if dtype == "fp8" else 2.0
+        wbytes = active * elem_bytes * k * n
+        nbytes = wbytes + rows * k * act + rows * n * 2.0
+        t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
+        m = max(1, int(round(rows)))
+        t_math = 2.0 * rows * k * n / eff.gemm_flops_per_s(m, n, k, dtype)
+        one = gemm_op(eff, "expert", 1, k, n, dtype, elem_bytes=elem_bytes, graph=graph, interleaved=interleaved).time_s
+        one_bytes = elem_bytes * k * n + 2.0 * (k + n)
+        fixed = max(0.0, one - one_bytes / eff.mem_bytes_per_s(one_bytes))
+        t += max(t_mem, t_math) + fixed
+    return t
+
+
 def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
-                calibration: str | None = None, eff=None) -> DecodeEstimate:
-    """One decode step: `batch` new tokens, each attending to `context` cached positions."""
+                calibration: str | None = None, eff=None, ep: int = 1) -> DecodeEstimate:
+    """One decode step: `batch` new tokens, each attending to `context` cached positions. MoE layers'
+    routed experts run as grouped GEMMs over the experts the batch activates (moe_expert_gemms_s),
+    over ``ep``-way expert parallelism."""
     eff = eff or efficiency_for(spec, calibration)
     b = job.batch
     wbytes = DTYPE_BYTES[job.weight_dtype]
@@ -83,13 +128,16 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
         if n == 0:
             continue
         for g in layer_gemms(model, b, moe_layer):
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            count = g.count
-            m = g.m
+            count, m = g.count, g.m
             if g.name in ("expert_in", "expert_out"):
-                # experts touched per step: all of them once batch * top_k >> experts
+                if job.cuda_graph:  # a fused engine: grouped GEMMs
+                    if g.name == "expert_in":
+                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True)
+                    continue
+                # eager Hugging Face: a loop over the experts touched, one GEMM each
                 touched = min(model.moe.experts, b * model.moe.top_k)
                 count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
             weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
@@ -123,6 +171,10 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         if n == 0:
             continue
         for g in layer_gemms(model, tokens, moe_layer):
+            if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
+                if g.name == "expert_in":
+                    t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
+                continue
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
             # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
             # prefills on H100: GEMMs 36-57% of device time, data/measurements/infer-gpubound-h100.diag.jsonl;

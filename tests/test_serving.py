@@ -227,3 +227,32 @@ def test_fp8_w8a8_gemm_bytes_and_math():
     assert big8 == pytest.approx(float(eff.gemm.kernel_s(8192, n, k, "fp8")) - eff.gemm.dtypes["fp8"].timing.kernel_min_s
                                  + __import__("costmodel.roofline", fromlist=["x"]).GRAPH_GEMM_FIXED_S, rel=1e-9)
     assert 1.5 < big16 / big8 < 2.0
+
+
+def test_expected_active_experts_by_hand():
+    from costmodel.inference import expected_active_experts
+
+    assert expected_active_experts(256, 8, 1) == pytest.approx(8.0)
+    # 32 tokens: each misses an expert with probability 31/32
+    assert expected_active_experts(256, 8, 32) == pytest.approx(256 * (1 - (31 / 32) ** 32))  # 163.3
+    assert expected_active_experts(8, 2, 1000) == pytest.approx(8.0)
+
+
+def test_deepseek_v3_decode_on_8_h200_reads_the_active_experts():
+    # the issue's case: 32 sequences, TP8, fp8 weights. Per device and MoE layer the activated experts'
+    # weights are 163.3 x 3 x 7168 x (2048 / 8) bytes; 58 MoE layers at 4.8 TB/s take 10.9 ms, a floor.
+    # SGLang's published TPOT at 32 users (InferenceX #870, prefill stalls included) is 25.6 ms.
+    from costmodel.plan import infer
+
+    floor = 256 * (1 - (31 / 32) ** 32) * 3 * 7168 * 256 * 58 / 4.8e12
+    assert floor == pytest.approx(10.9e-3, rel=0.01)
+    est = infer("deepseek-v3", "h200-sxm", tp=8, batch=32, weight_dtype="fp8", prompt_len=1024, gen_len=1024)
+    assert floor < est.tpot_s < 1.2 * 25.6e-3
+    rep_cases = []
+    from costmodel.validate import validate_records
+
+    for c in (8, 16, 32, 64):
+        rec = _published(f"inferencex-870/deepseek-r1-0528/sglang-0.5.7/tp8/1024-1024/c{c}")
+        rep_cases += validate_records([("serving-public.jsonl", rec)]).cases
+    itl = [c.rel_error for c in rep_cases if c.metric == "itl_seconds"]
+    assert len(itl) == 4 and max(map(abs, itl)) < 0.2
