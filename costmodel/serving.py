@@ -32,6 +32,7 @@ from .workload import DTYPE_BYTES, InferJob
 
 ENGINES = ("vllm", "sglang", "tensorrt-llm")
 LOADS = ("batch", "concurrency", "request_rate", "max_load")
+RAMPS = ("burst", "steady")
 GIB = 2**30
 
 
@@ -117,7 +118,7 @@ class IterationCost:
 
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
-                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None):
+                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -130,7 +131,7 @@ class IterationCost:
         self.n_grid = _grid(max(max_tokens, int(self.graph_sizes.max())))
         body, lm, comm = [], [], []
         for n in self.n_grid:
-            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff)
+            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep)
             head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
@@ -179,19 +180,21 @@ class SimResult:
     finish: np.ndarray
     itl: np.ndarray  # duration of each iteration that produced decode tokens
     itl_weight: np.ndarray  # decode tokens it produced
+    itl_end: np.ndarray  # when each of those iterations ended
     iterations: int
     preemptions: int
 
 
 def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
-             value: float | None = None, seed: int = 0) -> SimResult:
+             value: float | None = None, seed: int = 0, ramp: str = "burst") -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
     the next batch starts when the last finished), ``concurrency`` (closed loop: ``value`` requests
     in flight), ``request_rate`` (open loop: Poisson arrivals at ``value`` per second, seeded),
-    ``max_load`` (all queued at t=0).
+    ``max_load`` (all queued at t=0). A closed loop's clients start together (``ramp`` "burst", as
+    vLLM's and SGLang's bench_serving start them) or out of phase ("steady", below).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -215,8 +218,18 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         if static:
             max_num_seqs = int(value)
             token_budget = max(token_budget, int(value) * I)
-    elif load == "concurrency":
+    elif load == "concurrency" and ramp == "burst":
         arrival[: int(value)] = 0.0
+    elif load == "concurrency":
+        # A closed-loop benchmark in its steady state: the clients' requests are out of phase (any
+        # jitter spreads a common start over the run), so the first one of each client starts at
+        # an even share of one request's lifetime (prefill + output_len decode steps of the full
+        # batch), and later ones when a request finishes. estimate_serve leaves out this ramp (as
+        # benchmarks that measure over stable windows after a warm-up, e.g. NVIDIA's AIPerf).
+        c = min(int(value), N)
+        life = float(cost.iteration_s(I, 1, 0, cost.attn(I), False)) + O * float(
+            cost.iteration_s(c, c, c * (I + O // 2), 0.0, True))
+        arrival[:c] = np.arange(c) * (life / c)
     elif load == "request_rate":
         rng = np.random.default_rng(seed)
         arrival = np.cumsum(rng.exponential(1.0 / float(value), N))
@@ -235,6 +248,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     now = 0.0
     itl_t: list[np.ndarray] = []
     itl_w: list[np.ndarray] = []
+    itl_e: list[np.ndarray] = []
     iters = 0
     preempted = 0
 
@@ -280,6 +294,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 ts = ts[:1]
                 # fall through to the single-iteration path, which preempts
             else:
+                itl_e.append(now + np.cumsum(ts))
                 now += float(ts.sum())
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
@@ -291,7 +306,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                         cnt = b - a
                         if conc:
                             s0 = conc + done
-                            arrival[s0: min(N, s0 + cnt)] = now
+                            arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
                         done += int(cnt)
                     keep = ~fin
                     lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -396,7 +411,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         t = float(cost.iteration_s(tokens, logits, ctx_sum, attn_s, tokens == nd))
         now += t
         if nd:
-            itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)]))
+            itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)])); itl_e.append(np.array([now]))
         # decoders advance
         new_dec = dec.copy()
         if run_decode:
@@ -423,13 +438,14 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 cnt = int(b - a)
                 if conc:
                     s0 = conc + done
-                    arrival[s0: min(N, s0 + cnt)] = now
+                    arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
                 done += cnt
             keep = ~fin
             lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
     return SimResult(arrival=arrival, first_token=first, finish=finish,
                      itl=np.concatenate(itl_t) if itl_t else np.zeros(0),
-                     itl_weight=np.concatenate(itl_w) if itl_w else np.zeros(0), iterations=iters, preemptions=preempted)
+                     itl_weight=np.concatenate(itl_w) if itl_w else np.zeros(0),
+                     itl_end=np.concatenate(itl_e) if itl_e else np.zeros(0), iterations=iters, preemptions=preempted)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -506,13 +522,23 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
                    calibration: str | None = None, seed: int = 0, max_num_seqs: int | None = None,
-                   max_tokens_per_iteration: int | None = None) -> ServeEstimate:
+                   max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1) -> ServeEstimate:
+    """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
+    is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
+    out) or as a benchmark that starts every client together and counts every request ("burst").
+    ``ep``: expert parallelism inside the tensor-parallel group (SGLang's --ep-size, vLLM's
+    --enable-expert-parallel): each of the tp devices holds experts / ep whole experts sliced tp / ep
+    ways; the layer's output is combined by the same all-reduce as tensor parallelism."""
+    if ramp not in RAMPS:
+        raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
     if load not in LOADS:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     if load != "max_load" and (value is None or value <= 0):
         raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
     if model.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
+        raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
@@ -541,14 +567,29 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                                         min(seqs_bound, kv_seqs + 1)),
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
                          max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                         custom_allreduce=eng.custom_allreduce)
+                         custom_allreduce=eng.custom_allreduce, ep=ep)
     sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
-                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed)
+                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
+                   ramp=ramp)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
-    out_tok = num_requests * output_len
-    tot_tok = num_requests * (input_len + output_len)
+    done = num_requests
+    reqs = slice(0, num_requests)
+    itl_keep = np.ones(sim.itl.size, dtype=bool)
+    c = int(value or 0)
+    if load == "concurrency" and ramp == "steady" and num_requests >= 3 * c:
+        # the steady state: from the first request after the clients' ramp to the last arrival
+        # (c requests in flight throughout); its completions are its arrivals
+        t_a, t_b = float(sim.arrival[c]), float(sim.arrival[num_requests - 1])
+        if t_b > t_a:
+            start, duration, done = t_a, t_b - t_a, num_requests - 1 - c
+            reqs = slice(c, num_requests - c)
+            itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
+            notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
+                         f"{duration:.3g} s), the clients' ramp and drain left out")
+    out_tok = done * output_len
+    tot_tok = done * (input_len + output_len)
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
@@ -559,6 +600,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         weights_bytes_per_device=w, kv_cache_bytes_per_device=kv_bytes, duration_s=duration,
         output_tokens_per_s=out_tok / duration, total_tokens_per_s=tot_tok / duration,
         output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
-        requests_per_s=num_requests / duration, ttft_s=_stats(sim.first_token - sim.arrival),
-        itl_s=_stats(sim.itl, sim.itl_weight), e2e_s=_stats(sim.finish - sim.arrival), iterations=sim.iterations,
+        requests_per_s=done / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
+        itl_s=_stats(sim.itl[itl_keep], sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
+        iterations=sim.iterations,
         preemptions=sim.preemptions, notes=notes)

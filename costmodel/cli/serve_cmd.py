@@ -14,6 +14,7 @@ def serve_cmd(
     model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
     hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
     tp: int = typer.Option(1, help="Tensor-parallel size."),
+    ep: int = typer.Option(1, help="Expert-parallel size inside the TP group (MoE models)."),
     input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
     output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Load: static batches of B requests."),
@@ -27,6 +28,7 @@ def serve_cmd(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
+    ramp: str = typer.Option("steady", "--ramp", help="--concurrency: 'steady' (clients out of phase, steady state) or 'burst' (all start together, every request counted, as bench_serving)."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
@@ -44,7 +46,9 @@ def serve_cmd(
     for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
         if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
             raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
-    for name, val in (("tp", tp), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
+    if ramp not in ("steady", "burst"):
+        raise InputError(f"{ramp!r} is not one of steady, burst", field="ramp")
+    for name, val in (("tp", tp), ("ep", ep), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
         if val is not None and val < 1:
             raise InputError(f"must be >= 1 (got {val})", field=name)
     load = given[0]
@@ -53,7 +57,8 @@ def serve_cmd(
     est = estimate_serve(load_model(model), spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
                          value=None if load == "max_load" else float(loads[load]), num_requests=num_requests,
                          engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
-                         calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens)
+                         calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
+                         ramp=ramp, ep=ep)
     if json_out:
         emit_json(est.to_dict())
         return
