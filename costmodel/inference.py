@@ -6,6 +6,7 @@ sec. 2; Kwon et al. 2023 for the paged KV cache).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .arch import GATED, ModelConfig
@@ -81,16 +82,24 @@ def expected_active_experts(experts: int, top_k: int, tokens: float) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+# Rows of one expert's block in a grouped MoE GEMM: each expert's routed tokens are padded to a
+# multiple of it (16, the smallest BLOCK_SIZE_M of Triton fused_moe's configs, vllm/model_executor/
+# layers/fused_moe/configs/*.json), so a decode step does at least 16 rows of math per active expert.
+MOE_BLOCK_ROWS = 16
+
+
 def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int, dtype: str, elem_bytes: float,
-                       graph: bool, interleaved: bool = False) -> float:
+                       graph: bool, interleaved: bool = False, math_efficiency: float = 1.0) -> float:
     """One MoE layer's routed-expert GEMMs (gate/up and down) on one device as serving engines run
     them: one grouped GEMM kernel each (vLLM / SGLang fused_moe, TensorRT-LLM's MoE plugin, DeepGEMM
     grouped), over the experts this device holds that the batch activates, with no per-expert launch.
     Expert parallelism over ``ep`` devices places experts / ep whole experts on each; the rest of the
     tensor-parallel group (tp / ep) splits each expert's intermediate size. A grouped GEMM streams the
-    activated experts' weights once and does the math of all routed rows as one GEMM of that many
-    rows: max(bytes at the streaming rate, flops at the rate of the stacked shape), plus one kernel's
-    fixed time (the 16-bit / fp8 curves' time at one row less its streaming time)."""
+    activated experts' weights once and does the math of all routed rows, each expert's rows padded
+    to MOE_BLOCK_ROWS: max(bytes at the streaming rate, flops at a large GEMM's rate of that width),
+    plus one kernel's fixed time (the 16-bit / fp8 curves' time at one row less its streaming time).
+    The grouped kernels reach ``math_efficiency`` of that rate (an engine's fitted
+    ``moe_math_efficiency``, data/engines/*.yaml; 1 without one)."""
     moe = model.moe
     mats_in = 2 if model.activation in GATED else 1
     local = moe.experts / ep
@@ -105,8 +114,9 @@ def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int,
         wbytes = active * elem_bytes * k * n
         nbytes = wbytes + rows * k * act + rows * n * 2.0
         t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
-        m = max(1, int(round(rows)))
-        t_math = 2.0 * rows * k * n / eff.gemm_flops_per_s(m, n, k, dtype)
+        padded = active * math.ceil(rows / active / MOE_BLOCK_ROWS) * MOE_BLOCK_ROWS if active > 0 else 0.0
+        m = max(4096, int(round(padded)))  # the math at a large GEMM's rate, as gemm_op's weight-only path
+        t_math = 2.0 * padded * k * n / (eff.gemm_flops_per_s(m, n, k, dtype) * math_efficiency)
         one = gemm_op(eff, "expert", 1, k, n, dtype, elem_bytes=elem_bytes, graph=graph, interleaved=interleaved).time_s
         one_bytes = elem_bytes * k * n + 2.0 * (k + n)
         fixed = max(0.0, one - one_bytes / eff.mem_bytes_per_s(one_bytes))
@@ -115,7 +125,7 @@ def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int,
 
 
 def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
-                calibration: str | None = None, eff=None, ep: int = 1) -> DecodeEstimate:
+                calibration: str | None = None, eff=None, ep: int = 1, moe_math_efficiency: float = 1.0) -> DecodeEstimate:
     """One decode step: `batch` new tokens, each attending to `context` cached positions. MoE layers'
     routed experts run as grouped GEMMs over the experts the batch activates (moe_expert_gemms_s),
     over ``ep``-way expert parallelism."""
@@ -132,7 +142,8 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
             if g.name in ("expert_in", "expert_out"):
                 if job.cuda_graph:  # a fused engine: grouped GEMMs
                     if g.name == "expert_in":
-                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True)
+                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
+                                                            math_efficiency=moe_math_efficiency)
                     continue
                 # eager Hugging Face: a loop over the experts touched, one GEMM each
                 touched = min(model.moe.experts, b * model.moe.top_k)

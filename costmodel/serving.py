@@ -48,6 +48,7 @@ class EngineConfig:
     cuda_graph_sizes: list[int]
     sources: list[str] = field(default_factory=list)
     custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
+    moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
 
 
 def engines_dir() -> Path:
@@ -75,11 +76,20 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
     cfg = EngineConfig(id=d["id"], max_num_seqs=seqs, max_tokens_per_iteration=budget, kv_memory_fraction=frac,
                        kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
                        mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
-                       custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path))
+                       custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
+                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
     return cfg
+
+
+def _fraction(v, path: Path, name: str) -> float:
+    if isinstance(v, dict):
+        v = v.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
+        raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
+    return float(v)
 
 
 def _custom_allreduce(d: dict | None, path: Path) -> CustomAllReduce | None:
@@ -118,7 +128,8 @@ class IterationCost:
 
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
-                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1):
+                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1,
+                 moe_math_efficiency: float = 1.0):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -131,7 +142,8 @@ class IterationCost:
         self.n_grid = _grid(max(max_tokens, int(self.graph_sizes.max())))
         body, lm, comm = [], [], []
         for n in self.n_grid:
-            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep)
+            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep,
+                            moe_math_efficiency=moe_math_efficiency)
             head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
@@ -567,7 +579,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                                         min(seqs_bound, kv_seqs + 1)),
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
                          max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                         custom_allreduce=eng.custom_allreduce, ep=ep)
+                         custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
     sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,

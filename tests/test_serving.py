@@ -303,3 +303,24 @@ def test_expert_parallel_input_errors_and_effect():
     a = estimate_serve(m, spec, tp=2, input_len=128, output_len=16, load="batch", value=1)
     b = estimate_serve(m, spec, tp=2, ep=2, input_len=128, output_len=16, load="batch", value=1)
     assert b.itl_s["mean"] == pytest.approx(a.itl_s["mean"], rel=0.05)
+
+
+def test_moe_math_efficiency_slows_only_the_math(tmp_path):
+    from costmodel.arch import load_model
+    from costmodel.inference import moe_expert_gemms_s
+    from costmodel.roofline import efficiency_for
+    from costmodel.serving import _fraction
+    from costmodel.specs import load_library
+
+    m = load_model("deepseek-v3")
+    eff = efficiency_for(load_library().device("h200-sxm"))
+    # one token: weight streaming dominates, the math rate does not matter
+    a = moe_expert_gemms_s(eff, m, 1, 8, 1, "fp8", 1.0, True)
+    assert moe_expert_gemms_s(eff, m, 1, 8, 1, "fp8", 1.0, True, math_efficiency=0.3) == pytest.approx(a)
+    # a prefill chunk of 8192 tokens is math-bound: 0.3 of the rate takes close to 1 / 0.3 as long
+    big = moe_expert_gemms_s(eff, m, 8192, 8, 1, "fp8", 1.0, True)
+    slow = moe_expert_gemms_s(eff, m, 8192, 8, 1, "fp8", 1.0, True, math_efficiency=0.3)
+    assert 2.5 < slow / big < 1 / 0.3 + 0.01
+    for bad in (0.0, 1.5, "x", True):
+        with pytest.raises(InputError):
+            _fraction(bad, tmp_path / "e.yaml", "moe_math_efficiency")
