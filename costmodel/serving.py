@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .arch import ModelConfig
+from .energy import DEFAULT_POWER_FRACTION, DEFAULT_PUE, energy_kwh
 from .errors import InputError
 from .inference import CustomAllReduce, decode_step, prefill_attention_s, tp_allreduce_s
 from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
@@ -507,6 +508,8 @@ class ServeEstimate:
     e2e_s: dict
     iterations: int
     preemptions: int
+    usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
+    kwh_per_million_output_tokens: float | None = None  # at the wall (costmodel.energy: TDP x PUE)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -534,7 +537,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
                    calibration: str | None = None, seed: int = 0, max_num_seqs: int | None = None,
-                   max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1) -> ServeEstimate:
+                   max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
+                   pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -602,6 +606,11 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                          f"{duration:.3g} s), the clients' ramp and drain left out")
     out_tok = done * output_len
     tot_tok = done * (input_len + output_len)
+    # cost and energy of a million output tokens: the tp devices for the time they take
+    dev_h_per_m = tp * duration / 3600.0 * 1e6 / out_tok
+    price = getattr(spec, "price_per_hour_usd", None)
+    usd = price * dev_h_per_m if price else None
+    kwh = energy_kwh(spec.tdp_w, tp, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
@@ -614,5 +623,5 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
         requests_per_s=done / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
         itl_s=_stats(sim.itl[itl_keep], sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
-        iterations=sim.iterations,
+        iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
         preemptions=sim.preemptions, notes=notes)

@@ -324,3 +324,14 @@ def test_moe_math_efficiency_slows_only_the_math(tmp_path):
     for bad in (0.0, 1.5, "x", True):
         with pytest.raises(InputError):
             _fraction(bad, tmp_path / "e.yaml", "moe_math_efficiency")
+
+
+def test_cost_and_energy_per_million_tokens_by_hand(h100):
+    from costmodel.serving import estimate_serve
+
+    model, spec = h100
+    est = estimate_serve(model, spec, input_len=256, output_len=64, load="concurrency", value=8, num_requests=80)
+    seconds = 1e6 / est.output_tokens_per_s  # one device
+    assert est.usd_per_million_output_tokens == pytest.approx(seconds / 3600 * spec.price_per_hour_usd)
+    # TDP 700 W at the wall with PUE 1.58
+    assert est.kwh_per_million_output_tokens == pytest.approx(700 * seconds * 1.58 / 3.6e6)

@@ -77,6 +77,9 @@ def serve_cmd(
               f"{min(est.max_num_seqs, est.kv_cache_sequences) if est.max_num_seqs >= 1 << 30 else est.max_num_seqs:,} / "
               f"{est.max_tokens_per_iteration:,}")
     t.add_row("iterations / preemptions", f"{est.iterations:,} / {est.preemptions:,}")
+    usd = est.usd_per_million_output_tokens
+    t.add_row("$ / kWh per million output tokens",
+              f"{'$' + format(usd, ',.2f') if usd else '- (no price)'} / {est.kwh_per_million_output_tokens:,.2f}")
     print_table(t)
     lat = Table(title="latency")
     for col in ("", "mean", "p50", "p90", "p99"):
