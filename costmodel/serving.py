@@ -183,6 +183,53 @@ class IterationCost:
         return self._n(self.body, n) + self._n(self.lm, r) + self._n(self.comm, n) + self.kv(ctx_sum) + attn_s
 
 
+def expected_tokens_per_step(acceptance: float, draft_tokens: int) -> float:
+    """Tokens a sequence gains per verification step of speculative decoding with ``draft_tokens``
+    drafted tokens, each accepted with probability ``acceptance`` independently of the others:
+    (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, "Fast inference from transformers via
+    speculative decoding", eq. 1): the accepted prefix plus the target's own next token."""
+    a, k = float(acceptance), int(draft_tokens)
+    if a >= 1.0:
+        return k + 1.0
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+# DeepSeek-V3's multi-token-prediction module drafts one token; "the acceptance rate of the second
+# token prediction ranges between 85% and 90%" (DeepSeek-V3 technical report, arXiv:2412.19437,
+# sec. 5.4.3): 0.85 is the default acceptance of --spec mtp.
+MTP_DEFAULT_ACCEPTANCE = 0.85
+
+
+class SpeculativeCost:
+    """An engine iteration with speculative decoding: every sequence that decodes verifies
+    ``draft_tokens`` + 1 tokens in one target forward (its rows sampled too), after the draft
+    proposed them: ``draft_tokens`` steps of a draft cost over the decoding sequences. The draft is
+    the target's multi-token-prediction module (``mtp``: one more decoder layer and the LM head, as
+    DeepSeek-V3's MTP module) or a draft model's own decode step (its IterationCost).
+    Decoding sequences are approximated by the sampled rows of the iteration (decode tokens plus
+    prompts that finish)."""
+
+    def __init__(self, target: IterationCost, draft_tokens: int, layers: int, draft: IterationCost | None = None):
+        self.t, self.k, self.layers, self.draft = target, int(draft_tokens), layers, draft
+
+    def attn(self, L):
+        return self.t.attn(L)
+
+    def _draft_s(self, n, ctx_sum):
+        if self.draft is not None:
+            return self.draft.iteration_s(n, n, ctx_sum, 0.0, True)
+        t = self.t
+        return ((t._n(t.body, t.pad(n)) + t._n(t.comm, t.pad(n))) / self.layers + t._n(t.lm, t.pad(n))
+                + t.kv(ctx_sum) / self.layers)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        k = self.k
+        n_logits = np.asarray(n_logits, dtype=float)
+        verify = self.t.iteration_s(np.asarray(n_tokens, dtype=float) + k * n_logits, (k + 1) * n_logits, ctx_sum,
+                                    attn_s, decode_only)
+        return verify + np.where(n_logits > 0, k * self._draft_s(n_logits, ctx_sum), 0.0)
+
+
 # ---------------------------------------------------------------------------------- scheduler
 
 
@@ -538,13 +585,21 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
                    calibration: str | None = None, seed: int = 0, max_num_seqs: int | None = None,
                    max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
-                   pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION) -> ServeEstimate:
+                   pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
+                   spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
+                   draft_model: ModelConfig | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
     ``ep``: expert parallelism inside the tensor-parallel group (SGLang's --ep-size, vLLM's
     --enable-expert-parallel): each of the tp devices holds experts / ep whole experts sliced tp / ep
-    ways; the layer's output is combined by the same all-reduce as tensor parallelism."""
+    ways; the layer's output is combined by the same all-reduce as tensor parallelism.
+    ``spec_decode`` "mtp" (the model's multi-token-prediction module) or "draft" (``draft_model``,
+    same tp): ``spec_tokens`` drafted per step, each accepted with ``spec_acceptance``
+    (SpeculativeCost). A sequence then gains expected_tokens_per_step tokens per iteration: the
+    scheduler runs 1 + ceil((output_len - 1) / that) decode steps per request, its KV cache holds
+    as many full sequences as it would without, and time between tokens is the iteration time over
+    the tokens it yields."""
     if ramp not in RAMPS:
         raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
     if load not in LOADS:
@@ -555,6 +610,17 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
     if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
         raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
+    if spec_decode not in (None, "mtp", "draft"):
+        raise InputError(f"unknown speculative decoding {spec_decode!r}; expected mtp or draft", field="spec")
+    if spec_decode:
+        if spec_acceptance is None:
+            if spec_decode == "draft":
+                raise InputError("a draft model needs its acceptance rate (--spec-acceptance)", field="spec_acceptance")
+            spec_acceptance = MTP_DEFAULT_ACCEPTANCE
+        if not 0.0 <= spec_acceptance <= 1.0 or spec_tokens < 1:
+            raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
+        if spec_decode == "draft" and draft_model is None:
+            raise InputError("--spec draft needs --draft-model", field="draft_model")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
@@ -563,6 +629,14 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    compute_dtype=compute, cuda_graph=True)
     w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng)
+    if spec_decode == "draft":
+        # the draft model's weights share the device, and each token's KV holds the draft's too
+        wd = decode_memory(draft_model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
+        per_t = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)
+        per_d = kv_cache_bytes(draft_model, 1, 1, job.kv_dtype, tp)
+        kv_bytes = max(0.0, kv_bytes - wd)
+        kv_tokens = int(kv_bytes // (per_t + per_d)) // eng.block_tokens * eng.block_tokens
+        w += wd
     if kv_tokens < input_len + output_len:
         raise InputError(f"{model.id} does not fit {tp} x {spec.id} with room for one {input_len}+{output_len}-token "
                          f"request ({w / GIB:.1f} GiB of weights per device); try --tp or a smaller --weight-dtype",
@@ -584,8 +658,23 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
                          max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
                          custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
-    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
-                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
+    tau, steps, kv_sim = 1.0, output_len, kv_tokens
+    if spec_decode:
+        draft = None
+        if spec_decode == "draft":
+            djob = job.model_copy(update={"weight_dtype": weight_dtype})
+            draft = IterationCost(draft_model, spec, djob, tp, node, max_tokens=max(min(seqs_bound, kv_seqs + 1), 16),
+                                  max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
+                                  max_prompt=2, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                                  custom_allreduce=eng.custom_allreduce)
+        cost = SpeculativeCost(cost, spec_tokens, model.layers, draft)
+        tau = expected_tokens_per_step(spec_acceptance, spec_tokens)
+        steps = 1 + int(np.ceil((output_len - 1) / tau))
+        kv_sim = int(kv_tokens * (input_len + steps) / (input_len + output_len))
+        notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
+                     f"{tau:.2f} tokens per step")
+    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
+                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
                    ramp=ramp)
     start = float(np.min(sim.arrival))
@@ -622,6 +711,6 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         output_tokens_per_s=out_tok / duration, total_tokens_per_s=tot_tok / duration,
         output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
         requests_per_s=done / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
-        itl_s=_stats(sim.itl[itl_keep], sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
+        itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
         preemptions=sim.preemptions, notes=notes)

@@ -335,3 +335,25 @@ def test_cost_and_energy_per_million_tokens_by_hand(h100):
     assert est.usd_per_million_output_tokens == pytest.approx(seconds / 3600 * spec.price_per_hour_usd)
     # TDP 700 W at the wall with PUE 1.58
     assert est.kwh_per_million_output_tokens == pytest.approx(700 * seconds * 1.58 / 3.6e6)
+
+
+def test_speculative_decoding_by_hand(h100):
+    from costmodel.serving import SpeculativeCost, estimate_serve, expected_tokens_per_step
+
+    # Leviathan et al. eq. 1: 1 + a + a^2 + ... + a^k
+    assert expected_tokens_per_step(0.85, 1) == pytest.approx(1.85)
+    assert expected_tokens_per_step(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+    # two sequences decode, one token drafted each by a draft costing 1 s + 0.1 s per row: the target
+    # verifies 2 + 2 rows (1.4 s), the draft runs once over 2 rows (1.2 s)
+    sc = SpeculativeCost(LinearCost(), 1, 32, draft=LinearCost())
+    assert float(sc.iteration_s(2, 2, 100, 0.0, True)) == pytest.approx(2.6)
+    # one user of an 8B model with an MTP-style draft: each step costs more than a plain decode step
+    # but yields 1.85 tokens
+    model, spec = h100
+    base = estimate_serve(model, spec, input_len=512, output_len=257, load="batch", value=1)
+    mtp = estimate_serve(model, spec, input_len=512, output_len=257, load="batch", value=1, spec_decode="mtp")
+    assert base.itl_s["mean"] / 1.85 < mtp.itl_s["mean"] < base.itl_s["mean"]
+    assert mtp.output_tokens_per_s > base.output_tokens_per_s
+    with pytest.raises(InputError):
+        estimate_serve(model, spec, input_len=512, output_len=64, load="batch", value=1, spec_decode="draft")

@@ -28,6 +28,10 @@ def serve_cmd(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
+    spec_decode: Optional[str] = typer.Option(None, "--spec", help="Speculative decoding: mtp (the model's MTP module) or draft (--draft-model)."),
+    spec_tokens: int = typer.Option(1, "--spec-tokens", help="Tokens drafted per step."),
+    spec_acceptance: Optional[float] = typer.Option(None, "--spec-acceptance", help="Acceptance rate of a drafted token (mtp default 0.85, DeepSeek-V3 report)."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model preset id for --spec draft."),
     ramp: str = typer.Option("steady", "--ramp", help="--concurrency: 'steady' (clients out of phase, steady state) or 'burst' (all start together, every request counted, as bench_serving)."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     json_out: bool = JsonOpt,
@@ -58,7 +62,8 @@ def serve_cmd(
                          value=None if load == "max_load" else float(loads[load]), num_requests=num_requests,
                          engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
                          calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
-                         ramp=ramp, ep=ep)
+                         ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
+                         spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None)
     if json_out:
         emit_json(est.to_dict())
         return
