@@ -247,7 +247,7 @@ class SimResult:
 
 def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
-             value: float | None = None, seed: int = 0, ramp: str = "burst") -> SimResult:
+             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -255,6 +255,10 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     in flight), ``request_rate`` (open loop: Poisson arrivals at ``value`` per second, seeded),
     ``max_load`` (all queued at t=0). A closed loop's clients start together (``ramp`` "burst", as
     vLLM's and SGLang's bench_serving start them) or out of phase ("steady", below).
+    ``cached_prefix``: prompt tokens of every new request already in the prefix cache (automatic
+    prefix caching, vLLM; RadixAttention, SGLang, Zheng et al. 2024): its prefill computes the rest,
+    attending over the cached part. Each sequence still holds blocks for its whole context (the
+    shared prefix blocks are counted per sequence: a conservative capacity).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -296,6 +300,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
+    cached = int(min(max(0, cached_prefix), I - 1))
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
     # cohorts: request ids [lo, hi), ctx = tokens in the KV cache, pf = prompt tokens still to
@@ -434,20 +439,23 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 else:
                     a, b, d0 = next_req, next_req + avail_new, 0
                 start, L = a, I + d0
+                pre = cached if d0 == 0 else 0  # prompt tokens found in the prefix cache
+                Lc = L - pre  # tokens to compute
                 per_blocks = int(blocks(L))
-                full = int(min(b - a, seats, budget // L, free // per_blocks))
+                full = int(min(b - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
                     if d0 == 0:
                         first_done.append((a, a + full))
-                    budget -= full * L; free -= full * per_blocks; seats -= full; tokens += full * L; logits += full
-                    attn_s += full * float(cost.attn(L))
+                    budget -= full * Lc; free -= full * per_blocks; seats -= full; tokens += full * Lc; logits += full
+                    attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
-                c = int(min(budget, L, free * bs))
-                if a < b and seats > 0 and 0 < c < L:  # a chunk of the next prompt
-                    add_lo.append(a); add_hi.append(a + 1); add_ctx.append(c); add_pf.append(L - c); add_dec.append(d0)
-                    budget -= c; free -= int(blocks(c)); seats -= 1; tokens += c
-                    attn_s += float(cost.attn(c))
+                c = int(min(budget, Lc, free * bs - pre))
+                if a < b and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
+                    add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
+                    add_dec.append(d0)
+                    budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
+                    attn_s += float(cost.attn(pre + c) - cost.attn(pre))
                     a += 1
                 if from_rq:
                     if a >= b:
@@ -587,7 +595,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
                    pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
-                   draft_model: ModelConfig | None = None) -> ServeEstimate:
+                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -599,7 +607,10 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     (SpeculativeCost). A sequence then gains expected_tokens_per_step tokens per iteration: the
     scheduler runs 1 + ceil((output_len - 1) / that) decode steps per request, its KV cache holds
     as many full sequences as it would without, and time between tokens is the iteration time over
-    the tokens it yields."""
+    the tokens it yields. ``prefix_hit_rate``: the share of every prompt found in the prefix cache
+    (simulate's cached_prefix)."""
+    if not 0.0 <= prefix_hit_rate < 1.0:
+        raise InputError(f"prefix-cache hit rate must be in [0, 1) (got {prefix_hit_rate})", field="prefix_hit_rate")
     if ramp not in RAMPS:
         raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
     if load not in LOADS:
@@ -676,7 +687,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
-                   ramp=ramp)
+                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)))
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests

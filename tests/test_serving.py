@@ -357,3 +357,26 @@ def test_speculative_decoding_by_hand(h100):
     assert mtp.output_tokens_per_s > base.output_tokens_per_s
     with pytest.raises(InputError):
         estimate_serve(model, spec, input_len=512, output_len=64, load="batch", value=1, spec_decode="draft")
+
+
+def test_prefix_cache_computes_only_the_uncached_prompt():
+    from costmodel.serving import simulate
+
+    # prompts of 10 with 6 cached: one request computes 4 tokens (1.4 s), then 2 decode steps
+    r = simulate(LinearCost(), num_requests=1, input_len=10, output_len=3, max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load", cached_prefix=6)
+    assert r.first_token[0] == pytest.approx(1.4) and r.finish[0] == pytest.approx(1.4 + 2 * 1.1)
+    # a token budget of 3: the 4 uncached tokens take two chunks (1.3 s, then 1 + 1 decode-free: 1.1 s)
+    r = simulate(LinearCost(), num_requests=1, input_len=10, output_len=1, max_num_seqs=8, token_budget=3,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load", cached_prefix=6)
+    assert r.first_token[0] == pytest.approx(1.3 + 1.1)
+
+
+def test_prefix_hit_rate_lowers_ttft(h100):
+    from costmodel.serving import estimate_serve
+
+    a = estimate_serve(*h100, input_len=4096, output_len=16, load="batch", value=1)
+    b = estimate_serve(*h100, input_len=4096, output_len=16, load="batch", value=1, prefix_hit_rate=0.75)
+    assert b.ttft_s["mean"] < 0.5 * a.ttft_s["mean"]
+    with pytest.raises(InputError):
+        estimate_serve(*h100, input_len=64, output_len=16, load="batch", value=1, prefix_hit_rate=1.0)

@@ -32,6 +32,7 @@ def serve_cmd(
     spec_tokens: int = typer.Option(1, "--spec-tokens", help="Tokens drafted per step."),
     spec_acceptance: Optional[float] = typer.Option(None, "--spec-acceptance", help="Acceptance rate of a drafted token (mtp default 0.85, DeepSeek-V3 report)."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model preset id for --spec draft."),
+    prefix_hit: float = typer.Option(0.0, "--prefix-hit-rate", help="Share of every prompt found in the prefix cache, [0, 1)."),
     ramp: str = typer.Option("steady", "--ramp", help="--concurrency: 'steady' (clients out of phase, steady state) or 'burst' (all start together, every request counted, as bench_serving)."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     json_out: bool = JsonOpt,
@@ -63,7 +64,8 @@ def serve_cmd(
                          engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
                          calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
                          ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
-                         spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None)
+                         spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None,
+                         prefix_hit_rate=prefix_hit)
     if json_out:
         emit_json(est.to_dict())
         return
