@@ -218,7 +218,7 @@ class SpeculativeCost:
     def _draft_s(self, n, ctx_sum):
         if self.draft is not None:
             return self.draft.iteration_s(n, n, ctx_sum, 0.0, True)
-        t = self.t
+        t = getattr(self.t, "inner", self.t)  # the IterationCost under a PipelineCost
         return ((t._n(t.body, t.pad(n)) + t._n(t.comm, t.pad(n))) / self.layers + t._n(t.lm, t.pad(n))
                 + t.kv(ctx_sum) / self.layers)
 
@@ -228,6 +228,29 @@ class SpeculativeCost:
         verify = self.t.iteration_s(np.asarray(n_tokens, dtype=float) + k * n_logits, (k + 1) * n_logits, ctx_sum,
                                     attn_s, decode_only)
         return verify + np.where(n_logits > 0, k * self._draft_s(n_logits, ctx_sum), 0.0)
+
+
+class PipelineCost:
+    """One virtual engine's iteration under pipeline parallelism: the whole model at tp (its stages
+    in turn) plus pp - 1 point-to-point sends of the iteration's activations (tokens x hidden, 16-bit)
+    between stages (comm_bridge.Links.p2p_time_s: NVLink inside a node, the NIC across)."""
+
+    def __init__(self, inner: IterationCost, model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, tp: int,
+                 pp: int, calibration: str | None = None):
+        from .comm_bridge import Links
+
+        self.inner, self.pp = inner, pp
+        links = Links.from_specs(spec, node, efficiency_for(spec, calibration))
+        crosses = tp * pp > links.devices_per_node
+        self.p2p = np.array([links.p2p_time_s(n * model.hidden * 2.0, crosses) for n in inner.n_grid])
+
+    def attn(self, L):
+        return self.inner.attn(L)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        n = np.where(decode_only, self.inner.pad(n_tokens), n_tokens)
+        return (self.inner.iteration_s(n_tokens, n_logits, ctx_sum, attn_s, decode_only)
+                + (self.pp - 1) * np.interp(n, self.inner.n_grid, self.p2p))
 
 
 # ---------------------------------------------------------------------------------- scheduler
@@ -571,19 +594,22 @@ class ServeEstimate:
         return asdict(self)
 
 
-def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig) -> tuple[float, float, int]:
-    """(weights bytes, KV-cache bytes, KV-cache tokens) per device under the engine's memory rule.
+def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig,
+                pp: int = 1) -> tuple[float, float, int]:
+    """(weights bytes, KV-cache bytes per device, KV-cache tokens) under the engine's memory rule.
     Besides the weights, the engine keeps an activation workspace for a forward of its token
     budget (~ 12 bytes per hidden and 6 per FFN element per token, the live tensors of one layer,
-    as validate's eager prefill peak counts them) and the CUDA context."""
-    w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
+    as validate's eager prefill peak counts them) and the CUDA context. With ``pp`` pipeline stages
+    each device holds 1/pp of the layers' weights and of every token's KV: the tokens are those the
+    whole pipeline holds."""
+    w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes / pp
     act = eng.max_tokens_per_iteration * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3) / tp
     cap = spec.memory.capacity_bytes
     if eng.kv_memory_basis == "free":
         kv = eng.kv_memory_fraction * (cap - w - act - CUDA_CONTEXT_BYTES)
     else:
         kv = eng.kv_memory_fraction * cap - w - act - CUDA_CONTEXT_BYTES
-    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)
+    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp) / pp
     tokens = int(max(0.0, kv) // per_tok) // eng.block_tokens * eng.block_tokens
     return w, max(0.0, kv), tokens
 
@@ -595,7 +621,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
                    pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
-                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0) -> ServeEstimate:
+                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -608,7 +634,13 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     scheduler runs 1 + ceil((output_len - 1) / that) decode steps per request, its KV cache holds
     as many full sequences as it would without, and time between tokens is the iteration time over
     the tokens it yields. ``prefix_hit_rate``: the share of every prompt found in the prefix cache
-    (simulate's cached_prefix)."""
+    (simulate's cached_prefix). ``pp`` pipeline stages of tp devices each (vLLM's pipeline-parallel
+    serving: as many micro-batches in flight as stages): the engine runs as pp virtual engines, each
+    with 1/pp of the load and of the KV cache, whose iterations pass all stages in turn (the whole
+    model's time at tp, plus pp - 1 activation transfers) while the others' fill the other stages;
+    throughput is pp times a virtual engine's."""
+    if pp < 1 or pp > model.layers:
+        raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
     if not 0.0 <= prefix_hit_rate < 1.0:
         raise InputError(f"prefix-cache hit rate must be in [0, 1) (got {prefix_hit_rate})", field="prefix_hit_rate")
     if ramp not in RAMPS:
@@ -639,7 +671,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     compute = "fp8" if weight_dtype == "fp8" and spec.peak_flops.get("fp8") else "bf16"
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    compute_dtype=compute, cuda_graph=True)
-    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng)
+    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp)
+    kv_tokens = kv_tokens // pp  # one virtual engine's share
     if spec_decode == "draft":
         # the draft model's weights share the device, and each token's KV holds the draft's too
         wd = decode_memory(draft_model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
@@ -655,6 +688,15 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if num_requests is None:
         num_requests = {"batch": int(value or 1), "concurrency": int(10 * (value or 1))}.get(load, 1000)
     notes = []
+    total_requests, total_value, ve = num_requests, value, pp
+    if pp > 1:  # one virtual engine's share of the load (fewer engines busy when the load is smaller)
+        if load in ("batch", "concurrency"):
+            value = -(-int(value) // pp)
+            ve = -(-int(total_value) // int(value))
+        elif value is not None:
+            value = value / pp
+        num_requests = max(1, -(-num_requests // ve))
+        notes.append(f"pipeline parallel: {pp} stages, {ve} micro-batches in flight, each a 1/{ve} share of the load")
     seqs = eng.max_num_seqs
     if load == "batch":
         seqs = int(value)
@@ -669,6 +711,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
                          max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
                          custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
+    if pp > 1:
+        cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
     tau, steps, kv_sim = 1.0, output_len, kv_tokens
     if spec_decode:
         draft = None
@@ -704,24 +748,26 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
             itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
             notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
                          f"{duration:.3g} s), the clients' ramp and drain left out")
-    out_tok = done * output_len
-    tot_tok = done * (input_len + output_len)
-    # cost and energy of a million output tokens: the tp devices for the time they take
-    dev_h_per_m = tp * duration / 3600.0 * 1e6 / out_tok
+    out_tok = done * output_len * ve  # the busy virtual engines together
+    tot_tok = done * (input_len + output_len) * ve
+    devices = tp * pp
+    # cost and energy of a million output tokens: the devices for the time they take
+    dev_h_per_m = devices * duration / 3600.0 * 1e6 / out_tok
     price = getattr(spec, "price_per_hour_usd", None)
     usd = price * dev_h_per_m if price else None
-    kwh = energy_kwh(spec.tdp_w, tp, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
+    kwh = energy_kwh(spec.tdp_w, devices, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
-        model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=tp, load=load, load_value=value,
-        num_requests=num_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
-        kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(value),
-        max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens, kv_cache_sequences=kv_seqs,
+        model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=devices, load=load, load_value=total_value,
+        num_requests=total_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(total_value),
+        max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens * pp,
+        kv_cache_sequences=kv_seqs * pp,
         weights_bytes_per_device=w, kv_cache_bytes_per_device=kv_bytes, duration_s=duration,
         output_tokens_per_s=out_tok / duration, total_tokens_per_s=tot_tok / duration,
-        output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
-        requests_per_s=done / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
+        output_tokens_per_s_per_device=out_tok / duration / devices,
+        total_tokens_per_s_per_device=tot_tok / duration / devices, requests_per_s=done * ve / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
         itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
         preemptions=sim.preemptions, notes=notes)

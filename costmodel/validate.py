@@ -370,7 +370,7 @@ def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
     est = estimate_serve(model, spec, tp=tp, input_len=rec["input_len"], output_len=rec["output_len"], load=load,
                          value=value, num_requests=rec.get("num_requests"), engine=str(rec["engine"]).lower(),
                          weight_dtype=rec.get("weight_dtype") or "bf16", kv_dtype=rec.get("kv_dtype") or "bf16",
-                         node=node, calibration=calibration, ramp=ramp, ep=int(p.get("ep") or 1))
+                         node=node, calibration=calibration, ramp=ramp, ep=int(p.get("ep") or 1), pp=int(p.get("pp") or 1))
     meas = rec.get("measured") or {}
     out = []
     for metric, (attr, stat) in _SERVE_METRICS.items():

@@ -380,3 +380,23 @@ def test_prefix_hit_rate_lowers_ttft(h100):
     assert b.ttft_s["mean"] < 0.5 * a.ttft_s["mean"]
     with pytest.raises(InputError):
         estimate_serve(*h100, input_len=64, output_len=16, load="batch", value=1, prefix_hit_rate=1.0)
+
+
+def test_pipeline_parallel_serving(h100):
+    from costmodel.serving import estimate_serve
+
+    model, spec = h100
+    one = estimate_serve(model, spec, input_len=512, output_len=128, load="batch", value=1)
+    pp2 = estimate_serve(model, spec, input_len=512, output_len=128, load="batch", value=1, pp=2)
+    # one request: it passes both stages in turn, so a token takes the whole model's time plus one
+    # activation send (8 KiB over NVLink, microseconds); the second stage's engine stays idle
+    assert pp2.itl_s["mean"] == pytest.approx(one.itl_s["mean"], rel=0.03) and pp2.itl_s["mean"] > one.itl_s["mean"]
+    assert pp2.output_tokens_per_s == pytest.approx(one.output_tokens_per_s, rel=0.03) and pp2.devices == 2
+    # each device holds half the layers' weights and KV: the pipeline holds over twice the tokens
+    assert pp2.kv_cache_tokens > 2 * one.kv_cache_tokens
+    # max load: two micro-batches in flight, each with half the requests: about twice the throughput
+    a = estimate_serve(model, spec, input_len=512, output_len=128, load="max_load", num_requests=400)
+    b = estimate_serve(model, spec, input_len=512, output_len=128, load="max_load", num_requests=400, pp=2)
+    assert 1.6 < b.output_tokens_per_s / a.output_tokens_per_s < 2.1
+    with pytest.raises(InputError):
+        estimate_serve(model, spec, input_len=512, output_len=128, load="batch", value=1, pp=64)

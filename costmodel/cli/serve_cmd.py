@@ -15,6 +15,7 @@ def serve_cmd(
     hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
     tp: int = typer.Option(1, help="Tensor-parallel size."),
     ep: int = typer.Option(1, help="Expert-parallel size inside the TP group (MoE models)."),
+    pp: int = typer.Option(1, help="Pipeline-parallel stages (of --tp devices each)."),
     input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
     output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Load: static batches of B requests."),
@@ -53,7 +54,7 @@ def serve_cmd(
             raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
     if ramp not in ("steady", "burst"):
         raise InputError(f"{ramp!r} is not one of steady, burst", field="ramp")
-    for name, val in (("tp", tp), ("ep", ep), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
+    for name, val in (("tp", tp), ("ep", ep), ("pp", pp), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
         if val is not None and val < 1:
             raise InputError(f"must be >= 1 (got {val})", field=name)
     load = given[0]
@@ -65,12 +66,12 @@ def serve_cmd(
                          calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
                          ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
                          spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None,
-                         prefix_hit_rate=prefix_hit)
+                         prefix_hit_rate=prefix_hit, pp=pp)
     if json_out:
         emit_json(est.to_dict())
         return
     what = "max load" if load == "max_load" else f"{load.replace('_', ' ')} {loads[load]:g}"
-    t = Table(title=f"{est.model_id} on {tp} x {est.hardware}, {est.engine}, {what}, "
+    t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}, {est.engine}, {what}, "
                     f"{est.num_requests} x {input_len}+{output_len} tokens")
     t.add_column("item")
     t.add_column("value", justify="right")
