@@ -29,7 +29,7 @@ def _serve() -> list[dict]:
 
 
 def test_serve_records_are_cited_and_complete():
-    from costmodel.arch import load_model
+    from costmodel.validate import model_from_record
 
     recs = _serve()
     assert len(recs) >= 40
@@ -40,7 +40,7 @@ def test_serve_records_are_cited_and_complete():
         assert r["engine"] in ("vllm", "sglang", "tensorrt-llm") and r["hardware"] in ("h100-sxm", "h200-sxm")
         par = r["parallel"]
         assert par["tp"] * par.get("pp", 1) == r["devices"], r["name"]
-        assert load_model(r["model"]).heads % par["tp"] == 0
+        assert model_from_record(r["model"], r["name"]).heads % par["tp"] == 0
         assert sum(r.get(k) is not None for k in ("batch", "concurrency", "request_rate", "max_load")) == 1
         m = r["measured"]
         assert m and all(v > 0 for v in m.values()), r["name"]
