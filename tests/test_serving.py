@@ -400,3 +400,14 @@ def test_pipeline_parallel_serving(h100):
     assert 1.6 < b.output_tokens_per_s / a.output_tokens_per_s < 2.1
     with pytest.raises(InputError):
         estimate_serve(model, spec, input_len=512, output_len=128, load="batch", value=1, pp=64)
+
+
+def test_static_batch_latency_against_vllm_nightly():
+    # vLLM's nightly latency test on H200 (batch 8, 32 + 128 tokens, bf16): Llama 3 70B at TP4 2.078 s,
+    # Llama 3.1 8B 0.833 s, Mixtral 8x7B at TP2 1.917 s per batch
+    from costmodel.validate import validate_records
+
+    for name, measured in (("llama70B_tp4", 2.07753), ("llama8B_tp1", 0.833421), ("mixtral8x7B_tp2", 1.91744)):
+        rec = _published(f"vllm-nightly-9515/latency_{name}/h200")
+        (case,) = validate_records([("serving-public.jsonl", rec)]).cases
+        assert case.measured == pytest.approx(measured) and abs(case.rel_error) < 0.15, name
