@@ -6,6 +6,7 @@ sec. 2; Kwon et al. 2023 for the paged KV cache).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .arch import GATED, ModelConfig
@@ -71,9 +72,63 @@ def _tp_shape(name: str, k: int, n: int, tp: int) -> tuple[int, int]:
     return max(1, k // tp), n
 
 
+def expected_active_experts(experts: int, top_k: int, tokens: float) -> float:
+    """Expected number of distinct experts ``tokens`` tokens route to when each picks ``top_k`` of
+    ``experts`` uniformly at random (balanced routing, as auxiliary losses / bias terms aim at):
+    an expert is missed by one token with probability 1 - k/E, by all with (1 - k/E)^tokens, so
+    E * (1 - (1 - k/E)^tokens) (occupancy of E bins; Fedus et al. 2022 sec. 2.2 for the balance)."""
+    if tokens <= 0:
+        return 0.0
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+# Rows of one expert's block in a grouped MoE GEMM: each expert's routed tokens are padded to a
+# multiple of it (16, the smallest BLOCK_SIZE_M of Triton fused_moe's configs, vllm/model_executor/
+# layers/fused_moe/configs/*.json), so a decode step does at least 16 rows of math per active expert.
+MOE_BLOCK_ROWS = 16
+
+
+def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int, dtype: str, elem_bytes: float,
+                       graph: bool, interleaved: bool = False, math_efficiency: float = 1.0) -> float:
+    """One MoE layer's routed-expert GEMMs (gate/up and down) on one device as serving engines run
+    them: one grouped GEMM kernel each (vLLM / SGLang fused_moe, TensorRT-LLM's MoE plugin, DeepGEMM
+    grouped), over the experts this device holds that the batch activates, with no per-expert launch.
+    Expert parallelism over ``ep`` devices places experts / ep whole experts on each; the rest of the
+    tensor-parallel group (tp / ep) splits each expert's intermediate size. A grouped GEMM streams the
+    activated experts' weights once and does the math of all routed rows, each expert's rows padded
+    to MOE_BLOCK_ROWS: max(bytes at the streaming rate, flops at a large GEMM's rate of that width),
+    plus one kernel's fixed time (the 16-bit / fp8 curves' time at one row less its streaming time).
+    The grouped kernels reach ``math_efficiency`` of that rate (an engine's fitted
+    ``moe_math_efficiency``, data/engines/*.yaml; 1 without one)."""
+    moe = model.moe
+    mats_in = 2 if model.activation in GATED else 1
+    local = moe.experts / ep
+    shard = max(1, tp // ep)
+    f = max(1, moe.expert_ffn // shard)
+    # routed rows reaching this device: all token-expert pairs / ep (balanced)
+    rows = tokens * moe.top_k / ep
+    active = min(local, expected_active_experts(moe.experts, moe.top_k, tokens) / ep)
+    t = 0.0
+    for k, n in ((model.hidden, mats_in * f), (f, model.hidden)):
+        act = 1.0 if dtype == "fp8" else 2.0
+        wbytes = active * elem_bytes * k * n
+        nbytes = wbytes + rows * k * act + rows * n * 2.0
+        t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
+        padded = active * math.ceil(rows / active / MOE_BLOCK_ROWS) * MOE_BLOCK_ROWS if active > 0 else 0.0
+        m = max(4096, int(round(padded)))  # the math at a large GEMM's rate, as gemm_op's weight-only path
+        t_math = 2.0 * padded * k * n / (eff.gemm_flops_per_s(m, n, k, dtype) * math_efficiency)
+        one = gemm_op(eff, "expert", 1, k, n, dtype, elem_bytes=elem_bytes, graph=graph, interleaved=interleaved).time_s
+        one_bytes = elem_bytes * k * n + 2.0 * (k + n)
+        fixed = max(0.0, one - one_bytes / eff.mem_bytes_per_s(one_bytes))
+        t += max(t_mem, t_math) + fixed
+    return t
+
+
 def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
-                calibration: str | None = None, eff=None) -> DecodeEstimate:
-    """One decode step: `batch` new tokens, each attending to `context` cached positions."""
+                calibration: str | None = None, eff=None, ep: int = 1, moe_math_efficiency: float = 1.0) -> DecodeEstimate:
+    """One decode step: `batch` new tokens, each attending to `context` cached positions. MoE layers'
+    routed experts run as grouped GEMMs over the experts the batch activates (moe_expert_gemms_s),
+    over ``ep``-way expert parallelism."""
     eff = eff or efficiency_for(spec, calibration)
     b = job.batch
     wbytes = DTYPE_BYTES[job.weight_dtype]
@@ -83,13 +138,17 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
         if n == 0:
             continue
         for g in layer_gemms(model, b, moe_layer):
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            count = g.count
-            m = g.m
+            count, m = g.count, g.m
             if g.name in ("expert_in", "expert_out"):
-                # experts touched per step: all of them once batch * top_k >> experts
+                if job.cuda_graph:  # a fused engine: grouped GEMMs
+                    if g.name == "expert_in":
+                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
+                                                            math_efficiency=moe_math_efficiency)
+                    continue
+                # eager Hugging Face: a loop over the experts touched, one GEMM each
                 touched = min(model.moe.experts, b * model.moe.top_k)
                 count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
             weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
@@ -123,6 +182,10 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
         if n == 0:
             continue
         for g in layer_gemms(model, tokens, moe_layer):
+            if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
+                if g.name == "expert_in":
+                    t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
+                continue
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
             # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
             # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
@@ -160,12 +223,46 @@ def prefill_attention_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob
     return t + model.layers * memory_op(eff, "elementwise", ew).time_s
 
 
-def tp_allreduce_s(model: ModelConfig, links, tp: int, tokens: int) -> float:
+@dataclass(frozen=True)
+class CustomAllReduce:
+    """An engine's own all-reduce for small messages inside one NVLink domain (vLLM's
+    custom_all_reduce, TensorRT-LLM's and SGLang's one-shot / two-shot kernels): each rank reads its
+    peers' buffers over NVLink peer-to-peer and reduces in one kernel, without NCCL's protocol
+    rounds. Time of one call: latency(tp) + bytes / bytes_per_s(tp), for messages up to
+    ``max_bytes`` on a switched NVLink domain (or two GPUs joined by NVLink); NCCL otherwise.
+    The per-tp constants live in the engine YAML (data/engines/*.yaml, ``custom_allreduce``)."""
+    max_bytes: float
+    by_tp: tuple  # ((tp, latency_s, bytes_per_s), ...) ascending in tp
+
+    def applies(self, links, tp: int, nbytes: float) -> bool:
+        su = getattr(links.spec, "scale_up", None)
+        if su is None or su.topology == "none" or tp > links.devices_per_node:
+            return False
+        if su.topology != "switch" and tp > 2:
+            return False
+        return nbytes <= self.max_bytes
+
+    def call_s(self, tp: int, nbytes: float) -> float:
+        row = self.by_tp[0]
+        for r in self.by_tp:
+            if tp >= r[0]:
+                row = r
+        return row[1] + nbytes / row[2]
+
+
+def tp_allreduce_s(model: ModelConfig, links, tp: int, tokens: int, custom: CustomAllReduce | None = None) -> float:
     """Tensor-parallel communication of one forward over ``tokens`` tokens: 2 all-reduces of
-    tokens x hidden bf16 activations per layer (Megatron TP, Shoeybi et al. 2019); 0 without links."""
+    tokens x hidden bf16 activations per layer (Megatron TP, Shoeybi et al. 2019); 0 without links.
+    With an engine's ``custom`` all-reduce, messages it takes (small, inside an NVLink domain) cost
+    its latency and rate instead of NCCL's."""
     if links is None or tp <= 1:
         return 0.0
-    return 2 * model.layers * links.collective_time_s("all_reduce", tokens * model.hidden * 2.0, tp)
+    nbytes = tokens * model.hidden * 2.0
+    per_call = links.collective_time_s("all_reduce", nbytes, tp)
+    if custom is not None and custom.applies(links, tp, nbytes):
+        # the engines switch to NCCL where their kernel stops paying: the faster of the two
+        per_call = min(per_call, custom.call_s(tp, nbytes))
+    return 2 * model.layers * per_call
 
 
 def eager_cat_excess_s(eff, spec: AcceleratorSpec, model: ModelConfig, tokens: float, tp: int = 1) -> float:
@@ -256,6 +353,17 @@ def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, 
     return tpot
 
 
+def _ttft_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff) -> float:
+    """Time to first token: the prefill forward plus, under tensor parallelism, its all-reduces over
+    the batch's prompt tokens (2 per layer, tp_allreduce_s)."""
+    t = prefill_time_s(model, spec, job, tp, eff=eff)
+    if tp > 1:
+        from .comm_bridge import Links
+
+        t += tp_allreduce_s(model, Links.from_specs(spec, node, eff), tp, job.batch * job.prompt_len)
+    return t
+
+
 def end_to_end_tokens_per_s(batch: int, gen_len: int, ttft_s: float, tpot_s: float) -> float:
     """Output tokens per second of a whole request batch, prefill included: batch x gen_len over
     TTFT + gen_len x TPOT (decode-only throughput is batch / TPOT)."""
@@ -268,7 +376,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     context = job.prompt_len + job.gen_len
     mem = decode_memory(model, job, context, tp)
     req = required_device_bytes(mem.peak_bytes)
-    ttft = prefill_time_s(model, spec, job, tp, eff=eff)
+    ttft = _ttft_s(model, spec, job, tp, node, eff)
     tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
     tpot, d = tpot_of(job.batch)
     mb = max_batch(model, spec, job, context, tp)
@@ -276,7 +384,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     bsz = 1
     while bsz <= max(1, mb):
         st = tpot_of(bsz)[0]
-        pre = ttft if bsz == job.batch else prefill_time_s(model, spec, job.model_copy(update={"batch": bsz}), tp, eff=eff)
+        pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
         bsz *= 2
@@ -309,7 +417,7 @@ def largest_batch_under_tpot(model: ModelConfig, spec: AcceleratorSpec, job: Inf
         else:
             hi = mid
     tpot = tpot_of(lo)[0]
-    ttft = prefill_time_s(model, spec, job.model_copy(update={"batch": lo}), tp, eff=eff)
+    ttft = _ttft_s(model, spec, job.model_copy(update={"batch": lo}), tp, node, eff)
     return {"batch": lo, "tpot_s": tpot, "tokens_per_s": lo / tpot, "ttft_s": ttft,
             "e2e_tokens_per_s": end_to_end_tokens_per_s(lo, job.gen_len, ttft, tpot)}
 

@@ -1061,7 +1061,8 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
                         j = job.model_copy(update={"batch": int(b)})
                         comm_s = 2 * m.layers * link.collective_time_s("all_reduce", int(b) * m.hidden * 2.0, t) if t > 1 else 0.0
                         tpot = decode_step(m, spec, j, mid_ctx, t, eff=eff).step_s + comm_s
-                        ttft = prefill_time_s(m, spec, j, t, eff=eff)
+                        ttft = prefill_time_s(m, spec, j, t, eff=eff) + (2 * m.layers * link.collective_time_s(
+                            "all_reduce", int(b) * prompt_len * m.hidden * 2.0, t) if t > 1 else 0.0)  # inference._ttft_s
                         if max_tpot_ms is not None and tpot * 1e3 > max_tpot_ms:
                             rejected["TPOT target"] = rejected.get("TPOT target", 0) + 1
                             continue

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .arch import ModelConfig
+from .energy import DEFAULT_POWER_FRACTION, DEFAULT_PUE, energy_kwh
 from .errors import InputError
-from .inference import decode_step, prefill_attention_s, tp_allreduce_s
+from .inference import CustomAllReduce, decode_step, prefill_attention_s, tp_allreduce_s
 from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
 from .roofline import efficiency_for, gemm_op
 from .specs import AcceleratorSpec, NodeSpec, package_data_dir, read_yaml
@@ -32,6 +33,7 @@ from .workload import DTYPE_BYTES, InferJob
 
 ENGINES = ("vllm", "sglang", "tensorrt-llm")
 LOADS = ("batch", "concurrency", "request_rate", "max_load")
+RAMPS = ("burst", "steady")
 GIB = 2**30
 
 
@@ -46,6 +48,8 @@ class EngineConfig:
     mixed_batches: bool  # prefill chunks and decode tokens in one iteration
     cuda_graph_sizes: list[int]
     sources: list[str] = field(default_factory=list)
+    custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
+    moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
 
 
 def engines_dir() -> Path:
@@ -72,11 +76,34 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
     sizes = sorted(set(list(d["cuda_graph_small"]) + list(range(d["cuda_graph_step"], gmax + 1, d["cuda_graph_step"]))))
     cfg = EngineConfig(id=d["id"], max_num_seqs=seqs, max_tokens_per_iteration=budget, kv_memory_fraction=frac,
                        kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
-                       mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])))
+                       mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
+                       custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
+                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
     return cfg
+
+
+def _fraction(v, path: Path, name: str) -> float:
+    if isinstance(v, dict):
+        v = v.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
+        raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
+    return float(v)
+
+
+def _custom_allreduce(d: dict | None, path: Path) -> CustomAllReduce | None:
+    if not d:
+        return None
+    try:
+        rows = tuple(sorted((int(r["tp"]), float(r["latency_s"]), float(r["bytes_per_s"])) for r in d["by_tp"]))
+        if not rows or any(r[1] < 0 or r[2] <= 0 for r in rows):
+            raise ValueError
+        return CustomAllReduce(max_bytes=float(d["max_bytes"]), by_tp=rows)
+    except (KeyError, TypeError, ValueError):
+        raise InputError("expected max_bytes and by_tp rows of tp, latency_s >= 0, bytes_per_s > 0",
+                         file=str(path), field="custom_allreduce") from None
 
 
 # ---------------------------------------------------------------------------------- cost
@@ -95,13 +122,15 @@ class IterationCost:
               batch x context, so a batch's sum of contexts is what counts)
     attn(L)   prefill_attention_s of one L-token prompt; a chunk from s0 to s1 costs attn(s1) -
               attn(s0) (causal attention of the chunk over its prefix, and the chunk's elementwise)
-    comm(n)   tensor-parallel all-reduces over n tokens (tp_allreduce_s)
+    comm(n)   tensor-parallel all-reduces over n tokens (tp_allreduce_s, with the engine's custom
+              all-reduce for small messages inside an NVLink domain: decode, and prefill chunks)
     Decode-only iterations pad n to the engine's next CUDA-graph batch size.
     """
 
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
-                 calibration: str | None = None):
+                 calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1,
+                 moe_math_efficiency: float = 1.0):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -114,12 +143,13 @@ class IterationCost:
         self.n_grid = _grid(max(max_tokens, int(self.graph_sizes.max())))
         body, lm, comm = [], [], []
         for n in self.n_grid:
-            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff)
+            d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep,
+                            moe_math_efficiency=moe_math_efficiency)
             head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
             lm.append(head)
-            comm.append(tp_allreduce_s(model, links, tp, int(n)))
+            comm.append(tp_allreduce_s(model, links, tp, int(n), custom_allreduce))
         self.body, self.lm, self.comm = np.array(body), np.array(lm), np.array(comm)
         self.c_grid = np.concatenate([[0.0], _grid(max(max_context_tokens, 2), 48)])
         kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff).kv_s
@@ -153,6 +183,76 @@ class IterationCost:
         return self._n(self.body, n) + self._n(self.lm, r) + self._n(self.comm, n) + self.kv(ctx_sum) + attn_s
 
 
+def expected_tokens_per_step(acceptance: float, draft_tokens: int) -> float:
+    """Tokens a sequence gains per verification step of speculative decoding with ``draft_tokens``
+    drafted tokens, each accepted with probability ``acceptance`` independently of the others:
+    (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, "Fast inference from transformers via
+    speculative decoding", eq. 1): the accepted prefix plus the target's own next token."""
+    a, k = float(acceptance), int(draft_tokens)
+    if a >= 1.0:
+        return k + 1.0
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+# DeepSeek-V3's multi-token-prediction module drafts one token; "the acceptance rate of the second
+# token prediction ranges between 85% and 90%" (DeepSeek-V3 technical report, arXiv:2412.19437,
+# sec. 5.4.3): 0.85 is the default acceptance of --spec mtp.
+MTP_DEFAULT_ACCEPTANCE = 0.85
+
+
+class SpeculativeCost:
+    """An engine iteration with speculative decoding: every sequence that decodes verifies
+    ``draft_tokens`` + 1 tokens in one target forward (its rows sampled too), after the draft
+    proposed them: ``draft_tokens`` steps of a draft cost over the decoding sequences. The draft is
+    the target's multi-token-prediction module (``mtp``: one more decoder layer and the LM head, as
+    DeepSeek-V3's MTP module) or a draft model's own decode step (its IterationCost).
+    Decoding sequences are approximated by the sampled rows of the iteration (decode tokens plus
+    prompts that finish)."""
+
+    def __init__(self, target: IterationCost, draft_tokens: int, layers: int, draft: IterationCost | None = None):
+        self.t, self.k, self.layers, self.draft = target, int(draft_tokens), layers, draft
+
+    def attn(self, L):
+        return self.t.attn(L)
+
+    def _draft_s(self, n, ctx_sum):
+        if self.draft is not None:
+            return self.draft.iteration_s(n, n, ctx_sum, 0.0, True)
+        t = getattr(self.t, "inner", self.t)  # the IterationCost under a PipelineCost
+        return ((t._n(t.body, t.pad(n)) + t._n(t.comm, t.pad(n))) / self.layers + t._n(t.lm, t.pad(n))
+                + t.kv(ctx_sum) / self.layers)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        k = self.k
+        n_logits = np.asarray(n_logits, dtype=float)
+        verify = self.t.iteration_s(np.asarray(n_tokens, dtype=float) + k * n_logits, (k + 1) * n_logits, ctx_sum,
+                                    attn_s, decode_only)
+        return verify + np.where(n_logits > 0, k * self._draft_s(n_logits, ctx_sum), 0.0)
+
+
+class PipelineCost:
+    """One virtual engine's iteration under pipeline parallelism: the whole model at tp (its stages
+    in turn) plus pp - 1 point-to-point sends of the iteration's activations (tokens x hidden, 16-bit)
+    between stages (comm_bridge.Links.p2p_time_s: NVLink inside a node, the NIC across)."""
+
+    def __init__(self, inner: IterationCost, model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, tp: int,
+                 pp: int, calibration: str | None = None):
+        from .comm_bridge import Links
+
+        self.inner, self.pp = inner, pp
+        links = Links.from_specs(spec, node, efficiency_for(spec, calibration))
+        crosses = tp * pp > links.devices_per_node
+        self.p2p = np.array([links.p2p_time_s(n * model.hidden * 2.0, crosses) for n in inner.n_grid])
+
+    def attn(self, L):
+        return self.inner.attn(L)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        n = np.where(decode_only, self.inner.pad(n_tokens), n_tokens)
+        return (self.inner.iteration_s(n_tokens, n_logits, ctx_sum, attn_s, decode_only)
+                + (self.pp - 1) * np.interp(n, self.inner.n_grid, self.p2p))
+
+
 # ---------------------------------------------------------------------------------- scheduler
 
 
@@ -163,19 +263,25 @@ class SimResult:
     finish: np.ndarray
     itl: np.ndarray  # duration of each iteration that produced decode tokens
     itl_weight: np.ndarray  # decode tokens it produced
+    itl_end: np.ndarray  # when each of those iterations ended
     iterations: int
     preemptions: int
 
 
 def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
-             value: float | None = None, seed: int = 0) -> SimResult:
+             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
     the next batch starts when the last finished), ``concurrency`` (closed loop: ``value`` requests
     in flight), ``request_rate`` (open loop: Poisson arrivals at ``value`` per second, seeded),
-    ``max_load`` (all queued at t=0).
+    ``max_load`` (all queued at t=0). A closed loop's clients start together (``ramp`` "burst", as
+    vLLM's and SGLang's bench_serving start them) or out of phase ("steady", below).
+    ``cached_prefix``: prompt tokens of every new request already in the prefix cache (automatic
+    prefix caching, vLLM; RadixAttention, SGLang, Zheng et al. 2024): its prefill computes the rest,
+    attending over the cached part. Each sequence still holds blocks for its whole context (the
+    shared prefix blocks are counted per sequence: a conservative capacity).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -199,14 +305,25 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         if static:
             max_num_seqs = int(value)
             token_budget = max(token_budget, int(value) * I)
-    elif load == "concurrency":
+    elif load == "concurrency" and ramp == "burst":
         arrival[: int(value)] = 0.0
+    elif load == "concurrency":
+        # A closed-loop benchmark in its steady state: the clients' requests are out of phase (any
+        # jitter spreads a common start over the run), so the first one of each client starts at
+        # an even share of one request's lifetime (prefill + output_len decode steps of the full
+        # batch), and later ones when a request finishes. estimate_serve leaves out this ramp (as
+        # benchmarks that measure over stable windows after a warm-up, e.g. NVIDIA's AIPerf).
+        c = min(int(value), N)
+        life = float(cost.iteration_s(I, 1, 0, cost.attn(I), False)) + O * float(
+            cost.iteration_s(c, c, c * (I + O // 2), 0.0, True))
+        arrival[:c] = np.arange(c) * (life / c)
     elif load == "request_rate":
         rng = np.random.default_rng(seed)
         arrival = np.cumsum(rng.exponential(1.0 / float(value), N))
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
+    cached = int(min(max(0, cached_prefix), I - 1))
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
     # cohorts: request ids [lo, hi), ctx = tokens in the KV cache, pf = prompt tokens still to
@@ -219,6 +336,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     now = 0.0
     itl_t: list[np.ndarray] = []
     itl_w: list[np.ndarray] = []
+    itl_e: list[np.ndarray] = []
     iters = 0
     preempted = 0
 
@@ -263,6 +381,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 ts = ts[:1]
                 # fall through to the single-iteration path, which preempts
             else:
+                itl_e.append(now + np.cumsum(ts))
                 now += float(ts.sum())
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
@@ -274,7 +393,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                         cnt = b - a
                         if conc:
                             s0 = conc + done
-                            arrival[s0: min(N, s0 + cnt)] = now
+                            arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
                         done += int(cnt)
                     keep = ~fin
                     lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -342,20 +461,23 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 else:
                     a, b, d0 = next_req, next_req + avail_new, 0
                 start, L = a, I + d0
+                pre = cached if d0 == 0 else 0  # prompt tokens found in the prefix cache
+                Lc = L - pre  # tokens to compute
                 per_blocks = int(blocks(L))
-                full = int(min(b - a, seats, budget // L, free // per_blocks))
+                full = int(min(b - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
                     if d0 == 0:
                         first_done.append((a, a + full))
-                    budget -= full * L; free -= full * per_blocks; seats -= full; tokens += full * L; logits += full
-                    attn_s += full * float(cost.attn(L))
+                    budget -= full * Lc; free -= full * per_blocks; seats -= full; tokens += full * Lc; logits += full
+                    attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
-                c = int(min(budget, L, free * bs))
-                if a < b and seats > 0 and 0 < c < L:  # a chunk of the next prompt
-                    add_lo.append(a); add_hi.append(a + 1); add_ctx.append(c); add_pf.append(L - c); add_dec.append(d0)
-                    budget -= c; free -= int(blocks(c)); seats -= 1; tokens += c
-                    attn_s += float(cost.attn(c))
+                c = int(min(budget, Lc, free * bs - pre))
+                if a < b and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
+                    add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
+                    add_dec.append(d0)
+                    budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
+                    attn_s += float(cost.attn(pre + c) - cost.attn(pre))
                     a += 1
                 if from_rq:
                     if a >= b:
@@ -379,7 +501,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         t = float(cost.iteration_s(tokens, logits, ctx_sum, attn_s, tokens == nd))
         now += t
         if nd:
-            itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)]))
+            itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)])); itl_e.append(np.array([now]))
         # decoders advance
         new_dec = dec.copy()
         if run_decode:
@@ -406,13 +528,14 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 cnt = int(b - a)
                 if conc:
                     s0 = conc + done
-                    arrival[s0: min(N, s0 + cnt)] = now
+                    arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
                 done += cnt
             keep = ~fin
             lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
     return SimResult(arrival=arrival, first_token=first, finish=finish,
                      itl=np.concatenate(itl_t) if itl_t else np.zeros(0),
-                     itl_weight=np.concatenate(itl_w) if itl_w else np.zeros(0), iterations=iters, preemptions=preempted)
+                     itl_weight=np.concatenate(itl_w) if itl_w else np.zeros(0),
+                     itl_end=np.concatenate(itl_e) if itl_e else np.zeros(0), iterations=iters, preemptions=preempted)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -462,25 +585,30 @@ class ServeEstimate:
     e2e_s: dict
     iterations: int
     preemptions: int
+    usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
+    kwh_per_million_output_tokens: float | None = None  # at the wall (costmodel.energy: TDP x PUE)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig) -> tuple[float, float, int]:
-    """(weights bytes, KV-cache bytes, KV-cache tokens) per device under the engine's memory rule.
+def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig,
+                pp: int = 1) -> tuple[float, float, int]:
+    """(weights bytes, KV-cache bytes per device, KV-cache tokens) under the engine's memory rule.
     Besides the weights, the engine keeps an activation workspace for a forward of its token
     budget (~ 12 bytes per hidden and 6 per FFN element per token, the live tensors of one layer,
-    as validate's eager prefill peak counts them) and the CUDA context."""
-    w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
+    as validate's eager prefill peak counts them) and the CUDA context. With ``pp`` pipeline stages
+    each device holds 1/pp of the layers' weights and of every token's KV: the tokens are those the
+    whole pipeline holds."""
+    w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes / pp
     act = eng.max_tokens_per_iteration * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3) / tp
     cap = spec.memory.capacity_bytes
     if eng.kv_memory_basis == "free":
         kv = eng.kv_memory_fraction * (cap - w - act - CUDA_CONTEXT_BYTES)
     else:
         kv = eng.kv_memory_fraction * cap - w - act - CUDA_CONTEXT_BYTES
-    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)
+    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp) / pp
     tokens = int(max(0.0, kv) // per_tok) // eng.block_tokens * eng.block_tokens
     return w, max(0.0, kv), tokens
 
@@ -489,17 +617,69 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
                    calibration: str | None = None, seed: int = 0, max_num_seqs: int | None = None,
-                   max_tokens_per_iteration: int | None = None) -> ServeEstimate:
+                   max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
+                   pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
+                   spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
+                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1) -> ServeEstimate:
+    """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
+    is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
+    out) or as a benchmark that starts every client together and counts every request ("burst").
+    ``ep``: expert parallelism inside the tensor-parallel group (SGLang's --ep-size, vLLM's
+    --enable-expert-parallel): each of the tp devices holds experts / ep whole experts sliced tp / ep
+    ways; the layer's output is combined by the same all-reduce as tensor parallelism.
+    ``spec_decode`` "mtp" (the model's multi-token-prediction module) or "draft" (``draft_model``,
+    same tp): ``spec_tokens`` drafted per step, each accepted with ``spec_acceptance``
+    (SpeculativeCost). A sequence then gains expected_tokens_per_step tokens per iteration: the
+    scheduler runs 1 + ceil((output_len - 1) / that) decode steps per request, its KV cache holds
+    as many full sequences as it would without, and time between tokens is the iteration time over
+    the tokens it yields. ``prefix_hit_rate``: the share of every prompt found in the prefix cache
+    (simulate's cached_prefix). ``pp`` pipeline stages of tp devices each (vLLM's pipeline-parallel
+    serving: as many micro-batches in flight as stages): the engine runs as pp virtual engines, each
+    with 1/pp of the load and of the KV cache, whose iterations pass all stages in turn (the whole
+    model's time at tp, plus pp - 1 activation transfers) while the others' fill the other stages;
+    throughput is pp times a virtual engine's."""
+    if pp < 1 or pp > model.layers:
+        raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
+    if not 0.0 <= prefix_hit_rate < 1.0:
+        raise InputError(f"prefix-cache hit rate must be in [0, 1) (got {prefix_hit_rate})", field="prefix_hit_rate")
+    if ramp not in RAMPS:
+        raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
     if load not in LOADS:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     if load != "max_load" and (value is None or value <= 0):
         raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
     if model.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
+        raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
+    if spec_decode not in (None, "mtp", "draft"):
+        raise InputError(f"unknown speculative decoding {spec_decode!r}; expected mtp or draft", field="spec")
+    if spec_decode:
+        if spec_acceptance is None:
+            if spec_decode == "draft":
+                raise InputError("a draft model needs its acceptance rate (--spec-acceptance)", field="spec_acceptance")
+            spec_acceptance = MTP_DEFAULT_ACCEPTANCE
+        if not 0.0 <= spec_acceptance <= 1.0 or spec_tokens < 1:
+            raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
+        if spec_decode == "draft" and draft_model is None:
+            raise InputError("--spec draft needs --draft-model", field="draft_model")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
+    # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
+    # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
+    # stay weight-only (W8A16 / W4A16)
+    compute = "fp8" if weight_dtype == "fp8" and spec.peak_flops.get("fp8") else "bf16"
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                   cuda_graph=True)
-    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng)
+                   compute_dtype=compute, cuda_graph=True)
+    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp)
+    kv_tokens = kv_tokens // pp  # one virtual engine's share
+    if spec_decode == "draft":
+        # the draft model's weights share the device, and each token's KV holds the draft's too
+        wd = decode_memory(draft_model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes
+        per_t = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)
+        per_d = kv_cache_bytes(draft_model, 1, 1, job.kv_dtype, tp)
+        kv_bytes = max(0.0, kv_bytes - wd)
+        kv_tokens = int(kv_bytes // (per_t + per_d)) // eng.block_tokens * eng.block_tokens
+        w += wd
     if kv_tokens < input_len + output_len:
         raise InputError(f"{model.id} does not fit {tp} x {spec.id} with room for one {input_len}+{output_len}-token "
                          f"request ({w / GIB:.1f} GiB of weights per device); try --tp or a smaller --weight-dtype",
@@ -507,6 +687,15 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if num_requests is None:
         num_requests = {"batch": int(value or 1), "concurrency": int(10 * (value or 1))}.get(load, 1000)
     notes = []
+    total_requests, total_value, ve = num_requests, value, pp
+    if pp > 1:  # one virtual engine's share of the load (fewer engines busy when the load is smaller)
+        if load in ("batch", "concurrency"):
+            value = -(-int(value) // pp)
+            ve = -(-int(total_value) // int(value))
+        elif value is not None:
+            value = value / pp
+        num_requests = max(1, -(-num_requests // ve))
+        notes.append(f"pipeline parallel: {pp} stages, {ve} micro-batches in flight, each a 1/{ve} share of the load")
     seqs = eng.max_num_seqs
     if load == "batch":
         seqs = int(value)
@@ -519,24 +708,65 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                          max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
                                         min(seqs_bound, kv_seqs + 1)),
                          max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
-                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration)
-    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=output_len, max_num_seqs=seqs_bound,
-                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_tokens,
-                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed)
+                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                         custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
+    if pp > 1:
+        cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
+    tau, steps, kv_sim = 1.0, output_len, kv_tokens
+    if spec_decode:
+        draft = None
+        if spec_decode == "draft":
+            djob = job.model_copy(update={"weight_dtype": weight_dtype})
+            draft = IterationCost(draft_model, spec, djob, tp, node, max_tokens=max(min(seqs_bound, kv_seqs + 1), 16),
+                                  max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
+                                  max_prompt=2, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                                  custom_allreduce=eng.custom_allreduce)
+        cost = SpeculativeCost(cost, spec_tokens, model.layers, draft)
+        tau = expected_tokens_per_step(spec_acceptance, spec_tokens)
+        steps = 1 + int(np.ceil((output_len - 1) / tau))
+        kv_sim = int(kv_tokens * (input_len + steps) / (input_len + output_len))
+        notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
+                     f"{tau:.2f} tokens per step")
+    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
+                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
+                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
+                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)))
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
-    out_tok = num_requests * output_len
-    tot_tok = num_requests * (input_len + output_len)
+    done = num_requests
+    reqs = slice(0, num_requests)
+    itl_keep = np.ones(sim.itl.size, dtype=bool)
+    c = int(value or 0)
+    if load == "concurrency" and ramp == "steady" and num_requests >= 3 * c:
+        # the steady state: from the first request after the clients' ramp to the last arrival
+        # (c requests in flight throughout); its completions are its arrivals
+        t_a, t_b = float(sim.arrival[c]), float(sim.arrival[num_requests - 1])
+        if t_b > t_a:
+            start, duration, done = t_a, t_b - t_a, num_requests - 1 - c
+            reqs = slice(c, num_requests - c)
+            itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
+            notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
+                         f"{duration:.3g} s), the clients' ramp and drain left out")
+    out_tok = done * output_len * ve  # the busy virtual engines together
+    tot_tok = done * (input_len + output_len) * ve
+    devices = tp * pp
+    # cost and energy of a million output tokens: the devices for the time they take
+    dev_h_per_m = devices * duration / 3600.0 * 1e6 / out_tok
+    price = getattr(spec, "price_per_hour_usd", None)
+    usd = price * dev_h_per_m if price else None
+    kwh = energy_kwh(spec.tdp_w, devices, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
-        model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=tp, load=load, load_value=value,
-        num_requests=num_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
-        kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(value),
-        max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens, kv_cache_sequences=kv_seqs,
+        model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=devices, load=load, load_value=total_value,
+        num_requests=total_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(total_value),
+        max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens * pp,
+        kv_cache_sequences=kv_seqs * pp,
         weights_bytes_per_device=w, kv_cache_bytes_per_device=kv_bytes, duration_s=duration,
         output_tokens_per_s=out_tok / duration, total_tokens_per_s=tot_tok / duration,
-        output_tokens_per_s_per_device=out_tok / duration / tp, total_tokens_per_s_per_device=tot_tok / duration / tp,
-        requests_per_s=num_requests / duration, ttft_s=_stats(sim.first_token - sim.arrival),
-        itl_s=_stats(sim.itl, sim.itl_weight), e2e_s=_stats(sim.finish - sim.arrival), iterations=sim.iterations,
+        output_tokens_per_s_per_device=out_tok / duration / devices,
+        total_tokens_per_s_per_device=tot_tok / duration / devices, requests_per_s=done * ve / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
+        itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
+        iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
         preemptions=sim.preemptions, notes=notes)

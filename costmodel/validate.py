@@ -388,10 +388,13 @@ def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
     node = lib.node_for(rec["node"]) if rec.get("node") else None
     p = rec.get("parallel") or {}
     tp = p.get("tp") or 1
+    ramp = rec.get("ramp") or "burst"  # a closed loop's clients start together unless the record says "steady"
+    if ramp not in ("burst", "steady"):
+        raise InputError(f"expected 'burst' or 'steady' (got {ramp!r})", file=where, field="ramp")
     est = estimate_serve(model, spec, tp=tp, input_len=rec["input_len"], output_len=rec["output_len"], load=load,
                          value=value, num_requests=rec.get("num_requests"), engine=str(rec["engine"]).lower(),
                          weight_dtype=rec.get("weight_dtype") or "bf16", kv_dtype=rec.get("kv_dtype") or "bf16",
-                         node=node, calibration=calibration)
+                         node=node, calibration=calibration, ramp=ramp, ep=int(p.get("ep") or 1), pp=int(p.get("pp") or 1))
     meas = rec.get("measured") or {}
     out = []
     for metric, (attr, stat) in _SERVE_METRICS.items():

@@ -20,8 +20,34 @@ def _load(name: str) -> list[dict]:
 
 
 def _all() -> list[dict]:
-    """The training records (kind published); pope-2022.jsonl holds decode steps (kind decode_step)."""
-    return [r for f in sorted(DIR.glob("*.jsonl")) for r in _load(f.name) if r["kind"] != "decode_step"]
+    """The training records (kind ``published``); pope-2022.jsonl holds decode steps (kind
+    ``decode_step``), and serve records have their own checks below."""
+    return [r for f in sorted(DIR.glob("*.jsonl")) for r in _load(f.name) if r.get("kind") not in ("serve", "decode_step")]
+
+
+def _serve() -> list[dict]:
+    return [r for f in sorted(DIR.glob("*.jsonl")) for r in _load(f.name) if r.get("kind") == "serve"]
+
+
+def test_serve_records_are_cited_and_complete():
+    from costmodel.validate import model_from_record
+
+    recs = _serve()
+    assert len(recs) >= 40
+    names = [r["name"] for r in recs]
+    assert len(names) == len(set(names))
+    for r in recs:
+        assert r["source"].startswith("https://"), r["name"]
+        assert r["engine"] in ("vllm", "sglang", "tensorrt-llm") and r["hardware"] in ("h100-sxm", "h200-sxm")
+        par = r["parallel"]
+        assert par["tp"] * par.get("pp", 1) == r["devices"], r["name"]
+        assert model_from_record(r["model"], r["name"]).heads % par["tp"] == 0
+        assert sum(r.get(k) is not None for k in ("batch", "concurrency", "request_rate", "max_load")) == 1
+        m = r["measured"]
+        assert m and all(v > 0 for v in m.values()), r["name"]
+        # a closed loop of c users cannot beat c / TPOT output tokens per second (TTFT only lowers it)
+        if r.get("concurrency") and "itl_seconds" in m and "output_tokens_per_s" in m:
+            assert m["output_tokens_per_s"] <= 1.05 * r["concurrency"] / m["itl_seconds"], r["name"]
 
 
 def test_every_record_is_cited_and_consistent():

@@ -14,6 +14,8 @@ def serve_cmd(
     model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
     hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
     tp: int = typer.Option(1, help="Tensor-parallel size."),
+    ep: int = typer.Option(1, help="Expert-parallel size inside the TP group (MoE models)."),
+    pp: int = typer.Option(1, help="Pipeline-parallel stages (of --tp devices each)."),
     input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
     output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Load: static batches of B requests."),
@@ -27,6 +29,12 @@ def serve_cmd(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
+    spec_decode: Optional[str] = typer.Option(None, "--spec", help="Speculative decoding: mtp (the model's MTP module) or draft (--draft-model)."),
+    spec_tokens: int = typer.Option(1, "--spec-tokens", help="Tokens drafted per step."),
+    spec_acceptance: Optional[float] = typer.Option(None, "--spec-acceptance", help="Acceptance rate of a drafted token (mtp default 0.85, DeepSeek-V3 report)."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model preset id for --spec draft."),
+    prefix_hit: float = typer.Option(0.0, "--prefix-hit-rate", help="Share of every prompt found in the prefix cache, [0, 1)."),
+    ramp: str = typer.Option("steady", "--ramp", help="--concurrency: 'steady' (clients out of phase, steady state) or 'burst' (all start together, every request counted, as bench_serving)."),
     calibration: Optional[str] = typer.Option(None, "--calibration"),
     json_out: bool = JsonOpt,
     hardware_file: Optional[list[str]] = HardwareFileOpt,
@@ -44,7 +52,9 @@ def serve_cmd(
     for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
         if val not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
             raise InputError(f"{val!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field=name)
-    for name, val in (("tp", tp), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
+    if ramp not in ("steady", "burst"):
+        raise InputError(f"{ramp!r} is not one of steady, burst", field="ramp")
+    for name, val in (("tp", tp), ("ep", ep), ("pp", pp), ("input-len", input_len), ("output-len", output_len), ("num-requests", num_requests)):
         if val is not None and val < 1:
             raise InputError(f"must be >= 1 (got {val})", field=name)
     load = given[0]
@@ -53,12 +63,15 @@ def serve_cmd(
     est = estimate_serve(load_model(model), spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
                          value=None if load == "max_load" else float(loads[load]), num_requests=num_requests,
                          engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
-                         calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens)
+                         calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
+                         ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
+                         spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None,
+                         prefix_hit_rate=prefix_hit, pp=pp)
     if json_out:
         emit_json(est.to_dict())
         return
     what = "max load" if load == "max_load" else f"{load.replace('_', ' ')} {loads[load]:g}"
-    t = Table(title=f"{est.model_id} on {tp} x {est.hardware}, {est.engine}, {what}, "
+    t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}, {est.engine}, {what}, "
                     f"{est.num_requests} x {input_len}+{output_len} tokens")
     t.add_column("item")
     t.add_column("value", justify="right")
@@ -72,6 +85,9 @@ def serve_cmd(
               f"{min(est.max_num_seqs, est.kv_cache_sequences) if est.max_num_seqs >= 1 << 30 else est.max_num_seqs:,} / "
               f"{est.max_tokens_per_iteration:,}")
     t.add_row("iterations / preemptions", f"{est.iterations:,} / {est.preemptions:,}")
+    usd = est.usd_per_million_output_tokens
+    t.add_row("$ / kWh per million output tokens",
+              f"{'$' + format(usd, ',.2f') if usd else '- (no price)'} / {est.kwh_per_million_output_tokens:,.2f}")
     print_table(t)
     lat = Table(title="latency")
     for col in ("", "mean", "p50", "p90", "p99"):
