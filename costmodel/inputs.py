@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .errors import InputError
@@ -37,6 +38,39 @@ MAX_RECORDS_BYTES = 256 * 2**20
 MAX_INT_DIGITS = 30
 # Deepest nesting of lists and mappings taken (costmodel's own formats nest a handful of levels).
 MAX_DEPTH = 64
+
+
+# ------------------------------------------------------------------------------ parsed-file cache
+
+# Parsed inputs (presets, specs, overlays, profiles) kept per process, keyed by the file's absolute
+# path, modification time and size: an unchanged file is parsed once, an edited one is read again.
+# Only immutable results (frozen models) are cached, so a caller cannot change what the next gets.
+_PARSED: dict[tuple, object] = {}
+MAX_CACHED_FILES = 1024
+
+
+def file_key(path: str | Path) -> tuple | None:
+    """(absolute path, mtime_ns, size) of ``path``, or None when it cannot be stat()ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def cached_by_file(kind: str, path: str | Path, build, *extra):
+    """``build()`` (which parses ``path``), once per version of the file: kept under ``kind``, the
+    file's key and ``extra`` (hashable). Errors are not cached."""
+    key = file_key(path)
+    if key is None:
+        return build()
+    key = (kind, key, extra)
+    hit = _PARSED.get(key)
+    if hit is None:
+        if len(_PARSED) >= MAX_CACHED_FILES:
+            _PARSED.clear()
+        hit = _PARSED[key] = build()
+    return hit
 
 
 def _fmt_size(n: int) -> str:

@@ -107,18 +107,23 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
     """
     if calibration:
         from . import calibration as cal
+        from .inputs import cached_by_file
 
-        return cal.load_overlay(calibration, spec) if _takes_spec(cal.load_overlay) else cal.load_overlay(calibration)
+        # an overlay read once per version of its file and spec (specs are frozen and cached, so
+        # the same spec is the same object; the entry holds it, so its id is not reused)
+        return cached_by_file("overlay", calibration, lambda: (spec, cal.load_overlay(calibration, spec) if _takes_spec(
+            cal.load_overlay) else cal.load_overlay(calibration)), id(spec))[1]
     if shipped:
         try:
             from . import calibration as cal
 
-            path = cal.shipped_overlay_path(spec.id)
+            path = _shipped_overlay(spec.id)
             if path is None:
                 return _DefaultEfficiency(spec)  # the datasheet curves below (as before calibration existed)
             file = getattr(spec, "file", None)
-            key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json(), str(file))
-            eff = _SHIPPED_CACHE.get(key)
+            key = (spec.id, str(path), path.stat().st_mtime_ns, id(spec))
+            hit = _SHIPPED_CACHE.get(key)
+            eff = hit[1] if hit is not None and hit[0] is spec else None
             if eff is None:
                 eff = cal.load_overlay(path, spec)
                 if file is not None and not _is_shipped(file):
@@ -126,15 +131,26 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
                     # part) applies to it, and the source says so and names the spec's file
                     eff = cal.DeviceEfficiency(**{k: getattr(eff, k) for k in _EFF_FIELDS},
                                                source=f"{eff.source}, measured on the shipped {spec.id}; spec from {file}")
-                _SHIPPED_CACHE[key] = eff
+                _SHIPPED_CACHE[key] = (spec, eff)
             return eff
         except (ImportError, AttributeError):
             pass
     return _DefaultEfficiency(spec)
 
 
-# Shipped overlays read once per (device, file version, spec): DeviceEfficiency is immutable.
+# Shipped overlays read once per (device, overlay version, spec): DeviceEfficiency is immutable,
+# specs are frozen (an edited spec file is a new spec object, and the entry holds the old one).
 _SHIPPED_CACHE: dict = {}
+_SHIPPED_OVERLAYS: dict = {}
+
+
+def _shipped_overlay(spec_id: str):
+    """The shipped calibration overlay of a device id (None: there is none), looked up once."""
+    if spec_id not in _SHIPPED_OVERLAYS:
+        from . import calibration as cal
+
+        _SHIPPED_OVERLAYS[spec_id] = cal.shipped_overlay_path(spec_id)
+    return _SHIPPED_OVERLAYS[spec_id]
 _EFF_FIELDS = ("device", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives", "launch_overhead_s",
                "peaks", "eager_infer_host_factor")
 
@@ -179,7 +195,7 @@ def _graph_kernel_s(eff, kind: str, *args):
             # the host floor: 4.04 us on H100, 0.95 us on H200 (the same GH100 die and clocks,
             # hardware/calibrated/*.yaml); a graph-launched GEMM gets GRAPH_GEMM_FIXED_S instead
             fixed = eff.gemm.dtypes[dtype].timing.kernel_min_s
-            return float(eff.gemm.kernel_s(m, n, k, dtype)) - fixed + GRAPH_GEMM_FIXED_S
+            return eff.gemm_kernel_s(m, n, k, dtype) - fixed + GRAPH_GEMM_FIXED_S
         return float(eff.copy.kernel_s(args[0]))
     except (AttributeError, KeyError):
         return None

@@ -1,0 +1,105 @@
+"""The caches behind a fast core: parsed inputs are re-read when their file changes, a remembered
+estimate is the one a fresh computation gives and cannot be changed by its caller, and the GEMM
+curve evaluated on arrays gives what it gives one shape at a time."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from costmodel import plan
+from costmodel.arch import load_model, models_dir
+from costmodel.plan import infer, train
+from costmodel.roofline import efficiency_for
+from costmodel.specs import load_library
+
+JOB = dict(tp=2, pp=2, global_batch=64, seq_len=4096, micro_batch=1)
+
+
+def _bump(path: Path, text: str) -> None:
+    """Write ``text`` and move the modification time on, as an edit a second later would."""
+    st = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_edited_model_file_is_read_again(tmp_path):
+    src = (models_dir() / "llama2-7b.yaml").read_text()
+    f = tmp_path / "mine.yaml"
+    f.write_text(src)
+    a = load_model(str(f))
+    assert load_model(str(f)) is a  # unchanged: parsed once
+    _bump(f, src.replace("layers: 32", "layers: 16"))
+    b = load_model(str(f))
+    assert (a.layers, b.layers) == (32, 16)
+    # and an estimate made from it is not the remembered one: 16 layers hold about half the weights
+    est_a = plan.train(str(f), "dgx-h100", **JOB)
+    _bump(f, src)
+    est_b = plan.train(str(f), "dgx-h100", **JOB)
+    assert est_b.memory.weights_bytes > 1.8 * est_a.memory.weights_bytes
+
+
+def test_edited_hardware_file_is_read_again(tmp_path):
+    from costmodel.specs import package_data_dir
+
+    src = (package_data_dir("hardware") / "h100-sxm.yaml").read_text().replace("id: h100-sxm", "id: my-gpu")
+    f = tmp_path / "my-gpu.yaml"
+    f.write_text(src)
+    cap = load_library([f]).device("my-gpu").memory.capacity_bytes
+    assert cap == 81559 * 2**20
+    _bump(f, src.replace("capacity: 81559 MiB", "capacity: 40000 MiB"))
+    assert load_library([f]).device("my-gpu").memory.capacity_bytes == 40000 * 2**20
+
+
+def test_remembered_estimate_is_a_fresh_one_and_a_copy():
+    first = train("llama2-7b", "dgx-h100", **JOB)
+    again = train("llama2-7b", "dgx-h100", **JOB)
+    assert again is not first and again.to_dict() == first.to_dict()
+    again.notes.append("mine")
+    again.parallel["tp"] = 99
+    again.memory.weights_bytes = -1.0
+    plan._ESTIMATES.clear()
+    fresh = train("llama2-7b", "dgx-h100", **JOB)
+    third = train("llama2-7b", "dgx-h100", **JOB)
+    assert fresh.to_dict() == first.to_dict() == third.to_dict()
+    assert "mine" not in third.notes and third.parallel["tp"] == 2 and third.memory.weights_bytes > 0
+
+
+def test_remembered_infer_matches_a_fresh_one():
+    a = infer("llama2-7b", "dgx-h100", batch=4)
+    plan.clear_caches()
+    b = infer("llama2-7b", "dgx-h100", batch=4)
+    c = infer("llama2-7b", "dgx-h100", batch=4)
+    assert a.to_dict() == b.to_dict() == c.to_dict()
+
+
+def test_arguments_of_another_type_are_another_call():
+    """2 and 2.0 hash alike; a remembered answer for one must not answer the other (here both are
+    valid and give the same estimate, but the key keeps them apart)."""
+    train("llama2-7b", "dgx-h100", **JOB)
+    n = len(plan._ESTIMATES)
+    train("llama2-7b", "dgx-h100", **{**JOB, "seq_len": 4096.0})
+    assert len(plan._ESTIMATES) == n + 1
+
+
+def test_gemm_curve_on_arrays_is_the_curve_per_shape():
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    rng = np.random.default_rng(0)
+    m, n, k = (rng.integers(1, 20000, 40) for _ in range(3))
+    for interleaved in (False, True):
+        many = eff.gemm_times_s(m.tolist(), n.tolist(), k.tolist(), "bf16", 1, interleaved)
+        one = [eff._gemm_time_s(float(a), float(b), float(c), "bf16", 1, interleaved) for a, b, c in zip(m, n, k)]
+        assert np.allclose(many, one, rtol=1e-12, atol=0)
+        # and answered from the memo afterwards, as the scalar entry point answers
+        assert [eff.gemm_time_s(int(a), int(b), int(c), "bf16", interleaved=interleaved) for a, b, c in zip(m, n, k)] \
+            == many.tolist()
+
+
+def test_unknown_dtype_is_not_remembered():
+    from costmodel.errors import InputError
+
+    eff = efficiency_for(load_library().device("h100-sxm"))
+    for _ in range(2):
+        with pytest.raises(InputError):
+            eff.gemm_time_s(128, 128, 128, "int3")
