@@ -119,7 +119,7 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
 
             path = _shipped_overlay(spec.id)
             if path is None:
-                return _DefaultEfficiency(spec)  # the datasheet curves below (as before calibration existed)
+                return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
             file = getattr(spec, "file", None)
             key = (spec.id, str(path), path.stat().st_mtime_ns, id(spec))
             hit = _SHIPPED_CACHE.get(key)
@@ -138,6 +138,17 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
     return _DefaultEfficiency(spec)
 
 
+def _default_efficiency(spec) -> _DefaultEfficiency:
+    """_DefaultEfficiency(spec), one per spec object (it holds nothing else)."""
+    hit = _DEFAULT_CACHE.get(id(spec))
+    if hit is None or hit.spec is not spec:
+        if len(_DEFAULT_CACHE) > 256:
+            _DEFAULT_CACHE.clear()
+        hit = _DEFAULT_CACHE[id(spec)] = _DefaultEfficiency(spec)
+    return hit
+
+
+_DEFAULT_CACHE: dict = {}
 # Shipped overlays read once per (device, overlay version, spec): DeviceEfficiency is immutable,
 # specs are frozen (an edited spec file is a new spec object, and the entry holds the old one).
 _SHIPPED_CACHE: dict = {}

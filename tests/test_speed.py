@@ -103,3 +103,84 @@ def test_unknown_dtype_is_not_remembered():
     for _ in range(2):
         with pytest.raises(InputError):
             eff.gemm_time_s(128, 128, 128, "int3")
+
+
+# ----------------------------------------------------------------------------------- search
+
+def test_search_in_chunks_is_the_search_at_once(monkeypatch):
+    """The screen in small chunks (and its time tables built once) ranks as one chunk does, number
+    for number, and reports its progress up to every layout."""
+    import importlib
+
+    S = importlib.import_module("costmodel.search")
+
+    kw = dict(global_batch=256, seq_len=4096, top=5, price_per_hour=2.0)
+    S._TIME_MODELS.clear()
+    whole = S.search("mixtral-8x7b", ["dgx-h100", "dgx-a100"], "8..64", **kw).to_dict()
+    monkeypatch.setattr(S, "SCREEN_CHUNK", 997)
+    S._TIME_MODELS.clear()
+    calls = []
+    chunked = S.search("mixtral-8x7b", ["dgx-h100", "dgx-a100"], "8..64", progress=lambda d, t: calls.append((d, t)),
+                       **kw).to_dict()
+    for r in (whole, chunked):
+        r.pop("seconds")
+    assert chunked == whole
+    done = [d for d, _ in calls]
+    assert len(calls) > 4 and done == sorted(done) and calls[-1] == (whole["evaluated"], whole["evaluated"])
+
+
+def test_screened_rows_are_the_screen_of_those_rows():
+    """What a chunked screen reports for a candidate is what screen() computes for it."""
+    import importlib
+
+    S = importlib.import_module("costmodel.search")
+    from costmodel.arch import load_model
+    from costmodel.workload import TrainJob
+
+    m = load_model("llama2-7b")
+    lib = load_library()
+    spec, node = lib.device("dgx-h100"), lib.node_for("dgx-h100")
+    ax = S._axes(m, [8, 16, 32], 8, 64, 4096)
+    ok, _ = S._valid_mask(m, ax, 64, 4096, 8)
+    job = TrainJob(micro_batch=1, seq_len=4096, global_batch=64, framework="megatron", profile="megatron")
+    c = S._flatten(ax, ok)
+    cap = spec.memory.capacity_bytes
+    ref = S.screen(m, spec, node, job, ax, c, capacity_bytes=cap)
+    scr = S._Screened(m, spec, node, job, ax, ok.shape, np.flatnonzero(ok), None, cap)
+    assert np.array_equal(scr.step_s, ref["step_s"]) and np.array_equal(scr.required, ref["required_bytes"])
+    rows = [0, len(c) // 2, len(c) - 1]
+    got = scr.rows(rows)
+    for k in ("step_s", "compute_s", "tp_comm_s", "bubble_s", "peak_bytes", "n_micro"):
+        assert np.array_equal(got[k], ref[k][rows]), k
+
+
+def test_valid_mask_counts_each_rejected_layout_once():
+    """The rules evaluated without the recompute and offload axes count what the whole grid would:
+    every grid point is valid or rejected by exactly one rule."""
+    import importlib
+
+    S = importlib.import_module("costmodel.search")
+    from costmodel.arch import load_model
+
+    m = load_model("mixtral-8x7b")
+    ax = S._axes(m, [8, 64, 512], 8, 1024, 4096)
+    ok, rejected = S._valid_mask(m, ax, 1024, 4096, 8)
+    assert ok.shape == ax.shape()
+    assert int(ok.sum()) + sum(rejected.values()) == int(np.prod(ax.shape()))
+    # the mask does not change along the recompute and offload axes
+    rc, off = ax.names.index("rc"), ax.names.index("off")
+    assert (ok == ok.take([0], axis=rc)).all() and (ok == ok.take([0], axis=off)).all()
+
+
+def test_front_candidates_keep_the_pareto_front():
+    from costmodel.search import _front_candidates, _pareto_indices
+
+    rng = np.random.default_rng(1)
+    devices = np.repeat([8, 16, 32, 64], 500)
+    t = np.round(rng.uniform(1, 2, len(devices)), 2)  # rounded: ties
+    cost = t * devices * 3.0
+    idx = np.flatnonzero(rng.random(len(devices)) < 0.7)
+    full = idx[_pareto_indices(t[idx], cost[idx])]
+    pre = _front_candidates(t, cost, devices, idx)
+    assert len(pre) < len(idx) / 10
+    assert np.array_equal(pre[_pareto_indices(t[pre], cost[pre])], full)
