@@ -29,11 +29,17 @@ MAX_ESTIMATES = 4096
 def clear_caches() -> None:
     """Forget remembered estimates and parsed inputs (for code that changes the model's constants
     at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
+    import sys
+
     from . import inputs, specs
 
     _ESTIMATES.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
+    search = sys.modules.get("costmodel.search")
+    if search is not None:
+        search._TIME_MODELS.clear()
+        search._REFINED.clear()
 
 
 def _plain(v):

@@ -390,6 +390,7 @@ class _Screened:
     def __init__(self, model: ModelConfig, spec, node, job: TrainJob, ax: _Axes, shape: tuple, flat: np.ndarray,
                  calibration, capacity_bytes: float, on_chunk=None):
         self.model, self.job, self.ax, self.shape, self.flat = model, job, ax, shape, flat
+        self._kept: dict[int, dict] = {}
         n = len(flat)
         chunk = SCREEN_CHUNK
         self.required = np.empty(n)
@@ -419,13 +420,25 @@ class _Screened:
     @property
     def devices(self) -> np.ndarray:
         """Each candidate's device count."""
-        return self.ax.devices[self.flat // int(np.prod(self.shape[1:]))]
+        if getattr(self, "_devices", None) is None:
+            self._devices = self.ax.devices[self.flat // int(np.prod(self.shape[1:]))]
+        return self._devices
 
     def flat_of(self, rows) -> _Flat:
         return _flat_of(self.ax, self.shape, self.flat[np.asarray(rows, dtype=np.int64)])
 
+    def prefetch(self, rows) -> None:
+        """rows() of these candidates at once, kept for rows([i]) of each of them."""
+        rows = sorted(set(int(i) for i in rows) - set(self._kept))
+        if rows:
+            got = self.rows(rows)
+            for j, i in enumerate(rows):
+                self._kept[i] = {k: a[j:j + 1] for k, a in got.items()}
+
     def rows(self, rows) -> dict[str, np.ndarray]:
         """Everything screen() reports, for the candidates ``rows`` (step time: inf where they do not fit)."""
+        if len(rows) == 1 and int(rows[0]) in self._kept:
+            return self._kept[int(rows[0])]
         c = self.flat_of(rows)
         out = _memory_of(self.model, self.job, c)
         fit = self.fits[np.asarray(rows, dtype=np.int64)]
@@ -643,6 +656,31 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
     composed_cache: dict = {}
 
+    # Every table of the (tp, ep, mb, cp, sp, rc) sub-layouts as the columns of one, stored column by
+    # column, so that a candidate's row of all of them is one index and one gather (numpy's fancy
+    # indexing over several index arrays costs far more than the arithmetic that follows it).
+    sub_axes = ("tp", "ep", "mb", "cp", "sp", "rc")
+    sub_shape = tuple(len(getattr(ax, n)) for n in sub_axes)
+
+    def spread(tab, names):
+        """``tab`` (over the axes ``names``, a trailing column axis) over all of sub_axes."""
+        shp = [len(getattr(ax, n)) if n in names else 1 for n in sub_axes]
+        return np.broadcast_to(tab.reshape(shp + [tab.shape[-1]]), sub_shape + (tab.shape[-1],))
+
+    zeros1 = np.zeros(sub_shape + (1,))
+    rc_vals = ax.rc.reshape(1, 1, 1, 1, 1, -1)
+    pf = spread(parts_tab, ("tp", "ep", "mb", "cp", "sp"))
+    # the recompute share of a layer per (sub-layout, recompute mode): as the candidates' arrays had it
+    rec_col = np.where(rc_vals == 2, pf[..., 0] + pf[..., 2] + pf[..., 4], np.where(rc_vals == 1, pf[..., 2], 0.0))
+    columns = np.concatenate([
+        pf, spread(head_tab, ("tp", "mb", "cp")), spread(tp_tab[..., None], ("tp", "mb", "cp", "sp", "rc")),
+        spread(a2a_tab[..., None], ("tp", "ep", "mb", "cp")) if a2a_tab is not None else zeros1,
+        spread(kv_tab, ("tp", "mb", "cp")) if kv_tab is not None else np.zeros(sub_shape + (2,)),
+        spread(p2p_tab, ("tp", "mb", "cp", "sp")), rec_col[..., None]], axis=-1)
+    columns = np.ascontiguousarray(columns.reshape(-1, columns.shape[-1]).T)
+    dp_columns = np.ascontiguousarray(tabs.T)
+    dp_strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+
     def times(c: _Flat) -> dict[str, np.ndarray]:
         v = c.val
         tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]
@@ -650,39 +688,39 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         full = v["rc"] == 2
         rec_any = v["rc"] != 0
         n_micro = job.global_batch // (mb * dp)
-        g_f, g_b, a_f, a_b, e_f, e_b = parts_tab[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
-        head_and_loss, head_f = head_tab[c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
+        k = c.idx[sub_axes[0]]
+        for n, size in zip(sub_axes[1:], sub_shape[1:]):
+            k = k * size + c.idx[n]
+        (g_f, g_b, a_f, a_b, e_f, e_b, head_and_loss, head_f, tp_row, a2a_t, f_step, b_step, p2p_in, p2p_out,
+         recompute_f) = np.take(columns, k, axis=1)
         loss_t = head_and_loss - 3 * head_f
 
         layers = -(-model.layers // pp)
-        recompute_f = np.where(full, g_f + a_f + e_f, np.where(v["rc"] == 1, a_f, 0.0))
         per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
         t_mb = layers * per_layer + head_and_loss
 
-        tp_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"])
-        tp_comm = layers * tp_tab[tp_sel] * n_micro
+        tp_comm = layers * tp_row * n_micro
 
         ep_comm = np.zeros(len(c))
         if a2a_tab is not None and np.any(ep > 1):
-            a2a_t = a2a_tab[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]]
             ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
 
         cp_comm = np.zeros(len(c))
         if kv_tab is not None and np.any(cp > 1):
-            f_step, b_step = kv_tab[c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
             fwd_passes = np.where(rec_any, 2.0, 1.0)
             exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
             cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
 
         crosses = (tp * pp > dpn) | (tp * dp * cp >= dpn)
-        p2p_in, p2p_out = p2p_tab[c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
         p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
         pp_comm = n_micro * p2p_mb
         slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
         bubble = np.where(pp > 1, (pp - 1) / v["v"] * slot, 0.0)
 
-        sub = np.ravel_multi_index(tuple(c.idx[n] for n in _DP_AXES), shape)
-        ag_u, rs_u, dp_op, optimizer_t, P, nvl = tabs[sub].T
+        sub = c.idx[_DP_AXES[0]] * dp_strides[0]
+        for n, stride in zip(_DP_AXES[1:], dp_strides[1:]):
+            sub = sub + c.idx[n] * stride
+        ag_u, rs_u, dp_op, optimizer_t, P, nvl = np.take(dp_columns, sub, axis=1)
         ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
         ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
         # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
@@ -1051,6 +1089,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
             pr = pr[_pareto_indices(s.step_s[pr], cost_tok[pr])]
             pareto_rows += [(h, int(i)) for i in pr]
     cand_rows.sort()
+    for h, row in enumerate(per_hw):  # the screen's numbers of every candidate to report, at once
+        row[5].prefetch([i for _, hh, i in cand_rows if hh == h] + [i for hh, i in pareto_rows if hh == h])
     refined = []
     for _, h, i in cand_rows:
         refined.append(_candidate(m, per_hw[h], i, job, tokens, steps, calibration, refine))
@@ -1121,7 +1161,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
                                    offload_optimizer=lay.offload_optimizer))
     tokens_per_step = float(job.global_batch * job.seq_len)
     if refine:
-        est = estimate_train(m, spec, j, par, node=node, calibration=calibration)
+        est = _estimate(m, spec, j, par, node, calibration)
         step_s = est.step.total_s
         breakdown = est.step.parts()
         mem = est.memory
@@ -1152,6 +1192,32 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         cost_per_million_tokens_usd=(step_s * lay.devices * price / 3600.0 / tokens_per_step * 1e6) if price else None,
         run_days=run_days, run_cost_usd=run_cost, step_breakdown_s=breakdown, memory_breakdown_bytes=membd,
         screen_step_s=float(s["step_s"][i]))
+
+
+# Refined candidates' estimates, by their inputs (a search repeated, or another objective over the
+# same layouts, re-estimates the same candidates): TrainEstimate is only read here.
+_REFINED: dict = {}
+MAX_REFINED = 4096
+
+
+def _estimate(m: ModelConfig, spec, job: TrainJob, par: Parallel, node, calibration):
+    """estimate_train(m, spec, job, par, node, calibration), remembered per inputs (the parsed model,
+    spec and node by identity, the efficiency model in use, the job and layout)."""
+    from .training import estimate_train
+
+    eff = efficiency_for(spec, calibration)
+    try:
+        key = (id(m), id(spec), id(node), id(eff), job, par)
+        hit = _REFINED.get(key)
+    except TypeError:
+        return estimate_train(m, spec, job, par, node=node, calibration=calibration)
+    if hit is not None and all(a is b for a, b in zip(hit[0], (m, spec, node, eff))):
+        return hit[1]
+    est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
+    if len(_REFINED) >= MAX_REFINED:
+        _REFINED.clear()
+    _REFINED[key] = ((m, spec, node, eff), est)
+    return est
 
 
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
