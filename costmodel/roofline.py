@@ -181,6 +181,64 @@ def _takes_spec(fn) -> bool:
         return False
 
 
+class _GemmRecorder:
+    """Stands in for a DeviceEfficiency while a table is built once only to learn the GEMM shapes
+    it asks for (their times are dummies; every other query goes to the real model)."""
+
+    def __init__(self, eff):
+        self._eff = eff
+        self.queries: dict[tuple, set] = {}  # (dtype, batch, interleaved) -> {(m, n, k)}
+
+    def gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
+        self.queries.setdefault((dtype, batch, interleaved), set()).add((m, n, k))
+        return 1.0
+
+    def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
+        self.gemm_time_s(m, n, k, dtype, batch)
+        return 1.0
+
+    def __getattr__(self, name):
+        return getattr(self._eff, name)
+
+
+_PREFETCHED = [0]
+
+
+class prefetched:
+    """``with prefetched():`` builds whose GEMM shapes were prefetched by the caller (a search's
+    whole table at once) skip their own prefetch."""
+
+    def __enter__(self):
+        _PREFETCHED[0] += 1
+
+    def __exit__(self, *exc):
+        _PREFETCHED[0] -= 1
+        return False
+
+
+def prefetch_gemms(eff, build, key) -> None:
+    """Evaluate every GEMM shape ``build(eff)`` would ask for through the calibrated curve in one
+    vectorised call per dtype (DeviceEfficiency.gemm_times_s, which remembers them), so that the
+    real ``build`` finds them all answered. Once per ``key`` and efficiency model."""
+    memo = getattr(eff, "_memo", None)
+    if isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:  # inside a build being recorded, or already prefetched
+        return
+    try:
+        if not hasattr(eff, "gemm_times_s") or memo is None or ("prefetched", key) in memo:
+            return
+    except TypeError:  # a key that does not hash: no prefetch (the real pass still evaluates each shape once)
+        return
+    rec = _GemmRecorder(eff)
+    try:
+        build(rec)
+        for (dtype, batch, interleaved), shapes in rec.queries.items():
+            m, n, k = zip(*sorted(shapes))
+            eff.gemm_times_s(m, n, k, dtype, batch, interleaved)
+    except Exception:  # noqa: BLE001 - the real pass meets the same problem and reports it
+        return
+    memo[("prefetched", key)] = True
+
+
 @dataclass(frozen=True)
 class OpTime:
     name: str

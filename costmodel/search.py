@@ -35,7 +35,7 @@ from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
-from .roofline import efficiency_for, memory_op
+from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec, load_library
 from .workload import Parallel, TrainJob
 
@@ -526,7 +526,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6),
         key=("layers", id(model), job, dtype, id(spec), *(tuple(getattr(ax, n).tolist()) for n in
                                                                   ("tp", "ep", "mb", "cp", "sp"))))
-    parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
+    with prefetched():
+        parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
@@ -883,47 +884,6 @@ def _batched_collectives(link, op: str, nbytes: np.ndarray, world: np.ndarray, i
             elif nodes > leaf:
                 out[i] = link.collective_time_s(op, float(nbytes[i]), int(world[i]), intra=False, per_node=int(per[i]))
     return out
-
-
-class _GemmRecorder:
-    """Stands in for a DeviceEfficiency while a table is built once only to learn the GEMM shapes
-    it asks for (their times are dummies; every other query goes to the real model)."""
-
-    def __init__(self, eff):
-        self._eff = eff
-        self.queries: dict[tuple, set] = {}  # (dtype, batch, interleaved) -> {(m, n, k)}
-
-    def gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
-        self.queries.setdefault((dtype, batch, interleaved), set()).add((m, n, k))
-        return 1.0
-
-    def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
-        self.gemm_time_s(m, n, k, dtype, batch)
-        return 1.0
-
-    def __getattr__(self, name):
-        return getattr(self._eff, name)
-
-
-def _prefetch_gemms(eff, build, key) -> None:
-    """Evaluate every GEMM shape ``build(eff)`` would ask for through the calibrated curve in one
-    vectorised call per dtype (DeviceEfficiency.gemm_times_s, which remembers them), so that the
-    real ``build`` finds them all answered. Once per ``key`` and efficiency model."""
-    memo = getattr(eff, "_memo", None)
-    try:
-        if not hasattr(eff, "gemm_times_s") or memo is None or ("prefetched", key) in memo:
-            return
-    except TypeError:  # a key that does not hash: no prefetch (the real pass still evaluates each shape once)
-        return
-    rec = _GemmRecorder(eff)
-    try:
-        build(rec)
-        for (dtype, batch, interleaved), shapes in rec.queries.items():
-            m, n, k = zip(*sorted(shapes))
-            eff.gemm_times_s(m, n, k, dtype, batch, interleaved)
-    except Exception:  # noqa: BLE001 - the real pass meets the same problem and reports it
-        return
-    memo[("prefetched", key)] = True
 
 
 def _memo(fn):

@@ -184,3 +184,35 @@ def test_front_candidates_keep_the_pareto_front():
     pre = _front_candidates(t, cost, devices, idx)
     assert len(pre) < len(idx) / 10
     assert np.array_equal(pre[_pareto_indices(t[pre], cost[pre])], full)
+
+
+def test_a_layers_gemms_go_through_the_curve_in_one_call(monkeypatch):
+    """A cold train estimate evaluates the calibrated GEMM curve once per (dtype, mode) for all of a
+    layer's shapes (prefetched on arrays), and gives what shape-by-shape evaluation gives."""
+    from costmodel import roofline
+    from costmodel.calibration import curves
+
+    calls = []
+    real = curves.GemmCurve.kernel_s
+
+    def counting(self, m, n, k, *a, **kw):
+        calls.append(np.size(m))
+        return real(self, m, n, k, *a, **kw)
+
+    monkeypatch.setattr(curves.GemmCurve, "kernel_s", counting)
+
+    def cold():
+        plan.clear_caches()
+        roofline._SHIPPED_CACHE.clear()  # a fresh efficiency model: nothing memoised
+        calls.clear()
+        return train("llama2-7b", "dgx-h100", **JOB)
+
+    est = cold()
+    layer_calls = [n for n in calls if n > 1]
+    assert layer_calls and max(layer_calls) >= 5  # the layer's shapes together
+    assert len(calls) <= 8, calls
+    monkeypatch.setattr(roofline, "_PREFETCHED", [1])  # shape by shape
+    one_by_one = cold()
+    assert len(calls) > 8 and all(n == 1 for n in calls)
+    assert est.step.total_s == pytest.approx(one_by_one.step.total_s, rel=1e-12)
+    assert est.to_dict()["step"] == pytest.approx(one_by_one.to_dict()["step"], rel=1e-12)
