@@ -216,3 +216,16 @@ def test_a_layers_gemms_go_through_the_curve_in_one_call(monkeypatch):
     assert len(calls) > 8 and all(n == 1 for n in calls)
     assert est.step.total_s == pytest.approx(one_by_one.step.total_s, rel=1e-12)
     assert est.to_dict()["step"] == pytest.approx(one_by_one.to_dict()["step"], rel=1e-12)
+
+
+def test_edited_profile_is_read_again(tmp_path):
+    from costmodel import frameworks
+
+    src = (frameworks.frameworks_dir() / "nanotron.yaml").read_text()
+    f = tmp_path / "mine.yaml"
+    f.write_text(src)
+    a = frameworks.load_profile_file(f)
+    assert frameworks.load_profile_file(f) is a
+    _bump(f, src + "\n# edited\n")
+    b = frameworks.load_profile_file(f)
+    assert b is not a and b == a
