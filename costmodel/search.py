@@ -289,6 +289,23 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
     return np.broadcast_to(ok, shape), rejected
 
 
+def _valid_flat(ax: _Axes, ok: np.ndarray) -> np.ndarray:
+    """np.flatnonzero(ok) for a mask of _valid_mask (the same along the recompute and offload axes,
+    the innermost but sp): found per block of those innermost axes, over the blocks with a valid
+    layout only, instead of over the whole grid."""
+    rc, sp, off = (ax.names.index(n) for n in ("rc", "sp", "off"))
+    if (rc, sp, off) != (len(ax.names) - 3, len(ax.names) - 2, len(ax.names) - 1):
+        return np.flatnonzero(ok)
+    shape = ok.shape
+    n_sp = shape[sp]
+    per_sp = ok[..., :1, :, :1].reshape(-1, n_sp)  # each (devices..mb) prefix: which sp are valid
+    blocks = np.flatnonzero(per_sp.any(axis=1))
+    inner = np.broadcast_to(per_sp[blocks][:, None, :, None], (len(blocks),) + shape[rc:])
+    local = np.flatnonzero(inner)
+    size = int(np.prod(shape[rc:]))
+    return blocks[local // size] * size + local % size
+
+
 # ----------------------------------------------------------------------------------- tables
 
 def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -395,6 +412,8 @@ class _Screened:
         chunk = SCREEN_CHUNK
         self.required = np.empty(n)
         used = np.zeros(tuple(len(getattr(ax, a)) for a in _DP_AXES), dtype=bool)
+        small = max(len(getattr(ax, k)) for k in ax.names) < 256
+        kept_idx = []  # the axis indices of the layouts that fit, one byte each (not unravelled again)
         for a in range(0, n, chunk):
             c = _flat_of(ax, shape, flat[a:a + chunk])
             req = _memory_of(model, job, c)["required_bytes"]
@@ -402,16 +421,24 @@ class _Screened:
             fit = req <= capacity_bytes
             if fit.any():
                 used[tuple(c.idx[k][fit] for k in _DP_AXES)] = True
+                if small:
+                    kept_idx.append(np.stack([c.idx[k][fit] for k in ax.names]).astype(np.uint8))
             if on_chunk is not None:
                 on_chunk(min(n, a + chunk) // 2)
         self.fits = self.required <= capacity_bytes
         self.step_s = np.full(n, np.inf)
         self.times = _time_model(model, spec, node, job, ax, used, calibration)
         keep = np.flatnonzero(self.fits)
+        kept_idx = np.concatenate(kept_idx, axis=1) if small and kept_idx else None
         tchunk = len(keep) if getattr(self.times, "composed", False) else chunk  # composed: its tables once
         for a in range(0, len(keep), max(tchunk, 1)):
             sel = keep[a:a + tchunk]
-            self.step_s[sel] = self.times(_flat_of(ax, shape, flat[sel]))["step_s"]
+            if kept_idx is not None:
+                idx = {k: kept_idx[j, a:a + tchunk].astype(np.intp) for j, k in enumerate(ax.names)}
+                c = _Flat(idx, {k: getattr(ax, k)[idx[k]] for k in ax.names})
+            else:
+                c = _flat_of(ax, shape, flat[sel])
+            self.step_s[sel] = self.times(c)["step_s"]
             if on_chunk is not None:
                 on_chunk(n // 2 + (a + len(sel)) * (n - n // 2) // max(len(keep), 1))
         if on_chunk is not None:
@@ -1001,7 +1028,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
                    offload=offload)
         _check_grid(ax)
         ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn)
-        grids.append((hw, spec, node, ax, ok, rej, np.flatnonzero(ok)))
+        grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
     total = sum(len(g[-1]) for g in grids)
     done = 0
     tflops = train_step_flops(m, global_batch, seq_len, "none").model_flops
@@ -1121,12 +1148,11 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
                                    offload_optimizer=lay.offload_optimizer))
     tokens_per_step = float(job.global_batch * job.seq_len)
     if refine:
-        est = _estimate(m, spec, j, par, node, calibration)
+        est, (breakdown, membd) = _estimate(m, spec, j, par, node, calibration)
         step_s = est.step.total_s
-        breakdown = est.step.parts()
+        breakdown, membd = dict(breakdown), dict(membd)
         mem = est.memory
         peak, req = mem.peak_bytes, est.required_bytes
-        membd = {k: v for k, v in mem.to_dict().items() if k.endswith("_bytes") and k not in ("peak_bytes",)}
         mfu, tflops = est.mfu, est.tflops_per_device
         hfu, hw_tflops = est.hfu, est.hardware_flops_per_step / step_s / lay.devices / 1e12
     else:
@@ -1161,23 +1187,30 @@ MAX_REFINED = 4096
 
 
 def _estimate(m: ModelConfig, spec, job: TrainJob, par: Parallel, node, calibration):
-    """estimate_train(m, spec, job, par, node, calibration), remembered per inputs (the parsed model,
-    spec and node by identity, the efficiency model in use, the job and layout)."""
+    """estimate_train(m, spec, job, par, node, calibration) and its step and memory breakdowns,
+    remembered per inputs (the parsed model, spec and node by identity, the efficiency model in use,
+    the job and layout)."""
     from .training import estimate_train
 
     eff = efficiency_for(spec, calibration)
+
+    def made():
+        est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
+        membd = {k: v for k, v in est.memory.to_dict().items() if k.endswith("_bytes") and k not in ("peak_bytes",)}
+        return est, (est.step.parts(), membd)
+
     try:
         key = (id(m), id(spec), id(node), id(eff), job, par)
         hit = _REFINED.get(key)
     except TypeError:
-        return estimate_train(m, spec, job, par, node=node, calibration=calibration)
+        return made()
     if hit is not None and all(a is b for a, b in zip(hit[0], (m, spec, node, eff))):
         return hit[1]
-    est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
+    out = made()
     if len(_REFINED) >= MAX_REFINED:
         _REFINED.clear()
-    _REFINED[key] = ((m, spec, node, eff), est)
-    return est
+    _REFINED[key] = ((m, spec, node, eff), out)
+    return out
 
 
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,

@@ -229,3 +229,19 @@ def test_edited_profile_is_read_again(tmp_path):
     _bump(f, src + "\n# edited\n")
     b = frameworks.load_profile_file(f)
     assert b is not a and b == a
+
+
+def test_valid_layouts_found_per_block_are_all_of_them():
+    import importlib
+
+    S = importlib.import_module("costmodel.search")
+    from costmodel.arch import load_model
+
+    for name, counts, gb in (("mixtral-8x7b", [8, 64, 512], 1024), ("gpt3-175b", [8, 1024, 16384], 1536)):
+        m = load_model(name)
+        ax = S._axes(m, counts, 8, gb, 4096)
+        ok, _ = S._valid_mask(m, ax, gb, 4096, 8)
+        assert np.array_equal(S._valid_flat(ax, ok), np.flatnonzero(ok))
+    ax = S._axes(m, [64], 8, 1536, 2048, recompute=["full"], offload=[False], sequence_parallel=[True])
+    ok, _ = S._valid_mask(m, ax, 1536, 2048, 8)
+    assert np.array_equal(S._valid_flat(ax, ok), np.flatnonzero(ok))
