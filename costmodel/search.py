@@ -308,12 +308,17 @@ def _valid_flat(ax: _Axes, ok: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- tables
 
-def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None) -> np.ndarray:
+def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None, only: np.ndarray | None = None) -> np.ndarray:
     """fn(*values) for every combination of the given axes' values (a small product); a function
-    returning `width` numbers fills a trailing axis of that length."""
+    returning `width` numbers fills a trailing axis of that length. ``only``: a mask of the
+    combinations wanted (the others are NaN)."""
     shape = tuple(len(a) for a in axes)
     out = np.empty(shape if width is None else shape + (width,), dtype=float)
-    for idx in np.ndindex(*shape):
+    todo = np.ndindex(*shape)
+    if only is not None:
+        out.fill(np.nan)
+        todo = (tuple(int(i) for i in idx) for idx in np.argwhere(only))
+    for idx in todo:
         out[idx] = fn(*(int(a[i]) if a.dtype != bool else bool(a[i]) for a, i in zip(axes, idx)))
     return out
 
@@ -412,6 +417,7 @@ class _Screened:
         chunk = SCREEN_CHUNK
         self.required = np.empty(n)
         used = np.zeros(tuple(len(getattr(ax, a)) for a in _DP_AXES), dtype=bool)
+        used_layers = np.zeros(tuple(len(getattr(ax, a)) for a in _LAYER_AXES), dtype=bool)
         small = max(len(getattr(ax, k)) for k in ax.names) < 256
         kept_idx = []  # the axis indices of the layouts that fit, one byte each (not unravelled again)
         for a in range(0, n, chunk):
@@ -421,13 +427,14 @@ class _Screened:
             fit = req <= capacity_bytes
             if fit.any():
                 used[tuple(c.idx[k][fit] for k in _DP_AXES)] = True
+                used_layers[tuple(c.idx[k][fit] for k in _LAYER_AXES)] = True
                 if small:
                     kept_idx.append(np.stack([c.idx[k][fit] for k in ax.names]).astype(np.uint8))
             if on_chunk is not None:
                 on_chunk(min(n, a + chunk) // 2)
         self.fits = self.required <= capacity_bytes
         self.step_s = np.full(n, np.inf)
-        self.times = _time_model(model, spec, node, job, ax, used, calibration)
+        self.times = _time_model(model, spec, node, job, ax, used, calibration, used_layers)
         keep = np.flatnonzero(self.fits)
         kept_idx = np.concatenate(kept_idx, axis=1) if small and kept_idx else None
         tchunk = len(keep) if getattr(self.times, "composed", False) else chunk  # composed: its tables once
@@ -507,29 +514,34 @@ MAX_TIME_MODELS = 8
 
 
 def _time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes,
-                used: np.ndarray, calibration: str | None = None):
+                used: np.ndarray, calibration: str | None = None, used_layers: np.ndarray | None = None):
     """_build_time_model, remembered per inputs (the parsed model, spec, node and efficiency model
-    by identity, the job, the axes and the data-parallel points used)."""
+    by identity, the job, the axes and the sub-layouts used)."""
     import hashlib
 
     eff = efficiency_for(spec, calibration)
+    digest = lambda a: None if a is None else (a.shape, hashlib.blake2b(np.packbits(a).tobytes(), digest_size=16).digest())  # noqa: E731
     try:
         key = (id(model), id(spec), id(node), id(eff), job, tuple(tuple(getattr(ax, n).tolist()) for n in ax.names),
-               used.shape, hashlib.blake2b(np.packbits(used).tobytes(), digest_size=16).digest())
+               digest(used), digest(used_layers))
         hit = _TIME_MODELS.get(key)
     except TypeError:  # an input that does not hash: build it
-        return _build_time_model(model, spec, node, job, ax, used, calibration)
+        return _build_time_model(model, spec, node, job, ax, used, calibration, used_layers)
     if hit is not None and all(a is b for a, b in zip(hit[0], (model, spec, node, eff))):
         return hit[1]
-    times = _build_time_model(model, spec, node, job, ax, used, calibration)
+    times = _build_time_model(model, spec, node, job, ax, used, calibration, used_layers)
     if len(_TIME_MODELS) >= MAX_TIME_MODELS:
         _TIME_MODELS.clear()
     _TIME_MODELS[key] = ((model, spec, node, eff), times)
     return times
 
 
+# The axes of the per-layer table (and of its mask of sub-layouts used, used_layers)
+_LAYER_AXES = ("tp", "ep", "mb", "cp", "sp")
+
+
 def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes,
-                      used: np.ndarray, calibration: str | None = None):
+                      used: np.ndarray, calibration: str | None = None, used_layers: np.ndarray | None = None):
     """The step time of candidates as a function of them: the terms that depend on a few axes only
     are computed here, once per distinct sub-layout (per-layer operator times per (tp, ep, mb, cp,
     sp), collectives per their axes, data-parallel terms per ``used`` (devices, tp, pp, cp, ep,
@@ -550,11 +562,11 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     # every GEMM shape of every sub-layout through the calibrated curve in one vectorised call first
     _prefetch_gemms(eff, lambda e: _subgrid_table(lambda *a: tr._layer_times(
         e, model, job, Parallel(tp=a[0], ep=a[1], dp=a[1], cp=a[3], sequence_parallel=bool(a[4]) and a[0] > 1),
-        a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6),
-        key=("layers", id(model), job, dtype, id(spec), *(tuple(getattr(ax, n).tolist()) for n in
-                                                                  ("tp", "ep", "mb", "cp", "sp"))))
+        a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers),
+        key=("layers", id(model), job, dtype, id(spec), *(tuple(getattr(ax, n).tolist()) for n in _LAYER_AXES),
+             None if used_layers is None else np.packbits(used_layers).tobytes()))
     with prefetched():
-        parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
+        parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers)
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
