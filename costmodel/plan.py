@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
-from .inference import estimate_infer
 from .specs import load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
@@ -204,6 +203,8 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
                        host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
+    from .inference import estimate_infer  # imported by the command that uses it (train does not)
+
     est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
     est.notes.extend(_spec_notes(lib, hardware))
