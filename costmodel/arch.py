@@ -6,6 +6,7 @@ architecture and checked in the tests against each model's published total.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -264,6 +265,16 @@ def models_dir() -> Path:
     return package_data_dir("data") / "models"
 
 
+def _models_dir_str() -> str:
+    global _MODELS_DIR
+    if _MODELS_DIR is None:
+        _MODELS_DIR = str(models_dir())
+    return _MODELS_DIR
+
+
+_MODELS_DIR: str | None = None
+
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in models_dir().glob("*.yaml"))
 
@@ -295,25 +306,45 @@ def load_preset(name: str) -> ModelConfig:
                      "DIR/config.json")
         raise InputError(f"unknown model preset {name!r}{hint} (`costmodel model list` lists the presets; a preset "
                          "YAML, a Hugging Face config.json or a model directory holding one also work)", field="model")
-    return parse_model(read_yaml(path), path)
+    return _model_file(path)
+
+
+def _model_file(path: Path) -> ModelConfig:
+    """A preset-format YAML file's model, parsed once per version of the file (ModelConfig is frozen)."""
+    from .inputs import cached_by_file
+
+    return cached_by_file("model", path, lambda: parse_model(read_yaml(path), path))
+
+
+def _hf_file(path: Path, model_id: str | None = None) -> ModelConfig:
+    """from_hf_config, once per version of the file and id."""
+    from .inputs import cached_by_file
+
+    return cached_by_file("hf-config", path, lambda: from_hf_config(path, model_id=model_id), model_id)
 
 
 def load_model(name_or_file: str) -> ModelConfig:
     """A preset id, a preset-format YAML file, a Hugging Face config.json, or a Hugging Face model
     directory (one holding config.json, as ``save_pretrained`` or a hub download writes it)."""
+    if isinstance(name_or_file, str) and not os.path.exists(name_or_file):
+        # the common case, a preset id (nothing of that name here): straight to the preset's file
+        if not name_or_file.endswith((".json", ".yaml", ".yml")) and os.sep not in name_or_file:
+            path = os.path.join(_models_dir_str(), name_or_file + ".yaml")
+            if os.path.isfile(path):
+                return _model_file(Path(path))
     p = Path(name_or_file)
     if p.is_dir():
         cfg = p / "config.json"
         if not cfg.is_file():
             raise InputError("a directory without config.json; expected a Hugging Face model directory, "
                              "a config.json, a preset YAML or a preset id", file=p)
-        return from_hf_config(cfg, model_id=p.resolve().name)
+        return _hf_file(cfg, model_id=p.resolve().name)
     if p.suffix in (".json", ".yaml", ".yml") or p.exists():
         if not p.exists():
             raise InputError("file does not exist", file=p)
         if p.suffix == ".json":
-            return from_hf_config(p)
-        return parse_model(read_yaml(p), p)
+            return _hf_file(p)
+        return _model_file(p)
     return load_preset(name_or_file)
 
 

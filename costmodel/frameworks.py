@@ -132,9 +132,16 @@ def frameworks_dir() -> Path:
 
 
 def load_profile_file(path: str | Path) -> FrameworkProfile:
-    from .inputs import load_yaml
+    """A framework profile YAML, parsed once per version of the file (FrameworkProfile is frozen)."""
+    from .inputs import cached_by_file
 
     path = Path(path)
+    return cached_by_file("profile", path, lambda: _parse_profile_file(path))
+
+
+def _parse_profile_file(path: Path) -> FrameworkProfile:
+    from .inputs import load_yaml
+
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise InputError("expected a mapping (a framework profile)", file=path)

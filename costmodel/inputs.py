@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .errors import InputError
@@ -37,6 +38,39 @@ MAX_RECORDS_BYTES = 256 * 2**20
 MAX_INT_DIGITS = 30
 # Deepest nesting of lists and mappings taken (costmodel's own formats nest a handful of levels).
 MAX_DEPTH = 64
+
+
+# ------------------------------------------------------------------------------ parsed-file cache
+
+# Parsed inputs (presets, specs, overlays, profiles) kept per process, keyed by the file's absolute
+# path, modification time and size: an unchanged file is parsed once, an edited one is read again.
+# Only immutable results (frozen models) are cached, so a caller cannot change what the next gets.
+_PARSED: dict[tuple, object] = {}
+MAX_CACHED_FILES = 1024
+
+
+def file_key(path: str | Path) -> tuple | None:
+    """(absolute path, mtime_ns, size) of ``path``, or None when it cannot be stat()ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def cached_by_file(kind: str, path: str | Path, build, *extra):
+    """``build()`` (which parses ``path``), once per version of the file: kept under ``kind``, the
+    file's key and ``extra`` (hashable). Errors are not cached."""
+    key = file_key(path)
+    if key is None:
+        return build()
+    key = (kind, key, extra)
+    hit = _PARSED.get(key)
+    if hit is None:
+        if len(_PARSED) >= MAX_CACHED_FILES:
+            _PARSED.clear()
+        hit = _PARSED[key] = build()
+    return hit
 
 
 def _fmt_size(n: int) -> str:
@@ -147,12 +181,72 @@ def _yaml_loader():
 
 
 _LOADER = None
+_FAST_LOADER = None
 
 
-def parse_yaml(text: str, file: str | Path = "<yaml>") -> object:
-    """Parse YAML ``text`` (safe loader, see the module) into plain data; InputError on anything wrong."""
+def _fast_yaml_loader():
+    """The same loader on libyaml's parser (yaml.CSafeLoader, ~10x faster), or None where PyYAML
+    was built without it. Its composer is libyaml's, without the nesting limit, so it reads only
+    the files costmodel ships (shallow, and known to parse)."""
+    global _FAST_LOADER
+    if _FAST_LOADER is None:
+        import yaml
+
+        try:
+            from yaml.cyaml import CParser as parser
+        except ImportError:
+            parser = None
+        if parser is None:
+            _FAST_LOADER = False
+        else:
+            class FastLoader(parser, _yaml_loader()):  # libyaml's parser and composer, our constructor
+                def __init__(self, stream):
+                    parser.__init__(self, stream)
+                    yaml.constructor.SafeConstructor.__init__(self)
+                    yaml.resolver.Resolver.__init__(self)
+
+            _FAST_LOADER = FastLoader
+    return _FAST_LOADER or None
+
+
+def _shipped_roots() -> tuple[str, ...]:
+    """The directories of the YAML costmodel ships (wheel: costmodel/_data/*; checkout: the root's
+    hardware/, data/, plans/), as resolved path prefixes."""
+    global _ROOTS
+    if _ROOTS is None:
+        here = Path(__file__).resolve().parent
+        roots = []
+        for name in ("hardware", "data", "plans"):
+            d = here / "_data" / name
+            roots.append(str(d if d.is_dir() else here.parent / name) + os.sep)
+        _ROOTS = tuple(roots)
+    return _ROOTS
+
+
+_ROOTS: tuple[str, ...] | None = None
+
+
+def is_shipped_file(path: str | Path) -> bool:
+    """A file under the directories costmodel ships its YAML in."""
+    return os.path.realpath(path).startswith(_shipped_roots())
+
+
+def parse_yaml(text: str, file: str | Path = "<yaml>", fast: bool = False) -> object:
+    """Parse YAML ``text`` (safe loader, see the module) into plain data; InputError on anything wrong.
+    ``fast``: through libyaml where available (shipped files only, see _fast_yaml_loader); a file
+    it finds wrong is parsed again the usual way, for the usual message."""
     import yaml
 
+    if fast and _fast_yaml_loader() is not None:
+        loader = _fast_yaml_loader()(text)
+        try:
+            data = loader.get_single_data()
+            if _find_bad(data) is None:
+                return data
+        except yaml.YAMLError:
+            pass
+        finally:
+            loader.dispose()
     loader = _yaml_loader()(text)
     try:
         data = loader.get_single_data()
@@ -172,8 +266,8 @@ def parse_yaml(text: str, file: str | Path = "<yaml>") -> object:
 
 
 def load_yaml(path: str | Path, limit: int = MAX_DOCUMENT_BYTES) -> object:
-    """Read and parse a YAML file (read_text, parse_yaml)."""
-    return parse_yaml(read_text(path, limit), path)
+    """Read and parse a YAML file (read_text, parse_yaml; libyaml's parser for shipped files)."""
+    return parse_yaml(read_text(path, limit), path, fast=is_shipped_file(path))
 
 
 # ------------------------------------------------------------------------------------------ JSON

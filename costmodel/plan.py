@@ -9,12 +9,113 @@ from pydantic import ValidationError
 from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
-from .inference import estimate_infer
 from .specs import load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
 
+# ------------------------------------------------------------------------ estimates already made
+
+# An estimate is a pure function of its arguments and of the input files it read (the model preset
+# or file, the hardware specs, a calibration overlay, a framework profile), so a call repeated with
+# the same arguments while those files are unchanged gets a copy of the estimate made before. Keyed
+# by the arguments as given; each entry remembers the versions of its inputs (the parsed objects,
+# which the input caches replace when a file changes, and the overlay's and profile's file keys).
+_ESTIMATES: dict = {}
+MAX_ESTIMATES = 4096
+
+
+def clear_caches() -> None:
+    """Forget remembered estimates and parsed inputs (for code that changes the model's constants
+    at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
+    import sys
+
+    from . import inputs, specs
+
+    _ESTIMATES.clear()
+    inputs._PARSED.clear()
+    specs._LIBRARIES.clear()
+    search = sys.modules.get("costmodel.search")
+    if search is not None:
+        search._TIME_MODELS.clear()
+        search._REFINED.clear()
+
+
+def _plain(v):
+    """A hashable stand-in for an argument, its type included (2 and 2.0 and True are not one key)."""
+    return tuple(_plain(x) for x in v) if isinstance(v, (list, tuple)) else (type(v), v)
+
+
+def _input_versions(args: tuple, kwargs: dict) -> tuple:
+    from .inputs import file_key
+
+    model = args[0] if args else kwargs["model"]
+    lib = load_library(kwargs.get("hardware_files"))
+    return (lib.origin, load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
+            file_key(kwargs["profile"]) if kwargs.get("profile") else None)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(x is y or x == y for x, y in zip(a, b))
+
+
+def _fresh(est):
+    """A copy of an estimate that its caller may change without changing the remembered one: its
+    lists and dicts copied, and the records it holds (memory, step) copied one level down."""
+    import copy
+    import dataclasses
+
+    out = copy.copy(est)
+    for f in dataclasses.fields(out):
+        v = getattr(out, f.name)
+        if isinstance(v, list):
+            v = [dict(x) if isinstance(x, dict) else x for x in v]
+        elif isinstance(v, dict):
+            v = dict(v)
+        elif dataclasses.is_dataclass(v):
+            v = copy.copy(v)
+        else:
+            continue
+        object.__setattr__(out, f.name, v)
+    return out
+
+
+def _remembered(fn):
+    """``fn`` (train, infer) answered from _ESTIMATES when called again with the same arguments
+    and unchanged inputs. Any problem in the lookup falls through to ``fn``, which reports it."""
+    import functools
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            key = (fn.__name__, _plain(args), tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
+            hit = _ESTIMATES.get(key)
+        except TypeError:  # an argument that is not hashable: no memo
+            return fn(*args, **kwargs)
+        if hit is not None:
+            try:
+                ok = _same(_input_versions(args, kwargs), hit[0])
+            except Exception:  # noqa: BLE001 - fn reports it, in its own order
+                ok = False
+            if ok:
+                from .specs import claim_notes
+
+                claim_notes(hit[1].notes)
+                return _fresh(hit[1])
+        est = fn(*args, **kwargs)
+        try:
+            versions = _input_versions(args, kwargs)
+        except Exception:  # noqa: BLE001
+            return est
+        if len(_ESTIMATES) >= MAX_ESTIMATES:
+            _ESTIMATES.clear()
+        _ESTIMATES[key] = (versions, _fresh(est))
+        return est
+
+    return call
+
+
+@_remembered
 def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None, nodes: int | None = None,
           tp: int = 1, pp: int = 1, dp: int | None = None, cp: int = 1, ep: int = 1, sequence_parallel: bool = False,
           zero_stage: int = 0, interleave: int = 1, micro_batch: int = 1, seq_len: int = 2048,
@@ -86,6 +187,7 @@ def context_notes(model, tokens: int, what: str) -> list[str]:
             "model runs at that length (positions extended, e.g. RoPE scaling), which it was not trained for"]
 
 
+@_remembered
 def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1, prompt_len: int = 1024,
           gen_len: int = 128, weight_dtype: str = "bf16", kv_dtype: str = "bf16", cuda_graph: bool = True,
           calibration: str | None = None, hardware_files: list[str] | None = None, host_time_factor: float = 1.0):
@@ -102,6 +204,8 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
                        host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
+    from .inference import estimate_infer  # imported by the command that uses it (train does not)
+
     est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
     est.notes.extend(_spec_notes(lib, hardware))

@@ -113,18 +113,23 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
     """
     if calibration:
         from . import calibration as cal
+        from .inputs import cached_by_file
 
-        return cal.load_overlay(calibration, spec) if _takes_spec(cal.load_overlay) else cal.load_overlay(calibration)
+        # an overlay read once per version of its file and spec (specs are frozen and cached, so
+        # the same spec is the same object; the entry holds it, so its id is not reused)
+        return cached_by_file("overlay", calibration, lambda: (spec, cal.load_overlay(calibration, spec) if _takes_spec(
+            cal.load_overlay) else cal.load_overlay(calibration)), id(spec))[1]
     if shipped:
         try:
             from . import calibration as cal
 
-            path = cal.shipped_overlay_path(spec.id)
+            path = _shipped_overlay(spec.id)
             if path is None:
-                return _DefaultEfficiency(spec)  # the datasheet curves below (as before calibration existed)
+                return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
             file = getattr(spec, "file", None)
-            key = (spec.id, str(path), path.stat().st_mtime_ns, spec.model_dump_json(), str(file))
-            eff = _SHIPPED_CACHE.get(key)
+            key = (spec.id, str(path), path.stat().st_mtime_ns, id(spec))
+            hit = _SHIPPED_CACHE.get(key)
+            eff = hit[1] if hit is not None and hit[0] is spec else None
             if eff is None:
                 eff = cal.load_overlay(path, spec)
                 if file is not None and not _is_shipped(file):
@@ -132,15 +137,37 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
                     # part) applies to it, and the source says so and names the spec's file
                     eff = cal.DeviceEfficiency(**{k: getattr(eff, k) for k in _EFF_FIELDS},
                                                source=f"{eff.source}, measured on the shipped {spec.id}; spec from {file}")
-                _SHIPPED_CACHE[key] = eff
+                _SHIPPED_CACHE[key] = (spec, eff)
             return eff
         except (ImportError, AttributeError):
             pass
     return _DefaultEfficiency(spec)
 
 
-# Shipped overlays read once per (device, file version, spec): DeviceEfficiency is immutable.
+def _default_efficiency(spec) -> _DefaultEfficiency:
+    """_DefaultEfficiency(spec), one per spec object (it holds nothing else)."""
+    hit = _DEFAULT_CACHE.get(id(spec))
+    if hit is None or hit.spec is not spec:
+        if len(_DEFAULT_CACHE) > 256:
+            _DEFAULT_CACHE.clear()
+        hit = _DEFAULT_CACHE[id(spec)] = _DefaultEfficiency(spec)
+    return hit
+
+
+_DEFAULT_CACHE: dict = {}
+# Shipped overlays read once per (device, overlay version, spec): DeviceEfficiency is immutable,
+# specs are frozen (an edited spec file is a new spec object, and the entry holds the old one).
 _SHIPPED_CACHE: dict = {}
+_SHIPPED_OVERLAYS: dict = {}
+
+
+def _shipped_overlay(spec_id: str):
+    """The shipped calibration overlay of a device id (None: there is none), looked up once."""
+    if spec_id not in _SHIPPED_OVERLAYS:
+        from . import calibration as cal
+
+        _SHIPPED_OVERLAYS[spec_id] = cal.shipped_overlay_path(spec_id)
+    return _SHIPPED_OVERLAYS[spec_id]
 _EFF_FIELDS = ("device", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives", "launch_overhead_s",
                "peaks", "eager_infer_host_factor")
 
@@ -158,6 +185,64 @@ def _takes_spec(fn) -> bool:
         return len(inspect.signature(fn).parameters) >= 2
     except (TypeError, ValueError):
         return False
+
+
+class _GemmRecorder:
+    """Stands in for a DeviceEfficiency while a table is built once only to learn the GEMM shapes
+    it asks for (their times are dummies; every other query goes to the real model)."""
+
+    def __init__(self, eff):
+        self._eff = eff
+        self.queries: dict[tuple, set] = {}  # (dtype, batch, interleaved) -> {(m, n, k)}
+
+    def gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
+        self.queries.setdefault((dtype, batch, interleaved), set()).add((m, n, k))
+        return 1.0
+
+    def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
+        self.gemm_time_s(m, n, k, dtype, batch)
+        return 1.0
+
+    def __getattr__(self, name):
+        return getattr(self._eff, name)
+
+
+_PREFETCHED = [0]
+
+
+class prefetched:
+    """``with prefetched():`` builds whose GEMM shapes were prefetched by the caller (a search's
+    whole table at once) skip their own prefetch."""
+
+    def __enter__(self):
+        _PREFETCHED[0] += 1
+
+    def __exit__(self, *exc):
+        _PREFETCHED[0] -= 1
+        return False
+
+
+def prefetch_gemms(eff, build, key) -> None:
+    """Evaluate every GEMM shape ``build(eff)`` would ask for through the calibrated curve in one
+    vectorised call per dtype (DeviceEfficiency.gemm_times_s, which remembers them), so that the
+    real ``build`` finds them all answered. Once per ``key`` and efficiency model."""
+    memo = getattr(eff, "_memo", None)
+    if isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:  # inside a build being recorded, or already prefetched
+        return
+    try:
+        if not hasattr(eff, "gemm_times_s") or memo is None or ("prefetched", key) in memo:
+            return
+    except TypeError:  # a key that does not hash: no prefetch (the real pass still evaluates each shape once)
+        return
+    rec = _GemmRecorder(eff)
+    try:
+        build(rec)
+        for (dtype, batch, interleaved), shapes in rec.queries.items():
+            m, n, k = zip(*sorted(shapes))
+            eff.gemm_times_s(m, n, k, dtype, batch, interleaved)
+    except Exception:  # noqa: BLE001 - the real pass meets the same problem and reports it
+        return
+    memo[("prefetched", key)] = True
 
 
 @dataclass(frozen=True)
@@ -185,7 +270,7 @@ def _graph_kernel_s(eff, kind: str, *args):
             # the host floor: 4.04 us on H100, 0.95 us on H200 (the same GH100 die and clocks,
             # hardware/calibrated/*.yaml); a graph-launched GEMM gets GRAPH_GEMM_FIXED_S instead
             fixed = eff.gemm.dtypes[dtype].timing.kernel_min_s
-            return float(eff.gemm.kernel_s(m, n, k, dtype)) - fixed + GRAPH_GEMM_FIXED_S
+            return eff.gemm_kernel_s(m, n, k, dtype) - fixed + GRAPH_GEMM_FIXED_S
         return float(eff.copy.kernel_s(args[0]))
     except (AttributeError, KeyError):
         return None

@@ -35,7 +35,7 @@ from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
-from .roofline import efficiency_for, memory_op
+from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec, load_library
 from .workload import Parallel, TrainJob
 
@@ -275,25 +275,52 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
         ("--tp-comm-overlap needs sequence parallelism", (not tp_comm_overlap) | sp | (tp == 1)),
     ]
     shape = ax.shape()
-    ok = np.ones(shape, dtype=bool)
+    # No rule reads the recompute or offload axes: the rules are evaluated on the grid without them
+    # (each point there stands for len(rc) * len(off) layouts) and the mask broadcast over them.
+    free = [ax.names.index("rc"), ax.names.index("off")]
+    reduced = tuple(1 if i in free else n for i, n in enumerate(shape))
+    per_point = math.prod(shape[i] for i in free)
+    ok = np.ones(reduced, dtype=bool)
     rejected: dict[str, int] = {}
     for reason, cond in rules:
-        cond = np.broadcast_to(cond, shape)
-        n = int(np.count_nonzero(ok & ~cond))
+        cond = np.broadcast_to(cond, reduced)
+        n = int(np.count_nonzero(ok & ~cond)) * per_point
         if n:
             rejected[reason] = n
         ok &= cond
-    return ok, rejected
+    return np.broadcast_to(ok, shape), rejected
+
+
+def _valid_flat(ax: _Axes, ok: np.ndarray) -> np.ndarray:
+    """np.flatnonzero(ok) for a mask of _valid_mask (the same along the recompute and offload axes,
+    the innermost but sp): found per block of those innermost axes, over the blocks with a valid
+    layout only, instead of over the whole grid."""
+    rc, sp, off = (ax.names.index(n) for n in ("rc", "sp", "off"))
+    if (rc, sp, off) != (len(ax.names) - 3, len(ax.names) - 2, len(ax.names) - 1):
+        return np.flatnonzero(ok)
+    shape = ok.shape
+    n_sp = shape[sp]
+    per_sp = ok[..., :1, :, :1].reshape(-1, n_sp)  # each (devices..mb) prefix: which sp are valid
+    blocks = np.flatnonzero(per_sp.any(axis=1))
+    inner = np.broadcast_to(per_sp[blocks][:, None, :, None], (len(blocks),) + shape[rc:])
+    local = np.flatnonzero(inner)
+    size = int(np.prod(shape[rc:]))
+    return blocks[local // size] * size + local % size
 
 
 # ----------------------------------------------------------------------------------- tables
 
-def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None) -> np.ndarray:
+def _subgrid_table(fn, *axes: np.ndarray, width: int | None = None, only: np.ndarray | None = None) -> np.ndarray:
     """fn(*values) for every combination of the given axes' values (a small product); a function
-    returning `width` numbers fills a trailing axis of that length."""
+    returning `width` numbers fills a trailing axis of that length. ``only``: a mask of the
+    combinations wanted (the others are NaN)."""
     shape = tuple(len(a) for a in axes)
     out = np.empty(shape if width is None else shape + (width,), dtype=float)
-    for idx in np.ndindex(*shape):
+    todo = np.ndindex(*shape)
+    if only is not None:
+        out.fill(np.nan)
+        todo = (tuple(int(i) for i in idx) for idx in np.argwhere(only))
+    for idx in todo:
         out[idx] = fn(*(int(a[i]) if a.dtype != bool else bool(a[i]) for a, i in zip(axes, idx)))
     return out
 
@@ -353,22 +380,179 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     return out
 
 
+# Candidates screened at once: memory stays bounded (a few dozen arrays of this length) and the
+# arrays of one chunk stay in the processor's cache between the screen's many elementwise steps.
+SCREEN_CHUNK = 1 << 15
+
+
+def _flat_of(ax: _Axes, shape: tuple, flat: np.ndarray) -> _Flat:
+    """Candidates given by their flat indices in the grid, as _Flat (indices and values per axis)."""
+    idx = dict(zip(ax.names, np.unravel_index(flat, shape)))
+    return _Flat(idx, {n: getattr(ax, n)[idx[n]] for n in ax.names})
+
+
+def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat) -> dict[str, np.ndarray]:
+    """Peak and required bytes per device of candidates (the formulas of costmodel.memory on arrays)."""
+    v = c.val
+    tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
+    dp = N // (tp * pp * cp)
+    n_micro = job.global_batch // (mb * dp)
+    grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=v["ep"], sequence_parallel=v["sp"] & (tp > 1),
+                        zero_stage=v["zero"], interleave=v["v"])
+    mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
+                             offload_optimizer=v["off"])
+    peak = peak_of(mem["candidates"])
+    return dict(peak_bytes=peak, required_bytes=required_device_bytes(peak), dp=dp, n_micro=n_micro)
+
+
+class _Screened:
+    """One hardware's screen, in chunks of SCREEN_CHUNK candidates: memory for all, then step time
+    for those that fit (inf for the rest), from tables of the distinct sub-layouts built once
+    (_time_model). Kept per candidate: its grid index, required bytes and step time; the other
+    terms are recomputed for the few candidates reported (rows)."""
+
+    def __init__(self, model: ModelConfig, spec, node, job: TrainJob, ax: _Axes, shape: tuple, flat: np.ndarray,
+                 calibration, capacity_bytes: float, on_chunk=None):
+        self.model, self.job, self.ax, self.shape, self.flat = model, job, ax, shape, flat
+        self._kept: dict[int, dict] = {}
+        n = len(flat)
+        chunk = SCREEN_CHUNK
+        self.required = np.empty(n)
+        used = np.zeros(tuple(len(getattr(ax, a)) for a in _DP_AXES), dtype=bool)
+        used_layers = np.zeros(tuple(len(getattr(ax, a)) for a in _LAYER_AXES), dtype=bool)
+        small = max(len(getattr(ax, k)) for k in ax.names) < 256
+        kept_idx = []  # the axis indices of the layouts that fit, one byte each (not unravelled again)
+        for a in range(0, n, chunk):
+            c = _flat_of(ax, shape, flat[a:a + chunk])
+            req = _memory_of(model, job, c)["required_bytes"]
+            self.required[a:a + chunk] = req
+            fit = req <= capacity_bytes
+            if fit.any():
+                used[tuple(c.idx[k][fit] for k in _DP_AXES)] = True
+                used_layers[tuple(c.idx[k][fit] for k in _LAYER_AXES)] = True
+                if small:
+                    kept_idx.append(np.stack([c.idx[k][fit] for k in ax.names]).astype(np.uint8))
+            if on_chunk is not None:
+                on_chunk(min(n, a + chunk) // 2)
+        self.fits = self.required <= capacity_bytes
+        self.step_s = np.full(n, np.inf)
+        self.times = _time_model(model, spec, node, job, ax, used, calibration, used_layers)
+        keep = np.flatnonzero(self.fits)
+        kept_idx = np.concatenate(kept_idx, axis=1) if small and kept_idx else None
+        tchunk = len(keep) if getattr(self.times, "composed", False) else chunk  # composed: its tables once
+        for a in range(0, len(keep), max(tchunk, 1)):
+            sel = keep[a:a + tchunk]
+            if kept_idx is not None:
+                idx = {k: kept_idx[j, a:a + tchunk].astype(np.intp) for j, k in enumerate(ax.names)}
+                c = _Flat(idx, {k: getattr(ax, k)[idx[k]] for k in ax.names})
+            else:
+                c = _flat_of(ax, shape, flat[sel])
+            self.step_s[sel] = self.times(c)["step_s"]
+            if on_chunk is not None:
+                on_chunk(n // 2 + (a + len(sel)) * (n - n // 2) // max(len(keep), 1))
+        if on_chunk is not None:
+            on_chunk(n)
+
+    @property
+    def devices(self) -> np.ndarray:
+        """Each candidate's device count."""
+        if getattr(self, "_devices", None) is None:
+            self._devices = self.ax.devices[self.flat // int(np.prod(self.shape[1:]))]
+        return self._devices
+
+    def flat_of(self, rows) -> _Flat:
+        return _flat_of(self.ax, self.shape, self.flat[np.asarray(rows, dtype=np.int64)])
+
+    def prefetch(self, rows) -> None:
+        """rows() of these candidates at once, kept for rows([i]) of each of them."""
+        rows = sorted(set(int(i) for i in rows) - set(self._kept))
+        if rows:
+            got = self.rows(rows)
+            for j, i in enumerate(rows):
+                self._kept[i] = {k: a[j:j + 1] for k, a in got.items()}
+
+    def rows(self, rows) -> dict[str, np.ndarray]:
+        """Everything screen() reports, for the candidates ``rows`` (step time: inf where they do not fit)."""
+        if len(rows) == 1 and int(rows[0]) in self._kept:
+            return self._kept[int(rows[0])]
+        c = self.flat_of(rows)
+        out = _memory_of(self.model, self.job, c)
+        fit = self.fits[np.asarray(rows, dtype=np.int64)]
+        times = self.times(_Flat({k: a[fit] for k, a in c.idx.items()}, {k: a[fit] for k, a in c.val.items()})) \
+            if fit.any() else {}
+        for k in _TIME_KEYS:
+            arr = np.full(len(c), np.inf)
+            if fit.any():
+                arr[fit] = times[k]
+            out[k] = arr
+        return out
+
+
 _TIME_KEYS = ("step_s", "compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s", "dp_comm_exposed_s",
               "fsdp_comm_exposed_s", "pp_comm_s", "bubble_s", "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")
 
 
 def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes, c: _Flat,
                  calibration: str | None = None) -> dict[str, np.ndarray]:
+    return _time_model(model, spec, node, job, ax, _used_points(ax, c), calibration)(c)
+
+
+_DP_AXES = ("devices", "tp", "pp", "cp", "ep", "zero")
+
+
+def _used_points(ax: _Axes, c: _Flat, used: np.ndarray | None = None) -> np.ndarray:
+    """The (devices, tp, pp, cp, ep, zero) points of the grid that candidates ``c`` use (added to
+    ``used``): the data-parallel terms are set up once per point."""
+    if used is None:
+        used = np.zeros(tuple(len(getattr(ax, n)) for n in _DP_AXES), dtype=bool)
+    used[tuple(c.idx[n] for n in _DP_AXES)] = True
+    return used
+
+
+# Time models built (_time_model), by their inputs: a search repeated with the same inputs (a
+# notebook, a benchmark, a sweep over objectives) reuses the tables of the distinct sub-layouts.
+_TIME_MODELS: dict = {}
+MAX_TIME_MODELS = 8
+
+
+def _time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes,
+                used: np.ndarray, calibration: str | None = None, used_layers: np.ndarray | None = None):
+    """_build_time_model, remembered per inputs (the parsed model, spec, node and efficiency model
+    by identity, the job, the axes and the sub-layouts used)."""
+    import hashlib
+
+    eff = efficiency_for(spec, calibration)
+    digest = lambda a: None if a is None else (a.shape, hashlib.blake2b(np.packbits(a).tobytes(), digest_size=16).digest())  # noqa: E731
+    try:
+        key = (id(model), id(spec), id(node), id(eff), job, tuple(tuple(getattr(ax, n).tolist()) for n in ax.names),
+               digest(used), digest(used_layers))
+        hit = _TIME_MODELS.get(key)
+    except TypeError:  # an input that does not hash: build it
+        return _build_time_model(model, spec, node, job, ax, used, calibration, used_layers)
+    if hit is not None and all(a is b for a, b in zip(hit[0], (model, spec, node, eff))):
+        return hit[1]
+    times = _build_time_model(model, spec, node, job, ax, used, calibration, used_layers)
+    if len(_TIME_MODELS) >= MAX_TIME_MODELS:
+        _TIME_MODELS.clear()
+    _TIME_MODELS[key] = ((model, spec, node, eff), times)
+    return times
+
+
+# The axes of the per-layer table (and of its mask of sub-layouts used, used_layers)
+_LAYER_AXES = ("tp", "ep", "mb", "cp", "sp")
+
+
+def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes,
+                      used: np.ndarray, calibration: str | None = None, used_layers: np.ndarray | None = None):
+    """The step time of candidates as a function of them: the terms that depend on a few axes only
+    are computed here, once per distinct sub-layout (per-layer operator times per (tp, ep, mb, cp,
+    sp), collectives per their axes, data-parallel terms per ``used`` (devices, tp, pp, cp, ep,
+    zero) point); the returned function gathers and composes them for any candidates whose
+    data-parallel points are in ``used`` (a chunk at a time, or a handful to report)."""
     from . import training as tr
 
     eff = tr.step_efficiency(spec, calibration, frameworks.resolve(job.profile or job.framework))
     dtype = _dtype_for(job, spec)
-    v = c.val
-    tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]
-    dp = N // (tp * pp * cp)
-    full = v["rc"] == 2
-    rec_any = v["rc"] != 0
-    n_micro = job.global_batch // (mb * dp)
 
     # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
@@ -377,8 +561,14 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1)
         return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype, spec)
 
-    parts = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6)
-    g_f, g_b, a_f, a_b, e_f, e_b = parts[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
+    # every GEMM shape of every sub-layout through the calibrated curve in one vectorised call first
+    _prefetch_gemms(eff, lambda e: _subgrid_table(lambda *a: tr._layer_times(
+        e, model, job, Parallel(tp=a[0], ep=a[1], dp=a[1], cp=a[3], sequence_parallel=bool(a[4]) and a[0] > 1),
+        a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers),
+        key=("layers", id(model), job, dtype, id(spec), *(tuple(getattr(ax, n).tolist()) for n in _LAYER_AXES),
+             None if used_layers is None else np.packbits(used_layers).tobytes()))
+    with prefetched():
+        parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers)
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
@@ -386,14 +576,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
         return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
 
-    head_and_loss, head_f = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)[
-        c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
-    loss_t = head_and_loss - 3 * head_f
-
-    layers = -(-model.layers // pp)
-    recompute_f = np.where(full, g_f + a_f + e_f, np.where(v["rc"] == 1, a_f, 0.0))
-    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
-    t_mb = layers * per_layer + head_and_loss
+    head_tab = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)
 
     # --- communication: the scalar link models, once per distinct sub-grid value
     try:
@@ -414,15 +597,10 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
                    for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and tp_ > 1,
                                                        recompute=rc_name(rc_)))
 
-    tp_keys = (ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
-    tp_sel = (c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"])
-    tp_per_layer = _subgrid_table(tp_layer, *tp_keys)[tp_sel]
-    if job.tp_comm_overlap:  # Megatron-LM --tp-comm-overlap (training.estimate_train), with sequence parallelism
-        tp_per_layer = steptime.tp_overlap_exposed_s(tp_per_layer, g_f + g_b + np.where(full, g_f, 0.0), tp)
-    tp_comm = layers * tp_per_layer * n_micro
+    tp_tab = _subgrid_table(tp_layer, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
 
-    ep_comm = np.zeros(len(c))
-    if model.moe is not None and model.moe_layers > 0 and np.any(ep > 1):
+    a2a_tab = None
+    if model.moe is not None and model.moe_layers > 0 and np.any(ax.ep > 1):
         def a2a(tp_, ep_, mb_, cp_):
             if ep_ <= 1:
                 return 0.0
@@ -430,34 +608,23 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
             per_node = max(1, min(ep_, dpn // tp_))
             return link_coll("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * tp_ <= dpn, per_node=per_node)
 
-        a2a_t = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)[c.idx["tp"], c.idx["ep"], c.idx["mb"], c.idx["cp"]]
-        ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
+        a2a_tab = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)
 
-    cp_comm = np.zeros(len(c))
-    if np.any(cp > 1):
+    kv_tab = None
+    if np.any(ax.cp > 1):
         def kv_steps(tp_, mb_, cp_):
             kv_block = 2.0 * mb_ * seq_dev_of(cp_) * model.kv_dim / tp_ * 2.0
             cross = tp_ * cp_ > dpn
             return link_p2p(kv_block, crosses_node=cross), link_p2p(2.0 * kv_block, crosses_node=cross)
 
-        f_step, b_step = _subgrid_table(kv_steps, ax.tp, ax.mb, ax.cp, width=2)[c.idx["tp"], c.idx["mb"], c.idx["cp"]].T
-        fwd_passes = np.where(rec_any, 2.0, 1.0)
-        exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
-        cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
-
-    crosses = (tp * pp > dpn) | (tp * dp * cp >= dpn)
+        kv_tab = _subgrid_table(kv_steps, ax.tp, ax.mb, ax.cp, width=2)
 
     def p2p_pair(tp_, mb_, cp_, sp_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         msg = act / tp_ if (job.framework != "pytorch" or (sp_ and tp_ > 1)) else act
         return link_p2p(msg, crosses_node=False), link_p2p(msg, crosses_node=True)
 
-    p2p_in, p2p_out = _subgrid_table(p2p_pair, ax.tp, ax.mb, ax.cp, ax.sp, width=2)[
-        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
-    p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
-    pp_comm = n_micro * p2p_mb
-    slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
-    bubble = np.where(pp > 1, (pp - 1) / v["v"] * slot, 0.0)
+    p2p_tab = _subgrid_table(p2p_pair, ax.tp, ax.mb, ax.cp, ax.sp, width=2)
 
     # data parallel and optimizer: per (devices, tp, pp, cp, ep, zero), only where a candidate is
     st = state_bytes_per_param(job, model.hidden)
@@ -470,10 +637,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
     # point by point (link.dp_intra / dp_ranks_per_node), the collectives evaluated in one
     # vectorised call per op (_batched_collectives, the bridge's model on arrays).
-    shape = (len(ax.devices), len(ax.tp), len(ax.pp), len(ax.cp), len(ax.ep), len(ax.zero))
-    sub = (c.idx["devices"], c.idx["tp"], c.idx["pp"], c.idx["cp"], c.idx["ep"], c.idx["zero"])
-    used = np.zeros(shape, dtype=bool)
-    used[sub] = True
+    shape = used.shape
     points = np.argwhere(used)
     n_pts = len(points)
     opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
@@ -485,8 +649,7 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
     n_mod = len(tr.deepspeed_zero3_modules(model)[0])
     ds_gather, ds_reduce = np.zeros((n_pts, n_mod)), np.zeros((n_pts, n_mod))
     for j, idx in enumerate(points):
-        N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in
-                                      zip(("devices", "tp", "pp", "cp", "ep", "zero"), idx))
+        N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in zip(_DP_AXES, idx))
         dp_ = N_ // (tp_ * pp_ * cp_)
         world = dp_ * cp_
         Pst = stage_total(tp_, pp_, ep_)
@@ -526,71 +689,149 @@ def _screen_time(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | Non
         np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
     tabs = np.zeros(shape + (6,))
     tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts, ddp_nvlink])
-    ag_u, rs_u, dp_op, optimizer_t, P, nvl = tabs.reshape(-1, 6)[np.ravel_multi_index(sub, shape)].T
-    ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
-    ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
-    # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
-    # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
-    # the first gather of the step is exposed.
-    unit_f = g_f + a_f + e_f
-    unit_b = g_b + a_b + e_b + recompute_f
-    # Under pipeline parallelism once per step, without the backward re-gather (once_per_step).
-    once = pp > 1
-    per_step = np.where(once, 1.0, n_micro)
-    fsdp_exposed = np.where(ag_u > 0, per_step * layers * (np.maximum(0.0, ag_u - unit_f)
-                                                           + np.maximum(0.0, np.where(once, 0.0, ag_u) + rs_u - unit_b)) + ag_u, 0.0)
-    fsdp_exposed = np.minimum(fsdp_exposed, per_step * layers * (np.where(once, 1.0, 2.0) * ag_u + rs_u))
-    if deepspeed:
-        ds = (v["zero"] >= 3) & (pp == 1) & (dp * cp > 1)
-        if np.any(ds):
-            pt_of = np.full(int(np.prod(shape)), -1)
-            pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
-            jc = pt_of[np.ravel_multi_index(sub, shape)][ds]
-            regather = _memo(lambda t_, f_: tr.deepspeed_zero3_regather(model, t_, "full" if f_ else "none"))
-            shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
-            exposed, _ = tr.deepspeed_zero3_exposed_s(
-                ds_gather[jc], ds_reduce[jc], unit_f[ds], unit_b[ds], np.where(full[ds], recompute_f[ds], 0.0),
-                np.array([shares(int(t_)) for t_ in tp[ds]]),
-                np.array([regather(int(t_), bool(f_)) for t_, f_ in zip(tp[ds], full[ds])]), layers[ds], per_step[ds])
-            fsdp_exposed = fsdp_exposed.copy()
-            fsdp_exposed[ds] = exposed
-    backward_time = layers * (g_b + a_b + e_b + recompute_f)
-    dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
-    o_div = np.where(v["zero"] >= 1, dp * cp, 1)
-    # ZeRO-Offload: gradient shard down, compute-dtype parameters up, over the host link
+    tabs = tabs.reshape(-1, 6)
+    pt_of = np.full(int(np.prod(shape)), -1)
+    pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
     h2d = eff.h2d_bytes_per_s(True)
-    offload_t = np.where(v["off"], grad_per_param * P / o_div / h2d + 2.0 * P / o_div / h2d, 0.0)
-
-    compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
-    attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))
-    elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t) + tr.grad_accum_s(
-        eff, job, tr.grad_accum_params(P, v["zero"], pp, dp * cp), n_micro)
-    gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
-    host_exposed = np.zeros_like(gpu_total)
-    if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-        _, host_exposed = tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
-                                            gpu_total, tr._expert_dtype(model, job, dtype) != dtype)
-    total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
     prof = frameworks.resolve(job.profile or job.framework)
-    if prof.step_model == "composed":
-        return _composed_screen(prof, model, job, ax, c, link, st, stage_total, dict(
-            g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
-            t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
-            other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
-            cp_comm=cp_comm, offload_t=offload_t))
-    return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s, host_overhead_s=host_exposed,
-                tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm,
-                bubble_s=bubble, optimizer_s=optimizer_t, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+    regather = _memo(lambda t_, f_: tr.deepspeed_zero3_regather(model, t_, "full" if f_ else "none"))
+    shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
+    composed_cache: dict = {}
+
+    # Every table of the (tp, ep, mb, cp, sp, rc) sub-layouts as the columns of one, stored column by
+    # column, so that a candidate's row of all of them is one index and one gather (numpy's fancy
+    # indexing over several index arrays costs far more than the arithmetic that follows it).
+    sub_axes = ("tp", "ep", "mb", "cp", "sp", "rc")
+    sub_shape = tuple(len(getattr(ax, n)) for n in sub_axes)
+
+    def spread(tab, names):
+        """``tab`` (over the axes ``names``, a trailing column axis) over all of sub_axes."""
+        shp = [len(getattr(ax, n)) if n in names else 1 for n in sub_axes]
+        return np.broadcast_to(tab.reshape(shp + [tab.shape[-1]]), sub_shape + (tab.shape[-1],))
+
+    zeros1 = np.zeros(sub_shape + (1,))
+    rc_vals = ax.rc.reshape(1, 1, 1, 1, 1, -1)
+    pf = spread(parts_tab, ("tp", "ep", "mb", "cp", "sp"))
+    # the recompute share of a layer per (sub-layout, recompute mode): as the candidates' arrays had it
+    rec_col = np.where(rc_vals == 2, pf[..., 0] + pf[..., 2] + pf[..., 4], np.where(rc_vals == 1, pf[..., 2], 0.0))
+    columns = np.concatenate([
+        pf, spread(head_tab, ("tp", "mb", "cp")), spread(tp_tab[..., None], ("tp", "mb", "cp", "sp", "rc")),
+        spread(a2a_tab[..., None], ("tp", "ep", "mb", "cp")) if a2a_tab is not None else zeros1,
+        spread(kv_tab, ("tp", "mb", "cp")) if kv_tab is not None else np.zeros(sub_shape + (2,)),
+        spread(p2p_tab, ("tp", "mb", "cp", "sp")), rec_col[..., None]], axis=-1)
+    columns = np.ascontiguousarray(columns.reshape(-1, columns.shape[-1]).T)
+    dp_columns = np.ascontiguousarray(tabs.T)
+    dp_strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+
+    def times(c: _Flat) -> dict[str, np.ndarray]:
+        v = c.val
+        tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]
+        dp = N // (tp * pp * cp)
+        full = v["rc"] == 2
+        rec_any = v["rc"] != 0
+        n_micro = job.global_batch // (mb * dp)
+        k = c.idx[sub_axes[0]]
+        for n, size in zip(sub_axes[1:], sub_shape[1:]):
+            k = k * size + c.idx[n]
+        (g_f, g_b, a_f, a_b, e_f, e_b, head_and_loss, head_f, tp_row, a2a_t, f_step, b_step, p2p_in, p2p_out,
+         recompute_f) = np.take(columns, k, axis=1)
+        loss_t = head_and_loss - 3 * head_f
+
+        layers = -(-model.layers // pp)
+        per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
+        t_mb = layers * per_layer + head_and_loss
+
+        if job.tp_comm_overlap:  # Megatron-LM --tp-comm-overlap (training.estimate_train), with sequence parallelism
+            tp_row = steptime.tp_overlap_exposed_s(tp_row, g_f + g_b + np.where(full, g_f, 0.0), v["tp"])
+        tp_comm = layers * tp_row * n_micro
+
+        ep_comm = np.zeros(len(c))
+        if a2a_tab is not None and np.any(ep > 1):
+            ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
+
+        cp_comm = np.zeros(len(c))
+        if kv_tab is not None and np.any(cp > 1):
+            fwd_passes = np.where(rec_any, 2.0, 1.0)
+            exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
+            cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
+
+        crosses = (tp * pp > dpn) | (tp * dp * cp >= dpn)
+        p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
+        pp_comm = n_micro * p2p_mb
+        slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
+        bubble = np.where(pp > 1, (pp - 1) / v["v"] * slot, 0.0)
+
+        sub = c.idx[_DP_AXES[0]] * dp_strides[0]
+        for n, stride in zip(_DP_AXES[1:], dp_strides[1:]):
+            sub = sub + c.idx[n] * stride
+        ag_u, rs_u, dp_op, optimizer_t, P, nvl = np.take(dp_columns, sub, axis=1)
+        ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
+        ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
+        # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
+        # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
+        # the first gather of the step is exposed.
+        unit_f = g_f + a_f + e_f
+        unit_b = g_b + a_b + e_b + recompute_f
+        # Under pipeline parallelism once per step, without the backward re-gather (once_per_step).
+        once = pp > 1
+        per_step = np.where(once, 1.0, n_micro)
+        fsdp_exposed = np.where(ag_u > 0, per_step * layers * (np.maximum(0.0, ag_u - unit_f)
+                                                               + np.maximum(0.0, np.where(once, 0.0, ag_u) + rs_u - unit_b)) + ag_u, 0.0)
+        fsdp_exposed = np.minimum(fsdp_exposed, per_step * layers * (np.where(once, 1.0, 2.0) * ag_u + rs_u))
+        if deepspeed:
+            ds = (v["zero"] >= 3) & (pp == 1) & (dp * cp > 1)
+            if np.any(ds):
+                jc = pt_of[sub][ds]
+                exposed, _ = tr.deepspeed_zero3_exposed_s(
+                    ds_gather[jc], ds_reduce[jc], unit_f[ds], unit_b[ds], np.where(full[ds], recompute_f[ds], 0.0),
+                    np.array([shares(int(t_)) for t_ in tp[ds]]),
+                    np.array([regather(int(t_), bool(f_)) for t_, f_ in zip(tp[ds], full[ds])]), layers[ds], per_step[ds])
+                fsdp_exposed = fsdp_exposed.copy()
+                fsdp_exposed[ds] = exposed
+        backward_time = layers * (g_b + a_b + e_b + recompute_f)
+        dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
+        o_div = np.where(v["zero"] >= 1, dp * cp, 1)
+        # ZeRO-Offload: gradient shard down, compute-dtype parameters up, over the host link
+        offload_t = np.where(v["off"], grad_per_param * P / o_div / h2d + 2.0 * P / o_div / h2d, 0.0)
+
+        compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
+        attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))
+        elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t) + tr.grad_accum_s(
+            eff, job, tr.grad_accum_params(P, v["zero"], pp, dp * cp), n_micro)
+        gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
+        host_exposed = np.zeros_like(gpu_total)
+        if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
+            _, host_exposed = tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
+                                                gpu_total, tr._expert_dtype(model, job, dtype) != dtype)
+        total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
+        if prof.step_model == "composed":
+            return _composed_screen(prof, model, job, ax, c, link, st, stage_total, cache=composed_cache, a=dict(
+                g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
+                t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
+                other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
+                cp_comm=cp_comm, offload_t=offload_t))
+        return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
+                    host_overhead_s=host_exposed, tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed,
+                    fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm, bubble_s=bubble, optimizer_s=optimizer_t,
+                    ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+
+    times.composed = prof.step_model == "composed"
+    return times
 
 
 def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Flat, link, st, stage_total,
-                     a: dict) -> dict[str, np.ndarray]:
+                     a: dict, cache: dict | None = None) -> dict[str, np.ndarray]:
     """The step time of a composed framework profile on the screen's arrays: the terms of
     costmodel.steptime (its tp_layer_comm, pp_p2p, dp_comm and placement, once per distinct
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
     from dataclasses import replace
 
-    link = replace(link, fallback_scaling=prof.scaling)  # the profile's network where the node has none measured
+    # ``cache``: the tables of one time model, kept between calls (a search calls this chunk by
+    # chunk and then for each candidate it reports)
+    cache = {} if cache is None else cache
+    if "link" not in cache:
+        cache["link"] = replace(link, fallback_scaling=prof.scaling)  # the profile's network where the node has none measured
+    link = cache["link"]
     v = c.val
     tp, pp, cp, N = v["tp"], v["pp"], v["cp"], v["devices"]
     layers = a["layers"]
@@ -600,16 +841,18 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         return steptime.tp_layer_comm(link, act, tp_, bool(sp_) and tp_ > 1, RECOMPUTE_NAMES[int(rc_)])
 
-    tp_i, tp_w, tp_s = _subgrid_table(tp_row, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc, width=3)[
-        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"]].T
+    if "tp" not in cache:
+        cache["tp"] = _subgrid_table(tp_row, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc, width=3)
+    tp_i, tp_w, tp_s = cache["tp"][c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"], c.idx["rc"]].T
 
     def p2p_row(tp_, mb_, cp_, sp_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         sp_on = bool(sp_) and tp_ > 1
         return steptime.pp_p2p(link, act, tp_, sp_on, 1, False), steptime.pp_p2p(link, act, tp_, sp_on, 1, True)
 
-    p_in, p_out = _subgrid_table(p2p_row, ax.tp, ax.mb, ax.cp, ax.sp, width=2)[
-        c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
+    if "p2p" not in cache:
+        cache["p2p"] = _subgrid_table(p2p_row, ax.tp, ax.mb, ax.cp, ax.sp, width=2)
+    p_in, p_out = cache["p2p"][c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
     pp_cross = (pp > 1) & (N > link.devices_per_node)  # steptime.placement: stages outermost
     p2p = np.where(pp > 1, v["v"] * np.where(pp_cross, p_out, p_in), 0.0)
 
@@ -617,12 +860,17 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     keys = np.stack([N, tp, pp, cp, v["ep"], v["zero"]], axis=1)
     uniq, inv = np.unique(keys, axis=0, return_inverse=True)
     dp_rows = np.zeros((len(uniq), 2))
-    for j, (N_, tp_, pp_, cp_, ep_, z_) in enumerate(uniq.astype(int)):
-        par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_)
-        Pst = stage_total(tp_, pp_, ep_)
-        place = steptime.placement(par, link.devices_per_node)
-        dp_rows[j] = steptime.dp_comm(link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst,
-                                      st.weights * Pst, prof.settings.dp_bucket_bytes)
+    dp_done = cache.setdefault("dp", {})
+    for j, key in enumerate(uniq.astype(int)):
+        key = tuple(int(x) for x in key)
+        if key not in dp_done:
+            N_, tp_, pp_, cp_, ep_, z_ = key
+            par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_)
+            Pst = stage_total(tp_, pp_, ep_)
+            place = steptime.placement(par, link.devices_per_node)
+            dp_done[key] = steptime.dp_comm(link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst,
+                                            st.weights * Pst, prof.settings.dp_bucket_bytes)
+        dp_rows[j] = dp_done[key]
     dp_w, dp_s = dp_rows[inv.ravel()].T
     full, rec_any = a["full"], a["rec_any"]
     terms = steptime.StepTerms(
@@ -739,6 +987,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     `framework` (default frameworks.DEFAULT_FRAMEWORK, as `train`) and `profile` as in plan.train:
     the screen uses the framework's base semantics; where its profile composes the step
     (costmodel.steptime), a larger pool of the screen's best is re-ranked with it.
+    `progress`: called as progress(done, total) while the layouts are screened (chunk by chunk, in
+    bounded memory): the valid layouts screened so far and in all.
     """
     t0 = time.perf_counter()
     m = model if isinstance(model, ModelConfig) else load_model(model)
@@ -787,38 +1037,47 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
     per_hw = []
+    grids = []  # per hardware: the valid layouts (checked first, so that progress knows the total)
     for hw in hw_ids:
         spec = lib.device(hw)
         node = lib.node_for(hw)
         dpn = node.devices_per_node if node else 8
-        price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
         ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
                    zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
                    offload=offload)
         _check_grid(ax)
         ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
+        grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
+    total = sum(len(g[-1]) for g in grids)
+    done = 0
+    tflops = train_step_flops(m, global_batch, seq_len, "none").model_flops
+    tokens_per_step = float(global_batch * seq_len)
+    for hw, spec, node, ax, ok, rej, flat in grids:
+        price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
         enumerated += int(ok.size)
         for k, n in rej.items():
             rejected[k] = rejected.get(k, 0) + n
-        c = _flatten(ax, ok)
-        if len(c) == 0:
+        if len(flat) == 0:
             continue
         cap = spec.memory.capacity_bytes * max_memory_fraction
-        s = screen(m, spec, node, job, ax, c, calibration, capacity_bytes=cap)
-        evaluated += len(c)
-        fits = s["required_bytes"] <= cap
+
+        def tick(n, base=done):
+            if progress:
+                progress(base + n, total)
+
+        s = _Screened(m, spec, node, job, ax, ok.shape, flat, calibration, cap, on_chunk=tick)
+        done += len(flat)
+        evaluated += len(flat)
+        fits = s.fits
         nfit = int(fits.sum())
         feasible += nfit
-        rejected["memory"] = rejected.get("memory", 0) + len(c) - nfit
-        tflops = train_step_flops(m, global_batch, seq_len, "none").model_flops
+        rejected["memory"] = rejected.get("memory", 0) + len(flat) - nfit
         peak_flops = spec.peak(_dtype_for(job, spec))
-        mfu = tflops / s["step_s"] / (c.val["devices"] * peak_flops)
-        tokens_per_step = float(global_batch * seq_len)
-        obj = _objective_values(objective, s["step_s"], c.val["devices"], price, tokens_per_step, mfu)
-        cost_tok = (s["step_s"] * c.val["devices"] * price / 3600.0 / tokens_per_step) if price else None
-        per_hw.append((hw, spec, node, price, c, s, fits, obj, cost_tok))
-        if progress:
-            progress(hw)
+        n_dev = s.devices
+        mfu = tflops / s.step_s / (n_dev * peak_flops)
+        obj = _objective_values(objective, s.step_s, n_dev, price, tokens_per_step, mfu)
+        cost_tok = (s.step_s * n_dev * price / 3600.0 / tokens_per_step) if price else None
+        per_hw.append((hw, spec, node, price, None, s, fits, obj, cost_tok))
 
     # choose what to refine: the best screened candidates over all hardware + the Pareto front
     composed = frameworks.resolve(job.profile or job.framework).step_model == "composed"
@@ -832,9 +1091,12 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         best = idx[np.argpartition(obj[idx], k - 1)[:k]] if k < len(idx) else idx
         cand_rows += [(float(obj[i]), h, int(i)) for i in best]
         if cost_tok is not None:
-            pr = idx[_pareto_indices(s["step_s"][idx], cost_tok[idx])]
+            pr = _front_candidates(s.step_s, cost_tok, s.devices, idx)
+            pr = pr[_pareto_indices(s.step_s[pr], cost_tok[pr])]
             pareto_rows += [(h, int(i)) for i in pr]
     cand_rows.sort()
+    for h, row in enumerate(per_hw):  # the screen's numbers of every candidate to report, at once
+        row[5].prefetch([i for _, hh, i in cand_rows if hh == h] + [i for hh, i in pareto_rows if hh == h])
     refined = []
     for _, h, i in cand_rows:
         refined.append(_candidate(m, per_hw[h], i, job, tokens, steps, calibration, refine))
@@ -861,6 +1123,19 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
                         seconds=time.perf_counter() - t0, rejected=rejected, top=top_list, pareto=pareto)
 
 
+def _front_candidates(step_s: np.ndarray, cost: np.ndarray, devices: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The candidates of ``idx`` (ascending, grouped by device count, as the grid orders them) that
+    can be on the time/cost Pareto front: at one device count the cost per token grows with the step
+    time, so only the fastest of each count (ties kept) can be; _pareto_indices over them gives the
+    front it gives over all of ``idx``, in the same order."""
+    if len(idx) == 0:
+        return idx
+    t, d = step_s[idx], devices[idx]
+    starts = np.flatnonzero(np.concatenate(([True], d[1:] != d[:-1])))
+    fastest = np.repeat(np.minimum.reduceat(t, starts), np.diff(np.append(starts, len(t))))
+    return idx[t <= fastest]
+
+
 def _price_of(per_hw, hw_id: str):
     for hw, _spec, _node, price, *_ in per_hw:
         if hw == hw_id:
@@ -869,6 +1144,8 @@ def _price_of(per_hw, hw_id: str):
 
 
 def layout_of(hw: str, c: _Flat, i: int, n_micro: int) -> SearchLayout:
+    if isinstance(c, _Screened):
+        c, i = c.flat_of([i]), 0
     v = c.val
     tp, pp, cp, N = int(v["tp"][i]), int(v["pp"][i]), int(v["cp"][i]), int(v["devices"][i])
     return SearchLayout(hardware=hw, devices=N, tp=tp, pp=pp, dp=N // (tp * pp * cp), cp=cp, ep=int(v["ep"][i]),
@@ -878,9 +1155,10 @@ def layout_of(hw: str, c: _Flat, i: int, n_micro: int) -> SearchLayout:
 
 
 def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, calibration, refine: bool):
-    from .training import estimate_train
 
     hw, spec, node, price, c, s, fits, obj, cost_tok = hw_row
+    if isinstance(s, _Screened):  # the one candidate's screen values
+        c, s, i = s.flat_of([i]), s.rows([i]), 0
     lay = layout_of(hw, c, i, int(s["n_micro"][i]))
     par = Parallel(tp=lay.tp, pp=lay.pp, dp=lay.dp, cp=lay.cp, ep=lay.ep, sequence_parallel=lay.sequence_parallel,
                    zero_stage=lay.zero_stage, interleave=lay.interleave)
@@ -888,12 +1166,11 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
                                    offload_optimizer=lay.offload_optimizer))
     tokens_per_step = float(job.global_batch * job.seq_len)
     if refine:
-        est = estimate_train(m, spec, j, par, node=node, calibration=calibration)
+        est, (breakdown, membd) = _estimate(m, spec, j, par, node, calibration)
         step_s = est.step.total_s
-        breakdown = est.step.parts()
+        breakdown, membd = dict(breakdown), dict(membd)
         mem = est.memory
         peak, req = mem.peak_bytes, est.required_bytes
-        membd = {k: v for k, v in mem.to_dict().items() if k.endswith("_bytes") and k not in ("peak_bytes",)}
         mfu, tflops = est.mfu, est.tflops_per_device
         hfu, hw_tflops = est.hfu, est.hardware_flops_per_step / step_s / lay.devices / 1e12
     else:
@@ -919,6 +1196,39 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         cost_per_million_tokens_usd=(step_s * lay.devices * price / 3600.0 / tokens_per_step * 1e6) if price else None,
         run_days=run_days, run_cost_usd=run_cost, step_breakdown_s=breakdown, memory_breakdown_bytes=membd,
         screen_step_s=float(s["step_s"][i]))
+
+
+# Refined candidates' estimates, by their inputs (a search repeated, or another objective over the
+# same layouts, re-estimates the same candidates): TrainEstimate is only read here.
+_REFINED: dict = {}
+MAX_REFINED = 4096
+
+
+def _estimate(m: ModelConfig, spec, job: TrainJob, par: Parallel, node, calibration):
+    """estimate_train(m, spec, job, par, node, calibration) and its step and memory breakdowns,
+    remembered per inputs (the parsed model, spec and node by identity, the efficiency model in use,
+    the job and layout)."""
+    from .training import estimate_train
+
+    eff = efficiency_for(spec, calibration)
+
+    def made():
+        est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
+        membd = {k: v for k, v in est.memory.to_dict().items() if k.endswith("_bytes") and k not in ("peak_bytes",)}
+        return est, (est.step.parts(), membd)
+
+    try:
+        key = (id(m), id(spec), id(node), id(eff), job, par)
+        hit = _REFINED.get(key)
+    except TypeError:
+        return made()
+    if hit is not None and all(a is b for a, b in zip(hit[0], (m, spec, node, eff))):
+        return hit[1]
+    out = made()
+    if len(_REFINED) >= MAX_REFINED:
+        _REFINED.clear()
+    _REFINED[key] = ((m, spec, node, eff), out)
+    return out
 
 
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,

@@ -298,12 +298,17 @@ _SPEC_ADAPTER = TypeAdapter(Spec)
 # ---------------------------------------------------------------------------------- loading
 
 def package_data_dir(name: str) -> Path:
-    """Directory of shipped YAML: inside the wheel (costmodel/_data/NAME) or the checkout root."""
-    here = Path(__file__).resolve().parent
-    shipped = here / "_data" / name
-    if shipped.is_dir():
-        return shipped
-    return here.parent / name
+    """Directory of shipped YAML: inside the wheel (costmodel/_data/NAME) or the checkout root
+    (found once per process)."""
+    found = _DATA_DIRS.get(name)
+    if found is None:
+        here = Path(__file__).resolve().parent
+        shipped = here / "_data" / name
+        found = _DATA_DIRS[name] = shipped if shipped.is_dir() else here.parent / name
+    return found
+
+
+_DATA_DIRS: dict[str, Path] = {}
 
 
 def read_yaml(path: str | Path) -> object:
@@ -336,32 +341,33 @@ def parse_spec(data: object, file: str | Path = "<spec>", require_sources: bool 
 def is_shipped(path: str | Path) -> bool:
     """A spec file shipped with costmodel (under its ``hardware/`` directory)."""
     try:
-        Path(path).resolve().relative_to(package_data_dir("hardware").resolve())
+        Path(path).resolve().relative_to(_shipped_root())
         return True
     except ValueError:
         return False
+
+
+def _shipped_root() -> Path:
+    root = _DATA_DIRS.get("hardware/resolved")
+    if root is None:
+        root = _DATA_DIRS["hardware/resolved"] = package_data_dir("hardware").resolve()
+    return root
 
 
 def load_spec_file(path: str | Path):
     """Parse one spec file. Specs are frozen, so a file already parsed and unchanged (same
     modification time and size) is returned from a cache: a layout search or a plan check loads
     the library many times."""
+    from .inputs import cached_by_file
+
     path = Path(path)
-    try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None
-    if key is not None and key in _SPEC_CACHE:
-        return _SPEC_CACHE[key]
+    return cached_by_file("spec", path, lambda: _parse_spec_file(path))
+
+
+def _parse_spec_file(path: Path):
     spec = parse_spec(read_yaml(path), path, require_sources=is_shipped(path))
     spec._file = path
-    if key is not None:
-        _SPEC_CACHE[key] = spec
     return spec
-
-
-_SPEC_CACHE: dict[tuple, object] = {}
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -374,7 +380,7 @@ def _same_path(a: Path, b: Path) -> bool:
 def _display(path: Path) -> str:
     """A shipped spec as ``the shipped hardware/<file>``; any other file as given."""
     try:
-        rel = Path(path).resolve().relative_to(package_data_dir("hardware").resolve())
+        rel = Path(path).resolve().relative_to(_shipped_root())
         return f"the shipped hardware/{rel.as_posix()}"
     except ValueError:
         return str(path)
@@ -445,10 +451,21 @@ class HardwareLibrary:
                     raise InputError("is a file, not a directory of specs or a .yaml spec (COSTMODEL_HARDWARE_PATH)", file=d)
                 files = [d]
             else:
-                files = [f for f in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml"))
-                         if "calibrated" not in f.relative_to(d).parts]  # calibration overlays are not specs
+                files = _spec_files(d, shipped=d == shipped)
             self._add_group(files)
         self._add_group([Path(f) for f in extra_files or []])
+
+    def copy(self) -> "HardwareLibrary":
+        """A library with the same specs whose tables a caller may change (the specs are frozen)."""
+        new = object.__new__(HardwareLibrary)
+        new.specs, new.files, new.replaced = dict(self.specs), dict(self.files), dict(self.replaced)
+        new.__dict__["_origin"] = self.origin
+        return new
+
+    @property
+    def origin(self) -> "HardwareLibrary":
+        """The library this one was copied from (itself if none): one per version of the spec files."""
+        return self.__dict__.get("_origin", self)
 
     def _add_group(self, files: list[Path]) -> None:
         """Add the specs of one source; one id twice in it is an error."""
@@ -467,7 +484,9 @@ class HardwareLibrary:
         old = self.files.get(spec.id)
         if old is not None and not _same_path(old, path):
             self.replaced[spec.id] = (path, self.replaced.get(spec.id, (None, old))[1])
-            _note(f"hardware {spec.id!r}: the spec in {path} replaces {_display(self.replaced[spec.id][1])}")
+            line = f"hardware {spec.id!r}: the spec in {path} replaces {_display(self.replaced[spec.id][1])}"
+            self.__dict__.setdefault("_noted", []).append(line)
+            _note(line)
         self.specs[spec.id] = spec
         self.files[spec.id] = path
 
@@ -525,7 +544,56 @@ class HardwareLibrary:
                         raise InputError(f"refers to {ref!r}, which is not a known {'/'.join(kinds)} spec", file=self.files[sid], field=field)
 
 
+def _spec_files(d: Path, shipped: bool) -> list[Path]:
+    """The spec files under directory ``d`` (calibration overlays are not specs). The shipped
+    directory is scanned once per process; a user's directory again when its entries change."""
+    try:
+        key = (str(d), shipped or os.stat(d).st_mtime_ns)
+    except OSError:
+        key = None
+    files = _SCANNED.get(key) if key is not None else None
+    if files is None:
+        files = [f for f in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml"))
+                 if "calibrated" not in f.relative_to(d).parts]
+        if key is not None and shipped:
+            _SCANNED[key] = files
+    return files
+
+
+_SCANNED: dict[tuple, list[Path]] = {}
+# Libraries built, by where their specs came from: the shipped directory alone is read once per
+# process; user directories and files are checked (stat) on every load and re-read when changed.
+_LIBRARIES: dict[tuple, HardwareLibrary] = {}
+
+
+def _library_key(hardware_files) -> tuple | None:
+    from .inputs import file_key
+
+    env = os.environ.get("COSTMODEL_HARDWARE_PATH", "")
+    parts: list = [env]
+    for p in [p for p in env.split(os.pathsep) if p]:
+        d = Path(p)
+        if not d.is_dir():
+            return None  # a spec file, or a directory that is not there: read (or refused) every time
+        parts.extend(file_key(f) for f in _spec_files(d, shipped=False))
+    parts.append("--hardware-file")
+    parts.extend(file_key(f) for f in hardware_files or ())
+    return None if None in parts else tuple(parts)
+
+
 def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
-    lib = HardwareLibrary(extra_files=hardware_files)
-    lib.check_references()
-    return lib
+    """Every spec visible (HardwareLibrary): built once per set of unchanged sources, and a copy
+    returned each time (its replacement notes reported again, as a fresh load reports them)."""
+    key = _library_key(hardware_files)
+    lib = _LIBRARIES.get(key) if key is not None else None
+    if lib is None:
+        lib = HardwareLibrary(extra_files=hardware_files)
+        lib.check_references()
+        if key is not None:
+            if len(_LIBRARIES) >= 64:
+                _LIBRARIES.clear()
+            _LIBRARIES[key] = lib
+    else:
+        for line in lib.__dict__.get("_noted", ()):
+            _note(line)
+    return lib.copy()

@@ -17,7 +17,7 @@ from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op, memory_op
+from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op, memory_op, prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
@@ -344,6 +344,9 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                  spec=None):
     """Forward and backward GPU time of one decoder layer per micro-batch on one device (``spec``:
     the device, for the eager elementwise ceiling of roofline.EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM)."""
+    # all of the layer's GEMM shapes through the calibrated curve in one vectorised call first
+    prefetch_gemms(eff, lambda e: _layer_times(e, model, job, par, mb, seq_dev, dtype, spec),
+                   key=("layer", id(model), job, par, mb, seq_dev, dtype))
     tokens = mb * seq_dev
     tp = par.tp
     gemm_fwd = gemm_bwd = 0.0

@@ -9,6 +9,17 @@ when this package is imported: torch only inside the torch backends, when they a
     records, errors = run_cases(bench.cases(), progress=False)
 """
 from .records import read_jsonl, validate_record, write_jsonl
-from .runner import env_info, make_bench, resolve_backend, run_cases
+
+_RUNNER = ("env_info", "make_bench", "resolve_backend", "run_cases")
+
+
+def __getattr__(name):
+    # the runner (and its timing helpers) is imported when a benchmark is run, not when the models
+    # read record constants from costmodel.bench.records
+    if name in _RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["make_bench", "run_cases", "resolve_backend", "env_info", "read_jsonl", "write_jsonl", "validate_record"]

@@ -36,10 +36,22 @@ from .curves import *  # noqa: F401,F403
 from .curves import _gauss_kernel  # noqa: F401
 from .efficiency import *  # noqa: F401,F403
 from .efficiency import _spec_peaks  # noqa: F401
-from .fit import *  # noqa: F401,F403
-from .fit import _fit_gemm_tiles, _gemm_obs, _units  # noqa: F401
-from .residual import *  # noqa: F401,F403
 from .overlay import *  # noqa: F401,F403
 from .overlay import _read_gemm, _Reader, _rounded  # noqa: F401
-from .holdout import *  # noqa: F401,F403
-from .holdout import _series_key, _shape_key, _size_key  # noqa: F401
+
+# Fitting (fit, residual) and held-out checks (holdout) are imported on first use of one of their
+# names (PEP 562): an estimate reads overlays and evaluates curves, and fits nothing.
+_LAZY_MODULES = ("fit", "residual", "holdout")
+
+
+def __getattr__(name):
+    import importlib
+
+    if not name.startswith("__"):
+        for mod in _LAZY_MODULES:
+            m = importlib.import_module(f"{__name__}.{mod}")
+            if hasattr(m, name):
+                value = getattr(m, name)
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,11 @@ from .defaults import (
     DEFAULT_P, DEFAULT_Q, DEFAULT_READ_BW_EFFICIENCY,
 )
 
+_SCALAR = (int, float)
+# Distinct GEMM queries remembered per device model before the memo starts again (~150 B each).
+MEMO_MAX_SHAPES = 200_000
+
+
 # ------------------------------------------------------------------------------------------------
 class DeviceEfficiency:
     """Achieved rates of one device. Immutable. Times are seconds, rates per second.
@@ -31,7 +36,7 @@ class DeviceEfficiency:
     """
 
     __slots__ = ("device", "source", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives",
-                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "_frozen")
+                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "_frozen", "_memo")
 
     def __init__(self, *, device: str, source: str, gemm: GemmCurve, copy: BandwidthCurve, read: BandwidthCurve,
                  elementwise: Mapping[str, BandwidthCurve], attention: Mapping[str, AttentionCurve], host: Mapping[str, LinkFit],
@@ -52,6 +57,9 @@ class DeviceEfficiency:
         # this machine's eager Hugging Face inference host time against the constants of
         # costmodel.inference (fitted on one H100 machine): measured with the GPU's calibration
         s(self, "eager_infer_host_factor", float(eager_infer_host_factor))
+        # GEMM times already computed, per distinct (shape, dtype, batch, mode): the curves are pure
+        # functions of these, so a step or a search evaluates each distinct shape once
+        s(self, "_memo", {})
         s(self, "_frozen", True)
 
     def __setattr__(self, name, value):
@@ -71,10 +79,49 @@ class DeviceEfficiency:
         """Seconds for one GEMM (or a batch of ``batch`` same-shape GEMMs in one kernel), queued
         back to back. Accepts numpy arrays for m, n, k (vectorised). ``interleaved``: the GEMMs
         run in short bursts between memory-bound kernels (a training or prefill step), so the power
-        cap that sustained back-to-back GEMMs hit binds only as far as a short burst's does."""
+        cap that sustained back-to-back GEMMs hit binds only as far as a short burst's does.
+        A shape asked for before is answered from the memo (see gemm_times_s)."""
+        if type(m) in _SCALAR and type(n) in _SCALAR and type(k) in _SCALAR and type(batch) in _SCALAR:
+            hit = self._memo.get((m, n, k, dtype, batch, interleaved))
+            if hit is not None:
+                return hit
+            return float(self.gemm_times_s([m], [n], [k], dtype, batch, interleaved)[0])
+        return self._gemm_time_s(m, n, k, dtype, batch, interleaved)
+
+    def _gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
         d = self._dtype(dtype)
         t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch, mode="burst" if interleaved else "stream"))
         return float(t) if np.ndim(t) == 0 else t
+
+    def gemm_times_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False) -> np.ndarray:
+        """gemm_time_s of many shapes (sequences m, n, k of one length; ``batch`` a scalar) through
+        the curve in one vectorised call: the shapes not in the memo are evaluated together, and
+        remembered."""
+        memo = self._memo
+        keys = [(mi, ni, ki, dtype, batch, interleaved) for mi, ni, ki in zip(m, n, k)]
+        out = np.array([memo.get(key, np.nan) for key in keys], dtype=float)
+        todo = np.flatnonzero(np.isnan(out))
+        if len(todo):
+            miss = {}
+            for i in todo:  # each distinct missing shape once
+                miss.setdefault(keys[i][:3], []).append(i)
+            shapes = np.array(list(miss), dtype=float).reshape(-1, 3)
+            t = np.atleast_1d(self._gemm_time_s(shapes[:, 0], shapes[:, 1], shapes[:, 2], dtype, batch, interleaved))
+            if len(memo) > MEMO_MAX_SHAPES:
+                memo.clear()
+            for (shape, idx), ti in zip(miss.items(), t.tolist()):
+                memo[shape + (dtype, batch, interleaved)] = ti
+                out[idx] = ti
+        return out
+
+    def gemm_kernel_s(self, m, n, k, dtype: str) -> float:
+        """GPU time of one GEMM kernel under sustained load (GemmCurve.kernel_s, ``stream``) for
+        one shape, without the host floor: from the memo after the first time."""
+        key = ("kernel", m, n, k, dtype)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = float(self.gemm.kernel_s(m, n, k, dtype))
+        return hit
 
     def gemm_call_time_s(self, m, n, k, dtype: str, batch=1):
         """Seconds for one isolated GEMM call (synchronise, launch, wait), as SCHEMA.md records time."""
@@ -90,12 +137,23 @@ class DeviceEfficiency:
     # ---------------------------------------------------------------- memory
     def mem_time_s(self, nbytes, kind: str = "copy"):
         """Seconds to stream ``nbytes`` (read + written) through a copy or a read kernel."""
+        if type(nbytes) in _SCALAR:
+            key = ("mem", nbytes, kind)
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = self._mem_time_s(nbytes, kind)
+            return hit
+        return self._mem_time_s(nbytes, kind)
+
+    def _mem_time_s(self, nbytes, kind: str = "copy"):
         c = self.copy if kind == "copy" else self.read
         t = c.timing.stream(c.kernel_s(nbytes))
         return float(t) if np.ndim(t) == 0 else t
 
     def mem_bytes_per_s(self, nbytes, kind: str = "copy"):
         """Achieved streaming bandwidth for a kernel moving ``nbytes`` (read + write counted)."""
+        if type(nbytes) in _SCALAR:
+            return float(nbytes) / self.mem_time_s(nbytes, kind)
         r = np.asarray(nbytes, dtype=float) / self.mem_time_s(nbytes, kind)
         return float(r) if np.ndim(r) == 0 else r
 

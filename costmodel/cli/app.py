@@ -1,4 +1,6 @@
-"""The `costmodel` command. Each verb lives in its own module and registers itself here."""
+"""The `costmodel` command. Each verb lives in its own module and registers itself there; a
+command's module (and what it imports: numpy, pydantic, the calibration code) is imported only when
+that command runs, so `costmodel --help` and `costmodel hardware list` start quickly."""
 from __future__ import annotations
 
 import functools
@@ -8,12 +10,11 @@ import math
 import sys
 
 import typer
-from rich.markup import escape
+from typer.core import TyperGroup
 
 from ..errors import CostModelError, InputError
-from .common import err_console, normalise_switches, styled
 
-app = typer.Typer(
+_SETTINGS = dict(
     name="costmodel",
     help="Hardware-aware cost, memory and time calculator for transformer training and inference.",
     no_args_is_help=True,
@@ -40,14 +41,131 @@ _COMMAND_MODULES = (
     "serve_cmd",
 )
 
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"{__package__}.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__package__}.{_name}":
+# Each command, in the order `costmodel --help` lists them, with the module that registers it and
+# the first paragraph of its help (what --help shows without importing the module). A new command
+# goes here and in _COMMAND_MODULES; tests/test_cli_lazy.py checks that this table matches the
+# commands the modules register.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train_cmd", "Memory per device and step time for a model on a layout; says when it does not fit (a "
+              "result: exit 0; `costmodel check` fails on limits)."),
+    "infer": ("infer_cmd", "Weights + KV cache per device, prefill (TTFT) and decode (TPOT) time, throughput vs batch; "
+              "says when it does not fit (a result: exit 0; `costmodel check` fails on limits)."),
+    "validate": ("validate_cmd", "Predict every record and report predicted against measured with relative errors, "
+                 "and how well the predicted step times rank the layouts of each model and device count."),
+    "roofline": ("roofline_cmd", "Forward operators of one layer: FLOPs, bytes, arithmetic intensity, bound and time."),
+    "bench": ("bench_cmd", "Run microbenchmarks on this machine and write raw kernel records (JSONL)."),
+    "calibrate": ("bench_cmd", "Fit a calibration overlay (efficiency curves per op and dtype, collective "
+                  "alpha/beta); or, with --nccl-tests LOG [LOG]..., a cluster's measured scale-out scaling, "
+                  "written as a node spec."),
+    "search": ("search_cmd", "Search every layout (tp, pp, interleave, dp, cp, ep, ZeRO, micro-batch, recompute, "
+               "sequence parallelism, offload) on the hardware; print the best that fit and why the rest were "
+               "rejected."),
+    "check": ("check_cmd", "Check plans (model, hardware, job, limits) against the predictions; suggest the nearest "
+              "passing layout when a limit fails."),
+    "scale": ("scale_cmd", "Compute-optimal model size, tokens and loss for a budget, with time, energy and cost."),
+    "fit-profile": ("fit_profile_cmd", "Fit a framework profile to your measured steps; prints the fit and a "
+                    "held-out error."),
+    "serve": ("serve_cmd", "Throughput, TTFT, time between tokens and request latency of an engine under a load."),
+    "hardware": ("hardware_cmd", "List and show hardware specs."),
+    "model": ("model_cmd", "List and show model presets."),
+}
+
+
+class _Listed:
+    """A command as --help lists it, before its module is imported."""
+
+    hidden = False
+
+    def __init__(self, help_text: str):
+        self.help_text = help_text
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        from typer._click.utils import make_default_short_help
+
+        return make_default_short_help(self.help_text, limit)
+
+
+class LazyGroup(TyperGroup):
+    """The root command: its subcommands are built from their modules on first use."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return [n for n in COMMANDS if n in self.commands or _module_exists(COMMANDS[n][0])]
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self._load(COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def _load(self, module: str) -> None:
+        sub = typer.Typer(**_SETTINGS)
+        _register(sub, module)
+        _guard_commands(sub)
+        for name, cmd in typer.main.get_group(sub).commands.items():
+            self.commands.setdefault(name, cmd)
+
+    def resolve_command(self, ctx, args):
+        # as TyperGroup.resolve_command, suggesting from every command, loaded or not
+        from difflib import get_close_matches
+
+        from typer._click.exceptions import UsageError
+
+        try:
+            return self._click_resolve_command(ctx, args)
+        except UsageError as e:
+            matches = get_close_matches(args[0], self.list_commands(ctx)) if self.suggest_commands and args else []
+            if matches:
+                e.message = f"{e.message.rstrip('.')}. Did you mean {', '.join(f'{m!r}' for m in matches)}?"
             raise
-        continue
-    _mod.register(app)
+
+    def format_commands(self, ctx, formatter) -> None:
+        # as TyperGroup.format_commands, from the COMMANDS table: listing does not import
+        listed = {n: self.commands.get(n) or _Listed(COMMANDS[n][1]) for n in self.list_commands(ctx)}
+        rows = [(n, c) for n, c in listed.items() if not c.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(n) for n, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, c.get_short_help_str(limit)) for n, c in rows])
+
+
+def _module_exists(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.{module}") is not None
+
+
+def _register(typer_app: typer.Typer, module: str) -> bool:
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.{module}":
+            raise
+        return False
+    mod.register(typer_app)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _root():
+    """The root click group that main() runs (subcommands loaded on first use)."""
+    return typer.main.get_group(typer.Typer(cls=LazyGroup, **_SETTINGS))
+
+
+def _full_app() -> typer.Typer:
+    """Every command registered on one Typer app (imports every command module)."""
+    full = typer.Typer(**_SETTINGS)
+    for name in _COMMAND_MODULES:
+        _register(full, name)
+    _guard_commands(full)
+    return full
+
+
+def __getattr__(name):
+    # `app`: the whole Typer application, built on first use (for typer.testing.CliRunner and
+    # introspection); the command line itself goes through main() and the lazy root
+    if name == "app":
+        globals()["app"] = value = _full_app()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ numbers on the command line
@@ -102,9 +220,6 @@ def _guard_commands(typer_app: typer.Typer) -> None:
             _guard_commands(group.typer_instance)
 
 
-_guard_commands(app)
-
-
 # ------------------------------------------------------------------------ entry point
 
 # Exit status of an error costmodel did not foresee (a bug): not 1 (a check that failed) nor 2 (bad input).
@@ -112,6 +227,10 @@ INTERNAL_ERROR_EXIT = 3
 
 
 def _error(message: str, prefix: str = "error:") -> None:
+    from rich.markup import escape
+
+    from .common import err_console, styled
+
     line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     err_console.print(styled(f"[bold red]{prefix}[/] " + escape(line)), highlight=False, soft_wrap=True)
 
@@ -124,21 +243,21 @@ def _is_usage_error(exc: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Exit 0: done (1: a check or limit failed); 2: bad input, as one line naming
     the file, flag or field; 3: an internal error, as one line asking for a report. Never a traceback."""
-    from ..specs import pending_notes, reset_notes
+    from .common import normalise_switches
 
     argv = normalise_switches(sys.argv[1:] if argv is None else list(argv))
-    reset_notes()
+    _reset_notes()
     code = 0
     try:
-        rv = app(args=argv, prog_name="costmodel", standalone_mode=False)
+        rv = _root().main(args=argv, prog_name="costmodel", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:
-            err_console.print("interrupted")
+            _interrupted()
     except CostModelError as exc:
         _error(str(exc))
         code = exc.exit_code
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        _interrupted()
         code = 130
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, no traceback
         if _is_usage_error(exc):
@@ -156,6 +275,27 @@ def main(argv: list[str] | None = None) -> None:
                    prefix="internal error:")
             code = INTERNAL_ERROR_EXIT
     finally:
-        for note in pending_notes():  # e.g. a user's spec that replaces a shipped one
+        for note in _pending_notes():  # e.g. a user's spec that replaces a shipped one
+            from rich.markup import escape
+
+            from .common import err_console, styled
+
             err_console.print(styled("[yellow]note:[/] " + escape(note)), highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _interrupted() -> None:
+    from .common import err_console
+
+    err_console.print("interrupted")
+
+
+def _reset_notes() -> None:
+    specs = sys.modules.get("costmodel.specs")  # notes come only from specs loaded: none if never imported
+    if specs is not None:
+        specs.reset_notes()
+
+
+def _pending_notes() -> list[str]:
+    specs = sys.modules.get("costmodel.specs")
+    return specs.pending_notes() if specs is not None else []

@@ -129,9 +129,8 @@ def search_cmd(
                   zero_stage=_ints(zero_stage, "zero-stage", minimum=0, maximum=3), micro_batch=_ints(micro_batch, "micro-batch"),
                   recompute=rc, sequence_parallel=None if sequence_parallel is None else [sequence_parallel],
                   offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
-    status = f"searching layouts of {model} on {', '.join(hardware)} ({devices} devices)..."
-    with err_console.status(Text(status)) if not json_out else nullcontext():
-        res = search(model, hardware, devices, **kwargs)
+    with _layout_progress(f"{model} on {', '.join(hardware)}", enabled=not json_out) as progress:
+        res = search(model, hardware, devices, progress=progress, **kwargs)
     written = None
     if plot is not None:
         from .. import plots
@@ -222,6 +221,41 @@ def _render_infer(res) -> None:
     if not res.top:
         console.print(styled("[bold red]no serving layout meets the targets[/]: relax --max-ttft-ms / --max-tpot-ms, "
                              "allow more tp or quantised weights / KV cache"))
+
+
+class _LayoutProgress:
+    """A progress bar on stderr while a search screens its layouts: done / total, layouts per
+    second, elapsed (a terminal only: nothing is drawn in a pipe or with --json)."""
+
+    def __init__(self, what: str, enabled: bool):
+        self.what, self.enabled = what, enabled and err_console.is_terminal
+        self.bar = self.task = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), console=err_console,
+                            transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task(f"layouts of {self.what}", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed / 1e6:.2f}M layouts/s" if elapsed > 0 else ""
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _layout_progress(what: str, enabled: bool) -> _LayoutProgress:
+    return _LayoutProgress(what, enabled)
 
 
 def register(app: typer.Typer) -> None:
