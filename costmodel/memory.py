@@ -299,6 +299,51 @@ def ddp_bucket_bytes(params, grad_bytes_per_param: float, par):
     return _where((par.dp > 1) & (par.zero_stage == 0), grad_bytes_per_param * params, 0.0)
 
 
+# ------------------------------------------------------------------------------ offload
+
+# DeepSpeed's gradient bucket while gradients stream to the host: ``reduce_bucket_size`` elements
+# (default 5e8, deepspeed/runtime/zero/config.py), double-buffered (stage_1_and_2.py allocates two
+# ipg buffers with contiguous_gradients) in the gradient dtype.
+OFFLOAD_GRAD_BUCKET_ELEMENTS = 5e8
+OFFLOAD_GRAD_BUCKETS = 2
+# Layers of offloaded parameters resident on the GPU while they stream: the one computing and the
+# one prefetched (ZeRO-Infinity, Rajbhandari et al. 2021 sec. 6.2, overlap-centric design).
+OFFLOAD_RESIDENT_LAYERS = 2
+
+
+def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, master, grads, per_layer, off_opt,
+                      opt_tier: str, params_tier: str) -> dict:
+    """Where each model state lives under ZeRO-Offload / ZeRO-Infinity, per device.
+
+    ZeRO-Offload (Ren et al. 2021, arXiv:2101.06840, sec. 4.1, fig. 2): the fp16 parameters stay on
+    the GPU; the gradients (2M), fp32 master (4M) and Adam moments (8M) of the device's ZeRO-2
+    partition go to host memory, where the optimizer runs: 14 bytes per parameter of the shard on
+    the host, 2 on the GPU (+ the gradient buckets that stream the gradients down).
+    ZeRO-Infinity (Rajbhandari et al. 2021, arXiv:2104.07857, sec. 5): with ZeRO-3 the parameters
+    (offload_param) may leave too, to host memory or NVMe, and the optimizer states to NVMe
+    (offload_optimizer nvme: DeepSpeed's optimizer swapper writes the gradient shard there too, and
+    streams states and gradients through host buffers for the CPU step). The GPU
+    keeps OFFLOAD_RESIDENT_LAYERS layers of parameters while they stream.
+
+    ``weights``, ``optimizer``, ``master``, ``grads``: the device's sharded bytes without offload;
+    ``off_opt``: bool or array (vectorised over layouts). Returns the on-device weights, optimizer,
+    master and grads, and the bytes per device in host memory (``off_cpu``) and on NVMe (``off_nvme``)."""
+    bucket = _minimum(grads, OFFLOAD_GRAD_BUCKETS * OFFLOAD_GRAD_BUCKET_ELEMENTS * st.grads)
+    states = optimizer + master
+    off_cpu = _where(off_opt, states + grads if opt_tier == "cpu" else 0.0, 0.0)
+    off_nvme = _where(off_opt, states + grads if opt_tier == "nvme" else 0.0, 0.0)
+    out = dict(optimizer=_where(off_opt, 0.0, optimizer), master=_where(off_opt, 0.0, master),
+               grads=_where(off_opt, bucket, grads), weights=weights)
+    if params_tier != "none":
+        out["weights"] = _minimum(weights, st.weights * per_layer * OFFLOAD_RESIDENT_LAYERS)
+        if params_tier == "cpu":
+            off_cpu = off_cpu + weights
+        else:
+            off_nvme = off_nvme + weights
+    out["off_cpu"], out["off_nvme"] = off_cpu, off_nvme
+    return out
+
+
 @dataclass
 class TrainMemory:
     """Per-device bytes of one training step on the most loaded device."""
@@ -379,19 +424,15 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
         grad_buffers = 0.0
     created_grads = grads_full - persistent_grads
 
-    # Offload (ZeRO-Offload / Infinity): optimizer states (and master) or params leave the device.
-    moved = _where(off_opt, optimizer + master, 0.0)
-    optimizer = _where(off_opt, 0.0, optimizer)
-    master = _where(off_opt, 0.0, master)
-    off_cpu = moved if off_tier == "cpu" else 0.0
-    off_nvme = moved if off_tier == "nvme" else 0.0
-    if job.offload_params != "none":
-        moved_w = weights
-        weights = st.weights * sp.per_layer * 2  # two layers resident while streaming
-        if job.offload_params == "cpu":
-            off_cpu = off_cpu + moved_w
-        else:
-            off_nvme = off_nvme + moved_w
+    # Offload (ZeRO-Offload / ZeRO-Infinity, offload_placement): optimizer states, fp32 master and
+    # the gradient shard leave the device (the GPU keeps gradient buckets only); offloaded
+    # parameters leave it too, but for the layers being streamed.
+    place = offload_placement(st, P, weights, optimizer, master, grads_full, sp.per_layer, off_opt, off_tier,
+                              job.offload_params)
+    optimizer, master, weights = place["optimizer"], place["master"], place["weights"]
+    persistent_grads = _where(off_opt, place["grads"], persistent_grads)
+    created_grads = _where(off_opt, 0.0, created_grads)
+    off_cpu, off_nvme = place["off_cpu"], place["off_nvme"]
 
     runtime = CUBLAS_WORKSPACES_BYTES
     # What the model holds right after it is built and wrapped for training, before the optimizer
@@ -471,7 +512,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     cand["backward_end"] = sweep
     opt_transient = 0.0 if job.fused_optimizer else _where(off_opt, 0.0, 4.0 * P / o_div)  # foreach AdamW temporaries
     cand["optimizer"] = steady + created_grads + opt_transient
-    return dict(weights=weights, grads=_maximum(grads_full, acc_grads), optimizer=optimizer, master=master, grad_buffers=grad_buffers,
+    return dict(weights=weights, grads=_where(off_opt, persistent_grads, _maximum(grads_full, acc_grads)), optimizer=optimizer, master=master, grad_buffers=grad_buffers,
                 wrapped=wrapped, runtime=runtime, steady=steady, saved_all=saved_all, act_layer=act_layer, live_layer=live_layer,
                 cache_all=cache_all, cache_saved=cache_saved, lg_f=lg_f, lg_b=lg_b, off_cpu=off_cpu,
                 off_nvme=off_nvme, candidates=cand)

@@ -35,6 +35,9 @@ class _Record(BaseModel):
 
 class Measured(_Record):
     oom: Optional[StrictBool] = None
+    # a published "largest model that fits" claim: true where the paper trained the setup (validate
+    # compares it with the predicted fit, as ``oom`` the other way)
+    fits: Optional[StrictBool] = None
     weights_bytes: Optional[Positive] = None
     steady_bytes: Optional[Positive] = None
     peak_bytes: Optional[Positive] = None
@@ -105,8 +108,16 @@ class _Common(_Record):
         return v
 
 
+class OffloadRecord(_Record):
+    """ZeRO-Offload / ZeRO-Infinity: where the optimizer states and the parameters live."""
+
+    optimizer: Optional[Literal["none", "cpu", "nvme"]] = None
+    params: Optional[Literal["none", "cpu", "nvme"]] = None
+
+
 class TrainRecord(_Common):
     node: Optional[StrictStr] = None
+    offload: Optional[OffloadRecord] = None
     parallel: Optional[ParallelRecord] = None
     seq_len: Count
     micro_batch: Optional[Count] = None

@@ -92,7 +92,8 @@ class _DefaultEfficiency:
 
     def attention_flops_per_s(self, b, h, s, d, causal=True, backward=False):
         # public H100 file: flash fwd 257 TFLOP/s, fwd+bwd 139 TFLOP/s at b16 h16 s1024 d64
-        peak = self.spec.peak("bf16")
+        pf = self.spec.peak_flops
+        peak = pf.get("bf16") or pf.get("fp16") or self.spec.peak("fp32")  # Volta has no bf16
         return peak * (0.14 if backward else 0.26)
 
     def h2d_bytes_per_s(self, pinned=True):

@@ -693,6 +693,14 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     pt_of = np.full(int(np.prod(shape)), -1)
     pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
     h2d = eff.h2d_bytes_per_s(True)
+    d2h = getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True)
+    host_node = off_lib = None
+    if np.any(ax.off):  # ZeRO-Offload's host: the node's CPUs and DRAM (costmodel.offload)
+        from . import offload as _off
+        from .specs import load_library
+
+        off_lib = load_library()
+        host_node, _ = _off.node_for_device(spec, node, off_lib)
     prof = frameworks.resolve(job.profile or job.framework)
     regather = _memo(lambda t_, f_: tr.deepspeed_zero3_regather(model, t_, "full" if f_ else "none"))
     shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
@@ -791,8 +799,18 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         backward_time = layers * (g_b + a_b + e_b + recompute_f)
         dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
         o_div = np.where(v["zero"] >= 1, dp * cp, 1)
-        # ZeRO-Offload: gradient shard down, compute-dtype parameters up, over the host link
-        offload_t = np.where(v["off"], grad_per_param * P / o_div / h2d + 2.0 * P / o_div / h2d, 0.0)
+        # ZeRO-Offload (costmodel.offload.offload_step_s, as training.estimate_train): gradient shard
+        # down behind backward, CPU Adam on the node's host, compute-dtype parameters up
+        offload_t = np.zeros_like(P)
+        if np.any(v["off"]):
+            from . import offload as _off
+
+            off_per_node = np.minimum(N, host_node.devices_per_node) if host_node is not None else 1
+            offload_t, _ = _off.offload_step_s(
+                st, P / o_div, off_per_node, job.offload_optimizer if job.offload_optimizer != "none" else "cpu",
+                "none", h2d=h2d, d2h=d2h, backward_s=n_micro * backward_time, compute_s=0.0, passes=0,
+                node=host_node, lib=off_lib, off_opt=v["off"])
+        optimizer_t = np.where(v["off"], 0.0, optimizer_t)  # the optimizer step runs on the host
 
         compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
         attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import comm, comm_bridge, frameworks, steptime
+from . import comm, comm_bridge, frameworks, offload, steptime
 from .arch import GATED, ModelConfig
 from .errors import InputError
 from .calibration import smoothmax
@@ -95,6 +95,8 @@ class TrainEstimate:
     framework: str = "pytorch"  # the framework profile that timed the step (costmodel.frameworks)
     # the step's terms where a composed framework profile timed it (costmodel.steptime.StepTerms)
     terms: object = field(default=None, repr=False, compare=False)
+    # offloaded bytes per node against the node's host DRAM and NVMe (costmodel.offload.HostCapacity)
+    host: dict | None = None
 
     def to_dict(self) -> dict:
         terms, self.terms = self.terms, None
@@ -414,52 +416,6 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     return gemm_fwd, gemm_bwd, att_f, att_b, ew_f, ew_b
 
 
-# NVMe bandwidth per device when the node names no drives: one PCIe 4.0 x4 drive per GPU at its
-# sequential rate, ~7 GB/s read and ~5 GB/s write (hardware/nvme-gen4.yaml class; ZeRO-Infinity,
-# Rajbhandari et al. 2021, sec. 5, streams from NVMe at the drives' aggregate bandwidth).
-_NVME_READ_BYTES_PER_S = 7e9
-_NVME_WRITE_BYTES_PER_S = 5e9
-
-
-def _nvme_bytes_per_s(node: NodeSpec | None) -> tuple[float, float]:
-    """Read and write bandwidth of NVMe per device: the node's drives shared by its devices."""
-    if node is not None and getattr(node, "nvme", None) and getattr(node, "nvme_drives", 0):
-        try:
-            from .specs import load_library
-
-            drive = load_library().get(node.nvme)
-            share = node.nvme_drives / max(1, node.devices_per_node)
-            return drive.read_bytes_per_s * share, drive.write_bytes_per_s * share
-        except Exception:  # no such drive spec: fall back to the default
-            pass
-    return _NVME_READ_BYTES_PER_S, _NVME_WRITE_BYTES_PER_S
-
-
-def _offload_time_s(job: TrainJob, st, params: float, o_div: float, grad_bytes: float, n_micro: int, eff,
-                    node: NodeSpec | None) -> float:
-    """PCIe / NVMe traffic of ZeRO-Offload / ZeRO-Infinity (Ren et al. 2021, arXiv:2101.06840;
-    Rajbhandari et al. 2021, arXiv:2104.07857), not overlapped with compute:
-    optimizer offload: the gradient shard goes down and the updated compute-dtype parameters come
-    up each step; to NVMe, the optimizer states (and fp32 master) are also read and written back.
-    Parameter offload: the parameters (compute dtype) come up for forward and again for backward
-    of every micro-batch, from host memory or through it from NVMe."""
-    h2d = eff.h2d_bytes_per_s(True)
-    t = 0.0
-    if job.offload_optimizer != "none":
-        t += grad_bytes / o_div / h2d + 2.0 * params / o_div / h2d
-        if job.offload_optimizer == "nvme":
-            rd, wr = _nvme_bytes_per_s(node)
-            state = (st.optimizer + st.master) * params / o_div
-            t += state / rd + state / wr
-    if job.offload_params != "none":
-        up = 2.0 * n_micro * 2.0 * params / o_div
-        rate = h2d
-        if job.offload_params == "nvme":
-            rate = min(h2d, _nvme_bytes_per_s(node)[0])
-        t += up / rate
-    return t
-
-
 # DeepSpeed ZeRO-3 as Narayanan et al. 2021 (Table 2) ran it: DeepSpeed v0.3.13-v0.4.0 (March-June
 # 2021), deepspeed/runtime/zero/stage3.py and partition_parameters.py of those releases. The
 # mechanisms, each from that code:
@@ -719,13 +675,34 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div
     optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s
     offload_t = 0.0
+    lib = None
     if job.offload_optimizer != "none" or job.offload_params != "none":
-        offload_t = _offload_time_s(job, st, sp.total, o_div, grad_bytes, n_micro, eff, node)
+        # ZeRO-Offload / ZeRO-Infinity (costmodel.offload): gradients down behind backward, CPU Adam
+        # on the node's cores, NVMe traffic, parameters up / fetched behind compute
+        from .specs import load_library
+
+        lib = load_library()
+        host_node, _ = offload.node_for_device(spec, node, lib)
+        per_node = min(par.devices, host_node.devices_per_node) if host_node is not None else 1
+        shard = sp.total / (dp_world if par.zero_stage >= 1 or job.offload_params != "none" else 1)
+        passes = n_micro * (2 + (1 if job.recompute == "full" else 0))
+        offload_t, off_parts = offload.offload_step_s(
+            st, shard, per_node, job.offload_optimizer, job.offload_params, h2d=eff.h2d_bytes_per_s(True),
+            d2h=getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True), backward_s=n_micro * layers * (g_b + a_b + e_b + recompute_f),
+            compute_s=n_micro * (layers * per_layer + head_f + head_b), passes=passes, node=host_node, lib=lib)
+        offload_t = float(offload_t)
+        optimizer_t = 0.0 if job.offload_optimizer != "none" else optimizer_t  # the step runs on the host
         if job.offload_optimizer != "none":
-            notes.append(f"optimizer offloaded to {job.offload_optimizer}: gradients down and parameters up "
-                         "over the host link each step" + (", optimizer states through NVMe" if job.offload_optimizer == "nvme" else ""))
+            notes.append(f"optimizer offloaded to {job.offload_optimizer} (ZeRO-Offload): gradients down "
+                         f"{float(off_parts['grads_down_s']):.3g} s (behind backward), CPU Adam {float(off_parts['cpu_adam_s']):.3g} s"
+                         + (f", NVMe optimizer states {float(off_parts['nvme_optimizer_s']):.3g} s" if job.offload_optimizer == "nvme" else "")
+                         + (f", parameters up {float(off_parts['params_up_s']):.3g} s" if job.offload_params == "none" else ""))
+        if job.offload_params != "none" and par.zero_stage < 3 and dp_world > 1:
+            notes.append(f"DeepSpeed offloads parameters only under ZeRO-3 (offload_param); at ZeRO stage {par.zero_stage} "
+                         f"each of the {dp_world} data-parallel replicas offloads a whole copy here")
         if job.offload_params != "none":
-            notes.append(f"parameters offloaded to {job.offload_params}: streamed up for forward and backward of every micro-batch")
+            notes.append(f"parameters offloaded to {job.offload_params} (ZeRO-Infinity): fetched for {passes} passes, "
+                         f"{float(off_parts['params_fetch_s']):.3g} s, prefetched behind compute")
     compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (rf * g_f if job.recompute == "full" else 0.0))
     attention_s = n_micro * layers * (a_f + a_b + ((rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0))
     elementwise_s = (n_micro * (layers * (e_f + e_b + (rf * e_f if job.recompute == "full" else 0.0)) + loss_t)
@@ -769,13 +746,17 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     hfu = tf.hardware_flops / total / (devices * peak)
     req = required_device_bytes(mem.peak_bytes)
     cap = spec.memory.capacity_bytes
+    host = None
+    if mem.offloaded_cpu_bytes or mem.offloaded_nvme_bytes:
+        host = offload.host_capacity(mem.offloaded_cpu_bytes, mem.offloaded_nvme_bytes, devices, spec, node, lib)
+        notes.extend(host.lines())
     return TrainEstimate(
         model_id=model.id, hardware=spec.id, devices=devices, parallel=par.model_dump(), job=job.model_dump(),
-        memory=mem, required_bytes=req, capacity_bytes=cap, fits=req <= cap, step=step,
+        memory=mem, required_bytes=req, capacity_bytes=cap, fits=req <= cap and (host is None or host.fits), step=step,
         tokens_per_step=gb * job.seq_len, tokens_per_s=gb * job.seq_len / total,
         model_flops_per_step=tf.model_flops, hardware_flops_per_step=tf.hardware_flops, mfu=mfu, hfu=hfu,
         tflops_per_device=tf.model_flops / total / devices / 1e12, efficiency_source=getattr(eff, "source", "?"),
-        notes=notes, framework=prof.id, terms=terms,
+        notes=notes, framework=prof.id, terms=terms, host=host.to_dict() if host is not None else None,
     )
 
 

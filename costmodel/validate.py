@@ -3,7 +3,10 @@
 Reads JSONL records in the format of ``../shared/truth/SCHEMA.md`` (kinds kernel, train,
 decode_step, infer) and ``published`` records (data/published/*.jsonl: TFLOP/s per device and
 MFU of runs at scale). A record with ``"oom": true`` is a case of metric ``fits`` whose prediction
-must be ``false``.
+must be ``false``; a published record with ``measured.fits`` (true or false: a paper's "largest
+model that trains" on a setup) is a ``fits`` case whose prediction must equal it. Train and
+published records may say where ZeRO-Offload / ZeRO-Infinity put the states:
+``"offload": {"optimizer": "none|cpu|nvme", "params": "none|cpu|nvme"}``.
 
 Besides the error of each number, the report says how well the model *ranks* layouts: train and
 published records of one model on one device count form a group (``group_key``), and ``ranking``
@@ -255,7 +258,9 @@ def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, pr
                    framework=framework, profile=profile,
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)),
                    tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)),
-                   recompute_fraction=rec.get("recompute_fraction") or 1.0, host_time_factor=host_time_factor)
+                   recompute_fraction=rec.get("recompute_fraction") or 1.0, host_time_factor=host_time_factor,
+                   offload_optimizer=(rec.get("offload") or {}).get("optimizer") or "none",
+                   offload_params=(rec.get("offload") or {}).get("params") or "none")
     job.check_batch(par)
     return model, spec, node, par, job
 
@@ -281,10 +286,13 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     kind = rec["kind"]
     group = group_key(rec)
     out = []
-    if meas.get("oom"):
-        out.append(Case(name=name, kind=kind, metric="fits", measured=False, predicted=est.fits, rel_error=0.0 if not est.fits else 1.0,
-                        group=group))
-        return out
+    if meas.get("oom") or isinstance(meas.get("fits"), bool):
+        # ``oom``: the case ran out of memory; ``fits``: a published claim that it trained (or not)
+        fits = bool(meas["fits"]) if isinstance(meas.get("fits"), bool) else False
+        out.append(Case(name=name, kind=kind, metric="fits", measured=fits, predicted=est.fits,
+                        rel_error=0.0 if est.fits == fits else 1.0, group=group))
+        if meas.get("oom") or not fits:
+            return out
     preds = {
         # allocated after building the model as it is trained: with its wrapper, so under DDP the
         # gradient buckets the wrap allocates (memory.ddp_bucket_bytes), as FSDP's after fully_shard

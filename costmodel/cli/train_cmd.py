@@ -148,7 +148,10 @@ def _render(est, run):
         console.print(f"run: {run['steps']:,} steps, {run['days']:.1f} days, {run['device_hours']:,.0f} device-hours, "
                       f"{run['energy_kwh']:,.0f} kWh, {cost}", highlight=False)
         console.print(run["energy_model"], highlight=False)
-    if not est.fits:
+    if not est.fits and est.required_bytes <= est.capacity_bytes:  # the device fits; host memory or NVMe does not
+        console.print(styled(f"[bold red]does not fit:[/] the device has {fmt_bytes(est.capacity_bytes - est.required_bytes)} "
+                             "to spare, but the offloaded states do not fit the node (notes above)"))
+    elif not est.fits:
         over = est.required_bytes - est.capacity_bytes
         console.print(styled(f"[bold red]does not fit:[/] needs {fmt_bytes(est.required_bytes)} of {fmt_bytes(est.capacity_bytes)} "
                              f"({fmt_bytes(over)} over). Try:"))
