@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from .arch import GATED, ModelConfig
 from .calibration import smoothmax
+from .cpu import attention_times as cpu_attention_times, is_cpu, op_overhead_s as cpu_op_overhead_s, stream_s as cpu_stream_s
 from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
@@ -62,6 +63,8 @@ class DecodeEstimate:
 
 def _gemm_dtype(job: InferJob, spec: AcceleratorSpec) -> str:
     d = job.compute_dtype
+    if is_cpu(spec) and job.weight_dtype == "fp32":  # an fp32 model on a CPU computes in fp32
+        return "fp32"
     return d if spec.peak_flops.get(d) else "bf16"
 
 
@@ -130,6 +133,8 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     routed experts run as grouped GEMMs over the experts the batch activates (moe_expert_gemms_s),
     over ``ep``-way expert parallelism."""
     eff = eff or efficiency_for(spec, calibration)
+    if is_cpu(spec):  # no CUDA graph on a CPU: every op is a call (costmodel.cpu)
+        job = job.model_copy(update={"cuda_graph": False})
     b = job.batch
     wbytes = DTYPE_BYTES[job.weight_dtype]
     dtype = _gemm_dtype(job, spec)
@@ -152,12 +157,17 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
             weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
-    if not job.cuda_graph:
+    if not job.cuda_graph and not is_cpu(spec):  # a CPU decode is taken with a static cache
         kv *= DYNAMIC_CACHE_TRAFFIC
     kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
-    small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * (GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S)
+    floor = GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S
+    if is_cpu(spec):  # the cache streamed from DRAM; a small op costs one call (costmodel.cpu)
+        kv_t = model.layers * cpu_stream_s(eff, kv)
+        floor = cpu_op_overhead_s(eff)
+    small = (model.layers * DECODE_SMALL_KERNELS_PER_LAYER + 3) * floor
     gpu = weights_t + kv_t + small
-    host = 0.0 if job.cuda_graph else (eager_host_s(model) + EAGER_GENERATE_TOKEN_S) * eager_host_factor(eff, job)
+    # eager host time: Hugging Face generate on a GPU's host (EAGER_*); on a CPU the calls above are the step
+    host = 0.0 if (job.cuda_graph or is_cpu(spec)) else (eager_host_s(model) + EAGER_GENERATE_TOKEN_S) * eager_host_factor(eff, job)
     step = _combine(gpu, host)
     bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
@@ -193,6 +203,11 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             # run at a short burst's clock as in a training step (training._gemm); a fused serving
             # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
             t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph).time_s
+    if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
+        att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
+        wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
+        t += model.layers * (att_f + memory_op(eff, "elementwise", tokens * (wide + sharded / tp)).time_s)
+        return t + gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
     if job.cuda_graph:
         t += prefill_attention_s(model, spec, job, tp, eff=eff)
         t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s

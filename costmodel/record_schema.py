@@ -139,6 +139,7 @@ class DecodeRecord(_Common):
     context_len: Count
     node: Optional[StrictStr] = None
     weight_dtype: Optional[Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]] = None
+    kv_dtype: Optional[Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"]] = None  # absent: bf16
     layout: Optional[Literal["1d-weight-stationary", "2d-weight-stationary"]] = None
 
 

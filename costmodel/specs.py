@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -187,6 +187,21 @@ class CpuSpec(_SpecBase):
 
     def _cite_fields(self):
         return ("memory", "peak_flops", "tdp_w")
+
+    # A CPU as the device of a training or inference estimate (costmodel.training / inference): the
+    # fields an accelerator has that a CPU socket does not, empty; ``memory`` is its DRAM.
+    sparse_flops: ClassVar[None] = None
+    scale_up: ClassVar[None] = None
+    host_link: ClassVar[None] = None
+    dies_per_package: ClassVar[int] = 1
+    compute_units: ClassVar[None] = None
+    gemm_efficiency: ClassVar[None] = None
+
+    def peak(self, dtype: str) -> float:
+        v = self.peak_flops.get(dtype)
+        if v is None:
+            raise InputError(f"{self.id} has no {dtype} peak in its spec", field="peak_flops")
+        return v
 
     @field_validator("threads")
     @classmethod
@@ -520,11 +535,13 @@ class HardwareLibrary:
             hint += f"; similar: {', '.join(similar)}" if similar else ("" if close else "; run `costmodel hardware list`")
             raise InputError(f"unknown hardware id {spec_id!r}{hint}", field="hardware") from None
 
-    def device(self, spec_id: str) -> AcceleratorSpec:
+    def device(self, spec_id: str) -> AcceleratorSpec | CpuSpec:
+        """The device a spec id names: an accelerator, a node's accelerator, or a CPU (which runs
+        training and inference itself; its ``memory`` is the DRAM)."""
         spec = self.get(spec_id)
         if isinstance(spec, NodeSpec):
             return self.device(spec.device)
-        if not isinstance(spec, AcceleratorSpec):
+        if not isinstance(spec, (AcceleratorSpec, CpuSpec)):
             raise InputError(f"{spec_id!r} is a {spec.kind} spec, not an accelerator", field="hardware")
         return spec
 

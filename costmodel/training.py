@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import comm, comm_bridge, frameworks, offload, steptime
+from . import comm, comm_bridge, cpu, frameworks, offload, steptime
 from .arch import GATED, ModelConfig
 from .errors import InputError
 from .calibration import smoothmax
@@ -396,7 +396,10 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     # pure bf16 steps move 2-byte elements; amp and fp32 ones mostly 4-byte (the fp32 residual stream)
     cap = eager_elementwise_bytes_per_s(spec, 2.0 if job.precision == "bf16" else 4.0) if (
         spec is not None and job.framework == "pytorch") else None
-    if job.attention == "standard":
+    if cpu.is_cpu(spec) and job.attention != "standard":  # PyTorch's CPU flash kernel runs on the BLAS
+        att_f, att_b = cpu.attention_times(eff, mb, heads, seq_dev * par.cp, model.d_head, dtype)
+        att_f, att_b = att_f / par.cp, att_b / par.cp
+    elif job.attention == "standard":
         att_f, att_b = _standard_attention_times(eff, model, mb, heads, seq_dev, seq_dev * par.cp, dtype,
                                                  eager=job.framework == "pytorch", max_bytes_per_s=cap)
     else:
@@ -521,8 +524,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     eff = step_efficiency(spec, calibration, prof)
     dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
-    if spec.peak_flops.get(dtype) is None:
-        dtype = "bf16" if spec.peak_flops.bf16 else "fp16"
+    if spec.peak_flops.get(dtype) is None:  # no tf32 (a CPU, Volta): fp32 runs at the fp32 rate
+        dtype = "fp32" if job.precision == "fp32" and spec.peak_flops.fp32 else ("bf16" if spec.peak_flops.bf16 else "fp16")
     notes: list[str] = []
     seq_dev = max(1, job.seq_len // par.cp)
     mb = job.micro_batch
@@ -712,7 +715,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         host, host_exposed = (float(x) for x in host_exposed_s(
             model, job, n_micro, layers, job.recompute == "full", par.zero_stage >= 3 and par.dp * par.cp > 1,
             gpu_total, experts_fp32, host_s_per_layer))
-        if host > gpu_total:
+        if cpu.is_cpu(spec):  # the same cores dispatch and compute: nothing overlaps
+            host_exposed = host
+        elif host > gpu_total:
             notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
                          f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "
                          f"{job.host_time_factor:g}), and a larger micro-batch or CUDA graphs would hide it")

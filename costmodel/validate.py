@@ -321,7 +321,8 @@ def _decode_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str 
     spec = lib.device(rec["hardware"])
     tp = (rec.get("parallel") or {}).get("tp")
     tp = 1 if tp is None else tp  # null: not given
-    job = InferJob(batch=rec["batch"], cuda_graph=True, weight_dtype=rec.get("weight_dtype") or "bf16")
+    job = InferJob(batch=rec["batch"], cuda_graph=True, weight_dtype=rec.get("weight_dtype") or "bf16",
+                   kv_dtype=rec.get("kv_dtype") or "bf16")
     ctx = rec["context_len"]
     mem = decode_memory(model, job, ctx, tp)
     meas = rec.get("measured") or {}

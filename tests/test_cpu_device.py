@@ -1,0 +1,59 @@
+"""CPUs as devices: `train`, `infer` and `serve` on `cpu-*` specs, AMX / AVX-512 rates, the
+memory-bound decode."""
+import json
+from pathlib import Path
+
+import pytest
+
+from costmodel import plan
+from costmodel.arch import load_model
+from costmodel.cli.app import main
+from costmodel.inference import decode_step
+from costmodel.specs import load_library
+from costmodel.workload import InferJob
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_on_a_cpu_uses_amx_for_bf16_and_avx512_for_fp32():
+    kw = dict(micro_batch=4, seq_len=512, framework="megatron")
+    bf16 = plan.train("llama-350m", "cpu-xeon-8480", precision="bf16", **kw)
+    fp32 = plan.train("llama-350m", "cpu-xeon-8480", precision="fp32", **kw)
+    xeon = load_library().get("cpu-xeon-8480")
+    # MFU is against the peak of the dtype the GEMMs run in: AMX bf16 (114.7 T), AVX-512 fp32 (7.17 T)
+    assert bf16.mfu == pytest.approx(bf16.model_flops_per_step / bf16.step.total_s / xeon.peak_flops.bf16)
+    assert fp32.mfu == pytest.approx(fp32.model_flops_per_step / fp32.step.total_s / xeon.peak_flops.fp32)
+    # the matmuls of the same step: at the datasheet-default efficiency the ratio of the peaks, 16x
+    assert fp32.step.compute_s / bf16.step.compute_s == pytest.approx(114.7 / 7.17, rel=0.1)
+    assert bf16.fits and fp32.fits
+
+
+def test_decode_on_a_cpu_is_memory_bound():
+    """llama3.1-8b in bf16 on one Xeon 8480 socket: every step reads 16.06 GB of weights over 8
+    channels of DDR5-4800 (307.2 GB/s): at least 52.3 ms a token, and no more than that over the
+    datasheet-default streaming efficiency (0.9 of the bandwidth, roofline._DefaultEfficiency)."""
+    m = load_model("llama3.1-8b")
+    spec = load_library().device("cpu-xeon-8480")
+    d = decode_step(m, spec, InferJob(batch=1), context=1024)
+    floor = m.params * 2.0 / 307.2e9
+    assert floor == pytest.approx(52.3e-3, rel=0.01)
+    assert floor < d.step_s < floor / 0.9 * 1.1
+    assert d.bound.startswith("weights bandwidth")
+    assert d.host_s == 0.0
+
+
+def test_infer_and_serve_answer_on_a_cpu(capsys):
+    est = plan.infer("llama3.1-8b", "cpu-xeon-8480", batch=1, prompt_len=512, gen_len=64)
+    assert est.fits and est.decode_bound.startswith("weights bandwidth")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "llama3.1-8b", "-H", "cpu-xeon-8480", "--batch", "1", "--input-len", "128", "--output-len", "64",
+              "--json"])
+    assert exc.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    # the serving simulation's time between tokens is the decode step of the same device model
+    itl = d["itl_s"]["mean"]
+    assert itl == pytest.approx(est.tpot_s, rel=0.15)
+    # and by hand: one request reads its 8.03e9 bf16 weights from DRAM every token, 16.06 GB at
+    # 8 x DDR5-4800 = 307.2 GB/s is 52.3 ms; at the default 0.9 of the bandwidth 58.1 ms
+    floor = 8.03e9 * 2 / 307.2e9
+    assert floor < itl < floor / 0.9 * 1.1
