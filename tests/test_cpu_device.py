@@ -1,5 +1,5 @@
 """CPUs as devices: `train`, `infer` and `serve` on `cpu-*` specs, AMX / AVX-512 rates, the
-memory-bound decode."""
+memory-bound decode, the numpy bench of a shared host."""
 import json
 from pathlib import Path
 
@@ -57,3 +57,46 @@ def test_infer_and_serve_answer_on_a_cpu(capsys):
     # 8 x DDR5-4800 = 307.2 GB/s is 52.3 ms; at the default 0.9 of the bandwidth 58.1 ms
     floor = 8.03e9 * 2 / 307.2e9
     assert floor < itl < floor / 0.9 * 1.1
+
+
+def test_decode_matvec_benchmarks_overflow_the_last_level_cache():
+    """A decode streams every weight matrix from DRAM; the numpy bench's matrix-vector shapes rotate
+    enough distinct sets to overflow the last-level cache three times (16 sets of a 1 MiB matrix
+    would sit in a 32 MiB cache)."""
+    from costmodel.bench import make_bench
+
+    bench = make_bench("numpy", quick=True)
+    bench.llc = 32 * 2**20  # this project's host
+    # 3 x 32 MiB over (512 + 512 x 512 + 512) x 4 bytes = 95.6: 96 sets; a 512 x 1536 one: 32
+    assert bench.gemm_sets("gemm_llm", 1, 512, 512, "fp32") == 96
+    assert bench.gemm_sets("gemm_llm", 1, 1536, 512, "fp32") == 32
+    assert bench.gemm_sets("gemm_llm", 1, 512, 1536, "fp32") == 32
+    # square GEMMs keep their 16 (compute-bound; their operands are re-read from cache anyway)
+    assert bench.gemm_sets("gemm", 256, 256, 256, "fp32") == 16
+
+
+def test_bench_clock_is_checked(tmp_path, capsys):
+    """--clock takes wall or thread; a bad value is one line and exit 2, before anything is measured."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--backend", "numpy", "--quick", "--clock", "cpu", "--out", str(tmp_path / "k.jsonl")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--clock 'cpu': expected wall or thread" in err and "Traceback" not in err
+    assert not (tmp_path / "k.jsonl").exists()
+
+
+def test_thread_clock_leaves_out_time_the_thread_did_not_run():
+    """The thread clock counts the calling thread's CPU time: a 20 ms sleep (the core given to other
+    processes) costs ~0 on it and >= 20 ms of wall time; the records say which clock timed them."""
+    import time
+
+    from costmodel.bench import make_bench
+    from costmodel.bench.timing import time_host
+
+    kw = dict(warmup=0, budget_s=0.0, min_reps=3, max_reps=3)
+    assert time_host(lambda i: time.sleep(0.02), 1, **kw).median_s >= 0.02
+    assert time_host(lambda i: time.sleep(0.02), 1, clock=time.thread_time, **kw).median_s < 0.005
+    bench = make_bench("numpy", quick=True, clock="thread")
+    case = next(c for c in bench.cases({"elementwise_add"}) if c.name == "elementwise_add 4 KiB")
+    (rec,) = case.run()
+    assert rec["clock"] == "thread" and rec["bytes"] == 3 * 4096 and rec["s"] > 0

@@ -6,6 +6,7 @@ Always available. Buffers are sized past the last-level cache (``llc_bytes``, re
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,11 @@ def llc_bytes() -> int:
     return best or DEFAULT_LLC_BYTES
 
 
+# How a call is timed: wall time, or the calling thread's CPU time ("thread": one BLAS thread, on a
+# host shared with other processes; OPENBLAS_NUM_THREADS=1, else the BLAS threads' time is missed).
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
 def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -45,7 +51,10 @@ def threads() -> int:
 class NumpyBench:
     backend = "numpy"
 
-    def __init__(self, hardware: str = "cpu-host", quick: bool = False, seed: int = 0):
+    def __init__(self, hardware: str = "cpu-host", quick: bool = False, seed: int = 0, clock: str = "wall"):
+        if clock not in CLOCKS:
+            raise ValueError(clock)
+        self.clock = clock
         self.hardware = hardware
         self.quick = quick
         self.rng = np.random.default_rng(seed)
@@ -105,11 +114,22 @@ class NumpyBench:
         ms = [1, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512] if self.quick else [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048]
         for m in ms:
             out.append(("gemm_llm", "fp32", m, n, k))
+        # Matrix-vector products of a small model's decode step (one token): OpenBLAS runs narrow
+        # outputs (n = 512) a third slower per byte than the wide projection above, which a curve
+        # through that projection alone does not show (measured on this project's host, one thread:
+        # 15 GB/s at 512 x 512 and 1536 x 512, 22-27 GB/s at 512 x 1536 .. 2048 x 4096).
+        for kk, nn in ((512, 512), (1536, 512), (512, 1536), (4096, 1024)):
+            out.append(("gemm_llm", "fp32", 1, nn, kk))
         return out
 
     def mem_sizes(self) -> list[int]:
         """Bytes per buffer: 2x to 16x the last-level cache."""
         return [int(m * self.llc) // 4096 * 4096 for m in self._mem_mult()]
+
+    # A 4 KiB elementwise add (in cache): its time is one numpy call's, which pins the floor of the
+    # elementwise curve and so the overlay's launch_overhead_s (the per-op cost of a CPU step's small
+    # ops, costmodel.cpu.op_overhead_s); the DRAM sizes above alone leave it to the fit's prior.
+    SMALL_OP_BYTES = 4096
 
     def _mem_mult(self) -> list[int]:
         """Buffer sizes in last-level caches. The quick grid stays under 8x: on this project's 2-core
@@ -131,18 +151,32 @@ class NumpyBench:
             for op in ("mem_copy", "mem_read", "elementwise_add"):
                 if want(op):
                     cases.append(Case(f"{op} {nbytes / 2**20:.0f} MiB", op, (lambda op=op, nb=nbytes: [self.memory(op, nb)]), weight=1 + nbytes / 2**27))
+        if want("elementwise_add"):
+            nb = self.SMALL_OP_BYTES
+            cases.append(Case(f"elementwise_add {nb // 1024} KiB", "elementwise_add",
+                              (lambda nb=nb: [self.memory("elementwise_add", nb)]), weight=1))
         return cases
 
     def _base(self, op: str, **kw) -> dict:
         rec = {"kind": "kernel", "op": op}
         rec.update(kw)
         rec.update({"hardware": self.hardware, "backend": self.backend, "device": self.device})
+        if self.clock != "wall":
+            rec["clock"] = self.clock
         return rec
+
+    def gemm_sets(self, op: str, m: int, n: int, k: int, dt: str) -> int:
+        """Input sets a GEMM rotates among: three last-level caches' worth, at most 16, but for the
+        LLM-shaped ones as many as that takes (at most 128): a decode's matrix-vector products
+        stream their weights from DRAM, and 16 sets of a 512 x 512 fp32 matrix (16 MiB) sat half in
+        this project's 32 MiB cache, which other processes share: 15-23 GB/s from run to run
+        against 15 GB/s with 96 sets (measured on the host, one thread; data/measurements/cpu/)."""
+        per_set = (m * k + k * n + m * n) * np.dtype(NP_DTYPES[dt]).itemsize
+        return n_sets(per_set, self.llc, MAX_SET_BYTES, cap=128 if op == "gemm_llm" else 16)
 
     def gemm(self, op: str, dt: str, m: int, n: int, k: int) -> dict:
         npdt = NP_DTYPES[dt]
-        per_set = (m * k + k * n + m * n) * np.dtype(npdt).itemsize
-        ns = n_sets(per_set, self.llc, MAX_SET_BYTES, cap=16)
+        ns = self.gemm_sets(op, m, n, k, dt)
         # drawn in the GEMM's own dtype (numpy's float32 normal sampler: half the cost of float64 + cast)
         A = [self.rng.standard_normal((m, k), dtype=npdt) for _ in range(ns)]
         B = self._weights(k, n, npdt, ns)
@@ -157,7 +191,7 @@ class NumpyBench:
         err = np.linalg.norm(C[0][:r, :c] - ref) / max(np.linalg.norm(ref), 1e-30)
         if not err < GEMM_TOL[dt] * max(1.0, np.sqrt(k) / 32):
             raise RuntimeError(f"GEMM result wrong: relative error {err:.2e}")
-        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=self.min_reps)
+        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=self.min_reps, clock=CLOCKS[self.clock])
         F = gemm_flops(m, n, k)
         rec = self._base(op, dtype=dt, m=m, n=n, k=k, s=t.median_s, tflops=F / t.median_s / 1e12, repeats=t.repeats)
         if op == "gemm_llm":
@@ -204,7 +238,7 @@ class NumpyBench:
             if not np.allclose(dst[0][:4096], src[0][:4096] + other[0][:4096]):
                 raise RuntimeError("add result wrong")
             traffic = 3 * nbytes
-        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=self.min_reps)
+        t = time_host(fn, ns, budget_s=self.budget_s, min_reps=self.min_reps, clock=CLOCKS[self.clock])
         # SCHEMA.md: mem_copy 'bytes' is the buffer copied and gbps counts read + write;
         # for elementwise ops 'bytes' is everything read and written.
         rec_bytes = nbytes if op in ("mem_copy", "mem_read") else traffic

@@ -43,12 +43,17 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def make_bench(backend: str, *, hardware: str | None = None, quick: bool = False, seed: int = 0, dtypes=None):
+def make_bench(backend: str, *, hardware: str | None = None, quick: bool = False, seed: int = 0, dtypes=None,
+               clock: str = "wall"):
     backend = resolve_backend(backend)
     if backend == "numpy":
         from .numpy_backend import NumpyBench
 
-        return NumpyBench(hardware=hardware or "cpu-host", quick=quick, seed=seed)
+        return NumpyBench(hardware=hardware or "cpu-host", quick=quick, seed=seed, clock=clock)
+    if clock != "wall":
+        from ..errors import InputError
+
+        raise InputError(f"--clock {clock} times CPU work: only with --backend numpy", field="clock")
     if backend == "torch":
         try:
             from .torch_backend import TorchBench

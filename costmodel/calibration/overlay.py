@@ -225,7 +225,16 @@ def load_overlay(path: str | Path, spec=None) -> DeviceEfficiency:
     path = Path(path)
     data = read_yaml(path)
     base = default_efficiency(spec) if spec is not None else None
+    if (base is not None and getattr(spec, "kind", None) == "cpu" and isinstance(data, dict)
+            and data.get("device") == HOST_CPU_DEVICE):
+        # `calibrate --backend numpy` without --hardware names the host "cpu-host": its overlay is the
+        # host's measured rates, which apply to whichever CPU spec describes that host
+        data = dict(data, device=spec.id)
     return efficiency_from_overlay(data, path, base)
+
+
+# The device id `costmodel bench/calibrate --backend numpy` writes when no --hardware is given.
+HOST_CPU_DEVICE = "cpu-host"
 
 
 def calibrated_dir() -> Path:

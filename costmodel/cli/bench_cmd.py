@@ -17,17 +17,21 @@ BackendOpt = typer.Option("auto", "--backend", help="numpy (host CPU), torch (GP
 QuickOpt = typer.Option(False, "--quick", help="A short run (about a minute on a small CPU).")
 OpsOpt = typer.Option(None, "--ops", help="Comma-separated ops or groups: gemm, gemm_llm, mem_copy, mem_read, elementwise, sdpa, host, collectives.")
 HardwareOpt = typer.Option(None, "--hardware", help="Spec id written into the records (detected for GPUs; 'cpu-host' for numpy).")
+ClockOpt = typer.Option("wall", "--clock", help="numpy: time calls by wall clock, or by the thread's CPU time ('thread': "
+                        "one BLAS thread on a shared host, OPENBLAS_NUM_THREADS=1).")
 
 
 def _bench(backend: str, quick: bool, ops: Optional[str], hardware: Optional[str], scratch: Optional[str], progress: bool,
-           before_run=None) -> tuple[list[dict], list[str], dict]:
+           before_run=None, clock: str = "wall") -> tuple[list[dict], list[str], dict]:
     """Run the benchmarks; return (records, errors, environment). Nothing is written here: the
     caller writes its outputs when the run has succeeded. ``before_run(hardware_id)`` is called
     once the backend knows the device, before anything is measured."""
     from ..bench import env_info, make_bench, run_cases
     from ..bench.nvme import nvme_case
 
-    bench = make_bench(backend, hardware=hardware, quick=quick)
+    if clock not in ("wall", "thread"):
+        raise InputError(f"--clock {clock!r}: expected wall or thread", field="clock")
+    bench = make_bench(backend, hardware=hardware, quick=quick, clock=clock)
     opset = set(o.strip() for o in ops.split(",")) if ops else None
     cases = bench.cases(opset)
     if scratch:
@@ -91,6 +95,7 @@ def bench_cmd(
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
     scratch: Optional[str] = typer.Option(None, "--scratch", help="A new file on the drive to test (NVMe sequential read/write); removed afterwards."),
+    clock: str = ClockOpt,
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = JsonOpt,
 ):
@@ -103,7 +108,7 @@ def bench_cmd(
             raise InputError("exists; name the output with --out to replace it (or move it away)", file=out, field="out")
     check_output(out, "records", flag="out")
     _check_scratch(scratch, [("out", out)])
-    records, errors, info = _bench(backend, quick, ops, hardware, scratch, not no_progress and not json_out)
+    records, errors, info = _bench(backend, quick, ops, hardware, scratch, not no_progress and not json_out, clock=clock)
     if records:
         write_output(out, _jsonl(records), "records", flag="out")
     if json_out:
@@ -159,6 +164,7 @@ def calibrate_cmd(
     max_error: Optional[float] = typer.Option(None, "--max-error", help="With --check: exit 1 if a GEMM or bandwidth held-back error exceeds this (0.15 = 15%)."),
     ops: Optional[str] = OpsOpt,
     hardware: Optional[str] = HardwareOpt,
+    clock: str = ClockOpt,
     save_records: Optional[Path] = typer.Option(None, "--save-records", help="Also keep the fresh run's records in this JSONL file (written when the benchmarks end, before the fit)."),
     reference_records: Optional[Path] = typer.Option(None, "--reference-records", help="Isolated-call records timed on another host (e.g. the truth file): fit one host call-gap offset to them, keeping the GPU curves; host copies among them replace the fitted host links (the host sets their rate)."),
     round_stat: str = typer.Option("median", "--round-stat", help="Per-round records (a 'round' field, as in the GPU harness's X-rounds.jsonl) are merged into one record per case: median (as SCHEMA.md's records are timed) or min (the least-disturbed round)."),
@@ -222,7 +228,9 @@ def calibrate_cmd(
         cal.check_writable(out, recs[0].get("hardware") or hardware, **guard)  # the overlay's device is known now
     else:
         recs, errors, info = _bench(backend, quick, ops, hardware, None, not no_progress and not json_out,
-                                    before_run=lambda hw: cal.check_writable(out, hw, **guard))
+                                    before_run=lambda hw: cal.check_writable(out, hw, **guard), clock=clock)
+        if clock != "wall":
+            meta["clock"] = clock
         for e in errors:
             err_console.print(styled(f"[yellow]failed:[/] {escape(str(e))}"), highlight=False)
         if not recs:
