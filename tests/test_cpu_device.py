@@ -1,5 +1,5 @@
 """CPUs as devices: `train`, `infer` and `serve` on `cpu-*` specs, AMX / AVX-512 rates, the
-memory-bound decode, the numpy bench of a shared host."""
+memory-bound decode, and the host's numpy calibration against steps measured on this machine."""
 import json
 from pathlib import Path
 
@@ -13,6 +13,9 @@ from costmodel.specs import load_library
 from costmodel.workload import InferJob
 
 ROOT = Path(__file__).resolve().parents[1]
+# two rounds of (numpy calibration, steps) on one core; records.jsonl / calibration.yaml keep each
+# case's least-disturbed round (combine.py)
+RUN = ROOT / "data" / "measurements" / "cpu" / "2026-12-07b-host-train-decode"
 
 
 def test_train_on_a_cpu_uses_amx_for_bf16_and_avx512_for_fp32():
@@ -57,6 +60,35 @@ def test_infer_and_serve_answer_on_a_cpu(capsys):
     # 8 x DDR5-4800 = 307.2 GB/s is 52.3 ms; at the default 0.9 of the bandwidth 58.1 ms
     floor = 8.03e9 * 2 / 307.2e9
     assert floor < itl < floor / 0.9 * 1.1
+
+
+def test_a_numpy_host_overlay_applies_to_a_cpu_spec(tmp_path):
+    """`calibrate --backend numpy` without --hardware writes device 'cpu-host'; --calibration takes
+    it for the host's CPU spec (and a GPU still refuses it)."""
+    src = (RUN / "calibration.yaml").read_text()
+    assert "device: cpu-epyc-9654" in src
+    f = tmp_path / "host.yaml"
+    f.write_text(src.replace("device: cpu-epyc-9654", "device: cpu-host"))
+    a = plan.infer("llama-110m", "cpu-epyc-9654", weight_dtype="fp32", calibration=str(RUN / "calibration.yaml"))
+    b = plan.infer("llama-110m", "cpu-epyc-9654", weight_dtype="fp32", calibration=str(f))
+    assert a.tpot_s == pytest.approx(b.tpot_s)
+    from costmodel.errors import InputError
+
+    with pytest.raises(InputError):
+        plan.infer("llama-110m", "h100-sxm", calibration=str(f))
+
+
+def test_measured_cpu_steps_within_25_percent_with_the_host_calibration():
+    """The training step (PyTorch, fp32) and decode step (numpy, fp32) of a 35.7M-parameter
+    Llama-style model measured on this project's host, one core (data/measurements/cpu/), predicted
+    with the numpy calibration taken on the same core in the same minutes."""
+    from costmodel.validate import validate_file
+
+    rep = validate_file(RUN / "records.jsonl", calibration=str(RUN / "calibration.yaml"))
+    got = sorted((c.kind, c.metric) for c in rep.cases)
+    assert got == [("decode_step", "step_seconds"), ("train", "step_seconds")]
+    for c in rep.cases:
+        assert abs(c.rel_error) < 0.25, (c.name, c.predicted, c.measured)
 
 
 def test_decode_matvec_benchmarks_overflow_the_last_level_cache():
