@@ -405,6 +405,51 @@ def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat) -> dict[str, np.ndar
     return dict(peak_bytes=peak, required_bytes=required_device_bytes(peak), dp=dp, n_micro=n_micro)
 
 
+# The innermost axes of the grid, which no layout rule reads but sp (_valid_mask): the memory pass
+# evaluates the formulas once per point of the other axes and broadcasts over these.
+_INNER_AXES = ("rc", "sp", "off")
+
+
+def _memory_chunks(model: ModelConfig, job: TrainJob, ax: _Axes, shape: tuple, flat: np.ndarray, chunk: int):
+    """(start, stop, candidates' axis indices, required bytes) of the candidates ``flat`` (sorted
+    flat grid indices), about ``chunk`` at a time. The memory formulas run on arrays broadcast over
+    the innermost axes (_INNER_AXES: a block of them per point of the outer axes that holds a
+    candidate), so the terms that do not read those axes are computed once per block; the
+    candidates' numbers are then picked from their blocks. The same elementwise formulas on the
+    same values as _memory_of on the candidates one by one (identical numbers)."""
+    k = len(_INNER_AXES)
+    if ax.names[-k:] != _INNER_AXES:  # another order of axes: candidate by candidate
+        for a in range(0, len(flat), chunk):
+            c = _flat_of(ax, shape, flat[a:a + chunk])
+            yield a, min(len(flat), a + chunk), c, _memory_of(model, job, c)["required_bytes"]
+        return
+    outer, inner = shape[:-k], shape[-k:]
+    size = math.prod(inner)
+    block_of, local = np.divmod(flat, size)
+    # where each block's candidates start in flat (flat is sorted: a block's candidates are adjacent)
+    starts = np.flatnonzero(np.concatenate(([True], block_of[1:] != block_of[:-1]))) if len(flat) else np.zeros(0, int)
+    blocks = block_of[starts]
+    local_idx = np.unravel_index(local, inner)
+    inner_vals = []
+    for j, name in enumerate(_INNER_AXES):
+        shp = [1] * (k + 1)
+        shp[j + 1] = -1
+        inner_vals.append(getattr(ax, name).reshape(shp))
+    per = max(1, chunk // size)
+    for s0 in range(0, len(blocks), per):
+        s1 = min(len(blocks), s0 + per)
+        a, b = int(starts[s0]), int(starts[s1]) if s1 < len(blocks) else len(flat)
+        bidx = np.unravel_index(blocks[s0:s1], outer)
+        val = {n: getattr(ax, n)[i].reshape((-1,) + (1,) * k) for n, i in zip(ax.names, bidx)}
+        val.update(zip(_INNER_AXES, inner_vals))
+        req = _memory_of(model, job, _Flat({}, val))["required_bytes"]
+        req = np.broadcast_to(req, (s1 - s0,) + inner).reshape(s1 - s0, size)
+        row = np.repeat(np.arange(s1 - s0), np.diff(np.append(starts[s0:s1], b)))
+        idx = {n: i[row] for n, i in zip(ax.names, bidx)}
+        idx.update((n, i[a:b]) for n, i in zip(_INNER_AXES, local_idx))
+        yield a, b, _Flat(idx, {}), req[row, local[a:b]]
+
+
 class _Screened:
     """One hardware's screen, in chunks of SCREEN_CHUNK candidates: memory for all, then step time
     for those that fit (inf for the rest), from tables of the distinct sub-layouts built once
@@ -422,18 +467,17 @@ class _Screened:
         used_layers = np.zeros(tuple(len(getattr(ax, a)) for a in _LAYER_AXES), dtype=bool)
         small = max(len(getattr(ax, k)) for k in ax.names) < 256
         kept_idx = []  # the axis indices of the layouts that fit, one byte each (not unravelled again)
-        for a in range(0, n, chunk):
-            c = _flat_of(ax, shape, flat[a:a + chunk])
-            req = _memory_of(model, job, c)["required_bytes"]
-            self.required[a:a + chunk] = req
+        for a, b, c, req in _memory_chunks(model, job, ax, shape, flat, chunk):
+            self.required[a:b] = req
             fit = req <= capacity_bytes
             if fit.any():
-                used[tuple(c.idx[k][fit] for k in _DP_AXES)] = True
-                used_layers[tuple(c.idx[k][fit] for k in _LAYER_AXES)] = True
+                fit_idx = {k: i[fit] for k, i in c.idx.items()}
+                used[tuple(fit_idx[k] for k in _DP_AXES)] = True
+                used_layers[tuple(fit_idx[k] for k in _LAYER_AXES)] = True
                 if small:
-                    kept_idx.append(np.stack([c.idx[k][fit] for k in ax.names]).astype(np.uint8))
+                    kept_idx.append(np.stack([fit_idx[k] for k in ax.names]).astype(np.uint8))
             if on_chunk is not None:
-                on_chunk(min(n, a + chunk) // 2)
+                on_chunk(b // 2)
         self.fits = self.required <= capacity_bytes
         self.step_s = np.full(n, np.inf)
         self.times = _time_model(model, spec, node, job, ax, used, calibration, used_layers)

@@ -22,7 +22,7 @@ try:
         main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code or 0
-mods = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'costmodel', 'pydantic', 'yaml'))
+mods = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'costmodel', 'pydantic', 'yaml', 'rich'))
 print(json.dumps({"code": code, "modules": mods, "out": out.getvalue()}))
 """
 
@@ -39,6 +39,15 @@ def test_listing_commands_import_no_numpy_nor_calibration(args):
     assert got["code"] == 0 and got["out"]
     assert not [m for m in got["modules"] if m == "numpy" or m.startswith(("costmodel.calibration", "costmodel.plan"))], \
         got["modules"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["hardware", "list", "--json"], ["hardware", "show", "h100-sxm", "--json"]])
+def test_json_and_help_import_no_rich(args):
+    """rich (the tables' and progress bars' library) is imported when a command prints a table."""
+    got = _imports(*args)
+    assert got["code"] == 0 and got["out"]
+    assert not [m for m in got["modules"] if m.split(".")[0] == "rich"], got["modules"]
+    assert [m for m in _imports("hardware", "list")["modules"] if m == "rich.table"]
 
 
 def test_help_imports_no_command_module():

@@ -245,3 +245,33 @@ def test_valid_layouts_found_per_block_are_all_of_them():
     ax = S._axes(m, [64], 8, 1536, 2048, recompute=["full"], offload=[False], sequence_parallel=[True])
     ok, _ = S._valid_mask(m, ax, 1536, 2048, 8)
     assert np.array_equal(S._valid_flat(ax, ok), np.flatnonzero(ok))
+
+
+@pytest.mark.parametrize("model, hardware, devices, kw", [
+    ("llama2-7b", "dgx-h100", "8..64", dict(global_batch=256, seq_len=4096)),
+    ("mixtral-8x7b", "h100-sxm", "8..64", dict(global_batch=128, seq_len=4096)),
+    ("gpt3-175b", "dgx-a100", "64..512", dict(global_batch=1536, seq_len=2048, framework="deepspeed")),
+], ids=["llama2-7b", "mixtral-8x7b", "gpt3-175b-deepspeed"])
+def test_search_memory_pass_by_blocks_is_each_candidates_memory(monkeypatch, model, hardware, devices, kw):
+    """The search's memory pass evaluates the formulas once per block of its innermost axes
+    (recompute, sequence parallelism, offload) and broadcasts over them: the required bytes of
+    every candidate are, bit for bit, those of costmodel.memory's formulas on the candidates as
+    flat arrays (search._memory_of over every candidate at once)."""
+    import importlib
+
+    S = importlib.import_module("costmodel.search")
+
+    screened = []
+    orig = S._Screened.__init__
+
+    def keep(self, *a, **k):
+        orig(self, *a, **k)
+        screened.append(self)
+
+    monkeypatch.setattr(S._Screened, "__init__", keep)
+    S.search(model, hardware, devices, top=3, **kw)
+    assert screened
+    for s in screened:
+        assert len(s.flat) > 1000 and 0 < s.fits.sum() < len(s.flat)  # some fit, some do not
+        ref = S._memory_of(s.model, s.job, S._flat_of(s.ax, s.shape, s.flat))["required_bytes"]
+        assert np.array_equal(s.required, ref)

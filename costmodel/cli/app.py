@@ -7,6 +7,7 @@ import functools
 import importlib
 import inspect
 import math
+import os
 import sys
 
 import typer
@@ -245,6 +246,12 @@ def main(argv: list[str] | None = None) -> None:
     the file, flag or field; 3: an internal error, as one line asking for a report. Never a traceback."""
     from .common import normalise_switches
 
+    if "numpy" not in sys.modules:
+        # numpy's OpenBLAS starts a thread per core when imported, and they spin while idle; no
+        # command's arrays are large enough for a threaded BLAS call to gain, and on a busy machine
+        # those threads take the CPU from the command (train PRESET: ~0.1 s of CPU). A value the
+        # environment sets is kept.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = normalise_switches(sys.argv[1:] if argv is None else list(argv))
     _reset_notes()
     code = 0

@@ -4,18 +4,35 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-# No markup parsing and no emoji codes: data (ids, names, sources, paths, notes) prints as it is,
-# square brackets included ("source[memory]", "costmodel[plot]"). Intended style goes through
-# styled(), whose data parts are escaped (rich.markup.escape).
-console = Console(markup=False, emoji=False)
-err_console = Console(stderr=True, markup=False, emoji=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+# `console` (stdout) and `err_console` (stderr): rich consoles made on first use (__getattr__), so a
+# command that prints only JSON does not import rich. No markup parsing and no emoji codes: data
+# (ids, names, sources, paths, notes) prints as it is, square brackets included ("source[memory]",
+# "costmodel[plot]"). Intended style goes through styled(), whose data parts are escaped
+# (rich.markup.escape).
+_CONSOLES = {"console": dict(markup=False, emoji=False), "err_console": dict(stderr=True, markup=False, emoji=False)}
+
+
+def __getattr__(name: str):
+    if name in _CONSOLES:
+        from rich.console import Console
+
+        globals()[name] = con = Console(**_CONSOLES[name])
+        return con
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _console(name: str = "console") -> "Console":
+    """The module's console of that name (made on first use)."""
+    return globals().get(name) or __getattr__(name)
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 HardwareFileOpt = typer.Option(None, "--hardware-file", help="Extra hardware spec YAML file(s); override shipped ids.")
@@ -98,7 +115,7 @@ def check_plot(path) -> None:
 
 def wrote_plot(path, json_out: bool = False) -> None:
     """Say where --plot wrote its PNG: on stdout, or stderr under --json (stdout is the JSON)."""
-    (err_console if json_out else console).print(f"wrote plot {path}", highlight=False, soft_wrap=True)
+    _console("err_console" if json_out else "console").print(f"wrote plot {path}", highlight=False, soft_wrap=True)
 
 
 def progress_bar(disable: bool = False):
@@ -106,7 +123,7 @@ def progress_bar(disable: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, disable=disable)
+                    console=_console("err_console"), disable=disable)
 
 
 def library(hardware_file: Optional[list[str]] = None):
@@ -119,6 +136,8 @@ def styled(markup: str) -> Text:
     """Text with intended style markup ('[bold]total[/]'). The consoles parse no markup, so data
     (ids, names, sources, file paths, notes) always prints as it is, brackets included; data put
     inside ``markup`` here must go through rich.markup.escape."""
+    from rich.text import Text
+
     return Text.from_markup(markup)
 
 
@@ -131,6 +150,8 @@ def fit_tables(table: Table, width: int, keep: int = 1) -> list[Table]:
     (overflow 'fold', never '…'), and a table too wide even with its text columns wrapped to
     WRAP_WIDTH is split into several, each repeating the first ``keep`` columns (the row's name or
     rank)."""
+    from rich.console import Console
+
     for col in table.columns:
         col.overflow = "fold"
         col.no_wrap = False
@@ -161,7 +182,7 @@ def fit_tables(table: Table, width: int, keep: int = 1) -> list[Table]:
 def print_table(table: Table, keep: int = 1, con: Console | None = None) -> None:
     """Print a table readable at the console's width (fit_tables): pipes and CI logs get 80
     columns, and no value is cut."""
-    con = con or console
+    con = con or _console()
     for t in fit_tables(table, con.width, keep):
         con.print(t)
 

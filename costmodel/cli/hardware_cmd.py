@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..specs import AcceleratorSpec, CpuSpec, NodeSpec, NvmeSpec
 from ..units import fmt_bytes, fmt_si
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, library, print_table
+from . import common
+from .common import HardwareFileOpt, JsonOpt, emit_json, library, print_table
 
 hw = typer.Typer(help="List and show hardware specs.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -45,6 +45,9 @@ def list_cmd(
     if json_out:
         emit_json(rows)
         return
+    from rich.table import Table
+
+    console = common.console
     t = Table(title="Hardware specs")
     for c in ("id", "kind", "name", "memory", "bandwidth", "bf16 dense", "TDP", "$/h"):
         t.add_column(c)
@@ -74,6 +77,8 @@ def show_cmd(spec_id: str, json_out: bool = JsonOpt, hardware_file: Optional[lis
     if json_out:
         emit_json({**data, "unsourced": spec.unsourced()})
         return
+    from rich.table import Table
+
     t = Table(title=f"{spec.id}: {spec.name}", show_header=False)
     t.add_column("field")
     t.add_column("value")
