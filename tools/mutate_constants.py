@@ -4,14 +4,22 @@
     python tools/mutate_constants.py --list                 # the fitted constants it finds
     python tools/mutate_constants.py [--only TEXT] [--timeout 300] [--out report.md]
 
-Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml,
-the main rates and floors of the calibration overlays (hardware/calibrated/*.yaml), and the
-module-level numeric constants of costmodel/ whose comment says they were fitted, measured or
-profiled. For each, in a scratch copy of the repository outside any ../shared (a plain clone),
-it multiplies the value by 2 (by 0.5 where 2x leaves the parameter's bounds) and runs the tests
-(``pytest -x``, without tests/test_validation_page.py, which fails on any change of a shipped
-prediction and would hide what the accuracy tests check). It prints one line per constant:
-killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
+Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml
+and data/fitted/*.yaml, the main rates and floors of the calibration overlays
+(hardware/calibrated/*.yaml), the serving engines' fitted numbers (data/engines/*.yaml:
+``moe_math_efficiency``, the custom all-reduce's latency and bandwidth per tp), the coefficients of
+the scaling laws (data/scaling_laws.yaml), and the module-level numeric constants of costmodel/
+whose comment says they were fitted, measured or profiled. For each, in a scratch copy of the
+repository outside any ../shared (a plain clone), it multiplies the value by 2 (by 0.5 where 2x
+leaves the parameter's bounds) and runs the tests that read it (``pytest -x``; the prediction tests
+of DEFAULT_TESTS, test_serving for an engine, test_scaling for a law). It prints one line per
+constant: killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
+
+Left out of every run: tests/test_golden.py and tests/test_validation_page.py, which fail on ANY
+change of a shipped prediction (they pin the numbers to rel 1e-9, not to a measurement): they would
+"kill" every mutation and say nothing about whether a test checks the constant against an
+independent number. Also left out: test_fuzz and test_benchmarks (robustness and speed, no
+accuracy).
 """
 from __future__ import annotations
 
@@ -49,8 +57,8 @@ NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
     "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
-    "cluster")]
-IGNORE = ["tests/test_validation_page.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
+    "cluster", "offload", "heldout")]
+IGNORE = ["tests/test_validation_page.py", "tests/test_golden.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
 
 
 @dataclass
@@ -71,8 +79,9 @@ def _number(text: str) -> float | None:
 
 
 def framework_mutations() -> list[Mutation]:
+    """The ``parameters:`` of the framework profiles and of data/fitted/*.yaml (same schema)."""
     out = []
-    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")):
+    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")) + sorted((ROOT / "data" / "fitted").glob("*.yaml")):
         params = (yaml.safe_load(f.read_text()) or {}).get("parameters") or {}
         for name, p in params.items():
             if not isinstance(p, dict) or isinstance(p.get("value"), bool) or not isinstance(p.get("value"), (int, float)):
@@ -92,7 +101,74 @@ def framework_mutations() -> list[Mutation]:
             def mutate(text, pat=pat, new_value=new_value):
                 new, n = pat.subn(lambda m: m.group(1) + repr(new_value), text, count=1)
                 return new if n else None
-            out.append(Mutation(f"{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+            prefix = "fitted." if f.parent.name == "fitted" else ""
+            out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+    return out
+
+
+def _leaf_mutator(path: tuple):
+    """Double the number at ``path`` (keys and list indices) of a YAML file, rewritten by safe_dump
+    (the scratch copy only; a number PyYAML reads as a string, ``6.4e13``, is doubled too)."""
+    def mutate(text, path=path):
+        d = yaml.safe_load(text)
+        n = d
+        for k in path[:-1]:
+            n = n[k]
+        n[path[-1]] = float(n[path[-1]]) * 2
+        return yaml.safe_dump(d, sort_keys=False)
+    return mutate
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    return isinstance(v, str) and _number(v) is not None and re.fullmatch(r"[-+0-9.eE]+", v.strip()) is not None
+
+
+def engine_mutations() -> list[Mutation]:
+    """The serving engines' fitted numbers: the MoE grouped-GEMM efficiency and the custom
+    all-reduce's two-point fit per tp (the engines' scheduler defaults are read from their source
+    code, not fitted)."""
+    out = []
+    for f in sorted((ROOT / "data" / "engines").glob("*.yaml")):
+        data = yaml.safe_load(f.read_text()) or {}
+        rel = str(f.relative_to(ROOT))
+        if _is_number(data.get("moe_math_efficiency")):
+            v = float(data["moe_math_efficiency"])
+            # bounded to [0.05, 1]: halve it where doubling leaves the bounds
+            factor, note = (2.0, "x2") if v * 2 <= 1 else (0.5, "x0.5 (x2 is above 1)")
+
+            def mutate(text, factor=factor):
+                new, n = re.subn(r"^(moe_math_efficiency:\s*)(\S+)", lambda m: m.group(1) + repr(float(m.group(2)) * factor),
+                                 text, count=1, flags=re.M)
+                return new if n else None
+            out.append(Mutation(f"engine.{f.stem}.moe_math_efficiency", rel, note, mutate))
+        for i, row in enumerate((data.get("custom_allreduce") or {}).get("by_tp") or []):
+            for key in ("latency_s", "bytes_per_s"):
+                if _is_number(row.get(key)):
+                    out.append(Mutation(f"engine.{f.stem}.custom_allreduce.tp{row.get('tp')}.{key}", rel, "x2",
+                                        _leaf_mutator(("custom_allreduce", "by_tp", i, key))))
+    return out
+
+
+def scaling_law_mutations() -> list[Mutation]:
+    """Every coefficient of every law in data/scaling_laws.yaml (the blocks named by its form and
+    its modifiers; anchors that are a paper's table rows are coefficients too)."""
+    f = ROOT / "data" / "scaling_laws.yaml"
+    if not f.is_file():
+        return []
+    out = []
+    laws = (yaml.safe_load(f.read_text()) or {}).get("laws") or []
+    for i, law in enumerate(laws):
+        for block, body in law.items():
+            if not isinstance(body, dict):
+                continue
+            for key, v in body.items():
+                if _is_number(v):
+                    out.append(Mutation(f"law.{law.get('id')}.{block}.{key}", "data/scaling_laws.yaml", "x2",
+                                        _leaf_mutator(("laws", i, block, key))))
     return out
 
 
@@ -150,7 +226,18 @@ def module_mutations() -> list[Mutation]:
 
 
 def discover() -> list[Mutation]:
-    return framework_mutations() + overlay_mutations() + module_mutations()
+    return framework_mutations() + engine_mutations() + scaling_law_mutations() + overlay_mutations() + module_mutations()
+
+
+def tests_for(mut: Mutation, default: list[str]) -> list[str]:
+    """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
+    (test_scaling), the engines by the serving model (test_serving, then the prediction tests);
+    everything else by the prediction tests."""
+    if mut.file == "data/scaling_laws.yaml":
+        return ["tests/test_scaling.py"]
+    if mut.file.startswith("data/engines/"):
+        return ["tests/test_serving.py", *[t for t in default if t != "tests/test_serving.py"]]
+    return default
 
 
 def _scratch() -> Path:
@@ -203,7 +290,7 @@ def main(argv=None) -> int:
     survivors = 0
     try:
         for m in muts:
-            status, by, secs = run_one(m, scratch, args.tests, args.timeout)
+            status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
             survivors += status == "SURVIVED"
             print(f"{status:11s} {m.id} ({m.note}){' by ' + by if by else ''} [{secs:.0f} s]", flush=True)
     finally:
