@@ -67,6 +67,7 @@ class Mutation:
     file: str  # relative to the repository root
     note: str
     mutate: object  # callable: original text -> mutated text
+    halve: object = None  # the same at x0.5, tried when the file refuses x2 (a bounded exponent)
 
 
 def _number(text: str) -> float | None:
@@ -106,15 +107,16 @@ def framework_mutations() -> list[Mutation]:
     return out
 
 
-def _leaf_mutator(path: tuple):
-    """Double the number at ``path`` (keys and list indices) of a YAML file, rewritten by safe_dump
-    (the scratch copy only; a number PyYAML reads as a string, ``6.4e13``, is doubled too)."""
+def _leaf_mutator(path: tuple, factor: float = 2.0):
+    """Multiply the number at ``path`` (keys and list indices) of a YAML file by ``factor``,
+    rewritten by safe_dump (the scratch copy only; a number PyYAML reads as a string, ``6.4e13``,
+    is multiplied too)."""
     def mutate(text, path=path):
         d = yaml.safe_load(text)
         n = d
         for k in path[:-1]:
             n = n[k]
-        n[path[-1]] = float(n[path[-1]]) * 2
+        n[path[-1]] = float(n[path[-1]]) * factor
         return yaml.safe_dump(d, sort_keys=False)
     return mutate
 
@@ -135,16 +137,13 @@ def engine_mutations() -> list[Mutation]:
     for f in sorted((ROOT / "data" / "engines").glob("*.yaml")):
         data = yaml.safe_load(f.read_text()) or {}
         rel = str(f.relative_to(ROOT))
-        if _is_number(data.get("moe_math_efficiency")):
-            v = float(data["moe_math_efficiency"])
+        moe = data.get("moe_math_efficiency")
+        path = ("moe_math_efficiency", "value") if isinstance(moe, dict) else ("moe_math_efficiency",)
+        moe = moe.get("value") if isinstance(moe, dict) else moe
+        if _is_number(moe):
             # bounded to [0.05, 1]: halve it where doubling leaves the bounds
-            factor, note = (2.0, "x2") if v * 2 <= 1 else (0.5, "x0.5 (x2 is above 1)")
-
-            def mutate(text, factor=factor):
-                new, n = re.subn(r"^(moe_math_efficiency:\s*)(\S+)", lambda m: m.group(1) + repr(float(m.group(2)) * factor),
-                                 text, count=1, flags=re.M)
-                return new if n else None
-            out.append(Mutation(f"engine.{f.stem}.moe_math_efficiency", rel, note, mutate))
+            factor, note = (2.0, "x2") if float(moe) * 2 <= 1 else (0.5, "x0.5 (x2 is above 1)")
+            out.append(Mutation(f"engine.{f.stem}.moe_math_efficiency", rel, note, _leaf_mutator(path, factor)))
         for i, row in enumerate((data.get("custom_allreduce") or {}).get("by_tp") or []):
             for key in ("latency_s", "bytes_per_s"):
                 if _is_number(row.get(key)):
@@ -168,7 +167,8 @@ def scaling_law_mutations() -> list[Mutation]:
             for key, v in body.items():
                 if _is_number(v):
                     out.append(Mutation(f"law.{law.get('id')}.{block}.{key}", "data/scaling_laws.yaml", "x2",
-                                        _leaf_mutator(("laws", i, block, key))))
+                                        _leaf_mutator(("laws", i, block, key)),
+                                        _leaf_mutator(("laws", i, block, key), 0.5)))
     return out
 
 
@@ -291,6 +291,9 @@ def main(argv=None) -> int:
     try:
         for m in muts:
             status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
+            if status == "invalid" and m.halve is not None:  # x2 leaves the schema's bounds: x0.5
+                m = Mutation(m.id, m.file, "x0.5 (x2 is refused on load)", m.halve)
+                status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
             survivors += status == "SURVIVED"
             print(f"{status:11s} {m.id} ({m.note}){' by ' + by if by else ''} [{secs:.0f} s]", flush=True)
     finally:
