@@ -12,7 +12,7 @@ the scaling laws (data/scaling_laws.yaml), and the module-level numeric constant
 whose comment says they were fitted, measured or profiled. For each, in a scratch copy of the
 repository outside any ../shared (a plain clone), it multiplies the value by 2 (by 0.5 where 2x
 leaves the parameter's bounds) and runs the tests that read it (``pytest -x``; the prediction tests
-of DEFAULT_TESTS, test_serving for an engine, test_scaling for a law). It prints one line per
+of DEFAULT_TESTS, ENGINE_TESTS for an engine, test_scaling for a law). It prints one line per
 constant: killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
 
 Left out of every run: tests/test_golden.py and tests/test_validation_page.py, which fail on ANY
@@ -58,6 +58,8 @@ NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
     "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
     "cluster", "offload", "heldout")]
+# the tests that read data/engines/ (the serving model, the published serve records, serve plans)
+ENGINE_TESTS = [f"tests/test_{n}.py" for n in ("serving", "published", "heldout", "check")]
 IGNORE = ["tests/test_validation_page.py", "tests/test_golden.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
 
 
@@ -231,12 +233,12 @@ def discover() -> list[Mutation]:
 
 def tests_for(mut: Mutation, default: list[str]) -> list[str]:
     """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
-    (test_scaling), the engines by the serving model (test_serving, then the prediction tests);
-    everything else by the prediction tests."""
+    (test_scaling), the engines only by the serving model (ENGINE_TESTS); everything else by the
+    prediction tests."""
     if mut.file == "data/scaling_laws.yaml":
         return ["tests/test_scaling.py"]
     if mut.file.startswith("data/engines/"):
-        return ["tests/test_serving.py", *[t for t in default if t != "tests/test_serving.py"]]
+        return ENGINE_TESTS
     return default
 
 
