@@ -81,3 +81,24 @@ def test_every_module_constant_read_from_data_is_mapped_in_the_calibration_guide
             assert f"data/{rel}" in guide, (f.name, rel)
             assert f"`{key}`" in guide, (f.name, key)
     assert found >= 15
+
+
+def test_every_function_the_formulas_page_names_exists():
+    """docs/formulas.md's last column names the implementing function as `module.name`
+    (`calibration.curves` a module): each must import."""
+    import importlib
+
+    rows = [line.split("|") for line in (DOCS / "formulas.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")]
+    names = {n for r in rows if len(r) >= 6 for n in re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", r[4])}
+    assert len(names) > 50
+    missing = []
+    for name in sorted(names):
+        mod, _, attr = name.rpartition(".")
+        try:
+            obj = importlib.import_module(f"costmodel.{mod}")
+            if not hasattr(obj, attr):
+                importlib.import_module(f"costmodel.{name}")
+        except ImportError:
+            missing.append(name)
+    assert not missing, missing
