@@ -2,7 +2,7 @@
 """Which fitted constants can be doubled without any test failing?
 
     python tools/mutate_constants.py --list                 # the fitted constants it finds
-    python tools/mutate_constants.py [--only TEXT] [--timeout 300] [--out report.md]
+    python tools/mutate_constants.py [--only TEXT] [--ids FILE] [--timeout 300]
 
 Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml
 and data/fitted/*.yaml, the main rates and floors of the calibration overlays
@@ -279,10 +279,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--list", action="store_true", help="only list the constants found")
     ap.add_argument("--only", default=None, help="only constants whose id contains this")
+    ap.add_argument("--ids", default=None, help="only the constants whose ids a file lists, one a line "
+                    "(e.g. the SURVIVED lines of an earlier run: the first word after the status)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation")
     ap.add_argument("--tests", nargs="*", default=DEFAULT_TESTS, help="test files or directories to run")
     args = ap.parse_args(argv)
     muts = [m for m in discover() if not args.only or args.only in m.id]
+    if args.ids:
+        wanted = set()
+        for line in Path(args.ids).read_text().splitlines():
+            words = line.split()
+            if words:
+                wanted.add(words[1] if words[0] in ("SURVIVED", "killed", "invalid", "timeout") and len(words) > 1
+                           else words[0])
+        muts = [m for m in muts if m.id in wanted]
     if args.list:
         for m in muts:
             print(f"{m.id}\t{m.file}\t{m.note}")
