@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 import shutil
 import subprocess
@@ -81,6 +82,13 @@ def _number(text: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _yaml_float(v: float) -> str:
+    """A float YAML 1.1 reads back as a float (PyYAML takes ``9e-06`` for a string: it wants a dot)."""
+    s = repr(float(v))
+    mant, e, exp = s.partition("e")
+    return f"{mant}.0e{exp}" if e and "." not in mant else s
+
+
 def framework_mutations() -> list[Mutation]:
     """The ``parameters:`` of the framework profiles and of data/fitted/*.yaml (same schema)."""
     out = []
@@ -102,7 +110,7 @@ def framework_mutations() -> list[Mutation]:
             pat = re.compile(rf"(^  {re.escape(name)}:\n(?:(?:    |\s*\n).*\n)*?    value: )(\S+)", re.M)
 
             def mutate(text, pat=pat, new_value=new_value):
-                new, n = pat.subn(lambda m: m.group(1) + repr(new_value), text, count=1)
+                new, n = pat.subn(lambda m: m.group(1) + _yaml_float(new_value), text, count=1)
                 return new if n else None
             prefix = "fitted." if f.parent.name == "fitted" else ""
             out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
@@ -218,12 +226,12 @@ def module_mutations() -> list[Mutation]:
             if name in NOT_FITTED or not (name in ALSO or WORDS.search(" ".join(comment))):
                 continue
 
-            def mutate(text, name=name, expr=expr):
-                new, n = re.subn(rf"^{name}(\s*)=(\s*){re.escape(expr)}", rf"{name}\1=\2({expr}) * 2", text,
+            def mutate(text, name=name, expr=expr, factor="2"):
+                new, n = re.subn(rf"^{name}(\s*)=(\s*){re.escape(expr)}", rf"{name}\1=\2({expr}) * {factor}", text,
                                  count=1, flags=re.M)
                 return new if n else None
             out.append(Mutation(f"{f.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}.{name}",
-                                str(f.relative_to(ROOT)), "x2", mutate))
+                                str(f.relative_to(ROOT)), "x2", mutate, functools.partial(mutate, factor="0.5")))
     return out
 
 
@@ -233,12 +241,15 @@ def discover() -> list[Mutation]:
 
 def tests_for(mut: Mutation, default: list[str]) -> list[str]:
     """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
-    (test_scaling), the engines only by the serving model (ENGINE_TESTS); everything else by the
-    prediction tests."""
+    (test_scaling), the engines only by the serving model (ENGINE_TESTS), the calibration package's
+    constants (fit start values, fallbacks of an overlay's missing fields) only by `costmodel
+    calibrate` (test_calibration); everything else by the prediction tests."""
     if mut.file == "data/scaling_laws.yaml":
         return ["tests/test_scaling.py"]
     if mut.file.startswith("data/engines/"):
         return ENGINE_TESTS
+    if mut.file.startswith("costmodel/calibration/"):  # start values and fallbacks of `costmodel calibrate`
+        return ["tests/test_calibration.py"]
     return default
 
 
@@ -303,7 +314,7 @@ def main(argv=None) -> int:
     try:
         for m in muts:
             status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
-            if status == "invalid" and m.halve is not None:  # x2 leaves the schema's bounds: x0.5
+            if status == "invalid" and m.halve is not None:  # x2 is refused on load (a fraction above 1): x0.5
                 m = Mutation(m.id, m.file, "x0.5 (x2 is refused on load)", m.halve)
                 status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
             survivors += status == "SURVIVED"
