@@ -71,6 +71,7 @@ from typing import Iterable, Literal, Protocol
 
 import numpy as np
 
+from . import fitted
 from .errors import InputError
 
 Op = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv"]
@@ -92,29 +93,22 @@ _ALIASES = {
 
 # Per-call overhead of one collective issued from PyTorch eager mode (torch.distributed on NCCL),
 # as seen by CUDA events around the call: kernel launch, NCCL's proxy and the wait for the
-# peer's kernel. Source: truth file h100-h200-public.jsonl, 2 x H200 NVLink, NCCL 2.28: every
-# collective of 1 KiB..1 MiB takes 57-92 us (median 65 us) although its wire time is < 3 us.
-# Fitted together with the two efficiencies below (least maximum relative error over the 30
-# records of 1 MiB..1 GiB, with the spec's 2 us NVLink step latency on top). NCCL's own model is
-# baseLat 6.8-8.4 us plus per-step hwLat (NCCL src/graph/tuning.cc) and nccl-tests shows ~10-20 us
-# on NVLink: the rest is the framework. Inside a training step, where the CPU runs ahead of the
-# GPU, much of it can hide; pass CommParams(launch_overhead_s=...) to model that.
-DEFAULT_LAUNCH_OVERHEAD_S = 59e-6
+# peer's kernel. NCCL's own model is baseLat 6.8-8.4 us plus per-step hwLat (NCCL
+# src/graph/tuning.cc) and nccl-tests shows ~10-20 us on NVLink: the rest is the framework. Inside
+# a training step, where the CPU runs ahead of the GPU, much of it can hide; pass
+# CommParams(launch_overhead_s=...) to model that. Fitted together with the two efficiencies below
+# on the public file's 2 x H200 NCCL records: data/fitted/nccl.yaml (value, bounds, the fit).
+DEFAULT_LAUNCH_OVERHEAD_S = fitted.value("fitted/nccl.yaml", "launch_overhead_s")
 
 # Achieved fraction of the nominal per-direction scale-up bandwidth for ring-pipelined
-# collectives (all-reduce, all-gather, reduce-scatter, broadcast). Source: least-max-error fit on
-# the truth file's 2 x H200 records, 1 MiB..1 GiB (H200 NVLink 4: 450 GB/s per direction):
-# busbw at 1 GiB is 258-321 GB/s, i.e. 0.57-0.71 (all-reduce the highest, reduce-scatter the
-# lowest; one value for the class leaves all-reduce at 1 GiB +15% and reduce-scatter at
-# 64-256 MiB -15%). Measured at 2 GPUs; upper reference: NCCL reaches ~370 of 450 GB/s
-# (0.82) on 8 x H100 with NCCL_ALGO=Ring ("protocol overhead ~20%", S. Jeaugey,
+# collectives (all-reduce, all-gather, reduce-scatter, broadcast); upper reference: NCCL reaches
+# ~370 of 450 GB/s (0.82) on 8 x H100 with NCCL_ALGO=Ring ("protocol overhead ~20%", S. Jeaugey,
 # https://github.com/NVIDIA/nccl-tests/issues/212).
-DEFAULT_RING_EFFICIENCY = 0.63
+DEFAULT_RING_EFFICIENCY = fitted.value("fitted/nccl.yaml", "ring_efficiency")
 
 # Achieved fraction for direct copies (all-to-all, send/recv): one copy per peer, no reduction
-# and no ring pipeline. Source: same fit; truth 2 x H200 all-to-all busbw 320 GB/s and send_recv
-# 354 GB/s at 1 GiB (0.71, 0.79 of 450 GB/s).
-DEFAULT_P2P_EFFICIENCY = 0.75
+# and no ring pipeline.
+DEFAULT_P2P_EFFICIENCY = fitted.value("fitted/nccl.yaml", "p2p_efficiency")
 
 # Achieved fraction of the scale-out NIC line rate. Source: "For NDR @ 400Gbps you should see
 # 46-48GB/s per NIC" (D. Addison, NVIDIA, https://github.com/NVIDIA/nccl-tests/issues/290):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import fitted
 from .arch import GATED, ModelConfig
 from .calibration import smoothmax
 from .cpu import attention_times as cpu_attention_times, is_cpu, op_overhead_s as cpu_op_overhead_s, stream_s as cpu_stream_s
@@ -26,28 +27,22 @@ from .workload import DTYPE_BYTES, InferJob, TrainJob
 # (1), residual adds (2), silu and mul (2) = 27, ~ 24 once fused qkv / gate-up remove splits.
 DECODE_SMALL_KERNELS_PER_LAYER = 24
 # Kernel-to-kernel time of back-to-back graph-launched kernels on Hopper (~ 2 us; CUDA graphs
-# remove the CPU launch but not the grid launch and drain). Fitted with the count above and the
-# shipped calibrations' kernel curves (no host floor under a graph) on the public file's decode
-# steps (costmodel/bench/fit_host.py; every third held out: mean error 2.3% fit, 4.7% held out).
-GRAPH_KERNEL_FLOOR_S = 2.3e-6
+# remove the CPU launch but not the grid launch and drain); fitted with the count above
+# (data/fitted/kernels.yaml: value, bounds and what it was fitted on).
+GRAPH_KERNEL_FLOOR_S = fitted.value("fitted/kernels.yaml", "graph_kernel_floor_s")
 # Eager (no CUDA graph) Hugging Face forward, one call: host time = EAGER_HOST_CALL_S +
-# layers x EAGER_HOST_S_PER_LAYER x (the layer's kernels / a llama layer's: costmodel.dispatch;
-# profiled 21 gpt2, 42 llama per layer; Mixtral's 78 counted as llama's), plus
-# EAGER_GENERATE_TOKEN_S per decoded token for generate()'s own work (logits processing, stopping
-# check with its host sync, cache bookkeeping). The host and the GPU overlap within a call:
-# time = (gpu^p + host^p)^(1/p), p = EAGER_COMBINE_P. Fitted (costmodel/bench/fit_host.py) on 21
-# `infer` records measured on H100 through transformers 5.17 (data/measurements/h100-sxm/2026-11-23i-infer-train-profile/infer-h100.jsonl,
-# every third held out; mean error fit / held out: prefill 17.5% / 11.3%, decode 14.8% / 16.9%:
-# host-bound calls there vary +-25% between repeats and processes), before the kernel ratio
-# (kept: a refit with it moves only to H100's own gpt2 timings, which the H200 machines and the
-# profiles' op counts contradict). Host-specific: override for another host.
-EAGER_HOST_CALL_S = 6.9e-3
-EAGER_HOST_S_PER_LAYER = 0.77e-3
-EAGER_GENERATE_TOKEN_S = 2.3e-3
-EAGER_COMBINE_P = 2.19
+# layers x EAGER_HOST_S_PER_LAYER x (the layer's kernels / a llama layer's: costmodel.dispatch),
+# plus EAGER_GENERATE_TOKEN_S per decoded token for generate()'s own work. The host and the GPU
+# overlap within a call: time = (gpu^p + host^p)^(1/p), p = EAGER_COMBINE_P. Fitted on one H100
+# host (data/frameworks/pytorch.yaml infer_*: value, bounds, the fit and its held-out errors);
+# host-specific: --host-time-factor rescales them.
+EAGER_HOST_CALL_S = fitted.value("frameworks/pytorch.yaml", "infer_host_call_s")
+EAGER_HOST_S_PER_LAYER = fitted.value("frameworks/pytorch.yaml", "infer_host_s_per_layer")
+EAGER_GENERATE_TOKEN_S = fitted.value("frameworks/pytorch.yaml", "infer_generate_token_s")
+EAGER_COMBINE_P = fitted.value("frameworks/pytorch.yaml", "infer_host_gpu_combine_p")
 # HF's DynamicCache appends each step's keys and values with torch.cat: the whole cache is read
-# and written once more per step besides attention's read (profiled: CatArrayBatchedCopy per layer).
-DYNAMIC_CACHE_TRAFFIC = 3.0
+# and written once more per step besides attention's read (data/frameworks/pytorch.yaml).
+DYNAMIC_CACHE_TRAFFIC = fitted.value("frameworks/pytorch.yaml", "dynamic_cache_traffic")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import fitted
 from .arch import GATED, ModelConfig
 from .workload import DTYPE_BYTES, InferJob, Parallel, TrainJob
 
@@ -30,10 +31,10 @@ from .workload import DTYPE_BYTES, InferJob, Parallel, TrainJob
 # forward thread and the autograd thread, cuBLAS and cuBLASLt: 4 x 32 MiB.
 CUBLAS_WORKSPACES_BYTES = 4 * 32 * 2**20
 # Memory the CUDA context, kernels and the allocator's fragmentation take outside
-# max_memory_allocated(); used only for the fits check. Typical H100 context ~ 0.5 GiB
-# (nvidia-smi minus torch.cuda.memory_reserved on an idle process) plus 3% fragmentation.
-CUDA_CONTEXT_BYTES = 0.5 * 2**30
-FRAGMENTATION_FRACTION = 0.03
+# max_memory_allocated(); used only for the fits check and the serving engines' KV budget
+# (data/fitted/memory.yaml: value, bounds and how each was measured).
+CUDA_CONTEXT_BYTES = fitted.value("fitted/memory.yaml", "cuda_context_bytes")
+FRAGMENTATION_FRACTION = fitted.value("fitted/memory.yaml", "fragmentation_fraction")
 
 
 # ------------------------------------------------------------------------------ array helpers

@@ -10,47 +10,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from . import fitted
 from .specs import AcceleratorSpec
 
-# Smallest time of one kernel on a GPU, launched back to back in a stream or a CUDA graph
-# (launch + ramp + tail): ~ 4-6 us on H100 (decode steps of the public file: ~ 5 us per kernel
-# beyond the bandwidth term; Hopper kernel launch latency ~ 2-4 us, NVIDIA CUDA best-practices).
-KERNEL_FLOOR_S = 4.5e-6
-# Eager PyTorch's elementwise kernels (a Hugging Face block op by op: broadcasts, dtype casts,
-# strided views) are bound by the multiprocessors' instruction issue per element as well as by
-# HBM: in bf16 on an H200 (the H100's GH100 die and clocks, 4.8 instead of 3.35 TB/s) they ran only
-# 1.10-1.17x faster than on an H100, where the harness's vectorised copies gain 1.43x (profiled
-# prefills of llama-1.3b, llama-7b, llama-1.3b-gqa4, qwen2-0.5b on both: mul, add and copy kernels;
-# data/measurements/h100-sxm/2026-11-23n-*/ and h200-sxm/2026-11-23o-*/infer-gpubound-*.diag.jsonl): ~ 3.5 TB/s of 2-byte elements, i.e.
-# 13.3e9 elements/s per SM. fp32 kernels move twice the bytes per element under the same issue
-# limit, so amp training steps (fp32 residual stream) stay HBM-bound on Hopper (their H200 steps,
-# train-steps-h200x2.jsonl, fit better without a ceiling); an H100 stays bandwidth-bound either way.
-EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM = 3.5e12 / 2 / 132
-# torch.cat of transposed (non-contiguous) views, as Hugging Face's rotate_half and
-# DynamicCache.update run it (CatArrayBatchedCopy): 0.73-0.86 TB/s of traffic on H100 and
-# 0.71-0.86 on H200 (the same cases, profiled: data/measurements/h100-sxm/2026-11-23n-*/ and h200-sxm/2026-11-23o-*/infer-gpubound-*.diag.jsonl),
-# an issue-bound rate per multiprocessor, not a fraction of HBM bandwidth.
-EAGER_CAT_BYTES_PER_S_PER_SM = 0.8e12 / 132
+# Fitted kernel-timing constants (value, bounds, meaning and the measurement each was fitted on):
+# data/fitted/kernels.yaml and data/frameworks/pytorch.yaml (eager PyTorch's kernels).
+# Smallest time of one kernel launched back to back in a stream or a CUDA graph.
+KERNEL_FLOOR_S = fitted.value("fitted/kernels.yaml", "kernel_floor_s")
+# Eager PyTorch's elementwise kernels are bound by the multiprocessors' instruction issue per
+# element as well as by HBM (bf16 ran only 1.10-1.17x faster on H200 than on H100).
+EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM = fitted.value("frameworks/pytorch.yaml", "eager_elementwise_elements_per_s_per_sm")
+# torch.cat of transposed (non-contiguous) views (HF rotate_half, DynamicCache.update): an
+# issue-bound rate per multiprocessor, not a fraction of HBM bandwidth.
+EAGER_CAT_BYTES_PER_S_PER_SM = fitted.value("frameworks/pytorch.yaml", "eager_cat_bytes_per_s_per_sm")
 # Fixed time of one GEMM kernel launched from a CUDA graph (grid launch, pipeline fill, epilogue
-# drain) on top of its streaming time: the H100 calibration's fitted kernel_min_s (4.04 us,
-# hardware/calibrated/h100-sxm.yaml), with which GRAPH_KERNEL_FLOOR_S (inference.py) was fitted to
-# the public file's decode steps; used for every device, since the fit is loose elsewhere (H200:
-# 0.95 us on the same die). Our decode harness's H200 steps (train-steps-h200x2.jsonl) went from
-# -21% / -1% to -14% / +0.4% with it; the same llama-1.3b b8 ctx2049 step on H100 is -13%
-# (that harness runs ~14% slower than the public file's: data/measurements/h100-sxm/2026-11-23-train-steps/README.md).
-GRAPH_GEMM_FIXED_S = 4.0e-6
+# drain) on top of its streaming time, for every device.
+GRAPH_GEMM_FIXED_S = fitted.value("fitted/kernels.yaml", "graph_gemm_fixed_s")
 # Output tile of the default GEMM curve's wave quantisation: 128 x 128 (the common CUTLASS/cuBLAS
 # tile for large 16-bit GEMMs on Ampere and Hopper), spread over the spec's compute_units.
 GEMM_TILE = 128
 # A part-empty last wave costs less than a full one (its tiles get more L2/HBM bandwidth each, and
-# cuBLAS picks split-k / other tiles for such shapes): rate ~ utilisation ** 0.5, the exponent
-# fitted on measured GEMMs (hardware/calibrated/h100-sxm.yaml 0.504, h200-sxm.yaml 0.575).
-WAVE_EXPONENT = 0.5
+# cuBLAS picks split-k / other tiles for such shapes): rate ~ utilisation ** WAVE_EXPONENT.
+WAVE_EXPONENT = fitted.value("fitted/kernels.yaml", "wave_exponent")
 
 
-# The datasheet-default GEMM plateau: 773 of 989 TFLOP/s for a bf16 8192^3 GEMM on an H100 (the
-# public truth file). A spec's own published figure (AcceleratorSpec.gemm_efficiency) replaces it.
-DEFAULT_GEMM_PLATEAU = 0.78
+# The datasheet-default GEMM plateau (measured on H100). A spec's own published figure
+# (AcceleratorSpec.gemm_efficiency) replaces it.
+DEFAULT_GEMM_PLATEAU = fitted.value("fitted/kernels.yaml", "default_gemm_plateau")
 
 
 class _DefaultEfficiency:

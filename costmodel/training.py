@@ -147,16 +147,11 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
 
 
 # transformers' eager attention (SCHEMA.md attention "standard" under PyTorch), per element of the
-# mb x heads x s x s score matrix. Forward: the scale (mul), the causal mask (a broadcast add,
-# promoted to fp32 under amp), softmax in fp32, the cast back to bf16/fp16; backward: the cast's
-# and softmax's backward, the cast to the scores' dtype and the scale (Megatron's fused
-# scale-mask-softmax does this in one kernel each way). Profiled on H100 (data/measurements/
-# h100-sxm/2026-11-23t-train-variants-profile/train-variants-profile-h100.diag.jsonl, llama-1.3b amp-bf16 b2 s2048, 3.22e9 score elements a
-# step against the flash step): 51.1 ms of these kernels forward (broadcast add 21.1, casts 9.2,
-# scale 11.3, softmax 9.5) and 42.3 ms backward (casts 18.4, scale 11.3, softmax 12.6), i.e. 15.9
-# and 13.1 ps per element: at the 2.99 TB/s copy bandwidth, the time of 47 and 39 bytes.
-EAGER_SCORE_BYTES_FWD = 47.0
-EAGER_SCORE_BYTES_BWD = 39.0
+# mb x heads x s x s score matrix: the scale, the causal mask, softmax in fp32 and the casts, each
+# way (Megatron's fused scale-mask-softmax does this in one kernel each way). Profiled on H100:
+# data/frameworks/pytorch.yaml eager_score_bytes_* (value, bounds, the profile they come from).
+EAGER_SCORE_BYTES_FWD = _EAGER.value("eager_score_bytes_fwd")
+EAGER_SCORE_BYTES_BWD = _EAGER.value("eager_score_bytes_bwd")
 
 
 def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q: int, s_kv: int, dtype: str,
@@ -449,17 +444,10 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
 DEEPSPEED_MAX_REUSE_DISTANCE_PARAMS = 1e9
 DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD = 1e5
 # The list all-gather's cost beyond NCCL's ring, per call: a copy_ per rank of the flat temporary
-# into the output views (each a host-issued cudaMemcpyAsync), and per byte of the gathered buffer
-# (zero-fill, copy-out of the chunks). Fitted (least mean |error|, grid of 1 us x 2.5 ps) on the six
-# DeepSpeed ZeRO-3 rows of Narayanan et al. 2021 Table 2 (data/published/megatron-2021.jsonl,
-# 384-2240 A100s, 175B and 530B): their step time stays flat from 768 to 1536 GPUs (175B) and from
-# 1120 to 2240 (530B) while compute halves, which a per-call latency alone cannot give (latency
-# only: 17-19% mean error at best). Mean error 3.9%; fitted on the 175B rows alone the 530B rows are
-# off by 8.5% mean, and the other way round 9.0%. Bounds: per rank, a host-issued copy (5-15 us);
-# per byte, PR #1188's micro-benchmark saved 1.1 ms per 9,834,560-element fp16 gather on p4d by
-# removing these copies (56 ps per byte).
-DEEPSPEED_LIST_GATHER_S_PER_RANK = 12e-6
-DEEPSPEED_LIST_GATHER_S_PER_BYTE = 22.5e-12
+# into the output views, and per byte of the gathered buffer (zero-fill, copy-out of the chunks).
+# Fitted on Narayanan et al. 2021 Table 2's DeepSpeed rows: data/frameworks/deepspeed.yaml list_gather_*.
+DEEPSPEED_LIST_GATHER_S_PER_RANK = frameworks.builtin_profiles()["deepspeed"].value("list_gather_s_per_rank")
+DEEPSPEED_LIST_GATHER_S_PER_BYTE = frameworks.builtin_profiles()["deepspeed"].value("list_gather_s_per_byte")
 
 
 def deepspeed_zero3_modules(model: ModelConfig, tp: int = 1) -> tuple[np.ndarray, np.ndarray]:

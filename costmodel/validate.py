@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .arch import PALM_BLOCK, ModelConfig, load_model
 from .bench.records import check_kernel_record
-from . import frameworks
+from . import fitted, frameworks
 from .errors import InputError, from_validation_error
 from .record_schema import check_record
 from .inference import decode_step, prefill_time_s
@@ -419,11 +419,9 @@ def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
 # An attention fwd+bwd timed through autograd into leaf tensors (``loss.backward()``, SCHEMA.md's
 # sdpa_fwd_bwd) moves more than the fused kernels that our harness times with
 # ``torch.autograd.grad`` (and that a model's backward runs): the expanded output gradient made
-# contiguous, the fp32 dQ accumulator written and converted, and q, k, v's .grad accumulated
-# (read, read, write). ~ 28 bytes per element of q: measured extra over autograd.grad on H100
-# (data/measurements/h100-sxm/2026-11-23h-gemm-sdpa-host/h100-sxm-2026-11-23h-sdpa-variants.jsonl, o.sum().backward()): 26-28 bytes per
-# element at three shapes and 51 at b16 h16 s1024 d64.
-LEAF_BACKWARD_BYTES_PER_ELEMENT = 28.0
+# contiguous, the fp32 dQ accumulator written and converted, and q, k, v's .grad accumulated.
+# Measured on H100: data/frameworks/pytorch.yaml leaf_backward_bytes_per_element.
+LEAF_BACKWARD_BYTES_PER_ELEMENT = fitted.value("frameworks/pytorch.yaml", "leaf_backward_bytes_per_element")
 
 
 def _leaf_backward_extra_s(rec: dict, eff) -> float:

@@ -92,9 +92,35 @@ def _stats(errs: list[float]) -> str:
     return f"{len(a)}: {statistics.fmean(a):.1%} / {statistics.median(a):.1%}"
 
 
-def file_rows(path: str, entry: dict | None, lib=None) -> list[tuple[str, list[float], list[float]]]:
+def record_label(rec: dict) -> tuple[str, str]:
+    """(hardware, framework) a record is summarised under: kernels as "kernels", serve records by
+    their engine, steps by the framework profile validate times them with (published records that
+    name none are timed as Megatron-LM)."""
+    from .errors import InputError
+    from .frameworks import resolve
+
+    hw = str(rec.get("hardware") or "-")
+    kind = rec.get("kind")
+    if kind == "kernel":
+        return hw, "kernels"
+    if kind == "serve":
+        return hw, str(rec.get("engine") or "-")
+    fw = rec.get("framework")
+    if not fw:  # decode steps time no framework; published steps are timed as Megatron-LM
+        return hw, "megatron (default)" if kind == "published" else "-"
+    if isinstance(fw, str) and fw.lower().startswith(("deepspeed", "megatron")):
+        fw = fw.lower().split()[0].split("-")[0]
+    try:
+        return hw, resolve(fw).id
+    except InputError:
+        return hw, str(fw).split()[0]
+
+
+def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = None
+              ) -> list[tuple[str, list[float], list[float]]]:
     """(kind.metric, fit errors, held-out errors) per metric of one file; boolean metrics (fits)
-    count a wrong answer as error 1."""
+    count a wrong answer as error 1. ``by_label``: also collects the errors per (hardware,
+    framework, kind.metric) into it (record_label)."""
     from .validate import read_records, validate_records
 
     parts = split_records(read_records(path), entry)
@@ -102,13 +128,41 @@ def file_rows(path: str, entry: dict | None, lib=None) -> list[tuple[str, list[f
     for part, recs in parts.items():
         if not recs:
             continue
-        for c in validate_records(recs, lib).cases:
-            per.setdefault(f"{c.kind}.{c.metric}", {"fit": [], "held-out": []})[part].append(c.rel_error)
+        groups: dict[tuple[str, str], list] = {}
+        for r in recs:
+            groups.setdefault(record_label(r[1]) if by_label is not None else ("", ""), []).append(r)
+        for label, group in groups.items():
+            for c in validate_records(group, lib).cases:
+                key = f"{c.kind}.{c.metric}"
+                per.setdefault(key, {"fit": [], "held-out": []})[part].append(c.rel_error)
+                if by_label is not None:
+                    by_label.setdefault((*label, key), {"fit": [], "held-out": []})[part].append(c.rel_error)
     return [(k, v["fit"], v["held-out"]) for k, v in sorted(per.items())]
 
 
-def markdown(files: list[str], lib=None, root: Path | None = None) -> str:
-    """The page: one table row per file and metric."""
+def summary_lines(by_label: dict) -> list[str]:
+    """The table by hardware and framework: one row per device, framework and metric of the
+    timing and memory predictions (``fits`` answers are in the table per file)."""
+    lines = [
+        "## By hardware and framework",
+        "",
+        "Every shipped record file pooled by the device it ran on and the framework (or serving engine)",
+        "it is timed as; kernel records are the device's microbenchmarks. The held-out column is the",
+        "accuracy to expect on a new run of the same kind; the per-file table below says which files.",
+        "",
+        "| hardware | framework | metric | held-out: n: mean / median | fit: n: mean / median |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
+    for (hw, fw, metric), v in sorted(by_label.items()):
+        if metric.endswith(".fits"):
+            continue
+        lines.append(f"| {hw} | {fw} | {metric} | {_stats(v['held-out'])} | {_stats(v['fit'])} |")
+    return lines + [""]
+
+
+def markdown(files: list[str], lib=None, root: Path | None = None, summary: bool = False) -> str:
+    """The page: one table row per file and metric; ``summary``: first the files pooled by
+    hardware and framework (summary_lines)."""
     from .specs import load_library
 
     lib = lib or load_library()
@@ -125,9 +179,12 @@ def markdown(files: list[str], lib=None, root: Path | None = None) -> str:
         "`data/validation-splits.yaml`; the runs are described in `data/measurements/README.md`.",
         "`fits` metrics count a wrong fits / does-not-fit answer as 100%.",
         "",
+    ]
+    table = [
         "| file | metric | n | mean | median | fit: n: mean / median | held-out: n: mean / median |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    by_label: dict | None = {} if summary else None
     fitted = []
     for f in files:
         p = Path(f)
@@ -138,13 +195,16 @@ def markdown(files: list[str], lib=None, root: Path | None = None) -> str:
         entry = entries.get(rel)
         if entry and entry.get("fitted"):
             fitted.append(f"- `{rel}`: {entry['fitted']}")
-        rows = file_rows(f, entry, lib)
+        rows = file_rows(f, entry, lib, by_label)
         if not rows:
-            lines.append(f"| `{rel}` | (no record modelled: see `costmodel validate {rel}`) | 0 | - | - | - | - |")
+            table.append(f"| `{rel}` | (no record modelled: see `costmodel validate {rel}`) | 0 | - | - | - | - |")
         for metric, fit, held in rows:
             errs = [abs(e) for e in fit + held]
-            lines.append(f"| `{rel}` | {metric} | {len(errs)} | {statistics.fmean(errs):.1%} | "
+            table.append(f"| `{rel}` | {metric} | {len(errs)} | {statistics.fmean(errs):.1%} | "
                          f"{statistics.median(errs):.1%} | {_stats(fit)} | {_stats(held)} |")
+    if by_label is not None:
+        lines += summary_lines(by_label) + ["## By record file", ""]
+    lines += table
     if fitted:
         lines += ["", "## What each fit part fitted", ""] + fitted
     return "\n".join(lines) + "\n"
@@ -154,7 +214,7 @@ def main() -> None:
     import sys
 
     root = root_dir()
-    sys.stdout.write(markdown([str(root / f) for f in shipped_record_files(root)], root=root))
+    sys.stdout.write(markdown([str(root / f) for f in shipped_record_files(root)], root=root, summary=True))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,29 @@ def test_chinchilla_approach3_loss_at_70b(laws):
     assert loss == pytest.approx(1.93669, abs=2e-4)
 
 
+def test_refit_and_tex_approach3_losses_at_70b(laws):
+    # Besiroglu et al. 2024's refit of approach 3 by hand: 1.8172 + 482.01 / (70e9)^0.3478 + 2085.43 / (1.4e12)^0.3658
+    #   ln 70e9 = 24.97176, x0.3478 = 8.68518, e^ = 5914.6 -> 0.08149
+    #   ln 1.4e12 = 27.96749, x0.3658 = 10.23051, e^ = 27736.6 -> 0.07519
+    #   L = 1.8172 + 0.08149 + 0.07519 = 1.97388
+    assert sc.predict_loss(laws["besiroglu"], laws, 70e9, 1.4e12) == pytest.approx(1.97388, abs=2e-4)
+    # Hoffmann approach 3 with the unrounded constants of the paper's TeX source:
+    #   E = e^0.5267228 = 1.69337, A = e^6.0073404 = 406.40, B = e^6.0179186 = 410.72
+    #   70e9^0.3391708 = 4768.0 -> 0.08523; 1.4e12^0.2849083 = 2887.6 -> 0.14224
+    #   L = 1.69337 + 0.08523 + 0.14224 = 1.92084
+    assert sc.predict_loss(laws["chinchilla-3-tex"], laws, 70e9, 1.4e12) == pytest.approx(1.92084, abs=2e-4)
+    # Sardana et al. minimise cost on that same unrounded surface (their section 2).
+    assert sc.predict_loss(laws["sardana"], laws, 70e9, 1.4e12) == pytest.approx(1.92084, abs=2e-4)
+
+
+def test_porian_allocation_meets_hoffmanns_one_trillion_row(laws):
+    # Porian et al. 2024 find "excellent agreement" with Hoffmann (a ~ 0.5); the law's prefactor is
+    # anchored on Hoffmann Table 3's 1B row, so the 1T row (1.27e26 FLOPs, 21.2T tokens) checks it.
+    a = sc.compute_optimal(laws["porian"], laws, 1.27e26)
+    assert _rel(a.params, 1e12) < 0.03
+    assert _rel(a.tokens, 21.2e12) < 0.03
+
+
 def test_printed_approach3_is_far_from_twenty_tokens(laws):
     # Besiroglu et al. 2024: the printed (rounded) approach-3 constants put the optimum far
     # above 20 tokens/param; a = beta/(alpha+beta) = 0.28/0.62 = 0.4516.
@@ -228,6 +251,26 @@ def test_kumar_effective_parameters(laws):
     n16 = sc.compute_optimal(law, laws, 1e23, sc.Conditions(bits_w=16, bits_a=16, bits_kv=16)).params
     n4 = sc.compute_optimal(law, laws, 1e23, sc.Conditions(bits_w=4, bits_a=4, bits_kv=4)).params
     assert n4 > n16
+
+
+def test_kumar_surface_and_kv_precision(laws):
+    # Kumar et al.'s N_eff on the Besiroglu surface (the law's notes), 16-bit weights, activations
+    # and KV cache: (1 - e^-5.98243)(1 - e^-7.23916)(1 - e^-16.7050) = 0.99748 * 0.99928 * 1 = 0.99676
+    #   N_eff = 70e9 * 0.99676 = 69.773e9, ^0.3478 = 5907.9 -> 482.01 / 5907.9 = 0.08159
+    #   L = 1.8172 + 0.08159 + 0.07519 (the token term of the Besiroglu check above) = 1.97398
+    assert sc.predict_loss(laws["kumar"], laws, 70e9, 1.4e12) == pytest.approx(1.97398, abs=2e-4)
+    # A 2-bit KV cache: 1 - e^(-2 / 0.9578) = 1 - e^-2.08812 = 0.87608, times 0.99748 * 0.99928 = 0.87324
+    f = sc.precision_factor(laws["kumar"].precision, sc.Conditions(bits_w=16, bits_a=16, bits_kv=2))
+    assert f == pytest.approx(0.87324, abs=2e-4)
+
+
+def test_tao_approach1_allocation_by_hand(laws):
+    # sail-sg/scaling-with-vocab optimal_Nv_predict.py at C = 1e21 FLOPs:
+    #   N_nv = e^-2.4846510 * (1e21)^0.5 = 0.083355 * 3.16228e10 = 2.6359e9
+    #   N_v = e^-1.5890313 * (1e21)^0.4163623 = 0.20412 * e^(48.3543 * 0.4163623 = 20.1329) = 0.20412 * 5.5412e8 = 1.1311e8
+    a = sc.compute_optimal(laws["tao"], laws, 1e21)
+    assert a.extras["non_vocab_params"] == pytest.approx(2.6359e9, rel=1e-3)
+    assert a.extras["vocab_params"] == pytest.approx(1.1311e8, rel=2e-3)
 
 
 def test_tao_llama2_70b_vocabulary(laws):

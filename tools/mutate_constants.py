@@ -2,21 +2,30 @@
 """Which fitted constants can be doubled without any test failing?
 
     python tools/mutate_constants.py --list                 # the fitted constants it finds
-    python tools/mutate_constants.py [--only TEXT] [--timeout 300] [--out report.md]
+    python tools/mutate_constants.py [--only TEXT] [--ids FILE] [--timeout 300]
 
-Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml,
-the main rates and floors of the calibration overlays (hardware/calibrated/*.yaml), and the
-module-level numeric constants of costmodel/ whose comment says they were fitted, measured or
-profiled. For each, in a scratch copy of the repository outside any ../shared (a plain clone),
-it multiplies the value by 2 (by 0.5 where 2x leaves the parameter's bounds) and runs the tests
-(``pytest -x``, without tests/test_validation_page.py, which fails on any change of a shipped
-prediction and would hide what the accuracy tests check). It prints one line per constant:
-killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
+Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml
+and data/fitted/*.yaml, the main rates and floors of the calibration overlays
+(hardware/calibrated/*.yaml), the serving engines' fitted numbers (data/engines/*.yaml:
+``moe_math_efficiency``, the custom all-reduce's latency and bandwidth per tp), the coefficients of
+the scaling laws (data/scaling_laws.yaml), and the module-level numeric constants of costmodel/
+whose comment says they were fitted, measured or profiled. For each, in a scratch copy of the
+repository outside any ../shared (a plain clone), it multiplies the value by 2 (by 0.5 where 2x
+leaves the parameter's bounds) and runs the tests that read it (``pytest -x``; the prediction tests
+of DEFAULT_TESTS, ENGINE_TESTS for an engine, test_scaling for a law). It prints one line per
+constant: killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
+
+Left out of every run: tests/test_golden.py and tests/test_validation_page.py, which fail on ANY
+change of a shipped prediction (they pin the numbers to rel 1e-9, not to a measurement): they would
+"kill" every mutation and say nothing about whether a test checks the constant against an
+independent number. Also left out: test_fuzz and test_benchmarks (robustness and speed, no
+accuracy).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import re
 import shutil
 import subprocess
@@ -49,8 +58,10 @@ NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
     "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
-    "cluster")]
-IGNORE = ["tests/test_validation_page.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
+    "cluster", "offload", "heldout")]
+# the tests that read data/engines/ (the serving model, the published serve records, serve plans)
+ENGINE_TESTS = [f"tests/test_{n}.py" for n in ("serving", "published", "heldout", "check")]
+IGNORE = ["tests/test_validation_page.py", "tests/test_golden.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
 
 
 @dataclass
@@ -59,6 +70,7 @@ class Mutation:
     file: str  # relative to the repository root
     note: str
     mutate: object  # callable: original text -> mutated text
+    halve: object = None  # the same at x0.5, tried when the file refuses x2 (a bounded exponent)
 
 
 def _number(text: str) -> float | None:
@@ -70,9 +82,17 @@ def _number(text: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _yaml_float(v: float) -> str:
+    """A float YAML 1.1 reads back as a float (PyYAML takes ``9e-06`` for a string: it wants a dot)."""
+    s = repr(float(v))
+    mant, e, exp = s.partition("e")
+    return f"{mant}.0e{exp}" if e and "." not in mant else s
+
+
 def framework_mutations() -> list[Mutation]:
+    """The ``parameters:`` of the framework profiles and of data/fitted/*.yaml (same schema)."""
     out = []
-    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")):
+    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")) + sorted((ROOT / "data" / "fitted").glob("*.yaml")):
         params = (yaml.safe_load(f.read_text()) or {}).get("parameters") or {}
         for name, p in params.items():
             if not isinstance(p, dict) or isinstance(p.get("value"), bool) or not isinstance(p.get("value"), (int, float)):
@@ -90,9 +110,75 @@ def framework_mutations() -> list[Mutation]:
             pat = re.compile(rf"(^  {re.escape(name)}:\n(?:(?:    |\s*\n).*\n)*?    value: )(\S+)", re.M)
 
             def mutate(text, pat=pat, new_value=new_value):
-                new, n = pat.subn(lambda m: m.group(1) + repr(new_value), text, count=1)
+                new, n = pat.subn(lambda m: m.group(1) + _yaml_float(new_value), text, count=1)
                 return new if n else None
-            out.append(Mutation(f"{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+            prefix = "fitted." if f.parent.name == "fitted" else ""
+            out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+    return out
+
+
+def _leaf_mutator(path: tuple, factor: float = 2.0):
+    """Multiply the number at ``path`` (keys and list indices) of a YAML file by ``factor``,
+    rewritten by safe_dump (the scratch copy only; a number PyYAML reads as a string, ``6.4e13``,
+    is multiplied too)."""
+    def mutate(text, path=path):
+        d = yaml.safe_load(text)
+        n = d
+        for k in path[:-1]:
+            n = n[k]
+        n[path[-1]] = float(n[path[-1]]) * factor
+        return yaml.safe_dump(d, sort_keys=False)
+    return mutate
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    return isinstance(v, str) and _number(v) is not None and re.fullmatch(r"[-+0-9.eE]+", v.strip()) is not None
+
+
+def engine_mutations() -> list[Mutation]:
+    """The serving engines' fitted numbers: the MoE grouped-GEMM efficiency and the custom
+    all-reduce's two-point fit per tp (the engines' scheduler defaults are read from their source
+    code, not fitted)."""
+    out = []
+    for f in sorted((ROOT / "data" / "engines").glob("*.yaml")):
+        data = yaml.safe_load(f.read_text()) or {}
+        rel = str(f.relative_to(ROOT))
+        moe = data.get("moe_math_efficiency")
+        path = ("moe_math_efficiency", "value") if isinstance(moe, dict) else ("moe_math_efficiency",)
+        moe = moe.get("value") if isinstance(moe, dict) else moe
+        if _is_number(moe):
+            # bounded to [0.05, 1]: halve it where doubling leaves the bounds
+            factor, note = (2.0, "x2") if float(moe) * 2 <= 1 else (0.5, "x0.5 (x2 is above 1)")
+            out.append(Mutation(f"engine.{f.stem}.moe_math_efficiency", rel, note, _leaf_mutator(path, factor)))
+        for i, row in enumerate((data.get("custom_allreduce") or {}).get("by_tp") or []):
+            for key in ("latency_s", "bytes_per_s"):
+                if _is_number(row.get(key)):
+                    out.append(Mutation(f"engine.{f.stem}.custom_allreduce.tp{row.get('tp')}.{key}", rel, "x2",
+                                        _leaf_mutator(("custom_allreduce", "by_tp", i, key))))
+    return out
+
+
+def scaling_law_mutations() -> list[Mutation]:
+    """Every coefficient of every law in data/scaling_laws.yaml (the blocks named by its form and
+    its modifiers; anchors that are a paper's table rows are coefficients too)."""
+    f = ROOT / "data" / "scaling_laws.yaml"
+    if not f.is_file():
+        return []
+    out = []
+    laws = (yaml.safe_load(f.read_text()) or {}).get("laws") or []
+    for i, law in enumerate(laws):
+        for block, body in law.items():
+            if not isinstance(body, dict):
+                continue
+            for key, v in body.items():
+                if _is_number(v):
+                    out.append(Mutation(f"law.{law.get('id')}.{block}.{key}", "data/scaling_laws.yaml", "x2",
+                                        _leaf_mutator(("laws", i, block, key)),
+                                        _leaf_mutator(("laws", i, block, key), 0.5)))
     return out
 
 
@@ -140,17 +226,31 @@ def module_mutations() -> list[Mutation]:
             if name in NOT_FITTED or not (name in ALSO or WORDS.search(" ".join(comment))):
                 continue
 
-            def mutate(text, name=name, expr=expr):
-                new, n = re.subn(rf"^{name}(\s*)=(\s*){re.escape(expr)}", rf"{name}\1=\2({expr}) * 2", text,
+            def mutate(text, name=name, expr=expr, factor="2"):
+                new, n = re.subn(rf"^{name}(\s*)=(\s*){re.escape(expr)}", rf"{name}\1=\2({expr}) * {factor}", text,
                                  count=1, flags=re.M)
                 return new if n else None
             out.append(Mutation(f"{f.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}.{name}",
-                                str(f.relative_to(ROOT)), "x2", mutate))
+                                str(f.relative_to(ROOT)), "x2", mutate, functools.partial(mutate, factor="0.5")))
     return out
 
 
 def discover() -> list[Mutation]:
-    return framework_mutations() + overlay_mutations() + module_mutations()
+    return framework_mutations() + engine_mutations() + scaling_law_mutations() + overlay_mutations() + module_mutations()
+
+
+def tests_for(mut: Mutation, default: list[str]) -> list[str]:
+    """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
+    (test_scaling), the engines only by the serving model (ENGINE_TESTS), the calibration package's
+    constants (fit start values, fallbacks of an overlay's missing fields) only by `costmodel
+    calibrate` (test_calibration); everything else by the prediction tests."""
+    if mut.file == "data/scaling_laws.yaml":
+        return ["tests/test_scaling.py"]
+    if mut.file.startswith("data/engines/"):
+        return ENGINE_TESTS
+    if mut.file.startswith("costmodel/calibration/"):  # start values and fallbacks of `costmodel calibrate`
+        return ["tests/test_calibration.py"]
+    return default
 
 
 def _scratch() -> Path:
@@ -190,10 +290,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--list", action="store_true", help="only list the constants found")
     ap.add_argument("--only", default=None, help="only constants whose id contains this")
+    ap.add_argument("--ids", default=None, help="only the constants whose ids a file lists, one a line "
+                    "(e.g. the SURVIVED lines of an earlier run: the first word after the status)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation")
     ap.add_argument("--tests", nargs="*", default=DEFAULT_TESTS, help="test files or directories to run")
     args = ap.parse_args(argv)
     muts = [m for m in discover() if not args.only or args.only in m.id]
+    if args.ids:
+        wanted = set()
+        for line in Path(args.ids).read_text().splitlines():
+            words = line.split()
+            if words:
+                wanted.add(words[1] if words[0] in ("SURVIVED", "killed", "invalid", "timeout") and len(words) > 1
+                           else words[0])
+        muts = [m for m in muts if m.id in wanted]
     if args.list:
         for m in muts:
             print(f"{m.id}\t{m.file}\t{m.note}")
@@ -203,7 +313,10 @@ def main(argv=None) -> int:
     survivors = 0
     try:
         for m in muts:
-            status, by, secs = run_one(m, scratch, args.tests, args.timeout)
+            status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
+            if status == "invalid" and m.halve is not None:  # x2 is refused on load (a fraction above 1): x0.5
+                m = Mutation(m.id, m.file, "x0.5 (x2 is refused on load)", m.halve)
+                status, by, secs = run_one(m, scratch, tests_for(m, args.tests), args.timeout)
             survivors += status == "SURVIVED"
             print(f"{status:11s} {m.id} ({m.note}){' by ' + by if by else ''} [{secs:.0f} s]", flush=True)
     finally:
