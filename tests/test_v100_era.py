@@ -82,3 +82,35 @@ def test_dgx_2h_gpu_differs_from_the_dgx_2_one_in_peak_and_power_only():
     assert node.device == h.id and node.devices_per_node == 16
     m = model_from_record(_records(MEGATRON_2019)["megatron-lm-2019/gpt2-1.2b/1xv100"]["model"], "test", 1024)
     assert m.params / 1e9 == pytest.approx(1.2, abs=0.05)
+
+
+ZERO_INFINITY = ROOT / "data" / "published" / "zero-infinity-2021.jsonl"
+
+
+def _infinity_estimate(layers):
+    lib = load_library()
+    rec = dict(_records(ZERO_INFINITY)["zero-infinity-2021/1t-largest/1xdgx-2"])
+    rec["model"] = dict(rec["model"], layers=layers)
+    model, spec, node, par, job = train_inputs(rec, lib, "test", "deepspeed", "deepspeed-megatron-2019")
+    return model, estimate_train(model, spec, job, par, node=node)
+
+
+@pytest.mark.parametrize("layers,fits", [(128, True), (256, False)])
+def test_zero_infinity_1t_fits_one_dgx_2_and_2t_does_not(layers, fits):
+    """ZeRO-Infinity fine-tunes a 1T model on one DGX-2 (parameters and optimizer states on NVMe);
+    the next size, 2T, needs 16 bytes x 2.01e12 = 32.2 TB of NVMe against the node's 8 x 3.84 TB."""
+    model, est = _infinity_estimate(layers)
+    assert model.params / 1e12 == pytest.approx(1.0 if fits else 2.0, abs=0.03)
+    nvme = est.host["nvme_bytes"]
+    assert nvme == pytest.approx(16.0 * model.params, rel=0.01)  # 2 (fp16 params) + 2 (grads) + 12 (Adam)
+    assert est.host["nvme_capacity_bytes"] == pytest.approx(8 * 3.84e12)
+    assert est.fits is fits
+    assert est.host["nvme_fits"] is fits
+
+
+def test_zero3_gpu_working_set_is_the_largest_module_not_two_layers():
+    """A 1T layer holds 12 x 25600^2 = 7.9e9 parameters; DeepSpeed keeps at most
+    stage3_max_live_parameters (1e9) gathered, or the largest sub-module (the 25600 x 102400 MLP
+    projection, 2.62e9) + a 5e7 prefetch bucket: 5.34 GB of fp16 weights, not two layers' 31.5 GB."""
+    model, est = _infinity_estimate(128)
+    assert est.memory.weights_bytes == pytest.approx(2.0 * (25600 * 102400 + 5e7), rel=1e-9)
