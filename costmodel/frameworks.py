@@ -190,6 +190,12 @@ def resolve(name: str | None, default: str = "megatron") -> FrameworkProfile:
     raise InputError(f"unknown framework {name!r}; known: {', '.join(known_names())}", field="framework")
 
 
+def is_builtin_name(name: str) -> bool:
+    """Whether ``name`` is exactly a shipped profile's id or one of its aliases (no version suffix)."""
+    key = _key(str(name))
+    return any(key == n for prof in builtin_profiles().values() for n in [prof.id, *(_key(a) for a in prof.aliases)])
+
+
 # The framework `train`, `search` and `check` assume when none is named (every output says which).
 DEFAULT_FRAMEWORK = "megatron"
 

@@ -310,10 +310,17 @@ OFFLOAD_GRAD_BUCKETS = 2
 # Layers of offloaded parameters resident on the GPU while they stream: the one computing and the
 # one prefetched (ZeRO-Infinity, Rajbhandari et al. 2021 sec. 6.2, overlap-centric design).
 OFFLOAD_RESIDENT_LAYERS = 2
+# ...but no more than DeepSpeed ZeRO-3 keeps gathered: it releases parameters once
+# stage3_max_live_parameters (default 1e9) are resident and prefetches stage3_prefetch_bucket_size
+# (default 5e7) ahead (deepspeed/runtime/zero/config.py defaults; DeepSpeed configuration docs,
+# "ZeRO optimizations"); a sub-module larger than that (one Linear of a very wide layer) is gathered
+# whole (Rajbhandari et al. 2021 sec. 5.1.3: the working memory of the largest operator).
+DEEPSPEED_MAX_LIVE_PARAMETERS = 1e9
+DEEPSPEED_PREFETCH_BUCKET_PARAMS = 5e7
 
 
 def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, master, grads, per_layer, off_opt,
-                      opt_tier: str, params_tier: str) -> dict:
+                      opt_tier: str, params_tier: str, largest_module: float = 0.0) -> dict:
     """Where each model state lives under ZeRO-Offload / ZeRO-Infinity, per device.
 
     ZeRO-Offload (Ren et al. 2021, arXiv:2101.06840, sec. 4.1, fig. 2): the fp16 parameters stay on
@@ -324,7 +331,9 @@ def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, mast
     (offload_param) may leave too, to host memory or NVMe, and the optimizer states to NVMe
     (offload_optimizer nvme: DeepSpeed's optimizer swapper writes the gradient shard there too, and
     streams states and gradients through host buffers for the CPU step). The GPU
-    keeps OFFLOAD_RESIDENT_LAYERS layers of parameters while they stream.
+    keeps OFFLOAD_RESIDENT_LAYERS layers of parameters while they stream, at most ZeRO-3's live
+    parameters (DEEPSPEED_MAX_LIVE_PARAMETERS, or ``largest_module``'s parameters where one
+    sub-module is larger) plus a prefetch bucket.
 
     ``weights``, ``optimizer``, ``master``, ``grads``: the device's sharded bytes without offload;
     ``off_opt``: bool or array (vectorised over layouts). Returns the on-device weights, optimizer,
@@ -336,13 +345,21 @@ def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, mast
     out = dict(optimizer=_where(off_opt, 0.0, optimizer), master=_where(off_opt, 0.0, master),
                grads=_where(off_opt, bucket, grads), weights=weights)
     if params_tier != "none":
-        out["weights"] = _minimum(weights, st.weights * per_layer * OFFLOAD_RESIDENT_LAYERS)
+        live = _minimum(per_layer * OFFLOAD_RESIDENT_LAYERS,
+                        np.maximum(DEEPSPEED_MAX_LIVE_PARAMETERS, largest_module) + DEEPSPEED_PREFETCH_BUCKET_PARAMS)
+        out["weights"] = _minimum(weights, st.weights * live)
         if params_tier == "cpu":
             off_cpu = off_cpu + weights
         else:
             off_nvme = off_nvme + weights
     out["off_cpu"], out["off_nvme"] = off_cpu, off_nvme
     return out
+
+
+def largest_module_params(model: ModelConfig, tp: int = 1) -> float:
+    """Parameters of a model's largest sub-module per tensor-parallel rank, the unit ZeRO-3 gathers
+    whole: the MLP's up projection (h x ffn, gated: each of gate and up) or the embedding (V x h)."""
+    return max(model.hidden * model.ffn, model.vocab * model.hidden) / np.maximum(1, tp)
 
 
 @dataclass
@@ -429,7 +446,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     # the gradient shard leave the device (the GPU keeps gradient buckets only); offloaded
     # parameters leave it too, but for the layers being streamed.
     place = offload_placement(st, P, weights, optimizer, master, grads_full, sp.per_layer, off_opt, off_tier,
-                              job.offload_params)
+                              job.offload_params, largest_module=largest_module_params(model, par.tp))
     optimizer, master, weights = place["optimizer"], place["master"], place["weights"]
     persistent_grads = _where(off_opt, place["grads"], persistent_grads)
     created_grads = _where(off_opt, 0.0, created_grads)

@@ -270,7 +270,9 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     fw_rec = rec.get("framework")
     if fw_rec is not None and not isinstance(fw_rec, str):
         raise InputError(f"expected a framework name (got {fw_rec!r})", file=where, field="framework")
-    if fw_rec and str(fw_rec).lower().startswith("deepspeed"):
+    if fw_rec and frameworks.is_builtin_name(fw_rec):
+        pass  # a shipped profile by its id or an alias (megatron-2019, deepspeed-megatron-2019, ...)
+    elif fw_rec and str(fw_rec).lower().startswith("deepspeed"):
         fw_rec = "deepspeed"  # ZeRO semantics (2 + 2 + 12 bytes/param; ZeRO-3 as DeepSpeed 2021 ran it, training.DEEPSPEED_*)
     elif fw_rec and str(fw_rec).lower().startswith("megatron"):
         fw_rec = "megatron"
@@ -278,7 +280,10 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     if profile is not None and (fw_rec is None or frameworks.resolve(profile).id == prof.id):
         prof = frameworks.resolve(profile)
     model, spec, node, par, job = train_inputs(
-        rec, lib, where, prof.base, None if prof.step_model == "builtin" and profile is None else (profile or prof.id),
+        rec, lib, where, prof.base,
+        # a built-in profile is timed as its base, with its kernel_time_factor (training.kernel_time_factor) if it has one
+        None if prof.step_model == "builtin" and profile is None and "kernel_time_factor" not in prof.parameters
+        else (profile or prof.id),
         host_time_factor)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}

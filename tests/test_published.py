@@ -58,7 +58,7 @@ def test_every_record_is_cited_and_consistent():
     for r in recs:
         assert r["kind"] == "published"
         assert r["source"] and ("arXiv:" in r["source"] or "https://" in r["source"]), r["name"]
-        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb")
+        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb", "v100-sxm3-32gb-h")
         assert r["measured"]
         par = r.get("parallel")
         if par and r.get("devices"):
