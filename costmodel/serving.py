@@ -50,6 +50,7 @@ class EngineConfig:
     sources: list[str] = field(default_factory=list)
     custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
     moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
+    intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
 
 
 def engines_dir() -> Path:
@@ -78,7 +79,8 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
                        mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
                        custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
-                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"))
+                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"),
+                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -90,6 +92,14 @@ def _fraction(v, path: Path, name: str) -> float:
         v = v.get("value")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
         raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
+    return float(v)
+
+
+def _bounded(v, path: Path, name: str, lo: float, hi: float) -> float:
+    if isinstance(v, dict):
+        v = v.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise InputError(f"expected a number in [{lo:g}, {hi:g}] (got {v!r})", file=str(path), field=name)
     return float(v)
 
 
@@ -270,7 +280,8 @@ class SimResult:
 
 def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
-             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0) -> SimResult:
+             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
+             intake_iterations: float = 0.0) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -282,6 +293,9 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     prefix caching, vLLM; RadixAttention, SGLang, Zheng et al. 2024): its prefill computes the rest,
     attending over the cached part. Each sequence still holds blocks for its whole context (the
     shared prefix blocks are counted per sequence: a conservative capacity).
+    ``intake_iterations``: while the engine runs sequences, a request that arrived becomes
+    schedulable only after that many iterations have ended since its arrival: the time the server
+    takes to hand a request over to a busy engine (EngineConfig.intake_iterations).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -339,6 +353,16 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     itl_e: list[np.ndarray] = []
     iters = 0
     preempted = 0
+    lag_k = max(0, int(round(intake_iterations)))
+    ends = np.full(lag_k + 1, -np.inf)  # when the last lag_k + 1 iterations ended (oldest first)
+
+    def seen_by() -> float:
+        # arrivals up to this time are schedulable: lag_k iterations have ended since they came
+        return float(ends[-1 - lag_k]) if lag_k else now
+
+    def log_ends(t_end: np.ndarray) -> None:
+        nonlocal ends
+        ends = np.concatenate([ends, t_end])[-(lag_k + 1):]
 
     def blocks(c):
         return -(-c // bs)
@@ -346,7 +370,8 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     while done < N:
         n = hi - lo
         running = int(n.sum())
-        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        seen = seen_by() if running else now  # a busy engine's intake lags lag_k iterations
+        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
         waiting = avail_new + sum(h - l for l, h, _ in requeue)
         if running == 0 and waiting == 0:
             now = max(now, float(arrival[next_req]))
@@ -373,7 +398,12 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             ts = cost.iteration_s(nd, nd, ctx0 + nd * j, 0.0, True) * np.ones(k)
             if np.isfinite(limit_t):
                 cum = now + np.cumsum(ts)
-                stop = int(np.searchsorted(cum, limit_t, side="left"))
+                # stop at the iteration after which the next arrival becomes schedulable: lag_k
+                # iterations after the first one ending at or after it
+                hist = np.concatenate([ends[1:], cum]) if lag_k else cum
+                first_end = int(np.searchsorted(hist, limit_t, side="left"))
+                stop = first_end + lag_k - (len(hist) - len(cum))
+                stop = max(0, stop)
                 if stop < k:
                     k = stop + 1
                     ts = ts[:k]
@@ -383,6 +413,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 # fall through to the single-iteration path, which preempts
             else:
                 itl_e.append(now + np.cumsum(ts))
+                log_ends(now + np.cumsum(ts))
                 now += float(ts.sum())
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
@@ -453,7 +484,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # admissions
         add_lo, add_hi, add_ctx, add_pf, add_dec = [], [], [], [], []
         seats = max_num_seqs - running
-        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
         if not (static and running > 0) and (mixed or nd == 0):
             while budget > 0 and seats > 0 and (requeue or avail_new > 0):
                 from_rq = bool(requeue)
@@ -501,6 +532,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             continue
         t = float(cost.iteration_s(tokens, logits, ctx_sum, attn_s, tokens == nd))
         now += t
+        log_ends(np.array([now]))
         if nd:
             itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)])); itl_e.append(np.array([now]))
         # decoders advance
@@ -621,7 +653,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
                    pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
-                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1) -> ServeEstimate:
+                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
+                   intake_iterations: float | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -664,7 +697,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
             raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
         if spec_decode == "draft" and draft_model is None:
             raise InputError("--spec draft needs --draft-model", field="draft_model")
-    eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
+    eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
+                      intake_iterations=intake_iterations)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
     # stay weight-only (W8A16 / W4A16)
@@ -731,7 +765,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
-                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)))
+                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)),
+                   intake_iterations=eng.intake_iterations)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests

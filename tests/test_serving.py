@@ -274,6 +274,25 @@ def test_closed_loop_ramps_burst_and_steady():
     assert np.all(np.diff(r.arrival) >= 0) and np.all(np.isfinite(r.finish))
 
 
+def test_intake_iterations_delay_a_busy_engines_admission_by_hand():
+    # two steady clients, prompts of 4, 10 tokens out: client 1 starts at half of one lifetime
+    # (1.4 s prefill + 10 decode steps of 2 tokens at 1.2 s = 13.4 s), t = 6.7 s. Request 0: prefill
+    # [0, 1.4], then decode iterations of 1 token, 1.1 s each, ending 2.5, 3.6, 4.7, 5.8, 6.9, 8.0, 9.1.
+    # No intake lag: request 1 (arrived during the iteration ending 6.9) prefills with r0's decode
+    # in [6.9, 8.4] (5 tokens, 1.5 s): TTFT 1.7 s. Two iterations of lag: it waits for the
+    # iterations ending 8.0 and 9.1 and prefills in [9.1, 10.6]: TTFT 3.9 s.
+    kw = dict(num_requests=2, input_len=4, output_len=10, max_num_seqs=8, token_budget=100,
+              kv_capacity_tokens=1000, block_tokens=1, load="concurrency", value=2, ramp="steady")
+    r0 = simulate(LinearCost(), **kw)
+    r2 = simulate(LinearCost(), intake_iterations=2, **kw)
+    assert np.isclose(r0.arrival[1], 6.7) and np.isclose(r2.arrival[1], 6.7)
+    assert np.allclose(r0.first_token - r0.arrival, [1.4, 1.7])
+    assert np.allclose(r2.first_token - r2.arrival, [1.4, 3.9])
+    # an idle engine takes a request at once: a lone client's TTFT is its prefill either way
+    one = dict(kw, num_requests=1, value=1)
+    assert np.allclose(simulate(LinearCost(), intake_iterations=2, **one).first_token, [1.4])
+
+
 def test_steady_closed_loop_ttft_is_about_one_iteration(h100):
     # one client in steady state waits for nobody: TTFT is its prefill, the same as a lone request's
     from costmodel.serving import estimate_serve
