@@ -193,6 +193,25 @@ class IterationCost:
         return self._n(self.body, n) + self._n(self.lm, r) + self._n(self.comm, n) + self.kv(ctx_sum) + attn_s
 
 
+_COST_CACHE: dict = {}
+_COST_CACHE_SIZE = 16
+
+
+def _iteration_cost(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
+                    **kw) -> IterationCost:
+    """IterationCost, kept for the last few distinct arguments: a load sweep (the serving planner's
+    rate search) reuses one replica's tables."""
+    key = (model.model_dump_json(), spec.model_dump_json(), job.model_dump_json(), tp,
+           node.model_dump_json() if node is not None else None,
+           repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
+    cost = _COST_CACHE.get(key)
+    if cost is None:
+        if len(_COST_CACHE) >= _COST_CACHE_SIZE:
+            _COST_CACHE.pop(next(iter(_COST_CACHE)))
+        cost = _COST_CACHE[key] = IterationCost(model, spec, job, tp, node, **kw)
+    return cost
+
+
 def expected_tokens_per_step(acceptance: float, draft_tokens: int) -> float:
     """Tokens a sequence gains per verification step of speculative decoding with ``draft_tokens``
     drafted tokens, each accepted with probability ``acceptance`` independently of the others:
@@ -618,6 +637,7 @@ class ServeEstimate:
     e2e_s: dict
     iterations: int
     preemptions: int
+    tpot_s: dict | None = None  # per request: (latency - TTFT) / (output tokens - 1), as bench_serving's TPOT
     usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
     kwh_per_million_output_tokens: float | None = None  # at the wall (costmodel.energy: TDP x PUE)
     notes: list[str] = field(default_factory=list)
@@ -739,12 +759,12 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if load == "batch" and kv_seqs < value:
         notes.append(f"the KV cache holds {kv_seqs} full sequences, fewer than the batch: sequences are preempted")
     seqs_bound = min(seqs, 1 << 20)
-    cost = IterationCost(model, spec, job, tp, node,
-                         max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
-                                        min(seqs_bound, kv_seqs + 1)),
-                         max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
-                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                         custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
+    cost = _iteration_cost(model, spec, job, tp, node,
+                           max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
+                                          min(seqs_bound, kv_seqs + 1)),
+                           max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
+                           max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                           custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
     if pp > 1:
         cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
     tau, steps, kv_sim = 1.0, output_len, kv_tokens
@@ -804,5 +824,6 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         output_tokens_per_s_per_device=out_tok / duration / devices,
         total_tokens_per_s_per_device=tot_tok / duration / devices, requests_per_s=done * ve / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
         itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
+        tpot_s=_stats(((sim.finish - sim.first_token) / (output_len - 1))[reqs]) if output_len > 1 else _stats(np.zeros(0)),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
         preemptions=sim.preemptions, notes=notes)
