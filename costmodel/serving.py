@@ -313,8 +313,9 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     attending over the cached part. Each sequence still holds blocks for its whole context (the
     shared prefix blocks are counted per sequence: a conservative capacity).
     ``intake_iterations``: while the engine runs sequences, a request that arrived becomes
-    schedulable only after that many iterations have ended since its arrival: the time the server
-    takes to hand a request over to a busy engine (EngineConfig.intake_iterations).
+    schedulable only that many decode iterations of the running batch later (the batch's
+    decode-only iteration time, prefill chunks left out): the time the server takes to hand a
+    request over to a busy engine (EngineConfig.intake_iterations).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -372,16 +373,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     itl_e: list[np.ndarray] = []
     iters = 0
     preempted = 0
-    lag_k = max(0, int(round(intake_iterations)))
-    ends = np.full(lag_k + 1, -np.inf)  # when the last lag_k + 1 iterations ended (oldest first)
-
-    def seen_by() -> float:
-        # arrivals up to this time are schedulable: lag_k iterations have ended since they came
-        return float(ends[-1 - lag_k]) if lag_k else now
-
-    def log_ends(t_end: np.ndarray) -> None:
-        nonlocal ends
-        ends = np.concatenate([ends, t_end])[-(lag_k + 1):]
+    lag_k = max(0.0, float(intake_iterations))
 
     def blocks(c):
         return -(-c // bs)
@@ -389,7 +381,10 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     while done < N:
         n = hi - lo
         running = int(n.sum())
-        seen = seen_by() if running else now  # a busy engine's intake lags lag_k iterations
+        lag = 0.0
+        if running and lag_k:  # a busy engine's intake: lag_k decode iterations of its running batch
+            lag = lag_k * float(cost.iteration_s(running, running, int((n * (ctx + 1)).sum()), 0.0, True))
+        seen = now - lag
         avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
         waiting = avail_new + sum(h - l for l, h, _ in requeue)
         if running == 0 and waiting == 0:
@@ -403,7 +398,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             nd = running
             k = int((O - dec).min())
             if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
-                limit_t = float(arrival[next_req])
+                limit_t = float(arrival[next_req]) + lag
             else:
                 limit_t = np.inf
             if k > 1:  # KV blocks: the first step that would need more than there are
@@ -417,12 +412,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             ts = cost.iteration_s(nd, nd, ctx0 + nd * j, 0.0, True) * np.ones(k)
             if np.isfinite(limit_t):
                 cum = now + np.cumsum(ts)
-                # stop at the iteration after which the next arrival becomes schedulable: lag_k
-                # iterations after the first one ending at or after it
-                hist = np.concatenate([ends[1:], cum]) if lag_k else cum
-                first_end = int(np.searchsorted(hist, limit_t, side="left"))
-                stop = first_end + lag_k - (len(hist) - len(cum))
-                stop = max(0, stop)
+                stop = int(np.searchsorted(cum, limit_t, side="left"))
                 if stop < k:
                     k = stop + 1
                     ts = ts[:k]
@@ -432,7 +422,6 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 # fall through to the single-iteration path, which preempts
             else:
                 itl_e.append(now + np.cumsum(ts))
-                log_ends(now + np.cumsum(ts))
                 now += float(ts.sum())
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
@@ -551,7 +540,6 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
             continue
         t = float(cost.iteration_s(tokens, logits, ctx_sum, attn_s, tokens == nd))
         now += t
-        log_ends(np.array([now]))
         if nd:
             itl_t.append(np.array([t])); itl_w.append(np.array([float(nd)])); itl_e.append(np.array([now]))
         # decoders advance
