@@ -102,6 +102,8 @@ class ServeSection(BaseModel):
     ep: int = Field(default=1, ge=1, le=MAX_COUNT)
     input_len: int = Field(default=1024, ge=1, le=MAX_COUNT)
     output_len: int = Field(default=128, ge=1, le=MAX_COUNT)
+    input_len_range: Optional[tuple[int, int]] = None  # lengths drawn uniformly from lo..hi, in place of input_len
+    output_len_range: Optional[tuple[int, int]] = None
     request_rate: Optional[float] = Field(default=None, gt=0)
     concurrency: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
     max_load: bool = False
@@ -419,7 +421,8 @@ def _evaluate_serve(plan: Plan, sec: ServeSection, ctx: dict):
                          input_len=sec.input_len, output_len=sec.output_len, load=load, value=value,
                          num_requests=sec.num_requests, engine=sec.engine, weight_dtype=sec.weight_dtype,
                          kv_dtype=sec.kv_dtype, node=ctx["node"], calibration=ctx["calibration"], seed=sec.seed,
-                         prefix_hit_rate=sec.prefix_hit_rate)
+                         prefix_hit_rate=sec.prefix_hit_rate, input_len_range=sec.input_len_range,
+                         output_len_range=sec.output_len_range)
     price = plan.run.price_per_hour if plan.run.price_per_hour is not None else ctx["spec"].price_per_hour_usd
     seconds = plan.run.tokens / est.output_tokens_per_s if plan.run.tokens else None
     device_hours = seconds / 3600.0 * est.devices if seconds is not None else None

@@ -138,7 +138,8 @@ def plan_serving(model: ModelConfig, hardware: list[tuple[AcceleratorSpec, NodeS
                  engine: str = "vllm", weight_dtype: str = "bf16", kv_dtype: str = "bf16",
                  num_requests: int = 500, calibration: str | None = None, seed: int = 0,
                  only: Layout | None = None, price_per_hour: float | None = None,
-                 prefix_hit_rate: float = 0.0) -> ServePlan:
+                 prefix_hit_rate: float = 0.0, input_len_range: tuple[int, int] | None = None,
+                 output_len_range: tuple[int, int] | None = None) -> ServePlan:
     """Every device and layout (``only``: that one layout) with its replicas for ``target_rate``
     requests/s under p99 TTFT ``ttft_p99_s`` (and p99 TPOT ``tpot_p99_s``); ``best``: the feasible
     one at the lowest price per hour (fewest devices where no price is known)."""
@@ -166,7 +167,8 @@ def plan_serving(model: ModelConfig, hardware: list[tuple[AcceleratorSpec, NodeS
                 return estimate_serve(model, spec, tp=lay.tp, pp=lay.pp, ep=lay.ep, input_len=input_len,
                                       output_len=output_len, load=load, value=value, num_requests=num_requests,
                                       engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=node,
-                                      calibration=calibration, seed=seed, prefix_hit_rate=prefix_hit_rate)
+                                      calibration=calibration, seed=seed, prefix_hit_rate=prefix_hit_rate,
+                                      input_len_range=input_len_range, output_len_range=output_len_range)
 
             c = Candidate(hardware=spec.id, tp=lay.tp, pp=lay.pp, ep=lay.ep, devices_per_replica=lay.devices,
                           feasible=False, max_rate_per_replica=0.0, price_per_device_hour_usd=price)
@@ -194,7 +196,8 @@ def plan_serving(model: ModelConfig, hardware: list[tuple[AcceleratorSpec, NodeS
             c.tpot_p99_s = at.tpot_s["p99"] if at.tpot_s else None
             if price is not None:
                 c.usd_per_hour = c.devices * price
-                c.usd_per_million_output_tokens = c.usd_per_hour / (target_rate * output_len * 3600.0) * 1e6
+                out_mean = sum(output_len_range) / 2 if output_len_range else output_len
+                c.usd_per_million_output_tokens = c.usd_per_hour / (target_rate * out_mean * 3600.0) * 1e6
             cands.append(c)
     ok = [c for c in cands if c.feasible]
     priced = [c for c in ok if c.usd_per_hour is not None]

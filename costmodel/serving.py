@@ -297,7 +297,7 @@ class SimResult:
     preemptions: int
 
 
-def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
+def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
              value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
              intake_iterations: float = 0.0) -> SimResult:
@@ -324,13 +324,23 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     of the iteration that finishes its prompt. When a decode token needs a KV block and none is
     free, the most recently admitted sequences are preempted and later re-prefilled (recompute).
     """
-    N, I, O = int(num_requests), int(input_len), int(output_len)
-    if min(N, I, O, max_num_seqs, token_budget) < 1:
+    N = int(num_requests)
+    # every request's lengths (``input_len`` / ``output_len``: one int for all, or one per request)
+    Ireq = np.broadcast_to(np.asarray(input_len, dtype=np.int64), (N,)) if N > 0 else np.zeros(0, np.int64)
+    Oreq = np.broadcast_to(np.asarray(output_len, dtype=np.int64), (N,)) if N > 0 else np.zeros(0, np.int64)
+    if N < 1 or min(int(Ireq.min()), int(Oreq.min()), max_num_seqs, token_budget) < 1:
         raise InputError("requests, lengths, running sequences and token budget must be >= 1", field="load")
+    I, O = int(Ireq.max()), int(Oreq.max())  # the longest (bounds); the means where a load needs one
+    I_mean, O_mean = float(Ireq.mean()), float(Oreq.mean())
+    # cohorts hold requests of equal lengths: same_to[a] is the end of the run of ids from a with a's lengths
+    change = np.nonzero((np.diff(Ireq) != 0) | (np.diff(Oreq) != 0))[0] + 1
+    run_ends = np.append(change, N)
+    same_to = run_ends[np.searchsorted(run_ends, np.arange(N), side="right")]
     bs = max(1, int(block_tokens))
     cap_blocks = int(kv_capacity_tokens) // bs
-    if -(-(I + O) // bs) > cap_blocks:
-        raise InputError(f"one request of {I + O} tokens does not fit the KV cache ({int(kv_capacity_tokens)} tokens)",
+    longest = int((Ireq + Oreq).max())
+    if -(-longest // bs) > cap_blocks:
+        raise InputError(f"one request of {longest} tokens does not fit the KV cache ({int(kv_capacity_tokens)} tokens)",
                          field="input_len")
     static = load == "batch"
     arrival = np.full(N, np.inf)
@@ -338,7 +348,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         arrival[:] = 0.0
         if static:
             max_num_seqs = int(value)
-            token_budget = max(token_budget, int(value) * I)
+            token_budget = max(token_budget, int(value) * I)  # (the longest prompt: every batch in one iteration)
     elif load == "concurrency" and ramp == "burst":
         arrival[: int(value)] = 0.0
     elif load == "concurrency":
@@ -348,8 +358,9 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # batch), and later ones when a request finishes. estimate_serve leaves out this ramp (as
         # benchmarks that measure over stable windows after a warm-up, e.g. NVIDIA's AIPerf).
         c = min(int(value), N)
-        life = float(cost.iteration_s(I, 1, 0, cost.attn(I), False)) + O * float(
-            cost.iteration_s(c, c, c * (I + O // 2), 0.0, True))
+        Im, Om = int(round(I_mean)), int(round(O_mean))
+        life = float(cost.iteration_s(Im, 1, 0, cost.attn(Im), False)) + Om * float(
+            cost.iteration_s(c, c, c * (Im + Om // 2), 0.0, True))
         arrival[:c] = np.arange(c) * (life / c)
     elif load == "request_rate":
         rng = np.random.default_rng(seed)
@@ -357,7 +368,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
-    cached = int(min(max(0, cached_prefix), I - 1))
+    cached = max(0, int(cached_prefix))  # per request at most its prompt less one token
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
     # cohorts: request ids [lo, hi), ctx = tokens in the KV cache, pf = prompt tokens still to
@@ -396,7 +407,8 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # ------------------------------------------------ a run of decode-only iterations
         if running and bool(decoding.all()) and not can_admit:
             nd = running
-            k = int((O - dec).min())
+            Oc = Oreq[lo]
+            k = int((Oc - dec).min())
             if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
                 limit_t = float(arrival[next_req]) + lag
             else:
@@ -426,7 +438,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
                 ctx = ctx + k; dec = dec + k
-                fin = dec >= O
+                fin = dec >= Oc
                 if fin.any():
                     for a, b in zip(lo[fin], hi[fin]):
                         finish[a:b] = now
@@ -500,11 +512,12 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                     a, b, d0 = requeue[0]
                 else:
                     a, b, d0 = next_req, next_req + avail_new, 0
-                start, L = a, I + d0
-                pre = cached if d0 == 0 else 0  # prompt tokens found in the prefix cache
+                start, L = a, int(Ireq[a]) + d0
+                b_same = min(b, int(same_to[a]))  # requests of a's lengths
+                pre = min(cached, int(Ireq[a]) - 1) if d0 == 0 else 0  # prompt tokens found in the prefix cache
                 Lc = L - pre  # tokens to compute
                 per_blocks = int(blocks(L))
-                full = int(min(b - a, seats, budget // Lc, free // per_blocks))
+                full = int(min(b_same - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
                     if d0 == 0:
@@ -513,7 +526,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                     attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
                 c = int(min(budget, Lc, free * bs - pre))
-                if a < b and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
+                if a < b_same and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
                     add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
                     add_dec.append(d0)
                     budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
@@ -527,7 +540,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 else:
                     next_req += a - start
                     avail_new -= a - start
-                if a == start or a < b:
+                if a == start or a < b_same:
                     break
         if tokens == 0:
             # nothing could run (KV full with only partial prefills): free the newest sequence
@@ -561,7 +574,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         dec = np.concatenate([new_dec, add_dec_arr])
         for a, b in first_done:
             first[a:b] = now
-        fin = dec >= O
+        fin = dec >= Oreq[lo]
         if fin.any():
             for a, b in zip(lo[fin], hi[fin]):
                 finish[a:b] = now
@@ -626,6 +639,8 @@ class ServeEstimate:
     iterations: int
     preemptions: int
     tpot_s: dict | None = None  # per request: (latency - TTFT) / (output tokens - 1), as bench_serving's TPOT
+    input_len_range: tuple[int, int] | None = None  # lengths drawn uniformly from lo..hi (input_len: their middle)
+    output_len_range: tuple[int, int] | None = None
     usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
     kwh_per_million_output_tokens: float | None = None  # at the wall (costmodel.energy: TDP x PUE)
     notes: list[str] = field(default_factory=list)
@@ -662,7 +677,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
                    draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
-                   intake_iterations: float | None = None) -> ServeEstimate:
+                   intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
+                   output_len_range: tuple[int, int] | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -679,7 +695,21 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     serving: as many micro-batches in flight as stages): the engine runs as pp virtual engines, each
     with 1/pp of the load and of the KV cache, whose iterations pass all stages in turn (the whole
     model's time at tp, plus pp - 1 activation transfers) while the others' fill the other stages;
-    throughput is pp times a virtual engine's."""
+    throughput is pp times a virtual engine's. ``input_len_range`` / ``output_len_range`` (lo, hi):
+    every request's lengths drawn uniformly from those integers (seeded; as bench_serving's random
+    dataset with a range ratio), in place of ``input_len`` / ``output_len``."""
+    ranges = {}
+    for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
+        if rng_ is not None:
+            lo_, hi_ = (int(x) for x in rng_)
+            if not 1 <= lo_ <= hi_:
+                raise InputError(f"expected a range lo:hi with 1 <= lo <= hi (got {lo_}:{hi_})", field=f"{name}_range")
+            ranges[name] = (lo_, hi_)
+    nominal_in, nominal_out = input_len, output_len
+    if "input_len" in ranges:  # the longest bounds the tables and the KV check; the mean is reported
+        nominal_in, input_len = int(round(sum(ranges["input_len"]) / 2)), ranges["input_len"][1]
+    if "output_len" in ranges:
+        nominal_out, output_len = int(round(sum(ranges["output_len"]) / 2)), ranges["output_len"][1]
     if pp < 1 or pp > model.layers:
         raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
     if not 0.0 <= prefix_hit_rate < 1.0:
@@ -742,7 +772,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     seqs = eng.max_num_seqs
     if load == "batch":
         seqs = int(value)
-    per_seq = -(-(input_len + output_len) // eng.block_tokens) * eng.block_tokens
+    per_seq = -(-(nominal_in + nominal_out) // eng.block_tokens) * eng.block_tokens
     kv_seqs = kv_tokens // per_seq
     if load == "batch" and kv_seqs < value:
         notes.append(f"the KV cache holds {kv_seqs} full sequences, fewer than the batch: sequences are preempted")
@@ -755,7 +785,14 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                            custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
     if pp > 1:
         cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
-    tau, steps, kv_sim = 1.0, output_len, kv_tokens
+    # every request's lengths
+    len_rng = np.random.default_rng([seed, 1])
+    I_arr = (len_rng.integers(ranges["input_len"][0], ranges["input_len"][1] + 1, num_requests)
+             if "input_len" in ranges else np.full(num_requests, input_len, dtype=np.int64))
+    O_arr = (len_rng.integers(ranges["output_len"][0], ranges["output_len"][1] + 1, num_requests)
+             if "output_len" in ranges else np.full(num_requests, output_len, dtype=np.int64))
+    I_mean, O_mean = float(I_arr.mean()), float(O_arr.mean())
+    tau, steps, kv_sim = 1.0, O_arr, kv_tokens
     if spec_decode:
         draft = None
         if spec_decode == "draft":
@@ -766,14 +803,14 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                                   custom_allreduce=eng.custom_allreduce)
         cost = SpeculativeCost(cost, spec_tokens, model.layers, draft)
         tau = expected_tokens_per_step(spec_acceptance, spec_tokens)
-        steps = 1 + int(np.ceil((output_len - 1) / tau))
-        kv_sim = int(kv_tokens * (input_len + steps) / (input_len + output_len))
+        steps = 1 + np.ceil((O_arr - 1) / tau).astype(np.int64)
+        kv_sim = int(kv_tokens * (I_mean + steps.mean()) / (I_mean + O_mean))
         notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
                      f"{tau:.2f} tokens per step")
-    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
+    sim = simulate(cost, num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
-                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)),
+                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
                    intake_iterations=eng.intake_iterations)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
@@ -791,8 +828,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
             itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
             notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
                          f"{duration:.3g} s), the clients' ramp and drain left out")
-    out_tok = done * output_len * ve  # the busy virtual engines together
-    tot_tok = done * (input_len + output_len) * ve
+    out_tok = done * O_mean * ve  # the busy virtual engines together
+    tot_tok = done * (I_mean + O_mean) * ve
     devices = tp * pp
     # cost and energy of a million output tokens: the devices for the time they take
     dev_h_per_m = devices * duration / 3600.0 * 1e6 / out_tok
@@ -803,7 +840,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
         model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=devices, load=load, load_value=total_value,
-        num_requests=total_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
+        num_requests=total_requests, input_len=nominal_in, output_len=nominal_out, weight_dtype=weight_dtype,
         kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(total_value),
         max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens * pp,
         kv_cache_sequences=kv_seqs * pp,
@@ -812,6 +849,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         output_tokens_per_s_per_device=out_tok / duration / devices,
         total_tokens_per_s_per_device=tot_tok / duration / devices, requests_per_s=done * ve / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
         itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
-        tpot_s=_stats(((sim.finish - sim.first_token) / (output_len - 1))[reqs]) if output_len > 1 else _stats(np.zeros(0)),
+        tpot_s=_stats(((sim.finish - sim.first_token) / np.maximum(O_arr - 1, 1))[reqs][O_arr[reqs] > 1]),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
-        preemptions=sim.preemptions, notes=notes)
+        preemptions=sim.preemptions, notes=notes, input_len_range=ranges.get("input_len"),
+        output_len_range=ranges.get("output_len"))

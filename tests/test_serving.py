@@ -116,7 +116,9 @@ def test_validate_reports_serve_metrics():
                                            ({"max_load": True}, "load"),
                                            ({"input_len": None}, "input_len"),
                                            ({"concurrency": "many"}, "concurrency"),
-                                           ({"ramp": "slow"}, "ramp")])
+                                           ({"ramp": "slow"}, "ramp"),
+                                           ({"input_len_range": [900, 800]}, "input_len_range"),
+                                           ({"output_len_range": [1, "2"]}, "output_len_range")])
 def test_validate_serve_input_errors(change, field):
     from costmodel.validate import validate_records
 
@@ -137,6 +139,17 @@ def test_serve_cli(capsys):
     assert d["engine"] == "sglang" and d["num_requests"] == 50 and d["itl_s"]["p99"] > 0
     r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--max-load", "--batch", "2"])
     assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--concurrency", "4", "--num-requests", "20",
+                                 "--input-len-range", "100:300", "--output-len-range", "8:24", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["input_len_range"] == [100, 300] and d["input_len"] == 200 and d["output_len"] == 16
+    from costmodel.cli.app import main
+
+    for bad in ("100", "a:b", "300:100", "0:5"):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", "llama3.1-8b", "--max-load", "--input-len-range", bad])
+        assert exc.value.code == 2 and "field 'input-len-range'" in capsys.readouterr().err
 
 
 def test_weight_only_quantized_gemm_reads_packed_bytes():
@@ -291,6 +304,37 @@ def test_intake_iterations_delay_a_busy_engines_admission_by_hand():
     # an idle engine takes a request at once: a lone client's TTFT is its prefill either way
     one = dict(kw, num_requests=1, value=1)
     assert np.allclose(simulate(LinearCost(), intake_iterations=2, **one).first_token, [1.4])
+
+
+def test_requests_of_different_lengths_by_hand():
+    # prompts of 4 and 2 tokens, 2 and 3 tokens out, all queued at t=0, budget 100:
+    # it1: both prompts, 6 tokens, 1.6 s (both first tokens at 1.6); it2: 2 decode tokens, 1.2 s ->
+    # 2.8 (r0 has its 2 tokens); it3: r1's last, 1.1 s -> 3.9
+    r = simulate(LinearCost(), num_requests=2, input_len=[4, 2], output_len=[2, 3], max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load")
+    assert np.allclose(r.first_token, [1.6, 1.6]) and np.allclose(r.finish, [2.8, 3.9]) and r.iterations == 3
+    # time between tokens: r0 1.2; r1 1.2, 1.1
+    assert np.isclose((r.itl * r.itl_weight).sum() / r.itl_weight.sum(), 3.5 / 3)
+
+
+def test_length_ranges(h100):
+    from costmodel.serving import estimate_serve
+
+    kw = dict(input_len=512, output_len=64, load="max_load", num_requests=300)
+    fixed = estimate_serve(*h100, **kw)
+    # a range of one value is that fixed length
+    same = estimate_serve(*h100, input_len_range=(512, 512), output_len_range=(64, 64), **kw)
+    assert same.output_tokens_per_s == pytest.approx(fixed.output_tokens_per_s)
+    assert same.ttft_s["mean"] == pytest.approx(fixed.ttft_s["mean"])
+    est = estimate_serve(*h100, input_len_range=(256, 768), output_len_range=(32, 96), **kw)
+    assert est.input_len == 512 and est.output_len == 64 and est.output_len_range == (32, 96)
+    # every request counted: output tokens = the drawn lengths' sum (seeded draw, as estimate_serve's)
+    rng = np.random.default_rng([0, 1])
+    rng.integers(256, 769, 300)
+    outs = rng.integers(32, 97, 300)
+    assert est.output_tokens_per_s * est.duration_s == pytest.approx(outs.sum())
+    with pytest.raises(InputError):
+        estimate_serve(*h100, input_len_range=(0, 10), **kw)
 
 
 def test_steady_closed_loop_ttft_is_about_one_iteration(h100):

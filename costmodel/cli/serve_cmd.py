@@ -18,6 +18,8 @@ def serve_cmd(
     pp: Optional[int] = typer.Option(None, "--pp", help="Pipeline-parallel stages (of --tp devices each)."),
     input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
     output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
+    input_len_range: Optional[str] = typer.Option(None, "--input-len-range", help="LO:HI: every prompt's length drawn uniformly from LO..HI (seeded), in place of --input-len."),
+    output_len_range: Optional[str] = typer.Option(None, "--output-len-range", help="LO:HI: every request's output length drawn uniformly from LO..HI, in place of --output-len."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Load: static batches of B requests."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Load: N requests in flight (closed loop)."),
     request_rate: Optional[float] = typer.Option(None, "--request-rate", help="Load: Poisson arrivals, requests/s."),
@@ -58,7 +60,8 @@ def serve_cmd(
         if target_rate is None or ttft_p99_ms is None:
             raise InputError("a plan needs both --target-rate and --ttft-p99-ms", field="target-rate" if target_rate is None else "ttft-p99-ms")
         _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engine, weight_dtype, kv_dtype, seed,
-              prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file)
+              prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file,
+              _range(input_len_range, "input-len-range"), _range(output_len_range, "output-len-range"))
         return
     if price_per_hour is not None:
         raise InputError("--price-per-hour is for plans (--target-rate); costs of a run use the hardware spec's price",
@@ -83,13 +86,16 @@ def serve_cmd(
                          calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
                          ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
                          spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None,
-                         prefix_hit_rate=prefix_hit, pp=pp)
+                         prefix_hit_rate=prefix_hit, pp=pp, input_len_range=_range(input_len_range, "input-len-range"),
+                         output_len_range=_range(output_len_range, "output-len-range"))
     if json_out:
         emit_json(est.to_dict())
         return
     what = "max load" if load == "max_load" else f"{load.replace('_', ' ')} {loads[load]:g}"
+    lens = "+".join(f"{r[0]}..{r[1]}" if r else str(n) for r, n in ((est.input_len_range, est.input_len),
+                                                                   (est.output_len_range, est.output_len)))
     t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}, {est.engine}, {what}, "
-                    f"{est.num_requests} x {input_len}+{output_len} tokens")
+                    f"{est.num_requests} x {lens} tokens")
     t.add_column("item")
     t.add_column("value", justify="right")
     t.add_row("output tokens/s (all devices)", f"{est.output_tokens_per_s:,.0f}")
@@ -116,8 +122,25 @@ def serve_cmd(
         console.print(f"note: {note}", highlight=False)
 
 
+def _range(text: Optional[str], field: str) -> Optional[tuple[int, int]]:
+    """'LO:HI' -> (LO, HI), integers with 1 <= LO <= HI."""
+    from ..errors import InputError
+
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"expected LO:HI, two integers (got {text!r})", field=field) from None
+    if not 1 <= lo <= hi:
+        raise InputError(f"expected 1 <= LO <= HI (got {text!r})", field=field)
+    return lo, hi
+
+
 def _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engine, weight_dtype, kv_dtype, seed,
-          prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file):
+          prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file,
+          input_len_range=None, output_len_range=None):
     """`serve --target-rate R --ttft-p99-ms X`: the cheapest replicas x layout x hardware (costmodel.serve_plan)."""
     from ..arch import load_model
     from ..errors import InputError
@@ -142,7 +165,8 @@ def _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engi
                         tpot_p99_s=tpot_p99_ms / 1e3 if tpot_p99_ms is not None else None, input_len=input_len,
                         output_len=output_len, engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                         num_requests=num_requests or 500, calibration=calibration, seed=seed, only=only,
-                        price_per_hour=price_per_hour, prefix_hit_rate=prefix_hit)
+                        price_per_hour=price_per_hour, prefix_hit_rate=prefix_hit, input_len_range=input_len_range,
+                        output_len_range=output_len_range)
     if json_out:
         emit_json(plan.to_dict())
     else:
