@@ -100,6 +100,7 @@ class ServeSection(BaseModel):
     tp: int = Field(default=1, ge=1, le=MAX_COUNT)
     pp: int = Field(default=1, ge=1, le=MAX_COUNT)
     ep: int = Field(default=1, ge=1, le=MAX_COUNT)
+    dp_attention: bool = False
     input_len: int = Field(default=1024, ge=1, le=MAX_COUNT)
     output_len: int = Field(default=128, ge=1, le=MAX_COUNT)
     input_len_range: Optional[tuple[int, int]] = None  # lengths drawn uniformly from lo..hi, in place of input_len
@@ -422,7 +423,7 @@ def _evaluate_serve(plan: Plan, sec: ServeSection, ctx: dict):
                          num_requests=sec.num_requests, engine=sec.engine, weight_dtype=sec.weight_dtype,
                          kv_dtype=sec.kv_dtype, node=ctx["node"], calibration=ctx["calibration"], seed=sec.seed,
                          prefix_hit_rate=sec.prefix_hit_rate, input_len_range=sec.input_len_range,
-                         output_len_range=sec.output_len_range)
+                         output_len_range=sec.output_len_range, dp_attention=sec.dp_attention)
     price = plan.run.price_per_hour if plan.run.price_per_hour is not None else ctx["spec"].price_per_hour_usd
     seconds = plan.run.tokens / est.output_tokens_per_s if plan.run.tokens else None
     device_hours = seconds / 3600.0 * est.devices if seconds is not None else None

@@ -36,13 +36,15 @@ class Layout:
     tp: int
     pp: int = 1
     ep: int = 1
+    dp_attention: bool = False
 
     @property
     def devices(self) -> int:
         return self.tp * self.pp
 
     def label(self) -> str:
-        return f"tp{self.tp}" + (f" pp{self.pp}" if self.pp > 1 else "") + (f" ep{self.ep}" if self.ep > 1 else "")
+        return (f"tp{self.tp}" + (f" pp{self.pp}" if self.pp > 1 else "") + (f" ep{self.ep}" if self.ep > 1 else "")
+                + (" dpa" if self.dp_attention else ""))
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Candidate:
     pp: int
     ep: int
     devices_per_replica: int
+    dp_attention: bool
     feasible: bool
     max_rate_per_replica: float  # requests/s one replica sustains under the targets (0 when none)
     replicas: int | None = None
@@ -65,7 +68,7 @@ class Candidate:
     reason: str = ""
 
     def label(self) -> str:
-        return Layout(self.tp, self.pp, self.ep).label()
+        return Layout(self.tp, self.pp, self.ep, self.dp_attention).label()
 
 
 @dataclass
@@ -92,13 +95,14 @@ class ServePlan:
 
 def layouts(model: ModelConfig, max_tp: int) -> list[Layout]:
     """Tensor-parallel sizes dividing the heads up to max_tp; MoE models also with their experts
-    spread over the TP group (ep = tp). Pipeline stages are only tried at the largest TP size."""
+    spread over the TP group (ep = tp), and with data-parallel attention besides. Pipeline stages
+    are only tried at the largest TP size."""
     tps = [t for t in TP_SIZES if t <= max_tp and model.heads % t == 0]
     out = []
     for t in tps:
         out.append(Layout(t))
         if model.moe is not None and t > 1 and model.moe.experts % t == 0:
-            out.append(Layout(t, ep=t))
+            out += [Layout(t, ep=t), Layout(t, ep=t, dp_attention=True)]
     if tps:
         out += [Layout(tps[-1], pp=p) for p in PP_SIZES if p <= model.layers]
     return out
@@ -168,9 +172,11 @@ def plan_serving(model: ModelConfig, hardware: list[tuple[AcceleratorSpec, NodeS
                                       output_len=output_len, load=load, value=value, num_requests=num_requests,
                                       engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=node,
                                       calibration=calibration, seed=seed, prefix_hit_rate=prefix_hit_rate,
-                                      input_len_range=input_len_range, output_len_range=output_len_range)
+                                      input_len_range=input_len_range, output_len_range=output_len_range,
+                                      dp_attention=lay.dp_attention)
 
-            c = Candidate(hardware=spec.id, tp=lay.tp, pp=lay.pp, ep=lay.ep, devices_per_replica=lay.devices,
+            c = Candidate(hardware=spec.id, tp=lay.tp, pp=lay.pp, ep=lay.ep, dp_attention=lay.dp_attention,
+                          devices_per_replica=lay.devices,
                           feasible=False, max_rate_per_replica=0.0, price_per_device_hour_usd=price)
             try:
                 rate, why = max_rate_under_targets(run, ttft_p99_s, tpot_p99_s)

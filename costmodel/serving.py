@@ -25,7 +25,7 @@ import numpy as np
 from .arch import ModelConfig
 from .energy import DEFAULT_POWER_FRACTION, DEFAULT_PUE, energy_kwh
 from .errors import InputError
-from .inference import CustomAllReduce, decode_step, prefill_attention_s, tp_allreduce_s
+from .inference import CustomAllReduce, attention_params, decode_step, prefill_attention_s, tp_allreduce_s
 from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
 from .roofline import efficiency_for, gemm_op
 from .specs import AcceleratorSpec, NodeSpec, package_data_dir, read_yaml
@@ -140,7 +140,7 @@ class IterationCost:
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
                  calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1,
-                 moe_math_efficiency: float = 1.0):
+                 moe_math_efficiency: float = 1.0, dp_attention: bool = False):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -154,7 +154,7 @@ class IterationCost:
         body, lm, comm = [], [], []
         for n in self.n_grid:
             d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep,
-                            moe_math_efficiency=moe_math_efficiency)
+                            moe_math_efficiency=moe_math_efficiency, dp_attention=dp_attention)
             head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
@@ -162,7 +162,8 @@ class IterationCost:
             comm.append(tp_allreduce_s(model, links, tp, int(n), custom_allreduce))
         self.body, self.lm, self.comm = np.array(body), np.array(lm), np.array(comm)
         self.c_grid = np.concatenate([[0.0], _grid(max(max_context_tokens, 2), 48)])
-        kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff).kv_s
+        kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff,
+                                  dp_attention=dp_attention).kv_s
                       for c in self.c_grid[1:]]
         self.kv_tab = np.array(kv)
         self.l_grid = np.concatenate([[0.0], _grid(max(max_prompt, 2), 40)])
@@ -639,6 +640,7 @@ class ServeEstimate:
     iterations: int
     preemptions: int
     tpot_s: dict | None = None  # per request: (latency - TTFT) / (output tokens - 1), as bench_serving's TPOT
+    dp_attention: bool = False
     input_len_range: tuple[int, int] | None = None  # lengths drawn uniformly from lo..hi (input_len: their middle)
     output_len_range: tuple[int, int] | None = None
     usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
@@ -650,21 +652,25 @@ class ServeEstimate:
 
 
 def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig,
-                pp: int = 1) -> tuple[float, float, int]:
+                pp: int = 1, dp_attention: bool = False) -> tuple[float, float, int]:
     """(weights bytes, KV-cache bytes per device, KV-cache tokens) under the engine's memory rule.
     Besides the weights, the engine keeps an activation workspace for a forward of its token
     budget (~ 12 bytes per hidden and 6 per FFN element per token, the live tensors of one layer,
     as validate's eager prefill peak counts them) and the CUDA context. With ``pp`` pipeline stages
     each device holds 1/pp of the layers' weights and of every token's KV: the tokens are those the
-    whole pipeline holds."""
+    whole pipeline holds. With ``dp_attention`` every device holds the whole attention weights and
+    the whole KV of its own sequences' tokens: the tokens are those of all tp devices."""
     w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes / pp
+    if dp_attention:
+        w += attention_params(model) * DTYPE_BYTES[job.weight_dtype] * (1.0 - 1.0 / tp) / pp
     act = eng.max_tokens_per_iteration * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3) / tp
     cap = spec.memory.capacity_bytes
     if eng.kv_memory_basis == "free":
         kv = eng.kv_memory_fraction * (cap - w - act - CUDA_CONTEXT_BYTES)
     else:
         kv = eng.kv_memory_fraction * cap - w - act - CUDA_CONTEXT_BYTES
-    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp) / pp
+    per_tok = (kv_cache_bytes(model, 1, 1, job.kv_dtype, 1) / tp if dp_attention
+               else kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)) / pp
     tokens = int(max(0.0, kv) // per_tok) // eng.block_tokens * eng.block_tokens
     return w, max(0.0, kv), tokens
 
@@ -678,7 +684,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
                    draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
                    intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
-                   output_len_range: tuple[int, int] | None = None) -> ServeEstimate:
+                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -697,7 +703,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     model's time at tp, plus pp - 1 activation transfers) while the others' fill the other stages;
     throughput is pp times a virtual engine's. ``input_len_range`` / ``output_len_range`` (lo, hi):
     every request's lengths drawn uniformly from those integers (seeded; as bench_serving's random
-    dataset with a range ratio), in place of ``input_len`` / ``output_len``."""
+    dataset with a range ratio), in place of ``input_len`` / ``output_len``. ``dp_attention``:
+    data-parallel attention over the tp devices (decode_step, kv_capacity), the scheduler seeing
+    one pool of all their requests (balanced over the ranks)."""
     ranges = {}
     for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
         if rng_ is not None:
@@ -722,6 +730,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
     if model.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    if dp_attention and tp < 2:
+        raise InputError("data-parallel attention needs tp >= 2 (it spreads the attention over the tp devices)",
+                         field="dp_attention")
     if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
         raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
     if spec_decode not in (None, "mtp", "draft"):
@@ -743,7 +754,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     compute = "fp8" if weight_dtype == "fp8" and spec.peak_flops.get("fp8") else "bf16"
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    compute_dtype=compute, cuda_graph=True)
-    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp)
+    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp, dp_attention)
     kv_tokens = kv_tokens // pp  # one virtual engine's share
     if spec_decode == "draft":
         # the draft model's weights share the device, and each token's KV holds the draft's too
@@ -782,7 +793,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                                           min(seqs_bound, kv_seqs + 1)),
                            max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
                            max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                           custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
+                           custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency,
+                           dp_attention=dp_attention)
     if pp > 1:
         cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
     # every request's lengths
@@ -836,6 +848,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     price = getattr(spec, "price_per_hour_usd", None)
     usd = price * dev_h_per_m if price else None
     kwh = energy_kwh(spec.tdp_w, devices, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
+    if dp_attention:
+        notes.append(f"data-parallel attention: each of the {tp} devices runs the attention of its own sequences "
+                     "(whole attention weights, whole KV per token); MLP / MoE layers over all tokens")
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
@@ -851,5 +866,5 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
         tpot_s=_stats(((sim.finish - sim.first_token) / np.maximum(O_arr - 1, 1))[reqs][O_arr[reqs] > 1]),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
-        preemptions=sim.preemptions, notes=notes, input_len_range=ranges.get("input_len"),
+        preemptions=sim.preemptions, notes=notes, dp_attention=dp_attention, input_len_range=ranges.get("input_len"),
         output_len_range=ranges.get("output_len"))

@@ -54,6 +54,8 @@ def test_layouts_of_dense_and_moe_models():
     assert {x.pp for x in dense} == {1, 2, 4, 8} and all(x.tp == 8 for x in dense if x.pp > 1)
     moe = layouts(load_model("mixtral-8x7b"), 8)
     assert (8, 1, 8) in [(x.tp, x.pp, x.ep) for x in moe] and (2, 1, 2) in [(x.tp, x.pp, x.ep) for x in moe]
+    assert [(x.tp, x.ep) for x in moe if x.dp_attention] == [(2, 2), (4, 4), (8, 8)]
+    assert not any(x.dp_attention for x in dense)
 
 
 @pytest.fixture(scope="module")

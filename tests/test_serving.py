@@ -337,6 +337,42 @@ def test_length_ranges(h100):
         estimate_serve(*h100, input_len_range=(0, 10), **kw)
 
 
+def test_data_parallel_attention_by_hand():
+    from costmodel.arch import load_model
+    from costmodel.inference import decode_step
+    from costmodel.serving import estimate_serve
+    from costmodel.specs import load_library
+    from costmodel.workload import InferJob
+
+    m = load_model("deepseek-v3")
+    spec = load_library().device("h200-sxm")
+    # DeepSeek-V3's config.json: hidden 7168, 61 layers, 128 heads, q_lora_rank 1536, kv_lora_rank 512,
+    # qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128
+    assert (m.hidden, m.layers, m.heads) == (7168, 61, 128)
+    assert (m.mla.q_lora_rank, m.mla.kv_lora_rank, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim,
+            m.mla.v_head_dim) == (1536, 512, 128, 64, 128)
+    # attention projections per layer: q_down h x 1536, q_up 1536 x 128 x 192, kv_down h x 576,
+    # kv_up 512 x 128 x 256, o 128 x 128 x h
+    attn = 61 * (7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 * 128 * 256 + 128 * 128 * 7168)
+    kw = dict(tp=8, ep=8, input_len=1024, output_len=256, load="max_load", num_requests=64, engine="sglang",
+              weight_dtype="fp8")
+    tp8 = estimate_serve(m, spec, **kw)
+    dpa = estimate_serve(m, spec, dp_attention=True, **kw)
+    # the attention weights are whole on every device: 7/8 of them more, 1 byte each (fp8)
+    assert dpa.weights_bytes_per_device - tp8.weights_bytes_per_device == pytest.approx(attn * 7 / 8)
+    # the latent KV (576 values x 61 layers x 2 bytes a token) is whole on one device instead of on all 8
+    per_tok = 576 * 61 * 2
+    assert tp8.kv_cache_tokens == pytest.approx(tp8.kv_cache_bytes_per_device / per_tok, abs=16)
+    assert dpa.kv_cache_tokens == pytest.approx(8 * dpa.kv_cache_bytes_per_device / per_tok, abs=16 * 8)
+    # a decode step reads 1/8 of the cache per device (a large batch: bandwidth-bound either way)
+    job = InferJob(batch=256, prompt_len=8192, gen_len=256, weight_dtype="fp8", cuda_graph=True)
+    a = decode_step(m, spec, job, 8192, 8, ep=8)
+    b = decode_step(m, spec, job, 8192, 8, ep=8, dp_attention=True)
+    assert b.kv_s == pytest.approx(a.kv_s / 8, rel=0.05)
+    with pytest.raises(InputError):
+        estimate_serve(m, spec, **{**kw, "tp": 1, "ep": 1}, dp_attention=True)
+
+
 def test_steady_closed_loop_ttft_is_about_one_iteration(h100):
     # one client in steady state waits for nobody: TTFT is its prefill, the same as a lone request's
     from costmodel.serving import estimate_serve

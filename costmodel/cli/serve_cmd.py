@@ -16,6 +16,7 @@ def serve_cmd(
     tp: Optional[int] = typer.Option(None, "--tp", help="Tensor-parallel size (default 1; with --target-rate: searched)."),
     ep: Optional[int] = typer.Option(None, "--ep", help="Expert-parallel size inside the TP group (MoE models)."),
     pp: Optional[int] = typer.Option(None, "--pp", help="Pipeline-parallel stages (of --tp devices each)."),
+    dp_attention: bool = typer.Option(False, "--dp-attention", help="Data-parallel attention over the --tp devices (SGLang's --enable-dp-attention; MoE models)."),
     input_len: int = typer.Option(1024, "--input-len", help="Prompt tokens of every request."),
     output_len: int = typer.Option(128, "--output-len", help="Generated tokens of every request."),
     input_len_range: Optional[str] = typer.Option(None, "--input-len-range", help="LO:HI: every prompt's length drawn uniformly from LO..HI (seeded), in place of --input-len."),
@@ -61,7 +62,7 @@ def serve_cmd(
             raise InputError("a plan needs both --target-rate and --ttft-p99-ms", field="target-rate" if target_rate is None else "ttft-p99-ms")
         _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engine, weight_dtype, kv_dtype, seed,
               prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file,
-              _range(input_len_range, "input-len-range"), _range(output_len_range, "output-len-range"))
+              _range(input_len_range, "input-len-range"), _range(output_len_range, "output-len-range"), dp_attention)
         return
     if price_per_hour is not None:
         raise InputError("--price-per-hour is for plans (--target-rate); costs of a run use the hardware spec's price",
@@ -87,7 +88,7 @@ def serve_cmd(
                          ramp=ramp, ep=ep, spec_decode=spec_decode, spec_tokens=spec_tokens,
                          spec_acceptance=spec_acceptance, draft_model=load_model(draft_model) if draft_model else None,
                          prefix_hit_rate=prefix_hit, pp=pp, input_len_range=_range(input_len_range, "input-len-range"),
-                         output_len_range=_range(output_len_range, "output-len-range"))
+                         output_len_range=_range(output_len_range, "output-len-range"), dp_attention=dp_attention)
     if json_out:
         emit_json(est.to_dict())
         return
@@ -140,7 +141,7 @@ def _range(text: Optional[str], field: str) -> Optional[tuple[int, int]]:
 
 def _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engine, weight_dtype, kv_dtype, seed,
           prefix_hit, target_rate, ttft_p99_ms, tpot_p99_ms, price_per_hour, calibration, json_out, hardware_file,
-          input_len_range=None, output_len_range=None):
+          input_len_range=None, output_len_range=None, dp_attention=False):
     """`serve --target-rate R --ttft-p99-ms X`: the cheapest replicas x layout x hardware (costmodel.serve_plan)."""
     from ..arch import load_model
     from ..errors import InputError
@@ -160,7 +161,7 @@ def _plan(model, hardware, tp, ep, pp, input_len, output_len, num_requests, engi
         raise InputError("--price-per-hour (>= 0) prices one hardware; give one -H", field="price-per-hour")
     lib = load_library(hardware_file)
     hw = [(lib.device(h), lib.node_for(h)) for h in ids]
-    only = Layout(tp or 1, pp or 1, ep or 1) if (tp or pp or ep) else None
+    only = Layout(tp or 1, pp or 1, ep or 1, dp_attention) if (tp or pp or ep or dp_attention) else None
     plan = plan_serving(load_model(model), hw, target_rate=target_rate, ttft_p99_s=ttft_p99_ms / 1e3,
                         tpot_p99_s=tpot_p99_ms / 1e3 if tpot_p99_ms is not None else None, input_len=input_len,
                         output_len=output_len, engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
