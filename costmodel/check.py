@@ -7,7 +7,7 @@ fails searches the neighbourhood of the plan's layout (one or two knobs changed)
 layout that passes. Pure functions over pydantic models; no printing (the CLI is
 ``costmodel/cli/check_cmd.py``).
 
-Plan format (YAML; exactly one of ``training`` / ``inference``)::
+Plan format (YAML; exactly one of ``training`` / ``inference`` / ``serve``)::
 
     model: llama2-7b            # preset id, preset YAML or HF config.json (relative to the plan)
     hardware: dgx-h100          # device or node id
@@ -15,6 +15,12 @@ Plan format (YAML; exactly one of ``training`` / ``inference``)::
     training: {zero_stage: 3, micro_batch: 2, global_batch: 64, seq_len: 4096}
     run: {tokens: 2.0e10, price_per_hour: 2.99}
     limits: {max_memory_fraction: 0.9, min_mfu: 0.35, max_step_seconds: 5}
+
+A ``serve`` plan runs an engine under a load (costmodel.serving.estimate_serve, as `costmodel
+serve`) and can demand latency percentiles at that load::
+
+    serve: {engine: vllm, tp: 1, input_len: 1024, output_len: 256, request_rate: 10}
+    limits: {max_ttft_p99_ms: 500, max_tpot_p99_ms: 30, min_tokens_per_s: 2000}
 """
 from __future__ import annotations
 
@@ -86,6 +92,37 @@ class InferenceSection(BaseModel):
     host_time_factor: float = Field(default=1.0, gt=0)  # eager host time vs the fitted H100 machine
 
 
+class ServeSection(BaseModel):
+    """An engine serving a load; names and defaults as `costmodel serve`. Exactly one load:
+    request_rate (Poisson, requests/s), concurrency (closed loop) or max_load."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    engine: Literal["vllm", "sglang", "tensorrt-llm"] = "vllm"
+    tp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    pp: int = Field(default=1, ge=1, le=MAX_COUNT)
+    ep: int = Field(default=1, ge=1, le=MAX_COUNT)
+    dp_attention: bool = False
+    input_len: int = Field(default=1024, ge=1, le=MAX_COUNT)
+    output_len: int = Field(default=128, ge=1, le=MAX_COUNT)
+    input_len_range: Optional[tuple[int, int]] = None  # lengths drawn uniformly from lo..hi, in place of input_len
+    output_len_range: Optional[tuple[int, int]] = None
+    request_rate: Optional[float] = Field(default=None, gt=0)
+    concurrency: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
+    max_load: bool = False
+    num_requests: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
+    weight_dtype: Dtype = "bf16"
+    kv_dtype: Dtype = "bf16"
+    prefix_hit_rate: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 0
+
+    def load(self) -> tuple[str, Optional[float]]:
+        given = [k for k in ("request_rate", "concurrency", "max_load") if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise InputError("give exactly one load: request_rate, concurrency or max_load: true", field="load")
+        k = given[0]
+        return k, (None if k == "max_load" else float(getattr(self, k)))
+
+
 class RunSection(BaseModel):
     """Length and price of the whole run. Training: steps or tokens (trained); inference: tokens
     (generated). price_per_hour is USD per device-hour (default: the device spec's)."""
@@ -105,6 +142,8 @@ class Limits(BaseModel):
     max_step_seconds: Optional[float] = Field(default=None, gt=0)
     max_ttft_ms: Optional[float] = Field(default=None, gt=0)
     max_tpot_ms: Optional[float] = Field(default=None, gt=0)
+    max_ttft_p99_ms: Optional[float] = Field(default=None, gt=0)  # serve plans: p99 over the requests
+    max_tpot_p99_ms: Optional[float] = Field(default=None, gt=0)
     max_cost_usd: Optional[float] = Field(default=None, gt=0)
     max_days: Optional[float] = Field(default=None, gt=0)
     min_tokens_per_s: Optional[float] = Field(default=None, gt=0)
@@ -119,6 +158,7 @@ class Plan(BaseModel):
     devices: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
     training: Optional[TrainingSection] = None
     inference: Optional[InferenceSection] = None
+    serve: Optional[ServeSection] = None
     run: RunSection = Field(default_factory=RunSection)
     limits: Limits
     calibration: Optional[str] = None
@@ -126,21 +166,31 @@ class Plan(BaseModel):
 
     @property
     def kind(self) -> str:
-        return "training" if self.training is not None else "inference"
+        if self.training is not None:
+            return "training"
+        return "serve" if self.serve is not None else "inference"
+
+    @property
+    def section(self):
+        return self.training if self.training is not None else self.serve if self.serve is not None else self.inference
 
 
-_SECTIONS = {"training": TrainingSection, "inference": InferenceSection, "run": RunSection, "limits": Limits}
+_SECTIONS = {"training": TrainingSection, "inference": InferenceSection, "serve": ServeSection, "run": RunSection,
+             "limits": Limits}
 
-# Limit name -> (kind it applies to or "both", direction, unit shown to people)
-LIMITS: dict[str, tuple[str, str, str]] = {
-    "max_memory_fraction": ("both", "max", "of capacity"),
-    "min_mfu": ("training", "min", ""),
-    "max_step_seconds": ("training", "max", "s"),
-    "max_ttft_ms": ("inference", "max", "ms"),
-    "max_tpot_ms": ("inference", "max", "ms"),
-    "max_cost_usd": ("both", "max", "USD"),
-    "max_days": ("both", "max", "days"),
-    "min_tokens_per_s": ("both", "min", "tokens/s"),
+# Limit name -> (the plan kinds it applies to, direction, unit shown to people). In serve plans
+# max_ttft_ms / max_tpot_ms are means over the requests, min_tokens_per_s counts output tokens.
+LIMITS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "max_memory_fraction": (("training", "inference"), "max", "of capacity"),
+    "min_mfu": (("training",), "min", ""),
+    "max_step_seconds": (("training",), "max", "s"),
+    "max_ttft_ms": (("serve", "inference"), "max", "ms"),
+    "max_tpot_ms": (("serve", "inference"), "max", "ms"),
+    "max_ttft_p99_ms": (("serve",), "max", "ms"),
+    "max_tpot_p99_ms": (("serve",), "max", "ms"),
+    "max_cost_usd": (("training", "inference", "serve"), "max", "USD"),
+    "max_days": (("training", "inference", "serve"), "max", "days"),
+    "min_tokens_per_s": (("training", "inference", "serve"), "min", "tokens/s"),
 }
 
 
@@ -169,7 +219,7 @@ class Neighbour(BaseModel):
 class CheckResult(BaseModel):
     file: Optional[str] = None
     name: Optional[str] = None
-    kind: Literal["training", "inference"]
+    kind: Literal["training", "inference", "serve"]
     model: str
     hardware: str  # the plan's hardware id: a device or a node spec
     devices: int
@@ -221,24 +271,29 @@ def parse_plan(data: object, file: str | Path | None = None) -> Plan:
                 raise InputError(f"unknown field; expected one of {', '.join(section.model_fields)}",
                                  file=where, field=".".join(loc)) from None
         raise from_validation_error(exc, where) from None
-    if (plan.training is None) == (plan.inference is None):
-        raise _err("training", "give exactly one of 'training' or 'inference'", where)
+    if sum(x is not None for x in (plan.training, plan.inference, plan.serve)) != 1:
+        raise _err("training", "give exactly one of 'training', 'inference' or 'serve'", where)
     limits = {k: v for k, v in plan.limits.model_dump().items() if v is not None}
     if not limits:
         raise _err("limits", f"no limit given; expected one or more of {', '.join(LIMITS)}", where)
     for name in limits:
         applies = LIMITS[name][0]
-        if applies not in ("both", plan.kind):
-            ok = ", ".join(k for k, v in LIMITS.items() if v[0] in ("both", plan.kind))
-            raise _err(f"limits.{name}", f"applies to {applies} plans only; {plan.kind} plans take {ok}", where)
+        if plan.kind not in applies:
+            ok = ", ".join(k for k, v in LIMITS.items() if plan.kind in v[0])
+            raise _err(f"limits.{name}", f"applies to {' and '.join(k + ' plans' for k in applies)} only; {plan.kind} plans take {ok}", where)
     if plan.run.steps is not None and plan.run.tokens is not None:
         raise _err("run.steps", "give run.steps or run.tokens, not both", where)
-    if plan.kind == "inference":
+    if plan.serve is not None:
+        try:
+            plan.serve.load()
+        except InputError as exc:
+            raise _err("serve.load", exc.detail, where) from None
+    if plan.kind in ("inference", "serve"):
         if plan.run.steps is not None:
             raise _err("run.steps", "inference runs are measured in generated tokens: use run.tokens", where)
         for f in ("nodes", "devices"):
             if getattr(plan, f) is not None:
-                raise _err(f, "inference plans use inference.tp devices; remove this field", where)
+                raise _err(f, f"{plan.kind} plans use {plan.kind}.tp devices; remove this field", where)
     for name in ("max_cost_usd", "max_days"):
         if name in limits and plan.run.steps is None and plan.run.tokens is None:
             raise _err(f"limits.{name}", "needs the run length: run.steps or run.tokens", where)
@@ -356,6 +411,34 @@ def _evaluate_inference(plan: Plan, sec: InferenceSection, ctx: dict):
         "min_tokens_per_s": est.tokens_per_s,
     }
     return est, pred, est.tpot_s
+
+
+def _evaluate_serve(plan: Plan, sec: ServeSection, ctx: dict):
+    """A serve plan: the engine under its load (costmodel.serving.estimate_serve)."""
+    from .arch import load_model
+    from .serving import estimate_serve
+
+    load, value = sec.load()
+    est = estimate_serve(load_model(ctx["model"]), ctx["spec"], tp=sec.tp, pp=sec.pp, ep=sec.ep,
+                         input_len=sec.input_len, output_len=sec.output_len, load=load, value=value,
+                         num_requests=sec.num_requests, engine=sec.engine, weight_dtype=sec.weight_dtype,
+                         kv_dtype=sec.kv_dtype, node=ctx["node"], calibration=ctx["calibration"], seed=sec.seed,
+                         prefix_hit_rate=sec.prefix_hit_rate, input_len_range=sec.input_len_range,
+                         output_len_range=sec.output_len_range, dp_attention=sec.dp_attention)
+    price = plan.run.price_per_hour if plan.run.price_per_hour is not None else ctx["spec"].price_per_hour_usd
+    seconds = plan.run.tokens / est.output_tokens_per_s if plan.run.tokens else None
+    device_hours = seconds / 3600.0 * est.devices if seconds is not None else None
+    tpot = est.tpot_s or {}
+    pred = {
+        "max_ttft_ms": est.ttft_s["mean"] * 1e3,
+        "max_tpot_ms": tpot["mean"] * 1e3 if tpot.get("mean") is not None else None,
+        "max_ttft_p99_ms": est.ttft_s["p99"] * 1e3,
+        "max_tpot_p99_ms": tpot["p99"] * 1e3 if tpot.get("p99") is not None else None,
+        "max_days": seconds / SECONDS_PER_DAY if seconds is not None else None,
+        "max_cost_usd": device_hours * price if (device_hours is not None and price is not None) else None,
+        "min_tokens_per_s": est.output_tokens_per_s,
+    }
+    return est, pred, tpot.get("mean") or est.itl_s["mean"] or 0.0
 
 
 def _checks(limits: Limits, pred: dict, file=None) -> list[LimitCheck]:
@@ -516,6 +599,9 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
             devices = est.devices
             gb = int(round(est.tokens_per_step / plan.training.seq_len))
             framework = plan.training.framework  # neighbours keep the plan's framework (and profile)
+        elif plan.serve is not None:
+            est, pred, _ = _evaluate_serve(plan, plan.serve, ctx)
+            devices, gb, framework = est.devices, None, None
         else:
             est, pred, _ = _evaluate_inference(plan, plan.inference, ctx)
             devices, gb, framework = plan.inference.tp, None, None
@@ -533,13 +619,13 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
             raise
         field = exc.field or plan.kind  # a layout's own consistency rule (workload.Parallel) names no field
         if field not in ("model", "hardware", "nodes", "devices") and "." not in field and field != plan.kind:
-            section = plan.training if plan.training is not None else plan.inference
+            section = plan.section
             if field in type(section).model_fields:
                 field = f"{plan.kind}.{field}"
         raise InputError(exc.detail, file=where, field=field) from None
     ok = all(c.passed for c in checks)
     nb, n_eval = (None, 0)
-    if not ok and search:
+    if not ok and search and plan.serve is None:  # serve plans: `costmodel serve --target-rate` plans layouts
         nb, n_eval = nearest_passing(plan, ctx, devices, gb, framework, max_changes, where)
     node = ctx["node"]
     return CheckResult(file=where, name=plan.name, kind=plan.kind, model=plan.model, hardware=plan.hardware,

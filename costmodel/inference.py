@@ -122,11 +122,24 @@ def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int,
     return t
 
 
+ATTENTION_GEMMS = ("q_down", "q_up", "q", "kv_down", "kv_up", "qkv", "attn_out")
+
+
+def attention_params(model: ModelConfig) -> float:
+    """Parameters of the attention projections of all layers (layer_gemms' attention matmuls)."""
+    return model.layers * sum(g.k * g.n * g.count for g in layer_gemms(model, 1, False) if g.name in ATTENTION_GEMMS)
+
+
 def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1,
-                calibration: str | None = None, eff=None, ep: int = 1, moe_math_efficiency: float = 1.0) -> DecodeEstimate:
+                calibration: str | None = None, eff=None, ep: int = 1, moe_math_efficiency: float = 1.0,
+                dp_attention: bool = False) -> DecodeEstimate:
     """One decode step: `batch` new tokens, each attending to `context` cached positions. MoE layers'
     routed experts run as grouped GEMMs over the experts the batch activates (moe_expert_gemms_s),
-    over ``ep``-way expert parallelism."""
+    over ``ep``-way expert parallelism. ``dp_attention``: data-parallel attention over the tp ranks
+    (SGLang's --enable-dp-attention): each rank runs the attention of its own 1/tp of the sequences
+    with the whole attention weights (replicated) and reads only their KV cache, whole per token;
+    the MLP / MoE layers stay tensor (and expert) parallel over all tokens, gathered from the ranks
+    and scattered back (all-gather + reduce-scatter: the bytes of the all-reduce they replace)."""
     eff = eff or efficiency_for(spec, calibration)
     if is_cpu(spec):  # no CUDA graph on a CPU: every op is a call (costmodel.cpu)
         job = job.model_copy(update={"cuda_graph": False})
@@ -148,10 +161,17 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
                 # eager Hugging Face: a loop over the experts touched, one GEMM each
                 touched = min(model.moe.experts, b * model.moe.top_k)
                 count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
+                weights_t += n * gemm_op(eff, g.name, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
+                                         graph=job.cuda_graph).time_s
+                continue
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
             weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
     weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
-    kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
+    if dp_attention:  # this rank's 1/tp of the sequences, whole KV per token
+        kv = kv_cache_bytes(model, b, context, job.kv_dtype, 1) / tp / model.layers
+    else:
+        kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
     if not job.cuda_graph and not is_cpu(spec):  # a CPU decode is taken with a static cache
         kv *= DYNAMIC_CACHE_TRAFFIC
     kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s

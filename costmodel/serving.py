@@ -25,7 +25,7 @@ import numpy as np
 from .arch import ModelConfig
 from .energy import DEFAULT_POWER_FRACTION, DEFAULT_PUE, energy_kwh
 from .errors import InputError
-from .inference import CustomAllReduce, decode_step, prefill_attention_s, tp_allreduce_s
+from .inference import CustomAllReduce, attention_params, decode_step, prefill_attention_s, tp_allreduce_s
 from .memory import CUDA_CONTEXT_BYTES, decode_memory, kv_cache_bytes
 from .roofline import efficiency_for, gemm_op
 from .specs import AcceleratorSpec, NodeSpec, package_data_dir, read_yaml
@@ -50,6 +50,7 @@ class EngineConfig:
     sources: list[str] = field(default_factory=list)
     custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
     moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
+    intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
 
 
 def engines_dir() -> Path:
@@ -78,7 +79,8 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        kv_memory_basis=d["kv_memory_basis"], block_tokens=d["block_tokens"],
                        mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
                        custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
-                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"))
+                       moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"),
+                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -90,6 +92,14 @@ def _fraction(v, path: Path, name: str) -> float:
         v = v.get("value")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
         raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
+    return float(v)
+
+
+def _bounded(v, path: Path, name: str, lo: float, hi: float) -> float:
+    if isinstance(v, dict):
+        v = v.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise InputError(f"expected a number in [{lo:g}, {hi:g}] (got {v!r})", file=str(path), field=name)
     return float(v)
 
 
@@ -130,7 +140,7 @@ class IterationCost:
     def __init__(self, model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
                  max_tokens: int, max_context_tokens: int, max_prompt: int, graph_sizes: list[int],
                  calibration: str | None = None, custom_allreduce: CustomAllReduce | None = None, ep: int = 1,
-                 moe_math_efficiency: float = 1.0):
+                 moe_math_efficiency: float = 1.0, dp_attention: bool = False):
         eff = efficiency_for(spec, calibration)
         self.graph_sizes = np.asarray(graph_sizes or [1], dtype=float)
         links = None
@@ -144,7 +154,7 @@ class IterationCost:
         body, lm, comm = [], [], []
         for n in self.n_grid:
             d = decode_step(model, spec, job.model_copy(update={"batch": int(n)}), 1, tp, eff=eff, ep=ep,
-                            moe_math_efficiency=moe_math_efficiency)
+                            moe_math_efficiency=moe_math_efficiency, dp_attention=dp_attention)
             head = gemm_op(eff, "lm_head", int(n), model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes,
                            graph=job.cuda_graph).time_s
             body.append(d.weights_s - head + d.small_kernels_s)
@@ -152,7 +162,8 @@ class IterationCost:
             comm.append(tp_allreduce_s(model, links, tp, int(n), custom_allreduce))
         self.body, self.lm, self.comm = np.array(body), np.array(lm), np.array(comm)
         self.c_grid = np.concatenate([[0.0], _grid(max(max_context_tokens, 2), 48)])
-        kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff).kv_s
+        kv = [0.0] + [decode_step(model, spec, job.model_copy(update={"batch": 1}), int(c), tp, eff=eff,
+                                  dp_attention=dp_attention).kv_s
                       for c in self.c_grid[1:]]
         self.kv_tab = np.array(kv)
         self.l_grid = np.concatenate([[0.0], _grid(max(max_prompt, 2), 40)])
@@ -181,6 +192,25 @@ class IterationCost:
         n = np.where(decode_only, self.pad(n_tokens), n_tokens)
         r = np.where(decode_only, n, n_logits)
         return self._n(self.body, n) + self._n(self.lm, r) + self._n(self.comm, n) + self.kv(ctx_sum) + attn_s
+
+
+_COST_CACHE: dict = {}
+_COST_CACHE_SIZE = 16
+
+
+def _iteration_cost(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None,
+                    **kw) -> IterationCost:
+    """IterationCost, kept for the last few distinct arguments: a load sweep (the serving planner's
+    rate search) reuses one replica's tables."""
+    key = (model.model_dump_json(), spec.model_dump_json(), job.model_dump_json(), tp,
+           node.model_dump_json() if node is not None else None,
+           repr(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items())))
+    cost = _COST_CACHE.get(key)
+    if cost is None:
+        if len(_COST_CACHE) >= _COST_CACHE_SIZE:
+            _COST_CACHE.pop(next(iter(_COST_CACHE)))
+        cost = _COST_CACHE[key] = IterationCost(model, spec, job, tp, node, **kw)
+    return cost
 
 
 def expected_tokens_per_step(acceptance: float, draft_tokens: int) -> float:
@@ -268,9 +298,10 @@ class SimResult:
     preemptions: int
 
 
-def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_num_seqs: int, token_budget: int,
+def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
-             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0) -> SimResult:
+             value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
+             intake_iterations: float = 0.0) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -282,6 +313,10 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     prefix caching, vLLM; RadixAttention, SGLang, Zheng et al. 2024): its prefill computes the rest,
     attending over the cached part. Each sequence still holds blocks for its whole context (the
     shared prefix blocks are counted per sequence: a conservative capacity).
+    ``intake_iterations``: while the engine runs sequences, a request that arrived becomes
+    schedulable only that many decode iterations of the running batch later (the batch's
+    decode-only iteration time, prefill chunks left out): the time the server takes to hand a
+    request over to a busy engine (EngineConfig.intake_iterations).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -290,13 +325,23 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     of the iteration that finishes its prompt. When a decode token needs a KV block and none is
     free, the most recently admitted sequences are preempted and later re-prefilled (recompute).
     """
-    N, I, O = int(num_requests), int(input_len), int(output_len)
-    if min(N, I, O, max_num_seqs, token_budget) < 1:
+    N = int(num_requests)
+    # every request's lengths (``input_len`` / ``output_len``: one int for all, or one per request)
+    Ireq = np.broadcast_to(np.asarray(input_len, dtype=np.int64), (N,)) if N > 0 else np.zeros(0, np.int64)
+    Oreq = np.broadcast_to(np.asarray(output_len, dtype=np.int64), (N,)) if N > 0 else np.zeros(0, np.int64)
+    if N < 1 or min(int(Ireq.min()), int(Oreq.min()), max_num_seqs, token_budget) < 1:
         raise InputError("requests, lengths, running sequences and token budget must be >= 1", field="load")
+    I = int(Ireq.max())  # the longest prompt (bounds); the means where a load needs one
+    I_mean, O_mean = float(Ireq.mean()), float(Oreq.mean())
+    # cohorts hold requests of equal lengths: same_to[a] is the end of the run of ids from a with a's lengths
+    change = np.nonzero((np.diff(Ireq) != 0) | (np.diff(Oreq) != 0))[0] + 1
+    run_ends = np.append(change, N)
+    same_to = run_ends[np.searchsorted(run_ends, np.arange(N), side="right")]
     bs = max(1, int(block_tokens))
     cap_blocks = int(kv_capacity_tokens) // bs
-    if -(-(I + O) // bs) > cap_blocks:
-        raise InputError(f"one request of {I + O} tokens does not fit the KV cache ({int(kv_capacity_tokens)} tokens)",
+    longest = int((Ireq + Oreq).max())
+    if -(-longest // bs) > cap_blocks:
+        raise InputError(f"one request of {longest} tokens does not fit the KV cache ({int(kv_capacity_tokens)} tokens)",
                          field="input_len")
     static = load == "batch"
     arrival = np.full(N, np.inf)
@@ -304,7 +349,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         arrival[:] = 0.0
         if static:
             max_num_seqs = int(value)
-            token_budget = max(token_budget, int(value) * I)
+            token_budget = max(token_budget, int(value) * I)  # (the longest prompt: every batch in one iteration)
     elif load == "concurrency" and ramp == "burst":
         arrival[: int(value)] = 0.0
     elif load == "concurrency":
@@ -314,8 +359,9 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # batch), and later ones when a request finishes. estimate_serve leaves out this ramp (as
         # benchmarks that measure over stable windows after a warm-up, e.g. NVIDIA's AIPerf).
         c = min(int(value), N)
-        life = float(cost.iteration_s(I, 1, 0, cost.attn(I), False)) + O * float(
-            cost.iteration_s(c, c, c * (I + O // 2), 0.0, True))
+        Im, Om = int(round(I_mean)), int(round(O_mean))
+        life = float(cost.iteration_s(Im, 1, 0, cost.attn(Im), False)) + Om * float(
+            cost.iteration_s(c, c, c * (Im + Om // 2), 0.0, True))
         arrival[:c] = np.arange(c) * (life / c)
     elif load == "request_rate":
         rng = np.random.default_rng(seed)
@@ -323,7 +369,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
-    cached = int(min(max(0, cached_prefix), I - 1))
+    cached = max(0, int(cached_prefix))  # per request at most its prompt less one token
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
     # cohorts: request ids [lo, hi), ctx = tokens in the KV cache, pf = prompt tokens still to
@@ -339,6 +385,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     itl_e: list[np.ndarray] = []
     iters = 0
     preempted = 0
+    lag_k = max(0.0, float(intake_iterations))
 
     def blocks(c):
         return -(-c // bs)
@@ -346,7 +393,11 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
     while done < N:
         n = hi - lo
         running = int(n.sum())
-        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        lag = 0.0
+        if running and lag_k:  # a busy engine's intake: lag_k decode iterations of its running batch
+            lag = lag_k * float(cost.iteration_s(running, running, int((n * (ctx + 1)).sum()), 0.0, True))
+        seen = now - lag
+        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
         waiting = avail_new + sum(h - l for l, h, _ in requeue)
         if running == 0 and waiting == 0:
             now = max(now, float(arrival[next_req]))
@@ -356,9 +407,10 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # ------------------------------------------------ a run of decode-only iterations
         if running and bool(decoding.all()) and not can_admit:
             nd = running
-            k = int((O - dec).min())
+            Oc = Oreq[lo]
+            k = int((Oc - dec).min())
             if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
-                limit_t = float(arrival[next_req])
+                limit_t = float(arrival[next_req]) + lag
             else:
                 limit_t = np.inf
             if k > 1:  # KV blocks: the first step that would need more than there are
@@ -386,7 +438,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 iters += k
                 itl_t.append(ts); itl_w.append(np.full(k, nd, dtype=float))
                 ctx = ctx + k; dec = dec + k
-                fin = dec >= O
+                fin = dec >= Oc
                 if fin.any():
                     for a, b in zip(lo[fin], hi[fin]):
                         finish[a:b] = now
@@ -452,7 +504,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         # admissions
         add_lo, add_hi, add_ctx, add_pf, add_dec = [], [], [], [], []
         seats = max_num_seqs - running
-        avail_new = (int(np.searchsorted(arrival, now, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
         if not (static and running > 0) and (mixed or nd == 0):
             while budget > 0 and seats > 0 and (requeue or avail_new > 0):
                 from_rq = bool(requeue)
@@ -460,11 +512,12 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                     a, b, d0 = requeue[0]
                 else:
                     a, b, d0 = next_req, next_req + avail_new, 0
-                start, L = a, I + d0
-                pre = cached if d0 == 0 else 0  # prompt tokens found in the prefix cache
+                start, L = a, int(Ireq[a]) + d0
+                b_same = min(b, int(same_to[a]))  # requests of a's lengths
+                pre = min(cached, int(Ireq[a]) - 1) if d0 == 0 else 0  # prompt tokens found in the prefix cache
                 Lc = L - pre  # tokens to compute
                 per_blocks = int(blocks(L))
-                full = int(min(b - a, seats, budget // Lc, free // per_blocks))
+                full = int(min(b_same - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
                     if d0 == 0:
@@ -473,7 +526,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                     attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
                 c = int(min(budget, Lc, free * bs - pre))
-                if a < b and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
+                if a < b_same and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
                     add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
                     add_dec.append(d0)
                     budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
@@ -487,7 +540,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
                 else:
                     next_req += a - start
                     avail_new -= a - start
-                if a == start or a < b:
+                if a == start or a < b_same:
                     break
         if tokens == 0:
             # nothing could run (KV full with only partial prefills): free the newest sequence
@@ -521,7 +574,7 @@ def simulate(cost, *, num_requests: int, input_len: int, output_len: int, max_nu
         dec = np.concatenate([new_dec, add_dec_arr])
         for a, b in first_done:
             first[a:b] = now
-        fin = dec >= O
+        fin = dec >= Oreq[lo]
         if fin.any():
             for a, b in zip(lo[fin], hi[fin]):
                 finish[a:b] = now
@@ -585,6 +638,10 @@ class ServeEstimate:
     e2e_s: dict
     iterations: int
     preemptions: int
+    tpot_s: dict | None = None  # per request: (latency - TTFT) / (output tokens - 1), as bench_serving's TPOT
+    dp_attention: bool = False
+    input_len_range: tuple[int, int] | None = None  # lengths drawn uniformly from lo..hi (input_len: their middle)
+    output_len_range: tuple[int, int] | None = None
     usd_per_million_output_tokens: float | None = None  # devices x price per device-hour over the run
     kwh_per_million_output_tokens: float | None = None  # at the wall (costmodel.energy: TDP x PUE)
     notes: list[str] = field(default_factory=list)
@@ -594,21 +651,25 @@ class ServeEstimate:
 
 
 def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, eng: EngineConfig,
-                pp: int = 1) -> tuple[float, float, int]:
+                pp: int = 1, dp_attention: bool = False) -> tuple[float, float, int]:
     """(weights bytes, KV-cache bytes per device, KV-cache tokens) under the engine's memory rule.
     Besides the weights, the engine keeps an activation workspace for a forward of its token
     budget (~ 12 bytes per hidden and 6 per FFN element per token, the live tensors of one layer,
     as validate's eager prefill peak counts them) and the CUDA context. With ``pp`` pipeline stages
     each device holds 1/pp of the layers' weights and of every token's KV: the tokens are those the
-    whole pipeline holds."""
+    whole pipeline holds. With ``dp_attention`` every device holds the whole attention weights and
+    the whole KV of its own sequences' tokens: the tokens are those of all tp devices."""
     w = decode_memory(model, job.model_copy(update={"batch": 1}), 1, tp).weights_bytes / pp
+    if dp_attention:
+        w += attention_params(model) * DTYPE_BYTES[job.weight_dtype] * (1.0 - 1.0 / tp) / pp
     act = eng.max_tokens_per_iteration * (model.hidden * 2.0 * 6 + model.ffn * 2.0 * 3) / tp
     cap = spec.memory.capacity_bytes
     if eng.kv_memory_basis == "free":
         kv = eng.kv_memory_fraction * (cap - w - act - CUDA_CONTEXT_BYTES)
     else:
         kv = eng.kv_memory_fraction * cap - w - act - CUDA_CONTEXT_BYTES
-    per_tok = kv_cache_bytes(model, 1, 1, job.kv_dtype, tp) / pp
+    per_tok = (kv_cache_bytes(model, 1, 1, job.kv_dtype, 1) / tp if dp_attention
+               else kv_cache_bytes(model, 1, 1, job.kv_dtype, tp)) / pp
     tokens = int(max(0.0, kv) // per_tok) // eng.block_tokens * eng.block_tokens
     return w, max(0.0, kv), tokens
 
@@ -620,7 +681,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    max_tokens_per_iteration: int | None = None, ramp: str = "steady", ep: int = 1,
                    pue: float = DEFAULT_PUE, power_fraction: float = DEFAULT_POWER_FRACTION,
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
-                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1) -> ServeEstimate:
+                   draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
+                   intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
+                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -637,7 +700,23 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     serving: as many micro-batches in flight as stages): the engine runs as pp virtual engines, each
     with 1/pp of the load and of the KV cache, whose iterations pass all stages in turn (the whole
     model's time at tp, plus pp - 1 activation transfers) while the others' fill the other stages;
-    throughput is pp times a virtual engine's."""
+    throughput is pp times a virtual engine's. ``input_len_range`` / ``output_len_range`` (lo, hi):
+    every request's lengths drawn uniformly from those integers (seeded; as bench_serving's random
+    dataset with a range ratio), in place of ``input_len`` / ``output_len``. ``dp_attention``:
+    data-parallel attention over the tp devices (decode_step, kv_capacity), the scheduler seeing
+    one pool of all their requests (balanced over the ranks)."""
+    ranges = {}
+    for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
+        if rng_ is not None:
+            lo_, hi_ = (int(x) for x in rng_)
+            if not 1 <= lo_ <= hi_:
+                raise InputError(f"expected a range lo:hi with 1 <= lo <= hi (got {lo_}:{hi_})", field=f"{name}_range")
+            ranges[name] = (lo_, hi_)
+    nominal_in, nominal_out = input_len, output_len
+    if "input_len" in ranges:  # the longest bounds the tables and the KV check; the mean is reported
+        nominal_in, input_len = int(round(sum(ranges["input_len"]) / 2)), ranges["input_len"][1]
+    if "output_len" in ranges:
+        nominal_out, output_len = int(round(sum(ranges["output_len"]) / 2)), ranges["output_len"][1]
     if pp < 1 or pp > model.layers:
         raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
     if not 0.0 <= prefix_hit_rate < 1.0:
@@ -650,6 +729,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
     if model.heads % tp:
         raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    if dp_attention and tp < 2:
+        raise InputError("data-parallel attention needs tp >= 2 (it spreads the attention over the tp devices)",
+                         field="dp_attention")
     if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
         raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
     if spec_decode not in (None, "mtp", "draft"):
@@ -663,14 +745,15 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
             raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
         if spec_decode == "draft" and draft_model is None:
             raise InputError("--spec draft needs --draft-model", field="draft_model")
-    eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration)
+    eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
+                      intake_iterations=intake_iterations)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
     # stay weight-only (W8A16 / W4A16)
     compute = "fp8" if weight_dtype == "fp8" and spec.peak_flops.get("fp8") else "bf16"
     job = InferJob(batch=1, prompt_len=input_len, gen_len=output_len, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                    compute_dtype=compute, cuda_graph=True)
-    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp)
+    w, kv_bytes, kv_tokens = kv_capacity(model, spec, job, tp, eng, pp, dp_attention)
     kv_tokens = kv_tokens // pp  # one virtual engine's share
     if spec_decode == "draft":
         # the draft model's weights share the device, and each token's KV holds the draft's too
@@ -699,20 +782,28 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     seqs = eng.max_num_seqs
     if load == "batch":
         seqs = int(value)
-    per_seq = -(-(input_len + output_len) // eng.block_tokens) * eng.block_tokens
+    per_seq = -(-(nominal_in + nominal_out) // eng.block_tokens) * eng.block_tokens
     kv_seqs = kv_tokens // per_seq
     if load == "batch" and kv_seqs < value:
         notes.append(f"the KV cache holds {kv_seqs} full sequences, fewer than the batch: sequences are preempted")
     seqs_bound = min(seqs, 1 << 20)
-    cost = IterationCost(model, spec, job, tp, node,
-                         max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
-                                        min(seqs_bound, kv_seqs + 1)),
-                         max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
-                         max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                         custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency)
+    cost = _iteration_cost(model, spec, job, tp, node,
+                           max_tokens=max(eng.max_tokens_per_iteration, int(value or 0) * input_len if load == "batch" else 0,
+                                          min(seqs_bound, kv_seqs + 1)),
+                           max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
+                           max_prompt=input_len + output_len, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
+                           custom_allreduce=eng.custom_allreduce, ep=ep, moe_math_efficiency=eng.moe_math_efficiency,
+                           dp_attention=dp_attention)
     if pp > 1:
         cost = PipelineCost(cost, model, spec, node, tp, pp, calibration)
-    tau, steps, kv_sim = 1.0, output_len, kv_tokens
+    # every request's lengths
+    len_rng = np.random.default_rng([seed, 1])
+    I_arr = (len_rng.integers(ranges["input_len"][0], ranges["input_len"][1] + 1, num_requests)
+             if "input_len" in ranges else np.full(num_requests, input_len, dtype=np.int64))
+    O_arr = (len_rng.integers(ranges["output_len"][0], ranges["output_len"][1] + 1, num_requests)
+             if "output_len" in ranges else np.full(num_requests, output_len, dtype=np.int64))
+    I_mean, O_mean = float(I_arr.mean()), float(O_arr.mean())
+    tau, steps, kv_sim = 1.0, O_arr, kv_tokens
     if spec_decode:
         draft = None
         if spec_decode == "draft":
@@ -723,14 +814,15 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                                   custom_allreduce=eng.custom_allreduce)
         cost = SpeculativeCost(cost, spec_tokens, model.layers, draft)
         tau = expected_tokens_per_step(spec_acceptance, spec_tokens)
-        steps = 1 + int(np.ceil((output_len - 1) / tau))
-        kv_sim = int(kv_tokens * (input_len + steps) / (input_len + output_len))
+        steps = 1 + np.ceil((O_arr - 1) / tau).astype(np.int64)
+        kv_sim = int(kv_tokens * (I_mean + steps.mean()) / (I_mean + O_mean))
         notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
                      f"{tau:.2f} tokens per step")
-    sim = simulate(cost, num_requests=num_requests, input_len=input_len, output_len=steps, max_num_seqs=seqs_bound,
+    sim = simulate(cost, num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
-                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * input_len)))
+                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
+                   intake_iterations=eng.intake_iterations)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests
@@ -747,19 +839,22 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
             itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
             notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
                          f"{duration:.3g} s), the clients' ramp and drain left out")
-    out_tok = done * output_len * ve  # the busy virtual engines together
-    tot_tok = done * (input_len + output_len) * ve
+    out_tok = done * O_mean * ve  # the busy virtual engines together
+    tot_tok = done * (I_mean + O_mean) * ve
     devices = tp * pp
     # cost and energy of a million output tokens: the devices for the time they take
     dev_h_per_m = devices * duration / 3600.0 * 1e6 / out_tok
     price = getattr(spec, "price_per_hour_usd", None)
     usd = price * dev_h_per_m if price else None
     kwh = energy_kwh(spec.tdp_w, devices, duration * 1e6 / out_tok, pue=pue, power_fraction=power_fraction)
+    if dp_attention:
+        notes.append(f"data-parallel attention: each of the {tp} devices runs the attention of its own sequences "
+                     "(whole attention weights, whole KV per token); MLP / MoE layers over all tokens")
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
         model_id=model.id, hardware=spec.id, engine=eng.id, tp=tp, devices=devices, load=load, load_value=total_value,
-        num_requests=total_requests, input_len=input_len, output_len=output_len, weight_dtype=weight_dtype,
+        num_requests=total_requests, input_len=nominal_in, output_len=nominal_out, weight_dtype=weight_dtype,
         kv_dtype=kv_dtype, max_num_seqs=min(eng.max_num_seqs, 1 << 30) if load != "batch" else int(total_value),
         max_tokens_per_iteration=eng.max_tokens_per_iteration, kv_cache_tokens=kv_tokens * pp,
         kv_cache_sequences=kv_seqs * pp,
@@ -768,5 +863,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         output_tokens_per_s_per_device=out_tok / duration / devices,
         total_tokens_per_s_per_device=tot_tok / duration / devices, requests_per_s=done * ve / duration, ttft_s=_stats((sim.first_token - sim.arrival)[reqs]),
         itl_s=_stats(sim.itl[itl_keep] / tau, sim.itl_weight[itl_keep]), e2e_s=_stats((sim.finish - sim.arrival)[reqs]),
+        tpot_s=_stats(((sim.finish - sim.first_token) / np.maximum(O_arr - 1, 1))[reqs][O_arr[reqs] > 1]),
         iterations=sim.iterations, usd_per_million_output_tokens=usd, kwh_per_million_output_tokens=kwh,
-        preemptions=sim.preemptions, notes=notes)
+        preemptions=sim.preemptions, notes=notes, dp_attention=dp_attention, input_len_range=ranges.get("input_len"),
+        output_len_range=ranges.get("output_len"))

@@ -405,10 +405,23 @@ def _serve_cases(rec: dict, lib: HardwareLibrary, where: str, calibration: str |
     ramp = rec.get("ramp") or "burst"  # a closed loop's clients start together unless the record says "steady"
     if ramp not in ("burst", "steady"):
         raise InputError(f"expected 'burst' or 'steady' (got {ramp!r})", file=where, field="ramp")
+    ranges = {}
+    for f in ("input_len_range", "output_len_range"):
+        r = rec.get(f)
+        if r is None:
+            continue
+        if (not isinstance(r, list) or len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
+                or not 1 <= r[0] <= r[1]):
+            raise InputError(f"expected [lo, hi] integers with 1 <= lo <= hi (got {r!r})", file=where, field=f)
+        ranges[f] = (r[0], r[1])
+    dpa = p.get("dp_attention", False)
+    if not isinstance(dpa, bool):
+        raise InputError(f"expected true or false (got {dpa!r})", file=where, field="parallel.dp_attention")
     est = estimate_serve(model, spec, tp=tp, input_len=rec["input_len"], output_len=rec["output_len"], load=load,
                          value=value, num_requests=rec.get("num_requests"), engine=str(rec["engine"]).lower(),
                          weight_dtype=rec.get("weight_dtype") or "bf16", kv_dtype=rec.get("kv_dtype") or "bf16",
-                         node=node, calibration=calibration, ramp=ramp, ep=int(p.get("ep") or 1), pp=int(p.get("pp") or 1))
+                         node=node, calibration=calibration, ramp=ramp, ep=int(p.get("ep") or 1), pp=int(p.get("pp") or 1),
+                         dp_attention=dpa, **ranges)
     meas = rec.get("measured") or {}
     out = []
     for metric, (attr, stat) in _SERVE_METRICS.items():

@@ -116,7 +116,9 @@ def test_validate_reports_serve_metrics():
                                            ({"max_load": True}, "load"),
                                            ({"input_len": None}, "input_len"),
                                            ({"concurrency": "many"}, "concurrency"),
-                                           ({"ramp": "slow"}, "ramp")])
+                                           ({"ramp": "slow"}, "ramp"),
+                                           ({"input_len_range": [900, 800]}, "input_len_range"),
+                                           ({"output_len_range": [1, "2"]}, "output_len_range")])
 def test_validate_serve_input_errors(change, field):
     from costmodel.validate import validate_records
 
@@ -137,6 +139,17 @@ def test_serve_cli(capsys):
     assert d["engine"] == "sglang" and d["num_requests"] == 50 and d["itl_s"]["p99"] > 0
     r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--max-load", "--batch", "2"])
     assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["serve", "llama3.1-8b", "--concurrency", "4", "--num-requests", "20",
+                                 "--input-len-range", "100:300", "--output-len-range", "8:24", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["input_len_range"] == [100, 300] and d["input_len"] == 200 and d["output_len"] == 16
+    from costmodel.cli.app import main
+
+    for bad in ("100", "a:b", "300:100", "0:5"):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", "llama3.1-8b", "--max-load", "--input-len-range", bad])
+        assert exc.value.code == 2 and "field 'input-len-range'" in capsys.readouterr().err
 
 
 def test_weight_only_quantized_gemm_reads_packed_bytes():
@@ -272,6 +285,92 @@ def test_closed_loop_ramps_burst_and_steady():
     # lifetime estimate: a 4-token prefill iteration (1.4 s) + 3 decode steps of 3 tokens (1.3 s each) = 5.3 s
     assert np.allclose(r.arrival[:3], [0.0, 5.3 / 3, 2 * 5.3 / 3])
     assert np.all(np.diff(r.arrival) >= 0) and np.all(np.isfinite(r.finish))
+
+
+def test_intake_iterations_delay_a_busy_engines_admission_by_hand():
+    # two steady clients, prompts of 4, 10 tokens out: client 1 starts at half of one lifetime
+    # (1.4 s prefill + 10 decode steps of 2 tokens at 1.2 s = 13.4 s), t = 6.7 s. Request 0: prefill
+    # [0, 1.4], then decode iterations of 1 token, 1.1 s each, ending 2.5, 3.6, 4.7, 5.8, 6.9, 8.0, 9.1.
+    # No intake lag: request 1 (arrived during the iteration ending 6.9) prefills with r0's decode
+    # in [6.9, 8.4] (5 tokens, 1.5 s): TTFT 1.7 s. Two iterations of lag: it waits for the
+    # iterations ending 8.0 and 9.1 and prefills in [9.1, 10.6]: TTFT 3.9 s.
+    kw = dict(num_requests=2, input_len=4, output_len=10, max_num_seqs=8, token_budget=100,
+              kv_capacity_tokens=1000, block_tokens=1, load="concurrency", value=2, ramp="steady")
+    r0 = simulate(LinearCost(), **kw)
+    r2 = simulate(LinearCost(), intake_iterations=2, **kw)
+    assert np.isclose(r0.arrival[1], 6.7) and np.isclose(r2.arrival[1], 6.7)
+    assert np.allclose(r0.first_token - r0.arrival, [1.4, 1.7])
+    assert np.allclose(r2.first_token - r2.arrival, [1.4, 3.9])
+    # an idle engine takes a request at once: a lone client's TTFT is its prefill either way
+    one = dict(kw, num_requests=1, value=1)
+    assert np.allclose(simulate(LinearCost(), intake_iterations=2, **one).first_token, [1.4])
+
+
+def test_requests_of_different_lengths_by_hand():
+    # prompts of 4 and 2 tokens, 2 and 3 tokens out, all queued at t=0, budget 100:
+    # it1: both prompts, 6 tokens, 1.6 s (both first tokens at 1.6); it2: 2 decode tokens, 1.2 s ->
+    # 2.8 (r0 has its 2 tokens); it3: r1's last, 1.1 s -> 3.9
+    r = simulate(LinearCost(), num_requests=2, input_len=[4, 2], output_len=[2, 3], max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load")
+    assert np.allclose(r.first_token, [1.6, 1.6]) and np.allclose(r.finish, [2.8, 3.9]) and r.iterations == 3
+    # time between tokens: r0 1.2; r1 1.2, 1.1
+    assert np.isclose((r.itl * r.itl_weight).sum() / r.itl_weight.sum(), 3.5 / 3)
+
+
+def test_length_ranges(h100):
+    from costmodel.serving import estimate_serve
+
+    kw = dict(input_len=512, output_len=64, load="max_load", num_requests=300)
+    fixed = estimate_serve(*h100, **kw)
+    # a range of one value is that fixed length
+    same = estimate_serve(*h100, input_len_range=(512, 512), output_len_range=(64, 64), **kw)
+    assert same.output_tokens_per_s == pytest.approx(fixed.output_tokens_per_s)
+    assert same.ttft_s["mean"] == pytest.approx(fixed.ttft_s["mean"])
+    est = estimate_serve(*h100, input_len_range=(256, 768), output_len_range=(32, 96), **kw)
+    assert est.input_len == 512 and est.output_len == 64 and est.output_len_range == (32, 96)
+    # every request counted: output tokens = the drawn lengths' sum (seeded draw, as estimate_serve's)
+    rng = np.random.default_rng([0, 1])
+    rng.integers(256, 769, 300)
+    outs = rng.integers(32, 97, 300)
+    assert est.output_tokens_per_s * est.duration_s == pytest.approx(outs.sum())
+    with pytest.raises(InputError):
+        estimate_serve(*h100, input_len_range=(0, 10), **kw)
+
+
+def test_data_parallel_attention_by_hand():
+    from costmodel.arch import load_model
+    from costmodel.inference import decode_step
+    from costmodel.serving import estimate_serve
+    from costmodel.specs import load_library
+    from costmodel.workload import InferJob
+
+    m = load_model("deepseek-v3")
+    spec = load_library().device("h200-sxm")
+    # DeepSeek-V3's config.json: hidden 7168, 61 layers, 128 heads, q_lora_rank 1536, kv_lora_rank 512,
+    # qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128
+    assert (m.hidden, m.layers, m.heads) == (7168, 61, 128)
+    assert (m.mla.q_lora_rank, m.mla.kv_lora_rank, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim,
+            m.mla.v_head_dim) == (1536, 512, 128, 64, 128)
+    # attention projections per layer: q_down h x 1536, q_up 1536 x 128 x 192, kv_down h x 576,
+    # kv_up 512 x 128 x 256, o 128 x 128 x h
+    attn = 61 * (7168 * 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 * 128 * 256 + 128 * 128 * 7168)
+    kw = dict(tp=8, ep=8, input_len=1024, output_len=256, load="max_load", num_requests=64, engine="sglang",
+              weight_dtype="fp8")
+    tp8 = estimate_serve(m, spec, **kw)
+    dpa = estimate_serve(m, spec, dp_attention=True, **kw)
+    # the attention weights are whole on every device: 7/8 of them more, 1 byte each (fp8)
+    assert dpa.weights_bytes_per_device - tp8.weights_bytes_per_device == pytest.approx(attn * 7 / 8)
+    # the latent KV (576 values x 61 layers x 2 bytes a token) is whole on one device instead of on all 8
+    per_tok = 576 * 61 * 2
+    assert tp8.kv_cache_tokens == pytest.approx(tp8.kv_cache_bytes_per_device / per_tok, abs=16)
+    assert dpa.kv_cache_tokens == pytest.approx(8 * dpa.kv_cache_bytes_per_device / per_tok, abs=16 * 8)
+    # a decode step reads 1/8 of the cache per device (a large batch: bandwidth-bound either way)
+    job = InferJob(batch=256, prompt_len=8192, gen_len=256, weight_dtype="fp8", cuda_graph=True)
+    a = decode_step(m, spec, job, 8192, 8, ep=8)
+    b = decode_step(m, spec, job, 8192, 8, ep=8, dp_attention=True)
+    assert b.kv_s == pytest.approx(a.kv_s / 8, rel=0.05)
+    with pytest.raises(InputError):
+        estimate_serve(m, spec, **{**kw, "tp": 1, "ep": 1}, dp_attention=True)
 
 
 def test_steady_closed_loop_ttft_is_about_one_iteration(h100):
