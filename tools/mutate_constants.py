@@ -58,9 +58,9 @@ NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
     "timing", "memory", "memory_ddp", "dispatch", "validate", "frameworks", "published", "comm", "serving",
-    "cluster", "offload", "heldout")]
+    "cluster", "offload", "heldout", "v100_era", "cpu_device")]
 # the tests that read data/engines/ (the serving model, the published serve records, serve plans)
-ENGINE_TESTS = [f"tests/test_{n}.py" for n in ("serving", "published", "heldout", "check")]
+ENGINE_TESTS = [f"tests/test_{n}.py" for n in ("serving", "serve_plan", "published", "heldout", "check")]
 IGNORE = ["tests/test_validation_page.py", "tests/test_golden.py", "tests/test_fuzz.py", "tests/test_benchmarks.py"]
 
 
