@@ -1465,6 +1465,210 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
                              feasible=feasible, seconds=time.perf_counter() - t0, rejected=rejected, top=top_rows)
 
 
+class ServeCandidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    hardware: str
+    layout: str  # "tp2", "tp8 ep8 dpa", "tp8 pp2" (serve_plan.Layout.label)
+    tp: int
+    pp: int
+    ep: int
+    dp_attention: bool
+    devices: int
+    weight_dtype: str
+    kv_dtype: str
+    output_tokens_per_s: float  # one replica (all its devices)
+    output_tokens_per_s_per_device: float
+    requests_per_s: float
+    ttft_mean_s: float
+    ttft_p99_s: float
+    tpot_mean_s: float | None
+    tpot_p99_s: float | None
+    usd_per_million_output_tokens: float | None
+    kv_cache_tokens: int
+    max_load_requests_per_s: float | None  # --request-rate: the replica's max-load rate (the rate must stay below)
+
+
+class ServeSearchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    hardware: list[str]
+    engine: str
+    load: str
+    load_value: float | None
+    input_len: int
+    output_len: int
+    num_requests: int
+    objective: str
+    max_ttft_ms: float | None  # bounds p99 TTFT over the requests
+    max_tpot_ms: float | None  # bounds p99 TPOT
+    evaluated: int
+    feasible: int
+    seconds: float
+    rejected: dict[str, int]
+    top: list[ServeCandidate]
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+SERVE_LOADS = ("request_rate", "concurrency", "max_load")
+SERVE_OBJECTIVES = ("throughput", "cost", "ttft", "tpot")
+# Requests simulated per layout by default (as serve_plan's bisection): p99s over 500 requests.
+SERVE_SEARCH_REQUESTS = 500
+
+
+def search_serve(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", *, load: str,
+                 value: float | None = None, input_len: int = 1024, output_len: int = 256, engine: str = "vllm",
+                 num_requests: int | None = None, max_ttft_ms: float | None = None, max_tpot_ms: float | None = None,
+                 objective: str = "throughput", top: int = 10, tp: Sequence[int] | None = None,
+                 pp: Sequence[int] | None = None, ep: Sequence[int] | None = None,
+                 weight_dtype: Sequence[str] | None = None, kv_dtype: Sequence[str] | None = None,
+                 price_per_hour: float | None = None, calibration: str | None = None, seed: int = 0,
+                 hardware_files: list[str] | None = None, progress=None) -> ServeSearchResult:
+    """Serving layouts (hardware x tp / ep / dp-attention / pp as serve_plan.layouts x weight and
+    KV dtypes) under a load (``load`` "request_rate" or "concurrency" with ``value``, or
+    "max_load"), each run through costmodel.serving.estimate_serve with ``engine``'s defaults and
+    ranked by output tokens/s per device (``objective`` "throughput"), $ per million output tokens
+    ("cost"), p99 TTFT ("ttft") or p99 TPOT ("tpot"). ``max_ttft_ms`` / ``max_tpot_ms`` bound the
+    p99s over the requests. At a request rate a layout must also sustain it: the rate must be
+    below the replica's max-load request rate, where its queue grows without bound (serve_plan).
+    Pipeline stages are tried only where no layout of that hardware and dtypes fits without
+    (unless ``pp`` asks for them). ``progress(done, total)`` is called after every layout."""
+    from .serve_plan import Layout, layouts as plan_layouts
+    from .serving import ENGINES, estimate_serve
+
+    t0 = time.perf_counter()
+    m = model if isinstance(model, ModelConfig) else load_model(model)
+    if load not in SERVE_LOADS:
+        raise InputError(f"unknown load {load!r}; expected one of {', '.join(SERVE_LOADS)}", field="load")
+    if load == "request_rate" and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InputError(f"expected a positive number of requests/s (got {value!r})", field="request-rate")
+    if load == "concurrency" and not (isinstance(value, (int, float)) and value >= 1 and float(value).is_integer()):
+        raise InputError(f"expected an integer >= 1 of requests in flight (got {value!r})", field="concurrency")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}", field="engine")
+    if objective not in SERVE_OBJECTIVES:
+        raise InputError(f"unknown serving objective {objective!r}; expected {', '.join(SERVE_OBJECTIVES)}",
+                         field="objective")
+    for name, v in (("input-len", input_len), ("output-len", output_len), ("top", top)):
+        if not (isinstance(v, int) and v >= 1):
+            raise InputError(f"expected an integer >= 1 (got {v!r})", field=name)
+    if num_requests is None:
+        num_requests = max(SERVE_SEARCH_REQUESTS, 10 * int(value)) if load == "concurrency" else SERVE_SEARCH_REQUESTS
+    if not (isinstance(num_requests, int) and num_requests >= 10):
+        raise InputError(f"needs at least 10 requests for a p99 (got {num_requests!r})", field="num-requests")
+    if load == "concurrency" and num_requests < 3 * int(value):
+        raise InputError(f"needs at least 3 x concurrency = {3 * int(value)} requests for a steady state "
+                         f"(got {num_requests})", field="num-requests")
+    for d in (*(weight_dtype or ()), *(kv_dtype or ())):
+        if d not in ("fp32", "bf16", "fp16", "fp8", "int8", "int4"):
+            raise InputError(f"dtype {d!r} is not one of fp32, bf16, fp16, fp8, int8, int4", field="dtype")
+    for name, target in (("max-ttft-ms", max_ttft_ms), ("max-tpot-ms", max_tpot_ms)):
+        if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
+            raise InputError(f"expected a positive latency target in ms (got {target!r})", field=name)
+    require_run(price_per_hour=price_per_hour)
+    lib = load_library(hardware_files)
+    hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
+    wds, kvs = list(weight_dtype or INFER_DTYPES), list(kv_dtype or ("bf16", "fp8"))
+    todo = []  # (hardware, weight dtype, KV dtype, layouts)
+    rejected: dict[str, int] = {}
+
+    def reject(why: str, n: int = 1) -> None:
+        rejected[why] = rejected.get(why, 0) + n
+
+    for hw in hw_ids:
+        spec, node = lib.device(hw), lib.node_for(hw)
+        lays = plan_layouts(m, node.devices_per_node if node is not None else 8, tp_sizes=tp)
+        bad = [t for t in set(tp or ()) if m.heads % t]
+        if bad:
+            reject("tp must divide the heads", len(bad) * len(wds) * len(kvs))
+        if pp is not None:  # the stages asked for, at every tp
+            tps = sorted({lay.tp for lay in lays})
+            lays = [lay for lay in lays if lay.pp == 1] + [Layout(t, p) for t in tps for p in sorted(set(pp))
+                                                          if 1 < p <= m.layers]
+            lays = [lay for lay in lays if lay.pp in pp]
+        if ep is not None:
+            lays = [lay for lay in lays if lay.ep in ep]
+        for wd in wds:
+            for kd in kvs:
+                todo.append((hw, spec, node, wd, kd, lays))
+    total = sum(len(x[-1]) for x in todo)
+    done = evaluated = 0
+    rows: list[ServeCandidate] = []
+    for hw, spec, node, wd, kd, lays in todo:
+        price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
+        fits_without_pp = False
+        for lay in lays:
+            done += 1
+            if lay.pp > 1 and pp is None and fits_without_pp:  # not tried: a layout fits without
+                if progress is not None:
+                    progress(done, total)
+                continue
+
+            def run(ld, val, lay=lay):
+                return estimate_serve(m, spec, tp=lay.tp, pp=lay.pp, ep=lay.ep, input_len=input_len,
+                                      output_len=output_len, load=ld, value=val, num_requests=num_requests,
+                                      engine=engine, weight_dtype=wd, kv_dtype=kd, node=node, calibration=calibration,
+                                      seed=seed, dp_attention=lay.dp_attention)
+            try:
+                est = run(load, None if load == "max_load" else float(value))
+            except InputError as exc:
+                if "does not fit" not in exc.detail:
+                    raise
+                reject("memory")
+                if progress is not None:
+                    progress(done, total)
+                continue
+            evaluated += 1
+            if lay.pp == 1:
+                fits_without_pp = True
+            top_rate = None
+            if load == "request_rate":
+                top_rate = run("max_load", None).requests_per_s
+            if progress is not None:
+                progress(done, total)
+            tpot = est.tpot_s or {}
+            if top_rate is not None and value >= top_rate:
+                reject("cannot sustain the request rate")
+                continue
+            if max_ttft_ms is not None and est.ttft_s["p99"] * 1e3 > max_ttft_ms:
+                reject("TTFT target")
+                continue
+            if max_tpot_ms is not None and tpot.get("p99") is not None and tpot["p99"] * 1e3 > max_tpot_ms:
+                reject("TPOT target")
+                continue
+            # the devices for the time they take: price x devices per hour over the output tokens of that hour
+            usd = price * est.devices / (est.output_tokens_per_s * 3600.0) * 1e6 if price else None
+            rows.append(ServeCandidate(
+                rank=0, hardware=hw, layout=lay.label(), tp=lay.tp, pp=lay.pp, ep=lay.ep,
+                dp_attention=lay.dp_attention, devices=est.devices, weight_dtype=wd, kv_dtype=kd,
+                output_tokens_per_s=est.output_tokens_per_s,
+                output_tokens_per_s_per_device=est.output_tokens_per_s_per_device,
+                requests_per_s=est.requests_per_s, ttft_mean_s=est.ttft_s["mean"], ttft_p99_s=est.ttft_s["p99"],
+                tpot_mean_s=tpot.get("mean"), tpot_p99_s=tpot.get("p99"), usd_per_million_output_tokens=usd,
+                kv_cache_tokens=est.kv_cache_tokens, max_load_requests_per_s=top_rate))
+    if objective == "cost":
+        if any(r.usd_per_million_output_tokens is None for r in rows):
+            raise InputError("objective 'cost' needs a price: pass --price-per-hour", field="price_per_hour")
+        rows.sort(key=lambda r: (r.usd_per_million_output_tokens, r.ttft_p99_s))
+    elif objective == "ttft":
+        rows.sort(key=lambda r: (r.ttft_p99_s, -r.output_tokens_per_s_per_device))
+    elif objective == "tpot":
+        rows.sort(key=lambda r: (r.tpot_p99_s if r.tpot_p99_s is not None else math.inf, r.ttft_p99_s))
+    else:
+        rows.sort(key=lambda r: (-r.output_tokens_per_s_per_device, r.ttft_p99_s))
+    feasible = len(rows)
+    top_rows = rows[:top]
+    for n, r in enumerate(top_rows, 1):
+        r.rank = n
+    return ServeSearchResult(model=m.id, hardware=hw_ids, engine=engine, load=load,
+                             load_value=None if load == "max_load" else float(value), input_len=input_len,
+                             output_len=output_len, num_requests=num_requests, objective=objective,
+                             max_ttft_ms=max_ttft_ms, max_tpot_ms=max_tpot_ms, evaluated=evaluated, feasible=feasible,
+                             seconds=time.perf_counter() - t0, rejected=rejected, top=top_rows)
+
+
 # `costmodel.search(...)` is the function above; importing this module rebinds the package attribute
 # to the module, so the module is made callable too.
 _callable_module(__name__, search)

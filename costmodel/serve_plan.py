@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 from .arch import ModelConfig
 from .errors import InputError
@@ -93,11 +94,12 @@ class ServePlan:
         return asdict(self)
 
 
-def layouts(model: ModelConfig, max_tp: int) -> list[Layout]:
-    """Tensor-parallel sizes dividing the heads up to max_tp; MoE models also with their experts
-    spread over the TP group (ep = tp), and with data-parallel attention besides. Pipeline stages
-    are only tried at the largest TP size."""
-    tps = [t for t in TP_SIZES if t <= max_tp and model.heads % t == 0]
+def layouts(model: ModelConfig, max_tp: int, tp_sizes: Sequence[int] | None = None) -> list[Layout]:
+    """Tensor-parallel sizes dividing the heads up to max_tp (or those of ``tp_sizes`` dividing the
+    heads); MoE models also with their experts spread over the TP group (ep = tp), and with
+    data-parallel attention besides. Pipeline stages are only tried at the largest TP size."""
+    tps = ([t for t in TP_SIZES if t <= max_tp] if tp_sizes is None else sorted(set(tp_sizes)))
+    tps = [t for t in tps if model.heads % t == 0]
     out = []
     for t in tps:
         out.append(Layout(t))

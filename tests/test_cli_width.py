@@ -24,6 +24,8 @@ MAIN_COMMANDS = [
      "--seq-len", "4096", "--top", "3", "--tokens", "1e12"],
     ["search", "llama3-70b", "--infer", "-H", "h100-sxm", "-H", "h200-sxm", "--prompt-len", "2048", "--max-tpot-ms", "40",
      "--max-ttft-ms", "3000"],
+    ["search", "llama3.1-70b", "--infer", "-H", "h100-sxm", "-H", "h200-sxm", "--request-rate", "4", "--max-ttft-ms",
+     "1000", "--weight-dtype", "bf16,fp8", "--kv-dtype", "fp8"],
     ["validate", "data/samples/h100-measured.jsonl"],
     ["validate", "data/samples/playbook-nanotron-8gpus.jsonl"],
     ["fit-profile", "data/samples/playbook-nanotron-8gpus.jsonl", "--framework", "nanotron", "--folds", "0"],

@@ -207,6 +207,103 @@ def test_infer_search_cli(capsys):
     assert e.value.code == 2
 
 
+def _serve_json(capsys, args):
+    """`costmodel serve ... --json` as a user would call it."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *args, "--json"])
+    assert (e.value.code or 0) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _search_json(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama3-8b", "--infer", "-H", "h100-sxm", *args, "--json"])
+    return e.value.code or 0, json.loads(capsys.readouterr().out)
+
+
+def test_serve_search_top_layout_is_what_serve_says(capsys):
+    """Under a request rate every layout runs through the serving model: the top layout's numbers
+    are those of `costmodel serve` with the same layout, load and requests; the ranking is by
+    output tokens/s per device, and $/Mtok is the device price over the output tokens of an hour."""
+    rc, res = _search_json(capsys, ["--request-rate", "6", "--input-len", "1024", "--output-len", "128", "--tp", "1,2",
+                                    "--weight-dtype", "bf16,fp8", "--kv-dtype", "bf16", "--max-ttft-ms", "500"])
+    assert rc == 0 and res["load"] == "request_rate" and res["evaluated"] == 4 and len(res["top"]) == res["feasible"]
+    per_dev = [c["output_tokens_per_s_per_device"] for c in res["top"]]
+    assert per_dev == sorted(per_dev, reverse=True)
+    price = load_library().device("h100-sxm").price_per_hour_usd
+    for c in res["top"][:2]:
+        est = _serve_json(capsys, ["llama3-8b", "-H", "h100-sxm", "--tp", str(c["tp"]), "--weight-dtype",
+                                   c["weight_dtype"], "--kv-dtype", "bf16", "--request-rate", "6", "--input-len", "1024",
+                                   "--output-len", "128", "--num-requests", str(res["num_requests"])])
+        assert c["devices"] == c["tp"] == est["devices"]
+        for mine, theirs in (("output_tokens_per_s_per_device", est["output_tokens_per_s_per_device"]),
+                             ("output_tokens_per_s", est["output_tokens_per_s"]),
+                             ("ttft_p99_s", est["ttft_s"]["p99"]), ("tpot_p99_s", est["tpot_s"]["p99"]),
+                             ("usd_per_million_output_tokens", est["usd_per_million_output_tokens"])):
+            assert c[mine] == pytest.approx(theirs, rel=1e-9), mine
+        # 6 requests/s x 128 tokens is what a layout that keeps up delivers (less the drain of 500 requests)
+        assert 0.9 * 6 * 128 < c["output_tokens_per_s"] <= 6 * 128 * 1.05
+        assert c["usd_per_million_output_tokens"] == pytest.approx(price * c["tp"] / (c["output_tokens_per_s"] * 3600) * 1e6)
+    # one device delivers the same tokens as two: tp1 ranks first
+    assert res["top"][0]["tp"] == 1
+
+
+def test_serve_search_excludes_what_breaks_the_limits(capsys):
+    """A layout whose p99 TTFT (as `serve` gives it) is over --max-ttft-ms is left out, one whose
+    max-load request rate is below --request-rate cannot sustain it, and no layout left exits 1."""
+    base = ["llama3-8b", "-H", "h100-sxm", "--tp", "1", "--weight-dtype", "bf16", "--kv-dtype", "bf16",
+            "--input-len", "2048", "--output-len", "128", "--num-requests", "500"]
+    p99 = _serve_json(capsys, base + ["--request-rate", "4"])["ttft_s"]["p99"] * 1e3
+    args = ["--tp", "1,2", "--weight-dtype", "bf16", "--kv-dtype", "bf16", "--input-len", "2048", "--output-len", "128",
+            "--request-rate", "4"]
+    rc, res = _search_json(capsys, args + ["--max-ttft-ms", f"{p99 * 0.99}"])
+    assert rc == 0 and [c["tp"] for c in res["top"]] == [2] and res["rejected"] == {"TTFT target": 1}
+    rc, res = _search_json(capsys, args + ["--max-ttft-ms", f"{p99 * 1.01}"])
+    assert rc == 0 and [c["tp"] for c in res["top"]] == [1, 2]
+    rc, res = _search_json(capsys, args + ["--max-ttft-ms", "1"])  # a 2048-token prefill alone takes longer
+    assert rc == 1 and res["top"] == [] and res["rejected"] == {"TTFT target": 2}
+    top = _serve_json(capsys, base + ["--max-load"])["requests_per_s"]
+    rc, res = _search_json(capsys, args[:-1] + [f"{2 * top}", "--tp", "1"])
+    assert rc == 1 and res["rejected"] == {"cannot sustain the request rate": 1}
+    rc, res = _search_json(capsys, args[:-1] + [f"{0.5 * top}", "--tp", "1"])
+    assert rc == 0 and res["top"][0]["max_load_requests_per_s"] == pytest.approx(top, rel=1e-9)
+
+
+def test_serve_search_concurrency_and_objectives(capsys):
+    rc, res = _search_json(capsys, ["--concurrency", "16", "--tp", "1,2", "--weight-dtype", "fp8", "--kv-dtype", "fp8",
+                                    "--output-len", "64", "--objective", "tpot", "--engine", "sglang"])
+    assert rc == 0 and res["engine"] == "sglang" and res["num_requests"] == 500
+    assert [c["tp"] for c in res["top"]] == [2, 1]  # two devices split every step's weights: shorter steps
+    est = _serve_json(capsys, ["llama3-8b", "--tp", "2", "--weight-dtype", "fp8", "--kv-dtype", "fp8", "--concurrency",
+                               "16", "--output-len", "64", "--engine", "sglang", "--num-requests", "500"])
+    assert res["top"][0]["tpot_p99_s"] == pytest.approx(est["tpot_s"]["p99"], rel=1e-9)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--request-rate", "0"], "request-rate"),
+    (["--request-rate", "-2"], "request-rate"),
+    (["--request-rate", "nan"], "request-rate"),
+    (["--concurrency", "0"], "concurrency"),
+    (["--request-rate", "2", "--concurrency", "4"], "load"),
+    (["--request-rate", "2", "--batch", "8"], "batch"),
+    (["--request-rate", "2", "--engine", "tgi"], "engine"),
+    (["--concurrency", "100", "--num-requests", "50"], "num-requests"),
+    (["--engine", "vllm"], "load"),
+])
+def test_serve_search_bad_load_exits_2(capsys, args, field):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama3-8b", "--infer", "--tp", "1", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"'{field}'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_search_load_needs_infer(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama3-8b", "--global-batch", "8", "--request-rate", "2"])
+    assert e.value.code == 2 and "'infer'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("framework", ["megatron", "NanoTron"])
 def test_search_and_train_agree_on_every_number(framework):
     """What search prints for a layout is what `train` says for the same layout and framework:

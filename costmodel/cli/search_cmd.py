@@ -53,16 +53,25 @@ def search_cmd(
     devices: str = typer.Option("8", help="Device count: N, N1,N2,... or LO..HI (powers of two in the range)."),
     global_batch: Optional[int] = typer.Option(None, "--global-batch", "--global-batch-size", help="Sequences per optimizer step (training)."),
     infer: bool = typer.Option(False, "--infer", help="Search serving layouts (hardware, tp, batch, weight/KV dtype) instead."),
-    prompt_len: int = typer.Option(1024, "--prompt-len", help="--infer: prompt tokens."),
-    gen_len: int = typer.Option(256, "--gen-len", help="--infer: generated tokens."),
-    max_ttft_ms: Optional[float] = typer.Option(None, "--max-ttft-ms", help="--infer: time-to-first-token target."),
-    max_tpot_ms: Optional[float] = typer.Option(None, "--max-tpot-ms", help="--infer: per-token latency target."),
+    prompt_len: int = typer.Option(1024, "--prompt-len", "--input-len", help="--infer: prompt tokens."),
+    gen_len: int = typer.Option(256, "--gen-len", "--output-len", help="--infer: generated tokens."),
+    max_ttft_ms: Optional[float] = typer.Option(None, "--max-ttft-ms", help="--infer: time-to-first-token target "
+                                                "(under a load: p99 over the requests)."),
+    max_tpot_ms: Optional[float] = typer.Option(None, "--max-tpot-ms", help="--infer: per-token latency target "
+                                                "(under a load: p99)."),
+    request_rate: Optional[float] = typer.Option(None, "--request-rate", help="--infer under a load: Poisson arrivals, "
+                                                 "requests/s, through the serving model (costmodel serve)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="--infer under a load: N requests in flight."),
+    max_load: bool = typer.Option(False, "--max-load", help="--infer under a load: every request queued at t=0."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="--infer under a load: vllm (default), sglang, tensorrt-llm."),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", help="--infer under a load: requests simulated "
+                                               "per layout (default 500, or 10 x concurrency)."),
     batch: Optional[str] = typer.Option(None, help="--infer: restrict batch sizes."),
     weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="--infer: restrict weight dtypes, e.g. bf16,fp8."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="--infer: restrict KV-cache dtypes."),
     seq_len: int = typer.Option(2048, "--seq-len", "--seq-length", help="Tokens per sequence (training)."),
     objective: Optional[str] = typer.Option(None, help="Training: step_time (default), time_to_train, cost, mfu, throughput. "
-                                                        "--infer: throughput (default, per device), cost, tpot."),
+                                                        "--infer: throughput (default, per device), cost, tpot; under a load also ttft."),
     top: int = typer.Option(10, help="Layouts to print."),
     precision: str = typer.Option("amp-bf16", help="fp32, amp-bf16, amp-fp16, bf16, fp8."),
     optimizer: str = typer.Option("adamw"),
@@ -95,10 +104,28 @@ def search_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Search every layout (tp, pp, interleave, dp, cp, ep, ZeRO, micro-batch, recompute, sequence
-    parallelism, offload) on the hardware; print the best that fit and why the rest were rejected."""
+    parallelism, offload) on the hardware; print the best that fit and why the rest were rejected.
+    With --infer: serving layouts, as static batches, or under --request-rate / --concurrency /
+    --max-load through the serving model of `costmodel serve`."""
     from ..search import search, search_infer
 
     check_plot(plot)
+    loads = {"request_rate": request_rate, "concurrency": concurrency, "max_load": max_load or None}
+    given = [k for k, v in loads.items() if v is not None]
+    if given or engine is not None or num_requests is not None:
+        if not infer:
+            raise InputError("--request-rate, --concurrency, --max-load, --engine and --num-requests are for "
+                             "--infer", field="infer")
+        if len(given) != 1:
+            raise InputError("give exactly one load: --request-rate, --concurrency or --max-load (or none for "
+                             "the static-batch search)", field="load")
+        if batch is not None:
+            raise InputError("--batch restricts the static-batch search; under a load the engine forms its batches",
+                             field="batch")
+        _serve_search(model, hardware, given[0], loads[given[0]], prompt_len, gen_len, engine or "vllm", num_requests,
+                      max_ttft_ms, max_tpot_ms, objective or "throughput", top, tp, pp, ep, weight_dtype, kv_dtype,
+                      price_per_hour, calibration, hardware_file, json_out)
+        return
     if infer:
         split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
         with err_console.status(Text(f"searching serving layouts of {model}...")) if not json_out else nullcontext():
@@ -223,12 +250,63 @@ def _render_infer(res) -> None:
                              "allow more tp or quantised weights / KV cache"))
 
 
+def _serve_search(model, hardware, load, value, input_len, output_len, engine, num_requests, max_ttft_ms, max_tpot_ms,
+                  objective, top, tp, pp, ep, weight_dtype, kv_dtype, price_per_hour, calibration, hardware_file,
+                  json_out) -> None:
+    """`search --infer` under a load: every layout through the serving model (search.search_serve)."""
+    from ..search import search_serve
+
+    split = lambda t: [x for x in t.replace(" ", "").split(",") if x] if t else None  # noqa: E731
+    with _layout_progress(f"{model} serving", enabled=not json_out, unit="") as progress:
+        res = search_serve(model, hardware, load=load, value=None if load == "max_load" else value,
+                           input_len=input_len, output_len=output_len, engine=engine, num_requests=num_requests,
+                           max_ttft_ms=max_ttft_ms, max_tpot_ms=max_tpot_ms, objective=objective, top=top,
+                           tp=_ints(tp, "tp"), pp=_ints(pp, "pp"), ep=_ints(ep, "ep"), weight_dtype=split(weight_dtype),
+                           kv_dtype=split(kv_dtype), price_per_hour=price_per_hour, calibration=calibration,
+                           hardware_files=hardware_file, progress=progress)
+    if json_out:
+        emit_json(res.to_dict())
+    else:
+        _render_serve(res)
+    if not res.top:
+        raise typer.Exit(1)
+
+
+def _render_serve(res) -> None:
+    what = "max load" if res.load == "max_load" else f"{res.load.replace('_', ' ')} {res.load_value:g}"
+    console.print(f"{res.model} on {res.engine}, {what}, {res.num_requests} x {res.input_len}+{res.output_len} tokens: "
+                  f"{res.evaluated:,} layouts served, {res.feasible:,} meet the targets; {res.seconds:.1f} s. "
+                  f"Objective: {res.objective}.", highlight=False)
+    lim = "".join(f" ({n} p99 <= {v:g} ms)" for n, v in (("TTFT", res.max_ttft_ms), ("TPOT", res.max_tpot_ms)) if v)
+    t = Table(title="best serving layouts under the load" + lim)
+    priced = any(c.usd_per_million_output_tokens is not None for c in res.top)
+    multi_hw = len(res.hardware) > 1
+    cols = (["#"] + (["hardware"] if multi_hw else []) + ["layout", "w/KV", "TTFT p99", "TPOT p99",
+            "tok/s/dev"] + (["$/Mtok"] if priced else []))
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("hardware", "layout", "w/KV") else "right", no_wrap=True)
+    for c in res.top:
+        row = [str(c.rank)] + ([c.hardware] if multi_hw else []) + [
+            c.layout, f"{c.weight_dtype}/{c.kv_dtype}", f"{c.ttft_p99_s * 1e3:,.0f} ms",
+            f"{c.tpot_p99_s * 1e3:,.1f} ms" if c.tpot_p99_s is not None else "-", f"{c.output_tokens_per_s_per_device:,.0f}"]
+        if priced:
+            row.append(f"{c.usd_per_million_output_tokens:.3f}" if c.usd_per_million_output_tokens is not None else "-")
+        t.add_row(*row)
+    if res.top:
+        print_table(t, keep=2 if multi_hw else 1)
+    if res.rejected:
+        print_table(_rejected_table(res.rejected, "layouts"))
+    if not res.top:
+        console.print(styled("[bold red]no serving layout meets the targets under the load[/]: relax --max-ttft-ms / "
+                             "--max-tpot-ms, lower the load, or allow more tp or quantised weights / KV cache"))
+
+
 class _LayoutProgress:
     """A progress bar on stderr while a search screens its layouts: done / total, layouts per
     second, elapsed (a terminal only: nothing is drawn in a pipe or with --json)."""
 
-    def __init__(self, what: str, enabled: bool):
-        self.what, self.enabled = what, enabled and err_console.is_terminal
+    def __init__(self, what: str, enabled: bool, unit: str = "M"):
+        self.what, self.enabled, self.unit = what, enabled and err_console.is_terminal, unit
         self.bar = self.task = None
 
     def __enter__(self):
@@ -245,7 +323,8 @@ class _LayoutProgress:
 
     def __call__(self, done: int, total: int) -> None:
         elapsed = self.bar.tasks[0].elapsed or 0.0
-        rate = f"{done / elapsed / 1e6:.2f}M layouts/s" if elapsed > 0 else ""
+        scale = 1e6 if self.unit == "M" else 1.0
+        rate = f"{done / elapsed / scale:.2f}{self.unit} layouts/s" if elapsed > 0 else ""
         self.bar.update(self.task, completed=done, total=total, rate=rate)
 
     def __exit__(self, *exc):
@@ -254,8 +333,8 @@ class _LayoutProgress:
         return False
 
 
-def _layout_progress(what: str, enabled: bool) -> _LayoutProgress:
-    return _LayoutProgress(what, enabled)
+def _layout_progress(what: str, enabled: bool, unit: str = "M") -> _LayoutProgress:
+    return _LayoutProgress(what, enabled, unit)
 
 
 def register(app: typer.Typer) -> None:
