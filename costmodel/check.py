@@ -528,6 +528,20 @@ def inference_moves(sec: InferenceSection, max_tp: int) -> dict[str, list[dict]]
     return {k: v for k, v in moves.items() if v}
 
 
+def serve_moves(sec: ServeSection, max_tp: int) -> dict[str, list[dict]]:
+    """One-knob changes of an engine's layout under the plan's own load (the load is what the plan
+    demands, so it stays): tp doubled/halved (experts spread over the TP group stay so), fp8 KV
+    cache, fp8/int8 weights."""
+    moves: dict[str, list[dict]] = {}
+    spread = sec.ep > 1 and sec.ep == sec.tp
+    tp = [t for t in (sec.tp * 2, sec.tp // 2) if 1 <= t <= max_tp and t != sec.tp]
+    moves["tp"] = [{"tp": t, **({"ep": t} if spread else {})} for t in tp]
+    wide = ("fp32", "bf16", "fp16")
+    moves["kv_dtype"] = [{"kv_dtype": "fp8"}] if sec.kv_dtype in wide else []
+    moves["weight_dtype"] = [{"weight_dtype": d} for d in ("fp8", "int8")] if sec.weight_dtype in wide else []
+    return {k: v for k, v in moves.items() if v}
+
+
 def _candidates(moves: dict[str, list[dict]], max_changes: int):
     """Combinations of moves on distinct knobs, fewest changes first."""
     knobs = list(moves)
@@ -551,9 +565,10 @@ def nearest_passing(plan: Plan, ctx: dict, devices: int, global_batch: int | Non
         base = plan.training
         moves = training_moves(base, devices)
     else:
-        base = plan.inference
+        base = plan.inference if plan.inference is not None else plan.serve
         node = ctx["node"]
-        moves = inference_moves(base, node.devices_per_node if node is not None else MAX_TP_WITHOUT_NODE)
+        max_tp = node.devices_per_node if node is not None else MAX_TP_WITHOUT_NODE
+        moves = inference_moves(base, max_tp) if plan.inference is not None else serve_moves(base, max_tp)
     evaluated = 0
     for _n, batch in _candidates(moves, max_changes):
         passing: list[Neighbour] = []
@@ -567,13 +582,16 @@ def nearest_passing(plan: Plan, ctx: dict, devices: int, global_batch: int | Non
             try:
                 if plan.training is not None:
                     _est, pred, step_s = _evaluate_training(plan, sec, ctx, devices=devices)
+                elif plan.serve is not None:
+                    _est, pred, step_s = _evaluate_serve(plan, sec, ctx)
                 else:
                     _est, pred, step_s = _evaluate_inference(plan, sec, ctx)
                 checks = _checks(plan.limits, pred, file)
             except (InputError, ValidationError):
                 continue  # not a valid layout (e.g. tp not dividing the heads, ep not dividing dp)
             if all(c.passed for c in checks):
-                changes = {k: {"from": getattr(base, k), "to": v} for k, v in upd.items()}
+                changes = {k: {"from": getattr(base, k), "to": v} for k, v in upd.items()
+                           if not (k == "ep" and "tp" in upd)}  # ep follows tp: one knob
                 layout = sec.model_dump()
                 if plan.training is not None:
                     layout["dp"] = devices // (sec.tp * sec.pp * sec.cp)
@@ -625,7 +643,7 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
         raise InputError(exc.detail, file=where, field=field) from None
     ok = all(c.passed for c in checks)
     nb, n_eval = (None, 0)
-    if not ok and search and plan.serve is None:  # serve plans: `costmodel serve --target-rate` plans layouts
+    if not ok and search:
         nb, n_eval = nearest_passing(plan, ctx, devices, gb, framework, max_changes, where)
     node = ctx["node"]
     return CheckResult(file=where, name=plan.name, kind=plan.kind, model=plan.model, hardware=plan.hardware,

@@ -158,6 +158,43 @@ def test_check_serve_plan_against_estimate_serve(tmp_path, capsys):
     assert code == 1 and "max_ttft_p99_ms" in out and "FAIL" in out
 
 
+def test_failing_serve_plan_names_the_nearest_passing_layout_under_its_load(tmp_path, capsys):
+    """A serve plan that misses p99 TPOT at its request rate: the nearest passing layout (one knob:
+    tp doubled, fp8 KV cache, fp8 or int8 weights) is, among the one-knob layouts whose p99 TPOT
+    (estimate_serve under the same load) holds, the one with the shortest mean TPOT."""
+    from costmodel.arch import load_model
+    from costmodel.serving import estimate_serve
+    from costmodel.specs import load_library
+
+    m, spec = load_model("llama3.1-8b"), load_library().device("h100-sxm")
+
+    def est(**kw):
+        return estimate_serve(m, spec, input_len=512, output_len=64, load="request_rate", value=10.0,
+                              num_requests=200, **kw)
+
+    base = est()
+    limit = 0.8 * base.tpot_s["p99"] * 1e3
+    ones = {(k, v): est(**{k: v}) for k, v in (("tp", 2), ("kv_dtype", "fp8"), ("weight_dtype", "fp8"),
+                                               ("weight_dtype", "int8"))}
+    ok = {kv: e for kv, e in ones.items() if e.tpot_s["p99"] * 1e3 <= limit and e.ttft_s["p99"] * 1e3 <= 250}
+    assert ok and len(ok) < len(ones)  # the limit tells the neighbours apart
+    (knob, to), best = min(ok.items(), key=lambda kv: kv[1].tpot_s["mean"])
+    plan = _serve_plan(tmp_path, request_rate=10)
+    data = yaml.safe_load(plan.read_text())
+    data["limits"] = {"max_ttft_p99_ms": 250, "max_tpot_p99_ms": limit}
+    plan.write_text(yaml.safe_dump(data))
+    code, out, _ = run(["check", str(plan), "--json"], capsys)
+    r = json.loads(out)[0]
+    assert code == 1 and not r["ok"] and r["searched"] >= len(ones)
+    nb = r["nearest_passing"]
+    assert nb["changes"] == {knob: {"from": {"tp": 1}.get(knob, "bf16"), "to": to}}
+    assert nb["step_s"] == pytest.approx(best.tpot_s["mean"], rel=1e-9)
+    got = {c["limit"]: c["predicted"] for c in nb["checks"]}
+    assert got["max_tpot_p99_ms"] == pytest.approx(best.tpot_s["p99"] * 1e3, rel=1e-9)
+    code, out, _ = run(["check", str(plan)], capsys)
+    assert code == 1 and "nearest passing layout (1 change)" in " ".join(out.split())
+
+
 @pytest.mark.parametrize("serve,field", [({"request_rate": 5, "concurrency": 4}, "serve.load"), ({}, "serve.load"),
                                          ({"request_rate": 5, "engine": "tgi"}, "serve.engine")])
 def test_bad_serve_plans_exit_2(tmp_path, capsys, serve, field):

@@ -72,8 +72,11 @@ def _render(r: CheckResult) -> None:
                              f"[bold]{escape(describe_changes(nb))}[/] ({what} {nb.step_s * 1e3:,.1f} ms; "
                              + escape(", ".join(f"{c.limit} {_num(c.predicted)}" for c in nb.checks)) + ")"), highlight=False)
     elif r.kind == "serve":
-        console.print(f"replicas, layouts and hardware that meet p99 targets: costmodel serve {escape(r.model)} "
-                      "--target-rate R --ttft-p99-ms X -H a,b", highlight=False)
+        if r.searched:
+            console.print(f"no layout within two changes passes under this load ({r.searched} tried)", highlight=False)
+        console.print(f"every layout under a load: costmodel search {escape(r.model)} --infer --request-rate R -H a "
+                      f"-H b; replicas that meet p99 targets: costmodel serve {escape(r.model)} --target-rate R "
+                      "--ttft-p99-ms X -H a,b", highlight=False)
     elif r.searched:
         console.print(f"no layout within two changes passes ({r.searched} tried): change the hardware, "
                       "the number of devices or the limits", highlight=False)
