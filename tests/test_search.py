@@ -279,6 +279,21 @@ def test_serve_search_concurrency_and_objectives(capsys):
     assert res["top"][0]["tpot_p99_s"] == pytest.approx(est["tpot_s"]["p99"], rel=1e-9)
 
 
+def test_serve_search_pipeline_stages_on_request_and_progress():
+    """--pp asks for pipeline stages even where the model fits without; each layout ticks the
+    progress once, and a pp 2 replica is 2 x tp devices, as `serve --pp 2` runs it."""
+    from costmodel.search import search_serve
+
+    ticks = []
+    res = search_serve("llama3-8b", "h100-sxm", load="max_load", tp=[1], pp=[1, 2], weight_dtype=["bf16"],
+                       kv_dtype=["bf16"], num_requests=50, progress=lambda d, t: ticks.append((d, t)))
+    assert ticks == [(1, 2), (2, 2)] and res.evaluated == 2
+    assert sorted((c.pp, c.devices) for c in res.top) == [(1, 1), (2, 2)]
+    res = search_serve("llama3-8b", "h100-sxm", load="max_load", tp=[1], weight_dtype=["bf16"], kv_dtype=["bf16"],
+                       num_requests=50)
+    assert [c.pp for c in res.top] == [1]  # without --pp: stages only where nothing fits without them
+
+
 @pytest.mark.parametrize("args,field", [
     (["--request-rate", "0"], "request-rate"),
     (["--request-rate", "-2"], "request-rate"),
