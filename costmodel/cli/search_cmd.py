@@ -105,6 +105,7 @@ def search_cmd(
 ):
     """Search every layout (tp, pp, interleave, dp, cp, ep, ZeRO, micro-batch, recompute, sequence
     parallelism, offload) on the hardware; print the best that fit and why the rest were rejected.
+
     With --infer: serving layouts, as static batches, or under --request-rate / --concurrency /
     --max-load through the serving model of `costmodel serve`."""
     from ..search import search, search_infer
