@@ -17,7 +17,7 @@ from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op, gpu_units, memory_op)
+                       efficiency_for, gemm_op, gpu_units, memory_op, prefetch_gemms)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -406,18 +406,26 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     context = job.prompt_len + job.gen_len
     mem = decode_memory(model, job, context, tp)
     req = required_device_bytes(mem.peak_bytes)
+    mb = max_batch(model, spec, job, context, tp)
+    curve_batches = [1 << i for i in range(max(1, mb).bit_length())]  # 1, 2, 4, ... <= max(1, mb)
+
+    def gemm_shapes(e):  # the prefills and decode steps below, for their GEMM shapes
+        for b in {job.batch, *curve_batches}:
+            j = job if b == job.batch else job.model_copy(update={"batch": b})
+            prefill_time_s(model, spec, j, tp, eff=e)
+            decode_step(model, spec, j, job.prompt_len + job.gen_len // 2, tp, eff=e)
+
+    # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
+    prefetch_gemms(eff, gemm_shapes, key=("infer", id(model), id(spec), job, tp, mb))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
     tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
     tpot, d = tpot_of(job.batch)
-    mb = max_batch(model, spec, job, context, tp)
     curve = []
-    bsz = 1
-    while bsz <= max(1, mb):
+    for bsz in curve_batches:
         st = tpot_of(bsz)[0]
         pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
-        bsz *= 2
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
                          capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
                          ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,
