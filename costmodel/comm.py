@@ -569,6 +569,17 @@ def collective_time_s_np(op: str, nbytes, group_size, per_domain, node_or_links,
     return np.where(single, 0.0, t)
 
 
+def _send_recv_s(nbytes: float, crosses: bool, links: Links, params: CommParams, scale: float) -> float:
+    """_terms' ``send_recv`` time of one message between 2 ranks, in scalar arithmetic (the same
+    operations in the same order as the vectorised core): launch overhead, one link latency, and
+    the bytes over the direct-copy bandwidth (the slower of NVLink's and the NIC's when the pair
+    spans two domains)."""
+    bw = links.intra_bytes_per_s * params.p2p_efficiency * scale
+    if crosses:
+        bw = min(bw, links.inter_bytes_per_s * params.scale_out_efficiency * scale)
+    return params.launch_overhead_s + (links.inter_latency_s if crosses else links.intra_latency_s) + nbytes / bw
+
+
 def collective_times_by_algorithm(op: str, nbytes: float, group: Group, node_or_links, *,
                                   params: CommParams = DEFAULT_PARAMS) -> dict[str, float]:
     """Each algorithm's modelled time (for reports and tests)."""
@@ -613,6 +624,9 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
             scale = calibrated_bandwidth_scale(efficiency, op, group.size, links, params)
     elif efficiency is not None:
         scale = float(efficiency)
+    if op == "send_recv" and algorithm == "auto" and (scale is None or scale > 0) and (
+            group.per_domain > 1 or links.inter_bytes_per_s is not None):
+        return _send_recv_s(float(nbytes), group.per_domain == 1, links, params, 1.0 if scale is None else scale)
     return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, links,
                                       algorithm=algorithm, params=params, efficiency=scale))
 

@@ -131,6 +131,8 @@ class DeviceEfficiency:
 
     def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
         """Achieved FLOP/s of one GEMM, its memory-bound regime (small m) included."""
+        if type(m) in _SCALAR and type(n) in _SCALAR and type(k) in _SCALAR and type(batch) in _SCALAR:
+            return 2.0 * float(m) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)  # as below, one shape
         f = 2.0 * np.asarray(m, dtype=float) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)
         return float(f) if np.ndim(f) == 0 else f
 
