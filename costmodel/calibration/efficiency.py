@@ -170,6 +170,15 @@ class DeviceEfficiency:
 
     # ---------------------------------------------------------------- attention
     def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        if type(b) in _SCALAR and type(h) in _SCALAR and type(s) in _SCALAR and type(d) in _SCALAR:
+            key = ("attention", b, h, s, d, causal, backward)
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = self._attention_time_s(b, h, s, d, causal, backward)
+            return hit
+        return self._attention_time_s(b, h, s, d, causal, backward)
+
+    def _attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
         c = self.attention.get("sdpa_fwd_bwd" if backward else "sdpa_fwd")
         if c is None:
             raise InputError(f"{self.device} has no attention calibration (run `costmodel calibrate` on a GPU, or give a spec)",
