@@ -124,7 +124,7 @@ def test_bench_train_estimate_not_remembered(benchmark):
 def test_bench_train_estimate_first_time(benchmark):
     """A first-time estimate: the sequence one token shorter every round, so that neither the
     estimate nor any of its GEMM shapes has been seen (inputs parsed; what a sweep over sequence
-    lengths or micro-batches pays per point). Recorded, not held to a goal: 1.4-1.6 ms on the
+    lengths or micro-batches pays per point). Recorded, not held to a goal: 0.75-1.1 ms on the
     development host (docs/usage.md, Speed), against issue #23's 0.1 ms."""
     import itertools
 
