@@ -569,6 +569,32 @@ def collective_time_s_np(op: str, nbytes, group_size, per_domain, node_or_links,
     return np.where(single, 0.0, t)
 
 
+def _send_recv_s(nbytes: float, crosses: bool, links: Links, params: CommParams, scale: float) -> float:
+    """_terms' ``send_recv`` time of one message between 2 ranks, in scalar arithmetic (the same
+    operations in the same order as the vectorised core): launch overhead, one link latency, and
+    the bytes over the direct-copy bandwidth (the slower of NVLink's and the NIC's when the pair
+    spans two domains)."""
+    bw = links.intra_bytes_per_s * params.p2p_efficiency * scale
+    if crosses:
+        bw = min(bw, links.inter_bytes_per_s * params.scale_out_efficiency * scale)
+    return params.launch_overhead_s + (links.inter_latency_s if crosses else links.intra_latency_s) + nbytes / bw
+
+
+def _all_reduce_one_domain_s(nbytes: float, size: int, links: Links, params: CommParams, scale: float) -> float:
+    """_terms' ``all_reduce`` time, NCCL's pick (the fastest of ring and tree; hierarchical is the
+    ring inside one domain), for a group inside one scale-up domain, in scalar arithmetic (the same
+    operations in the same order as the vectorised core)."""
+    n = float(size)
+    au = links.intra_latency_s
+    bw = links.intra_bytes_per_s * params.ring_efficiency * scale
+    o = params.launch_overhead_s
+    steps = 2.0 * (n - 1.0)
+    wire = 2.0 * (n - 1.0) / n * nbytes
+    ring = o + ((steps - 0.0) * au + 0.0 * max(links.inter_latency_s, params.ring_step_inter_s)) + wire / bw
+    tree = o + 2.0 * (math.ceil(math.log2(max(n, 1.0))) * au + 0.0) + 2.0 * nbytes / (TREE_BANDWIDTH_FACTOR * bw)
+    return min(ring, tree)
+
+
 def collective_times_by_algorithm(op: str, nbytes: float, group: Group, node_or_links, *,
                                   params: CommParams = DEFAULT_PARAMS) -> dict[str, float]:
     """Each algorithm's modelled time (for reports and tests)."""
@@ -613,6 +639,11 @@ def collective_time_s(op: str, nbytes: float, group: Group, node_or_links, *, al
             scale = calibrated_bandwidth_scale(efficiency, op, group.size, links, params)
     elif efficiency is not None:
         scale = float(efficiency)
+    if op == "send_recv" and algorithm == "auto" and (scale is None or scale > 0) and (
+            group.per_domain > 1 or links.inter_bytes_per_s is not None):
+        return _send_recv_s(float(nbytes), group.per_domain == 1, links, params, 1.0 if scale is None else scale)
+    if op == "all_reduce" and algorithm == "auto" and (scale is None or scale > 0) and group.per_domain == group.size:
+        return _all_reduce_one_domain_s(float(nbytes), group.size, links, params, 1.0 if scale is None else scale)
     return float(collective_time_s_np(op, float(nbytes), group.size, group.per_domain, links,
                                       algorithm=algorithm, params=params, efficiency=scale))
 

@@ -176,6 +176,22 @@ def resolve(name: str | None, default: str = "megatron") -> FrameworkProfile:
     if isinstance(name, FrameworkProfile):
         return name
     profiles = builtin_profiles()
+    hit = _RESOLVED.get(name) if isinstance(name, str) else None
+    if hit is not None and hit[0] is profiles:
+        return hit[1]
+    prof = _resolve(name, profiles)
+    if isinstance(name, str) and not name.endswith((".yaml", ".yml")) and profiles.get(prof.id) is prof:  # built-in
+        if len(_RESOLVED) >= 256:
+            _RESOLVED.clear()
+        _RESOLVED[name] = (profiles, prof)
+    return prof
+
+
+# name -> (the built-in profiles it was resolved among, the profile): a name resolved once
+_RESOLVED: dict = {}
+
+
+def _resolve(name, profiles: dict) -> FrameworkProfile:
     key = _key(str(name))
     names = [(n, prof) for prof in profiles.values() for n in [prof.id, *(_key(a) for a in prof.aliases)]]
     for n, prof in names:

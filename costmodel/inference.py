@@ -17,7 +17,7 @@ from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op, gpu_units, memory_op)
+                       efficiency_for, gemm_op_s, gpu_units, memory_op, prefetch_gemms)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -115,7 +115,7 @@ def moe_expert_gemms_s(eff, model: ModelConfig, tokens: float, tp: int, ep: int,
         padded = active * math.ceil(rows / active / MOE_BLOCK_ROWS) * MOE_BLOCK_ROWS if active > 0 else 0.0
         m = max(4096, int(round(padded)))  # the math at a large GEMM's rate, as gemm_op's weight-only path
         t_math = 2.0 * padded * k * n / (eff.gemm_flops_per_s(m, n, k, dtype) * math_efficiency)
-        one = gemm_op(eff, "expert", 1, k, n, dtype, elem_bytes=elem_bytes, graph=graph, interleaved=interleaved).time_s
+        one = gemm_op_s(eff, 1, k, n, dtype, elem_bytes=elem_bytes, graph=graph, interleaved=interleaved)
         one_bytes = elem_bytes * k * n + 2.0 * (k + n)
         fixed = max(0.0, one - one_bytes / eff.mem_bytes_per_s(one_bytes))
         t += max(t_mem, t_math) + fixed
@@ -162,12 +162,12 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
                 touched = min(model.moe.experts, b * model.moe.top_k)
                 count, m = touched, max(1.0, b * model.moe.top_k / touched)
             if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
-                weights_t += n * gemm_op(eff, g.name, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
-                                         graph=job.cuda_graph).time_s
+                weights_t += n * gemm_op_s(eff, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
+                                           graph=job.cuda_graph)
                 continue
             k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            weights_t += n * gemm_op(eff, g.name, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph).time_s
-    weights_t += gemm_op(eff, "lm_head", b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph).time_s
+            weights_t += n * gemm_op_s(eff, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph)
+    weights_t += gemm_op_s(eff, b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph)
     if dp_attention:  # this rank's 1/tp of the sequences, whole KV per token
         kv = kv_cache_bytes(model, b, context, job.kv_dtype, 1) / tp / model.layers
     else:
@@ -217,15 +217,15 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
             # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
             # run at a short burst's clock as in a training step (training._gemm); a fused serving
             # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
-            t += n * gemm_op(eff, g.name, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph).time_s
+            t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
         t += model.layers * (att_f + memory_op(eff, "elementwise", tokens * (wide + sharded / tp)).time_s)
-        return t + gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
+        return t + gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
     if job.cuda_graph:
         t += prefill_attention_s(model, spec, job, tp, eff=eff)
-        t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
+        t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
         return t
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
@@ -235,7 +235,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
     cap = eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
     t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
-    t += gemm_op(eff, "lm_head", b, model.hidden, model.vocab // tp, dtype).time_s
+    t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
     return _combine(t, eager_host_s(model) * eager_host_factor(eff, job))
 
 
@@ -406,18 +406,26 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     context = job.prompt_len + job.gen_len
     mem = decode_memory(model, job, context, tp)
     req = required_device_bytes(mem.peak_bytes)
+    mb = max_batch(model, spec, job, context, tp)
+    curve_batches = [1 << i for i in range(max(1, mb).bit_length())]  # 1, 2, 4, ... <= max(1, mb)
+
+    def gemm_shapes(e):  # the prefills and decode steps below, for their GEMM shapes
+        for b in {job.batch, *curve_batches}:
+            j = job if b == job.batch else job.model_copy(update={"batch": b})
+            prefill_time_s(model, spec, j, tp, eff=e)
+            decode_step(model, spec, j, job.prompt_len + job.gen_len // 2, tp, eff=e)
+
+    # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
+    prefetch_gemms(eff, gemm_shapes, key=("infer", id(model), id(spec), job, tp, mb))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
     tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
     tpot, d = tpot_of(job.batch)
-    mb = max_batch(model, spec, job, context, tp)
     curve = []
-    bsz = 1
-    while bsz <= max(1, mb):
+    for bsz in curve_batches:
         st = tpot_of(bsz)[0]
         pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
-        bsz *= 2
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
                          capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
                          ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,

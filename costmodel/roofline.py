@@ -282,10 +282,30 @@ def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count
     flops = 2.0 * m_i * k * n
     act_bytes = 2.0 if elem_bytes < 2.0 else elem_bytes
     nbytes = act_bytes * (m_i * k + m_i * n) + elem_bytes * k * n
-    t = (_graph_kernel_s(eff, "gemm", m_i, n, k, dtype) if graph else None) or eff.gemm_time_s(
-        m_i, n, k, dtype, interleaved=interleaved)
+    t = _gemm_kernel_s(eff, m_i, k, n, dtype, elem_bytes, graph, interleaved, flops)
     t_mem = nbytes / eff.mem_bytes_per_s(nbytes)
     t_cmp = flops / eff.gemm_flops_per_s(m_i, n, k, dtype)
+    bound = "compute" if t_cmp >= t_mem else "memory"
+    t = max(t, KERNEL_FLOOR_S)
+    if t <= KERNEL_FLOOR_S * 1.0001:
+        bound = "latency"
+    return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
+
+
+def gemm_op_s(eff, m: float, k: int, n: int, dtype: str = "bf16", count: float = 1.0, elem_bytes: float = 2.0,
+              graph: bool = False, interleaved: bool = False) -> float:
+    """gemm_op's ``time_s`` alone, for callers that only add times: without its compute- or
+    memory-bound label, which costs a second evaluation of the calibrated curve per shape."""
+    m_i = max(1, int(round(m)))
+    t = _gemm_kernel_s(eff, m_i, k, n, dtype, elem_bytes, graph, interleaved, 2.0 * m_i * k * n)
+    return max(t, KERNEL_FLOOR_S) * count
+
+
+def _gemm_kernel_s(eff, m_i: int, k: int, n: int, dtype: str, elem_bytes: float, graph: bool, interleaved: bool,
+                   flops: float) -> float:
+    """The time of one GEMM of gemm_op, before the kernel floor."""
+    t = (_graph_kernel_s(eff, "gemm", m_i, n, k, dtype) if graph else None) or eff.gemm_time_s(
+        m_i, n, k, dtype, interleaved=interleaved)
     if dtype == "fp8" and elem_bytes <= 1.0:
         t = _w8a8_s(eff, t, m_i, k, n, graph, interleaved)
     elif elem_bytes < 2.0:
@@ -295,11 +315,7 @@ def gemm_op(eff, name: str, m: float, k: int, n: int, dtype: str = "bf16", count
         packed = elem_bytes * k * n / rate
         math_s = flops / eff.gemm_flops_per_s(max(m_i, 4096), n, k, dtype)  # the math at a large GEMM's rate
         t = max(t - saved, math_s) + DEQUANT_OVERHEAD * packed
-    bound = "compute" if t_cmp >= t_mem else "memory"
-    t = max(t, KERNEL_FLOOR_S)
-    if t <= KERNEL_FLOOR_S * 1.0001:
-        bound = "latency"
-    return OpTime(name, "gemm", flops * count, nbytes * count, t * count, bound, count)
+    return t
 
 
 def _w8a8_s(eff, t_fp8: float, m: int, k: int, n: int, graph: bool, interleaved: bool) -> float:

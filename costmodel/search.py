@@ -616,7 +616,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
-        hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype).time_s
+        hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype)
         loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
         return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
 

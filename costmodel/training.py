@@ -17,7 +17,7 @@ from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op, memory_op, prefetch_gemms
+from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, memory_op, prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
@@ -172,9 +172,9 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     """
     d = model.d_head
     bh = mb * heads
-    qk = _gemm(eff, "attn_scores", bh * s_q, d, s_kv, dtype).time_s
-    pv = _gemm(eff, "attn_pv", bh * s_q, s_kv, d, dtype).time_s
-    kv_grad = _gemm(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype).time_s
+    qk = _gemm(eff, "attn_scores", bh * s_q, d, s_kv, dtype)
+    pv = _gemm(eff, "attn_pv", bh * s_q, s_kv, d, dtype)
+    kv_grad = _gemm(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype)
     elems = bh * s_q * s_kv
     fwd_bytes, bwd_bytes = (EAGER_SCORE_BYTES_FWD, EAGER_SCORE_BYTES_BWD) if eager else (8.0, 16.0)
     att_f = qk + pv + memory_op(eff, "scores", fwd_bytes * elems, max_bytes_per_s=max_bytes_per_s).time_s
@@ -306,6 +306,9 @@ class SustainedClock:
     def gemm_time_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
         return self._eff.gemm_time_s(m, n, k, dtype, batch, interleaved=False)
 
+    def gemm_times_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
+        return self._eff.gemm_times_s(m, n, k, dtype, batch, interleaved=False)
+
 
 def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> object:
     """The efficiency model a training step of framework profile ``prof`` runs on."""
@@ -315,12 +318,13 @@ def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> obj
     return eff
 
 
-def _gemm(eff, *args, **kw):
-    """A GEMM inside a training step: interleaved with memory-bound kernels, so it runs at a short
+def _gemm(eff, name: str, *args, **kw) -> float:
+    """Seconds of a GEMM inside a training step (``name``: which one, for the reader): interleaved
+    with memory-bound kernels, so it runs at a short
     burst's clock rather than under the sustained power cap of back-to-back GEMMs (profiled: the
     GEMMs of a llama-1.3b b4 s2048 amp step on H200 averaged 778 TFLOP/s, against ~ 690 sustained;
     data/measurements/h200-sxm-x2/2026-11-23j-train-profile/train-profile-h200.diag.jsonl)."""
-    return gemm_op(eff, *args, interleaved=True, **kw)
+    return gemm_op_s(eff, *args, interleaved=True, **kw)
 
 
 def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
@@ -374,15 +378,15 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                 if g.name == "qkv":
                     for part in (model.q_dim, model.kv_dim, model.kv_dim):
                         part_n = max(1, part // tp)
-                        f_ = _gemm(eff, g.name, m, k, part_n, dtype, count).time_s
-                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count).time_s + _gemm(
-                            eff, g.name + "_wgrad", k, m, part_n, dtype, count).time_s
+                        f_ = _gemm(eff, g.name, m, k, part_n, dtype, count)
+                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count) + _gemm(
+                            eff, g.name + "_wgrad", k, m, part_n, dtype, count)
                         gemm_fwd += weight * f_
                         gemm_bwd += weight * b_
                     break
-                f_ = _gemm(eff, g.name, m, k, ns, g_dtype, count).time_s
-                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count).time_s + _gemm(
-                    eff, g.name + "_wgrad", k, m, ns, g_dtype, count).time_s
+                f_ = _gemm(eff, g.name, m, k, ns, g_dtype, count)
+                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count) + _gemm(
+                    eff, g.name + "_wgrad", k, m, ns, g_dtype, count)
                 gemm_fwd += weight * f_
                 gemm_bwd += weight * b_
     # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
@@ -538,7 +542,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         notes.append("MoE experts at the fp32 rate: Hugging Face's grouped_mm experts are not autocast under amp "
                      "(framework pytorch); --framework megatron casts them")
     tokens_mb = mb * seq_dev
-    head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype).time_s
+    head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype)
     head_b = 2 * head_f
     loss_bytes = tokens_mb * model.vocab / par.tp * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
     loss_t = memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5)  # forward + backward passes

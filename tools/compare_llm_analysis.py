@@ -14,8 +14,10 @@ Each tool runs in its own process (llm-analysis in the interpreter given, costmo
 the two alternating round by round so that both see the same load. A process makes one call to
 warm up (inputs parsed, imports done), then times batches of calls with time.perf_counter and
 reports the fastest batch's mean. costmodel is timed twice: as a repeated call costs (its
-estimate remembered per inputs, a copy returned) and computed (the remembered estimates cleared
-before every call; inputs parsed and GEMM times memoised). llm-analysis computes every call.
+estimate remembered per inputs, a copy returned), computed (the remembered estimates cleared
+before every call; inputs parsed and GEMM times memoised) and first-time (the job's sequence
+length, or prompt length, one token different on every call: no estimate and no GEMM shape seen
+before). llm-analysis computes every call.
 """
 from __future__ import annotations
 
@@ -46,6 +48,12 @@ if sys.argv[3] == "costmodel":
     jobs["infer"] = lambda: plan.infer("llama2-7b", "h100-sxm", batch=1, prompt_len=1024, gen_len=128)
     jobs["train_computed"] = train_fresh
     jobs["infer_computed"] = infer_fresh
+    # a first-time estimate: the sequence (train) or prompt (infer) one token different every call,
+    # so that neither the estimate nor any of its GEMM shapes has been seen
+    import itertools
+    new = itertools.count(1)
+    jobs["train_first"] = lambda: plan.train("llama2-7b", "dgx-h100", **{**TRAIN, "seq_len": 4096 - next(new)})
+    jobs["infer_first"] = lambda: plan.infer("llama2-7b", "h100-sxm", batch=1, prompt_len=512 + next(new), gen_len=128)
 else:
     from llm_analysis import analysis
     M, G = "NousResearch_Llama-2-7b-hf", "h100-sxm-80gb"
@@ -84,8 +92,8 @@ def compare(llm_analysis_python: str, rounds: int = 5, calls: int = 200, batches
                 key = f"{tool}:{job}"
                 best[key] = min(best.get(key, float("inf")), s)
     ratios = {f"{job}": best[f"llm-analysis:{job}"] / best[f"costmodel:{job}"] for job in ("train", "infer")}
-    ratios.update({f"{job}_computed": best[f"llm-analysis:{job}"] / best[f"costmodel:{job}_computed"]
-                   for job in ("train", "infer")})
+    ratios.update({f"{job}_{kind}": best[f"llm-analysis:{job}"] / best[f"costmodel:{job}_{kind}"]
+                   for job in ("train", "infer") for kind in ("computed", "first")})
     try:
         load = Path("/proc/loadavg").read_text().split()[0]
     except OSError:
@@ -109,10 +117,12 @@ def main() -> None:
     print(f"per call, fastest of {a.rounds} rounds (load {res['loadavg_1min']}):")
     for job in ("train", "infer"):
         print(f"  {job}: costmodel {s[f'costmodel:{job}'] * 1e6:8.1f} us repeated, "
-              f"{s[f'costmodel:{job}_computed'] * 1e6:8.1f} us computed; llm-analysis {s[f'llm-analysis:{job}'] * 1e6:8.1f} us")
+              f"{s[f'costmodel:{job}_computed'] * 1e6:8.1f} us computed, {s[f'costmodel:{job}_first'] * 1e6:8.1f} us first-time; "
+              f"llm-analysis {s[f'llm-analysis:{job}'] * 1e6:8.1f} us")
     r = res["llm_analysis_over_costmodel"]
-    print(f"  llm-analysis / costmodel: train {r['train']:.2f}x repeated, {r['train_computed']:.2f}x computed; "
-          f"infer {r['infer']:.2f}x repeated, {r['infer_computed']:.2f}x computed")
+    print(f"  llm-analysis / costmodel: train {r['train']:.2f}x repeated, {r['train_computed']:.2f}x computed, "
+          f"{r['train_first']:.2f}x first-time; infer {r['infer']:.2f}x repeated, {r['infer_computed']:.2f}x computed, "
+          f"{r['infer_first']:.2f}x first-time")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,8 @@ class DeviceEfficiency:
 
     def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
         """Achieved FLOP/s of one GEMM, its memory-bound regime (small m) included."""
+        if type(m) in _SCALAR and type(n) in _SCALAR and type(k) in _SCALAR and type(batch) in _SCALAR:
+            return 2.0 * float(m) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)  # as below, one shape
         f = 2.0 * np.asarray(m, dtype=float) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)
         return float(f) if np.ndim(f) == 0 else f
 
@@ -168,6 +170,15 @@ class DeviceEfficiency:
 
     # ---------------------------------------------------------------- attention
     def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        if type(b) in _SCALAR and type(h) in _SCALAR and type(s) in _SCALAR and type(d) in _SCALAR:
+            key = ("attention", b, h, s, d, causal, backward)
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = self._attention_time_s(b, h, s, d, causal, backward)
+            return hit
+        return self._attention_time_s(b, h, s, d, causal, backward)
+
+    def _attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
         c = self.attention.get("sdpa_fwd_bwd" if backward else "sdpa_fwd")
         if c is None:
             raise InputError(f"{self.device} has no attention calibration (run `costmodel calibrate` on a GPU, or give a spec)",
