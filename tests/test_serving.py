@@ -150,6 +150,11 @@ def test_serve_cli(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["serve", "llama3.1-8b", "--max-load", "--input-len-range", bad])
         assert exc.value.code == 2 and "field 'input-len-range'" in capsys.readouterr().err
+    # an unknown model is the error named first, before a missing load
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "no-such-model"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "field 'model'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_weight_only_quantized_gemm_reads_packed_bytes():

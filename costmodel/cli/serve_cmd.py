@@ -68,6 +68,7 @@ def serve_cmd(
         raise InputError("--price-per-hour is for plans (--target-rate); costs of a run use the hardware spec's price",
                          field="price-per-hour")
     tp, ep, pp = tp or 1, ep or 1, pp or 1
+    m = load_model(model)  # an unknown model is named before a missing load
     if len(given) != 1:
         raise InputError("give exactly one load: --batch, --concurrency, --request-rate or --max-load", field="load")
     for name, val in (("weight-dtype", weight_dtype), ("kv-dtype", kv_dtype)):
@@ -81,7 +82,7 @@ def serve_cmd(
     load = given[0]
     lib = load_library(hardware_file)
     spec = lib.device(hardware)
-    est = estimate_serve(load_model(model), spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
+    est = estimate_serve(m, spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
                          value=None if load == "max_load" else float(loads[load]), num_requests=num_requests,
                          engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=lib.node_for(hardware),
                          calibration=calibration, seed=seed, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens,
