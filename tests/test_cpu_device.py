@@ -132,3 +132,12 @@ def test_thread_clock_leaves_out_time_the_thread_did_not_run():
     case = next(c for c in bench.cases({"elementwise_add"}) if c.name == "elementwise_add 4 KiB")
     (rec,) = case.run()
     assert rec["clock"] == "thread" and rec["bytes"] == 3 * 4096 and rec["s"] > 0
+
+
+def test_train_table_on_a_cpu_names_no_cuda_runtime(capsys):
+    """A CPU step's memory table speaks of the CPU's runtime, not of CUDA or cuBLAS."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "llama-350m", "-H", "cpu-xeon-8480", "--micro-batch", "2", "--seq-len", "512"])
+    out = capsys.readouterr().out
+    assert (exc.value.code or 0) == 0
+    assert "CUDA" not in out and "cuBLAS" not in out and "BLAS workspaces" in out

@@ -111,19 +111,21 @@ def train_cmd(
 
 def _render(est, run):
     mem = est.memory
+    on_cpu = str(est.hardware).startswith("cpu-")  # a CPU spec as the device: no CUDA runtime
     t = Table(title=f"{est.model_id} on {est.devices} x {est.hardware}\n{header(est)}")
     t.add_column("memory per device")
     t.add_column("bytes", justify="right")
     rows = [("weights", mem.weights_bytes), ("gradients (peak)", mem.grads_bytes), ("optimizer states", mem.optimizer_bytes),
             ("master weights", mem.master_bytes), ("gradient buffers", mem.grad_buffers_bytes),
             ("weight copies (autocast / gathered)", mem.weight_copies_bytes), ("activations at peak", mem.activations_bytes),
-            ("logits / loss buffers", mem.logits_bytes), ("runtime (cuBLAS workspaces)", mem.runtime_bytes)]
+            ("logits / loss buffers", mem.logits_bytes), ("runtime (BLAS workspaces)" if on_cpu else "runtime (cuBLAS workspaces)", mem.runtime_bytes)]
     for k, v in rows:
         if v:
             t.add_row(k, fmt_bytes(v))
     t.add_row("steady (between steps)", fmt_bytes(mem.steady_bytes))
     t.add_row(styled(f"[bold]peak allocated[/] ({escape(mem.peak_phase)})"), styled(f"[bold]{fmt_bytes(mem.peak_bytes)}[/]"))
-    t.add_row("needed incl. CUDA context + fragmentation", fmt_bytes(est.required_bytes))
+    t.add_row("needed incl. runtime + fragmentation" if on_cpu else "needed incl. CUDA context + fragmentation",
+              fmt_bytes(est.required_bytes))
     t.add_row("device capacity", fmt_bytes(est.capacity_bytes))
     if mem.offloaded_cpu_bytes:
         t.add_row("offloaded to host DRAM", fmt_bytes(mem.offloaded_cpu_bytes))
