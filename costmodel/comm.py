@@ -340,7 +340,7 @@ def torus_shape(scale_up) -> tuple[int, ...]:
     return _cubic_factors(int(scale_up.size), k)
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     """The divisors of ``n`` (trial division up to sqrt(n)), ascending."""
     small, large = [], []
     d = 1
@@ -357,7 +357,7 @@ def _cubic_factors(n: int, k: int) -> tuple[int, ...]:
     """``n`` as ``k`` integer factors, as equal as possible (least spread), largest first."""
     if k <= 1 or n <= 1:
         return (max(1, n),) + (1,) * max(0, k - 1)
-    divs = _divisors(n)
+    divs = divisors(n)
     best = None
     for d in divs:
         if d ** k > n * (1 + 1e-9) and best is not None:
@@ -378,7 +378,7 @@ def torus_group_dims(size: int, torus: tuple[int, ...]) -> tuple[int, ...]:
     for side in sorted(torus, reverse=True):
         if left <= 1:
             break
-        d = max(x for x in _divisors(left) if x <= side)
+        d = max(x for x in divisors(left) if x <= side)
         if d > 1:
             out.append(d)
             left //= d

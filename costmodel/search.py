@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import cluster, comm, comm_bridge, frameworks, steptime
+from .comm import divisors as _divisors
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
@@ -140,19 +141,6 @@ def _pow2_upto(n: int) -> list[int]:
         out.append(v)
         v *= 2
     return out
-
-
-def _divisors(n: int) -> list[int]:
-    """The divisors of ``n`` in ascending order (trial division up to sqrt(n))."""
-    small, large = [], []
-    d = 1
-    while d * d <= n:
-        if n % d == 0:
-            small.append(d)
-            if d * d != n:
-                large.append(n // d)
-        d += 1
-    return small + large[::-1]
 
 
 def device_counts(spec: str | int | Sequence[int]) -> list[int]:
@@ -337,19 +325,15 @@ class _Flat:
 
 
 def _flatten(ax: _Axes, ok: np.ndarray) -> _Flat:
-    flat = np.flatnonzero(ok)
-    idx = dict(zip(ax.names, np.unravel_index(flat, ok.shape)))
-    val = {n: getattr(ax, n)[idx[n]] for n in ax.names}
-    return _Flat(idx, val)
+    return _flat_of(ax, ok.shape, np.flatnonzero(ok))
 
 
 # ----------------------------------------------------------------------------------- screen
 
 def _dtype_for(job: TrainJob, spec: AcceleratorSpec) -> str:
-    dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
-    if spec.peak_flops.get(dtype) is None:
-        dtype = "bf16" if spec.peak_flops.bf16 else "fp16"
-    return dtype
+    from .training import step_dtype
+
+    return step_dtype(job, spec)
 
 
 def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes, c: _Flat,
@@ -357,26 +341,21 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train.
     With `capacity_bytes`, step time is computed only for the candidates that fit (inf for the
     rest): memory rejects most of a large space and costs a fraction of the time terms."""
-    v = c.val
-    tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
-    dp = N // (tp * pp * cp)
-    n_micro = job.global_batch // (mb * dp)
-    grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=v["ep"], sequence_parallel=v["sp"] & (tp > 1),
-                        zero_stage=v["zero"], interleave=v["v"])
-    # --- memory: the formulas of costmodel.memory on arrays
-    mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
-                             offload_optimizer=v["off"])
-    peak = peak_of(mem["candidates"])
-    required = required_device_bytes(peak)
-    out = dict(peak_bytes=peak, required_bytes=required, dp=dp, n_micro=n_micro)
-    keep = np.flatnonzero(required <= capacity_bytes) if capacity_bytes is not None else np.arange(len(c))
-    sub = _Flat({k: a[keep] for k, a in c.idx.items()}, {k: a[keep] for k, a in c.val.items()})
-    times = _screen_time(model, spec, node, job, ax, sub, calibration) if len(keep) else {}
+    out = _memory_of(model, job, c)
+    keep = np.flatnonzero(out["required_bytes"] <= capacity_bytes) if capacity_bytes is not None else np.arange(len(c))
+    return _with_times(out, c, keep, lambda sub: _screen_time(model, spec, node, job, ax, sub, calibration))
+
+
+def _with_times(out: dict, c: _Flat, sel: np.ndarray, times_of) -> dict:
+    """``out`` with the step-time terms of the candidates ``c[sel]`` (``times_of`` on them) and inf
+    for the others (those that do not fit)."""
+    sub = _Flat({k: a[sel] for k, a in c.idx.items()}, {k: a[sel] for k, a in c.val.items()})
+    times = times_of(sub) if len(sub) else {}
     for k in _TIME_KEYS:
-        full_arr = np.full(len(c), np.inf)
-        if len(keep):
-            full_arr[keep] = times[k]
-        out[k] = full_arr
+        arr = np.full(len(c), np.inf)
+        if len(sub):
+            arr[sel] = times[k]
+        out[k] = arr
     return out
 
 
@@ -521,15 +500,7 @@ class _Screened:
             return self._kept[int(rows[0])]
         c = self.flat_of(rows)
         out = _memory_of(self.model, self.job, c)
-        fit = self.fits[np.asarray(rows, dtype=np.int64)]
-        times = self.times(_Flat({k: a[fit] for k, a in c.idx.items()}, {k: a[fit] for k, a in c.val.items()})) \
-            if fit.any() else {}
-        for k in _TIME_KEYS:
-            arr = np.full(len(c), np.inf)
-            if fit.any():
-                arr[fit] = times[k]
-            out[k] = arr
-        return out
+        return _with_times(out, c, self.fits[np.asarray(rows, dtype=np.int64)], self.times)
 
 
 _TIME_KEYS = ("step_s", "compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s", "dp_comm_exposed_s",

@@ -292,6 +292,15 @@ def _cast_params_per_layer(model: ModelConfig) -> float:
     return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
 
 
+def step_dtype(job: TrainJob, spec) -> str:
+    """The dtype a training step's matmuls run in (train and search): the precision's, or where the
+    device has no such peak (no tf32: a CPU, Volta) fp32 at the fp32 rate, else bf16 / fp16."""
+    dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
+    if spec.peak_flops.get(dtype) is None:
+        dtype = "fp32" if job.precision == "fp32" and spec.peak_flops.fp32 else ("bf16" if spec.peak_flops.bf16 else "fp16")
+    return dtype
+
+
 class SustainedClock:
     """A device's efficiency model whose GEMMs all run at the power-limited clock of back-to-back
     GEMMs (a framework profile's ``settings.gemm_clock: sustained``): every GEMM is timed as
@@ -526,9 +535,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                          + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     eff = step_efficiency(spec, calibration, prof)
-    dtype = {"amp-bf16": "bf16", "bf16": "bf16", "amp-fp16": "fp16", "fp32": "tf32", "fp8": "fp8"}[job.precision]
-    if spec.peak_flops.get(dtype) is None:  # no tf32 (a CPU, Volta): fp32 runs at the fp32 rate
-        dtype = "fp32" if job.precision == "fp32" and spec.peak_flops.fp32 else ("bf16" if spec.peak_flops.bf16 else "fp16")
+    dtype = step_dtype(job, spec)
     notes: list[str] = []
     seq_dev = max(1, job.seq_len // par.cp)
     mb = job.micro_batch
