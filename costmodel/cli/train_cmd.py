@@ -142,7 +142,8 @@ def _render(est, run):
     s.add_row(styled("[bold]total[/]"), styled(f"[bold]{fmt_time(est.step.total_s)}[/]"), "100%")
     print_table(s)
     console.print(f"tokens/s {est.tokens_per_s:,.0f}   MFU {est.mfu:.1%}   HFU {est.hfu:.1%}   "
-                  f"{est.tflops_per_device:.0f} TFLOP/s per device   efficiency: {est.efficiency_source}")
+                  f"{est.tflops_per_device:.0f} TFLOP/s per device", highlight=False)
+    console.print(f"kernel efficiency: {est.efficiency_source}", highlight=False)
     for note in est.notes:
         console.print(f"note: {note}")
     if run:
