@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -75,6 +75,11 @@ class ProfileSettings(BaseModel):
     # data/measurements/h100-sxm/2026-11-23r-gemm-interleaved/). A device without a measured
     # sustained rate is the same under both.
     gemm_clock: Literal["burst", "sustained"] = "burst"
+    # the fused-attention kernel the framework runs ("cudnn": cuDNN fused attention, as PyTorch >= 2.11
+    # SDPA and Transformer Engine pick on Hopper; "flash2": FlashAttention-2, the flash-attn package or
+    # PyTorch SDPA's flash backend); None: whichever the device's calibration measured.
+    # training.step_efficiency times attention as this kernel where the calibration names another.
+    attention_backend: Optional[Literal["cudnn", "flash2"]] = None
 
 
 class FrameworkProfile(BaseModel):

@@ -39,6 +39,24 @@ WAVE_EXPONENT = fitted.value("fitted/kernels.yaml", "wave_exponent")
 DEFAULT_GEMM_PLATEAU = fitted.value("fitted/kernels.yaml", "default_gemm_plateau")
 
 
+# FlashAttention-2 against cuDNN fused attention on Hopper (data/fitted/kernels.yaml: Shah et al. 2024,
+# FlashAttention-3, Fig. 5-6), forward and backward, at head dimensions 64 and 128.
+_FLASH2_VS_CUDNN = {(pas, d): fitted.value("fitted/kernels.yaml", f"flash2_vs_cudnn_{pas}_d{d}")
+                    for pas in ("fwd", "bwd") for d in (64, 128)}
+
+
+def sdpa_backend_rates(calibrated: str | None, wanted: str | None, head_dim: int) -> tuple[float, float]:
+    """Forward and backward attention throughput of fused-attention kernel ``wanted`` over the
+    kernel ``calibrated`` that a device's attention curves measured (each "cudnn" or "flash2";
+    either None, or both the same: (1, 1)). Between head dimensions 64 and 128 the ratio is
+    interpolated in log2 of the head dimension, and held beyond them."""
+    if calibrated is None or wanted is None or calibrated == wanted:
+        return 1.0, 1.0
+    x = min(max((math.log2(max(head_dim, 1)) - 6.0), 0.0), 1.0)  # 0 at d = 64, 1 at d = 128
+    fwd, bwd = ((1.0 - x) * _FLASH2_VS_CUDNN[(p, 64)] + x * _FLASH2_VS_CUDNN[(p, 128)] for p in ("fwd", "bwd"))
+    return (fwd, bwd) if wanted == "flash2" else (1.0 / fwd, 1.0 / bwd)
+
+
 class _DefaultEfficiency:
     """Fallback when costmodel.calibration is not importable: fixed fractions of the peaks.
 
@@ -156,7 +174,7 @@ def _shipped_overlay(spec_id: str):
         _SHIPPED_OVERLAYS[spec_id] = cal.shipped_overlay_path(spec_id)
     return _SHIPPED_OVERLAYS[spec_id]
 _EFF_FIELDS = ("device", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives", "launch_overhead_s",
-               "peaks", "eager_infer_host_factor")
+               "peaks", "eager_infer_host_factor", "attention_backend")
 
 
 def _is_shipped(path) -> bool:

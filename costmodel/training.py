@@ -13,11 +13,13 @@ import numpy as np
 
 from . import comm, comm_bridge, cpu, frameworks, offload, steptime
 from .arch import GATED, ModelConfig
+from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, memory_op, prefetch_gemms
+from .roofline import (attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, memory_op, prefetch_gemms,
+                       sdpa_backend_rates)
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
@@ -319,11 +321,40 @@ class SustainedClock:
         return self._eff.gemm_times_s(m, n, k, dtype, batch, interleaved=False)
 
 
+class AttentionBackend:
+    """A device's efficiency model whose fused attention is another kernel than the one its
+    attention curves measured (a framework profile's ``settings.attention_backend`` against the
+    calibration's ``attention_backend``): forward and backward each at roofline.sdpa_backend_rates
+    times the measured rate. Everything else is the wrapped model's."""
+
+    def __init__(self, eff, backend: str):
+        self._eff = eff
+        self._calibrated = eff.attention_backend
+        self.attention_backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self._eff, name)
+
+    def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        fwd, bwd = sdpa_backend_rates(self._calibrated, self.attention_backend, int(d))
+        t_f = self._eff.attention_time_s(b, h, s, d, causal, False)
+        if not backward:
+            return t_f / fwd
+        return t_f / fwd + np.maximum(self._eff.attention_time_s(b, h, s, d, causal, True) - t_f, 0.0) / bwd
+
+    def attention_flops_per_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
+        return sdpa_flops(b, h, s, d, causal, backward) / self.attention_time_s(b, h, s, d, causal, backward)
+
+
 def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> object:
-    """The efficiency model a training step of framework profile ``prof`` runs on."""
+    """The efficiency model a training step of framework profile ``prof`` runs on: GEMMs at the
+    profile's clock, fused attention as the profile's kernel where the calibration names another."""
     eff = efficiency_for(spec, calibration)
     if prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s"):
-        return SustainedClock(eff)
+        eff = SustainedClock(eff)
+    want = prof.settings.attention_backend
+    if want is not None and getattr(eff, "attention_backend", None) not in (None, want):
+        eff = AttentionBackend(eff, want)
     return eff
 
 

@@ -281,9 +281,9 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
         prof = frameworks.resolve(profile)
     model, spec, node, par, job = train_inputs(
         rec, lib, where, prof.base,
-        # a built-in profile is timed as its base, with its kernel_time_factor (training.kernel_time_factor) if it has one
-        None if prof.step_model == "builtin" and profile is None and "kernel_time_factor" not in prof.parameters
-        else (profile or prof.id),
+        # a built-in profile of its base's name is timed as that base; any other (torchtitan on
+        # PyTorch semantics, megatron-2019 with its kernel_time_factor) as itself
+        None if prof.step_model == "builtin" and profile is None and prof.id == prof.base else (profile or prof.id),
         host_time_factor)
     est = estimate_train(model, spec, job, par, node=node, calibration=calibration)
     meas = rec.get("measured") or {}

@@ -634,3 +634,18 @@ def test_numpy_quick_grid_meets_the_15_percent_holdout_on_this_host():
     assert len(new) == 64 and len(old) == 96
     assert sum(e > 0.15 for e in new) <= 2 and max(new) < 0.18
     assert sum(e > 0.15 for e in old) >= 15  # the committed evidence for the grid change
+
+
+def test_overlay_names_its_attention_kernel():
+    """An overlay may state which fused-attention kernel its attention curves measured; a name it
+    does not know is an InputError on that field, never a silent default."""
+    from costmodel.errors import InputError
+    from costmodel.specs import load_library
+
+    spec = load_library().device("h100-sxm")
+    base = C.default_efficiency(spec)
+    ov = {"format": C.FORMAT, "device": "h100-sxm", "attention_backend": "flash2"}
+    assert C.efficiency_from_overlay(ov, "<x>", base).attention_backend == "flash2"
+    assert C.efficiency_from_overlay({"format": C.FORMAT, "device": "h100-sxm"}, "<x>", base).attention_backend is None
+    with pytest.raises(InputError, match="attention_backend"):
+        C.efficiency_from_overlay(dict(ov, attention_backend="flash9"), "<x>", base)

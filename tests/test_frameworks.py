@@ -346,3 +346,75 @@ def test_fused_frameworks_run_gemms_at_the_sustained_clock():
     burst = gemm_op(step_efficiency(spec, None, frameworks.resolve("pytorch")), "g", m, k, n, interleaved=True)
     assert flops / sustained.time_s <= 708.58e12 * 1.001
     assert burst.time_s < sustained.time_s * 0.97
+
+
+# FlashAttention-3 paper (Shah et al. 2024, arXiv:2407.08608), Fig. 5-6 on H100 SXM5: TFLOP/s of
+# FlashAttention-2 and of cuDNN fused attention at sequence 8k
+FA3_PAPER_8K = {("fwd", 64): (322, 412), ("fwd", 128): (333, 529), ("bwd", 128): (318, 518)}
+
+
+def test_sdpa_backend_rates_are_the_papers_ratios():
+    """FlashAttention-2 against cuDNN on Hopper, as the FlashAttention-3 paper measured them; the
+    other way round the inverse; the same kernel, or one not named, changes nothing."""
+    from costmodel.roofline import sdpa_backend_rates
+
+    fwd64, _ = sdpa_backend_rates("cudnn", "flash2", 64)
+    fwd128, bwd128 = sdpa_backend_rates("cudnn", "flash2", 128)
+    for (pas, d), got in ((("fwd", 64), fwd64), (("fwd", 128), fwd128), (("bwd", 128), bwd128)):
+        fa2, cudnn = FA3_PAPER_8K[(pas, d)]
+        assert got == pytest.approx(fa2 / cudnn, rel=0.03), (pas, d)
+    back = sdpa_backend_rates("flash2", "cudnn", 128)
+    assert back[0] == pytest.approx(1 / fwd128) and back[1] == pytest.approx(1 / bwd128)
+    assert sdpa_backend_rates("cudnn", "cudnn", 128) == (1.0, 1.0)
+    assert sdpa_backend_rates(None, "flash2", 128) == (1.0, 1.0)
+    assert sdpa_backend_rates("cudnn", None, 128) == (1.0, 1.0)
+    # between 64 and 128 the ratio moves monotonically from one to the other
+    mid = sdpa_backend_rates("cudnn", "flash2", 96)[0]
+    assert fwd128 < mid < fwd64
+
+
+def test_a_flash2_framework_times_attention_at_flash2_speed_on_a_cudnn_calibration():
+    """The shipped H100 calibration measured PyTorch 2.11's SDPA (cuDNN); torchtitan as published in
+    2024 ran FlashAttention-2: its forward attention at 8k tokens, head dim 128, runs at the paper's
+    FA2/cuDNN ratio of the calibrated rate, a step's GEMMs unchanged. Current torchtitan (cuDNN) and a
+    device calibrated without a named kernel (A100: datasheet defaults) are not rescaled."""
+    from costmodel.roofline import gemm_op
+    from costmodel.specs import load_library
+    from costmodel.training import step_efficiency
+
+    lib = load_library()
+    h100 = lib.device("h100-sxm")
+    now = step_efficiency(h100, None, frameworks.resolve("torchtitan"))
+    y2024 = step_efficiency(h100, None, frameworks.resolve("torchtitan-2024"))
+    assert now.attention_backend == "cudnn"
+    fa2, cudnn = FA3_PAPER_8K[("fwd", 128)]
+    shape = (1, 32, 8192, 128)
+    assert y2024.attention_flops_per_s(*shape) / now.attention_flops_per_s(*shape) == pytest.approx(fa2 / cudnn, rel=0.03)
+    # forward + backward: each pass at its own ratio, so the whole between them
+    fb = y2024.attention_time_s(*shape, True, True) / now.attention_time_s(*shape, True, True)
+    assert 1 / 0.65 < fb < 1 / 0.59
+    assert gemm_op(y2024, "g", 8192, 4096, 4096).time_s == gemm_op(now, "g", 8192, 4096, 4096).time_s
+    a100 = lib.device("a100-80gb-sxm")
+    assert step_efficiency(a100, None, frameworks.resolve("torchtitan-2024")).attention_flops_per_s(*shape) == \
+        step_efficiency(a100, None, frameworks.resolve("torchtitan")).attention_flops_per_s(*shape)
+
+
+def test_validate_times_a_record_as_its_own_profile():
+    """A record naming a built-in profile whose base is another framework (torchtitan-2024 on
+    PyTorch semantics) is timed as that profile, exactly as `train --framework` times it."""
+    import json
+
+    import costmodel
+    from costmodel.validate import validate_file
+
+    path = Path(__file__).resolve().parents[1] / "data" / "published" / "torchtitan-2024.jsonl"
+    rec = json.loads(path.read_text().splitlines()[0])
+    assert rec["framework"] == "torchtitan-2024" and rec["parallel"]["cp"] == 1
+    case = next(c for c in validate_file(path).cases if c.name == rec["name"])
+    p = rec["parallel"]
+    assert p["sharding"] == "full"
+    est = costmodel.train(rec["model"]["preset"], rec["node"], devices=rec["devices"], dp=p["dp"], zero_stage=3,
+                          global_batch=rec["global_batch"],
+                          micro_batch=rec["micro_batch"], seq_len=rec["seq_len"], recompute=rec["recompute"],
+                          precision=rec["precision"], framework="torchtitan-2024")
+    assert case.predicted == pytest.approx(est.step.total_s, rel=1e-9)

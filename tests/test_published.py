@@ -276,7 +276,7 @@ def test_torchtitan_tables():
         tokens = r["global_batch"] * r["seq_len"]
         assert r["measured"]["step_seconds"] == pytest.approx(
             tokens / (r["measured"]["tokens_per_s_per_device"] * r["devices"]), rel=1e-5), r["name"]
-        assert r["framework"] == "torchtitan" and r["node"] == "meta-h100-roce"
+        assert r["framework"] == "torchtitan-2024" and r["node"] == "meta-h100-roce"
     assert {t: len(v) for t, v in by_table.items()} == {"table1": 3, "table2": 4, "table3": 3, "table4": 2,
                                                          "table5": 2, "table6": 4}
     assert [r["measured"]["tokens_per_s_per_device"] for r in by_table["table1"]] == [5762, 6667, 8532]

@@ -22,6 +22,11 @@ from .defaults import (
 _SCALAR = (int, float)
 # Distinct GEMM queries remembered per device model before the memo starts again (~150 B each).
 MEMO_MAX_SHAPES = 200_000
+# Fused-attention kernels a calibration or a framework can name (roofline.sdpa_backend_rate):
+# "cudnn" (cuDNN's fused flash attention: PyTorch SDPA's CUDNN_ATTENTION backend, Transformer
+# Engine's FusedAttention) and "flash2" (FlashAttention-2: the flash-attn package, PyTorch SDPA's
+# FLASH_ATTENTION backend).
+ATTENTION_BACKENDS = ("cudnn", "flash2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -36,12 +41,12 @@ class DeviceEfficiency:
     """
 
     __slots__ = ("device", "source", "gemm", "copy", "read", "elementwise", "attention", "host", "collectives",
-                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "_frozen", "_memo")
+                 "launch_overhead_s", "peaks", "eager_infer_host_factor", "attention_backend", "_frozen", "_memo")
 
     def __init__(self, *, device: str, source: str, gemm: GemmCurve, copy: BandwidthCurve, read: BandwidthCurve,
                  elementwise: Mapping[str, BandwidthCurve], attention: Mapping[str, AttentionCurve], host: Mapping[str, LinkFit],
                  collectives: Mapping[str, Mapping[int, CollectiveFit]], launch_overhead_s: float, peaks: Mapping[str, float] | None = None,
-                 eager_infer_host_factor: float = 1.0):
+                 eager_infer_host_factor: float = 1.0, attention_backend: str | None = None):
         s = object.__setattr__
         s(self, "device", device)
         s(self, "source", source)
@@ -57,6 +62,9 @@ class DeviceEfficiency:
         # this machine's eager Hugging Face inference host time against the constants of
         # costmodel.inference (fitted on one H100 machine): measured with the GPU's calibration
         s(self, "eager_infer_host_factor", float(eager_infer_host_factor))
+        # the fused-attention kernel the attention curves measured (ATTENTION_BACKENDS; None: not
+        # stated), so a framework that runs another one can be timed against it
+        s(self, "attention_backend", attention_backend)
         # GEMM times already computed, per distinct (shape, dtype, batch, mode): the curves are pure
         # functions of these, so a step or a search evaluates each distinct shape once
         s(self, "_memo", {})

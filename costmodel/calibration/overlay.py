@@ -19,7 +19,7 @@ from .defaults import (
     DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S,
     DEFAULT_P, DEFAULT_Q, FORMAT,
 )
-from .efficiency import DeviceEfficiency, default_efficiency
+from .efficiency import ATTENTION_BACKENDS, DeviceEfficiency, default_efficiency
 
 def _rounded(obj):
     if isinstance(obj, float):
@@ -202,9 +202,12 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
     created = data.get("created", "undated")
     host_factor = rd.num(data, "eager_infer_host_factor", "", 1.0) if "eager_infer_host_factor" in data else (
         base.eager_infer_host_factor if base else 1.0)
+    backend = data.get("attention_backend", base.attention_backend if base else None)
+    if backend is not None and backend not in ATTENTION_BACKENDS:
+        raise InputError(f"expected one of {', '.join(ATTENTION_BACKENDS)} (got {backend!r})", file=file, field="attention_backend")
     return DeviceEfficiency(device=device, source=f"calibrated: {_display_path(file)} ({created}{note})", gemm=gemm, copy=copy, read=read,
                             elementwise=elem, attention=att, host=host, collectives=coll, launch_overhead_s=launch,
-                            peaks=base.peaks if base else {}, eager_infer_host_factor=host_factor)
+                            peaks=base.peaks if base else {}, eager_infer_host_factor=host_factor, attention_backend=backend)
 
 
 def _display_path(file) -> str:
