@@ -140,6 +140,61 @@ def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = N
     return [(k, v["fit"], v["held-out"]) for k, v in sorted(per.items())]
 
 
+# A training run measured more than this much slower per micro-batch than its layout's step time
+# is reported as stalled (stall_lines). On the Ultra-Scale Playbook runs the excess of measured over
+# predicted per micro-batch has two modes: within +-0.25 s (the model's residuals) and 0.35-2 s (runs
+# slowed 2-20x by stalls outside the model); 0.3 s sits in the empty valley between them.
+STALL_S_PER_MICROBATCH = 0.3
+
+
+def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[str]:
+    """Per file of multi-node training runs: by device count, the runs whose measured step exceeds
+    the prediction by more than STALL_S_PER_MICROBATCH per micro-batch, and the mean error with and
+    without them. A diagnostic of the measurements, not a correction: the tables above keep them."""
+    from .validate import read_records, validate_records
+
+    out = []
+    for f in files:
+        recs = [r for r in read_records(f) if r[1].get("kind") == "train"
+                and isinstance((r[1].get("measured") or {}).get("step_seconds"), (int, float))]
+        if len(recs) < 20:
+            continue
+        micro = {}
+        for _, r in recs:
+            dp = (r.get("parallel") or {}).get("dp") or 1
+            gb = r.get("global_batch") or r.get("micro_batch", 1) * dp
+            micro[r.get("name")] = (max(1, gb // (r.get("micro_batch", 1) * dp)), r.get("devices"))
+        rows: dict[int, list[tuple[float, bool]]] = {}
+        for c in validate_records(recs, lib).cases:
+            if c.metric != "step_seconds" or c.name not in micro:
+                continue
+            n_micro, dev = micro[c.name]
+            stalled = (c.measured - c.predicted) / n_micro > STALL_S_PER_MICROBATCH
+            rows.setdefault(dev, []).append((c.rel_error, stalled))
+        if sum(st for v in rows.values() for _, st in v) < 5:
+            continue
+        try:
+            rel = Path(f).resolve().relative_to((root or root_dir()).resolve()).as_posix()
+        except ValueError:
+            rel = Path(f).as_posix()
+        out += [f"`{rel}`:", "", "| devices | runs | stalled | mean error, all | mean error, the others |",
+                "| ---: | ---: | ---: | ---: | ---: |"]
+        for dev in sorted(rows) + ["all"]:
+            v = [x for vs in rows.values() for x in vs] if dev == "all" else rows[dev]
+            rest = [abs(e) for e, st in v if not st]
+            out.append(f"| {dev} | {len(v)} | {sum(st for _, st in v)} | {statistics.fmean(abs(e) for e, _ in v):.1%} | "
+                       + (f"{statistics.fmean(rest):.1%} |" if rest else "- |"))
+        out.append("")
+    if not out:
+        return []
+    return ["", "## Runs that stalled", "",
+            "Training runs measured more than 0.3 s per micro-batch slower than their layout's predicted",
+            "step (`validation_page.STALL_S_PER_MICROBATCH`: the valley between the model's residuals and",
+            "the Playbook's stalls of 0.5-2 s per micro-batch, runs 2-20x slower than their layout allows,",
+            "more often the more nodes a run spans; otherwise alike runs of the same layout stalled or not).",
+            "No mechanism of the model predicts them; the tables above count them.", ""] + out
+
+
 def summary_lines(by_label: dict) -> list[str]:
     """The table by hardware and framework: one row per device, framework and metric of the
     timing and memory predictions (``fits`` answers are in the table per file)."""
@@ -207,6 +262,8 @@ def markdown(files: list[str], lib=None, root: Path | None = None, summary: bool
     lines += table
     if fitted:
         lines += ["", "## What each fit part fitted", ""] + fitted
+    if summary:
+        lines += stall_lines(files, lib, root)
     return "\n".join(lines) + "\n"
 
 

@@ -60,3 +60,31 @@ def test_every_third_split_is_fit_hosts_split():
     assert {r["name"] for _, r in parts["held-out"] if r.get("kind") == "train" and "step_seconds" in r["measured"]} == held
     assert {r["name"] for _, r in parts["fit"]} == set(train) - held
     assert len(parts["fit"]) + len(parts["held-out"]) == len(recs)
+
+
+def test_stalled_runs_are_those_slower_per_micro_batch_than_the_threshold(tmp_path):
+    """20 copies of one Playbook run: 6 measured 0.5 s per micro-batch slower than their predicted
+    step (a stall), 14 only 0.1 s slower (residuals); the section counts the 6, and the error of
+    the others is 0.1 s x micro-batches / predicted."""
+    import json
+
+    from costmodel.validate import validate_records
+    from costmodel.validation_page import STALL_S_PER_MICROBATCH, stall_lines
+
+    assert 0.1 < STALL_S_PER_MICROBATCH < 0.5
+    src = Path(__file__).resolve().parents[1] / "data" / "samples" / "playbook-nanotron-8gpus.jsonl"
+    rec = json.loads(src.read_text().splitlines()[0])
+    pred = validate_records([("x", rec)]).cases[0].predicted
+    n_micro = rec["global_batch"] // (rec["micro_batch"] * rec["parallel"]["dp"])
+    lines = []
+    for i in range(20):
+        extra = (0.5 if i < 6 else 0.1) * n_micro
+        lines.append(json.dumps(dict(rec, name=f"run{i}", measured={"step_seconds": pred + extra})))
+    f = tmp_path / "runs.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    out = "\n".join(stall_lines([str(f)], root=tmp_path))
+    row = next(x for x in out.splitlines() if x.startswith("| all |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["20", "6"]
+    others = 0.1 * n_micro / (pred + 0.1 * n_micro)
+    assert float(cells[4].rstrip("%")) == pytest.approx(100 * others, abs=0.06)
