@@ -782,7 +782,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
         pp_comm = n_micro * p2p_mb
         slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
-        bubble = np.where(pp > 1, (pp - 1) / v["v"] * slot, 0.0)
+        # fill and drain through the stages without the LM head (training.estimate_train)
+        bubble = np.where(pp > 1, (pp - 1) / v["v"] * (slot - head_and_loss), 0.0)
 
         sub = c.idx[_DP_AXES[0]] * dp_strides[0]
         for n, stride in zip(_DP_AXES[1:], dp_strides[1:]):
@@ -840,7 +841,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         if prof.step_model == "composed":
             return _composed_screen(prof, model, job, ax, c, link, st, stage_total, cache=composed_cache, a=dict(
                 g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
-                t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
+                head_and_loss=head_and_loss, t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
                 other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
                 cp_comm=cp_comm, offload_t=offload_t))
         return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
@@ -909,6 +910,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     terms = steptime.StepTerms(
         n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
         gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],
+        head_gemm_mb_s=3 * a["head_f"], head_other_mb_s=a["head_and_loss"] - 3 * a["head_f"],
         attention_mb_s=layers * (a["a_f"] + a["a_b"] + np.where(rec_any, a["a_f"], 0.0)),
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), host_layers_mb=layers.astype(float),

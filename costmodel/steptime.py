@@ -20,7 +20,9 @@ Composition, per optimizer step (1F1B pipeline, Narayanan et al. 2021, sec. 2.2)
                                                               host stalls where pipeline stages
                                                               talk across nodes (per tp peer)
     slot'    = smoothmax_p(slot, host)                        host and GPU overlap but for the slower
-    pipeline = (n_micro + (pp - 1) / v) x slot'               micro-batches plus the bubble
+    stage'   = slot' without the LM head and loss             a stage without the head (all but the last)
+    pipeline = n_micro x slot' + (pp - 1) / v x stage'         micro-batches through the slowest (last)
+                                                              stage, plus the fill and drain through the others
     dp       = dp_comm - min(dp_overlap x dp_comm, dp_window) data-parallel reduction not hidden
     step     = pipeline + dp + optimizer + other
 
@@ -46,6 +48,8 @@ class StepTerms:
     gpu_mb_s: object  # GPU kernels of one micro-batch through one stage (forward, backward, recompute, head)
     gemm_mb_s: object  # of which GEMMs
     attention_mb_s: object  # of which attention cores
+    head_gemm_mb_s: object  # of the GEMMs, the last stage's LM head (forward and backward)
+    head_other_mb_s: object  # of the rest, the last stage's loss (softmax cross-entropy, forward and backward)
     tp_intra_mb_s: object  # tensor-parallel collectives inside a node, per micro-batch
     tp_cross_wire_mb_s: object  # tensor-parallel collectives across nodes: wire time per micro-batch
     tp_cross_steps_mb: object  # ... and their ring steps across the network per micro-batch
@@ -97,8 +101,12 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     host = np.asarray(t.host_layers_mb) * ((0.0 if cuda_graphs else p["host_s_per_layer"]) + handoff)
     slot_h = smoothmax(slot, host, p["host_gpu_combine_p"])
     n = np.asarray(t.n_micro, dtype=float)
+    # 1F1B with stages of unequal time: every micro-batch passes the slowest stage (the last, with
+    # the LM head and loss), the fill and drain pass the others once (pipeline_fill_drain_s)
+    stage = slot - c * np.asarray(t.head_gemm_mb_s) - e * np.asarray(t.head_other_mb_s)
     bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
-    pipeline = (n + bubble_slots) * slot_h
+    bubble = bubble_slots * smoothmax(stage, host, p["host_gpu_combine_p"])
+    pipeline = n * slot_h + bubble
     dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
     dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))  # window: backward kernels
     total = pipeline + dp_exposed + np.asarray(t.optimizer_s) + np.asarray(t.other_s)
@@ -107,7 +115,7 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     return ComposedStep(
         total_s=total, compute_s=gemm, attention_s=att,
         elementwise_s=e * n * ew_mb, host_overhead_s=n * (slot_h - slot),
-        tp_comm_s=n * tp_mb, pp_comm_s=n * np.asarray(t.p2p_mb_s), bubble_s=bubble_slots * slot_h,
+        tp_comm_s=n * tp_mb, pp_comm_s=n * np.asarray(t.p2p_mb_s), bubble_s=bubble,
         dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s))
 
 
@@ -227,6 +235,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         n_micro=float(job.grad_accum_steps(par)), pp=float(par.pp), interleave=float(par.interleave),
         tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
         gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),
+        head_gemm_mb_s=head_s, head_other_mb_s=loss_s,
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
         dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=layers * (g_b + a_b + e_b + recompute_f),

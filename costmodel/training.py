@@ -653,9 +653,12 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     bubble = 0.0
     if par.pp > 1:
         # 1F1B bubble (p - 1) / (v m) of the ideal time (Narayanan et al. 2021, sec. 2.2): p - 1
-        # micro-batch slots of one chunk each, with their tp / ep / cp / pp communication.
+        # micro-batch slots of one chunk each, with their tp / ep / cp / pp communication. Its
+        # stages are not equal: the last also runs the LM head and loss. Every micro-batch passes
+        # that slowest stage (n_micro x t_mb), the fill and drain pass the others once, so the
+        # p - 1 bubble slots are stages without the head.
         slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
-        bubble = (par.pp - 1) / par.interleave * slot
+        bubble = (par.pp - 1) / par.interleave * (slot - (head_f + head_b + loss_t))
     st = state_bytes_per_param(job, model.hidden)
     grad_bytes = dp_grad_bytes_per_param(job) * sp.total
     dp_exposed = fsdp_exposed = 0.0

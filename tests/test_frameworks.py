@@ -62,7 +62,7 @@ def test_composed_profile_needs_every_parameter():
 
 def _terms(**kw):
     base = dict(n_micro=4.0, pp=2.0, interleave=1.0, tp=4.0, gpu_mb_s=0.10, gemm_mb_s=0.07, attention_mb_s=0.02,
-                tp_intra_mb_s=0.02, tp_cross_wire_mb_s=0.0, tp_cross_steps_mb=0.0, p2p_mb_s=0.001, pp_cross=1.0,
+                head_gemm_mb_s=0.0, head_other_mb_s=0.0, tp_intra_mb_s=0.02, tp_cross_wire_mb_s=0.0, tp_cross_steps_mb=0.0, p2p_mb_s=0.001, pp_cross=1.0,
                 host_layers_mb=8.0, dp_comm_wire_s=0.05, dp_comm_steps=10.0, dp_window_s=0.04, optimizer_s=0.01,
                 other_s=0.0, step_latency_s=1e-4)
     base.update(kw)
@@ -418,3 +418,56 @@ def test_validate_times_a_record_as_its_own_profile():
                           micro_batch=rec["micro_batch"], seq_len=rec["seq_len"], recompute=rec["recompute"],
                           precision=rec["precision"], framework="torchtitan-2024")
     assert case.predicted == pytest.approx(est.step.total_s, rel=1e-9)
+
+
+def _one_f_one_b_makespan(fwd: list[float], bwd: list[float], m: int) -> float:
+    """Makespan of a 1F1B pipeline schedule (Narayanan et al. 2021, sec. 2.2), simulated op by op:
+    stage i runs p - i - 1 warm-up forwards, then one forward and one backward in turn, then the
+    remaining backwards; a forward waits for the previous stage's, a backward for the next stage's."""
+    p = len(fwd)
+    orders = []
+    for i in range(p):
+        w = min(p - i - 1, m)
+        ops, nf = [("F", j) for j in range(w)], w
+        for nb in range(m):
+            if nf < m:
+                ops.append(("F", nf))
+                nf += 1
+            ops.append(("B", nb))
+        orders.append(ops)
+    end: dict = {}
+    clock = [0.0] * p
+    ptr = [0] * p
+    while any(ptr[i] < len(orders[i]) for i in range(p)):
+        for i in range(p):
+            if ptr[i] >= len(orders[i]):
+                continue
+            kind, j = orders[i][ptr[i]]
+            dep = (end.get(("F", i - 1, j)) if i > 0 else 0.0) if kind == "F" else \
+                (end.get(("B", i + 1, j)) if i < p - 1 else end.get(("F", i, j)))
+            if dep is None:
+                continue
+            clock[i] = max(clock[i], dep) + (fwd[i] if kind == "F" else bwd[i])
+            end[(kind, i, j)] = clock[i]
+            ptr[i] += 1
+    return max(clock)
+
+
+@pytest.mark.parametrize("pp,m", [(2, 4), (4, 8), (8, 64)])
+def test_pipeline_step_is_the_1f1b_makespan_with_a_heavier_last_stage(pp, m):
+    """Every stage runs 1 s forward and 2 s backward per micro-batch; the last also runs the LM
+    head and loss (0.5 + 1 s of GEMMs, 0.5 s of elementwise work). The composed step equals the
+    makespan of the schedule simulated op by op (every micro-batch through the slowest stage, the
+    fill and drain through the others), where charging the bubble at the last stage's time does not."""
+    head_gemm, head_other = 1.5, 0.5
+    t = _terms(n_micro=float(m), pp=float(pp), gpu_mb_s=3.0 + head_gemm + head_other, gemm_mb_s=3.0 + head_gemm,
+               attention_mb_s=0.0, head_gemm_mb_s=head_gemm, head_other_mb_s=head_other, tp_intra_mb_s=0.0,
+               p2p_mb_s=0.0, pp_cross=0.0, host_layers_mb=0.0, dp_comm_wire_s=0.0, dp_comm_steps=0.0,
+               optimizer_s=0.0)
+    p = dict(PARAMS, compute_scale=1.0, elementwise_scale=1.0)
+    fwd = [1.0] * (pp - 1) + [1.0 + (head_gemm + head_other) / 3]
+    bwd = [2.0] * (pp - 1) + [2.0 + 2 * (head_gemm + head_other) / 3]
+    expect = _one_f_one_b_makespan(fwd, bwd, m)
+    got = float(steptime.compose(t, p, cuda_graphs=True).total_s)
+    assert got == pytest.approx(expect, rel=1e-9)
+    assert (m + pp - 1) * 5.0 > expect * 1.01  # the old charge, all p - 1 bubble slots at the last stage's 5 s
