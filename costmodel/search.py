@@ -588,8 +588,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
         hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype)
-        loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
-        return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
+        return 3 * hf + tr.cross_entropy_s(eff, job, tokens_mb, model.vocab, tp_), hf
 
     head_tab = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)
 
