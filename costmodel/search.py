@@ -588,8 +588,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
         hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype)
-        loss_bytes = tokens_mb * model.vocab / tp_ * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
-        return 3 * hf + memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5), hf
+        return 3 * hf + tr.cross_entropy_s(eff, job, tokens_mb, model.vocab, tp_), hf
 
     head_tab = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)
 
@@ -688,23 +687,24 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             units = max(1, -(-model.layers // pp_))
             req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
             req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
-        elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op
+        elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op; slot 3: its reduce-scatter
             req.setdefault("reduce_scatter", []).append((j, 2, 1.0, grad_bytes) + g)
             req.setdefault("all_gather", []).append((j, 2, 1.0, st.weights * Pst) + g)
+            req.setdefault("reduce_scatter", []).append((j, 3, 1.0, grad_bytes) + g)
         elif job.framework == "pytorch":  # DDP: bucketed all-reduce (training.ddp_buckets)
             n_b, bucket = tr.ddp_buckets(grad_bytes)
             req.setdefault("all_reduce", []).append((j, 2, float(n_b), float(bucket)) + g)
             ddp_nvlink[j] = g[1]
         else:
             req.setdefault("all_reduce", []).append((j, 2, 1.0, grad_bytes) + g)
-    slots = np.zeros((n_pts, 3))
+    slots = np.zeros((n_pts, 4))
     for op, rows in req.items():
         arr = np.array(rows, dtype=float)
         t = _batched_collectives(link, op, arr[:, 3], arr[:, 4].astype(int), arr[:, 5].astype(bool), arr[:, 6].astype(int))
         np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
-    tabs = np.zeros(shape + (6,))
-    tabs[tuple(points.T)] = np.column_stack([slots, opt_pts, P_pts, ddp_nvlink])
-    tabs = tabs.reshape(-1, 6)
+    tabs = np.zeros(shape + (7,))
+    tabs[tuple(points.T)] = np.column_stack([slots[:, :3], opt_pts, P_pts, ddp_nvlink, slots[:, 3]])
+    tabs = tabs.reshape(-1, 7)
     pt_of = np.full(int(np.prod(shape)), -1)
     pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
     h2d = eff.h2d_bytes_per_s(True)
@@ -788,7 +788,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         sub = c.idx[_DP_AXES[0]] * dp_strides[0]
         for n, stride in zip(_DP_AXES[1:], dp_strides[1:]):
             sub = sub + c.idx[n] * stride
-        ag_u, rs_u, dp_op, optimizer_t, P, nvl = np.take(dp_columns, sub, axis=1)
+        ag_u, rs_u, dp_op, optimizer_t, P, nvl, dp_rs = np.take(dp_columns, sub, axis=1)
         ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
         ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
         # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
@@ -814,6 +814,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
                 fsdp_exposed[ds] = exposed
         backward_time = layers * (g_b + a_b + e_b + recompute_f)
         dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
+        dp_exposed = dp_exposed + tr.zero2_extra_reductions(v["zero"], n_micro) * np.maximum(
+            dp_rs - ovl * backward_time, (1 - ovl) * dp_rs)
         o_div = np.where(v["zero"] >= 1, dp * cp, 1)
         # ZeRO-Offload (costmodel.offload.offload_step_s, as training.estimate_train): gradient shard
         # down behind backward, CPU Adam on the node's host, compute-dtype parameters up
@@ -860,6 +862,8 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
     from dataclasses import replace
 
+    from .training import zero2_extra_reductions
+
     # ``cache``: the tables of one time model, kept between calls (a search calls this chunk by
     # chunk and then for each candidate it reports)
     cache = {} if cache is None else cache
@@ -893,7 +897,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     # data-parallel reduction per (devices, tp, pp, cp, ep, zero) point
     keys = np.stack([N, tp, pp, cp, v["ep"], v["zero"]], axis=1)
     uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    dp_rows = np.zeros((len(uniq), 2))
+    dp_rows = np.zeros((len(uniq), 4))
     dp_done = cache.setdefault("dp", {})
     for j, key in enumerate(uniq.astype(int)):
         key = tuple(int(x) for x in key)
@@ -902,10 +906,13 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
             par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_)
             Pst = stage_total(tp_, pp_, ep_)
             place = steptime.placement(par, link.devices_per_node)
-            dp_done[key] = steptime.dp_comm(link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst,
-                                            st.weights * Pst, prof.settings.dp_bucket_bytes)
+            args = (link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst, st.weights * Pst,
+                    prof.settings.dp_bucket_bytes)
+            dp_done[key] = steptime.dp_comm(*args) + steptime.dp_grad_reduction(*args)
         dp_rows[j] = dp_done[key]
-    dp_w, dp_s = dp_rows[inv.ravel()].T
+    dp_w, dp_s, rs_w, rs_s = dp_rows[inv.ravel()].T
+    extra = zero2_extra_reductions(v["zero"], a["n_micro"])  # ZeRO-2: every micro-batch's reduce-scatter
+    dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
     full, rec_any = a["full"], a["rec_any"]
     terms = steptime.StepTerms(
         n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
@@ -915,7 +922,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), host_layers_mb=layers.astype(float),
         dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
-        dp_window_s=layers * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
+        dp_window_s=(1.0 + extra) * layers * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
         optimizer_s=a["optimizer_t"], other_s=a["other"],
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
     k = steptime.compose(terms, {n: p.value for n, p in prof.parameters.items()}, prof.cluster_step_latency_s,

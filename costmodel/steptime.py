@@ -197,16 +197,24 @@ def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: flo
         return 0.0, 0.0
     if zero_stage >= 3:
         return 0.0, 0.0  # FSDP / ZeRO-3 gathers and reduces unit by unit (training.py's ShardedDataParallel)
-    n_buckets = max(1.0, float(np.ceil(param_bytes / bucket_bytes)))
-    ops = [("reduce_scatter" if zero_stage == 2 else "all_reduce", grad_bytes / n_buckets, n_buckets)]
+    wire, steps = dp_grad_reduction(link, dp_world, per_node, zero_stage, grad_bytes, param_bytes, bucket_bytes)
     if zero_stage >= 1:
-        ops.append(("all_gather", param_bytes, 1.0))
-    wire = steps = 0.0
-    for op, nbytes, calls in ops:
-        t, n = _cross_split(link, op, nbytes, dp_world, per_node)
-        wire += calls * t
-        steps += calls * n
+        t, n = _cross_split(link, "all_gather", param_bytes, dp_world, per_node)
+        wire += t
+        steps += n
     return wire, steps
+
+
+def dp_grad_reduction(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: float, param_bytes: float,
+                      bucket_bytes: float) -> tuple[float, float]:
+    """The gradient reduction of dp_comm alone (its buckets' all-reduces, or reduce-scatters under
+    ZeRO-2), which ZeRO-2 makes every micro-batch (training.zero2_extra_reductions)."""
+    if dp_world <= 1 or zero_stage >= 3:
+        return 0.0, 0.0
+    n_buckets = max(1.0, float(np.ceil(param_bytes / bucket_bytes)))
+    t, n = _cross_split(link, "reduce_scatter" if zero_stage == 2 else "all_reduce", grad_bytes / n_buckets,
+                        dp_world, per_node)
+    return n_buckets * t, n_buckets * n
 
 
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
@@ -216,6 +224,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
     search's screen builds the same terms on arrays from the same functions."""
     from . import comm_bridge
+    from .training import zero2_extra_reductions
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
     rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
@@ -231,13 +240,19 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
     dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
                          param_bytes_gathered, dp_bucket_bytes)
+    n_micro = float(job.grad_accum_steps(par))
+    extra = float(zero2_extra_reductions(par.zero_stage, n_micro))
+    if extra:  # ZeRO-2: every micro-batch's gradients reduce-scattered, each behind its own backward
+        rs_w, rs_s = dp_grad_reduction(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
+                                       param_bytes_gathered, dp_bucket_bytes)
+        dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
     return StepTerms(
-        n_micro=float(job.grad_accum_steps(par)), pp=float(par.pp), interleave=float(par.interleave),
+        n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
         tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
         gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),
         head_gemm_mb_s=head_s, head_other_mb_s=loss_s,
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
-        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=layers * (g_b + a_b + e_b + recompute_f),
+        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=(1.0 + extra) * layers * (g_b + a_b + e_b + recompute_f),
         optimizer_s=optimizer_s, other_s=other_s,
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)

@@ -148,6 +148,62 @@ def elementwise_bytes_per_token(model: ModelConfig, job: TrainJob, amp: bool) ->
     return r * (148.0 * h) + permute, r * (38.0 * kv + mlp)
 
 
+def te_fp8_bytes_per_token(model: ModelConfig, tp: int, sequence_parallel: bool) -> tuple[float, float]:
+    """HBM bytes per token and decoder layer, (forward, backward) on one tensor-parallel rank, that
+    Transformer Engine's FP8 GEMMs move beyond a bf16 step (Megatron-LM / NeMo with --fp8; TE
+    v1.8, transformer_engine/pytorch/module/linear.py, layernorm_linear.py and base.py
+    grad_output_preprocess). Every FP8 GEMM reads FP8 operands in the layout it needs, so TE casts
+    (and transposes, for the weight gradient) what the bf16 step hands to the GEMM directly:
+
+    - forward, inputs of the row-parallel linears (attention output, q/t wide; MLP output, f/t):
+      fp8_cast_transpose_fused reads 2 bytes and writes the FP8 copy and its transpose (1 + 1);
+      under sequence parallelism cast_to_fp8 only (2 + 1) and the transpose in backward (1 + 1);
+    - forward, the two LayerNormLinear norms write their output in FP8 (1 byte instead of 2);
+    - backward, the output gradients of the column-parallel linears (qkv, (q + 2 kv)/t; MLP input,
+      (1 or 2) f/t): fp8_cast_transpose_bgrad_fused, 2 + 1 + 1 bytes; of the row-parallel ones
+      (h wide): the same without sequence parallelism, else cast on the rank's h/t share (2 + 1),
+      all-gather in FP8 and fp8_transpose of the gathered h (1 + 1);
+    - backward, fp8_transpose of the two gathered norm outputs for the weight gradients (1 + 1)
+      on h.
+
+    The weights' FP8 casts happen once per step (is_first_microbatch caching), not per token."""
+    h, q, kv = model.hidden, model.q_dim, model.kv_dim
+    f = model.moe.expert_ffn * model.moe.top_k if model.moe else model.ffn
+    f_in = (2 if model.activation in GATED else 1) * f
+    row_in = (q + f) / tp
+    wide = h / tp if sequence_parallel else h  # a rank's share of a full-width activation
+    fwd = (3.0 if sequence_parallel else 4.0) * row_in - 2.0 * 1.0 * wide
+    row_grad = (3.0 * h / tp + 2.0 * h) if sequence_parallel else 4.0 * h
+    bwd = ((2.0 * row_in if sequence_parallel else 0.0) + 4.0 * (q + 2 * kv + f_in) / tp + 2.0 * row_grad
+           + 2.0 * 2.0 * h)
+    return fwd, bwd
+
+
+# Bytes per logit of Megatron-LM's vocab_parallel_cross_entropy, forward and backward (cross_entropy_s).
+MEGATRON_CE_BYTES_FWD = 38.0
+MEGATRON_CE_BYTES_BWD = 14.0
+
+
+def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> float:
+    """Forward + backward time of the loss over ``tokens`` tokens' logits (``vocab / tp`` of them
+    per tensor-parallel rank), memory-bound. Megatron-LM's vocab_parallel_cross_entropy
+    (megatron/core/tensor_parallel/cross_entropy.py at core_v0.8.0, cross_entropy_loss_fusion off by
+    default; nanotron's _ShardedCrossEntropy, parallel/tensor_parallel/functional.py, is a copy of
+    it called on the logits cast to fp32), per logit: forward .float() of the bf16 logits
+    (2 + 4 bytes), max (4), in-place subtract of the max (4 + 4), in-place exp (4 + 4), sum (4),
+    in-place divide into the softmax kept for backward (4 + 4): 38 bytes; backward, the in-place
+    multiply by the loss gradient (4 + 4) and autograd's cast of the fp32 gradient back to bf16
+    (4 + 2): 14 bytes. Eager PyTorch: two 14-byte passes forward and 1.5 times that backward. A
+    composed profile (costmodel.steptime: nanotron) keeps the one 14-byte pass, times 2.5, that its
+    fitted elementwise_scale was fitted with."""
+    logits = tokens * vocab / tp
+    if job.framework == "pytorch":
+        return memory_op(eff, "loss", logits * (2 + 4 + 4 + 4) * 2).time_s * (1.0 + 1.5)
+    if frameworks.resolve(job.profile or job.framework).step_model == "composed":
+        return memory_op(eff, "loss", logits * (2 + 4 + 4 + 4)).time_s * (1.0 + 1.5)
+    return memory_op(eff, "loss", logits * (MEGATRON_CE_BYTES_FWD + MEGATRON_CE_BYTES_BWD)).time_s
+
+
 # transformers' eager attention (SCHEMA.md attention "standard" under PyTorch), per element of the
 # mb x heads x s x s score matrix: the scale, the causal mask, softmax in fp32 and the casts, each
 # way (Megatron's fused scale-mask-softmax does this in one kernel each way). Profiled on H100:
@@ -261,6 +317,17 @@ def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
     """Step time the fp32 experts' host syncs expose (HF_MOE_AMP_SYNC_S_PER_LAYER) for ``layers``
     decoder layers of a stage, times the job's host_time_factor."""
     return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER * job.host_time_factor
+
+
+def zero2_extra_reductions(zero_stage, n_micro):
+    """Gradient reductions a step makes beyond the one at the accumulation boundary (vectorised):
+    ZeRO-2 keeps only its shard of the gradients between micro-batches, so every micro-batch's
+    gradients are reduce-scattered in its backward (DeepSpeed, runtime/zero/stage_1_and_2.py,
+    reduce_ready_partitions_and_remove_grads: "if self.partition_gradients or
+    self.is_gradient_accumulation_boundary"), n_micro - 1 more than ZeRO-0/1, which accumulate the
+    full gradients locally (the memory model's unsharded gradients) and reduce them once. ZeRO-3 /
+    FSDP is timed unit by unit elsewhere."""
+    return np.where(np.asarray(zero_stage) == 2, np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0), 0.0)
 
 
 def dp_grad_bytes_per_param(job: TrainJob) -> float:
@@ -450,12 +517,18 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
     ew_f = memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
     ew_b = 2.0 * ew_f
+    prof = frameworks.resolve(job.profile or job.framework)
+    if job.precision == "fp8" and job.framework != "pytorch" and prof.step_model == "builtin":
+        # Transformer Engine's FP8 casts (Megatron-LM, NeMo)
+        f8_f, f8_b = te_fp8_bytes_per_token(model, tp, par.sequence_parallel)
+        ew_f += memory_op(eff, "fp8_casts", tokens * f8_f).time_s
+        ew_b += memory_op(eff, "fp8_casts_bwd", tokens * f8_b).time_s
     if job.framework == "pytorch" and amp:
         cast = AMP_CAST_BYTES_PER_PARAM / 2.0 * _cast_params_per_layer(model) / tp
         cast_t = memory_op(eff, "amp_cast", cast).time_s
         ew_f += cast_t  # weights cast in forward (again when a recompute re-runs it)
         ew_b += cast_t  # gradients cast back in backward
-    kf = kernel_time_factor(frameworks.resolve(job.profile or job.framework))
+    kf = kernel_time_factor(prof)
     return gemm_fwd * kf, gemm_bwd * kf, att_f * kf, att_b * kf, ew_f * kf, ew_b * kf
 
 
@@ -582,8 +655,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     tokens_mb = mb * seq_dev
     head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype)
     head_b = 2 * head_f
-    loss_bytes = tokens_mb * model.vocab / par.tp * (2 + 4 + 4 + 4) * (2 if job.framework == "pytorch" else 1)
-    loss_t = memory_op(eff, "loss", loss_bytes).time_s * (1.0 + 1.5)  # forward + backward passes
+    loss_t = cross_entropy_s(eff, job, tokens_mb, model.vocab, par.tp)  # forward + backward passes
     head_f, head_b, loss_t = head_f * kf, head_b * kf, loss_t * kf
     recompute_f = 0.0
     rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
@@ -708,9 +780,11 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         else:
             op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
             ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
+            rs_t = 0.0
             if par.zero_stage >= 1 and job.framework != "pytorch":
-                op_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node) + \
-                    link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra, per_node=dp_per_node)
+                rs_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
+                op_t = rs_t + link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra,
+                                                     per_node=dp_per_node)
             elif job.framework == "pytorch":
                 # PyTorch DDP all-reduces gradient buckets (each call pays its latency)
                 n_b, bucket = ddp_buckets(grad_bytes)
@@ -719,6 +793,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                 if dp_intra and job.overlap_grad_reduce:
                     ovl = DDP_NVLINK_NET_OVERLAP
             dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
+            # ZeRO-2 reduce-scatters the earlier micro-batches' gradients too, each behind its own backward
+            dp_exposed += float(zero2_extra_reductions(par.zero_stage, n_micro) * max(
+                rs_t - ovl * backward_time, (1 - ovl) * rs_t))
     # Optimizer over the shard this device updates (optimizer_bytes_per_param).
     o_div = dp_world if par.zero_stage >= 1 else 1
     opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div

@@ -382,3 +382,93 @@ def test_screen_mirrors_tp_comm_overlap():
         est = estimate_train(m, spec, job, par, node=node)
         assert s["tp_comm_s"][i] == pytest.approx(est.step.tp_comm_s, rel=1e-9)
         assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("framework,grad_bytes", [("megatron", 4.0), ("deepspeed", 2.0)])
+def test_zero2_reduce_scatters_every_micro_batch(framework, grad_bytes):
+    """ZeRO-2 keeps only its shard of the gradients between micro-batches (the memory model's
+    sharded gradients), so each micro-batch's gradients are reduce-scattered in its own backward
+    (DeepSpeed stage_1_and_2.py: "if self.partition_gradients or
+    self.is_gradient_accumulation_boundary"); ZeRO-1 reduces once. Train: 4 micro-batches expose
+    3 more reduce-scatters (fp32 gradients under Megatron, 2-byte under DeepSpeed) than 1, each
+    max(RS - 0.8 B, 0.2 RS) behind its backward B; the screen gives every ZeRO-2 layout with
+    gradient accumulation train's data-parallel time."""
+    from costmodel import comm_bridge, frameworks
+    from costmodel import training as tr
+    from costmodel.memory import stage_params
+
+    lib = load_library()
+    spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
+    fields = frameworks.job_fields(framework)
+
+    def est(zero, gb):
+        par = Parallel(tp=2, dp=16, sequence_parallel=True, zero_stage=zero)
+        return estimate_train(m, spec, TrainJob(micro_batch=1, seq_len=2048, global_batch=gb, **fields), par, node=node)
+
+    z1 = [est(1, gb).step.dp_comm_exposed_s for gb in (16, 64)]
+    assert z1[0] == pytest.approx(z1[1], rel=1e-12)
+    par = Parallel(tp=2, dp=16, sequence_parallel=True, zero_stage=2)
+    job = TrainJob(micro_batch=1, seq_len=2048, global_batch=64, **fields)
+    eff = tr.step_efficiency(spec, None, frameworks.resolve(framework))
+    _, g_b, _, a_b, _, e_b = tr._layer_times(eff, m, job, par, 1, 2048, "bf16", spec)
+    sp = stage_params(m, par)
+    link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
+    rs = link.collective_time_s("reduce_scatter", grad_bytes * sp.total, 16, intra=False, per_node=4)
+    back = sp.layers * (g_b + a_b + e_b)
+    z2 = [est(2, gb).step.dp_comm_exposed_s for gb in (16, 64)]
+    assert z2[1] - z2[0] == pytest.approx(3 * max(rs - 0.8 * back, 0.2 * rs), rel=1e-9)
+    assert z2[1] > z1[1]
+    c, s = evaluate_grid("llama2-7b", "dgx-h100", 32, global_batch=64, seq_len=2048, framework=framework, cp=[1],
+                         zero=[2], offload=[False])
+    dp = c.val["devices"] // (c.val["tp"] * c.val["pp"])
+    idx = np.flatnonzero((dp > 1) & (64 // (c.val["mb"] * dp) > 1))
+    assert len(idx) > 10
+    for i in idx[:: max(1, len(idx) // 12)]:
+        v = {k: c.val[k][i] for k in c.val}
+        tp, pp = int(v["tp"]), int(v["pp"])
+        par = Parallel(tp=tp, pp=pp, dp=32 // (tp * pp), sequence_parallel=bool(v["sp"]) and tp > 1, zero_stage=2,
+                       interleave=int(v["v"]))
+        job = TrainJob(micro_batch=int(v["mb"]), seq_len=2048, global_batch=64, **fields, recompute=RC_NAMES[int(v["rc"])])
+        e = estimate_train(m, spec, job, par, node=node)
+        assert s["dp_comm_exposed_s"][i] == pytest.approx(e.step.dp_comm_exposed_s, rel=1e-9, abs=1e-12)
+
+
+def test_zero2_in_a_composed_profile():
+    """A composed profile's terms (costmodel.steptime) under ZeRO-2 with 4 micro-batches: the
+    reduce-scatter of 4 micro-batches' gradients (and the one parameter all-gather), with 4
+    backwards to hide behind; without accumulation, the ZeRO-1 reduction's time but for the
+    reduce-scatter in place of the all-reduce."""
+    from costmodel import frameworks
+
+    lib = load_library()
+    spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
+
+    def terms(zero, gb):
+        par = Parallel(tp=2, dp=16, sequence_parallel=True, zero_stage=zero)
+        job = TrainJob(micro_batch=1, seq_len=2048, global_batch=gb, **frameworks.job_fields("nanotron"))
+        return estimate_train(m, spec, job, par, node=node).terms
+
+    one, four, ag = terms(2, 16), terms(2, 64), terms(1, 16)
+    assert four.dp_window_s == pytest.approx(4 * one.dp_window_s, rel=1e-12)
+    # all-gather once; the reduce-scatter once per micro-batch
+    rs = one.dp_comm_wire_s - (ag.dp_comm_wire_s - _allreduce_wire(ag, m, spec, node))
+    assert four.dp_comm_wire_s == pytest.approx(one.dp_comm_wire_s + 3 * rs, rel=1e-9)
+
+
+def _allreduce_wire(terms, m, spec, node):
+    """The bucketed gradient all-reduce part of a ZeRO-1 nanotron layout's data-parallel wire time
+    (steptime.dp_grad_reduction), tp 2 x dp 16 on DGX H100 nodes."""
+    from costmodel import comm_bridge, frameworks, steptime
+    from costmodel import training as tr
+    from costmodel.memory import stage_params, state_bytes_per_param
+
+    prof = frameworks.resolve("nanotron")
+    par = Parallel(tp=2, dp=16, sequence_parallel=True, zero_stage=1)
+    job = TrainJob(micro_batch=1, seq_len=2048, global_batch=16, **frameworks.job_fields("nanotron"))
+    eff = tr.step_efficiency(spec, None, prof)
+    link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
+    link.fallback_scaling = prof.scaling
+    st, total = state_bytes_per_param(job, m.hidden), stage_params(m, par).total
+    place = steptime.placement(par, link.devices_per_node)
+    return steptime.dp_grad_reduction(link, 16, place["dp_per_node"], 1, st.grads * total, st.weights * total,
+                                      prof.settings.dp_bucket_bytes)[0]

@@ -93,6 +93,66 @@ def test_norms_and_dropout_are_replicated_without_sequence_parallelism():
     assert e_f > 4 * e_f_sp
 
 
+def test_transformer_engine_fp8_casts():
+    """FP8 steps under Megatron-LM / NeMo move Transformer Engine's casts and transposes on top of
+    the bf16 elementwise traffic (training.te_fp8_bytes_per_token), by hand for a GELU layer
+    (q = kv = h, f = 4h). Without sequence parallelism, forward: cast + transpose of the two
+    row-parallel inputs, 4 x (h + 4h), less the two norms' outputs written in 1 byte, 2h: 18h;
+    backward: cast + transpose of the column-parallel output gradients, 4 x (3h + 4h), of the two
+    row-parallel ones, 2 x 4h, and transposes of the two norm outputs, 2 x 2h: 40h. Under sequence
+    parallelism at t = 8, forward 3 x 5h/8 - 2h/8 = 13h/8; backward the deferred transposes
+    2 x 5h/8, the column gradients 4 x 7h/8, the row gradients 2 x (3h/8 + 2h) and the norm
+    transposes 4h: 13.5h. Eager PyTorch gets none of it (its fp8 is not Transformer Engine's)."""
+    from costmodel import training as tr
+    from costmodel.arch import load_model
+    from costmodel.roofline import efficiency_for, memory_op
+    from costmodel.specs import load_library
+    from costmodel.workload import Parallel, TrainJob
+
+    m = load_model("gpt3-175b")
+    h = m.hidden
+    assert (m.q_dim, m.kv_dim, m.ffn) == (h, h, 4 * h)
+    assert tr.te_fp8_bytes_per_token(m, 1, False) == pytest.approx((18 * h, 40 * h), rel=1e-12)
+    assert tr.te_fp8_bytes_per_token(m, 8, True) == pytest.approx((13 * h / 8, 13.5 * h), rel=1e-12)
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    seq, tokens = 2048, 2048
+    par = Parallel(tp=8, sequence_parallel=True)
+
+    def times(precision, framework="megatron"):
+        job = TrainJob(seq_len=seq, precision=precision, framework=framework)
+        return tr._layer_times(eff, m, job, par, 1, seq, "fp8", spec)
+
+    *_, e_f8, e_b8 = times("fp8")
+    *_, e_f16, e_b16 = times("amp-bf16")
+    assert e_f8 - e_f16 == pytest.approx(memory_op(eff, "fp8_casts", tokens * 13 * h / 8).time_s, rel=1e-9)
+    assert e_b8 - e_b16 == pytest.approx(memory_op(eff, "fp8_casts_bwd", tokens * 13.5 * h).time_s, rel=1e-9)
+    assert times("fp8", "pytorch")[4:] == times("amp-bf16", "pytorch")[4:]
+
+
+def test_megatron_cross_entropy_passes():
+    """Megatron-LM's vocab_parallel_cross_entropy moves 38 bytes per logit forward (fp32 cast
+    2 + 4, max 4, subtract 4 + 4, exp 4 + 4, sum 4, divide 4 + 4) and 14 backward (multiply
+    4 + 4, cast back to bf16 4 + 2): 52 per logit, on V / t logits per token and rank; eager
+    PyTorch keeps its 2 x 14 bytes forward and 1.5 times that backward, and the composed nanotron
+    profile the 14 x 2.5 its parameters were fitted with."""
+    from costmodel import training as tr
+    from costmodel.roofline import efficiency_for, memory_op
+    from costmodel.specs import load_library
+    from costmodel.workload import TrainJob
+
+    eff = efficiency_for(load_library().device("h100-sxm"))
+    tokens, vocab, tp = 4096, 131072, 2
+    logits = tokens * vocab / tp
+    for fw in ("megatron", "deepspeed"):
+        assert tr.cross_entropy_s(eff, TrainJob(framework=fw), tokens, vocab, tp) == pytest.approx(
+            memory_op(eff, "loss", 52 * logits).time_s, rel=1e-12), fw
+    assert tr.cross_entropy_s(eff, TrainJob(framework="pytorch"), tokens, vocab, tp) == pytest.approx(
+        2.5 * memory_op(eff, "loss", 28 * logits).time_s, rel=1e-12)
+    assert tr.cross_entropy_s(eff, TrainJob(framework="megatron", profile="nanotron"), tokens, vocab, tp) == (
+        pytest.approx(2.5 * memory_op(eff, "loss", 14 * logits).time_s, rel=1e-12))
+
+
 def test_standard_attention_runs_the_full_score_matrix():
     """Without a fused kernel the causal mask is applied to the full s x s scores, so attention's
     GEMM FLOPs are the full 4 b h s^2 d forward (Narayanan et al. 2021 eq. 3 counts 16 B s^2 l h
