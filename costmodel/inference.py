@@ -364,9 +364,11 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
     return lo
 
 
-def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff):
+def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff,
+             jobs: dict | None = None):
     """batch -> time per output token as the estimate reports it: one decode step at the middle of
-    the generation (prompt + gen/2 cached positions) plus the tensor-parallel all-reduces."""
+    the generation (prompt + gen/2 cached positions) plus the tensor-parallel all-reduces.
+    ``jobs``: the job at some batches, made already ({batch: job})."""
     mid_ctx = job.prompt_len + job.gen_len // 2
     links = None
     if tp > 1:
@@ -377,7 +379,8 @@ def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, 
         return tp_allreduce_s(model, links, tp, batch)
 
     def tpot(batch: int):
-        d = decode_step(model, spec, job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)
+        j = jobs.get(batch) if jobs else None
+        d = decode_step(model, spec, j or job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)
         return d.step_s + tp_comm_s(batch), d
 
     return tpot
@@ -409,21 +412,30 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     mb = max_batch(model, spec, job, context, tp)
     curve_batches = [1 << i for i in range(max(1, mb).bit_length())]  # 1, 2, 4, ... <= max(1, mb)
 
-    def gemm_shapes(e):  # the prefills and decode steps below, for their GEMM shapes
-        for b in {job.batch, *curve_batches}:
-            j = job if b == job.batch else job.model_copy(update={"batch": b})
+    # the job at each batch of the estimate
+    jobs = {b: job if b == job.batch else job.model_copy(update={"batch": b}) for b in sorted({job.batch, *curve_batches})}
+    mid_ctx = job.prompt_len + job.gen_len // 2
+
+    def prefill_shapes(e):  # the prefills below, for their GEMM shapes
+        for j in jobs.values():
             prefill_time_s(model, spec, j, tp, eff=e)
-            decode_step(model, spec, j, job.prompt_len + job.gen_len // 2, tp, eff=e)
+
+    def decode_shapes(e):  # the decode steps below: their GEMM shapes do not depend on the context
+        for j in jobs.values():
+            decode_step(model, spec, j, mid_ctx, tp, eff=e)
 
     # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
-    prefetch_gemms(eff, gemm_shapes, key=("infer", id(model), id(spec), job, tp, mb))
+    # (the decode steps' once per batches and job apart from its lengths)
+    prefetch_gemms(eff, prefill_shapes, key=("infer", id(model), id(spec), job, tp, mb))
+    prefetch_gemms(eff, decode_shapes, key=("decode", id(model), id(spec), tuple(
+        v for k, v in job if k not in ("prompt_len", "gen_len")), tp, tuple(jobs)))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
-    tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
+    tpot_of = _tpot_fn(model, spec, job, tp, node, eff, jobs)
     tpot, d = tpot_of(job.batch)
     curve = []
     for bsz in curve_batches:
         st = tpot_of(bsz)[0]
-        pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
+        pre = ttft if bsz == job.batch else _ttft_s(model, spec, jobs[bsz], tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,

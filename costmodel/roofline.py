@@ -301,6 +301,23 @@ def gemm_op_s(eff, m: float, k: int, n: int, dtype: str = "bf16", count: float =
     return max(t, KERNEL_FLOOR_S) * count
 
 
+def gemm_ops_s(eff, gemms, interleaved: bool = False, also=()) -> list[float]:
+    """gemm_op_s of many 16-bit GEMMs ``gemms`` ((m, k, n, dtype, count) each, not launched from a
+    graph), in order: their distinct shapes through the calibrated curve in one vectorised call
+    per dtype (DeviceEfficiency.gemm_times_list). ``also``: more (m, k, n, dtype) shapes evaluated in
+    the same call, for the caller's later gemm_op_s (their times are remembered, not returned)."""
+    many = getattr(eff, "gemm_times_list", None)
+    if many is None or isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:
+        # one shape at a time (a recorder learns each; under `prefetched` the caller evaluated them)
+        return [gemm_op_s(eff, m, k, n, d, c, interleaved=interleaved) for m, k, n, d, c in gemms]
+    shapes: dict[str, list] = {}
+    for m, k, n, d, *_ in (*gemms, *also):
+        shapes.setdefault(d, []).append((max(1, int(round(m))), n, k))
+    times = {d: iter(many(*zip(*sh), d, 1, interleaved)) for d, sh in shapes.items()}
+    floor = KERNEL_FLOOR_S
+    return [max(next(times[d]), floor) * c for _, _, _, d, c in gemms]
+
+
 def _gemm_kernel_s(eff, m_i: int, k: int, n: int, dtype: str, elem_bytes: float, graph: bool, interleaved: bool,
                    flops: float) -> float:
     """The time of one GEMM of gemm_op, before the kernel floor."""

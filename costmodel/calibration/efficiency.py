@@ -114,6 +114,15 @@ class DeviceEfficiency:
                 out[idx] = ti
         return out
 
+    def gemm_times_list(self, m, n, k, dtype: str, batch=1, interleaved: bool = False) -> list[float]:
+        """gemm_times_s as a list of floats: the shapes in the memo looked up without numpy, the
+        others through gemm_times_s (m, n, k: sequences of Python numbers)."""
+        memo = self._memo
+        out = [memo.get((mi, ni, ki, dtype, batch, interleaved)) for mi, ni, ki in zip(m, n, k)]
+        if None in out:
+            out = self.gemm_times_s(m, n, k, dtype, batch, interleaved).tolist()
+        return out
+
     def gemm_kernel_s(self, m, n, k, dtype: str) -> float:
         """GPU time of one GEMM kernel under sustained load (GemmCurve.kernel_s, ``stream``) for
         one shape, without the host floor: from the memo after the first time."""
