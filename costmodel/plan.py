@@ -87,6 +87,12 @@ def _remembered(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        from .inputs import one_look
+
+        with one_look():  # the estimate's input files looked at once
+            return remembered(*args, **kwargs)
+
+    def remembered(*args, **kwargs):
         try:
             key = (fn.__name__, _plain(args), tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
             hit = _ESTIMATES.get(key)

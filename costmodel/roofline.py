@@ -113,11 +113,14 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
             path = _shipped_overlay(spec.id)
             if path is None:
                 return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
-            file = getattr(spec, "file", None)
-            key = (spec.id, str(path), path.stat().st_mtime_ns, id(spec))
+            from .inputs import stat
+
+            st = stat(path) or path.stat()  # (the latter raises what stat() met)
+            key = (spec.id, str(path), st.st_mtime_ns, id(spec))
             hit = _SHIPPED_CACHE.get(key)
             eff = hit[1] if hit is not None and hit[0] is spec else None
             if eff is None:
+                file = getattr(spec, "file", None)
                 eff = cal.load_overlay(path, spec)
                 if file is not None and not _is_shipped(file):
                     # a user's spec took the shipped id: the shipped calibration (measured on the shipped

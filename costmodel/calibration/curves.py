@@ -160,7 +160,10 @@ class GemmResidual:
         if pts is None:
             return 0.0
         x, num, den = pts
-        q = np.stack(np.broadcast_arrays(*(np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k))), axis=-1)
+        mnk = [np.asarray(v, dtype=float) for v in (m, n, k)]
+        if not mnk[0].shape == mnk[1].shape == mnk[2].shape:
+            mnk = np.broadcast_arrays(*mnk)
+        q = np.log2(np.maximum(np.stack(mnk, axis=-1), 1.0))
         flat = q.reshape(-1, 3)
         out = np.empty(len(flat))
         step = max(1, RESIDUAL_CHUNK_ELEMENTS // max(1, len(x)))  # bounded memory for large vectorised queries
@@ -170,9 +173,17 @@ class GemmResidual:
         return out.reshape(q.shape[:-1]) if q.ndim > 1 else float(out[0])
 
 
+_SQUARED_NORMS: dict = {}  # id(x) -> (x, |x_j|^2): a residual's points are fixed once fitted
+
+
 def _gauss_kernel(q: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
     """exp(-|q_i - x_j|^2 / (2 length^2)) for rows q (Q, 3) and x (N, 3): GemmResidual's weights."""
-    d2 = np.maximum(np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1) - 2.0 * (q @ x.T), 0.0)
+    hit = _SQUARED_NORMS.get(id(x))
+    if hit is None or hit[0] is not x:
+        if len(_SQUARED_NORMS) > 256:
+            _SQUARED_NORMS.clear()
+        hit = _SQUARED_NORMS[id(x)] = (x, np.sum(x * x, axis=1))
+    d2 = np.maximum(np.sum(q * q, axis=1)[:, None] + hit[1] - 2.0 * (q @ x.T), 0.0)
     return np.exp(-0.5 * d2 / length**2)
 
 
