@@ -17,7 +17,7 @@ from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op_s, gpu_units, memory_op, prefetch_gemms)
+                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -194,6 +194,32 @@ def eager_host_factor(eff, job: InferJob) -> float:
     return job.host_time_factor * eff.eager_infer_host_factor
 
 
+def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int):
+    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers."""
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, tokens, moe_layer):
+            yield (n, g, *_tp_shape(g.name, g.k, g.n, tp))
+
+
+def _prefetch_prefills(eff, model: ModelConfig, spec: AcceleratorSpec, jobs, tp: int) -> bool:
+    """The GEMM shapes of prefill_time_s over ``jobs`` through the calibrated curve at once
+    (roofline.gemm_ops_s), for a dense model on a GPU; False where it does not (the caller records them)."""
+    if model.moe is not None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
+        return False
+    shapes: dict[bool, list] = {False: [], True: []}  # interleaved -> (m, k, n, dtype)
+    for job in jobs:
+        dtype = _gemm_dtype(job, spec)
+        shapes[not job.cuda_graph] += [(g.m, k, nn, dtype) for _, g, k, nn in
+                                       _prefill_layer_gemms(model, job.batch * job.prompt_len, tp)]
+        shapes[False].append((job.batch, model.hidden, model.vocab // tp, dtype))  # the logits
+    for interleaved, also in shapes.items():
+        if also:
+            gemm_ops_s(eff, (), interleaved=interleaved, also=also)
+    return True
+
+
 def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
                    calibration: str | None = None, eff=None) -> float:
     """Forward pass over the prompt (batch x prompt_len tokens): matmuls, causal flash attention,
@@ -203,21 +229,17 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tokens = b * s
     dtype = _gemm_dtype(job, spec)
     t = 0.0
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
+    for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp):
+        if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
+            if g.name == "expert_in":
+                t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
-        for g in layer_gemms(model, tokens, moe_layer):
-            if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
-                if g.name == "expert_in":
-                    t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
-                continue
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
-            # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
-            # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
-            # run at a short burst's clock as in a training step (training._gemm); a fused serving
-            # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
-            t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
+        # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
+        # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
+        # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
+        # run at a short burst's clock as in a training step (training._gemm); a fused serving
+        # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
+        t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
@@ -350,6 +372,20 @@ class InferEstimate:
 def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1) -> int:
     """Largest batch whose weights + KV cache + workspace fit (0 if even batch 1 does not)."""
     cap = spec.memory.capacity_bytes
+
+    def need(batch: int) -> float:
+        return required_device_bytes(decode_memory(model, job.model_copy(update={"batch": batch}), context, tp).peak_bytes)
+
+    # Memory grows with the batch by about the same bytes per sequence: the batch that this rate from
+    # batches 1 and 2 gives, where it fits and one more does not (the search below finds the same).
+    one = need(1)
+    if one > cap:
+        return 0
+    per = need(2) - one
+    if per > 0:
+        guess = 1 + int((cap - one) // per)
+        if guess < 1 << 20 and need(guess) <= cap < need(guess + 1):
+            return guess
     lo, hi = 0, 1
     while required_device_bytes(decode_memory(model, job.model_copy(update={"batch": hi}), context, tp).peak_bytes) <= cap:
         lo, hi = hi, hi * 2
@@ -426,7 +462,8 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
 
     # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
     # (the decode steps' once per batches and job apart from its lengths)
-    prefetch_gemms(eff, prefill_shapes, key=("infer", id(model), id(spec), job, tp, mb))
+    if not _prefetch_prefills(eff, model, spec, jobs.values(), tp):
+        prefetch_gemms(eff, prefill_shapes, key=("infer", id(model), id(spec), job, tp, mb))
     prefetch_gemms(eff, decode_shapes, key=("decode", id(model), id(spec), tuple(
         v for k, v in job if k not in ("prompt_len", "gen_len")), tp, tuple(jobs)))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
