@@ -4,12 +4,16 @@ The library entry points the CLI and the Python API share. No printing here.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 from pydantic import ValidationError
 
 from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
-from .specs import load_library
+from .inputs import file_key, one_look
+from .specs import claim_notes, load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
@@ -47,8 +51,6 @@ def _plain(v):
 
 
 def _input_versions(args: tuple, kwargs: dict) -> tuple:
-    from .inputs import file_key
-
     model = args[0] if args else kwargs["model"]
     lib = load_library(kwargs.get("hardware_files"))
     return (lib.origin, load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
@@ -59,24 +61,27 @@ def _same(a: tuple, b: tuple) -> bool:
     return all(x is y or x == y for x, y in zip(a, b))
 
 
+_FIELD_NAMES: dict = {}  # estimate class -> its dataclass fields' names
+
+
 def _fresh(est):
     """A copy of an estimate that its caller may change without changing the remembered one: its
     lists and dicts copied, and the records it holds (memory, step) copied one level down."""
-    import copy
-    import dataclasses
-
+    names = _FIELD_NAMES.get(type(est))
+    if names is None:
+        names = _FIELD_NAMES[type(est)] = tuple(f.name for f in dataclasses.fields(est))
     out = copy.copy(est)
-    for f in dataclasses.fields(out):
-        v = getattr(out, f.name)
+    for name in names:
+        v = getattr(out, name)
         if isinstance(v, list):
             v = [dict(x) if isinstance(x, dict) else x for x in v]
         elif isinstance(v, dict):
             v = dict(v)
-        elif dataclasses.is_dataclass(v):
+        elif hasattr(type(v), "__dataclass_fields__"):  # a dataclass instance
             v = copy.copy(v)
         else:
             continue
-        object.__setattr__(out, f.name, v)
+        object.__setattr__(out, name, v)
     return out
 
 
@@ -87,8 +92,6 @@ def _remembered(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        from .inputs import one_look
-
         with one_look():  # the estimate's input files looked at once
             return remembered(*args, **kwargs)
 
@@ -104,8 +107,6 @@ def _remembered(fn):
             except Exception:  # noqa: BLE001 - fn reports it, in its own order
                 ok = False
             if ok:
-                from .specs import claim_notes
-
                 claim_notes(hit[1].notes)
                 return _fresh(hit[1])
         est = fn(*args, **kwargs)
@@ -176,8 +177,6 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
 def _spec_notes(lib, hardware: str) -> list[str]:
     """Notes on specs that replace another file's (a user's spec with a shipped id): reported with
     the estimate (and not again by the CLI)."""
-    from .specs import claim_notes
-
     notes = lib.notes(hardware)
     claim_notes(notes)
     return notes
