@@ -17,7 +17,7 @@ from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms)
+                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms, recording)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -146,28 +146,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     b = job.batch
     wbytes = DTYPE_BYTES[job.weight_dtype]
     dtype = _gemm_dtype(job, spec)
-    weights_t = 0.0
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
-            continue
-        for g in layer_gemms(model, b, moe_layer):
-            count, m = g.count, g.m
-            if g.name in ("expert_in", "expert_out"):
-                if job.cuda_graph:  # a fused engine: grouped GEMMs
-                    if g.name == "expert_in":
-                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
-                                                            math_efficiency=moe_math_efficiency)
-                    continue
-                # eager Hugging Face: a loop over the experts touched, one GEMM each
-                touched = min(model.moe.experts, b * model.moe.top_k)
-                count, m = touched, max(1.0, b * model.moe.top_k / touched)
-            if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
-                weights_t += n * gemm_op_s(eff, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
-                                           graph=job.cuda_graph)
-                continue
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            weights_t += n * gemm_op_s(eff, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph)
-    weights_t += gemm_op_s(eff, b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph)
+    weights_t = _decode_weights_s(eff, model, b, tp, ep, dtype, wbytes, job.cuda_graph, dp_attention, moe_math_efficiency)
     if dp_attention:  # this rank's 1/tp of the sequences, whole KV per token
         kv = kv_cache_bytes(model, b, context, job.kv_dtype, 1) / tp / model.layers
     else:
@@ -186,6 +165,56 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     step = _combine(gpu, host)
     bound = "host" if host > gpu else ("kv-cache bandwidth" if kv_t > weights_t else "weights bandwidth / matmul")
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
+
+
+# Decode steps' weight-streaming and matmul time, remembered per efficiency model, model and the
+# arguments it depends on (not the context): a sweep over prompt lengths times the same batches.
+_DECODE_WEIGHTS: dict = {}
+
+
+def _decode_weights_s(eff, model: ModelConfig, b, tp: int, ep: int, dtype: str, wbytes: float, graph: bool,
+                      dp_attention: bool, moe_math_efficiency: float) -> float:
+    """decode_step's GEMMs (every layer's, MoE experts as grouped GEMMs under a graph, and the logits)."""
+    if recording(eff):
+        return _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+    try:
+        key = (id(eff), id(model), type(b), b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+        hit = _DECODE_WEIGHTS.get(key)
+    except TypeError:  # an argument that does not hash: computed
+        return _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+    if hit is None or hit[0] is not eff or hit[1] is not model:
+        if len(_DECODE_WEIGHTS) > 4096:
+            _DECODE_WEIGHTS.clear()
+        hit = _DECODE_WEIGHTS[key] = (eff, model, _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph,
+                                                                  dp_attention, moe_math_efficiency))
+    return hit[2]
+
+
+def _decode_weights(eff, model: ModelConfig, b, tp: int, ep: int, dtype: str, wbytes: float, graph: bool,
+                    dp_attention: bool, moe_math_efficiency: float) -> float:
+    weights_t = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, b, moe_layer):
+            count, m = g.count, g.m
+            if g.name in ("expert_in", "expert_out"):
+                if graph:  # a fused engine: grouped GEMMs
+                    if g.name == "expert_in":
+                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
+                                                            math_efficiency=moe_math_efficiency)
+                    continue
+                # eager Hugging Face: a loop over the experts touched, one GEMM each
+                touched = min(model.moe.experts, b * model.moe.top_k)
+                count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
+                weights_t += n * gemm_op_s(eff, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
+                                           graph=graph)
+                continue
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
+            weights_t += n * gemm_op_s(eff, m, k, nn, dtype, count, elem_bytes=wbytes, graph=graph)
+    weights_t += gemm_op_s(eff, b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=graph)
+    return weights_t
 
 
 def eager_host_factor(eff, job: InferJob) -> float:

@@ -34,11 +34,15 @@ def clear_caches() -> None:
     at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
     import sys
 
-    from . import inputs, specs
+    from . import flops, inputs, specs
 
     _ESTIMATES.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
+    flops._LAYER_GEMMS.clear()
+    inference = sys.modules.get("costmodel.inference")
+    if inference is not None:
+        inference._DECODE_WEIGHTS.clear()
     search = sys.modules.get("costmodel.search")
     if search is not None:
         search._TIME_MODELS.clear()

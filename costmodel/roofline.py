@@ -197,6 +197,12 @@ class _GemmRecorder:
         return getattr(self._eff, name)
 
 
+def recording(eff) -> bool:
+    """Whether ``eff`` only records the GEMM shapes a build asks for (its times are dummies: a
+    caller that remembers results must not keep them)."""
+    return isinstance(eff, _GemmRecorder)
+
+
 _PREFETCHED = [0]
 
 
