@@ -68,13 +68,25 @@ def _same(a: tuple, b: tuple) -> bool:
 _FIELD_NAMES: dict = {}  # estimate class -> its dataclass fields' names
 
 
+def _copy(obj):
+    """copy.copy of a record: a plain dataclass instance (its __dict__, no copy hooks of its own)
+    without going through __reduce_ex__."""
+    cls = type(obj)
+    if cls.__reduce_ex__ is object.__reduce_ex__ and getattr(cls, "__copy__", None) is None and hasattr(obj, "__dict__") \
+            and not hasattr(cls, "__slots__"):
+        new = object.__new__(cls)
+        new.__dict__.update(obj.__dict__)
+        return new
+    return copy.copy(obj)
+
+
 def _fresh(est):
     """A copy of an estimate that its caller may change without changing the remembered one: its
     lists and dicts copied, and the records it holds (memory, step) copied one level down."""
     names = _FIELD_NAMES.get(type(est))
     if names is None:
         names = _FIELD_NAMES[type(est)] = tuple(f.name for f in dataclasses.fields(est))
-    out = copy.copy(est)
+    out = _copy(est)
     for name in names:
         v = getattr(out, name)
         if isinstance(v, list):
@@ -82,7 +94,7 @@ def _fresh(est):
         elif isinstance(v, dict):
             v = dict(v)
         elif hasattr(type(v), "__dataclass_fields__"):  # a dataclass instance
-            v = copy.copy(v)
+            v = _copy(v)
         else:
             continue
         object.__setattr__(out, name, v)
