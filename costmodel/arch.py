@@ -7,12 +7,14 @@ architecture and checked in the tests against each model's published total.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
+from .inputs import cached_by_file, stat as _stat
 from .specs import package_data_dir, read_yaml
 
 # Bounds on architecture sizes, far beyond any model (the largest have ~130 layers, hidden sizes
@@ -309,11 +311,12 @@ def load_preset(name: str) -> ModelConfig:
     return _model_file(path)
 
 
-def _model_file(path: Path) -> ModelConfig:
-    """A preset-format YAML file's model, parsed once per version of the file (ModelConfig is frozen)."""
-    from .inputs import cached_by_file
+_PRESET_FILES: dict[str, str] = {}  # preset id -> the file it would be
 
-    return cached_by_file("model", path, lambda: parse_model(read_yaml(path), path))
+
+def _model_file(path: Path | str) -> ModelConfig:
+    """A preset-format YAML file's model, parsed once per version of the file (ModelConfig is frozen)."""
+    return cached_by_file("model", path, lambda: parse_model(read_yaml(Path(path)), Path(path)))
 
 
 def _hf_file(path: Path, model_id: str | None = None) -> ModelConfig:
@@ -326,12 +329,17 @@ def _hf_file(path: Path, model_id: str | None = None) -> ModelConfig:
 def load_model(name_or_file: str) -> ModelConfig:
     """A preset id, a preset-format YAML file, a Hugging Face config.json, or a Hugging Face model
     directory (one holding config.json, as ``save_pretrained`` or a hub download writes it)."""
-    if isinstance(name_or_file, str) and not os.path.exists(name_or_file):
+    if isinstance(name_or_file, str) and _stat(name_or_file) is None:
         # the common case, a preset id (nothing of that name here): straight to the preset's file
         if not name_or_file.endswith((".json", ".yaml", ".yml")) and os.sep not in name_or_file:
-            path = os.path.join(_models_dir_str(), name_or_file + ".yaml")
-            if os.path.isfile(path):
-                return _model_file(Path(path))
+            path = _PRESET_FILES.get(name_or_file)
+            if path is None:
+                if len(_PRESET_FILES) > 4096:
+                    _PRESET_FILES.clear()
+                path = _PRESET_FILES[name_or_file] = os.path.join(_models_dir_str(), name_or_file + ".yaml")
+            st = _stat(path)
+            if st is not None and stat.S_ISREG(st.st_mode):
+                return _model_file(path)
     p = Path(name_or_file)
     if p.is_dir():
         cfg = p / "config.json"

@@ -36,7 +36,24 @@ class Gemm:
 
 
 def layer_gemms(model: ModelConfig, tokens: float, moe_layer: bool) -> list[Gemm]:
-    """Forward matmuls of one decoder layer for `tokens` tokens (batch x sequence)."""
+    """Forward matmuls of one decoder layer for `tokens` tokens (batch x sequence). Remembered per
+    model (frozen), token count and layer kind: an estimate asks for the same layer many times."""
+    try:
+        key = (id(model), type(tokens), tokens, moe_layer)
+        hit = _LAYER_GEMMS.get(key)
+    except TypeError:  # tokens not hashable (an array): computed
+        return _layer_gemms(model, tokens, moe_layer)
+    if hit is None or hit[0] is not model:
+        if len(_LAYER_GEMMS) > 4096:
+            _LAYER_GEMMS.clear()
+        hit = _LAYER_GEMMS[key] = (model, _layer_gemms(model, tokens, moe_layer))
+    return list(hit[1])
+
+
+_LAYER_GEMMS: dict = {}  # (id(model), type(tokens), tokens, moe_layer) -> (model, [Gemm])
+
+
+def _layer_gemms(model: ModelConfig, tokens: float, moe_layer: bool) -> list[Gemm]:
     h = model.hidden
     out: list[Gemm] = []
     if model.attention == "mla":

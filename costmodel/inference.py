@@ -17,7 +17,7 @@ from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op_s, gpu_units, memory_op, prefetch_gemms)
+                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms, recording)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -146,28 +146,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     b = job.batch
     wbytes = DTYPE_BYTES[job.weight_dtype]
     dtype = _gemm_dtype(job, spec)
-    weights_t = 0.0
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
-            continue
-        for g in layer_gemms(model, b, moe_layer):
-            count, m = g.count, g.m
-            if g.name in ("expert_in", "expert_out"):
-                if job.cuda_graph:  # a fused engine: grouped GEMMs
-                    if g.name == "expert_in":
-                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
-                                                            math_efficiency=moe_math_efficiency)
-                    continue
-                # eager Hugging Face: a loop over the experts touched, one GEMM each
-                touched = min(model.moe.experts, b * model.moe.top_k)
-                count, m = touched, max(1.0, b * model.moe.top_k / touched)
-            if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
-                weights_t += n * gemm_op_s(eff, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
-                                           graph=job.cuda_graph)
-                continue
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            weights_t += n * gemm_op_s(eff, m, k, nn, dtype, count, elem_bytes=wbytes, graph=job.cuda_graph)
-    weights_t += gemm_op_s(eff, b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=job.cuda_graph)
+    weights_t = _decode_weights_s(eff, model, b, tp, ep, dtype, wbytes, job.cuda_graph, dp_attention, moe_math_efficiency)
     if dp_attention:  # this rank's 1/tp of the sequences, whole KV per token
         kv = kv_cache_bytes(model, b, context, job.kv_dtype, 1) / tp / model.layers
     else:
@@ -188,10 +167,86 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
     return DecodeEstimate(step, weights_t, kv_t, small, host, b / step, bound)
 
 
+# Decode steps' weight-streaming and matmul time, remembered per efficiency model, model and the
+# arguments it depends on (not the context): a sweep over prompt lengths times the same batches.
+_DECODE_WEIGHTS: dict = {}
+
+
+def _decode_weights_s(eff, model: ModelConfig, b, tp: int, ep: int, dtype: str, wbytes: float, graph: bool,
+                      dp_attention: bool, moe_math_efficiency: float) -> float:
+    """decode_step's GEMMs (every layer's, MoE experts as grouped GEMMs under a graph, and the logits)."""
+    if recording(eff):
+        return _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+    try:
+        key = (id(eff), id(model), type(b), b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+        hit = _DECODE_WEIGHTS.get(key)
+    except TypeError:  # an argument that does not hash: computed
+        return _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph, dp_attention, moe_math_efficiency)
+    if hit is None or hit[0] is not eff or hit[1] is not model:
+        if len(_DECODE_WEIGHTS) > 4096:
+            _DECODE_WEIGHTS.clear()
+        hit = _DECODE_WEIGHTS[key] = (eff, model, _decode_weights(eff, model, b, tp, ep, dtype, wbytes, graph,
+                                                                  dp_attention, moe_math_efficiency))
+    return hit[2]
+
+
+def _decode_weights(eff, model: ModelConfig, b, tp: int, ep: int, dtype: str, wbytes: float, graph: bool,
+                    dp_attention: bool, moe_math_efficiency: float) -> float:
+    weights_t = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, b, moe_layer):
+            count, m = g.count, g.m
+            if g.name in ("expert_in", "expert_out"):
+                if graph:  # a fused engine: grouped GEMMs
+                    if g.name == "expert_in":
+                        weights_t += n * moe_expert_gemms_s(eff, model, b, tp, ep, dtype, wbytes, True,
+                                                            math_efficiency=moe_math_efficiency)
+                    continue
+                # eager Hugging Face: a loop over the experts touched, one GEMM each
+                touched = min(model.moe.experts, b * model.moe.top_k)
+                count, m = touched, max(1.0, b * model.moe.top_k / touched)
+            if dp_attention and g.name in ATTENTION_GEMMS:  # this rank's share of the tokens, whole weights
+                weights_t += n * gemm_op_s(eff, max(1.0, m / tp), g.k, g.n, dtype, count, elem_bytes=wbytes,
+                                           graph=graph)
+                continue
+            k, nn = _tp_shape(g.name, g.k, g.n, tp)
+            weights_t += n * gemm_op_s(eff, m, k, nn, dtype, count, elem_bytes=wbytes, graph=graph)
+    weights_t += gemm_op_s(eff, b, model.hidden, max(1, model.vocab // tp), dtype, elem_bytes=wbytes, graph=graph)
+    return weights_t
+
+
 def eager_host_factor(eff, job: InferJob) -> float:
     """Scale on the eager host time: the job's host_time_factor (the user's knob) times the machine's
     own, where its calibration measured one (``eager_infer_host_factor`` of the overlay)."""
     return job.host_time_factor * eff.eager_infer_host_factor
+
+
+def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int):
+    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers."""
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n == 0:
+            continue
+        for g in layer_gemms(model, tokens, moe_layer):
+            yield (n, g, *_tp_shape(g.name, g.k, g.n, tp))
+
+
+def _prefetch_prefills(eff, model: ModelConfig, spec: AcceleratorSpec, jobs, tp: int) -> bool:
+    """The GEMM shapes of prefill_time_s over ``jobs`` through the calibrated curve at once
+    (roofline.gemm_ops_s), for a dense model on a GPU; False where it does not (the caller records them)."""
+    if model.moe is not None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
+        return False
+    shapes: dict[bool, list] = {False: [], True: []}  # interleaved -> (m, k, n, dtype)
+    for job in jobs:
+        dtype = _gemm_dtype(job, spec)
+        shapes[not job.cuda_graph] += [(g.m, k, nn, dtype) for _, g, k, nn in
+                                       _prefill_layer_gemms(model, job.batch * job.prompt_len, tp)]
+        shapes[False].append((job.batch, model.hidden, model.vocab // tp, dtype))  # the logits
+    for interleaved, also in shapes.items():
+        if also:
+            gemm_ops_s(eff, (), interleaved=interleaved, also=also)
+    return True
 
 
 def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int = 1,
@@ -203,21 +258,17 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tokens = b * s
     dtype = _gemm_dtype(job, spec)
     t = 0.0
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
+    for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp):
+        if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
+            if g.name == "expert_in":
+                t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
-        for g in layer_gemms(model, tokens, moe_layer):
-            if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
-                if g.name == "expert_in":
-                    t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
-                continue
-            k, nn = _tp_shape(g.name, g.k, g.n, tp)
-            # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
-            # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
-            # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
-            # run at a short burst's clock as in a training step (training._gemm); a fused serving
-            # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
-            t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
+        # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
+        # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
+        # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
+        # run at a short burst's clock as in a training step (training._gemm); a fused serving
+        # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
+        t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
@@ -350,6 +401,20 @@ class InferEstimate:
 def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context: int, tp: int = 1) -> int:
     """Largest batch whose weights + KV cache + workspace fit (0 if even batch 1 does not)."""
     cap = spec.memory.capacity_bytes
+
+    def need(batch: int) -> float:
+        return required_device_bytes(decode_memory(model, job.model_copy(update={"batch": batch}), context, tp).peak_bytes)
+
+    # Memory grows with the batch by about the same bytes per sequence: the batch that this rate from
+    # batches 1 and 2 gives, where it fits and one more does not (the search below finds the same).
+    one = need(1)
+    if one > cap:
+        return 0
+    per = need(2) - one
+    if per > 0:
+        guess = 1 + int((cap - one) // per)
+        if guess < 1 << 20 and need(guess) <= cap < need(guess + 1):
+            return guess
     lo, hi = 0, 1
     while required_device_bytes(decode_memory(model, job.model_copy(update={"batch": hi}), context, tp).peak_bytes) <= cap:
         lo, hi = hi, hi * 2
@@ -364,9 +429,11 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
     return lo
 
 
-def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff):
+def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, node: NodeSpec | None, eff,
+             jobs: dict | None = None):
     """batch -> time per output token as the estimate reports it: one decode step at the middle of
-    the generation (prompt + gen/2 cached positions) plus the tensor-parallel all-reduces."""
+    the generation (prompt + gen/2 cached positions) plus the tensor-parallel all-reduces.
+    ``jobs``: the job at some batches, made already ({batch: job})."""
     mid_ctx = job.prompt_len + job.gen_len // 2
     links = None
     if tp > 1:
@@ -377,7 +444,8 @@ def _tpot_fn(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: int, 
         return tp_allreduce_s(model, links, tp, batch)
 
     def tpot(batch: int):
-        d = decode_step(model, spec, job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)
+        j = jobs.get(batch) if jobs else None
+        d = decode_step(model, spec, j or job.model_copy(update={"batch": batch}), mid_ctx, tp, eff=eff)
         return d.step_s + tp_comm_s(batch), d
 
     return tpot
@@ -409,21 +477,31 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     mb = max_batch(model, spec, job, context, tp)
     curve_batches = [1 << i for i in range(max(1, mb).bit_length())]  # 1, 2, 4, ... <= max(1, mb)
 
-    def gemm_shapes(e):  # the prefills and decode steps below, for their GEMM shapes
-        for b in {job.batch, *curve_batches}:
-            j = job if b == job.batch else job.model_copy(update={"batch": b})
+    # the job at each batch of the estimate
+    jobs = {b: job if b == job.batch else job.model_copy(update={"batch": b}) for b in sorted({job.batch, *curve_batches})}
+    mid_ctx = job.prompt_len + job.gen_len // 2
+
+    def prefill_shapes(e):  # the prefills below, for their GEMM shapes
+        for j in jobs.values():
             prefill_time_s(model, spec, j, tp, eff=e)
-            decode_step(model, spec, j, job.prompt_len + job.gen_len // 2, tp, eff=e)
+
+    def decode_shapes(e):  # the decode steps below: their GEMM shapes do not depend on the context
+        for j in jobs.values():
+            decode_step(model, spec, j, mid_ctx, tp, eff=e)
 
     # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
-    prefetch_gemms(eff, gemm_shapes, key=("infer", id(model), id(spec), job, tp, mb))
+    # (the decode steps' once per batches and job apart from its lengths)
+    if not _prefetch_prefills(eff, model, spec, jobs.values(), tp):
+        prefetch_gemms(eff, prefill_shapes, key=("infer", id(model), id(spec), job, tp, mb))
+    prefetch_gemms(eff, decode_shapes, key=("decode", id(model), id(spec), tuple(
+        v for k, v in job if k not in ("prompt_len", "gen_len")), tp, tuple(jobs)))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
-    tpot_of = _tpot_fn(model, spec, job, tp, node, eff)
+    tpot_of = _tpot_fn(model, spec, job, tp, node, eff, jobs)
     tpot, d = tpot_of(job.batch)
     curve = []
     for bsz in curve_batches:
         st = tpot_of(bsz)[0]
-        pre = ttft if bsz == job.batch else _ttft_s(model, spec, job.model_copy(update={"batch": bsz}), tp, node, eff)
+        pre = ttft if bsz == job.batch else _ttft_s(model, spec, jobs[bsz], tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,

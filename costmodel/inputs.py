@@ -49,13 +49,54 @@ _PARSED: dict[tuple, object] = {}
 MAX_CACHED_FILES = 1024
 
 
-def file_key(path: str | Path) -> tuple | None:
-    """(absolute path, mtime_ns, size) of ``path``, or None when it cannot be stat()ed."""
+# Inside one_look() (one estimate of the library API), each file's status is taken once: an
+# estimate asks after its preset, overlay and profile files several times, and they are one version
+# for the whole estimate. None outside (every call looks again).
+_LOOKED: list = [None]
+
+
+class one_look:
+    """``with one_look():`` each path's status (stat, file_key) is taken once inside the block."""
+
+    def __enter__(self):
+        self._outer = _LOOKED[0] is not None
+        if not self._outer:
+            _LOOKED[0] = {}
+
+    def __exit__(self, *exc):
+        if not self._outer:
+            _LOOKED[0] = None
+        return False
+
+
+def stat(path: str | Path):
+    """``os.stat(path)``, or None when it cannot be taken (once per path inside one_look)."""
+    looked = _LOOKED[0]
+    if looked is not None:
+        key = ("stat", path)
+        if key in looked:
+            return looked[key]
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        return None
-    return (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+        st = None
+    if looked is not None:
+        looked[key] = st
+    return st
+
+
+def file_key(path: str | Path) -> tuple | None:
+    """(absolute path, mtime_ns, size) of ``path``, or None when it cannot be stat()ed."""
+    looked = _LOOKED[0]
+    if looked is not None:
+        hit = looked.get(("key", path), looked)
+        if hit is not looked:
+            return hit
+    st = stat(path)
+    key = None if st is None else (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if looked is not None:
+        looked[("key", path)] = key
+    return key
 
 
 def cached_by_file(kind: str, path: str | Path, build, *extra):

@@ -41,21 +41,24 @@ FRAGMENTATION_FRACTION = fitted.value("fitted/memory.yaml", "fragmentation_fract
 # The formulas below take a Parallel (Python ints) or a ParallelGrid (numpy arrays, one entry per
 # candidate layout of a search), so one set of formulas serves one estimate and a million.
 
+_PY = (bool, int, float)  # Python scalars: one layout, taken without asking numpy
+
+
 def _where(cond, a, b):
     """`a if cond else b`, elementwise when `cond` is an array."""
-    if np.ndim(cond) == 0:
+    if type(cond) in _PY or np.ndim(cond) == 0:
         return a if cond else b
     return np.where(cond, a, b)
 
 
 def _maximum(a, b):
-    if np.ndim(a) == 0 and np.ndim(b) == 0:
+    if (type(a) in _PY or np.ndim(a) == 0) and (type(b) in _PY or np.ndim(b) == 0):
         return max(a, b)
     return np.maximum(a, b)
 
 
 def _minimum(a, b):
-    if np.ndim(a) == 0 and np.ndim(b) == 0:
+    if (type(a) in _PY or np.ndim(a) == 0) and (type(b) in _PY or np.ndim(b) == 0):
         return min(a, b)
     return np.minimum(a, b)
 

@@ -4,12 +4,16 @@ The library entry points the CLI and the Python API share. No printing here.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 from pydantic import ValidationError
 
 from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
-from .specs import load_library
+from .inputs import file_key, one_look
+from .specs import claim_notes, load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
@@ -30,11 +34,15 @@ def clear_caches() -> None:
     at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
     import sys
 
-    from . import inputs, specs
+    from . import flops, inputs, specs
 
     _ESTIMATES.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
+    flops._LAYER_GEMMS.clear()
+    inference = sys.modules.get("costmodel.inference")
+    if inference is not None:
+        inference._DECODE_WEIGHTS.clear()
     search = sys.modules.get("costmodel.search")
     if search is not None:
         search._TIME_MODELS.clear()
@@ -47,8 +55,6 @@ def _plain(v):
 
 
 def _input_versions(args: tuple, kwargs: dict) -> tuple:
-    from .inputs import file_key
-
     model = args[0] if args else kwargs["model"]
     lib = load_library(kwargs.get("hardware_files"))
     return (lib.origin, load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
@@ -59,24 +65,39 @@ def _same(a: tuple, b: tuple) -> bool:
     return all(x is y or x == y for x, y in zip(a, b))
 
 
+_FIELD_NAMES: dict = {}  # estimate class -> its dataclass fields' names
+
+
+def _copy(obj):
+    """copy.copy of a record: a plain dataclass instance (its __dict__, no copy hooks of its own)
+    without going through __reduce_ex__."""
+    cls = type(obj)
+    if cls.__reduce_ex__ is object.__reduce_ex__ and getattr(cls, "__copy__", None) is None and hasattr(obj, "__dict__") \
+            and not hasattr(cls, "__slots__"):
+        new = object.__new__(cls)
+        new.__dict__.update(obj.__dict__)
+        return new
+    return copy.copy(obj)
+
+
 def _fresh(est):
     """A copy of an estimate that its caller may change without changing the remembered one: its
     lists and dicts copied, and the records it holds (memory, step) copied one level down."""
-    import copy
-    import dataclasses
-
-    out = copy.copy(est)
-    for f in dataclasses.fields(out):
-        v = getattr(out, f.name)
+    names = _FIELD_NAMES.get(type(est))
+    if names is None:
+        names = _FIELD_NAMES[type(est)] = tuple(f.name for f in dataclasses.fields(est))
+    out = _copy(est)
+    for name in names:
+        v = getattr(out, name)
         if isinstance(v, list):
             v = [dict(x) if isinstance(x, dict) else x for x in v]
         elif isinstance(v, dict):
             v = dict(v)
-        elif dataclasses.is_dataclass(v):
-            v = copy.copy(v)
+        elif hasattr(type(v), "__dataclass_fields__"):  # a dataclass instance
+            v = _copy(v)
         else:
             continue
-        object.__setattr__(out, f.name, v)
+        object.__setattr__(out, name, v)
     return out
 
 
@@ -87,6 +108,10 @@ def _remembered(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        with one_look():  # the estimate's input files looked at once
+            return remembered(*args, **kwargs)
+
+    def remembered(*args, **kwargs):
         try:
             key = (fn.__name__, _plain(args), tuple(sorted((k, _plain(v)) for k, v in kwargs.items())))
             hit = _ESTIMATES.get(key)
@@ -98,8 +123,6 @@ def _remembered(fn):
             except Exception:  # noqa: BLE001 - fn reports it, in its own order
                 ok = False
             if ok:
-                from .specs import claim_notes
-
                 claim_notes(hit[1].notes)
                 return _fresh(hit[1])
         est = fn(*args, **kwargs)
@@ -170,8 +193,6 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
 def _spec_notes(lib, hardware: str) -> list[str]:
     """Notes on specs that replace another file's (a user's spec with a shipped id): reported with
     the estimate (and not again by the CLI)."""
-    from .specs import claim_notes
-
     notes = lib.notes(hardware)
     claim_notes(notes)
     return notes

@@ -131,11 +131,14 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
             path = _shipped_overlay(spec.id)
             if path is None:
                 return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
-            file = getattr(spec, "file", None)
-            key = (spec.id, str(path), path.stat().st_mtime_ns, id(spec))
+            from .inputs import stat
+
+            st = stat(path) or path.stat()  # (the latter raises what stat() met)
+            key = (spec.id, str(path), st.st_mtime_ns, id(spec))
             hit = _SHIPPED_CACHE.get(key)
             eff = hit[1] if hit is not None and hit[0] is spec else None
             if eff is None:
+                file = getattr(spec, "file", None)
                 eff = cal.load_overlay(path, spec)
                 if file is not None and not _is_shipped(file):
                     # a user's spec took the shipped id: the shipped calibration (measured on the shipped
@@ -210,6 +213,12 @@ class _GemmRecorder:
 
     def __getattr__(self, name):
         return getattr(self._eff, name)
+
+
+def recording(eff) -> bool:
+    """Whether ``eff`` only records the GEMM shapes a build asks for (its times are dummies: a
+    caller that remembers results must not keep them)."""
+    return isinstance(eff, _GemmRecorder)
 
 
 _PREFETCHED = [0]
@@ -317,6 +326,23 @@ def gemm_op_s(eff, m: float, k: int, n: int, dtype: str = "bf16", count: float =
     m_i = max(1, int(round(m)))
     t = _gemm_kernel_s(eff, m_i, k, n, dtype, elem_bytes, graph, interleaved, 2.0 * m_i * k * n)
     return max(t, KERNEL_FLOOR_S) * count
+
+
+def gemm_ops_s(eff, gemms, interleaved: bool = False, also=()) -> list[float]:
+    """gemm_op_s of many 16-bit GEMMs ``gemms`` ((m, k, n, dtype, count) each, not launched from a
+    graph), in order: their distinct shapes through the calibrated curve in one vectorised call
+    per dtype (DeviceEfficiency.gemm_times_list). ``also``: more (m, k, n, dtype) shapes evaluated in
+    the same call, for the caller's later gemm_op_s (their times are remembered, not returned)."""
+    many = getattr(eff, "gemm_times_list", None)
+    if many is None or isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:
+        # one shape at a time (a recorder learns each; under `prefetched` the caller evaluated them)
+        return [gemm_op_s(eff, m, k, n, d, c, interleaved=interleaved) for m, k, n, d, c in gemms]
+    shapes: dict[str, list] = {}
+    for m, k, n, d, *_ in (*gemms, *also):
+        shapes.setdefault(d, []).append((max(1, int(round(m))), n, k))
+    times = {d: iter(many(*zip(*sh), d, 1, interleaved)) for d, sh in shapes.items()}
+    floor = KERNEL_FLOOR_S
+    return [max(next(times[d]), floor) * c for _, _, _, d, c in gemms]
 
 
 def _gemm_kernel_s(eff, m_i: int, k: int, n: int, dtype: str, elem_bytes: float, graph: bool, interleaved: bool,

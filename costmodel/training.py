@@ -18,8 +18,8 @@ from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import (attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, memory_op, prefetch_gemms,
-                       sdpa_backend_rates)
+from .roofline import (attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op,
+                       prefetch_gemms, sdpa_backend_rates)
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
 
@@ -387,6 +387,12 @@ class SustainedClock:
     def gemm_times_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
         return self._eff.gemm_times_s(m, n, k, dtype, batch, interleaved=False)
 
+    def gemm_times_list(self, m, n, k, dtype, batch=1, interleaved: bool = False):
+        many = getattr(self._eff, "gemm_times_list", None)
+        if many is None:
+            return [self._eff.gemm_time_s(*shape, dtype, batch, interleaved=False) for shape in zip(m, n, k)]
+        return many(m, n, k, dtype, batch, interleaved=False)
+
 
 class AttentionBackend:
     """A device's efficiency model whose fused attention is another kernel than the one its
@@ -449,18 +455,22 @@ def _expert_dtype(model: ModelConfig, job: TrainJob, dtype: str) -> str:
 
 
 def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int, seq_dev: int, dtype: str,
-                 spec=None):
+                 spec=None, also=()):
     """Forward and backward GPU time of one decoder layer per micro-batch on one device (``spec``:
-    the device, for the eager elementwise ceiling of roofline.EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM)."""
-    # all of the layer's GEMM shapes through the calibrated curve in one vectorised call first
-    prefetch_gemms(eff, lambda e: _layer_times(e, model, job, par, mb, seq_dev, dtype, spec),
-                   key=("layer", id(model), job, par, mb, seq_dev, dtype))
+    the device, for the eager elementwise ceiling of roofline.EAGER_ELEMENTWISE_ELEMENTS_PER_S_PER_SM).
+    ``also``: more GEMM shapes (m, k, n, dtype) the caller times next (roofline.gemm_ops_s)."""
+    if job.attention == "standard" or cpu.is_cpu(spec):
+        # attention's GEMMs too: all of the layer's shapes through the calibrated curve in one call first
+        prefetch_gemms(eff, lambda e: _layer_times(e, model, job, par, mb, seq_dev, dtype, spec),
+                       key=("layer", id(model), job, par, mb, seq_dev, dtype))
     tokens = mb * seq_dev
     tp = par.tp
     gemm_fwd = gemm_bwd = 0.0
     expert_dtype = _expert_dtype(model, job, dtype)
     n_moe = model.moe_layers
     n_dense = model.dense_layers
+    # the layer's GEMMs as (forward, dgrad, wgrad) triples with their weight, timed together below
+    gemms, weights = [], []
     for moe_layer, weight in ((False, n_dense / model.layers), (True, n_moe / model.layers)):
         if weight == 0:
             continue
@@ -485,17 +495,18 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                 if g.name == "qkv":
                     for part in (model.q_dim, model.kv_dim, model.kv_dim):
                         part_n = max(1, part // tp)
-                        f_ = _gemm(eff, g.name, m, k, part_n, dtype, count)
-                        b_ = _gemm(eff, g.name + "_dgrad", m, part_n, k, dtype, count) + _gemm(
-                            eff, g.name + "_wgrad", k, m, part_n, dtype, count)
-                        gemm_fwd += weight * f_
-                        gemm_bwd += weight * b_
+                        gemms += [(m, k, part_n, dtype, count), (m, part_n, k, dtype, count), (k, m, part_n, dtype, count)]
+                        weights.append(weight)
                     break
-                f_ = _gemm(eff, g.name, m, k, ns, g_dtype, count)
-                b_ = _gemm(eff, g.name + "_dgrad", m, ns, k, g_dtype, count) + _gemm(
-                    eff, g.name + "_wgrad", k, m, ns, g_dtype, count)
-                gemm_fwd += weight * f_
-                gemm_bwd += weight * b_
+                gemms += [(m, k, ns, g_dtype, count), (m, ns, k, g_dtype, count), (k, m, ns, g_dtype, count)]
+                weights.append(weight)
+    # a training step's GEMMs run interleaved with memory-bound kernels (_gemm)
+    times = iter(gemm_ops_s(eff, gemms, interleaved=True, also=also))
+    for weight in weights:
+        f_ = next(times)
+        b_ = next(times) + next(times)
+        gemm_fwd += weight * f_
+        gemm_bwd += weight * b_
     # Context parallelism: each rank's seq/cp queries attend over the whole (causal, load-balanced)
     # sequence, so a rank does 1/cp of the full attention, not the attention of seq/cp tokens.
     heads = max(1, model.heads // tp)
@@ -646,14 +657,15 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     n_micro = job.grad_accum_steps(par)
     sp = stage_params(model, par)
     layers = sp.layers
-    g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype, spec)
+    tokens_mb = mb * seq_dev
+    head = (tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype)  # the lm_head's GEMM, timed with the layer's
+    g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype, spec, also=(head,))
     kf = kernel_time_factor(prof)
     experts_fp32 = _expert_dtype(model, job, dtype) != dtype
     if experts_fp32:
         notes.append("MoE experts at the fp32 rate: Hugging Face's grouped_mm experts are not autocast under amp "
                      "(framework pytorch); --framework megatron casts them")
-    tokens_mb = mb * seq_dev
-    head_f = _gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype)
+    head_f = _gemm(eff, "lm_head", *head)
     head_b = 2 * head_f
     loss_t = cross_entropy_s(eff, job, tokens_mb, model.vocab, par.tp)  # forward + backward passes
     head_f, head_b, loss_t = head_f * kf, head_b * kf, loss_t * kf

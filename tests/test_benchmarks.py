@@ -91,8 +91,9 @@ def test_bench_twice_as_fast_as_llm_analysis(benchmark):
     """Issue #23: one train and one infer call at least twice as fast as llm-analysis's on the same
     jobs, measured side by side in one run (tools/compare_llm_analysis.py, which says how). Not a
     dependency: LLM_ANALYSIS_PYTHON names an interpreter that has llm-analysis installed (skipped
-    without it). The goal is on repeated calls (the estimate remembered); the computed call's ratio
-    is recorded beside it."""
+    without it). The goal is held on repeated calls (the estimate remembered); the computed and
+    first-time calls' ratios are recorded beside it (``ratio_*_computed``, ``ratio_*_first``): the
+    issue asks the same of a first-time call, not met yet (docs/usage.md, Speed)."""
     import importlib.util
 
     py = os.environ.get("LLM_ANALYSIS_PYTHON")
@@ -122,26 +123,29 @@ def test_bench_train_estimate_not_remembered(benchmark):
 
 
 def test_bench_train_estimate_first_time(benchmark):
-    """A first-time estimate: the sequence one token shorter every round, so that neither the
-    estimate nor any of its GEMM shapes has been seen (inputs parsed; what a sweep over sequence
-    lengths or micro-batches pays per point). Recorded, not held to a goal: 0.75-1.1 ms on the
-    development host (docs/usage.md, Speed), against issue #23's 0.1 ms."""
+    """Issue #23: a first-time train estimate at most 0.1 ms (median): the sequence one token shorter
+    every round, so that neither the estimate nor any of its GEMM shapes has been seen (inputs
+    parsed; what a sweep over sequence lengths or micro-batches pays per point). Not met yet: on the
+    development host (load 1.3) 0.37 ms fastest, 0.40 ms median (docs/usage.md, Speed; llm-analysis ~0.17 ms)."""
     import itertools
 
     new = itertools.count(1)
     est = benchmark(lambda: train("llama2-7b", "dgx-h100", tp=2, pp=2, global_batch=64, seq_len=4096 - next(new),
                                   micro_batch=1))
     assert est.step.total_s > 0 and est.job["seq_len"] < 4096
+    _goal(benchmark, 0.1e-3, stat="median")
 
 
 def test_bench_infer_estimate_first_time(benchmark):
-    """A first-time infer estimate: the prompt one token longer every round (no estimate, prefill
-    or decode shape seen before). Recorded, not held to a goal (docs/usage.md, Speed)."""
+    """Issue #23: a first-time infer estimate at most 0.2 ms (median): the prompt one token longer
+    every round (no estimate or prefill shape seen before). Not met yet: on the development host
+    (load 1.3) 0.40 ms fastest, 0.62 ms median (docs/usage.md, Speed; llm-analysis ~0.19 ms)."""
     import itertools
 
     new = itertools.count(1)
     est = benchmark(lambda: infer("llama2-7b", "h100-sxm", prompt_len=512 + next(new), gen_len=128))
     assert est.tpot_s > 0 and est.job["prompt_len"] > 512
+    _goal(benchmark, 0.2e-3, stat="median")
 
 
 @pytest.mark.parametrize("args, goal", [(["--help"], 0.25), (["hardware", "list", "--json"], 0.25),

@@ -14,8 +14,14 @@ from .defaults import (
 )
 
 # ------------------------------------------------------------------------------------------------
+_PY = (int, float, np.float64)  # one number: the curves below take it without making arrays
+
+
 def smoothmax(a, b, p: float):
     """(a^p + b^p)^(1/p), elementwise, computed without overflow."""
+    if type(a) in _PY and type(b) in _PY and type(p) in _PY and a >= 0 and b >= 0 and (a > 0 or b > 0):
+        m = max(a, b, 1e-300)  # one pair of numbers, as below
+        return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     m = np.maximum(np.maximum(a, b), 1e-300)
@@ -160,7 +166,10 @@ class GemmResidual:
         if pts is None:
             return 0.0
         x, num, den = pts
-        q = np.stack(np.broadcast_arrays(*(np.log2(np.maximum(np.asarray(v, dtype=float), 1.0)) for v in (m, n, k))), axis=-1)
+        mnk = [np.asarray(v, dtype=float) for v in (m, n, k)]
+        if not mnk[0].shape == mnk[1].shape == mnk[2].shape:
+            mnk = np.broadcast_arrays(*mnk)
+        q = np.log2(np.maximum(np.stack(mnk, axis=-1), 1.0))
         flat = q.reshape(-1, 3)
         out = np.empty(len(flat))
         step = max(1, RESIDUAL_CHUNK_ELEMENTS // max(1, len(x)))  # bounded memory for large vectorised queries
@@ -170,9 +179,17 @@ class GemmResidual:
         return out.reshape(q.shape[:-1]) if q.ndim > 1 else float(out[0])
 
 
+_SQUARED_NORMS: dict = {}  # id(x) -> (x, |x_j|^2): a residual's points are fixed once fitted
+
+
 def _gauss_kernel(q: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
     """exp(-|q_i - x_j|^2 / (2 length^2)) for rows q (Q, 3) and x (N, 3): GemmResidual's weights."""
-    d2 = np.maximum(np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1) - 2.0 * (q @ x.T), 0.0)
+    hit = _SQUARED_NORMS.get(id(x))
+    if hit is None or hit[0] is not x:
+        if len(_SQUARED_NORMS) > 256:
+            _SQUARED_NORMS.clear()
+        hit = _SQUARED_NORMS[id(x)] = (x, np.sum(x * x, axis=1))
+    d2 = np.maximum(np.sum(q * q, axis=1)[:, None] + hit[1] - 2.0 * (q @ x.T), 0.0)
     return np.exp(-0.5 * d2 / length**2)
 
 
@@ -219,7 +236,14 @@ class BandwidthCurve:
     timing: Timing
 
     def kernel_s(self, traffic_bytes):
-        return self.timing.kernel_min_s + np.asarray(traffic_bytes, dtype=float) / self.bytes_per_s
+        if type(traffic_bytes) not in _PY:
+            traffic_bytes = np.asarray(traffic_bytes, dtype=float)
+        return self.timing.kernel_min_s + traffic_bytes / self.bytes_per_s
+
+
+def _if(cond: bool, a, b):
+    """np.where of one condition."""
+    return a if cond else b
 
 
 @dataclass(frozen=True)
@@ -233,13 +257,18 @@ class AttentionCurve:
     p: float = DEFAULT_P
 
     def kernel_s(self, b, h, s, d, causal, backward: bool):
-        b, h, s, d = (np.asarray(v, dtype=float) for v in (b, h, s, d))
-        causal = np.asarray(causal, dtype=bool)
+        if type(b) in _PY and type(h) in _PY and type(s) in _PY and type(d) in _PY and type(causal) is bool:
+            b, h, s, d = float(b), float(h), float(s), float(d)  # one shape: the same formulas on numbers
+            where = _if
+        else:
+            b, h, s, d = (np.asarray(v, dtype=float) for v in (b, h, s, d))
+            causal = np.asarray(causal, dtype=bool)
+            where = np.where
         mult = 3.5 if backward else 1.0
         # Work the kernel does: full tiles on the causal diagonal (s * block / 2 extra pairs).
-        pairs = np.where(causal, s * (s + self.causal_block) / 2.0, s * s)
+        pairs = where(causal, s * (s + self.causal_block) / 2.0, s * s)
         work = 4.0 * b * h * d * pairs * mult
-        rate = self.flops_per_s_max * d / (d + self.head_dim_half) * np.where(causal, 1.0, self.noncausal_factor)
+        rate = self.flops_per_s_max * d / (d + self.head_dim_half) * where(causal, 1.0, self.noncausal_factor)
         nbytes = 4.0 * b * h * s * d * 2.0 * (2.5 if backward else 1.0)  # q, k, v, o in bf16 (+ grads)
         return self.timing.kernel_min_s + smoothmax(work / rate, nbytes / self.memory_bytes_per_s, self.p)
 
@@ -263,4 +292,6 @@ class CollectiveFit:
     busbw_bytes_per_s: float
 
     def time_s(self, op: str, nbytes, world: int):
-        return self.alpha_s + np.asarray(nbytes, dtype=float) * busbw_factor(op, world) / self.busbw_bytes_per_s
+        if type(nbytes) not in _PY:
+            nbytes = np.asarray(nbytes, dtype=float)
+        return self.alpha_s + nbytes * busbw_factor(op, world) / self.busbw_bytes_per_s

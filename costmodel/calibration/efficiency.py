@@ -105,21 +105,27 @@ class DeviceEfficiency:
         """gemm_time_s of many shapes (sequences m, n, k of one length; ``batch`` a scalar) through
         the curve in one vectorised call: the shapes not in the memo are evaluated together, and
         remembered."""
+        return np.array(self.gemm_times_list(m, n, k, dtype, batch, interleaved), dtype=float)
+
+    def gemm_times_list(self, m, n, k, dtype: str, batch=1, interleaved: bool = False) -> list[float]:
+        """gemm_times_s as a list of floats (the shapes in the memo looked up without numpy)."""
         memo = self._memo
         keys = [(mi, ni, ki, dtype, batch, interleaved) for mi, ni, ki in zip(m, n, k)]
-        out = np.array([memo.get(key, np.nan) for key in keys], dtype=float)
-        todo = np.flatnonzero(np.isnan(out))
-        if len(todo):
-            miss = {}
-            for i in todo:  # each distinct missing shape once
-                miss.setdefault(keys[i][:3], []).append(i)
-            shapes = np.array(list(miss), dtype=float).reshape(-1, 3)
-            t = np.atleast_1d(self._gemm_time_s(shapes[:, 0], shapes[:, 1], shapes[:, 2], dtype, batch, interleaved))
-            if len(memo) > MEMO_MAX_SHAPES:
-                memo.clear()
-            for (shape, idx), ti in zip(miss.items(), t.tolist()):
-                memo[shape + (dtype, batch, interleaved)] = ti
-                out[idx] = ti
+        out = [memo.get(key) for key in keys]
+        if None not in out:
+            return out
+        miss: dict = {}
+        for i, (key, v) in enumerate(zip(keys, out)):
+            if v is None:  # each distinct missing shape once
+                miss.setdefault(key[:3], []).append(i)
+        cols = np.array(list(miss), dtype=float).T
+        t = np.atleast_1d(self._gemm_time_s(cols[0], cols[1], cols[2], dtype, batch, interleaved)).tolist()
+        if len(memo) > MEMO_MAX_SHAPES:
+            memo.clear()
+        for (shape, idx), ti in zip(miss.items(), t):
+            memo[shape + (dtype, batch, interleaved)] = ti
+            for i in idx:
+                out[i] = ti
         return out
 
     def gemm_kernel_s(self, m, n, k, dtype: str) -> float:
