@@ -51,6 +51,7 @@ class EngineConfig:
     custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
     moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
     intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
+    api_server_s_per_request: float = 0.0  # the API server's serial handling of one request (fitted)
 
 
 def engines_dir() -> Path:
@@ -80,7 +81,9 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
                        custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
                        moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"),
-                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0))
+                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0),
+                       api_server_s_per_request=_bounded(d.get("api_server_s_per_request", 0.0), path,
+                                                         "api_server_s_per_request", 0.0, 0.05))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -298,10 +301,41 @@ class SimResult:
     preemptions: int
 
 
+def api_server_ready(arrival: np.ndarray, per_request_s: float, after: float = -np.inf) -> np.ndarray:
+    """When requests that reach the API server at ``arrival`` (sorted) are handed to the engine.
+
+    The engines' OpenAI-compatible servers run every request's handler on one asyncio event loop in
+    one Python process beside the engine loop (vLLM V1's API server process apart from EngineCore,
+    which ``--api-server-count`` scales out; trtllm-serve's FastAPI server over the LLM API): the
+    handler parses and validates the request, renders the chat template and tokenizes the prompt
+    (``per_request_s``, blocking the loop), then awaits the send to the engine. The loop runs the
+    ready handlers in turn, so requests that are waiting when it starts a round are all handled
+    before any of their sends runs: the round starts at max(first arrival, end of the previous
+    round), takes every request arrived by then, and hands them all over at its end,
+    start + count x per_request_s. A lone request waits per_request_s; a burst of N waits N times
+    that (the GPUStack max-load runs of 1,000 short requests deliver no first token for the first
+    N x per_request_s seconds: their mean TTFT is 56-88% of the run). ``after``: when the server
+    is free (the end of the previous round)."""
+    a = np.asarray(arrival, dtype=float)
+    h = max(0.0, float(per_request_s))
+    free = float(after)
+    if h == 0.0 or a.size == 0:
+        return np.maximum(a, free) if np.isfinite(free) else a.copy()
+    ready = np.empty_like(a)
+    i, n = 0, a.size
+    while i < n:
+        start = max(float(a[i]), free)
+        j = max(i + 1, int(np.searchsorted(a, start, side="right")))
+        free = start + (j - i) * h
+        ready[i:j] = free
+        i = j
+    return ready
+
+
 def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
              value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
-             intake_iterations: float = 0.0) -> SimResult:
+             intake_iterations: float = 0.0, api_server_s: float = 0.0) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -317,6 +351,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     schedulable only that many decode iterations of the running batch later (the batch's
     decode-only iteration time, prefill chunks left out): the time the server takes to hand a
     request over to a busy engine (EngineConfig.intake_iterations).
+    ``api_server_s``: every request first passes the API server, one at a time (api_server_ready);
+    the engine sees it only then, and its TTFT counts the wait (EngineConfig.api_server_s_per_request).
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
@@ -369,6 +405,16 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
+    h_api = max(0.0, float(api_server_s))
+    # when the engine sees each request (inf: not arrived yet)
+    ready = np.full(N, np.inf)
+    known = int(np.isfinite(arrival).sum())
+    ready[:known] = api_server_ready(arrival[:known], h_api)
+
+    def arrive(s0: int, s1: int, t: float):  # closed loop: requests s0..s1 sent at t
+        arrival[s0:s1] = t
+        if s1 > s0:
+            ready[s0:s1] = api_server_ready(arrival[s0:s1], h_api, float(ready[s0 - 1]) if s0 > 0 else -np.inf)
     cached = max(0, int(cached_prefix))  # per request at most its prompt less one token
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
@@ -397,10 +443,10 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         if running and lag_k:  # a busy engine's intake: lag_k decode iterations of its running batch
             lag = lag_k * float(cost.iteration_s(running, running, int((n * (ctx + 1)).sum()), 0.0, True))
         seen = now - lag
-        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(ready, seen, side="right")) - next_req) if next_req < N else 0
         waiting = avail_new + sum(h - l for l, h, _ in requeue)
         if running == 0 and waiting == 0:
-            now = max(now, float(arrival[next_req]))
+            now = max(now, float(ready[next_req]))
             continue
         decoding = pf == 0
         can_admit = waiting > 0 and running < max_num_seqs and (not static or running == 0)
@@ -409,8 +455,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
             nd = running
             Oc = Oreq[lo]
             k = int((Oc - dec).min())
-            if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
-                limit_t = float(arrival[next_req]) + lag
+            if next_req < N and running < max_num_seqs and not static and np.isfinite(ready[next_req]):
+                limit_t = float(ready[next_req]) + lag
             else:
                 limit_t = np.inf
             if k > 1:  # KV blocks: the first step that would need more than there are
@@ -445,7 +491,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                         cnt = b - a
                         if conc:
                             s0 = conc + done
-                            arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
+                            arrive(s0, min(N, s0 + cnt), max(now, float(arrival[min(N, conc) - 1])))
                         done += int(cnt)
                     keep = ~fin
                     lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -504,7 +550,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         # admissions
         add_lo, add_hi, add_ctx, add_pf, add_dec = [], [], [], [], []
         seats = max_num_seqs - running
-        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(ready, seen, side="right")) - next_req) if next_req < N else 0
         if not (static and running > 0) and (mixed or nd == 0):
             while budget > 0 and seats > 0 and (requeue or avail_new > 0):
                 from_rq = bool(requeue)
@@ -581,7 +627,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 cnt = int(b - a)
                 if conc:
                     s0 = conc + done
-                    arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
+                    arrive(s0, min(N, s0 + cnt), max(now, float(arrival[min(N, conc) - 1])))
                 done += cnt
             keep = ~fin
             lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -683,7 +729,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
                    draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
                    intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
-                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False) -> ServeEstimate:
+                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False,
+                   api_server_s_per_request: float | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -704,7 +751,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     every request's lengths drawn uniformly from those integers (seeded; as bench_serving's random
     dataset with a range ratio), in place of ``input_len`` / ``output_len``. ``dp_attention``:
     data-parallel attention over the tp devices (decode_step, kv_capacity), the scheduler seeing
-    one pool of all their requests (balanced over the ranks)."""
+    one pool of all their requests (balanced over the ranks). ``api_server_s_per_request``: the
+    engine's API server's serial time per request (simulate's ``api_server_s``; engine default); a
+    static ``batch`` runs offline, without the server."""
     ranges = {}
     for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
         if rng_ is not None:
@@ -746,7 +795,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         if spec_decode == "draft" and draft_model is None:
             raise InputError("--spec draft needs --draft-model", field="draft_model")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
-                      intake_iterations=intake_iterations)
+                      intake_iterations=intake_iterations, api_server_s_per_request=api_server_s_per_request)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
     # stay weight-only (W8A16 / W4A16)
@@ -822,7 +871,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
                    ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
-                   intake_iterations=eng.intake_iterations)
+                   intake_iterations=eng.intake_iterations,
+                   api_server_s=eng.api_server_s_per_request if load != "batch" else 0.0)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests
@@ -850,6 +900,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if dp_attention:
         notes.append(f"data-parallel attention: each of the {tp} devices runs the attention of its own sequences "
                      "(whole attention weights, whole KV per token); MLP / MoE layers over all tokens")
+    if load != "batch" and eng.api_server_s_per_request > 0:
+        notes.append(f"API server: {eng.api_server_s_per_request * 1e3:.3g} ms a request before the engine sees it "
+                     "(requests arriving together wait for all of them)")
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(
