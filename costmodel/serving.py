@@ -52,6 +52,7 @@ class EngineConfig:
     moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
     intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
     api_server_s_per_request: float = 0.0  # the API server's serial handling of one request (fitted)
+    reserve_output: bool = False  # admission holds KV blocks for the prompt and every output token
 
 
 def engines_dir() -> Path:
@@ -82,6 +83,7 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
                        moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"),
                        intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0),
+                       reserve_output=_flag(d.get("reserve_output", False), path, "reserve_output"),
                        api_server_s_per_request=_bounded(d.get("api_server_s_per_request", 0.0), path,
                                                          "api_server_s_per_request", 0.0, 0.05))
     for k, v in overrides.items():
@@ -96,6 +98,12 @@ def _fraction(v, path: Path, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
         raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
     return float(v)
+
+
+def _flag(v, path: Path, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise InputError(f"expected true or false (got {v!r})", file=str(path), field=name)
+    return v
 
 
 def _bounded(v, path: Path, name: str, lo: float, hi: float) -> float:
@@ -335,7 +343,7 @@ def api_server_ready(arrival: np.ndarray, per_request_s: float, after: float = -
 def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
              value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
-             intake_iterations: float = 0.0, api_server_s: float = 0.0) -> SimResult:
+             intake_iterations: float = 0.0, api_server_s: float = 0.0, reserve_output: bool = False) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -353,10 +361,16 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     request over to a busy engine (EngineConfig.intake_iterations).
     ``api_server_s``: every request first passes the API server, one at a time (api_server_ready);
     the engine sees it only then, and its TTFT counts the wait (EngineConfig.api_server_s_per_request).
+    ``reserve_output``: a request is admitted only when the KV cache has blocks for its whole prompt
+    and output, which it holds until it finishes, so nothing is preempted (TensorRT-LLM's
+    GUARANTEED_NO_EVICT capacity scheduler); otherwise blocks are taken as tokens come.
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
-    token budget, the running-sequence cap and the KV cache allow. ``mixed`` False (SGLang):
+    token budget, the running-sequence cap and the KV cache allow; a new request's chunk (its prompt,
+    or the budget left) is scheduled only when the blocks for the whole chunk are free, never cut to
+    the free blocks (vLLM V1's Scheduler.schedule: allocate_slots for the chunk, else stop admitting).
+    ``mixed`` False (SGLang):
     an iteration with prefill work runs no decode tokens. A sequence's first token comes at the end
     of the iteration that finishes its prompt. When a decode token needs a KV block and none is
     free, the most recently admitted sequences are preempted and later re-prefilled (recompute).
@@ -436,6 +450,9 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     def blocks(c):
         return -(-c // bs)
 
+    def held(c, full):  # KV blocks a sequence holds at context c (its whole prompt + output if reserved)
+        return blocks(np.maximum(c, full)) if reserve_output else blocks(c)
+
     while done < N:
         n = hi - lo
         running = int(n.sum())
@@ -461,7 +478,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 limit_t = np.inf
             if k > 1:  # KV blocks: the first step that would need more than there are
                 j = np.arange(1, k + 1)
-                need = (n[:, None] * blocks(ctx[:, None] + j[None, :])).sum(axis=0)
+                need = (n[:, None] * held(ctx[:, None] + j[None, :], (Ireq[lo] + Oreq[lo])[:, None])).sum(axis=0)
                 over = np.nonzero(need > cap_blocks)[0]
                 if over.size:
                     k = max(1, int(over[0]))
@@ -474,7 +491,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 if stop < k:
                     k = stop + 1
                     ts = ts[:k]
-            if int((n * blocks(ctx + k)).sum()) > cap_blocks:
+            if int((n * held(ctx + k, Ireq[lo] + Oreq[lo])).sum()) > cap_blocks:
                 k = 1
                 ts = ts[:1]
                 # fall through to the single-iteration path, which preempts
@@ -506,7 +523,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         if run_decode and decoding.any():
             # preempt the newest cohorts' sequences until every decode token has its block
             while True:
-                need = int((n * blocks(ctx + np.where(decoding, 1, 0))).sum())
+                need = int((n * held(ctx + np.where(decoding, 1, 0), Ireq[lo] + Oreq[lo])).sum())
                 if need <= cap_blocks or len(lo) <= 1 and n.sum() <= 1:
                     break
                 last = len(lo) - 1
@@ -523,7 +540,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         nd = int(n[decoding].sum()) if run_decode else 0
         ctx_sum = int((n[decoding] * (ctx[decoding] + 1)).sum()) if run_decode else 0
         budget = token_budget - nd
-        free = cap_blocks - int((n * blocks(ctx + np.where(decoding & run_decode, 1, 0))).sum())
+        free = cap_blocks - int((n * held(ctx + np.where(decoding & run_decode, 1, 0), Ireq[lo] + Oreq[lo])).sum())
         tokens = nd
         logits = nd
         attn_s = 0.0
@@ -535,11 +552,12 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
             if budget <= 0:
                 break
             c = int(min(pf[i], budget))
-            grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+            full_i = int(Ireq[lo[i]] + Oreq[lo[i]])
+            grow = int(held(ctx[i] + c, full_i) - held(ctx[i], full_i))
             if grow > free:
                 c = max(0, int((blocks(ctx[i]) + free) * bs - ctx[i]))
                 c = min(c, int(pf[i]))
-                grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+                grow = int(held(ctx[i] + c, full_i) - held(ctx[i], full_i))
             if c <= 0:
                 continue
             attn_s += float(cost.attn(ctx[i] + c) - cost.attn(ctx[i]))
@@ -562,7 +580,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 b_same = min(b, int(same_to[a]))  # requests of a's lengths
                 pre = min(cached, int(Ireq[a]) - 1) if d0 == 0 else 0  # prompt tokens found in the prefix cache
                 Lc = L - pre  # tokens to compute
-                per_blocks = int(blocks(L))
+                full_a = int(Ireq[a] + Oreq[a]) if reserve_output else 0
+                per_blocks = int(held(L, full_a))
                 full = int(min(b_same - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
@@ -571,11 +590,13 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                     budget -= full * Lc; free -= full * per_blocks; seats -= full; tokens += full * Lc; logits += full
                     attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
-                c = int(min(budget, Lc, free * bs - pre))
+                c = int(min(budget, Lc))  # vLLM V1: a new request's chunk is scheduled only if its blocks fit
+                if int(held(pre + c, full_a)) > free:
+                    c = 0
                 if a < b_same and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
                     add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
                     add_dec.append(d0)
-                    budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
+                    budget -= c; free -= int(held(pre + c, full_a)); seats -= 1; tokens += c
                     attn_s += float(cost.attn(pre + c) - cost.attn(pre))
                     a += 1
                 if from_rq:
@@ -872,7 +893,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
                    ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
                    intake_iterations=eng.intake_iterations,
-                   api_server_s=eng.api_server_s_per_request if load != "batch" else 0.0)
+                   api_server_s=eng.api_server_s_per_request if load != "batch" else 0.0,
+                   reserve_output=eng.reserve_output)
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests

@@ -311,6 +311,28 @@ def test_intake_iterations_delay_a_busy_engines_admission_by_hand():
     assert np.allclose(simulate(LinearCost(), intake_iterations=2, **one).first_token, [1.4])
 
 
+def test_a_new_requests_chunk_must_fit_its_kv_blocks_by_hand():
+    # vLLM V1's scheduler gives a waiting request its chunk only if the KV blocks for the whole chunk
+    # are free (allocate_slots; no shrinking the chunk to the free blocks). Two 4+3 requests, a cache
+    # of 7 tokens: r0 prefills (1.4 s) holding 4; its decode steps leave 2, then 1 free, too few for
+    # r1's 4-token prompt, so r1 waits for r0 to finish (two decode steps of 1.1 s: 3.6), prefills
+    # (1.4 s: first token at 5.0) and decodes twice (7.2). Nothing is preempted.
+    r = simulate(LinearCost(), num_requests=2, input_len=4, output_len=3, max_num_seqs=8, token_budget=100,
+                 kv_capacity_tokens=7, block_tokens=1, load="max_load")
+    assert np.allclose(r.first_token, [1.4, 5.0]) and np.allclose(r.finish, [3.6, 7.2]) and r.preemptions == 0
+
+
+def test_reserved_output_kv_admits_a_request_only_when_all_its_tokens_fit_by_hand():
+    # TensorRT-LLM's GUARANTEED_NO_EVICT: admission holds blocks for prompt + output. Two 4+3 requests
+    # (7 tokens each) in a 12-token cache: allocating as tokens come, both prompts fit at once (one
+    # 8-token iteration, 1.8 s); reserved, r1 waits for r0 (the timeline of the test above)
+    kw = dict(num_requests=2, input_len=4, output_len=3, max_num_seqs=8, token_budget=100, kv_capacity_tokens=12,
+              block_tokens=1, load="max_load")
+    assert np.allclose(simulate(LinearCost(), **kw).first_token, [1.8, 1.8])
+    r = simulate(LinearCost(), reserve_output=True, **kw)
+    assert np.allclose(r.first_token, [1.4, 5.0]) and np.allclose(r.finish, [3.6, 7.2]) and r.preemptions == 0
+
+
 def test_api_server_rounds_by_hand():
     # h = 0.5 s a request. Three requests at t=0 form one round: handed over together at 1.5. The
     # one at 1.0 arrived during that round: the next starts at 1.5 and ends at 2.0. The one at 5.0
