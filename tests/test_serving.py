@@ -333,6 +333,29 @@ def test_reserved_output_kv_admits_a_request_only_when_all_its_tokens_fit_by_han
     assert np.allclose(r.first_token, [1.4, 5.0]) and np.allclose(r.finish, [3.6, 7.2]) and r.preemptions == 0
 
 
+def test_paced_closed_loop_limits_by_hand():
+    # requests of two clients sent as a Poisson stream (seeded: the cumulative sum of exponential
+    # gaps of default_rng([seed, 2])), request k no earlier than request k - 2 finished.
+    kw = dict(num_requests=6, input_len=4, output_len=3, max_num_seqs=8, token_budget=100, kv_capacity_tokens=1000,
+              block_tokens=1, load="concurrency", value=2, seed=3)
+    # a slow stream (0.01 / s: gaps of ~100 s, each request done in a few s): every request at its Poisson time
+    pace = np.cumsum(np.random.default_rng([3, 2]).exponential(100.0, 6))
+    r = simulate(LinearCost(), paced_rate=0.01, **kw)
+    assert np.allclose(r.arrival, pace)
+    # a fast stream: the first two go at ~0, then every request waits for a free client: request k
+    # is sent when the (k - 1)-th request to finish does (k >= 2)
+    fast = simulate(LinearCost(), paced_rate=1e12, **kw)
+    assert np.all(fast.arrival[:2] < 1e-9) and np.allclose(fast.arrival[2:], np.sort(fast.finish)[:4])
+
+
+def test_steady_closed_loop_obeys_littles_law(h100):
+    # the paced steady state: requests/s x mean latency = the clients in flight (Little's law)
+    from costmodel.serving import estimate_serve
+
+    est = estimate_serve(*h100, input_len=1000, output_len=200, load="concurrency", value=32, num_requests=640)
+    assert est.requests_per_s * est.e2e_s["mean"] == pytest.approx(32, rel=0.1)
+
+
 def test_api_server_rounds_by_hand():
     # h = 0.5 s a request. Three requests at t=0 form one round: handed over together at 1.5. The
     # one at 1.0 arrived during that round: the next starts at 1.5 and ends at 2.0. The one at 5.0
