@@ -170,12 +170,16 @@ def plan_serving(model: ModelConfig, hardware: list[tuple[AcceleratorSpec, NodeS
                 continue  # pipeline stages only where no TP group holds the model
 
             def run(load, value, lay=lay):
+                # the bisection's top is the engine's own max-load rate: a burst also waits for the
+                # API server to take every request in (serving.api_server_ready), which a Poisson
+                # stream of requests overlaps with the engine's work
+                api = 0.0 if load == "max_load" else None
                 return estimate_serve(model, spec, tp=lay.tp, pp=lay.pp, ep=lay.ep, input_len=input_len,
                                       output_len=output_len, load=load, value=value, num_requests=num_requests,
                                       engine=engine, weight_dtype=weight_dtype, kv_dtype=kv_dtype, node=node,
                                       calibration=calibration, seed=seed, prefix_hit_rate=prefix_hit_rate,
                                       input_len_range=input_len_range, output_len_range=output_len_range,
-                                      dp_attention=lay.dp_attention)
+                                      dp_attention=lay.dp_attention, api_server_s_per_request=api)
 
             c = Candidate(hardware=spec.id, tp=lay.tp, pp=lay.pp, ep=lay.ep, dp_attention=lay.dp_attention,
                           devices_per_replica=lay.devices,

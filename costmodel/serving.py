@@ -51,6 +51,8 @@ class EngineConfig:
     custom_allreduce: CustomAllReduce | None = None  # the engine's small-message all-reduce
     moe_math_efficiency: float = 1.0  # its grouped MoE GEMMs' share of a dense GEMM's rate (fitted)
     intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
+    api_server_s_per_request: float = 0.0  # the API server's serial handling of one request (fitted)
+    reserve_output: bool = False  # admission holds KV blocks for the prompt and every output token
 
 
 def engines_dir() -> Path:
@@ -80,7 +82,10 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        mixed_batches=bool(d["mixed_batches"]), cuda_graph_sizes=sizes, sources=list(d.get("sources", [])),
                        custom_allreduce=_custom_allreduce(d.get("custom_allreduce"), path),
                        moe_math_efficiency=_fraction(d.get("moe_math_efficiency", 1.0), path, "moe_math_efficiency"),
-                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0))
+                       intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0),
+                       reserve_output=_flag(d.get("reserve_output", False), path, "reserve_output"),
+                       api_server_s_per_request=_bounded(d.get("api_server_s_per_request", 0.0), path,
+                                                         "api_server_s_per_request", 0.0, 0.05))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -93,6 +98,12 @@ def _fraction(v, path: Path, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.05 <= v <= 1.0:
         raise InputError(f"expected a number in [0.05, 1] (got {v!r})", file=str(path), field=name)
     return float(v)
+
+
+def _flag(v, path: Path, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise InputError(f"expected true or false (got {v!r})", file=str(path), field=name)
+    return v
 
 
 def _bounded(v, path: Path, name: str, lo: float, hi: float) -> float:
@@ -298,10 +309,42 @@ class SimResult:
     preemptions: int
 
 
+def api_server_ready(arrival: np.ndarray, per_request_s: float, after: float = -np.inf) -> np.ndarray:
+    """When requests that reach the API server at ``arrival`` (sorted) are handed to the engine.
+
+    The engines' OpenAI-compatible servers run every request's handler on one asyncio event loop in
+    one Python process beside the engine loop (vLLM V1's API server process apart from EngineCore,
+    which ``--api-server-count`` scales out; trtllm-serve's FastAPI server over the LLM API): the
+    handler parses and validates the request, renders the chat template and tokenizes the prompt
+    (``per_request_s``, blocking the loop), then awaits the send to the engine. The loop runs the
+    ready handlers in turn, so requests that are waiting when it starts a round are all handled
+    before any of their sends runs: the round starts at max(first arrival, end of the previous
+    round), takes every request arrived by then, and hands them all over at its end,
+    start + count x per_request_s. A lone request waits per_request_s; a burst of N waits N times
+    that (the GPUStack max-load runs of 1,000 short requests deliver no first token for the first
+    N x per_request_s seconds: their mean TTFT is 56-88% of the run). ``after``: when the server
+    is free (the end of the previous round)."""
+    a = np.asarray(arrival, dtype=float)
+    h = max(0.0, float(per_request_s))
+    free = float(after)
+    if h == 0.0 or a.size == 0:
+        return np.maximum(a, free) if np.isfinite(free) else a.copy()
+    ready = np.empty_like(a)
+    i, n = 0, a.size
+    while i < n:
+        start = max(float(a[i]), free)
+        j = max(i + 1, int(np.searchsorted(a, start, side="right")))
+        free = start + (j - i) * h
+        ready[i:j] = free
+        i = j
+    return ready
+
+
 def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: int, token_budget: int,
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
              value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
-             intake_iterations: float = 0.0) -> SimResult:
+             intake_iterations: float = 0.0, api_server_s: float = 0.0, reserve_output: bool = False,
+             paced_rate: float | None = None) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -317,10 +360,20 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     schedulable only that many decode iterations of the running batch later (the batch's
     decode-only iteration time, prefill chunks left out): the time the server takes to hand a
     request over to a busy engine (EngineConfig.intake_iterations).
+    ``api_server_s``: every request first passes the API server, one at a time (api_server_ready);
+    the engine sees it only then, and its TTFT counts the wait (EngineConfig.api_server_s_per_request).
+    ``paced_rate`` (a closed loop): the clients' requests are sent as a Poisson stream at this rate
+    (seeded), request k no earlier than request k - c finished (estimate_serve's steady closed loop).
+    ``reserve_output``: a request is admitted only when the KV cache has blocks for its whole prompt
+    and output, which it holds until it finishes, so nothing is preempted (TensorRT-LLM's
+    GUARANTEED_NO_EVICT capacity scheduler); otherwise blocks are taken as tokens come.
 
     Each iteration (vLLM V1's order): every running decode sequence gets one token, then prefill
     chunks of partly prefilled sequences, then new admissions (first-come first-served) while the
-    token budget, the running-sequence cap and the KV cache allow. ``mixed`` False (SGLang):
+    token budget, the running-sequence cap and the KV cache allow; a new request's chunk (its prompt,
+    or the budget left) is scheduled only when the blocks for the whole chunk are free, never cut to
+    the free blocks (vLLM V1's Scheduler.schedule: allocate_slots for the chunk, else stop admitting).
+    ``mixed`` False (SGLang):
     an iteration with prefill work runs no decode tokens. A sequence's first token comes at the end
     of the iteration that finishes its prompt. When a decode token needs a KV block and none is
     free, the most recently admitted sequences are preempted and later re-prefilled (recompute).
@@ -345,11 +398,18 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                          field="input_len")
     static = load == "batch"
     arrival = np.full(N, np.inf)
+    pace = None  # a paced closed loop's Poisson send times
     if load in ("max_load", "batch"):
         arrival[:] = 0.0
         if static:
             max_num_seqs = int(value)
             token_budget = max(token_budget, int(value) * I)  # (the longest prompt: every batch in one iteration)
+    elif load == "concurrency" and paced_rate:
+        # clients out of phase, as independent streams: their merged requests are a Poisson stream
+        # at paced_rate (Palm-Khintchine), except that a request waits for a client to be free
+        # (request k is sent no earlier than request k - c finished)
+        pace = np.cumsum(np.random.default_rng([seed, 2]).exponential(1.0 / float(paced_rate), N))
+        arrival[: min(int(value), N)] = pace[: int(value)]
     elif load == "concurrency" and ramp == "burst":
         arrival[: int(value)] = 0.0
     elif load == "concurrency":
@@ -369,6 +429,16 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     else:
         raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
     conc = int(value) if load == "concurrency" else 0
+    h_api = max(0.0, float(api_server_s))
+    # when the engine sees each request (inf: not arrived yet)
+    ready = np.full(N, np.inf)
+    known = int(np.isfinite(arrival).sum())
+    ready[:known] = api_server_ready(arrival[:known], h_api)
+
+    def arrive(s0: int, s1: int, t: float, pace=None):  # closed loop: requests s0..s1 sent at t
+        arrival[s0:s1] = t if pace is None else np.maximum(t, pace[s0:s1])
+        if s1 > s0:
+            ready[s0:s1] = api_server_ready(arrival[s0:s1], h_api, float(ready[s0 - 1]) if s0 > 0 else -np.inf)
     cached = max(0, int(cached_prefix))  # per request at most its prompt less one token
     first = np.full(N, np.nan)
     finish = np.full(N, np.nan)
@@ -390,6 +460,9 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     def blocks(c):
         return -(-c // bs)
 
+    def held(c, full):  # KV blocks a sequence holds at context c (its whole prompt + output if reserved)
+        return blocks(np.maximum(c, full)) if reserve_output else blocks(c)
+
     while done < N:
         n = hi - lo
         running = int(n.sum())
@@ -397,10 +470,10 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         if running and lag_k:  # a busy engine's intake: lag_k decode iterations of its running batch
             lag = lag_k * float(cost.iteration_s(running, running, int((n * (ctx + 1)).sum()), 0.0, True))
         seen = now - lag
-        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(ready, seen, side="right")) - next_req) if next_req < N else 0
         waiting = avail_new + sum(h - l for l, h, _ in requeue)
         if running == 0 and waiting == 0:
-            now = max(now, float(arrival[next_req]))
+            now = max(now, float(ready[next_req]))
             continue
         decoding = pf == 0
         can_admit = waiting > 0 and running < max_num_seqs and (not static or running == 0)
@@ -409,13 +482,13 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
             nd = running
             Oc = Oreq[lo]
             k = int((Oc - dec).min())
-            if next_req < N and running < max_num_seqs and not static and np.isfinite(arrival[next_req]):
-                limit_t = float(arrival[next_req]) + lag
+            if next_req < N and running < max_num_seqs and not static and np.isfinite(ready[next_req]):
+                limit_t = float(ready[next_req]) + lag
             else:
                 limit_t = np.inf
             if k > 1:  # KV blocks: the first step that would need more than there are
                 j = np.arange(1, k + 1)
-                need = (n[:, None] * blocks(ctx[:, None] + j[None, :])).sum(axis=0)
+                need = (n[:, None] * held(ctx[:, None] + j[None, :], (Ireq[lo] + Oreq[lo])[:, None])).sum(axis=0)
                 over = np.nonzero(need > cap_blocks)[0]
                 if over.size:
                     k = max(1, int(over[0]))
@@ -428,7 +501,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 if stop < k:
                     k = stop + 1
                     ts = ts[:k]
-            if int((n * blocks(ctx + k)).sum()) > cap_blocks:
+            if int((n * held(ctx + k, Ireq[lo] + Oreq[lo])).sum()) > cap_blocks:
                 k = 1
                 ts = ts[:1]
                 # fall through to the single-iteration path, which preempts
@@ -445,7 +518,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                         cnt = b - a
                         if conc:
                             s0 = conc + done
-                            arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
+                            arrive(s0, min(N, s0 + cnt), max(now, float(arrival[min(N, conc) - 1])), pace)
                         done += int(cnt)
                     keep = ~fin
                     lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -460,7 +533,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         if run_decode and decoding.any():
             # preempt the newest cohorts' sequences until every decode token has its block
             while True:
-                need = int((n * blocks(ctx + np.where(decoding, 1, 0))).sum())
+                need = int((n * held(ctx + np.where(decoding, 1, 0), Ireq[lo] + Oreq[lo])).sum())
                 if need <= cap_blocks or len(lo) <= 1 and n.sum() <= 1:
                     break
                 last = len(lo) - 1
@@ -477,7 +550,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         nd = int(n[decoding].sum()) if run_decode else 0
         ctx_sum = int((n[decoding] * (ctx[decoding] + 1)).sum()) if run_decode else 0
         budget = token_budget - nd
-        free = cap_blocks - int((n * blocks(ctx + np.where(decoding & run_decode, 1, 0))).sum())
+        free = cap_blocks - int((n * held(ctx + np.where(decoding & run_decode, 1, 0), Ireq[lo] + Oreq[lo])).sum())
         tokens = nd
         logits = nd
         attn_s = 0.0
@@ -489,11 +562,12 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
             if budget <= 0:
                 break
             c = int(min(pf[i], budget))
-            grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+            full_i = int(Ireq[lo[i]] + Oreq[lo[i]])
+            grow = int(held(ctx[i] + c, full_i) - held(ctx[i], full_i))
             if grow > free:
                 c = max(0, int((blocks(ctx[i]) + free) * bs - ctx[i]))
                 c = min(c, int(pf[i]))
-                grow = int(blocks(ctx[i] + c) - blocks(ctx[i]))
+                grow = int(held(ctx[i] + c, full_i) - held(ctx[i], full_i))
             if c <= 0:
                 continue
             attn_s += float(cost.attn(ctx[i] + c) - cost.attn(ctx[i]))
@@ -504,7 +578,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
         # admissions
         add_lo, add_hi, add_ctx, add_pf, add_dec = [], [], [], [], []
         seats = max_num_seqs - running
-        avail_new = (int(np.searchsorted(arrival, seen, side="right")) - next_req) if next_req < N else 0
+        avail_new = (int(np.searchsorted(ready, seen, side="right")) - next_req) if next_req < N else 0
         if not (static and running > 0) and (mixed or nd == 0):
             while budget > 0 and seats > 0 and (requeue or avail_new > 0):
                 from_rq = bool(requeue)
@@ -516,7 +590,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 b_same = min(b, int(same_to[a]))  # requests of a's lengths
                 pre = min(cached, int(Ireq[a]) - 1) if d0 == 0 else 0  # prompt tokens found in the prefix cache
                 Lc = L - pre  # tokens to compute
-                per_blocks = int(blocks(L))
+                full_a = int(Ireq[a] + Oreq[a]) if reserve_output else 0
+                per_blocks = int(held(L, full_a))
                 full = int(min(b_same - a, seats, budget // Lc, free // per_blocks))
                 if full > 0:
                     add_lo.append(a); add_hi.append(a + full); add_ctx.append(L); add_pf.append(0); add_dec.append(d0)
@@ -525,11 +600,13 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                     budget -= full * Lc; free -= full * per_blocks; seats -= full; tokens += full * Lc; logits += full
                     attn_s += full * float(cost.attn(L) - cost.attn(pre))
                     a += full
-                c = int(min(budget, Lc, free * bs - pre))
+                c = int(min(budget, Lc))  # vLLM V1: a new request's chunk is scheduled only if its blocks fit
+                if int(held(pre + c, full_a)) > free:
+                    c = 0
                 if a < b_same and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
                     add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
                     add_dec.append(d0)
-                    budget -= c; free -= int(blocks(pre + c)); seats -= 1; tokens += c
+                    budget -= c; free -= int(held(pre + c, full_a)); seats -= 1; tokens += c
                     attn_s += float(cost.attn(pre + c) - cost.attn(pre))
                     a += 1
                 if from_rq:
@@ -581,7 +658,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 cnt = int(b - a)
                 if conc:
                     s0 = conc + done
-                    arrival[s0: min(N, s0 + cnt)] = max(now, float(arrival[min(N, conc) - 1]))
+                    arrive(s0, min(N, s0 + cnt), max(now, float(arrival[min(N, conc) - 1])), pace)
                 done += cnt
             keep = ~fin
             lo, hi, ctx, pf, dec = lo[keep], hi[keep], ctx[keep], pf[keep], dec[keep]
@@ -674,6 +751,26 @@ def kv_capacity(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp: in
     return w, max(0.0, kv), tokens
 
 
+PACED_LOOP_ROUNDS = 2  # fixed-point rounds of the paced closed loop's rate (2: the rate moves < 2% more)
+
+
+def _paced_closed_loop(cost, sim: SimResult, c: int, sim_kw: dict) -> SimResult:
+    """A closed loop of c >= 2 clients in its steady state, its clients out of phase: by the
+    Palm-Khintchine theorem (the superposition of many independent renewal streams tends to a
+    Poisson stream) their requests arrive as a Poisson stream, at the rate Little's law gives,
+    c / (mean request latency), a request waiting for a free client (simulate's paced_rate). The
+    rate starts from ``sim`` (the evenly spaced clients of simulate's "steady" ramp) and is re-solved
+    PACED_LOOP_ROUNDS times. Evenly spaced deterministic clients instead fall into lock-step groups
+    where prefill is heavy (NIM 1.8.0 Llama 3.3 70B TP2, 5000+500 tokens, 50 clients: TTFT 3.06 s
+    evenly spaced, 2.08 s paced, 0.83 s measured; an uncapped Poisson stream gives 0.99 s there but
+    overstates time between tokens and throughput, since it lets more than c requests in)."""
+    n = int(sim_kw["num_requests"])
+    for _ in range(PACED_LOOP_ROUNDS):
+        life = float(np.mean((sim.finish - sim.arrival)[c:n - c]))
+        sim = simulate(cost, **sim_kw, paced_rate=c / life)
+    return sim
+
+
 def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, input_len: int, output_len: int,
                    load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
@@ -683,7 +780,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    spec_decode: str | None = None, spec_tokens: int = 1, spec_acceptance: float | None = None,
                    draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
                    intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
-                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False) -> ServeEstimate:
+                   output_len_range: tuple[int, int] | None = None, dp_attention: bool = False,
+                   api_server_s_per_request: float | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -704,7 +802,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     every request's lengths drawn uniformly from those integers (seeded; as bench_serving's random
     dataset with a range ratio), in place of ``input_len`` / ``output_len``. ``dp_attention``:
     data-parallel attention over the tp devices (decode_step, kv_capacity), the scheduler seeing
-    one pool of all their requests (balanced over the ranks)."""
+    one pool of all their requests (balanced over the ranks). ``api_server_s_per_request``: the
+    engine's API server's serial time per request (simulate's ``api_server_s``; engine default); a
+    static ``batch`` runs offline, without the server."""
     ranges = {}
     for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
         if rng_ is not None:
@@ -746,7 +846,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         if spec_decode == "draft" and draft_model is None:
             raise InputError("--spec draft needs --draft-model", field="draft_model")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
-                      intake_iterations=intake_iterations)
+                      intake_iterations=intake_iterations, api_server_s_per_request=api_server_s_per_request)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
     # stay weight-only (W8A16 / W4A16)
@@ -818,17 +918,24 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         kv_sim = int(kv_tokens * (I_mean + steps.mean()) / (I_mean + O_mean))
         notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
                      f"{tau:.2f} tokens per step")
-    sim = simulate(cost, num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
-                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
-                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
-                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
-                   intake_iterations=eng.intake_iterations)
+    sim_kw = dict(num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
+                  token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
+                  block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
+                  ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
+                  intake_iterations=eng.intake_iterations,
+                  api_server_s=eng.api_server_s_per_request if load != "batch" else 0.0,
+                  reserve_output=eng.reserve_output)
+    sim = simulate(cost, **sim_kw)
+    c = int(value or 0)
+    if load == "concurrency" and ramp == "steady" and c >= 2 and num_requests >= 3 * c:
+        sim = _paced_closed_loop(cost, sim, c, sim_kw)
+        notes.append("closed loop: the clients out of phase send a Poisson stream of requests at the rate "
+                     "Little's law gives (c / mean latency), each waiting for a free client")
     start = float(np.min(sim.arrival))
     duration = float(np.max(sim.finish)) - start
     done = num_requests
     reqs = slice(0, num_requests)
     itl_keep = np.ones(sim.itl.size, dtype=bool)
-    c = int(value or 0)
     if load == "concurrency" and ramp == "steady" and num_requests >= 3 * c:
         # the steady state: from the first request after the clients' ramp to the last arrival
         # (c requests in flight throughout); its completions are its arrivals
@@ -850,6 +957,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     if dp_attention:
         notes.append(f"data-parallel attention: each of the {tp} devices runs the attention of its own sequences "
                      "(whole attention weights, whole KV per token); MLP / MoE layers over all tokens")
+    if load != "batch" and eng.api_server_s_per_request > 0:
+        notes.append(f"API server: {eng.api_server_s_per_request * 1e3:.3g} ms a request before the engine sees it "
+                     "(requests arriving together wait for all of them)")
     if sim.preemptions:
         notes.append(f"{sim.preemptions} preemptions (KV cache full): those sequences were re-prefilled")
     return ServeEstimate(

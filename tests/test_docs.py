@@ -59,6 +59,12 @@ def test_every_other_fitted_number_names_its_source():
             assert d.get("moe_math_efficiency") is None, f"{f.name}: a fitted moe_math_efficiency needs a source"
         if d.get("custom_allreduce"):
             assert d["custom_allreduce"].get("source"), f.name
+        api = d.get("api_server_s_per_request")
+        if api:  # a fitted (non-zero) API server time: a value within its bounds, what it means, where from
+            assert isinstance(api, dict) and api.get("source") and api.get("meaning"), f.name
+            lo, hi = api["bounds"]
+            assert lo <= api["value"] <= hi, f.name
+            assert not _named_files_exist(api["source"]), f.name
     for f in sorted((ROOT / "hardware" / "calibrated").glob("*.yaml")):
         records = (yaml.safe_load(f.read_text()).get("measured") or {}).get("records") or []
         assert records, f.name

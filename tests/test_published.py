@@ -38,7 +38,7 @@ def test_serve_records_are_cited_and_complete():
     assert len(names) == len(set(names))
     for r in recs:
         assert r["source"].startswith("https://"), r["name"]
-        assert r["engine"] in ("vllm", "sglang", "tensorrt-llm") and r["hardware"] in ("h100-sxm", "h200-sxm")
+        assert r["engine"] in ("vllm", "sglang", "tensorrt-llm") and r["hardware"] in ("h100-sxm", "h100-pcie", "h200-sxm")
         par = r["parallel"]
         assert par["tp"] * par.get("pp", 1) == r["devices"], r["name"]
         assert model_from_record(r["model"], r["name"]).heads % par["tp"] == 0

@@ -7,7 +7,7 @@
 Finds the fitted constants: every numeric ``parameters.<name>.value`` of data/frameworks/*.yaml
 and data/fitted/*.yaml, the main rates and floors of the calibration overlays
 (hardware/calibrated/*.yaml), the serving engines' fitted numbers (data/engines/*.yaml:
-``moe_math_efficiency``, the custom all-reduce's latency and bandwidth per tp), the coefficients of
+``moe_math_efficiency``, ``api_server_s_per_request``, the custom all-reduce's latency and bandwidth per tp), the coefficients of
 the scaling laws (data/scaling_laws.yaml), and the module-level numeric constants of costmodel/
 whose comment says they were fitted, measured or profiled. For each, in a scratch copy of the
 repository outside any ../shared (a plain clone), it multiplies the value by 2 (by 0.5 where 2x
@@ -140,8 +140,8 @@ def _is_number(v) -> bool:
 
 
 def engine_mutations() -> list[Mutation]:
-    """The serving engines' fitted numbers: the MoE grouped-GEMM efficiency and the custom
-    all-reduce's two-point fit per tp (the engines' scheduler defaults are read from their source
+    """The serving engines' fitted numbers: the MoE grouped-GEMM efficiency, the API server's time
+    per request and the custom all-reduce's two-point fit per tp (the engines' scheduler defaults are read from their source
     code, not fitted)."""
     out = []
     for f in sorted((ROOT / "data" / "engines").glob("*.yaml")):
@@ -154,6 +154,10 @@ def engine_mutations() -> list[Mutation]:
             # bounded to [0.05, 1]: halve it where doubling leaves the bounds
             factor, note = (2.0, "x2") if float(moe) * 2 <= 1 else (0.5, "x0.5 (x2 is above 1)")
             out.append(Mutation(f"engine.{f.stem}.moe_math_efficiency", rel, note, _leaf_mutator(path, factor)))
+        api = data.get("api_server_s_per_request")
+        if isinstance(api, dict) and _is_number(api.get("value")) and api["value"] > 0:
+            out.append(Mutation(f"engine.{f.stem}.api_server_s_per_request", rel, "x2",
+                                _leaf_mutator(("api_server_s_per_request", "value"))))
         for i, row in enumerate((data.get("custom_allreduce") or {}).get("by_tp") or []):
             for key in ("latency_s", "bytes_per_s"):
                 if _is_number(row.get(key)):
