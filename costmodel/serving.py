@@ -53,6 +53,7 @@ class EngineConfig:
     intake_iterations: float = 0.0  # iterations a busy engine takes to pick up an arrived request (fitted)
     api_server_s_per_request: float = 0.0  # the API server's serial handling of one request (fitted)
     reserve_output: bool = False  # admission holds KV blocks for the prompt and every output token
+    host_s_per_sequence_step: float = 0.0  # the server's host time per running sequence per iteration (fitted)
 
 
 def engines_dir() -> Path:
@@ -85,7 +86,9 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        intake_iterations=_bounded(d.get("intake_iterations", 0.0), path, "intake_iterations", 0.0, 20.0),
                        reserve_output=_flag(d.get("reserve_output", False), path, "reserve_output"),
                        api_server_s_per_request=_bounded(d.get("api_server_s_per_request", 0.0), path,
-                                                         "api_server_s_per_request", 0.0, 0.05))
+                                                         "api_server_s_per_request", 0.0, 0.05),
+                       host_s_per_sequence_step=_bounded(d.get("host_s_per_sequence_step", 0.0), path,
+                                                         "host_s_per_sequence_step", 0.0, 1e-3))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -292,6 +295,24 @@ class PipelineCost:
         n = np.where(decode_only, self.inner.pad(n_tokens), n_tokens)
         return (self.inner.iteration_s(n_tokens, n_logits, ctx_sum, attn_s, decode_only)
                 + (self.pp - 1) * np.interp(n, self.inner.n_grid, self.p2p))
+
+
+class HostBoundCost:
+    """An iteration no shorter than the server's host work for it: ``per_sequence_s`` for every
+    sequence that gets a token (its sampled row: detokenising it and streaming it to its client),
+    done beside the GPU's work, so an iteration takes max(GPU time, rows x per_sequence_s). A
+    streaming server whose per-token host path is serial caps output tokens/s at 1 / per_sequence_s
+    however large the batch (EngineConfig.host_s_per_sequence_step)."""
+
+    def __init__(self, inner, per_sequence_s: float):
+        self.inner, self.h = inner, float(per_sequence_s)
+
+    def attn(self, L):
+        return self.inner.attn(L)
+
+    def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+        t = self.inner.iteration_s(n_tokens, n_logits, ctx_sum, attn_s, decode_only)
+        return np.maximum(t, self.h * np.asarray(n_logits, dtype=float))
 
 
 # ---------------------------------------------------------------------------------- scheduler
@@ -781,7 +802,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
                    draft_model: ModelConfig | None = None, prefix_hit_rate: float = 0.0, pp: int = 1,
                    intake_iterations: float | None = None, input_len_range: tuple[int, int] | None = None,
                    output_len_range: tuple[int, int] | None = None, dp_attention: bool = False,
-                   api_server_s_per_request: float | None = None) -> ServeEstimate:
+                   api_server_s_per_request: float | None = None,
+                   host_s_per_sequence_step: float | None = None) -> ServeEstimate:
     """Serve ``load`` (SCHEMA.md ``serve``) with ``engine``'s defaults. A closed loop (``concurrency``)
     is reported in its steady state (``ramp`` "steady": clients out of phase, ramp and drain left
     out) or as a benchmark that starts every client together and counts every request ("burst").
@@ -804,7 +826,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     data-parallel attention over the tp devices (decode_step, kv_capacity), the scheduler seeing
     one pool of all their requests (balanced over the ranks). ``api_server_s_per_request``: the
     engine's API server's serial time per request (simulate's ``api_server_s``; engine default); a
-    static ``batch`` runs offline, without the server."""
+    static ``batch`` runs offline, without the server. ``host_s_per_sequence_step``: the server's
+    host time per sequence per iteration (HostBoundCost; engine default; not for a static batch)."""
     ranges = {}
     for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
         if rng_ is not None:
@@ -846,7 +869,8 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         if spec_decode == "draft" and draft_model is None:
             raise InputError("--spec draft needs --draft-model", field="draft_model")
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
-                      intake_iterations=intake_iterations, api_server_s_per_request=api_server_s_per_request)
+                      intake_iterations=intake_iterations, api_server_s_per_request=api_server_s_per_request,
+                      host_s_per_sequence_step=host_s_per_sequence_step)
     # fp8 weights on a device with fp8 tensor cores run as FP8 W8A8 (activations quantized on the
     # fly, fp8 math: vLLM's and SGLang's fp8 checkpoints, TensorRT-LLM's fp8 engines); int8 / int4
     # stay weight-only (W8A16 / W4A16)
@@ -918,6 +942,10 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         kv_sim = int(kv_tokens * (I_mean + steps.mean()) / (I_mean + O_mean))
         notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
                      f"{tau:.2f} tokens per step")
+    if load != "batch" and eng.host_s_per_sequence_step > 0:
+        cost = HostBoundCost(cost, eng.host_s_per_sequence_step)
+        notes.append(f"server host time: {eng.host_s_per_sequence_step * 1e6:.3g} us per sequence per iteration "
+                     f"(at most {1.0 / eng.host_s_per_sequence_step:,.0f} streamed tokens/s)")
     sim_kw = dict(num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,

@@ -611,3 +611,33 @@ def test_static_batch_latency_against_vllm_nightly():
         rec = _published(f"vllm-nightly-9515/latency_{name}/h200")
         (case,) = validate_records([("serving-public.jsonl", rec)]).cases
         assert case.measured == pytest.approx(measured) and abs(case.rel_error) < 0.15, name
+
+
+def test_host_bound_iteration_caps_streamed_tokens(h100):
+    # an iteration takes max(GPU time, sampled rows x the host time per row): 100 rows at 76 us are
+    # 7.6 ms of host work, above a 1 ms GPU iteration; 5 rows (0.38 ms) leave the GPU time
+    from costmodel.serving import HostBoundCost, estimate_serve, load_engine
+
+    class Flat:
+        def attn(self, L):
+            return 0.0
+
+        def iteration_s(self, n_tokens, n_logits, ctx_sum, attn_s, decode_only):
+            return np.full(np.shape(n_logits), 1e-3)
+
+    c = HostBoundCost(Flat(), 76e-6)
+    assert c.iteration_s(np.array([100, 5]), np.array([100, 5]), 0, 0.0, True) == pytest.approx([7.6e-3, 1e-3])
+    h = load_engine("tensorrt-llm", h100[1]).host_s_per_sequence_step
+    assert h > 0
+    # every sequence gets at most one token an iteration and an iteration of n of them lasts at least
+    # n x h, so output tokens/s <= 1 / h (up to the edges of the steady-state window, which counts the
+    # requests sent in it); without the host time the GPU alone runs well past it
+    kw = dict(input_len=200, output_len=200, load="concurrency", value=250, num_requests=1500, engine="tensorrt-llm",
+              weight_dtype="fp8", kv_dtype="fp8")
+    capped = estimate_serve(*h100, **kw)
+    free = estimate_serve(*h100, **kw, host_s_per_sequence_step=0.0)
+    assert capped.output_tokens_per_s <= 1.02 / h
+    assert free.output_tokens_per_s > 1.3 / h
+    # a static batch runs offline, without the server
+    b = dict(input_len=200, output_len=200, load="batch", value=64, engine="tensorrt-llm")
+    assert estimate_serve(*h100, **b).itl_s["mean"] == estimate_serve(*h100, **b, host_s_per_sequence_step=0.0).itl_s["mean"]
