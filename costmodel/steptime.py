@@ -23,8 +23,11 @@ Composition, per optimizer step (1F1B pipeline, Narayanan et al. 2021, sec. 2.2)
     head'    = slot' of the stage holding the LM head and loss, with its own decoder layers
     stage'   = slot' of the most loaded stage without the head
     other'   = slot' of the mean stage without the head
-    pipeline = (n_micro - 1) x max(head', stage')              micro-batches through the slowest stage,
-             + head' + (pp - 1) / v x other'                  plus the fill and drain through all of them
+    loss'    = the loss and the logits' sends where the loss sits on a stage of its own, else 0
+    pipeline = (n_micro - 1) x max(head', stage', loss')      micro-batches through the slowest stage,
+             + head' + loss' + s / v x other'                 plus the fill and drain through all of them
+                                                              (s: the other stages that hold layers, pp - 1
+                                                              unless the loss sits apart)
 
 The decoder layers of each stage (``stage_layers``): an even split (Megatron-LM), or nanotron's
 split by compute cost, where the LM head counts as vocab x hidden (models/base.py build_model).
@@ -72,13 +75,22 @@ class StepTerms:
     head_stage_layers: object = None
     max_stage_layers: object = None
     other_stage_layers: object = None
+    # 1 where the fp32 cast and loss of the logits run on a stage of their own (nanotron's split),
+    # the bf16 logits and their gradient sent to it per micro-batch, and the stages that hold
+    # decoder layers but not the head; None: 0, 0 and pp - 1
+    loss_stage_apart: object = None
+    loss_p2p_mb_s: object = None
+    layer_stages: object = None
 
     @classmethod
     def stack(cls, terms: list["StepTerms"]) -> "StepTerms":
         """Terms of many layouts as arrays (one entry each)."""
+        defaults = {"loss_stage_apart": lambda t: 0.0, "loss_p2p_mb_s": lambda t: 0.0,
+                    "layer_stages": lambda t: float(t.pp) - 1.0}
+
         def val(t, name):
             v = getattr(t, name)
-            return float(t.host_layers_mb if v is None else v)
+            return float(v if v is not None else defaults.get(name, lambda t: t.host_layers_mb)(t))
         return cls(**{f.name: np.array([val(t, f.name) for t in terms]) for f in fields(cls)})
 
 
@@ -115,7 +127,11 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     host_layer = (0.0 if cuda_graphs else p["host_s_per_layer"]) + handoff
     L = np.asarray(t.host_layers_mb, dtype=float)  # the layers the per-layer terms were summed over
     layer_work = c * (gemm_att - head_gemm) + e * (ew_mb - loss) + tp_mb  # those L layers' GPU time
-    head_part = c * head_gemm + e * loss
+    apart = 0.0 if t.loss_stage_apart is None else np.asarray(t.loss_stage_apart, dtype=float)
+    head_part = c * head_gemm + (1.0 - apart) * e * loss
+    # a stage of the cast and loss alone: no decoder layer to dispatch, the logits received and their
+    # gradient sent back (loss_p2p_mb_s)
+    loss_stage = apart * (e * loss + (0.0 if t.loss_p2p_mb_s is None else np.asarray(t.loss_p2p_mb_s)) + p2p)
 
     def stage_slot(n_layers, with_head):
         """(GPU time, GPU and host combined) of a stage of ``n_layers`` decoder layers."""
@@ -133,9 +149,10 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     n = np.asarray(t.n_micro, dtype=float)
     # 1F1B with stages of unequal time: every micro-batch passes the slowest stage, the fill and
     # drain pass every stage once (pipeline_fill_drain_s)
-    slowest = np.maximum(slot_h, np.where(np.asarray(t.pp) > 1, stage_h, 0.0))
-    bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
-    pipeline = (n - 1.0) * slowest + slot_h + bubble_slots * other_h
+    slowest = np.maximum(np.maximum(slot_h, np.where(np.asarray(t.pp) > 1, stage_h, 0.0)), loss_stage)
+    others = np.asarray(t.pp, dtype=float) - 1.0 if t.layer_stages is None else np.asarray(t.layer_stages, dtype=float)
+    bubble_slots = others / np.asarray(t.interleave, dtype=float)
+    pipeline = (n - 1.0) * slowest + slot_h + loss_stage + bubble_slots * other_h
     bubble = pipeline - n * slot_h
     dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
     dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))  # window: backward kernels
@@ -156,34 +173,39 @@ def block_costs(model) -> tuple[float, float]:
 
 
 def stage_layers(layers: int, pp: int, balance: str = "even", layer_cost: float = 1.0,
-                 head_cost: float = 0.0) -> tuple[int, int, float]:
+                 head_cost: float = 0.0) -> tuple[int, int, float, bool, int]:
     """Decoder layers per pipeline stage: (on the stage holding the LM head, on the most loaded
-    other stage, mean of the other stages). "even": ceil(layers / pp) each (Megatron-LM splits
-    layers evenly; the head rides on the last stage). "cost": nanotron's build_model
-    (models/base.py): the pipeline blocks in order (embedding cost 0, each decoder layer
-    ``layer_cost``, final norm 0, the LM head ``head_cost``, the fp32 cast and loss 0) go to the
-    current rank, which moves on once the running cost exceeds (rank + 1) / pp of the total; the
-    costs are models/llama.py get_block_compute_costs: 4 heads d_head h + 3 ffn h per layer, vocab
-    h for the head. The head's stage may then hold fewer layers (or none) than the others."""
+    other stage, mean of the other stages that hold layers, whether the fp32 cast and loss of the
+    logits sit on a later stage of their own, how many stages besides the head's hold layers).
+    "even": ceil(layers / pp) each (Megatron-LM splits layers evenly; the head and loss ride on
+    the last stage). "cost": nanotron's build_model (models/base.py): the pipeline blocks in
+    order (embedding cost 0, each decoder layer ``layer_cost``, final norm 0, the LM head
+    ``head_cost``, the fp32 cast and the loss 0) go to the current rank, which moves on once the
+    running cost exceeds (rank + 1) / pp of the total; the costs are models/llama.py
+    get_block_compute_costs: 4 heads d_head h + 3 ffn h per layer, vocab h for the head. The
+    head's stage may then hold fewer layers (or none) than the others, and the head's own cost
+    can carry the running cost past its rank's share, so the cast and loss go to the next rank."""
     if pp <= 1:
-        return layers, layers, float(layers)
+        return layers, layers, float(layers), False, 0
     if balance == "even":
         per = -(-layers // pp)
-        return per, per, float(per)
+        return per, per, float(per), False, pp - 1
     costs = [0.0] + [float(layer_cost)] * layers + [0.0, float(head_cost), 0.0, 0.0]
     cum = np.cumsum(costs)
     thresholds = [cum[-1] * ((r + 1) / pp) for r in range(pp)]
-    counts = [0] * pp
-    rank = head_rank = 0
-    for i, c in enumerate(cum):
-        if 1 <= i <= layers:
-            counts[rank] += 1
-        elif i == layers + 2:
-            head_rank = rank
+    owner = []
+    rank = 0
+    for c in cum:
+        owner.append(rank)
         if c > thresholds[rank] and rank < pp - 1:
             rank += 1
-    others = [n for r, n in enumerate(counts) if r != head_rank]
-    return counts[head_rank], max(others), float(np.mean(others))
+    head_rank, cast_rank = owner[layers + 2], owner[layers + 3]
+    counts = [0] * pp
+    for r in owner[1:layers + 1]:
+        counts[r] += 1
+    others = [n for r, n in enumerate(counts) if r != head_rank and n > 0]
+    return (counts[head_rank], max(others, default=0), float(np.mean(others)) if others else 0.0,
+            cast_rank != head_rank, len(others))
 
 
 def placement(par, devices_per_node: int) -> dict:
@@ -314,9 +336,13 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         rs_w, rs_s = dp_grad_reduction(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
                                        param_bytes_gathered, dp_bucket_bytes)
         dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
-    head_l, max_l, other_l = stage_layers(model.layers, par.pp, pipeline_balance, *block_costs(model))
+    head_l, max_l, other_l, apart, n_layer_stages = stage_layers(model.layers, par.pp, pipeline_balance,
+                                                                 *block_costs(model))
+    logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
+    loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
     return StepTerms(
         head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
+        loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
         n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
         tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
         gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),
