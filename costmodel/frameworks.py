@@ -80,6 +80,10 @@ class ProfileSettings(BaseModel):
     # PyTorch SDPA's flash backend); None: whichever the device's calibration measured.
     # training.step_efficiency times attention as this kernel where the calibration names another.
     attention_backend: Optional[Literal["cudnn", "flash2"]] = None
+    # how decoder layers are split over pipeline stages (costmodel.steptime.stage_layers): "even"
+    # (Megatron-LM: layers / pp each, the LM head on the last stage), "cost" (nanotron: blocks in
+    # order until each stage holds 1/pp of the compute cost, the LM head counted as vocab x hidden)
+    pipeline_balance: Literal["even", "cost"] = "even"
 
 
 class FrameworkProfile(BaseModel):

@@ -914,7 +914,16 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     extra = zero2_extra_reductions(v["zero"], a["n_micro"])  # ZeRO-2: every micro-batch's reduce-scatter
     dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
     full, rec_any = a["full"], a["rec_any"]
+    split = {int(q): steptime.stage_layers(model.layers, int(q), prof.settings.pipeline_balance,
+                                           *steptime.block_costs(model)) for q in np.unique(pp)}
+    head_l, max_l, other_l, apart, n_layer_stages = (
+        np.array([split[int(q)][i] for q in np.ravel(pp)], dtype=float).reshape(np.shape(pp)) for i in range(5))
+    logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
+    loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
+                        0.0)
     terms = steptime.StepTerms(
+        head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
+        loss_stage_apart=apart, loss_p2p_mb_s=loss_p2p, layer_stages=n_layer_stages,
         n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
         gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],
         head_gemm_mb_s=3 * a["head_f"], head_other_mb_s=a["head_and_loss"] - 3 * a["head_f"],

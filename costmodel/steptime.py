@@ -20,9 +20,17 @@ Composition, per optimizer step (1F1B pipeline, Narayanan et al. 2021, sec. 2.2)
                                                               host stalls where pipeline stages
                                                               talk across nodes (per tp peer)
     slot'    = smoothmax_p(slot, host)                        host and GPU overlap but for the slower
-    stage'   = slot' without the LM head and loss             a stage without the head (all but the last)
-    pipeline = n_micro x slot' + (pp - 1) / v x stage'         micro-batches through the slowest (last)
-                                                              stage, plus the fill and drain through the others
+    head'    = slot' of the stage holding the LM head and loss, with its own decoder layers
+    stage'   = slot' of the most loaded stage without the head
+    other'   = slot' of the mean stage without the head
+    loss'    = the loss and the logits' sends where the loss sits on a stage of its own, else 0
+    pipeline = (n_micro - 1) x max(head', stage', loss')      micro-batches through the slowest stage,
+             + head' + loss' + s / v x other'                 plus the fill and drain through all of them
+                                                              (s: the other stages that hold layers, pp - 1
+                                                              unless the loss sits apart)
+
+The decoder layers of each stage (``stage_layers``): an even split (Megatron-LM), or nanotron's
+split by compute cost, where the LM head counts as vocab x hidden (models/base.py build_model).
     dp       = dp_comm - min(dp_overlap x dp_comm, dp_window) data-parallel reduction not hidden
     step     = pipeline + dp + optimizer + other
 
@@ -62,11 +70,28 @@ class StepTerms:
     optimizer_s: object
     other_s: object  # offload traffic and other un-overlapped terms
     step_latency_s: object  # the cluster's cross-node ring step latency the wire/step split used
+    # decoder layers of the stage holding the LM head, of the most loaded other stage, and the mean
+    # of the other stages (stage_layers); None: host_layers_mb each (the per-layer terms' stage)
+    head_stage_layers: object = None
+    max_stage_layers: object = None
+    other_stage_layers: object = None
+    # 1 where the fp32 cast and loss of the logits run on a stage of their own (nanotron's split),
+    # the bf16 logits and their gradient sent to it per micro-batch, and the stages that hold
+    # decoder layers but not the head; None: 0, 0 and pp - 1
+    loss_stage_apart: object = None
+    loss_p2p_mb_s: object = None
+    layer_stages: object = None
 
     @classmethod
     def stack(cls, terms: list["StepTerms"]) -> "StepTerms":
         """Terms of many layouts as arrays (one entry each)."""
-        return cls(**{f.name: np.array([float(getattr(t, f.name)) for t in terms]) for f in fields(cls)})
+        defaults = {"loss_stage_apart": lambda t: 0.0, "loss_p2p_mb_s": lambda t: 0.0,
+                    "layer_stages": lambda t: float(t.pp) - 1.0}
+
+        def val(t, name):
+            v = getattr(t, name)
+            return float(v if v is not None else defaults.get(name, lambda t: t.host_layers_mb)(t))
+        return cls(**{f.name: np.array([val(t, f.name) for t in terms]) for f in fields(cls)})
 
 
 @dataclass
@@ -95,18 +120,40 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     tp_mb = (1.0 - p["tp_overlap"]) * (np.asarray(t.tp_intra_mb_s) + tp_cross)
     e = p["elementwise_scale"]
     gemm_att = np.asarray(t.gemm_mb_s) + np.asarray(t.attention_mb_s)
+    head_gemm, loss = np.asarray(t.head_gemm_mb_s), np.asarray(t.head_other_mb_s)
     ew_mb = np.asarray(t.gpu_mb_s) - gemm_att
-    slot = c * gemm_att + e * ew_mb + tp_mb + np.asarray(t.p2p_mb_s)
+    p2p = np.asarray(t.p2p_mb_s)
     handoff = np.asarray(t.pp_cross) * p["pp_cross_node_s"] * np.maximum(tp - 1.0, 0.0) ** p["pp_cross_node_tp_exponent"]
-    host = np.asarray(t.host_layers_mb) * ((0.0 if cuda_graphs else p["host_s_per_layer"]) + handoff)
-    slot_h = smoothmax(slot, host, p["host_gpu_combine_p"])
+    host_layer = (0.0 if cuda_graphs else p["host_s_per_layer"]) + handoff
+    L = np.asarray(t.host_layers_mb, dtype=float)  # the layers the per-layer terms were summed over
+    layer_work = c * (gemm_att - head_gemm) + e * (ew_mb - loss) + tp_mb  # those L layers' GPU time
+    apart = 0.0 if t.loss_stage_apart is None else np.asarray(t.loss_stage_apart, dtype=float)
+    head_part = c * head_gemm + (1.0 - apart) * e * loss
+    # a stage of the cast and loss alone: no decoder layer to dispatch, the logits received and their
+    # gradient sent back (loss_p2p_mb_s)
+    loss_stage = apart * (e * loss + (0.0 if t.loss_p2p_mb_s is None else np.asarray(t.loss_p2p_mb_s)) + p2p)
+
+    def stage_slot(n_layers, with_head):
+        """(GPU time, GPU and host combined) of a stage of ``n_layers`` decoder layers."""
+        if n_layers is None:
+            n_layers, share = L, 1.0
+        else:
+            n_layers = np.asarray(n_layers, dtype=float)
+            share = np.divide(n_layers, L, out=np.ones(np.broadcast(n_layers, L).shape), where=L > 0)
+        gpu = share * layer_work + (head_part if with_head else 0.0) + p2p
+        return gpu, smoothmax(gpu, n_layers * host_layer, p["host_gpu_combine_p"])
+
+    slot, slot_h = stage_slot(t.head_stage_layers, True)  # the head's stage
+    _, stage_h = stage_slot(t.max_stage_layers, False)
+    _, other_h = stage_slot(t.other_stage_layers, False)
     n = np.asarray(t.n_micro, dtype=float)
-    # 1F1B with stages of unequal time: every micro-batch passes the slowest stage (the last, with
-    # the LM head and loss), the fill and drain pass the others once (pipeline_fill_drain_s)
-    stage = slot - c * np.asarray(t.head_gemm_mb_s) - e * np.asarray(t.head_other_mb_s)
-    bubble_slots = (np.asarray(t.pp, dtype=float) - 1.0) / np.asarray(t.interleave, dtype=float)
-    bubble = bubble_slots * smoothmax(stage, host, p["host_gpu_combine_p"])
-    pipeline = n * slot_h + bubble
+    # 1F1B with stages of unequal time: every micro-batch passes the slowest stage, the fill and
+    # drain pass every stage once (pipeline_fill_drain_s)
+    slowest = np.maximum(np.maximum(slot_h, np.where(np.asarray(t.pp) > 1, stage_h, 0.0)), loss_stage)
+    others = np.asarray(t.pp, dtype=float) - 1.0 if t.layer_stages is None else np.asarray(t.layer_stages, dtype=float)
+    bubble_slots = others / np.asarray(t.interleave, dtype=float)
+    pipeline = (n - 1.0) * slowest + slot_h + loss_stage + bubble_slots * other_h
+    bubble = pipeline - n * slot_h
     dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
     dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))  # window: backward kernels
     total = pipeline + dp_exposed + np.asarray(t.optimizer_s) + np.asarray(t.other_s)
@@ -115,8 +162,50 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     return ComposedStep(
         total_s=total, compute_s=gemm, attention_s=att,
         elementwise_s=e * n * ew_mb, host_overhead_s=n * (slot_h - slot),
-        tp_comm_s=n * tp_mb, pp_comm_s=n * np.asarray(t.p2p_mb_s), bubble_s=bubble,
+        tp_comm_s=n * tp_mb, pp_comm_s=n * p2p, bubble_s=bubble,
         dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s))
+
+
+def block_costs(model) -> tuple[float, float]:
+    """nanotron's compute cost of a decoder layer and of the LM head (models/llama.py
+    get_block_compute_costs): 4 heads d_head hidden + 3 ffn hidden, and vocab hidden."""
+    return 4.0 * model.q_dim * model.hidden + 3.0 * model.ffn * model.hidden, float(model.vocab * model.hidden)
+
+
+def stage_layers(layers: int, pp: int, balance: str = "even", layer_cost: float = 1.0,
+                 head_cost: float = 0.0) -> tuple[int, int, float, bool, int]:
+    """Decoder layers per pipeline stage: (on the stage holding the LM head, on the most loaded
+    other stage, mean of the other stages that hold layers, whether the fp32 cast and loss of the
+    logits sit on a later stage of their own, how many stages besides the head's hold layers).
+    "even": ceil(layers / pp) each (Megatron-LM splits layers evenly; the head and loss ride on
+    the last stage). "cost": nanotron's build_model (models/base.py): the pipeline blocks in
+    order (embedding cost 0, each decoder layer ``layer_cost``, final norm 0, the LM head
+    ``head_cost``, the fp32 cast and the loss 0) go to the current rank, which moves on once the
+    running cost exceeds (rank + 1) / pp of the total; the costs are models/llama.py
+    get_block_compute_costs: 4 heads d_head h + 3 ffn h per layer, vocab h for the head. The
+    head's stage may then hold fewer layers (or none) than the others, and the head's own cost
+    can carry the running cost past its rank's share, so the cast and loss go to the next rank."""
+    if pp <= 1:
+        return layers, layers, float(layers), False, 0
+    if balance == "even":
+        per = -(-layers // pp)
+        return per, per, float(per), False, pp - 1
+    costs = [0.0] + [float(layer_cost)] * layers + [0.0, float(head_cost), 0.0, 0.0]
+    cum = np.cumsum(costs)
+    thresholds = [cum[-1] * ((r + 1) / pp) for r in range(pp)]
+    owner = []
+    rank = 0
+    for c in cum:
+        owner.append(rank)
+        if c > thresholds[rank] and rank < pp - 1:
+            rank += 1
+    head_rank, cast_rank = owner[layers + 2], owner[layers + 3]
+    counts = [0] * pp
+    for r in owner[1:layers + 1]:
+        counts[r] += 1
+    others = [n for r, n in enumerate(counts) if r != head_rank and n > 0]
+    return (counts[head_rank], max(others, default=0), float(np.mean(others)) if others else 0.0,
+            cast_rank != head_rank, len(others))
 
 
 def placement(par, devices_per_node: int) -> dict:
@@ -219,7 +308,8 @@ def dp_grad_reduction(link, dp_world: int, per_node: int, zero_stage: int, grad_
 
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
-                layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None) -> StepTerms:
+                layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None,
+                pipeline_balance: str = "even") -> StepTerms:
     """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
     search's screen builds the same terms on arrays from the same functions."""
@@ -246,7 +336,13 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         rs_w, rs_s = dp_grad_reduction(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
                                        param_bytes_gathered, dp_bucket_bytes)
         dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
+    head_l, max_l, other_l, apart, n_layer_stages = stage_layers(model.layers, par.pp, pipeline_balance,
+                                                                 *block_costs(model))
+    logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
+    loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
     return StepTerms(
+        head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
+        loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
         n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
         tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
         gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),

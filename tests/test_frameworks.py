@@ -471,3 +471,77 @@ def test_pipeline_step_is_the_1f1b_makespan_with_a_heavier_last_stage(pp, m):
     got = float(steptime.compose(t, p, cuda_graphs=True).total_s)
     assert got == pytest.approx(expect, rel=1e-9)
     assert (m + pp - 1) * 5.0 > expect * 1.01  # the old charge, all p - 1 bubble slots at the last stage's 5 s
+
+
+def test_nanotron_splits_pipeline_stages_by_compute_cost():
+    """nanotron's build_model (models/base.py) hands the blocks embedding (cost 0), decoder layers,
+    final norm (0), LM head, fp32 cast and loss (0) to the current rank in order and moves on once
+    the running cost exceeds (rank + 1) / pp of the total. Llama 3.2 1B-like (Playbook 1B): a
+    layer costs 4 x 2048^2 + 3 x 8192 x 2048 = 2^26, the head 131072 x 2048 = 2^28 = 4 layers, 20
+    units in all, 5 per rank at pp4. Rank 0 takes layers 0-5 (the running cost reaches 6 > 5 at
+    layer 5), rank 1 layers 6-10 (11 > 10), rank 2 layers 11-15 (16 > 15), rank 3 the norm, head
+    and loss alone: 0 layers on the head's stage, 6 on the busiest other, 16 / 3 on average."""
+    layer, head = 4 * 2048 * 2048 + 3 * 8192 * 2048, 131072 * 2048
+    assert steptime.stage_layers(16, 4, "cost", layer, head) == (0, 6, pytest.approx(16 / 3), False, 3)
+    # The Playbook 8B (vocab 131072) at pp16: layer 4 x 4096^2 + 3 x 14336 x 4096 = 243.3M, head
+    # 131072 x 4096 = 536.9M = 2.207 layers, 34.207 in all, 2.138 per rank. Rank k hands over after
+    # the first layer whose running count exceeds 2.138 (k + 1): rank 0 takes 3 layers, ranks 1-6
+    # two each, rank 7 three (17.10 -> 18), ranks 8-14 two (14 ends at 32 < 32.07), so rank 14 also
+    # takes the norm and the head; the head's 2.207 carry the count to 34.207 > 32.07, so the fp32
+    # cast and the loss go to rank 15, which holds no layer: 2 layers with the head, at most 3 on
+    # the 14 other layer stages, 30 / 14 on average, the loss apart.
+    layer8, head8 = 4 * 4096 * 4096 + 3 * 14336 * 4096, 131072 * 4096
+    assert steptime.stage_layers(32, 16, "cost", layer8, head8) == (2, 3, pytest.approx(30 / 14), True, 14)
+    # Megatron-LM's even split: ceil(32 / 3) = 11 on every stage, the head on the last
+    assert steptime.stage_layers(32, 3, "even", layer8, head8) == (11, 11, 11.0, False, 2)
+    assert steptime.stage_layers(16, 1, "cost", layer, head) == (16, 16, 16.0, False, 0)
+
+
+def test_pipeline_step_with_cost_balanced_stages_is_the_1f1b_makespan():
+    """Stages of 6, 5, 5 layers and one of the LM head alone (the 1B split above), each layer 1 s
+    forward and 2 s backward, the head 4 layers' worth of GEMMs (4 + 8 s). The composed step (every
+    micro-batch through the slowest stage, the head's 12 s, the fill and drain through each stage
+    once) is the 1F1B schedule simulated op by op to within 2%: 31 x 18 + 12 + 3 x 16 = 618 s
+    against 606 s, as the busiest stage comes first and its warm-up forwards hide part of the
+    fill. The even split's charge (every micro-batch through a 4-layer stage plus the head: 24 s)
+    is far off."""
+    m, pp = 32, 4
+    layers_per_term = 4.0  # the per-layer terms are summed over ceil(16 / 4) = 4 layers
+    t = _terms(n_micro=float(m), pp=float(pp), gpu_mb_s=3.0 * layers_per_term + 12.0,
+               gemm_mb_s=3.0 * layers_per_term + 12.0, attention_mb_s=0.0, head_gemm_mb_s=12.0, head_other_mb_s=0.0,
+               tp_intra_mb_s=0.0, p2p_mb_s=0.0, pp_cross=0.0, host_layers_mb=layers_per_term, dp_comm_wire_s=0.0,
+               dp_comm_steps=0.0, optimizer_s=0.0, head_stage_layers=0.0, max_stage_layers=6.0,
+               other_stage_layers=16 / 3, layer_stages=3.0)
+    p = dict(PARAMS, compute_scale=1.0, elementwise_scale=1.0)
+    expect = _one_f_one_b_makespan([6.0, 5.0, 5.0, 4.0], [12.0, 10.0, 10.0, 8.0], m)
+    got = float(steptime.compose(t, p, cuda_graphs=True).total_s)
+    assert got == pytest.approx(expect, rel=0.02)
+    assert got == pytest.approx((m - 1) * 18.0 + 12.0 + 3 * 16.0, rel=1e-9)  # hand sum of the formula
+    even = float(steptime.compose(_terms(**{**vars(t), "head_stage_layers": None, "max_stage_layers": None,
+                                            "other_stage_layers": None, "layer_stages": None}), p,
+                                  cuda_graphs=True).total_s)
+    assert even > 1.2 * expect
+
+
+def test_pipeline_step_with_the_loss_on_a_stage_of_its_own_is_the_1f1b_makespan():
+    """The 8B split at pp16 above, shrunk to four stages: three of 3, 2, 2 layers (each 1 s forward,
+    2 s backward), the head's stage with 2 layers and the head's GEMMs (1.5 + 3 s), and the loss
+    alone on a fifth stage (0.5 + 1 s, plus 0.2 + 0.2 s of logits received and their gradient sent).
+    Every micro-batch passes the slowest stage (the head's, 10.5 s), the fill and drain each stage:
+    31 x 10.5 + 10.5 + 1.9 + 3 x 7 = 358.9 s, against the simulated schedule's 357.0 s (the busiest
+    layer stage first hides part of the fill, as above); keeping the loss on the head's stage
+    would charge every micro-batch 1.5 s more."""
+    m = 32
+    t = _terms(n_micro=float(m), pp=5.0, gpu_mb_s=3.0 * 3 + 4.5 + 1.5, gemm_mb_s=3.0 * 3 + 4.5, attention_mb_s=0.0,
+               head_gemm_mb_s=4.5, head_other_mb_s=1.5, tp_intra_mb_s=0.0, p2p_mb_s=0.0, pp_cross=0.0,
+               host_layers_mb=3.0, dp_comm_wire_s=0.0, dp_comm_steps=0.0, optimizer_s=0.0, head_stage_layers=2.0,
+               max_stage_layers=3.0, other_stage_layers=7 / 3, loss_stage_apart=1.0, loss_p2p_mb_s=0.4,
+               layer_stages=3.0)
+    p = dict(PARAMS, compute_scale=1.0, elementwise_scale=1.0)
+    got = float(steptime.compose(t, p, cuda_graphs=True).total_s)
+    assert got == pytest.approx(31 * 10.5 + 10.5 + 1.9 + 3 * 7.0, rel=1e-9)
+    expect = _one_f_one_b_makespan([3.0, 2.0, 2.0, 2.0 + 1.5, 0.5 + 0.2], [6.0, 4.0, 4.0, 4.0 + 3.0, 1.0 + 0.2], m)
+    assert got == pytest.approx(expect, rel=0.01)
+    together = float(steptime.compose(_terms(**{**vars(t), "loss_stage_apart": None, "loss_p2p_mb_s": None}), p,
+                                      cuda_graphs=True).total_s)
+    assert together > got + 0.9 * 1.5 * m
