@@ -1292,6 +1292,10 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     spec, node = lib.device(hardware), lib.node_for(hardware)
     dpn = node.devices_per_node if node else 8
     counts = device_counts(devices)
+    sets = frameworks.resolve(framework).settings  # what the framework can run, as search() enumerates
+    axes.setdefault("zero", [z for z in DEFAULT_ZERO if z in sets.zero_stages])
+    if not sets.interleaved_pipeline:
+        axes.setdefault("interleave", [1])
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
     c = _flatten(ax, ok)

@@ -545,3 +545,17 @@ def test_pipeline_step_with_the_loss_on_a_stage_of_its_own_is_the_1f1b_makespan(
     together = float(steptime.compose(_terms(**{**vars(t), "loss_stage_apart": None, "loss_p2p_mb_s": None}), p,
                                       cuda_graphs=True).total_s)
     assert together > got + 0.9 * 1.5 * m
+
+
+def test_train_refuses_what_the_framework_cannot_run():
+    """nanotron's profile runs ZeRO-0/1 and no interleaved schedule (optim/zero.py shards optimizer
+    states only; pipeline_parallel/engine.py has AFAB and 1F1B engines): `train` says so, as `search`
+    does, instead of timing a layout the framework has no code for."""
+    import costmodel
+
+    kw = dict(devices=16, global_batch=64, seq_len=4096, framework="nanotron")
+    with pytest.raises(InputError, match="ZeRO stages 0, 1"):
+        costmodel.train("llama3-8b", "dgx-h100", zero_stage=3, **kw)
+    with pytest.raises(InputError, match="interleaved"):
+        costmodel.train("llama3-8b", "dgx-h100", pp=16, interleave=2, **kw)
+    assert costmodel.train("llama3-8b", "dgx-h100", zero_stage=1, **kw).step.total_s > 0

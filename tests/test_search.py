@@ -442,11 +442,14 @@ def test_zero2_in_a_composed_profile():
 
     lib = load_library()
     spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
+    # nanotron itself runs ZeRO-0/1 only: its composed terms with every ZeRO stage allowed
+    nano = frameworks.resolve("nanotron")
+    prof = nano.model_copy(update={"settings": nano.settings.model_copy(update={"zero_stages": (0, 1, 2, 3)})})
 
     def terms(zero, gb):
         par = Parallel(tp=2, dp=16, sequence_parallel=True, zero_stage=zero)
         job = TrainJob(micro_batch=1, seq_len=2048, global_batch=gb, **frameworks.job_fields("nanotron"))
-        return estimate_train(m, spec, job, par, node=node).terms
+        return estimate_train(m, spec, job, par, node=node, profile=prof).terms
 
     one, four, ag = terms(2, 16), terms(2, 64), terms(1, 16)
     assert four.dp_window_s == pytest.approx(4 * one.dp_window_s, rel=1e-12)
