@@ -39,8 +39,9 @@ WAVE_EXPONENT = fitted.value("fitted/kernels.yaml", "wave_exponent")
 DEFAULT_GEMM_PLATEAU = fitted.value("fitted/kernels.yaml", "default_gemm_plateau")
 
 
-# FlashAttention-2 against cuDNN fused attention on Hopper (data/fitted/kernels.yaml: Shah et al. 2024,
-# FlashAttention-3, Fig. 5-6), forward and backward, at head dimensions 64 and 128.
+# FlashAttention-2 against cuDNN fused attention on Hopper (data/fitted/kernels.yaml: measured on one
+# H100, data/measurements/h100-sxm/2026-12-07a-sdpa-backends; the FlashAttention-3 paper's Fig. 5-6
+# agree within ~12%), forward and backward, at head dimensions 64 and 128.
 _FLASH2_VS_CUDNN = {(pas, d): fitted.value("fitted/kernels.yaml", f"flash2_vs_cudnn_{pas}_d{d}")
                     for pas in ("fwd", "bwd") for d in (64, 128)}
 

@@ -448,6 +448,11 @@ def _leaf_backward_extra_s(rec: dict, eff) -> float:
     return nbytes / eff.mem_bytes_per_s(nbytes)
 
 
+# PyTorch's SDPA backend names (torch.nn.attention.SDPBackend) -> the fused-attention kernels a
+# calibration or a framework profile names (calibration.efficiency.ATTENTION_BACKENDS)
+_SDPA_KERNELS = {"flash": "flash2", "cudnn": "cudnn"}
+
+
 def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs: dict) -> Case | None:
     op = rec.get("op")
     spec = lib.device(rec["hardware"])
@@ -469,6 +474,19 @@ def _kernel_case(rec: dict, lib: HardwareLibrary, calibration: str | None, effs:
         if pred is not None and op == "sdpa_fwd_bwd" and rec.get("backend") != "torch":
             pred += _leaf_backward_extra_s(rec, eff)  # our harness's own records time autograd.grad
         name = f"{op}/{rec['bytes']}" if op.startswith("mem_") else f"{op}/b{rec['b']}h{rec['h']}s{rec['s']}d{rec['d']}"
+        if op.startswith("sdpa") and rec.get("sdpa_backend") is not None:
+            # a record of one named SDPA kernel (costmodel/bench/sdpa_backends.py): timed as that kernel
+            # against the one the calibration measured (training.AttentionBackend); a kernel without a
+            # rate of its own (EFFICIENT_ATTENTION) is not predicted
+            kernel = _SDPA_KERNELS.get(rec["sdpa_backend"])
+            if kernel is None:
+                return None
+            if pred is not None and getattr(eff, "attention_backend", None) not in (None, kernel):
+                from .training import AttentionBackend
+
+                args = (rec["b"], rec["h"], rec["s"], rec["d"], rec.get("causal", True), op == "sdpa_fwd_bwd")
+                pred += AttentionBackend(eff, kernel).attention_time_s(*args) - eff.attention_time_s(*args)
+            name += f"/{rec['sdpa_backend']}" + ("" if rec.get("causal", True) else "/full")
     elif op in ("h2d_pinned", "d2h_pinned", "h2d_pageable"):
         # the link fitted for this direction and memory kind (latency + bytes / rate); a spec
         # without host-link fits falls back to its host-to-device rate

@@ -351,18 +351,37 @@ def test_fused_frameworks_run_gemms_at_the_sustained_clock():
 # FlashAttention-3 paper (Shah et al. 2024, arXiv:2407.08608), Fig. 5-6 on H100 SXM5: TFLOP/s of
 # FlashAttention-2 and of cuDNN fused attention at sequence 8k
 FA3_PAPER_8K = {("fwd", 64): (322, 412), ("fwd", 128): (333, 529), ("bwd", 128): (318, 518)}
+SDPA_RUN = Path(__file__).resolve().parents[1] / "data" / "measurements" / "h100-sxm" / "2026-12-07a-sdpa-backends" / \
+    "h100-sxm-2026-12-07a-sdpa-backends.jsonl"
 
 
-def test_sdpa_backend_rates_are_the_papers_ratios():
-    """FlashAttention-2 against cuDNN on Hopper, as the FlashAttention-3 paper measured them; the
-    other way round the inverse; the same kernel, or one not named, changes nothing."""
+def _measured_ratio(pas: str, d: int, s: int) -> float:
+    """FlashAttention-2 over cuDNN throughput of SDPA's two kernels on one H100 (run 2026-12-07a),
+    causal, forward or backward (forward + backward less forward)."""
+    t = {}
+    for line in SDPA_RUN.read_text().splitlines():
+        r = json.loads(line)
+        if r["d"] == d and r["s"] == s and r["causal"]:
+            t[(r["op"], r["sdpa_backend"])] = r["s_time"]
+    if pas == "fwd":
+        return t[("sdpa_fwd", "cudnn")] / t[("sdpa_fwd", "flash")]
+    return (t[("sdpa_fwd_bwd", "cudnn")] - t[("sdpa_fwd", "cudnn")]) / (t[("sdpa_fwd_bwd", "flash")] - t[("sdpa_fwd", "flash")])
+
+
+def test_sdpa_backend_rates_are_the_measured_ratios():
+    """FlashAttention-2 against cuDNN on Hopper as measured on the same inputs on one H100 (within 5%
+    at 8k tokens: the constants are the median over 4k-32k); the FlashAttention-3 paper's older cuDNN
+    gives ratios within 15% of them; the other way round the inverse; the same kernel, or one not
+    named, changes nothing."""
     from costmodel.roofline import sdpa_backend_rates
 
-    fwd64, _ = sdpa_backend_rates("cudnn", "flash2", 64)
+    fwd64, bwd64 = sdpa_backend_rates("cudnn", "flash2", 64)
     fwd128, bwd128 = sdpa_backend_rates("cudnn", "flash2", 128)
-    for (pas, d), got in ((("fwd", 64), fwd64), (("fwd", 128), fwd128), (("bwd", 128), bwd128)):
-        fa2, cudnn = FA3_PAPER_8K[(pas, d)]
-        assert got == pytest.approx(fa2 / cudnn, rel=0.03), (pas, d)
+    got = {("fwd", 64): fwd64, ("bwd", 64): bwd64, ("fwd", 128): fwd128, ("bwd", 128): bwd128}
+    for (pas, d), ratio in got.items():
+        assert ratio == pytest.approx(_measured_ratio(pas, d, 8192), rel=0.05), (pas, d)
+    for (pas, d), (fa2, cudnn) in FA3_PAPER_8K.items():
+        assert got[(pas, d)] == pytest.approx(fa2 / cudnn, rel=0.15), (pas, d)
     back = sdpa_backend_rates("flash2", "cudnn", 128)
     assert back[0] == pytest.approx(1 / fwd128) and back[1] == pytest.approx(1 / bwd128)
     assert sdpa_backend_rates("cudnn", "cudnn", 128) == (1.0, 1.0)
@@ -375,7 +394,7 @@ def test_sdpa_backend_rates_are_the_papers_ratios():
 
 def test_a_flash2_framework_times_attention_at_flash2_speed_on_a_cudnn_calibration():
     """The shipped H100 calibration measured PyTorch 2.11's SDPA (cuDNN); torchtitan as published in
-    2024 ran FlashAttention-2: its forward attention at 8k tokens, head dim 128, runs at the paper's
+    2024 ran FlashAttention-2: its forward attention at 8k tokens, head dim 128, runs at the measured
     FA2/cuDNN ratio of the calibrated rate, a step's GEMMs unchanged. Current torchtitan (cuDNN) and a
     device calibrated without a named kernel (A100: datasheet defaults) are not rescaled."""
     from costmodel.roofline import gemm_op
@@ -387,12 +406,12 @@ def test_a_flash2_framework_times_attention_at_flash2_speed_on_a_cudnn_calibrati
     now = step_efficiency(h100, None, frameworks.resolve("torchtitan"))
     y2024 = step_efficiency(h100, None, frameworks.resolve("torchtitan-2024"))
     assert now.attention_backend == "cudnn"
-    fa2, cudnn = FA3_PAPER_8K[("fwd", 128)]
     shape = (1, 32, 8192, 128)
-    assert y2024.attention_flops_per_s(*shape) / now.attention_flops_per_s(*shape) == pytest.approx(fa2 / cudnn, rel=0.03)
+    assert y2024.attention_flops_per_s(*shape) / now.attention_flops_per_s(*shape) == \
+        pytest.approx(_measured_ratio("fwd", 128, 8192), rel=0.05)
     # forward + backward: each pass at its own ratio, so the whole between them
     fb = y2024.attention_time_s(*shape, True, True) / now.attention_time_s(*shape, True, True)
-    assert 1 / 0.65 < fb < 1 / 0.59
+    assert 1 / 0.60 < fb < 1 / 0.52
     assert gemm_op(y2024, "g", 8192, 4096, 4096).time_s == gemm_op(now, "g", 8192, 4096, 4096).time_s
     a100 = lib.device("a100-80gb-sxm")
     assert step_efficiency(a100, None, frameworks.resolve("torchtitan-2024")).attention_flops_per_s(*shape) == \
