@@ -151,7 +151,7 @@ def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[st
     """Per file of multi-node training runs: by device count, the runs whose measured step exceeds
     the prediction by more than STALL_S_PER_MICROBATCH per micro-batch, and the mean error with and
     without them. A diagnostic of the measurements, not a correction: the tables above keep them."""
-    from .validate import read_records, validate_records
+    from .validate import ranking, read_records, summarize_ranking, validate_records
 
     out = []
     for f in files:
@@ -165,12 +165,16 @@ def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[st
             gb = r.get("global_batch") or r.get("micro_batch", 1) * dp
             micro[r.get("name")] = (max(1, gb // (r.get("micro_batch", 1) * dp)), r.get("devices"))
         rows: dict[int, list[tuple[float, bool]]] = {}
-        for c in validate_records(recs, lib).cases:
+        cases = validate_records(recs, lib).cases
+        others = []
+        for c in cases:
             if c.metric != "step_seconds" or c.name not in micro:
                 continue
             n_micro, dev = micro[c.name]
             stalled = (c.measured - c.predicted) / n_micro > STALL_S_PER_MICROBATCH
             rows.setdefault(dev, []).append((c.rel_error, stalled))
+            if not stalled:
+                others.append(c)
         if sum(st for v in rows.values() for _, st in v) < 5:
             continue
         try:
@@ -184,6 +188,11 @@ def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[st
             rest = [abs(e) for e, st in v if not st]
             out.append(f"| {dev} | {len(v)} | {sum(st for _, st in v)} | {statistics.fmean(abs(e) for e, _ in v):.1%} | "
                        + (f"{statistics.fmean(rest):.1%} |" if rest else "- |"))
+        every, kept = summarize_ranking(ranking(cases)), summarize_ranking(ranking(others))
+        if every.groups and kept.groups and kept.median_spearman is not None and every.median_spearman is not None:
+            out += ["", f"Layouts ranked per model and device count ({kept.groups} groups): median Spearman "
+                        f"{every.median_spearman:.2f} and median regret {every.median_regret:.1%} on all runs, "
+                        f"{kept.median_spearman:.2f} and {kept.median_regret:.1%} on the runs that did not stall."]
         out.append("")
     if not out:
         return []
