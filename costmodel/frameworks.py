@@ -105,6 +105,18 @@ class FrameworkProfile(BaseModel):
     cluster_step_latency_s: float | None = Field(default=None, gt=0)
     fit: dict | None = None  # how the values were fitted (file, records, errors), written by fit-profile
 
+    def check_runs(self, zero_stages, interleaves=(), zero_field: str = "zero_stage") -> None:
+        """InputError where a layout asks for a ZeRO stage or an interleaved pipeline schedule this
+        framework has no code for (``settings.zero_stages``, ``settings.interleaved_pipeline``);
+        ``train`` checks its one layout, ``search`` the stages and interleavings it is told to try."""
+        bad = sorted({int(z) for z in zero_stages} - set(self.settings.zero_stages))
+        if bad:
+            raise InputError(f"{self.id} runs ZeRO stages {', '.join(map(str, self.settings.zero_stages))} only "
+                             f"(its profile's settings.zero_stages), not {', '.join(map(str, bad))}", field=zero_field)
+        if not self.settings.interleaved_pipeline and any(int(v) > 1 for v in interleaves):
+            raise InputError(f"{self.id} has no interleaved pipeline schedule (its profile's settings.interleaved_pipeline)",
+                             field="interleave")
+
     @property
     def scaling(self):
         """``cluster_scaling`` as a specs.ScaleOutScaling (None when the profile names none)."""

@@ -1019,6 +1019,17 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return order[c < best_before]
 
 
+def _framework_axes(prof, zero_stage, interleave) -> tuple:
+    """The ZeRO stages and interleavings to enumerate: those given, else every stage the framework
+    runs (settings.zero_stages); no interleaving where it has no interleaved schedule (None: the
+    default axis)."""
+    if zero_stage is None:
+        zero_stage = [z for z in DEFAULT_ZERO if z in prof.settings.zero_stages]
+    if interleave is None and not prof.settings.interleaved_pipeline:
+        interleave = [1]
+    return zero_stage, interleave
+
+
 def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
            precision: str = "amp-bf16", optimizer: str = "adamw", framework: str | None = None,
@@ -1075,16 +1086,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
                          + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
-    sets = prof.settings
-    if zero_stage is None:
-        zero_stage = [z for z in DEFAULT_ZERO if z in sets.zero_stages]
-    elif set(zero_stage) - set(sets.zero_stages):
-        raise InputError(f"{prof.id} runs ZeRO stages {', '.join(map(str, sets.zero_stages))} only "
-                         f"(its profile's settings.zero_stages)", field="zero-stage")
-    if not sets.interleaved_pipeline:
-        if interleave is not None and any(int(x) > 1 for x in interleave):
-            raise InputError(f"{prof.id} has no interleaved pipeline schedule (its profile's settings)", field="interleave")
-        interleave = [1]
+    prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
+    zero_stage, interleave = _framework_axes(prof, zero_stage, interleave)
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
     per_hw = []
@@ -1292,10 +1295,7 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     spec, node = lib.device(hardware), lib.node_for(hardware)
     dpn = node.devices_per_node if node else 8
     counts = device_counts(devices)
-    sets = frameworks.resolve(framework).settings  # what the framework can run, as search() enumerates
-    axes.setdefault("zero", [z for z in DEFAULT_ZERO if z in sets.zero_stages])
-    if not sets.interleaved_pipeline:
-        axes.setdefault("interleave", [1])
+    axes["zero"], axes["interleave"] = _framework_axes(frameworks.resolve(framework), axes.get("zero"), axes.get("interleave"))
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
     c = _flatten(ax, ok)

@@ -649,12 +649,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
                          + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
-    if par.zero_stage not in prof.settings.zero_stages:
-        raise InputError(f"{prof.id} runs ZeRO stages {', '.join(map(str, prof.settings.zero_stages))} only "
-                         f"(its profile's settings.zero_stages), not {par.zero_stage}", field="zero_stage")
-    if par.interleave > 1 and not prof.settings.interleaved_pipeline:
-        raise InputError(f"{prof.id} has no interleaved pipeline schedule (its profile's settings.interleaved_pipeline)",
-                         field="interleave")
+    prof.check_runs([par.zero_stage], [par.interleave])
     eff = step_efficiency(spec, calibration, prof)
     dtype = step_dtype(job, spec)
     notes: list[str] = []

@@ -116,11 +116,11 @@ def record_label(rec: dict) -> tuple[str, str]:
         return hw, str(fw).split()[0]
 
 
-def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = None
+def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = None, cases_out: list | None = None
               ) -> list[tuple[str, list[float], list[float]]]:
     """(kind.metric, fit errors, held-out errors) per metric of one file; boolean metrics (fits)
     count a wrong answer as error 1. ``by_label``: also collects the errors per (hardware,
-    framework, kind.metric) into it (record_label)."""
+    framework, kind.metric) into it (record_label); ``cases_out``: every case, appended to it."""
     from .validate import read_records, validate_records
 
     parts = split_records(read_records(path), entry)
@@ -132,7 +132,10 @@ def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = N
         for r in recs:
             groups.setdefault(record_label(r[1]) if by_label is not None else ("", ""), []).append(r)
         for label, group in groups.items():
-            for c in validate_records(group, lib).cases:
+            cases = validate_records(group, lib).cases
+            if cases_out is not None:
+                cases_out.extend(cases)
+            for c in cases:
                 key = f"{c.kind}.{c.metric}"
                 per.setdefault(key, {"fit": [], "held-out": []})[part].append(c.rel_error)
                 if by_label is not None:
@@ -147,10 +150,11 @@ def file_rows(path: str, entry: dict | None, lib=None, by_label: dict | None = N
 STALL_S_PER_MICROBATCH = 0.3
 
 
-def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[str]:
+def stall_lines(files: list[str], lib=None, root: Path | None = None, cases_by_file: dict | None = None) -> list[str]:
     """Per file of multi-node training runs: by device count, the runs whose measured step exceeds
     the prediction by more than STALL_S_PER_MICROBATCH per micro-batch, and the mean error with and
-    without them. A diagnostic of the measurements, not a correction: the tables above keep them."""
+    without them. A diagnostic of the measurements, not a correction: the tables above keep them.
+    ``cases_by_file``: the files' cases already validated (file_rows), else they are validated here."""
     from .validate import ranking, read_records, summarize_ranking, validate_records
 
     out = []
@@ -165,7 +169,10 @@ def stall_lines(files: list[str], lib=None, root: Path | None = None) -> list[st
             gb = r.get("global_batch") or r.get("micro_batch", 1) * dp
             micro[r.get("name")] = (max(1, gb // (r.get("micro_batch", 1) * dp)), r.get("devices"))
         rows: dict[int, list[tuple[float, bool]]] = {}
-        cases = validate_records(recs, lib).cases
+        if cases_by_file is not None and f in cases_by_file:
+            cases = [c for c in cases_by_file[f] if c.kind == "train" and c.name in micro]
+        else:
+            cases = validate_records(recs, lib).cases
         others = []
         for c in cases:
             if c.metric != "step_seconds" or c.name not in micro:
@@ -249,6 +256,7 @@ def markdown(files: list[str], lib=None, root: Path | None = None, summary: bool
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     by_label: dict | None = {} if summary else None
+    cases_by_file: dict[str, list] = {}
     fitted = []
     for f in files:
         p = Path(f)
@@ -259,7 +267,7 @@ def markdown(files: list[str], lib=None, root: Path | None = None, summary: bool
         entry = entries.get(rel)
         if entry and entry.get("fitted"):
             fitted.append(f"- `{rel}`: {entry['fitted']}")
-        rows = file_rows(f, entry, lib, by_label)
+        rows = file_rows(f, entry, lib, by_label, cases_by_file.setdefault(f, []))
         if not rows:
             table.append(f"| `{rel}` | (no record modelled: see `costmodel validate {rel}`) | 0 | - | - | - | - |")
         for metric, fit, held in rows:
@@ -272,7 +280,7 @@ def markdown(files: list[str], lib=None, root: Path | None = None, summary: bool
     if fitted:
         lines += ["", "## What each fit part fitted", ""] + fitted
     if summary:
-        lines += stall_lines(files, lib, root)
+        lines += stall_lines(files, lib, root, cases_by_file)
     return "\n".join(lines) + "\n"
 
 

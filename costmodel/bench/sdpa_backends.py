@@ -17,26 +17,9 @@ through ``torch.autograd.grad``); the records add ``sdpa_backend`` (the kernel),
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
-
-
-def _timed(fn, reps: int, warm: int = 3) -> float:
-    import torch
-
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
+from pathlib import Path
 
 
 def _default_backend(q, k, v, causal: bool) -> str:
@@ -58,6 +41,10 @@ def _default_backend(q, k, v, causal: bool) -> str:
 def main(out_path: str, budget_s: float = 420.0) -> None:
     import torch
     import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file: the checkout's package
+    from costmodel.bench.sdpa_variants import timed
+    from costmodel.bench.torch_backend import hardware_id_from_name
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     dev, dt = "cuda", torch.bfloat16
@@ -93,8 +80,8 @@ def main(out_path: str, budget_s: float = 420.0) -> None:
                                     torch.autograd.grad(o, (q, k, v), g)
 
                                 reps = 20 if s <= 8192 else 8
-                                tf = _timed(fwd, reps)
-                                tfb = _timed(fwd_bwd, reps)
+                                tf = timed(fwd, reps, warm=3)
+                                tfb = timed(fwd_bwd, reps, warm=3)
                         except RuntimeError as exc:  # backend not available for these inputs
                             print(json.dumps({"unavailable": name, "b": b, "h": h, "s": s, "d": d, "causal": causal,
                                               "error": str(exc).splitlines()[0][:200]}), file=sys.stderr)
@@ -104,8 +91,7 @@ def main(out_path: str, budget_s: float = 420.0) -> None:
                                                   "causal": causal, "backend": "torch", "sdpa_backend": name,
                                                   "sdpa_default": default,
                                                   "s_time": t, "tflops": f / t / 1e12,
-                                                  "hardware": "h100-sxm" if "H100" in env["device"] else
-                                                  ("h200-sxm" if "H200" in env["device"] else env["device"])}) + "\n")
+                                                  "hardware": hardware_id_from_name(env["device"])}) + "\n")
                         out.flush()
                 del q, k, v, g
                 torch.cuda.empty_cache()
