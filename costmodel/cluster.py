@@ -23,6 +23,14 @@ A collective of ``nbytes`` (nccl-tests buffer convention) over ``world`` ranks o
 
 with ring steps 2(world - 1) for all-reduce (or 2 log2(world) for NCCL's tree, whichever is
 fewer), world - 1 for all-gather / reduce-scatter / all-to-all and 1 for a point-to-point message.
+
+Some clusters also stall: on the Ultra-Scale Playbook's runs (nanotron, 1-64 nodes of 8 x H100 on
+AWS EFA) a run either passed its pipeline activations across nodes at the wire's pace or paid
+0.4-0.5 s per cross-node neighbour and pipeline slot, every slot of the run, more often the more
+nodes it spanned (1 in 8 runs up to 16 nodes, half at 32, 9 in 10 at 64), while runs whose
+pipeline stayed inside a node almost never did. ``pipeline_stall`` holds that as a per-operation
+delay and a probability by node count (pipeline_stall_probability); costmodel.steptime decides
+which outcome a point estimate reports.
 """
 from __future__ import annotations
 
@@ -85,3 +93,13 @@ def collective_time_s(scaling, op: str, nbytes: float, world: int, nodes: float,
         bw = nic_bytes_per_s
     wire = nbytes * (1.0 if op == "send_recv" else bus_factor(op, world))
     return ring_steps(op, world) * scaling.step_latency_s + wire / bw
+
+
+def pipeline_stall_probability(stall, nodes):
+    """Chance that a run over ``nodes`` nodes stalls its cross-node pipeline sends (module
+    docstring): a base rate, plus a logistic onset in log(nodes) that reaches half the remaining
+    runs at ``onset_nodes``. Works on arrays."""
+    import numpy as np
+
+    n = np.maximum(np.asarray(nodes, dtype=float), 1e-9)
+    return stall.base_rate + (1.0 - stall.base_rate) / (1.0 + (stall.onset_nodes / n) ** stall.onset_width)

@@ -12,11 +12,17 @@ scipy.optimize.least_squares (trust-region reflective, within the bounds).
 
 Besides the profile's parameters the fit may move the cluster's cross-node ring step latency
 (``cluster.step_latency``), where no nccl-tests logs pinned it.
+
+Where the runs show the cluster stalling its cross-node pipeline sends (specs.PipelineStall:
+whole runs slower by the same time per cross-node send in every pipeline slot), the parameters are
+fitted on the model without stalls first; the stall's time per send is then the median excess per
+send of the runs that stalled, and its chance by node count a maximum-likelihood fit of which runs
+stalled (fit_pipeline_stall).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +39,15 @@ ROBUST_SCALE = 0.1
 # profile, the other runs are predicted at 32-39% mean error with it, 39-41% at weight 0.3, and 45-49%
 # from neutral values without it); hundreds of runs outweigh the prior.
 PRIOR_WEIGHT = 1.0
+# A run counts as stalled where it is slower than the model without stalls by more than half the
+# stall's time per cross-node pipeline send and receive (this to start, then half the fitted time).
+# On the Playbook's runs the excess per send is 0.2-0.25 s on the runs that stalled and within
+# +-0.05 s on the others.
+STALL_START_S_PER_OP = 0.1
+# at least this many stalled runs, and runs that could stall, before a stall is fitted
+STALL_MIN_RUNS = 5
+# bounds of the stall chance's fit (specs.PipelineStall)
+STALL_BOUNDS = {"base_rate": (0.0, 0.5), "onset_nodes": (1.0, 1e4), "onset_width": (0.5, 20.0)}
 
 
 @dataclass
@@ -56,11 +71,14 @@ class FitResult:
     holdout_mape: float | None = None  # k-fold: each run predicted by a fit that did not see it
     folds: int = 0
     predicted: np.ndarray | None = field(default=None, repr=False)
+    pipeline_stall: dict | None = None  # specs.PipelineStall's fields, where the runs show stalls
+    stalled: int = 0  # runs counted as stalled
 
     def summary(self) -> dict:
         return {"n": self.n, "mape": self.mape, "median_ape": self.median_ape, "mape_before": self.mape_before,
                 "holdout_mape": self.holdout_mape, "folds": self.folds, "values": self.values,
-                "step_latency_s": self.step_latency_s}
+                "step_latency_s": self.step_latency_s, "pipeline_stall": self.pipeline_stall,
+                "stalled_runs": self.stalled}
 
 
 def run_set(records: list[tuple[str, dict]], profile: frameworks.FrameworkProfile, lib=None,
@@ -103,17 +121,76 @@ def _free(profile: frameworks.FrameworkProfile, fit_latency: bool) -> list[str]:
 
 
 def predict(runs: RunSet, profile: frameworks.FrameworkProfile, values: dict[str, float] | None = None,
-            step_latency_s: float | None = None) -> np.ndarray:
+            step_latency_s: float | None = None, terms: steptime.StepTerms | None = None) -> np.ndarray:
     p = {k: v.value for k, v in profile.parameters.items()}
     p.update(values or {})
-    return np.asarray(steptime.compose(runs.terms, p, step_latency_s, profile.settings.cuda_graphs).total_s, dtype=float)
+    t = runs.terms if terms is None else terms
+    return np.asarray(steptime.compose(t, p, step_latency_s, profile.settings.cuda_graphs).total_s, dtype=float)
+
+
+def without_stall(terms: steptime.StepTerms) -> steptime.StepTerms:
+    return replace(terms, stall_slot_s=None, stall_p=None)
+
+
+def with_stall(terms: steptime.StepTerms, stall) -> steptime.StepTerms:
+    """``terms`` on a cluster of pipeline stall ``stall`` (a specs.PipelineStall, or None: none)."""
+    from . import cluster
+
+    if stall is None:
+        return without_stall(terms)
+    ops = np.asarray(terms.stall_ops_slot, dtype=float)
+    return replace(terms, stall_slot_s=ops * stall.seconds_per_op_s,
+                   stall_p=np.where(ops > 0, cluster.pipeline_stall_probability(stall, terms.nodes), 0.0))
+
+
+def _subset(terms: steptime.StepTerms, idx: np.ndarray) -> steptime.StepTerms:
+    return steptime.StepTerms(**{k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(terms).items()})
+
+
+def fit_pipeline_stall(terms: steptime.StepTerms, measured: np.ndarray, unstalled: np.ndarray):
+    """(specs.PipelineStall or None, stalled runs) from runs' measured steps and their prediction
+    without stalls (module docstring). None where fewer than STALL_MIN_RUNS runs stalled or could."""
+    from scipy.optimize import minimize
+
+    from .specs import PipelineStall
+
+    ops = np.broadcast_to(np.asarray(terms.stall_ops_slot, dtype=float), measured.shape)
+    slots = np.asarray(terms.n_micro, dtype=float) + np.asarray(terms.pp, dtype=float) - 1.0
+    can = ops > 0
+    if can.sum() < STALL_MIN_RUNS:
+        return None, 0
+    per_op = np.where(can, (measured - unstalled) / np.maximum(slots * ops, 1e-30), 0.0)
+    stalled = can & (per_op > STALL_START_S_PER_OP)
+    for _ in range(5):  # the split settles in two or three rounds
+        if stalled.sum() < STALL_MIN_RUNS:
+            return None, int(stalled.sum())
+        delta = float(np.median(per_op[stalled]))
+        new = can & (per_op > 0.5 * delta)
+        if np.array_equal(new, stalled):
+            break
+        stalled = new
+    nodes = np.broadcast_to(np.asarray(terms.nodes, dtype=float), measured.shape)[can]
+    y = stalled[can].astype(float)
+    (b_lo, b_hi), (n_lo, n_hi), (w_lo, w_hi) = (STALL_BOUNDS[k] for k in ("base_rate", "onset_nodes", "onset_width"))
+
+    def nll(x):
+        base, log_onset, width = x
+        p = base + (1.0 - base) / (1.0 + np.exp(width * (log_onset - np.log(nodes))))
+        p = np.clip(p, 1e-9, 1.0 - 1e-9)
+        return -float(np.sum(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+    x0 = np.array([min(max(y.mean() / 2, b_lo), b_hi * 0.9), np.log(np.median(nodes[y > 0])), 2.0])
+    res = minimize(nll, x0, method="L-BFGS-B", bounds=[(b_lo, b_hi), (np.log(n_lo), np.log(n_hi)), (w_lo, w_hi)])
+    base, log_onset, width = (float(v) for v in res.x)
+    return PipelineStall(seconds_per_op=delta, base_rate=base, onset_nodes=float(np.exp(log_onset)),
+                         onset_width=width), int(stalled.sum())
 
 
 def _solve(runs: RunSet, idx: np.ndarray, profile, free: list[str], x0: np.ndarray, lo, hi,
            prior_weight: float = PRIOR_WEIGHT):
     from scipy.optimize import least_squares
 
-    sub = steptime.StepTerms(**{k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(runs.terms).items()})
+    sub = without_stall(_subset(runs.terms, idx))
     meas = runs.measured[idx]
     width = np.maximum(hi - lo, 1e-30)
 
@@ -150,10 +227,22 @@ def fit_profile(runs: RunSet, profile: frameworks.FrameworkProfile, fit_latency:
     x0 = np.clip(x0, lo, hi)
     all_idx = np.arange(len(runs.measured))
     before = predict(runs, profile)
-    x = _solve(runs, all_idx, profile, free, x0, lo, hi, prior_weight)
-    vals = dict(zip(free, (float(v) for v in x)))
-    lat = vals.pop(STEP_LATENCY, None)
-    pred = predict(runs, profile, vals, lat)
+    bare = without_stall(runs.terms)
+
+    def fit_on(idx):
+        """(values, step latency, pipeline stall, stalled runs) fitted on runs ``idx``."""
+        x = _solve(runs, idx, profile, free, x0, lo, hi, prior_weight)
+        v = dict(zip(free, (float(q) for q in x)))
+        lt = v.pop(STEP_LATENCY, None)
+        sub = _subset(bare, idx)
+        stall, n_stalled = fit_pipeline_stall(sub, runs.measured[idx], predict(runs, profile, v, lt, sub))
+        return v, lt, stall, n_stalled
+
+    def stall_terms(stall):  # too few runs to fit a stall: the start's (runs.terms) stays
+        return runs.terms if stall is None else with_stall(runs.terms, stall)
+
+    vals, lat, stall, n_stalled = fit_on(all_idx)
+    pred = predict(runs, profile, vals, lat, stall_terms(stall))
     err = np.abs(pred / runs.measured - 1.0)
     holdout = None
     k = min(folds, len(all_idx))
@@ -164,11 +253,10 @@ def fit_profile(runs: RunSet, profile: frameworks.FrameworkProfile, fit_latency:
         for f in range(k):
             test = order[f::k]
             train = np.setdiff1d(all_idx, test)
-            xf = _solve(runs, train, profile, free, x0, lo, hi, prior_weight)
-            vf = dict(zip(free, (float(v) for v in xf)))
-            lf = vf.pop(STEP_LATENCY, None)
-            out[test] = predict(runs, profile, vf, lf)[test]
+            vf, lf, sf, _ = fit_on(train)
+            out[test] = predict(runs, profile, vf, lf, stall_terms(sf))[test]
         holdout = float(np.mean(np.abs(out / runs.measured - 1.0)))
     return FitResult(values=vals, step_latency_s=lat, n=len(all_idx), mape=float(err.mean()),
                      median_ape=float(np.median(err)), mape_before=float(np.mean(np.abs(before / runs.measured - 1.0))),
-                     holdout_mape=holdout, folds=k if k >= 2 else 0, predicted=pred)
+                     holdout_mape=holdout, folds=k if k >= 2 else 0, predicted=pred,
+                     pipeline_stall=None if stall is None else stall.model_dump(by_alias=True), stalled=n_stalled)

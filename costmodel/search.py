@@ -921,8 +921,11 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
     loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
                         0.0)
+    cross_k = steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node)
+    stall_slot, stall_p = steptime.pipeline_stall_terms(link.scaling, cross_k, N, link.devices_per_node)
     terms = steptime.StepTerms(
-        head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * cross_k,
+        nodes=np.ceil(N / link.devices_per_node), head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
         loss_stage_apart=apart, loss_p2p_mb_s=loss_p2p, layer_stages=n_layer_stages,
         n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
         gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],

@@ -253,6 +253,20 @@ class ScaleUpDomain(_Strict):
         return self
 
 
+class PipelineStall(_Strict):
+    """Runs on a congested cluster whose pipeline sends across nodes stall (costmodel.cluster.
+    pipeline_stall_probability): on such a run every cross-node pipeline send or receive costs
+    ``seconds_per_op`` more, and a run spanning ``nodes`` nodes stalls with probability
+    base_rate + (1 - base_rate) / (1 + (onset_nodes / nodes) ^ onset_width)."""
+
+    seconds_per_op_s: Seconds = Field(alias="seconds_per_op")
+    base_rate: float = Field(ge=0.0, lt=1.0)
+    onset_nodes: float = Field(gt=0.0)
+    onset_width: float = Field(gt=0.0, le=50.0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class ScaleOutScaling(_Strict):
     """How the scale-out network's collectives behave as a group spans more nodes, as measured
     (costmodel.cluster): ``bus_bandwidth`` per collective (all_reduce, all_gather, reduce_scatter,
@@ -262,6 +276,7 @@ class ScaleOutScaling(_Strict):
     step_latency_s: Seconds = Field(alias="step_latency")
     bus_bandwidth: dict[Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"],
                         dict[Annotated[int, Field(ge=1)], BytesPerSec]]
+    pipeline_stall: PipelineStall | None = None  # stalls of cross-node pipeline sends, as measured
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

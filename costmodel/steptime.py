@@ -33,6 +33,9 @@ The decoder layers of each stage (``stage_layers``): an even split (Megatron-LM)
 split by compute cost, where the LM head counts as vocab x hidden (models/base.py build_model).
     dp       = dp_comm - min(dp_overlap x dp_comm, dp_window) data-parallel reduction not hidden
     step     = pipeline + dp + optimizer + other
+             + (n_micro + pp - 1) x stall_slot                where the cluster stalls cross-node pipeline
+                                                              sends and a stall is the likelier error
+                                                              (pipeline_stall, costmodel.cluster)
 
 where the cross-node collective times are ``steps x step_latency + wire`` (costmodel.cluster), so
 a fit may move the cluster's step latency with the framework's parameters.
@@ -81,11 +84,19 @@ class StepTerms:
     loss_stage_apart: object = None
     loss_p2p_mb_s: object = None
     layer_stages: object = None
+    # where the cluster stalls cross-node pipeline sends (specs.PipelineStall): the time a stalled
+    # run adds per pipeline slot (2 sends or receives per cross-node neighbour of the busiest stage,
+    # pipeline_cross_neighbours) and the chance a run of this many nodes stalls; None: no stalls
+    stall_slot_s: object = None
+    stall_p: object = None
+    stall_ops_slot: object = 0.0  # cross-node pipeline sends and receives of the busiest stage per slot
+    nodes: object = 1.0  # nodes the run spans
 
     @classmethod
     def stack(cls, terms: list["StepTerms"]) -> "StepTerms":
         """Terms of many layouts as arrays (one entry each)."""
         defaults = {"loss_stage_apart": lambda t: 0.0, "loss_p2p_mb_s": lambda t: 0.0,
+                    "stall_slot_s": lambda t: 0.0, "stall_p": lambda t: 0.0,
                     "layer_stages": lambda t: float(t.pp) - 1.0}
 
         def val(t, name):
@@ -107,6 +118,23 @@ class ComposedStep:
     dp_comm_exposed_s: object
     optimizer_s: object
     other_s: object
+    stall_s: object = 0.0  # of pp_comm_s and total_s: the cross-node pipeline stall reported (pipeline_stall)
+    stall_risk_s: object = 0.0  # what a stalled run adds, reported or not
+    stall_p: object = 0.0  # the chance a run of this layout on this cluster stalls
+
+
+def pipeline_stall(total_s, slots, stall_slot_s, p):
+    """The stall a point estimate reports: (added seconds, seconds a stalled run adds). A run either
+    stalls (every slot ``stall_slot_s`` longer, costmodel.cluster) or does not, so no single time is
+    right for both; the estimate reports the outcome of the smaller expected relative error, the
+    error costmodel's accuracy is read in. Reporting the unstalled time a misses a stalled run b by
+    (b - a) / b, with chance p; reporting b misses an unstalled run by (b - a) / a, with chance
+    1 - p; so b where p a > (1 - p) b. (At p = 0.5 the expected-time estimate a + p (b - a) would
+    miss either run by half the stall; the median flips to b at any p > 0.5, however large b / a.)"""
+    risk = np.asarray(slots, dtype=float) * np.asarray(stall_slot_s, dtype=float)
+    p = np.asarray(p, dtype=float)
+    a = np.asarray(total_s, dtype=float)
+    return np.where((risk > 0) & (p * a > (1.0 - p) * (a + risk)), risk, 0.0), risk
 
 
 def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs: bool = False) -> ComposedStep:
@@ -157,13 +185,19 @@ def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs:
     dp = np.asarray(t.dp_comm_wire_s) + np.asarray(t.dp_comm_steps) * lat
     dp_exposed = dp - np.minimum(p["dp_overlap"] * dp, c * np.asarray(t.dp_window_s))  # window: backward kernels
     total = pipeline + dp_exposed + np.asarray(t.optimizer_s) + np.asarray(t.other_s)
+    stall = risk = stall_p = 0.0
+    if t.stall_slot_s is not None:
+        stall_p = np.asarray(t.stall_p, dtype=float)
+        stall, risk = pipeline_stall(total, n + np.asarray(t.pp, dtype=float) - 1.0, t.stall_slot_s, stall_p)
+        total = total + stall
     gemm = c * n * np.asarray(t.gemm_mb_s)
     att = c * n * np.asarray(t.attention_mb_s)
     return ComposedStep(
         total_s=total, compute_s=gemm, attention_s=att,
         elementwise_s=e * n * ew_mb, host_overhead_s=n * (slot_h - slot),
-        tp_comm_s=n * tp_mb, pp_comm_s=n * p2p, bubble_s=bubble,
-        dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s))
+        tp_comm_s=n * tp_mb, pp_comm_s=n * p2p + stall, bubble_s=bubble,
+        dp_comm_exposed_s=dp_exposed, optimizer_s=np.asarray(t.optimizer_s), other_s=np.asarray(t.other_s),
+        stall_s=stall, stall_risk_s=risk, stall_p=stall_p)
 
 
 def block_costs(model) -> tuple[float, float]:
@@ -221,7 +255,21 @@ def placement(par, devices_per_node: int) -> dict:
     dp_per_node = 1 if stride >= dpn else max(1, min(dp_world, dpn // stride))
     dp_nodes = -(-dp_world // dp_per_node)
     pp_cross = pp > 1 and tp * cp * dp * pp > dpn
-    return {"tp_nodes": tp_nodes, "dp_per_node": dp_per_node, "dp_nodes": dp_nodes, "pp_cross": pp_cross}
+    return {"tp_nodes": tp_nodes, "dp_per_node": dp_per_node, "dp_nodes": dp_nodes, "pp_cross": pp_cross,
+            "pp_cross_neighbours": int(pipeline_cross_neighbours(tp * cp * dp, pp, dpn))}
+
+
+def pipeline_cross_neighbours(stage_ranks, pp, devices_per_node):
+    """Pipeline neighbours on other nodes of the stage with the most (0, 1 or 2), stages outermost
+    (placement): a stage's ``stage_ranks`` = tp cp dp ranks are consecutive and rank r sends to
+    r + stage_ranks. A stage of a node or more sends every boundary across nodes, so middle stages
+    have two such neighbours; smaller stages pack devices_per_node / stage_ranks to a node, and only
+    the boundary between two nodes' stages crosses, at most one per stage. Works on arrays."""
+    g = np.asarray(stage_ranks, dtype=float)
+    pp = np.asarray(pp, dtype=float)
+    spans = g >= devices_per_node
+    k = np.where(spans, np.where(pp >= 3, 2, 1), np.where(g * pp > devices_per_node, 1, 0))
+    return np.where(pp > 1, k, 0)
 
 
 def _cross_split(link, op: str, nbytes: float, world: int, per_node: int) -> tuple[float, float]:
@@ -340,7 +388,11 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
                                                                  *block_costs(model))
     logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
     loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
+    stall_slot, stall_p = pipeline_stall_terms(link.scaling, place["pp_cross_neighbours"], par.devices,
+                                               link.devices_per_node)
     return StepTerms(
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * place["pp_cross_neighbours"],
+        nodes=float(-(-par.devices // link.devices_per_node)),
         head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
         loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
         n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
@@ -352,3 +404,18 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=(1.0 + extra) * layers * (g_b + a_b + e_b + recompute_f),
         optimizer_s=optimizer_s, other_s=other_s,
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
+
+
+def pipeline_stall_terms(scaling, cross_neighbours, devices, devices_per_node):
+    """(seconds a stalled run adds per pipeline slot, chance of a stall) where the cluster's
+    scaling measured stalls (specs.PipelineStall), else (None, None). Each cross-node neighbour
+    costs the busiest stage a send and a receive per slot (1F1B: the activation one way, its
+    gradient back). Works on arrays."""
+    stall = getattr(scaling, "pipeline_stall", None) if scaling is not None else None
+    if stall is None:
+        return None, None
+    from . import cluster
+
+    k = np.asarray(cross_neighbours, dtype=float)
+    nodes = np.ceil(np.asarray(devices, dtype=float) / max(1, int(devices_per_node)))
+    return 2.0 * k * stall.seconds_per_op_s, np.where(k > 0, cluster.pipeline_stall_probability(stall, nodes), 0.0)

@@ -875,6 +875,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                         float(c.bubble_s), float(c.optimizer_s), float(c.total_s), ep_comm_s=ep_comm,
                         cp_comm_s=cp_comm, offload_s=offload_t)
         total = step.total_s
+        note = stall_note(float(c.stall_p), float(c.stall_risk_s), float(c.stall_s), float(c.total_s - c.stall_s),
+                          float(terms.nodes))
+        if note:
+            notes.append(note)
     else:
         terms = None
 
@@ -899,6 +903,16 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         tflops_per_device=tf.model_flops / total / devices / 1e12, efficiency_source=getattr(eff, "source", "?"),
         notes=notes, framework=prof.id, terms=terms, host=host.to_dict() if host is not None else None,
     )
+
+
+def stall_note(p: float, risk_s: float, included_s: float, unstalled_s: float, nodes: float) -> str | None:
+    """The cross-node pipeline stall risk of a composed estimate (steptime.pipeline_stall), in words."""
+    if risk_s <= 0 or p < 0.05:
+        return None
+    which = (f"the estimate includes it ({unstalled_s:.3g} s without)" if included_s > 0
+             else f"the estimate leaves it out ({unstalled_s + risk_s:.3g} s with it)")
+    return (f"pipeline stall risk: on this cluster {p:.0%} of runs over {nodes:.0f} nodes stall their cross-node "
+            f"pipeline sends, +{risk_s:.3g} s per step; {which}")
 
 
 def estimate_mfu(model: ModelConfig, spec: AcceleratorSpec, devices: int) -> float:

@@ -98,11 +98,17 @@ def test_compose_works_on_arrays_like_on_scalars():
 
 
 @pytest.mark.parametrize("tp,pp,dp,expected", [
-    (4, 2, 2, {"tp_nodes": 1, "dp_per_node": 2, "dp_nodes": 1, "pp_cross": True}),  # 16 GPUs: stages on 2 nodes
-    (2, 1, 4, {"tp_nodes": 1, "dp_per_node": 4, "dp_nodes": 1, "pp_cross": False}),
-    (16, 2, 2, {"tp_nodes": 2, "dp_per_node": 1, "dp_nodes": 2, "pp_cross": True}),
-    (1, 2, 32, {"tp_nodes": 1, "dp_per_node": 8, "dp_nodes": 4, "pp_cross": True}),
-    (2, 4, 1, {"tp_nodes": 1, "dp_per_node": 1, "dp_nodes": 1, "pp_cross": False}),  # 8 GPUs, one node
+    (4, 2, 2, {"tp_nodes": 1, "dp_per_node": 2, "dp_nodes": 1, "pp_cross": True,  # 16 GPUs: stages on 2 nodes
+               "pp_cross_neighbours": 1}),
+    (2, 1, 4, {"tp_nodes": 1, "dp_per_node": 4, "dp_nodes": 1, "pp_cross": False, "pp_cross_neighbours": 0}),
+    (16, 2, 2, {"tp_nodes": 2, "dp_per_node": 1, "dp_nodes": 2, "pp_cross": True, "pp_cross_neighbours": 1}),
+    (1, 2, 32, {"tp_nodes": 1, "dp_per_node": 8, "dp_nodes": 4, "pp_cross": True, "pp_cross_neighbours": 1}),
+    (2, 4, 1, {"tp_nodes": 1, "dp_per_node": 1, "dp_nodes": 1, "pp_cross": False,  # 8 GPUs, one node
+               "pp_cross_neighbours": 0}),
+    # ranks 0-3 stage 0, 4-7 stage 1 (node 0), 8-11 stage 2, 12-15 stage 3 (node 1): one boundary crosses
+    (2, 4, 2, {"tp_nodes": 1, "dp_per_node": 2, "dp_nodes": 1, "pp_cross": True, "pp_cross_neighbours": 1}),
+    # a node per stage: stages 1 and 2 send both ways across nodes
+    (8, 4, 1, {"tp_nodes": 1, "dp_per_node": 1, "dp_nodes": 1, "pp_cross": True, "pp_cross_neighbours": 2}),
 ])
 def test_placement_tp_fastest_then_dp_then_pp(tp, pp, dp, expected):
     assert steptime.placement(Parallel(tp=tp, pp=pp, dp=dp), 8) == expected
@@ -578,3 +584,70 @@ def test_train_refuses_what_the_framework_cannot_run():
     with pytest.raises(InputError, match="interleaved"):
         costmodel.train("llama3-8b", "dgx-h100", pp=16, interleave=2, **kw)
     assert costmodel.train("llama3-8b", "dgx-h100", zero_stage=1, **kw).step.total_s > 0
+
+
+def test_pipeline_stall_reports_the_outcome_of_smaller_expected_relative_error():
+    """A 10 s step that a stall makes 20 s: reporting 10 s misses a stalled run by 50% (chance p),
+    reporting 20 s misses an unstalled one by 100% (chance 1 - p); 20 s is the better report once
+    0.5 p > 1.0 (1 - p), p > 2/3."""
+    for p, expect in ((0.6, 0.0), (0.65, 0.0), (0.68, 10.0), (0.9, 10.0)):
+        added, risk = steptime.pipeline_stall(10.0, 5.0, 2.0, p)  # 5 slots x 2 s
+        assert float(risk) == 10.0
+        assert float(added) == expect, p
+        # the choice is the one of smaller expected relative error, computed here directly
+        miss_a, miss_b = p * 10.0 / 20.0, (1 - p) * 10.0 / 10.0
+        assert (float(added) > 0) == (miss_b < miss_a)
+
+
+def test_compose_adds_the_stall_to_pipeline_time():
+    t = _terms(stall_slot_s=0.5, stall_p=0.99, stall_ops_slot=2.0, nodes=64.0)
+    base = steptime.compose(_terms(), PARAMS)
+    c = steptime.compose(t, PARAMS)
+    slots = 4 + 2 - 1  # micro-batches + pp - 1
+    assert float(c.stall_risk_s) == pytest.approx(slots * 0.5)
+    assert float(c.total_s - base.total_s) == pytest.approx(slots * 0.5)
+    assert float(c.pp_comm_s - base.pp_comm_s) == pytest.approx(slots * 0.5)
+    low = steptime.compose(_terms(stall_slot_s=0.5, stall_p=0.2), PARAMS)
+    assert float(low.total_s) == pytest.approx(float(base.total_s)) and float(low.stall_s) == 0.0
+
+
+def test_pipeline_stall_probability_by_node_count():
+    from costmodel.cluster import pipeline_stall_probability
+    from costmodel.specs import PipelineStall
+
+    st = PipelineStall(seconds_per_op="200 ms", base_rate=0.1, onset_nodes=32, onset_width=4)
+    assert st.seconds_per_op_s == pytest.approx(0.2)
+    assert float(pipeline_stall_probability(st, 32)) == pytest.approx(0.1 + 0.9 / 2)
+    # twice the onset: (1/2)^4 = 1/16 -> 0.1 + 0.9 / (1 + 1/16)
+    assert float(pipeline_stall_probability(st, 64)) == pytest.approx(0.1 + 0.9 * 16 / 17)
+    assert float(pipeline_stall_probability(st, 1)) == pytest.approx(0.1, abs=1e-5)
+
+
+def test_fit_pipeline_stall_recovers_a_planted_stall():
+    """Runs that stall with a known chance by node count and a known time per cross-node send:
+    the fit finds the time exactly (every stalled run carries it) and the chance's onset near
+    the planted one."""
+    from costmodel.cluster import pipeline_stall_probability
+    from costmodel.specs import PipelineStall
+
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(1)
+    truth = PipelineStall(seconds_per_op=0.25, base_rate=0.1, onset_nodes=24.0, onset_width=3.0)
+    n = 4000
+    nodes = rng.choice([1, 2, 4, 8, 16, 32, 64, 128], n).astype(float)
+    pp = rng.choice([2.0, 4.0, 8.0], n)
+    ops = np.where(nodes > 1, np.where(pp > 2, 4.0, 2.0), 0.0)
+    n_micro = rng.choice([4.0, 16.0, 64.0], n)
+    unstalled = rng.uniform(1.0, 5.0, n)
+    p = np.where(ops > 0, pipeline_stall_probability(truth, nodes), 0.0)
+    stalled = rng.random(n) < p
+    measured = unstalled * rng.uniform(0.97, 1.03, n) + stalled * 0.25 * ops * (n_micro + pp - 1)
+    terms = _terms(n_micro=n_micro, pp=pp, stall_ops_slot=ops, nodes=nodes)
+    fit, count = profile_fit.fit_pipeline_stall(terms, measured, unstalled)
+    assert count == int(stalled.sum())
+    assert fit.seconds_per_op_s == pytest.approx(0.25, rel=0.02)
+    assert fit.onset_nodes == pytest.approx(24.0, rel=0.15)
+    assert fit.base_rate == pytest.approx(0.1, abs=0.03)
+    # too few runs that could stall: no stall fitted
+    assert profile_fit.fit_pipeline_stall(_terms(n_micro=n_micro[:3], pp=pp[:3], stall_ops_slot=ops[:3],
+                                                 nodes=nodes[:3]), measured[:3], unstalled[:3])[0] is None

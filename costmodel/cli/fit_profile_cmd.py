@@ -66,6 +66,9 @@ def fit_profile_cmd(
         "parameters": {k: (p.model_copy(update={"source": src}) if k in res.values else p)
                        for k, p in fitted.parameters.items()},
         "cluster_step_latency_s": res.step_latency_s})
+    if res.pipeline_stall is not None and fitted.cluster_scaling is not None:  # the network the runs ran on
+        fitted = fitted.model_copy(update={"cluster_scaling": {
+            **fitted.cluster_scaling, "pipeline_stall": {k: round(v, 4) for k, v in res.pipeline_stall.items()}}})
     if out is not None:
         write_profile(fitted, out, inputs=inputs)
     if json_out:
@@ -79,6 +82,11 @@ def fit_profile_cmd(
     if res.step_latency_s is not None:
         t.add_row("cluster step latency", "", f"{res.step_latency_s * 1e6:.1f} us", "")
     print_table(t)
+    if res.pipeline_stall is not None:
+        st = res.pipeline_stall
+        console.print(f"pipeline stall: {res.stalled} runs stalled, {st['seconds_per_op'] * 1e3:.0f} ms per cross-node "
+                      f"send; chance {st['base_rate']:.0%}, half the rest at {st['onset_nodes']:.0f} nodes "
+                      f"(width {st['onset_width']:.2g})")
     hold = f", {res.folds}-fold held-out {res.holdout_mape:.1%}" if res.holdout_mape is not None else ""
     console.print(f"step time mean |error| {res.mape_before:.1%} at the start -> {res.mape:.1%} fitted "
                   f"(median {res.median_ape:.1%}){hold}")
