@@ -99,6 +99,9 @@ class TrainEstimate:
     terms: object = field(default=None, repr=False, compare=False)
     # offloaded bytes per node against the node's host DRAM and NVMe (costmodel.offload.HostCapacity)
     host: dict | None = None
+    # where the cluster stalls cross-node pipeline sends (steptime.pipeline_stall): the chance, the
+    # seconds a stalled run adds, and whether the step time includes them
+    pipeline_stall: dict | None = None
 
     def to_dict(self) -> dict:
         terms, self.terms = self.terms, None
@@ -879,8 +882,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                           float(terms.nodes))
         if note:
             notes.append(note)
+        stall = ({"probability": float(c.stall_p), "stalled_extra_s": float(c.stall_risk_s),
+                  "included": bool(float(c.stall_s) > 0)} if float(c.stall_risk_s) > 0 else None)
     else:
-        terms = None
+        terms = stall = None
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
@@ -902,6 +907,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         model_flops_per_step=tf.model_flops, hardware_flops_per_step=tf.hardware_flops, mfu=mfu, hfu=hfu,
         tflops_per_device=tf.model_flops / total / devices / 1e12, efficiency_source=getattr(eff, "source", "?"),
         notes=notes, framework=prof.id, terms=terms, host=host.to_dict() if host is not None else None,
+        pipeline_stall=stall,
     )
 
 

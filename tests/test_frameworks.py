@@ -651,3 +651,23 @@ def test_fit_pipeline_stall_recovers_a_planted_stall():
     # too few runs that could stall: no stall fitted
     assert profile_fit.fit_pipeline_stall(_terms(n_micro=n_micro[:3], pp=pp[:3], stall_ops_slot=ops[:3],
                                                  nodes=nodes[:3]), measured[:3], unstalled[:3])[0] is None
+
+
+def test_train_reports_the_shipped_pipeline_stall():
+    """Llama 3 8B over 64 nodes, tp 8 pp 4 dp 16, 32 micro-batches: a stage per node, so middle
+    stages send and receive across nodes both ways, 4 operations per slot, 32 + 3 slots at the
+    shipped 219.5 ms each (data/frameworks/nanotron.yaml); 64 nodes stall with chance
+    0.1316 + 0.8684 / (1 + (34.14 / 64)^3.391) = 0.908, enough to report the stalled time."""
+    import costmodel
+
+    est = costmodel.train("llama3-8b", "dgx-h100", devices=512, tp=8, pp=4, global_batch=512, seq_len=4096,
+                          micro_batch=1, framework="nanotron")
+    st = est.pipeline_stall
+    assert st["stalled_extra_s"] == pytest.approx(35 * 4 * 0.2195, rel=1e-9)
+    assert st["probability"] == pytest.approx(0.1316 + 0.8684 / (1 + (34.14 / 64) ** 3.391), rel=1e-9)
+    assert st["included"] and any("pipeline stall risk" in n for n in est.notes)
+    # one node per pipeline stage at 4 nodes: a 13% chance, left out of the step time
+    small = costmodel.train("llama3-8b", "dgx-h100", devices=32, tp=8, pp=4, global_batch=512, seq_len=4096,
+                            micro_batch=1, framework="nanotron")
+    assert not small.pipeline_stall["included"]
+    assert small.pipeline_stall["probability"] == pytest.approx(0.1316 + 0.8684 / (1 + (34.14 / 4) ** 3.391))
