@@ -53,7 +53,8 @@ OVERLAY_KEYS = (
 ALSO = {"KERNEL_FLOOR_S", "CUDA_CONTEXT_BYTES", "FRAGMENTATION_FRACTION", "DECODE_SMALL_KERNELS_PER_LAYER",
         "DEFAULT_GEMM_BW_EFFICIENCY", "DEFAULT_COPY_BW_EFFICIENCY", "DEFAULT_READ_BW_EFFICIENCY",
         "DEFAULT_SCALE_OUT_EFFICIENCY", "TREE_BANDWIDTH_FACTOR", "DEFAULT_PUE"}
-NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_WEIGHT"}
+NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_WEIGHT", "STALL_START_S_PER_OP",
+              "STALL_MIN_RUNS"}
 # the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
@@ -114,6 +115,24 @@ def framework_mutations() -> list[Mutation]:
                 return new if n else None
             prefix = "fitted." if f.parent.name == "fitted" else ""
             out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+    return out
+
+
+def stall_mutations() -> list[Mutation]:
+    """A profile's fitted cluster stall (``cluster_scaling.pipeline_stall``: its time per send, with
+    its unit, and its chance's three coefficients)."""
+    out = []
+    for f in sorted((ROOT / "data" / "frameworks").glob("*.yaml")):
+        stall = ((yaml.safe_load(f.read_text()) or {}).get("cluster_scaling") or {}).get("pipeline_stall")
+        if not isinstance(stall, dict):
+            continue
+        for key in stall:
+            pat = re.compile(rf"(pipeline_stall:.*?\b{re.escape(key)}: )([-+0-9.eE]+)", re.S)
+
+            def mutate(text, pat=pat):
+                new, n = pat.subn(lambda m: m.group(1) + repr(float(m.group(2)) * 2), text, count=1)
+                return new if n else None
+            out.append(Mutation(f"{f.stem}.pipeline_stall.{key}", str(f.relative_to(ROOT)), "x2", mutate))
     return out
 
 
@@ -240,7 +259,7 @@ def module_mutations() -> list[Mutation]:
 
 
 def discover() -> list[Mutation]:
-    return framework_mutations() + engine_mutations() + scaling_law_mutations() + overlay_mutations() + module_mutations()
+    return framework_mutations() + stall_mutations() + engine_mutations() + scaling_law_mutations() + overlay_mutations() + module_mutations()
 
 
 def tests_for(mut: Mutation, default: list[str]) -> list[str]:
