@@ -31,6 +31,14 @@ from .errors import InputError
 
 STEP_LATENCY = "cluster.step_latency"
 STEP_LATENCY_BOUNDS = (2e-6, 5e-3)
+# The step latency is fitted only from at least this many runs over more than one node; with fewer
+# the start's stays (fitted to 16 random Playbook runs of one model it moved from 79 us to 360-400
+# us in 2 of 12 draws, and the model's other runs were then predicted at 37-53% against 20-29%)
+LATENCY_MIN_RUNS = 50
+# The step latency is a scale spanning decades: the fit moves its logarithm, so its prior counts a
+# move by a factor (x5 costs as much as a run missed by ln 5 / ln(5e-3 / 2e-6) = 21%), not by
+# seconds across the bounds' width (where x5 from 80 us would cost 6%: 16 runs then moved it to
+# 400 us).
 # The soft-L1 loss turns from quadratic to linear at this relative error.
 ROBUST_SCALE = 0.1
 # The start profile as a prior: each parameter's move, in units of its bounds' width, counts as a run
@@ -44,8 +52,14 @@ PRIOR_WEIGHT = 1.0
 # On the Playbook's runs the excess per send is 0.2-0.25 s on the runs that stalled and within
 # +-0.05 s on the others.
 STALL_START_S_PER_OP = 0.1
-# at least this many stalled runs, and runs that could stall, before a stall is fitted
+# at least this many stalled runs, and runs that could stall, before a stall's time is fitted
 STALL_MIN_RUNS = 5
+# ... and this many runs that could stall, over at least STALL_MIN_NODE_COUNTS node counts, before
+# its chance by node count is (three coefficients); with fewer the start profile's chance stays (16
+# random Playbook runs of one model, 7 of them stalled, put the base rate at 0.33 where the 1,017
+# runs put it at 0.13)
+STALL_CHANCE_MIN_RUNS = 100
+STALL_MIN_NODE_COUNTS = 3
 # bounds of the stall chance's fit (specs.PipelineStall)
 STALL_BOUNDS = {"base_rate": (0.0, 0.5), "onset_nodes": (1.0, 1e4), "onset_width": (0.5, 20.0)}
 
@@ -73,11 +87,13 @@ class FitResult:
     predicted: np.ndarray | None = field(default=None, repr=False)
     pipeline_stall: dict | None = None  # specs.PipelineStall's fields, where the runs show stalls
     stalled: int = 0  # runs counted as stalled
+    latency_fitted: bool = False  # step_latency_s fitted (else the start profile's, or None)
 
     def summary(self) -> dict:
         return {"n": self.n, "mape": self.mape, "median_ape": self.median_ape, "mape_before": self.mape_before,
                 "holdout_mape": self.holdout_mape, "folds": self.folds, "values": self.values,
-                "step_latency_s": self.step_latency_s, "pipeline_stall": self.pipeline_stall,
+                "step_latency_s": self.step_latency_s, "latency_fitted": self.latency_fitted,
+                "pipeline_stall": self.pipeline_stall,
                 "stalled_runs": self.stalled}
 
 
@@ -147,9 +163,11 @@ def _subset(terms: steptime.StepTerms, idx: np.ndarray) -> steptime.StepTerms:
     return steptime.StepTerms(**{k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(terms).items()})
 
 
-def fit_pipeline_stall(terms: steptime.StepTerms, measured: np.ndarray, unstalled: np.ndarray):
+def fit_pipeline_stall(terms: steptime.StepTerms, measured: np.ndarray, unstalled: np.ndarray, start=None):
     """(specs.PipelineStall or None, stalled runs) from runs' measured steps and their prediction
-    without stalls (module docstring). None where fewer than STALL_MIN_RUNS runs stalled or could."""
+    without stalls (module docstring). None where fewer than STALL_MIN_RUNS runs stalled or could;
+    the chance by node count is ``start``'s (a specs.PipelineStall) where too few runs pin it down
+    (STALL_CHANCE_MIN_RUNS), and then None without a start."""
     from scipy.optimize import minimize
 
     from .specs import PipelineStall
@@ -170,6 +188,10 @@ def fit_pipeline_stall(terms: steptime.StepTerms, measured: np.ndarray, unstalle
             break
         stalled = new
     nodes = np.broadcast_to(np.asarray(terms.nodes, dtype=float), measured.shape)[can]
+    if can.sum() < STALL_CHANCE_MIN_RUNS or len(np.unique(nodes)) < STALL_MIN_NODE_COUNTS:
+        if start is None:
+            return None, int(stalled.sum())
+        return start.model_copy(update={"seconds_per_op_s": delta}), int(stalled.sum())
     y = stalled[can].astype(float)
     (b_lo, b_hi), (n_lo, n_hi), (w_lo, w_hi) = (STALL_BOUNDS[k] for k in ("base_rate", "onset_nodes", "onset_width"))
 
@@ -197,6 +219,7 @@ def _solve(runs: RunSet, idx: np.ndarray, profile, free: list[str], x0: np.ndarr
     def resid(x):
         vals = dict(zip(free, x))
         lat = vals.pop(STEP_LATENCY, None)
+        lat = profile.cluster_step_latency_s if lat is None else math.exp(lat)
         pred = np.asarray(steptime.compose(sub, {**{k: v.value for k, v in profile.parameters.items()}, **vals},
                                            lat, profile.settings.cuda_graphs).total_s, dtype=float)
         return np.concatenate([pred / meas - 1.0, prior_weight * (x - x0) / width])
@@ -216,26 +239,31 @@ def fit_profile(runs: RunSet, profile: frameworks.FrameworkProfile, fit_latency:
         import scipy  # noqa: F401
     except ImportError:
         raise InputError("fit-profile needs scipy: pip install 'costmodel[fit]'", field="scipy") from None
+    multi_node = int(np.sum(np.broadcast_to(np.asarray(runs.terms.nodes, dtype=float), runs.measured.shape) > 1))
+    fit_latency = fit_latency and multi_node >= LATENCY_MIN_RUNS
     free = _free(profile, fit_latency)
     lat0 = float(np.median(runs.terms.step_latency_s)) if fit_latency else None
     if fit_latency and lat0 <= 0:
         free.remove(STEP_LATENCY)
         lat0 = None
-    x0 = np.array([profile.parameters[k].value if k != STEP_LATENCY else lat0 for k in free], dtype=float)
-    lo = np.array([profile.parameters[k].bounds[0] if k != STEP_LATENCY else STEP_LATENCY_BOUNDS[0] for k in free])
-    hi = np.array([profile.parameters[k].bounds[1] if k != STEP_LATENCY else STEP_LATENCY_BOUNDS[1] for k in free])
+    log_bounds = tuple(math.log(b) for b in STEP_LATENCY_BOUNDS)
+    x0 = np.array([profile.parameters[k].value if k != STEP_LATENCY else math.log(lat0) for k in free], dtype=float)
+    lo = np.array([profile.parameters[k].bounds[0] if k != STEP_LATENCY else log_bounds[0] for k in free])
+    hi = np.array([profile.parameters[k].bounds[1] if k != STEP_LATENCY else log_bounds[1] for k in free])
     x0 = np.clip(x0, lo, hi)
     all_idx = np.arange(len(runs.measured))
     before = predict(runs, profile)
     bare = without_stall(runs.terms)
+    start_stall = getattr(profile.scaling, "pipeline_stall", None) if profile.scaling is not None else None
 
     def fit_on(idx):
         """(values, step latency, pipeline stall, stalled runs) fitted on runs ``idx``."""
         x = _solve(runs, idx, profile, free, x0, lo, hi, prior_weight)
         v = dict(zip(free, (float(q) for q in x)))
         lt = v.pop(STEP_LATENCY, None)
+        lt = profile.cluster_step_latency_s if lt is None else math.exp(lt)  # not fitted: the start's
         sub = _subset(bare, idx)
-        stall, n_stalled = fit_pipeline_stall(sub, runs.measured[idx], predict(runs, profile, v, lt, sub))
+        stall, n_stalled = fit_pipeline_stall(sub, runs.measured[idx], predict(runs, profile, v, lt, sub), start_stall)
         return v, lt, stall, n_stalled
 
     def stall_terms(stall):  # too few runs to fit a stall: the start's (runs.terms) stays
@@ -259,4 +287,5 @@ def fit_profile(runs: RunSet, profile: frameworks.FrameworkProfile, fit_latency:
     return FitResult(values=vals, step_latency_s=lat, n=len(all_idx), mape=float(err.mean()),
                      median_ape=float(np.median(err)), mape_before=float(np.mean(np.abs(before / runs.measured - 1.0))),
                      holdout_mape=holdout, folds=k if k >= 2 else 0, predicted=pred,
-                     pipeline_stall=None if stall is None else stall.model_dump(by_alias=True), stalled=n_stalled)
+                     pipeline_stall=None if stall is None else stall.model_dump(by_alias=True), stalled=n_stalled,
+                     latency_fitted=fit_latency)

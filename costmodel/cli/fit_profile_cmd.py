@@ -80,7 +80,8 @@ def fit_profile_cmd(
     for k, p in fitted.parameters.items():
         t.add_row(k, f"{start.parameters[k].value:.4g}", f"{p.value:.4g}", f"{p.bounds[0]:g}..{p.bounds[1]:g}")
     if res.step_latency_s is not None:
-        t.add_row("cluster step latency", "", f"{res.step_latency_s * 1e6:.1f} us", "")
+        t.add_row("cluster step latency", "", f"{res.step_latency_s * 1e6:.1f} us",
+                  "" if res.latency_fitted else "kept")
     print_table(t)
     if res.pipeline_stall is not None:
         st = res.pipeline_stall
