@@ -88,6 +88,10 @@ def fit_profile_cmd(
         console.print(f"pipeline stall: {res.stalled} runs stalled, {st['seconds_per_op'] * 1e3:.0f} ms per cross-node "
                       f"send; chance {st['base_rate']:.0%}, half the rest at {st['onset_nodes']:.0f} nodes "
                       f"(width {st['onset_width']:.2g})")
+        if start.cluster_scaling is None:  # no network in the profile: it belongs to the node's
+            flow = ", ".join(f"{k}: {v:.4g}" for k, v in st.items())
+            console.print(f"the profile names no cluster: add `pipeline_stall: {{{flow}}}` under your node "
+                          "spec's scale_out.scaling to use it")
     hold = f", {res.folds}-fold held-out {res.holdout_mape:.1%}" if res.holdout_mape is not None else ""
     console.print(f"step time mean |error| {res.mape_before:.1%} at the start -> {res.mape:.1%} fitted "
                   f"(median {res.median_ape:.1%}){hold}")
