@@ -921,7 +921,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
     loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
                         0.0)
-    cross_k = steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node)
+    cross_k = steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node) * v["v"]
     stall_slot, stall_p = steptime.pipeline_stall_terms(link.scaling, cross_k, N, link.devices_per_node)
     terms = steptime.StepTerms(
         stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * cross_k,

@@ -388,10 +388,10 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
                                                                  *block_costs(model))
     logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
     loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
-    stall_slot, stall_p = pipeline_stall_terms(link.scaling, place["pp_cross_neighbours"], par.devices,
-                                               link.devices_per_node)
+    cross_ops = place["pp_cross_neighbours"] * par.interleave  # an interleaved schedule crosses v times per slot
+    stall_slot, stall_p = pipeline_stall_terms(link.scaling, cross_ops, par.devices, link.devices_per_node)
     return StepTerms(
-        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * place["pp_cross_neighbours"],
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * cross_ops,
         nodes=float(-(-par.devices // link.devices_per_node)),
         head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
         loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
@@ -409,8 +409,8 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
 def pipeline_stall_terms(scaling, cross_neighbours, devices, devices_per_node):
     """(seconds a stalled run adds per pipeline slot, chance of a stall) where the cluster's
     scaling measured stalls (specs.PipelineStall), else (None, None). Each cross-node neighbour
-    costs the busiest stage a send and a receive per slot (1F1B: the activation one way, its
-    gradient back). Works on arrays."""
+    (times the virtual stages of an interleaved schedule) costs the busiest stage a send and a
+    receive per slot (1F1B: the activation one way, its gradient back). Works on arrays."""
     stall = getattr(scaling, "pipeline_stall", None) if scaling is not None else None
     if stall is None:
         return None, None

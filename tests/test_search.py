@@ -3,6 +3,7 @@ brute-force count, and the search reproduces Megatron-LM's published throughput 
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -477,22 +478,29 @@ def _allreduce_wire(terms, m, spec, node):
                                       prof.settings.dp_bucket_bytes)[0]
 
 
-def test_screen_mirrors_the_pipeline_stall():
+def test_screen_mirrors_the_pipeline_stall(tmp_path):
     """On 64 nodes the nanotron profile's cluster stalls cross-node pipeline sends in most runs
     (data/frameworks/nanotron.yaml, pipeline_stall): the screen's step time of pipelined layouts
-    is estimate_train's, the stall included where estimate_train includes it."""
-    c, s = evaluate_grid("llama2-7b", "dgx-h100", 512, global_batch=512, seq_len=4096, framework="nanotron", cp=[1])
+    is estimate_train's, the stall included where estimate_train includes it; with an interleaved
+    schedule allowed (a copy of the profile), interleaved layouts too."""
+    import yaml
+
+    prof = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "frameworks" / "nanotron.yaml").read_text())
+    prof["id"], prof["settings"]["interleaved_pipeline"] = "nanotron-interleaved", True
+    path = tmp_path / "nanotron-interleaved.yaml"
+    path.write_text(yaml.safe_dump(prof, sort_keys=False))
+    c, s = evaluate_grid("llama2-7b", "dgx-h100", 512, global_batch=512, seq_len=4096, framework=str(path), cp=[1])
     lib = load_library()
     spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
-    idx = [i for i in range(len(c)) if c.val["pp"][i] > 1 and c.val["v"][i] == 1 and np.isfinite(s["step_s"][i])]
-    assert len(idx) > 20
+    idx = [i for i in range(len(c)) if c.val["pp"][i] > 1 and np.isfinite(s["step_s"][i])]
+    assert len(idx) > 20 and len({int(c.val["v"][i]) for i in idx}) > 1
     stalled = 0
-    for i in idx[::max(1, len(idx) // 25)]:
+    for i in idx[::max(1, len(idx) // 40)]:
         v = {k: c.val[k][i] for k in c.val}
         tp, pp = int(v["tp"]), int(v["pp"])
         par = Parallel(tp=tp, pp=pp, dp=512 // (tp * pp), sequence_parallel=bool(v["sp"]) and tp > 1,
-                       zero_stage=int(v["zero"]))
-        job = TrainJob(micro_batch=int(v["mb"]), seq_len=4096, global_batch=512, framework="megatron", profile="nanotron",
+                       zero_stage=int(v["zero"]), interleave=int(v["v"]))
+        job = TrainJob(micro_batch=int(v["mb"]), seq_len=4096, global_batch=512, framework="megatron", profile=str(path),
                        recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none")
         est = estimate_train(m, spec, job, par, node=node)
         assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
