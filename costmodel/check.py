@@ -230,6 +230,7 @@ class CheckResult(BaseModel):
     predicted: dict[str, Optional[float]]  # every quantity a limit can name, predicted
     nearest_passing: Optional[Neighbour] = None
     searched: int = 0  # neighbour layouts evaluated
+    notes: list[str] = []  # the estimate's notes (a cluster's pipeline stall risk, host-bound steps, ...)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -648,7 +649,8 @@ def check_plan(plan: Plan, file: str | Path | None = None, *, search: bool = Tru
     node = ctx["node"]
     return CheckResult(file=where, name=plan.name, kind=plan.kind, model=plan.model, hardware=plan.hardware,
                        devices=devices, device=ctx["spec"].id,
-                       nodes=devices / node.devices_per_node if node is not None else None, ok=ok, checks=checks, predicted=pred, nearest_passing=nb, searched=n_eval)
+                       nodes=devices / node.devices_per_node if node is not None else None, ok=ok, checks=checks, predicted=pred, nearest_passing=nb, searched=n_eval,
+                       notes=list(getattr(est, "notes", None) or []))
 
 
 def check(path_or_plan: Union[str, Path, dict, Plan], *, search: bool = True,

@@ -363,3 +363,23 @@ def test_search_plot_labels_tell_layouts_apart_and_its_pareto_line_shows(tmp_pat
     for ln in (handle, front):
         assert ln.get_visible() and ln.get_linestyle() == "-" and ln.get_linewidth() >= 2
     assert front.get_zorder() > dots
+
+
+def test_plan_on_a_stalling_cluster_carries_the_stall_note(tmp_path, capsys):
+    """A nanotron plan over 64 nodes with its pipeline across nodes: the profile's cluster stalls
+    such runs 91% of the time (0.1316 + 0.8684 / (1 + (34.14 / 64)^3.391)); the check says so in
+    its notes, in the JSON and under the table, whether or not the step time includes it."""
+    plan = {"name": "nanotron 64 nodes", "model": "llama2-7b", "hardware": "dgx-h100", "nodes": 64,
+            "training": {"tp": 2, "pp": 4, "sequence_parallel": True, "zero_stage": 1, "micro_batch": 1,
+                         "global_batch": 512, "seq_len": 4096, "framework": "nanotron"},
+            "limits": {"max_memory_fraction": 0.9}}
+    f = tmp_path / "plan.yaml"
+    f.write_text(yaml.safe_dump(plan))
+    res = costmodel.check(f, search=False)
+    stall = [n for n in res.notes if n.startswith("pipeline stall risk")]
+    assert len(stall) == 1 and "91% of runs over 64 nodes" in stall[0]
+    assert stall[0] in res.to_dict()["notes"]
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(f), "--no-search"])
+    assert e.value.code in (None, 0)
+    assert "pipeline stall risk" in capsys.readouterr().out

@@ -60,6 +60,8 @@ def _render(r: CheckResult) -> None:
         t.add_row(c.limit, _num(c.value), _num(c.predicted), f"{c.margin:+.1%}",
                   styled("[green]pass[/]" if c.passed else "[bold red]FAIL[/]"))
     print_table(t)
+    for note in r.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
     if r.ok:
         console.print(styled(f"[green]ok[/] {escape(r.file or r.name or 'plan')}: every limit holds"), highlight=False)
         return
