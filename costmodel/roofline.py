@@ -338,12 +338,23 @@ def gemm_ops_s(eff, gemms, interleaved: bool = False, also=()) -> list[float]:
     if many is None or isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:
         # one shape at a time (a recorder learns each; under `prefetched` the caller evaluated them)
         return [gemm_op_s(eff, m, k, n, d, c, interleaved=interleaved) for m, k, n, d, c in gemms]
-    shapes: dict[str, list] = {}
-    for m, k, n, d, *_ in (*gemms, *also):
-        shapes.setdefault(d, []).append((max(1, int(round(m))), n, k))
-    times = {d: iter(many(*zip(*sh), d, 1, interleaved)) for d, sh in shapes.items()}
+    keys = [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in gemms]
+    if also:
+        keys += [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in also]
+    distinct = dict.fromkeys(keys)
+    dtypes = {key[3] for key in distinct}
+    if len(dtypes) == 1:  # (the common case: one dtype)
+        d = dtypes.pop()
+        m, n, k, _ = zip(*distinct)
+        times = dict(zip(distinct, many(m, n, k, d, 1, interleaved)))
+    else:
+        times = {}
+        for d in dtypes:
+            sh = [key for key in distinct if key[3] == d]
+            m, n, k, _ = zip(*sh)
+            times.update(zip(sh, many(m, n, k, d, 1, interleaved)))
     floor = KERNEL_FLOOR_S
-    return [max(next(times[d]), floor) * c for _, _, _, d, c in gemms]
+    return [max(times[key], floor) * g[4] for key, g in zip(keys, gemms)]
 
 
 def _gemm_kernel_s(eff, m_i: int, k: int, n: int, dtype: str, elem_bytes: float, graph: bool, interleaved: bool,

@@ -601,7 +601,13 @@ def _library_key(hardware_files) -> tuple | None:
 def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
     """Every spec visible (HardwareLibrary): built once per set of unchanged sources, and a copy
     returned each time (its replacement notes reported again, as a fresh load reports them)."""
-    key = _library_key(hardware_files)
+    from .inputs import once_per_look
+
+    try:
+        look = ("library-key", tuple(hardware_files) if hardware_files else None)
+        key = once_per_look(look, lambda: _library_key(hardware_files))  # (once per estimate: inputs.one_look)
+    except TypeError:  # a list of unhashable items: InputError below, as before
+        key = _library_key(hardware_files)
     lib = _LIBRARIES.get(key) if key is not None else None
     if lib is None:
         lib = HardwareLibrary(extra_files=hardware_files)

@@ -379,7 +379,9 @@ class SustainedClock:
         self._eff = eff
 
     def __getattr__(self, name):
-        return getattr(self._eff, name)
+        value = getattr(self._eff, name)
+        self.__dict__[name] = value  # the wrapped model is immutable: looked up once
+        return value
 
     def gemm_time_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
         return self._eff.gemm_time_s(m, n, k, dtype, batch, interleaved=False)
@@ -423,12 +425,26 @@ def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> obj
     """The efficiency model a training step of framework profile ``prof`` runs on: GEMMs at the
     profile's clock, fused attention as the profile's kernel where the calibration names another."""
     eff = efficiency_for(spec, calibration)
-    if prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s"):
-        eff = SustainedClock(eff)
+    sustained = prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s")
     want = prof.settings.attention_backend
+    key = (id(eff), sustained, want)
+    hit = _STEP_EFFICIENCY.get(key)
+    if hit is not None and hit[0] is eff:
+        return hit[1]
+    base = eff
+    if sustained:
+        eff = SustainedClock(eff)
     if want is not None and getattr(eff, "attention_backend", None) not in (None, want):
         eff = AttentionBackend(eff, want)
+    if len(_STEP_EFFICIENCY) > 256:
+        _STEP_EFFICIENCY.clear()
+    _STEP_EFFICIENCY[key] = (base, eff)  # (the entry holds the model, so its id is not reused)
     return eff
+
+
+# The wrapped efficiency models step_efficiency made, per model and profile setting: the wrappers
+# hold nothing but the (immutable) model and the setting.
+_STEP_EFFICIENCY: dict = {}
 
 
 def _gemm(eff, name: str, *args, **kw) -> float:
