@@ -209,7 +209,12 @@ class ModelConfig(BaseModel):
 
     @property
     def params(self) -> int:
-        return sum(self.param_breakdown().values())
+        hit = _PARAMS.get(id(self))  # (once per model: it is frozen)
+        if hit is None or hit[0] is not self:
+            if len(_PARAMS) > 4096:
+                _PARAMS.clear()
+            hit = _PARAMS[id(self)] = (self, sum(self.param_breakdown().values()))
+        return hit[1]
 
     @property
     def active_params(self) -> int:
@@ -230,6 +235,9 @@ class ModelConfig(BaseModel):
         if self.moe and moe_layer is not False:
             return p + self.router_params() + self.moe.experts * self.expert_params() + self.shared_expert_params()
         return p + self.dense_mlp_params()
+
+
+_PARAMS: dict = {}  # id(model) -> (model, ModelConfig.params)
 
 
 # ---------------------------------------------------------------------------------- families

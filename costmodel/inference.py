@@ -16,8 +16,8 @@ from .cpu import attention_times as cpu_attention_times, is_cpu, op_overhead_s a
 from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
 from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
-from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms, recording)
+from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op_s, eager_elementwise_bytes_per_s,
+                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op_s, prefetch_gemms, recording)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -153,7 +153,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
         kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
     if not job.cuda_graph and not is_cpu(spec):  # a CPU decode is taken with a static cache
         kv *= DYNAMIC_CACHE_TRAFFIC
-    kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
+    kv_t = model.layers * memory_op_s(eff, kv, graph=job.cuda_graph)
     floor = GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S
     if is_cpu(spec):  # the cache streamed from DRAM; a small op costs one call (costmodel.cpu)
         kv_t = model.layers * cpu_stream_s(eff, kv)
@@ -223,13 +223,27 @@ def eager_host_factor(eff, job: InferJob) -> float:
     return job.host_time_factor * eff.eager_infer_host_factor
 
 
-def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int):
-    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers."""
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
-            continue
-        for g in layer_gemms(model, tokens, moe_layer):
-            yield (n, g, *_tp_shape(g.name, g.k, g.n, tp))
+def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int) -> list:
+    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers, once per
+    model (frozen), token count and tp."""
+    try:
+        key = (id(model), type(tokens), tokens, tp)
+        hit = _PREFILL_GEMMS.get(key)
+    except TypeError:  # (not hashable: computed)
+        key = hit = None
+    if hit is None or hit[0] is not model:
+        out = [(n, g, *_tp_shape(g.name, g.k, g.n, tp))
+               for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)) if n != 0
+               for g in layer_gemms(model, tokens, moe_layer)]
+        if key is None:
+            return out
+        if len(_PREFILL_GEMMS) > 4096:
+            _PREFILL_GEMMS.clear()
+        hit = _PREFILL_GEMMS[key] = (model, out)
+    return hit[1]
+
+
+_PREFILL_GEMMS: dict = {}  # (id(model), type(tokens), tokens, tp) -> (model, [(layers, Gemm, k, n)])
 
 
 def _prefetch_prefills(eff, model: ModelConfig, spec: AcceleratorSpec, jobs, tp: int) -> bool:
@@ -258,34 +272,39 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tokens = b * s
     dtype = _gemm_dtype(job, spec)
     t = 0.0
-    for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp):
-        if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
+    layer = _prefill_layer_gemms(model, tokens, tp)
+    grouped = ("expert_in", "expert_out") if job.cuda_graph else ()  # a fused engine: grouped GEMMs
+    # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
+    # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
+    # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
+    # run at a short burst's clock as in a training step (training._gemm); a fused serving
+    # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
+    # (gemm_ops_s: each gemm_op_s of these 16-bit GEMMs, looked up together)
+    times = iter(gemm_ops_s(eff, [(g.m, k, nn, dtype, g.count) for _, g, k, nn in layer if g.name not in grouped],
+                            interleaved=not job.cuda_graph))
+    for n, g, k, nn in layer:
+        if g.name in grouped:
             if g.name == "expert_in":
                 t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
-        # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
-        # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
-        # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
-        # run at a short burst's clock as in a training step (training._gemm); a fused serving
-        # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
-        t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
+        t += n * next(times)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
-        t += model.layers * (att_f + memory_op(eff, "elementwise", tokens * (wide + sharded / tp)).time_s)
+        t += model.layers * (att_f + memory_op_s(eff, tokens * (wide + sharded / tp)))
         return t + gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
     if job.cuda_graph:
         t += prefill_attention_s(model, spec, job, tp, eff=eff)
         t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
         return t
     core = attention_core_flops(model, b, s, causal=True) / tp
-    t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    t += model.layers * attention_op_s(eff, b, max(1, model.heads // tp), s, model.d_head, core, False)
     # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
     wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
     ew = tokens * (wide + sharded / tp)
     t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
     cap = eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
-    t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
+    t += model.layers * memory_op_s(eff, ew, max_bytes_per_s=cap)
     t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
     return _combine(t, eager_host_s(model) * eager_host_factor(eff, job))
 
@@ -298,10 +317,10 @@ def prefill_attention_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob
     b, s = job.batch, job.prompt_len
     tokens = b * s
     core = attention_core_flops(model, b, s, causal=True) / tp
-    t = model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    t = model.layers * attention_op_s(eff, b, max(1, model.heads // tp), s, model.d_head, core, False)
     # fused serving kernels (norm, rotary, activation): ~ 40 bytes per hidden element
     ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
-    return t + model.layers * memory_op(eff, "elementwise", ew).time_s
+    return t + model.layers * memory_op_s(eff, ew)
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,21 @@ def clear_caches() -> None:
     at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
     import sys
 
-    from . import flops, inputs, specs
+    from . import arch, comm, flops, inputs, memory, specs, training
 
     _ESTIMATES.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
     flops._LAYER_GEMMS.clear()
+    memory._STAGE_PARAMS.clear()
+    memory._STATE_BYTES.clear()
+    arch._PARAMS.clear()
+    training._STEP_EFFICIENCY.clear()
+    comm._BANDWIDTH_SCALES.clear()
     inference = sys.modules.get("costmodel.inference")
     if inference is not None:
         inference._DECODE_WEIGHTS.clear()
+        inference._PREFILL_GEMMS.clear()
     search = sys.modules.get("costmodel.search")
     if search is not None:
         search._TIME_MODELS.clear()
@@ -87,6 +93,19 @@ def _fresh(est):
     if names is None:
         names = _FIELD_NAMES[type(est)] = tuple(f.name for f in dataclasses.fields(est))
     out = _copy(est)
+    d = getattr(out, "__dict__", None)
+    if d is not None and len(d) == len(names):  # a plain dataclass instance: its fields are its __dict__
+        for name, v in d.items():
+            t = type(v)
+            if t in _LEAVES:
+                continue
+            if isinstance(v, list):
+                d[name] = [dict(x) if isinstance(x, dict) else x for x in v]
+            elif isinstance(v, dict):
+                d[name] = dict(v)
+            elif hasattr(t, "__dataclass_fields__"):  # a dataclass instance
+                d[name] = _copy(v)
+        return out
     for name in names:
         v = getattr(out, name)
         if isinstance(v, list):
@@ -99,6 +118,9 @@ def _fresh(est):
             continue
         object.__setattr__(out, name, v)
     return out
+
+
+_LEAVES = frozenset((str, int, float, bool, type(None)))  # field values _fresh leaves as they are
 
 
 def _remembered(fn):

@@ -412,16 +412,32 @@ def eager_elementwise_bytes_per_s(spec, elem_bytes: float) -> float | None:
 
 def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False,
               max_bytes_per_s: float | None = None) -> OpTime:
-    tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
-    t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
-    if max_bytes_per_s:
-        t = max(t, nbytes / max_bytes_per_s)
+    t = _memory_kernel_s(eff, nbytes, graph, max_bytes_per_s)
     bound = "memory" if t > KERNEL_FLOOR_S * 1.0001 else "latency"
     return OpTime(name, "memory", flops * count, nbytes * count, t * count, bound, count)
 
 
+def memory_op_s(eff, nbytes: float, count: float = 1.0, graph: bool = False, max_bytes_per_s: float | None = None) -> float:
+    """memory_op's ``time_s`` alone, for callers that only add times (no OpTime record built)."""
+    return _memory_kernel_s(eff, nbytes, graph, max_bytes_per_s) * count
+
+
+def _memory_kernel_s(eff, nbytes: float, graph: bool, max_bytes_per_s: float | None) -> float:
+    """The time of one memory-bound kernel of memory_op."""
+    tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
+    t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
+    if max_bytes_per_s:
+        t = max(t, nbytes / max_bytes_per_s)
+    return t
+
+
 def attention_op(eff, name: str, b: int, heads: int, s: int, d: int, flops: float, backward: bool) -> OpTime:
-    rate = eff.attention_flops_per_s(b, heads, s, d, True, backward)
-    t = max(flops / rate, KERNEL_FLOOR_S)
+    t = attention_op_s(eff, b, heads, s, d, flops, backward)
     nbytes = 2.0 * 4 * b * heads * s * d * (2 if backward else 1)
     return OpTime(name, "attention", flops, nbytes, t, "compute", 1.0)
+
+
+def attention_op_s(eff, b: int, heads: int, s: int, d: int, flops: float, backward: bool) -> float:
+    """attention_op's ``time_s`` alone (no OpTime record built)."""
+    rate = eff.attention_flops_per_s(b, heads, s, d, True, backward)
+    return max(flops / rate, KERNEL_FLOOR_S)
