@@ -15,7 +15,7 @@ from .calibration import smoothmax
 from .cpu import attention_times as cpu_attention_times, is_cpu, op_overhead_s as cpu_op_overhead_s, stream_s as cpu_stream_s
 from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
-from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
+from .memory import InferMemory, decode_memory, decode_peak_bytes, kv_cache_bytes, required_device_bytes
 from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op_s, eager_elementwise_bytes_per_s,
                        efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op_s, prefetch_gemms, recording)
 from .specs import AcceleratorSpec, NodeSpec
@@ -280,22 +280,26 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     # run at a short burst's clock as in a training step (training._gemm); a fused serving
     # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
     # (gemm_ops_s: each gemm_op_s of these 16-bit GEMMs, looked up together)
-    times = iter(gemm_ops_s(eff, [(g.m, k, nn, dtype, g.count) for _, g, k, nn in layer if g.name not in grouped],
-                            interleaved=not job.cuda_graph))
+    timed = [(g.m, k, nn, dtype, g.count) for _, g, k, nn in layer if g.name not in grouped]
+    logits = (b, model.hidden, model.vocab // tp, dtype)  # the last position's logits, never interleaved
+    if job.cuda_graph:  # (the layers' GEMMs are not either: in the same call)
+        timed.append((*logits, 1.0))
+    times = iter(gemm_ops_s(eff, timed, interleaved=not job.cuda_graph))
     for n, g, k, nn in layer:
         if g.name in grouped:
             if g.name == "expert_in":
                 t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
         t += n * next(times)
+    logits_s = next(times) if job.cuda_graph else gemm_op_s(eff, *logits)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
         t += model.layers * (att_f + memory_op_s(eff, tokens * (wide + sharded / tp)))
-        return t + gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+        return t + logits_s
     if job.cuda_graph:
         t += prefill_attention_s(model, spec, job, tp, eff=eff)
-        t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+        t += logits_s
         return t
     core = attention_core_flops(model, b, s, causal=True) / tp
     t += model.layers * attention_op_s(eff, b, max(1, model.heads // tp), s, model.d_head, core, False)
@@ -305,7 +309,7 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
     cap = eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
     t += model.layers * memory_op_s(eff, ew, max_bytes_per_s=cap)
-    t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+    t += logits_s
     return _combine(t, eager_host_s(model) * eager_host_factor(eff, job))
 
 
@@ -422,7 +426,7 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
     cap = spec.memory.capacity_bytes
 
     def need(batch: int) -> float:
-        return required_device_bytes(decode_memory(model, job.model_copy(update={"batch": batch}), context, tp).peak_bytes)
+        return required_device_bytes(decode_peak_bytes(model, job, batch, context, tp))
 
     # Memory grows with the batch by about the same bytes per sequence: the batch that this rate from
     # batches 1 and 2 gives, where it fits and one more does not (the search below finds the same).
@@ -435,13 +439,13 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
         if guess < 1 << 20 and need(guess) <= cap < need(guess + 1):
             return guess
     lo, hi = 0, 1
-    while required_device_bytes(decode_memory(model, job.model_copy(update={"batch": hi}), context, tp).peak_bytes) <= cap:
+    while required_device_bytes(decode_peak_bytes(model, job, hi, context, tp)) <= cap:
         lo, hi = hi, hi * 2
         if hi > 1 << 20:
             return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if required_device_bytes(decode_memory(model, job.model_copy(update={"batch": mid}), context, tp).peak_bytes) <= cap:
+        if required_device_bytes(decode_peak_bytes(model, job, mid, context, tp)) <= cap:
             lo = mid
         else:
             hi = mid

@@ -660,9 +660,20 @@ class InferMemory:
 
 
 def decode_memory(model: ModelConfig, job: InferJob, context: int, tp: int = 1) -> InferMemory:
-    w = model.params * DTYPE_BYTES[job.weight_dtype] / tp
-    kv = kv_cache_bytes(model, job.batch, context, job.kv_dtype, tp, job.paged_block_tokens)
-    ws = decode_graph_workspace_bytes(model, job.batch, context) / tp
-    runtime = CUBLAS_WORKSPACES_BYTES / 2  # one thread, cuBLAS + cuBLASLt
+    w, kv, ws, runtime = _decode_terms(model, job, job.batch, context, tp)
     return InferMemory(weights_bytes=w, kv_cache_bytes=kv, workspace_bytes=ws, runtime_bytes=runtime,
                        peak_bytes=w + kv + ws + runtime)
+
+
+def decode_peak_bytes(model: ModelConfig, job: InferJob, batch: int, context: int, tp: int = 1) -> float:
+    """decode_memory's ``peak_bytes`` of ``job`` at another ``batch`` (without copying the job)."""
+    w, kv, ws, runtime = _decode_terms(model, job, batch, context, tp)
+    return w + kv + ws + runtime
+
+
+def _decode_terms(model: ModelConfig, job: InferJob, batch: int, context: int, tp: int):
+    w = model.params * DTYPE_BYTES[job.weight_dtype] / tp
+    kv = kv_cache_bytes(model, batch, context, job.kv_dtype, tp, job.paged_block_tokens)
+    ws = decode_graph_workspace_bytes(model, batch, context) / tp
+    runtime = CUBLAS_WORKSPACES_BYTES / 2  # one thread, cuBLAS + cuBLASLt
+    return w, kv, ws, runtime

@@ -247,12 +247,21 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
                        host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
-    from .inference import estimate_infer  # imported by the command that uses it (train does not)
-
+    estimate_infer = _ESTIMATE_INFER[0] or _import_estimate_infer()  # imported by the command that uses it (train does not)
     est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
     est.notes.extend(_spec_notes(lib, hardware))
     return est
+
+
+_ESTIMATE_INFER: list = [None]  # costmodel.inference.estimate_infer, once imported
+
+
+def _import_estimate_infer():
+    from .inference import estimate_infer
+
+    _ESTIMATE_INFER[0] = estimate_infer
+    return estimate_infer
 
 
 def largest_batch_under_tpot(model: str, hardware: str = "h100-sxm", *, max_tpot_s: float, tp: int = 1,

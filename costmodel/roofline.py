@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from . import fitted
+from .inputs import stat as _stat
 from .specs import AcceleratorSpec
 
 # Fitted kernel-timing constants (value, bounds, meaning and the measurement each was fitted on):
@@ -127,14 +128,12 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
             cal.load_overlay) else cal.load_overlay(calibration)), id(spec))[1]
     if shipped:
         try:
-            from . import calibration as cal
+            cal = _CALIBRATION[0] or _calibration()
 
             path = _shipped_overlay(spec.id)
             if path is None:
                 return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
-            from .inputs import stat
-
-            st = stat(path) or path.stat()  # (the latter raises what stat() met)
+            st = _stat(path) or path.stat()  # (the latter raises what stat() met)
             key = (spec.id, str(path), st.st_mtime_ns, id(spec))
             hit = _SHIPPED_CACHE.get(key)
             eff = hit[1] if hit is not None and hit[0] is spec else None
@@ -151,6 +150,16 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
         except (ImportError, AttributeError):
             pass
     return _DefaultEfficiency(spec)
+
+
+_CALIBRATION: list = [None]  # costmodel.calibration, once imported (not at this module's import)
+
+
+def _calibration():
+    from . import calibration
+
+    _CALIBRATION[0] = calibration
+    return calibration
 
 
 def _default_efficiency(spec) -> _DefaultEfficiency:

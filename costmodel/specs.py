@@ -28,6 +28,7 @@ from typing import Annotated, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
+from .inputs import file_key, once_per_look
 from .units import Bytes, BytesPerSec, FlopsPerSec, Seconds, Watts
 
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
@@ -689,8 +690,6 @@ _LIBRARIES: dict[tuple, HardwareLibrary] = {}
 
 
 def _library_key(hardware_files) -> tuple | None:
-    from .inputs import file_key
-
     env = os.environ.get("COSTMODEL_HARDWARE_PATH", "")
     parts: list = [env]
     for p in [p for p in env.split(os.pathsep) if p]:
@@ -706,8 +705,6 @@ def _library_key(hardware_files) -> tuple | None:
 def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
     """Every spec visible (HardwareLibrary): built once per set of unchanged sources, and a copy
     returned each time (its replacement notes reported again, as a fresh load reports them)."""
-    from .inputs import once_per_look
-
     try:
         look = ("library-key", tuple(hardware_files) if hardware_files else None)
         key = once_per_look(look, lambda: _library_key(hardware_files))  # (once per estimate: inputs.one_look)
