@@ -347,22 +347,24 @@ def gemm_ops_s(eff, gemms, interleaved: bool = False, also=()) -> list[float]:
     if many is None or isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:
         # one shape at a time (a recorder learns each; under `prefetched` the caller evaluated them)
         return [gemm_op_s(eff, m, k, n, d, c, interleaved=interleaved) for m, k, n, d, c in gemms]
+    rows = (*gemms, *also) if also else gemms
+    if not rows:
+        return []
+    floor = KERNEL_FLOOR_S
+    d = rows[0][3]
+    if all(g[3] == d for g in rows):  # one dtype (the common case): one call, shapes as they come
+        ms = [m if type(m) is int and m > 0 else max(1, int(round(m))) for m, *_ in rows]
+        times = many(ms, [g[2] for g in rows], [g[1] for g in rows], d, 1, interleaved)
+        return [max(t, floor) * g[4] for t, g in zip(times, gemms)]
     keys = [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in gemms]
     if also:
         keys += [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in also]
     distinct = dict.fromkeys(keys)
-    dtypes = {key[3] for key in distinct}
-    if len(dtypes) == 1:  # (the common case: one dtype)
-        d = dtypes.pop()
-        m, n, k, _ = zip(*distinct)
-        times = dict(zip(distinct, many(m, n, k, d, 1, interleaved)))
-    else:
-        times = {}
-        for d in dtypes:
-            sh = [key for key in distinct if key[3] == d]
-            m, n, k, _ = zip(*sh)
-            times.update(zip(sh, many(m, n, k, d, 1, interleaved)))
-    floor = KERNEL_FLOOR_S
+    times = {}
+    for d in {key[3] for key in distinct}:
+        sh = [key for key in distinct if key[3] == d]
+        m, n, k, _ = zip(*sh)
+        times.update(zip(sh, many(m, n, k, d, 1, interleaved)))
     return [max(times[key], floor) * g[4] for key, g in zip(keys, gemms)]
 
 
