@@ -523,7 +523,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tpot, d = tpot_of(job.batch)
     curve = []
     for bsz in curve_batches:
-        st = tpot_of(bsz)[0]
+        st = tpot if bsz == job.batch else tpot_of(bsz)[0]
         pre = ttft if bsz == job.batch else _ttft_s(model, spec, jobs[bsz], tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})

@@ -120,17 +120,13 @@ class DeviceEfficiency:
         """gemm_times_s as a list of floats (the shapes in the memo looked up without numpy)."""
         memo = self._memo
         tail = (dtype, batch, interleaved)
-        out = []
-        miss = None
-        for i, shape in enumerate(zip(m, n, k)):
-            v = memo.get(shape + tail)
-            if v is None:  # each distinct missing shape once
-                if miss is None:
-                    miss = {}
-                miss.setdefault(shape, []).append(i)
-            out.append(v)
-        if miss is None:
+        out = [memo.get(shape + tail) for shape in zip(m, n, k)]
+        if None not in out:
             return out
+        miss: dict = {}
+        for i, (shape, v) in enumerate(zip(zip(m, n, k), out)):
+            if v is None:  # each distinct missing shape once
+                miss.setdefault(shape, []).append(i)
         cols = np.array(list(miss), dtype=float).T
         t = np.atleast_1d(self._gemm_time_s(cols[0], cols[1], cols[2], dtype, batch, interleaved)).tolist()
         if len(memo) > MEMO_MAX_SHAPES:
