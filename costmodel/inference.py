@@ -246,16 +246,37 @@ def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int) -> list:
 _PREFILL_GEMMS: dict = {}  # (id(model), type(tokens), tokens, tp) -> (model, [(layers, Gemm, k, n)])
 
 
+def _dense_layer_shapes(model: ModelConfig, tp: int) -> list | None:
+    """(k, n) under tp of each GEMM of a dense model's decoder layer, in layer_gemms' order, where
+    each is one GEMM (count 1) over all of the layer's tokens (m): a prefill of any length has these
+    shapes. None for a model with MoE layers. Once per model (frozen) and tp."""
+    if model.moe is not None:
+        return None
+    key = (id(model), tp)
+    hit = _DENSE_SHAPES.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_DENSE_SHAPES) > 1024:
+            _DENSE_SHAPES.clear()
+        gemms = layer_gemms(model, 1, False)
+        shapes = [_tp_shape(g.name, g.k, g.n, tp) for g in gemms] if all(g.m == 1 and g.count == 1.0 for g in gemms) else None
+        hit = _DENSE_SHAPES[key] = (model, shapes)
+    return hit[1]
+
+
+_DENSE_SHAPES: dict = {}  # (id(model), tp) -> (model, [(k, n)])
+
+
 def _prefetch_prefills(eff, model: ModelConfig, spec: AcceleratorSpec, jobs, tp: int) -> bool:
     """The GEMM shapes of prefill_time_s over ``jobs`` through the calibrated curve at once
     (roofline.gemm_ops_s), for a dense model on a GPU; False where it does not (the caller records them)."""
-    if model.moe is not None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
+    layer = _dense_layer_shapes(model, tp)
+    if layer is None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
         return False
     shapes: dict[bool, list] = {False: [], True: []}  # interleaved -> (m, k, n, dtype)
     for job in jobs:
         dtype = _gemm_dtype(job, spec)
-        shapes[not job.cuda_graph] += [(g.m, k, nn, dtype) for _, g, k, nn in
-                                       _prefill_layer_gemms(model, job.batch * job.prompt_len, tp)]
+        tokens = job.batch * job.prompt_len
+        shapes[not job.cuda_graph] += [(tokens, k, nn, dtype) for k, nn in layer]
         shapes[False].append((job.batch, model.hidden, model.vocab // tp, dtype))  # the logits
     for interleaved, also in shapes.items():
         if also:
@@ -272,7 +293,12 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tokens = b * s
     dtype = _gemm_dtype(job, spec)
     t = 0.0
-    layer = _prefill_layer_gemms(model, tokens, tp)
+    # (layers, name, m, k, n, count) of each GEMM of the layers; a dense model's from one list for any prompt
+    dense = _dense_layer_shapes(model, tp)
+    if dense is not None:
+        layer = [(model.dense_layers, "", tokens, k, nn, 1.0) for k, nn in dense]
+    else:
+        layer = [(n, g.name, g.m, k, nn, g.count) for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp)]
     grouped = ("expert_in", "expert_out") if job.cuda_graph else ()  # a fused engine: grouped GEMMs
     # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
     # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
@@ -280,14 +306,14 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     # run at a short burst's clock as in a training step (training._gemm); a fused serving
     # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
     # (gemm_ops_s: each gemm_op_s of these 16-bit GEMMs, looked up together)
-    timed = [(g.m, k, nn, dtype, g.count) for _, g, k, nn in layer if g.name not in grouped]
+    timed = [(m, k, nn, dtype, count) for _, name, m, k, nn, count in layer if name not in grouped]
     logits = (b, model.hidden, model.vocab // tp, dtype)  # the last position's logits, never interleaved
     if job.cuda_graph:  # (the layers' GEMMs are not either: in the same call)
         timed.append((*logits, 1.0))
     times = iter(gemm_ops_s(eff, timed, interleaved=not job.cuda_graph))
-    for n, g, k, nn in layer:
-        if g.name in grouped:
-            if g.name == "expert_in":
+    for n, name, *_ in layer:
+        if name in grouped:
+            if name == "expert_in":
                 t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
         t += n * next(times)

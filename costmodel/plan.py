@@ -49,6 +49,7 @@ def clear_caches() -> None:
     if inference is not None:
         inference._DECODE_WEIGHTS.clear()
         inference._PREFILL_GEMMS.clear()
+        inference._DENSE_SHAPES.clear()
     search = sys.modules.get("costmodel.search")
     if search is not None:
         search._TIME_MODELS.clear()
