@@ -256,6 +256,8 @@ def grad_accum_params(params, zero_stage, pp, dp_world):
     ZeRO-2/3 / FSDP without pipeline parallelism (each micro-batch's gradients are reduce-scattered,
     then added to the shard), all of its stage otherwise (DDP; FSDP under PP keeps them unsharded
     until the step's last micro-batch). Vectorised."""
+    if type(zero_stage) is int and type(pp) is int and type(dp_world) is int:  # one layout: the same, on numbers
+        return params / float(dp_world) if (zero_stage >= 2 and pp == 1) else params
     return np.where((np.asarray(zero_stage) >= 2) & (np.asarray(pp) == 1), params / np.asarray(dp_world, dtype=float), params)
 
 
@@ -327,6 +329,8 @@ def zero2_extra_reductions(zero_stage, n_micro):
     self.is_gradient_accumulation_boundary"), n_micro - 1 more than ZeRO-0/1, which accumulate the
     full gradients locally (the memory model's unsharded gradients) and reduce them once. ZeRO-3 /
     FSDP is timed unit by unit elsewhere."""
+    if type(zero_stage) is int and type(n_micro) is int:  # one layout: the same, on numbers
+        return max(float(n_micro) - 1.0, 0.0) if zero_stage == 2 else 0.0
     return np.where(np.asarray(zero_stage) == 2, np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0), 0.0)
 
 
