@@ -13,7 +13,7 @@ from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
 from .inputs import file_key, one_look
-from .specs import claim_notes, load_library
+from .specs import claim_notes, library_origin, load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
@@ -37,6 +37,7 @@ def clear_caches() -> None:
     from . import arch, comm, flops, inputs, memory, specs, training
 
     _ESTIMATES.clear()
+    _PARALLELS.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
     flops._LAYER_GEMMS.clear()
@@ -63,8 +64,7 @@ def _plain(v):
 
 def _input_versions(args: tuple, kwargs: dict) -> tuple:
     model = args[0] if args else kwargs["model"]
-    lib = load_library(kwargs.get("hardware_files"))
-    return (lib.origin, load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
+    return (library_origin(kwargs.get("hardware_files")), load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
             file_key(kwargs["profile"]) if kwargs.get("profile") else None)
 
 
@@ -192,8 +192,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     fw = frameworks.job_fields(framework if framework is not None or profile is not None
                                else frameworks.DEFAULT_FRAMEWORK, profile)
     try:
-        par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                       interleave=interleave)
+        par = _parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
+                        interleave=interleave)
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, **fw,
                        overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,
@@ -211,6 +211,23 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))
     est.notes.extend(_spec_notes(lib, hardware))
     return est
+
+
+def _parallel(**fields) -> Parallel:
+    """Parallel(**fields), one validated object per set of fields as given (it is frozen)."""
+    try:
+        key = tuple((k, _plain(v)) for k, v in fields.items())
+        hit = _PARALLELS.get(key)
+    except TypeError:  # (not hashable: validated, and refused, by Parallel)
+        return Parallel(**fields)
+    if hit is None:
+        if len(_PARALLELS) >= 1024:
+            _PARALLELS.clear()
+        hit = _PARALLELS[key] = Parallel(**fields)
+    return hit
+
+
+_PARALLELS: dict = {}
 
 
 def _spec_notes(lib, hardware: str) -> list[str]:

@@ -612,6 +612,8 @@ class HardwareLibrary:
 
     def notes(self, *ids: str) -> list[str]:
         """A line for each of ``ids`` (and a node's device) whose spec replaces another file's."""
+        if not self.replaced:  # (the lines come from replacements only)
+            return []
         out, todo = [], list(ids)
         while todo:
             i = todo.pop(0)
@@ -705,6 +707,12 @@ def _library_key(hardware_files) -> tuple | None:
 def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
     """Every spec visible (HardwareLibrary): built once per set of unchanged sources, and a copy
     returned each time (its replacement notes reported again, as a fresh load reports them)."""
+    return library_origin(hardware_files).copy()
+
+
+def library_origin(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
+    """load_library's library itself, not a copy (its ``origin``): for a caller that only reads it
+    or compares versions; its replacement notes are reported as load_library reports them."""
     try:
         look = ("library-key", tuple(hardware_files) if hardware_files else None)
         key = once_per_look(look, lambda: _library_key(hardware_files))  # (once per estimate: inputs.one_look)
@@ -721,4 +729,4 @@ def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibr
     else:
         for line in lib.__dict__.get("_noted", ()):
             _note(line)
-    return lib.copy()
+    return lib
