@@ -443,7 +443,6 @@ def pending_notes() -> list[str]:
 # host_cpu and nvme, for HardwareLibrary.check_references) is read from the file's top-level lines;
 # a file whose fields are not plain one-line values there is parsed at once instead.
 # tests/test_specs.py holds the lines read against the parsed spec of every shipped file.
-_INDEX_FIELDS = ("id", "kind", "device", "host_cpu", "nvme")
 _INDEX_LINE = re.compile(r"^(id|kind|device|host_cpu|nvme):[ \t]*([A-Za-z][A-Za-z0-9._-]*)[ \t]*(?:#.*)?$", re.M)
 _INDEX_KEY = re.compile(r"^(id|kind|device|host_cpu|nvme)[ \t]*:", re.M)
 _YAML_WORDS = {"null", "true", "false", "yes", "no", "on", "off"}  # plain scalars YAML does not read as text
