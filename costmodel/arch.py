@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
-from .inputs import cached_by_file, stat as _stat
+from .inputs import cached_by_file, once_per_look, stat as _stat
 from .specs import package_data_dir, read_yaml
 
 # Bounds on architecture sizes, far beyond any model (the largest have ~130 layers, hidden sizes
@@ -209,7 +209,12 @@ class ModelConfig(BaseModel):
 
     @property
     def params(self) -> int:
-        return sum(self.param_breakdown().values())
+        hit = _PARAMS.get(id(self))  # (once per model: it is frozen)
+        if hit is None or hit[0] is not self:
+            if len(_PARAMS) > 4096:
+                _PARAMS.clear()
+            hit = _PARAMS[id(self)] = (self, sum(self.param_breakdown().values()))
+        return hit[1]
 
     @property
     def active_params(self) -> int:
@@ -230,6 +235,9 @@ class ModelConfig(BaseModel):
         if self.moe and moe_layer is not False:
             return p + self.router_params() + self.moe.experts * self.expert_params() + self.shared_expert_params()
         return p + self.dense_mlp_params()
+
+
+_PARAMS: dict = {}  # id(model) -> (model, ModelConfig.params)
 
 
 # ---------------------------------------------------------------------------------- families
@@ -329,6 +337,12 @@ def _hf_file(path: Path, model_id: str | None = None) -> ModelConfig:
 def load_model(name_or_file: str) -> ModelConfig:
     """A preset id, a preset-format YAML file, a Hugging Face config.json, or a Hugging Face model
     directory (one holding config.json, as ``save_pretrained`` or a hub download writes it)."""
+    if type(name_or_file) is str:  # (once per estimate: inputs.one_look)
+        return once_per_look(("model", name_or_file), lambda: _load_model(name_or_file))
+    return _load_model(name_or_file)
+
+
+def _load_model(name_or_file: str) -> ModelConfig:
     if isinstance(name_or_file, str) and _stat(name_or_file) is None:
         # the common case, a preset id (nothing of that name here): straight to the preset's file
         if not name_or_file.endswith((".json", ".yaml", ".yml")) and os.sep not in name_or_file:

@@ -79,6 +79,7 @@ Algorithm = Literal["auto", "ring", "flat_ring", "tree", "hierarchical"]
 OPS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv")
 ALGORITHMS: tuple[str, ...] = ("ring", "flat_ring", "tree", "hierarchical")
 _AUTO_SET = ("ring", "tree", "hierarchical")  # flat_ring is never cheaper than ring
+_CANONICAL_OPS = frozenset(OPS)
 
 _ALIASES = {
     "allreduce": "all_reduce", "all_reduce": "all_reduce", "ar": "all_reduce",
@@ -283,6 +284,8 @@ class CollectiveCalibration(Protocol):  # costmodel.calibration.DeviceEfficiency
 
 
 def normalize_op(op: str) -> str:
+    if op in _CANONICAL_OPS:
+        return op
     key = str(op).strip().lower().replace("-", "_").replace(" ", "_")
     if key in _ALIASES:
         return _ALIASES[key]
@@ -663,15 +666,34 @@ def calibrated_bandwidth_scale(calibration, op: str, world: int, node_or_links,
     floor; the truth file's isolated calls sit near 60 us, the overlay's fit near 33 us). None when
     the calibration has no fit for ``op``."""
     op = normalize_op(op)
+    links = as_links(node_or_links)
+    frac = params.p2p_efficiency if op in ("all_to_all", "send_recv") else params.ring_efficiency
+    try:
+        key = (id(calibration), op, world, links.intra_bytes_per_s, frac)
+        hit = _BANDWIDTH_SCALES.get(key)
+    except TypeError:  # (a world that does not hash: computed)
+        key = hit = None
+    if hit is not None and hit[0] is calibration:
+        return hit[1]
+    scale = _calibrated_bandwidth_scale(calibration, op, world, links.intra_bytes_per_s * frac)
+    if key is not None:
+        if len(_BANDWIDTH_SCALES) > 4096:
+            _BANDWIDTH_SCALES.clear()
+        _BANDWIDTH_SCALES[key] = (calibration, scale)  # (the entry holds the calibration: its id is not reused)
+    return scale
+
+
+# calibrated_bandwidth_scale's results per calibration object (immutable), op, world and nominal rate
+_BANDWIDTH_SCALES: dict = {}
+
+
+def _calibrated_bandwidth_scale(calibration, op: str, world, nominal: float) -> float | None:
     s1, s2 = _CAL_SIZES_BYTES
     t1 = calibration.collective_time_s(op, float(s1), int(world))
     t2 = calibration.collective_time_s(op, float(s2), int(world))
     if t1 is None or t2 is None or not float(t2) > float(t1):
         return None
     busbw = bus_factor(op, world) * (s2 - s1) / (float(t2) - float(t1))
-    links = as_links(node_or_links)
-    frac = params.p2p_efficiency if op in ("all_to_all", "send_recv") else params.ring_efficiency
-    nominal = links.intra_bytes_per_s * frac
     return float(busbw / nominal)
 
 

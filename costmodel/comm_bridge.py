@@ -155,6 +155,13 @@ class Links:
         """The links a group over ``nodes`` nodes sees: past a leaf switch (scale_out.nodes_per_leaf)
         its cross-node bandwidth is the spine's, 1 / oversubscription of the line rate; inside a
         domain, the bandwidth its ``ranks_per_domain`` ranks get from the fabric (intra_bw_for)."""
+        cache = self.__dict__.setdefault("_links_cache", {})  # (the fields it reads are never changed)
+        hit = cache.get((nodes, ranks_per_domain))
+        if hit is None:
+            hit = cache[(nodes, ranks_per_domain)] = self._links_for_uncached(nodes, ranks_per_domain)
+        return hit
+
+    def _links_for_uncached(self, nodes: int, ranks_per_domain: int | None) -> comm.Links:
         from dataclasses import replace
 
         links = self.comm_links

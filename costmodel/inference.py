@@ -15,9 +15,9 @@ from .calibration import smoothmax
 from .cpu import attention_times as cpu_attention_times, is_cpu, op_overhead_s as cpu_op_overhead_s, stream_s as cpu_stream_s
 from .dispatch import infer_dispatch_ratio
 from .flops import attention_core_flops, layer_gemms
-from .memory import InferMemory, decode_memory, kv_cache_bytes, required_device_bytes
-from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op, eager_elementwise_bytes_per_s,
-                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op, prefetch_gemms, recording)
+from .memory import InferMemory, decode_memory, decode_peak_bytes, kv_cache_bytes, required_device_bytes
+from .roofline import (EAGER_CAT_BYTES_PER_S_PER_SM, KERNEL_FLOOR_S, attention_op_s, eager_elementwise_bytes_per_s,
+                       efficiency_for, gemm_op_s, gemm_ops_s, gpu_units, memory_op_s, prefetch_gemms, recording)
 from .specs import AcceleratorSpec, NodeSpec
 from .training import elementwise_bytes_per_token
 from .workload import DTYPE_BYTES, InferJob, TrainJob
@@ -153,7 +153,7 @@ def decode_step(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, contex
         kv = kv_cache_bytes(model, b, context, job.kv_dtype, tp) / model.layers
     if not job.cuda_graph and not is_cpu(spec):  # a CPU decode is taken with a static cache
         kv *= DYNAMIC_CACHE_TRAFFIC
-    kv_t = model.layers * memory_op(eff, "attention_kv", kv, graph=job.cuda_graph).time_s
+    kv_t = model.layers * memory_op_s(eff, kv, graph=job.cuda_graph)
     floor = GRAPH_KERNEL_FLOOR_S if job.cuda_graph else KERNEL_FLOOR_S
     if is_cpu(spec):  # the cache streamed from DRAM; a small op costs one call (costmodel.cpu)
         kv_t = model.layers * cpu_stream_s(eff, kv)
@@ -223,25 +223,60 @@ def eager_host_factor(eff, job: InferJob) -> float:
     return job.host_time_factor * eff.eager_infer_host_factor
 
 
-def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int):
-    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers."""
-    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
-        if n == 0:
-            continue
-        for g in layer_gemms(model, tokens, moe_layer):
-            yield (n, g, *_tp_shape(g.name, g.k, g.n, tp))
+def _prefill_layer_gemms(model: ModelConfig, tokens: int, tp: int) -> list:
+    """(layers of the kind, GEMM, k, n under tp) of every GEMM of a prefill's decoder layers, once per
+    model (frozen), token count and tp."""
+    try:
+        key = (id(model), type(tokens), tokens, tp)
+        hit = _PREFILL_GEMMS.get(key)
+    except TypeError:  # (not hashable: computed)
+        key = hit = None
+    if hit is None or hit[0] is not model:
+        out = [(n, g, *_tp_shape(g.name, g.k, g.n, tp))
+               for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)) if n != 0
+               for g in layer_gemms(model, tokens, moe_layer)]
+        if key is None:
+            return out
+        if len(_PREFILL_GEMMS) > 4096:
+            _PREFILL_GEMMS.clear()
+        hit = _PREFILL_GEMMS[key] = (model, out)
+    return hit[1]
+
+
+_PREFILL_GEMMS: dict = {}  # (id(model), type(tokens), tokens, tp) -> (model, [(layers, Gemm, k, n)])
+
+
+def _dense_layer_shapes(model: ModelConfig, tp: int) -> list | None:
+    """(k, n) under tp of each GEMM of a dense model's decoder layer, in layer_gemms' order, where
+    each is one GEMM (count 1) over all of the layer's tokens (m): a prefill of any length has these
+    shapes. None for a model with MoE layers. Once per model (frozen) and tp."""
+    if model.moe is not None:
+        return None
+    key = (id(model), tp)
+    hit = _DENSE_SHAPES.get(key)
+    if hit is None or hit[0] is not model:
+        if len(_DENSE_SHAPES) > 1024:
+            _DENSE_SHAPES.clear()
+        gemms = layer_gemms(model, 1, False)
+        shapes = [_tp_shape(g.name, g.k, g.n, tp) for g in gemms] if all(g.m == 1 and g.count == 1.0 for g in gemms) else None
+        hit = _DENSE_SHAPES[key] = (model, shapes)
+    return hit[1]
+
+
+_DENSE_SHAPES: dict = {}  # (id(model), tp) -> (model, [(k, n)])
 
 
 def _prefetch_prefills(eff, model: ModelConfig, spec: AcceleratorSpec, jobs, tp: int) -> bool:
     """The GEMM shapes of prefill_time_s over ``jobs`` through the calibrated curve at once
     (roofline.gemm_ops_s), for a dense model on a GPU; False where it does not (the caller records them)."""
-    if model.moe is not None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
+    layer = _dense_layer_shapes(model, tp)
+    if layer is None or is_cpu(spec) or not hasattr(eff, "gemm_times_list"):
         return False
     shapes: dict[bool, list] = {False: [], True: []}  # interleaved -> (m, k, n, dtype)
     for job in jobs:
         dtype = _gemm_dtype(job, spec)
-        shapes[not job.cuda_graph] += [(g.m, k, nn, dtype) for _, g, k, nn in
-                                       _prefill_layer_gemms(model, job.batch * job.prompt_len, tp)]
+        tokens = job.batch * job.prompt_len
+        shapes[not job.cuda_graph] += [(tokens, k, nn, dtype) for k, nn in layer]
         shapes[False].append((job.batch, model.hidden, model.vocab // tp, dtype))  # the logits
     for interleaved, also in shapes.items():
         if also:
@@ -258,35 +293,49 @@ def prefill_time_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tokens = b * s
     dtype = _gemm_dtype(job, spec)
     t = 0.0
-    for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp):
-        if g.name in ("expert_in", "expert_out") and job.cuda_graph:  # a fused engine: grouped GEMMs
-            if g.name == "expert_in":
+    # (layers, name, m, k, n, count) of each GEMM of the layers; a dense model's from one list for any prompt
+    dense = _dense_layer_shapes(model, tp)
+    if dense is not None:
+        layer = [(model.dense_layers, "", tokens, k, nn, 1.0) for k, nn in dense]
+    else:
+        layer = [(n, g.name, g.m, k, nn, g.count) for n, g, k, nn in _prefill_layer_gemms(model, tokens, tp)]
+    grouped = ("expert_in", "expert_out") if job.cuda_graph else ()  # a fused engine: grouped GEMMs
+    # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
+    # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
+    # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
+    # run at a short burst's clock as in a training step (training._gemm); a fused serving
+    # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
+    # (gemm_ops_s: each gemm_op_s of these 16-bit GEMMs, looked up together)
+    timed = [(m, k, nn, dtype, count) for _, name, m, k, nn, count in layer if name not in grouped]
+    logits = (b, model.hidden, model.vocab // tp, dtype)  # the last position's logits, never interleaved
+    if job.cuda_graph:  # (the layers' GEMMs are not either: in the same call)
+        timed.append((*logits, 1.0))
+    times = iter(gemm_ops_s(eff, timed, interleaved=not job.cuda_graph))
+    for n, name, *_ in layer:
+        if name in grouped:
+            if name == "expert_in":
                 t += n * moe_expert_gemms_s(eff, model, tokens, tp, 1, dtype, 2.0, False)
             continue
-        # Eager HF prefill interleaves its GEMMs with as much elementwise time (profiled GPU-bound
-        # prefills on H100: GEMMs 36-57% of device time, data/measurements/h100-sxm/2026-11-23n-gemm-kernels-gpubound-prefill/infer-gpubound-h100.diag.jsonl;
-        # they ran at 101 ms where the sustained rate gives 115 for llama-1.3b b32 p1024), so they
-        # run at a short burst's clock as in a training step (training._gemm); a fused serving
-        # prefill (CUDA graph) is GEMMs back to back, under the sustained power cap.
-        t += n * gemm_op_s(eff, g.m, k, nn, dtype, g.count, interleaved=not job.cuda_graph)
+        t += n * next(times)
+    logits_s = next(times) if job.cuda_graph else gemm_op_s(eff, *logits)
     if is_cpu(spec):  # attention on the BLAS, op-by-op elementwise traffic, no GPU host model (costmodel.cpu)
         att_f, _ = cpu_attention_times(eff, b, max(1, model.heads // tp), s, model.d_head, dtype)
         wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="fp32" if dtype == "fp32" else "bf16"), amp=False)
-        t += model.layers * (att_f + memory_op(eff, "elementwise", tokens * (wide + sharded / tp)).time_s)
-        return t + gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+        t += model.layers * (att_f + memory_op_s(eff, tokens * (wide + sharded / tp)))
+        return t + logits_s
     if job.cuda_graph:
         t += prefill_attention_s(model, spec, job, tp, eff=eff)
-        t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+        t += logits_s
         return t
     core = attention_core_flops(model, b, s, causal=True) / tp
-    t += model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    t += model.layers * attention_op_s(eff, b, max(1, model.heads // tp), s, model.d_head, core, False)
     # the HF block op by op in bf16: the same forward traffic as a bf16 HF training step
     wide, sharded = elementwise_bytes_per_token(model, TrainJob(precision="bf16"), amp=False)
     ew = tokens * (wide + sharded / tp)
     t += model.layers * eager_cat_excess_s(eff, spec, model, tokens, tp)
     cap = eager_elementwise_bytes_per_s(spec, 2.0)  # bf16 elements
-    t += model.layers * memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
-    t += gemm_op_s(eff, b, model.hidden, model.vocab // tp, dtype)
+    t += model.layers * memory_op_s(eff, ew, max_bytes_per_s=cap)
+    t += logits_s
     return _combine(t, eager_host_s(model) * eager_host_factor(eff, job))
 
 
@@ -298,10 +347,10 @@ def prefill_attention_s(model: ModelConfig, spec: AcceleratorSpec, job: InferJob
     b, s = job.batch, job.prompt_len
     tokens = b * s
     core = attention_core_flops(model, b, s, causal=True) / tp
-    t = model.layers * attention_op(eff, "attn", b, max(1, model.heads // tp), s, model.d_head, core, False).time_s
+    t = model.layers * attention_op_s(eff, b, max(1, model.heads // tp), s, model.d_head, core, False)
     # fused serving kernels (norm, rotary, activation): ~ 40 bytes per hidden element
     ew = tokens * (40.0 * model.hidden + (6.0 * model.ffn if model.activation in GATED else 4.0 * model.ffn)) / tp
-    return t + model.layers * memory_op(eff, "elementwise", ew).time_s
+    return t + model.layers * memory_op_s(eff, ew)
 
 
 @dataclass(frozen=True)
@@ -403,7 +452,7 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
     cap = spec.memory.capacity_bytes
 
     def need(batch: int) -> float:
-        return required_device_bytes(decode_memory(model, job.model_copy(update={"batch": batch}), context, tp).peak_bytes)
+        return required_device_bytes(decode_peak_bytes(model, job, batch, context, tp))
 
     # Memory grows with the batch by about the same bytes per sequence: the batch that this rate from
     # batches 1 and 2 gives, where it fits and one more does not (the search below finds the same).
@@ -416,13 +465,13 @@ def max_batch(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, context:
         if guess < 1 << 20 and need(guess) <= cap < need(guess + 1):
             return guess
     lo, hi = 0, 1
-    while required_device_bytes(decode_memory(model, job.model_copy(update={"batch": hi}), context, tp).peak_bytes) <= cap:
+    while required_device_bytes(decode_peak_bytes(model, job, hi, context, tp)) <= cap:
         lo, hi = hi, hi * 2
         if hi > 1 << 20:
             return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if required_device_bytes(decode_memory(model, job.model_copy(update={"batch": mid}), context, tp).peak_bytes) <= cap:
+        if required_device_bytes(decode_peak_bytes(model, job, mid, context, tp)) <= cap:
             lo = mid
         else:
             hi = mid
@@ -500,7 +549,7 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     tpot, d = tpot_of(job.batch)
     curve = []
     for bsz in curve_batches:
-        st = tpot_of(bsz)[0]
+        st = tpot if bsz == job.batch else tpot_of(bsz)[0]
         pre = ttft if bsz == job.batch else _ttft_s(model, spec, jobs[bsz], tp, node, eff)
         curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
                       "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})

@@ -69,6 +69,19 @@ class one_look:
         return False
 
 
+def once_per_look(key, build):
+    """``build()``, once per ``key`` inside one_look() (its files looked at once, so it reads the
+    same versions each time); every time outside. ``key``: hashable, naming what is built."""
+    looked = _LOOKED[0]
+    if looked is None:
+        return build()
+    key = ("built", key)
+    hit = looked.get(key, looked)
+    if hit is looked:
+        hit = looked[key] = build()
+    return hit
+
+
 def stat(path: str | Path):
     """``os.stat(path)``, or None when it cannot be taken (once per path inside one_look)."""
     looked = _LOOKED[0]

@@ -113,6 +113,19 @@ def optimizer_state_bytes(optimizer: str, state_dtype_bytes: float, hidden: int)
 
 
 def state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
+    key = (job.precision, job.framework, job.optimizer, hidden)
+    hit = _STATE_BYTES.get(key)
+    if hit is None:
+        if len(_STATE_BYTES) > 1024:
+            _STATE_BYTES.clear()
+        hit = _STATE_BYTES[key] = _state_bytes_per_param(job, hidden)
+    return hit
+
+
+_STATE_BYTES: dict = {}  # (precision, framework, optimizer, hidden) -> StateBytesPerParam (frozen)
+
+
+def _state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
     p, fw = job.precision, job.framework
     if fw == "pytorch":
         if p in ("fp32", "amp-bf16", "amp-fp16"):
@@ -161,6 +174,21 @@ def stage_params(model: ModelConfig, par) -> StageParams:
     experts over ep (and tp), norms are replicated.
 
     `par` is a :class:`Parallel` or a :class:`ParallelGrid` of numpy arrays (layout search)."""
+    if type(par) is Parallel:  # one layout: once per model (frozen) and split
+        key = (id(model), par.tp, par.pp, par.ep)
+        hit = _STAGE_PARAMS.get(key)
+        if hit is None or hit[0] is not model:
+            if len(_STAGE_PARAMS) > 1024:
+                _STAGE_PARAMS.clear()
+            hit = _STAGE_PARAMS[key] = (model, _stage_params(model, par))
+        return hit[1]
+    return _stage_params(model, par)
+
+
+_STAGE_PARAMS: dict = {}  # (id(model), tp, pp, ep) -> (model, StageParams)
+
+
+def _stage_params(model: ModelConfig, par) -> StageParams:
     tp = par.tp
     layers = -(-model.layers // par.pp)
     norm = model.norms_per_layer * model.norm_params()
@@ -632,9 +660,20 @@ class InferMemory:
 
 
 def decode_memory(model: ModelConfig, job: InferJob, context: int, tp: int = 1) -> InferMemory:
-    w = model.params * DTYPE_BYTES[job.weight_dtype] / tp
-    kv = kv_cache_bytes(model, job.batch, context, job.kv_dtype, tp, job.paged_block_tokens)
-    ws = decode_graph_workspace_bytes(model, job.batch, context) / tp
-    runtime = CUBLAS_WORKSPACES_BYTES / 2  # one thread, cuBLAS + cuBLASLt
+    w, kv, ws, runtime = _decode_terms(model, job, job.batch, context, tp)
     return InferMemory(weights_bytes=w, kv_cache_bytes=kv, workspace_bytes=ws, runtime_bytes=runtime,
                        peak_bytes=w + kv + ws + runtime)
+
+
+def decode_peak_bytes(model: ModelConfig, job: InferJob, batch: int, context: int, tp: int = 1) -> float:
+    """decode_memory's ``peak_bytes`` of ``job`` at another ``batch`` (without copying the job)."""
+    w, kv, ws, runtime = _decode_terms(model, job, batch, context, tp)
+    return w + kv + ws + runtime
+
+
+def _decode_terms(model: ModelConfig, job: InferJob, batch: int, context: int, tp: int):
+    w = model.params * DTYPE_BYTES[job.weight_dtype] / tp
+    kv = kv_cache_bytes(model, batch, context, job.kv_dtype, tp, job.paged_block_tokens)
+    ws = decode_graph_workspace_bytes(model, batch, context) / tp
+    runtime = CUBLAS_WORKSPACES_BYTES / 2  # one thread, cuBLAS + cuBLASLt
+    return w, kv, ws, runtime

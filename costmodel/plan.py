@@ -13,7 +13,7 @@ from . import frameworks
 from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
 from .inputs import file_key, one_look
-from .specs import claim_notes, load_library
+from .specs import claim_notes, library_origin, load_library
 from .training import TrainEstimate, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
@@ -34,15 +34,23 @@ def clear_caches() -> None:
     at run time, e.g. a sensitivity study patching a module; files edited on disk are noticed without it)."""
     import sys
 
-    from . import flops, inputs, specs
+    from . import arch, comm, flops, inputs, memory, specs, training
 
     _ESTIMATES.clear()
+    _PARALLELS.clear()
     inputs._PARSED.clear()
     specs._LIBRARIES.clear()
     flops._LAYER_GEMMS.clear()
+    memory._STAGE_PARAMS.clear()
+    memory._STATE_BYTES.clear()
+    arch._PARAMS.clear()
+    training._STEP_EFFICIENCY.clear()
+    comm._BANDWIDTH_SCALES.clear()
     inference = sys.modules.get("costmodel.inference")
     if inference is not None:
         inference._DECODE_WEIGHTS.clear()
+        inference._PREFILL_GEMMS.clear()
+        inference._DENSE_SHAPES.clear()
     search = sys.modules.get("costmodel.search")
     if search is not None:
         search._TIME_MODELS.clear()
@@ -56,8 +64,7 @@ def _plain(v):
 
 def _input_versions(args: tuple, kwargs: dict) -> tuple:
     model = args[0] if args else kwargs["model"]
-    lib = load_library(kwargs.get("hardware_files"))
-    return (lib.origin, load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
+    return (library_origin(kwargs.get("hardware_files")), load_model(model), file_key(kwargs["calibration"]) if kwargs.get("calibration") else None,
             file_key(kwargs["profile"]) if kwargs.get("profile") else None)
 
 
@@ -87,6 +94,19 @@ def _fresh(est):
     if names is None:
         names = _FIELD_NAMES[type(est)] = tuple(f.name for f in dataclasses.fields(est))
     out = _copy(est)
+    d = getattr(out, "__dict__", None)
+    if d is not None and len(d) == len(names):  # a plain dataclass instance: its fields are its __dict__
+        for name, v in d.items():
+            t = type(v)
+            if t in _LEAVES:
+                continue
+            if isinstance(v, list):
+                d[name] = [dict(x) if isinstance(x, dict) else x for x in v]
+            elif isinstance(v, dict):
+                d[name] = dict(v)
+            elif hasattr(t, "__dataclass_fields__"):  # a dataclass instance
+                d[name] = _copy(v)
+        return out
     for name in names:
         v = getattr(out, name)
         if isinstance(v, list):
@@ -99,6 +119,9 @@ def _fresh(est):
             continue
         object.__setattr__(out, name, v)
     return out
+
+
+_LEAVES = frozenset((str, int, float, bool, type(None)))  # field values _fresh leaves as they are
 
 
 def _remembered(fn):
@@ -169,8 +192,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     fw = frameworks.job_fields(framework if framework is not None or profile is not None
                                else frameworks.DEFAULT_FRAMEWORK, profile)
     try:
-        par = Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                       interleave=interleave)
+        par = _parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
+                        interleave=interleave)
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, **fw,
                        overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,
@@ -188,6 +211,23 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))
     est.notes.extend(_spec_notes(lib, hardware))
     return est
+
+
+def _parallel(**fields) -> Parallel:
+    """Parallel(**fields), one validated object per set of fields as given (it is frozen)."""
+    try:
+        key = tuple((k, _plain(v)) for k, v in fields.items())
+        hit = _PARALLELS.get(key)
+    except TypeError:  # (not hashable: validated, and refused, by Parallel)
+        return Parallel(**fields)
+    if hit is None:
+        if len(_PARALLELS) >= 1024:
+            _PARALLELS.clear()
+        hit = _PARALLELS[key] = Parallel(**fields)
+    return hit
+
+
+_PARALLELS: dict = {}
 
 
 def _spec_notes(lib, hardware: str) -> list[str]:
@@ -225,12 +265,21 @@ def infer(model: str, hardware: str = "h100-sxm", *, tp: int = 1, batch: int = 1
                        host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None
-    from .inference import estimate_infer  # imported by the command that uses it (train does not)
-
+    estimate_infer = _ESTIMATE_INFER[0] or _import_estimate_infer()  # imported by the command that uses it (train does not)
     est = estimate_infer(m, spec, job, tp=tp, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, prompt_len + gen_len, "--prompt-len + --gen-len"))
     est.notes.extend(_spec_notes(lib, hardware))
     return est
+
+
+_ESTIMATE_INFER: list = [None]  # costmodel.inference.estimate_infer, once imported
+
+
+def _import_estimate_infer():
+    from .inference import estimate_infer
+
+    _ESTIMATE_INFER[0] = estimate_infer
+    return estimate_infer
 
 
 def largest_batch_under_tpot(model: str, hardware: str = "h100-sxm", *, max_tpot_s: float, tp: int = 1,

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from . import fitted
+from .inputs import stat as _stat
 from .specs import AcceleratorSpec
 
 # Fitted kernel-timing constants (value, bounds, meaning and the measurement each was fitted on):
@@ -127,14 +128,12 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
             cal.load_overlay) else cal.load_overlay(calibration)), id(spec))[1]
     if shipped:
         try:
-            from . import calibration as cal
+            cal = _CALIBRATION[0] or _calibration()
 
             path = _shipped_overlay(spec.id)
             if path is None:
                 return _default_efficiency(spec)  # the datasheet curves below (as before calibration existed)
-            from .inputs import stat
-
-            st = stat(path) or path.stat()  # (the latter raises what stat() met)
+            st = _stat(path) or path.stat()  # (the latter raises what stat() met)
             key = (spec.id, str(path), st.st_mtime_ns, id(spec))
             hit = _SHIPPED_CACHE.get(key)
             eff = hit[1] if hit is not None and hit[0] is spec else None
@@ -151,6 +150,16 @@ def efficiency_for(spec: AcceleratorSpec, calibration: str | None = None, shippe
         except (ImportError, AttributeError):
             pass
     return _DefaultEfficiency(spec)
+
+
+_CALIBRATION: list = [None]  # costmodel.calibration, once imported (not at this module's import)
+
+
+def _calibration():
+    from . import calibration
+
+    _CALIBRATION[0] = calibration
+    return calibration
 
 
 def _default_efficiency(spec) -> _DefaultEfficiency:
@@ -338,12 +347,25 @@ def gemm_ops_s(eff, gemms, interleaved: bool = False, also=()) -> list[float]:
     if many is None or isinstance(eff, _GemmRecorder) or _PREFETCHED[0]:
         # one shape at a time (a recorder learns each; under `prefetched` the caller evaluated them)
         return [gemm_op_s(eff, m, k, n, d, c, interleaved=interleaved) for m, k, n, d, c in gemms]
-    shapes: dict[str, list] = {}
-    for m, k, n, d, *_ in (*gemms, *also):
-        shapes.setdefault(d, []).append((max(1, int(round(m))), n, k))
-    times = {d: iter(many(*zip(*sh), d, 1, interleaved)) for d, sh in shapes.items()}
+    rows = (*gemms, *also) if also else gemms
+    if not rows:
+        return []
     floor = KERNEL_FLOOR_S
-    return [max(next(times[d]), floor) * c for _, _, _, d, c in gemms]
+    d = rows[0][3]
+    if all(g[3] == d for g in rows):  # one dtype (the common case): one call, shapes as they come
+        ms = [m if type(m) is int and m > 0 else max(1, int(round(m))) for m, *_ in rows]
+        times = many(ms, [g[2] for g in rows], [g[1] for g in rows], d, 1, interleaved)
+        return [max(t, floor) * g[4] for t, g in zip(times, gemms)]
+    keys = [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in gemms]
+    if also:
+        keys += [(m if type(m) is int and m > 0 else max(1, int(round(m))), n, k, d) for m, k, n, d, *_ in also]
+    distinct = dict.fromkeys(keys)
+    times = {}
+    for d in {key[3] for key in distinct}:
+        sh = [key for key in distinct if key[3] == d]
+        m, n, k, _ = zip(*sh)
+        times.update(zip(sh, many(m, n, k, d, 1, interleaved)))
+    return [max(times[key], floor) * g[4] for key, g in zip(keys, gemms)]
 
 
 def _gemm_kernel_s(eff, m_i: int, k: int, n: int, dtype: str, elem_bytes: float, graph: bool, interleaved: bool,
@@ -401,16 +423,32 @@ def eager_elementwise_bytes_per_s(spec, elem_bytes: float) -> float | None:
 
 def memory_op(eff, name: str, nbytes: float, count: float = 1.0, flops: float = 0.0, graph: bool = False,
               max_bytes_per_s: float | None = None) -> OpTime:
-    tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
-    t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
-    if max_bytes_per_s:
-        t = max(t, nbytes / max_bytes_per_s)
+    t = _memory_kernel_s(eff, nbytes, graph, max_bytes_per_s)
     bound = "memory" if t > KERNEL_FLOOR_S * 1.0001 else "latency"
     return OpTime(name, "memory", flops * count, nbytes * count, t * count, bound, count)
 
 
+def memory_op_s(eff, nbytes: float, count: float = 1.0, graph: bool = False, max_bytes_per_s: float | None = None) -> float:
+    """memory_op's ``time_s`` alone, for callers that only add times (no OpTime record built)."""
+    return _memory_kernel_s(eff, nbytes, graph, max_bytes_per_s) * count
+
+
+def _memory_kernel_s(eff, nbytes: float, graph: bool, max_bytes_per_s: float | None) -> float:
+    """The time of one memory-bound kernel of memory_op."""
+    tg = _graph_kernel_s(eff, "mem", max(nbytes, 1.0)) if graph else None
+    t = max(tg if tg is not None else nbytes / eff.mem_bytes_per_s(max(nbytes, 1.0)), KERNEL_FLOOR_S)
+    if max_bytes_per_s:
+        t = max(t, nbytes / max_bytes_per_s)
+    return t
+
+
 def attention_op(eff, name: str, b: int, heads: int, s: int, d: int, flops: float, backward: bool) -> OpTime:
-    rate = eff.attention_flops_per_s(b, heads, s, d, True, backward)
-    t = max(flops / rate, KERNEL_FLOOR_S)
+    t = attention_op_s(eff, b, heads, s, d, flops, backward)
     nbytes = 2.0 * 4 * b * heads * s * d * (2 if backward else 1)
     return OpTime(name, "attention", flops, nbytes, t, "compute", 1.0)
+
+
+def attention_op_s(eff, b: int, heads: int, s: int, d: int, flops: float, backward: bool) -> float:
+    """attention_op's ``time_s`` alone (no OpTime record built)."""
+    rate = eff.attention_flops_per_s(b, heads, s, d, True, backward)
+    return max(flops / rate, KERNEL_FLOOR_S)

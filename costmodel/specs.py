@@ -20,12 +20,15 @@ Files are read with costmodel.inputs (PyYAML's safe loader, duplicate keys refus
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import InputError, from_validation_error
+from .inputs import file_key, once_per_look
 from .units import Bytes, BytesPerSec, FlopsPerSec, Seconds, Watts
 
 DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
@@ -448,6 +451,106 @@ def pending_notes() -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------ shipped specs, parsed when used
+
+# A command needs one or two of the shipped specs: each is parsed (and checked) the first time it is
+# asked for. What a library must know of every spec before that (its id, kind, and a node's device,
+# host_cpu and nvme, for HardwareLibrary.check_references) is read from the file's top-level lines;
+# a file whose fields are not plain one-line values there is parsed at once instead.
+# tests/test_specs.py holds the lines read against the parsed spec of every shipped file.
+_INDEX_LINE = re.compile(r"^(id|kind|device|host_cpu|nvme):[ \t]*([A-Za-z][A-Za-z0-9._-]*)[ \t]*(?:#.*)?$", re.M)
+_INDEX_KEY = re.compile(r"^(id|kind|device|host_cpu|nvme)[ \t]*:", re.M)
+_YAML_WORDS = {"null", "true", "false", "yes", "no", "on", "off"}  # plain scalars YAML does not read as text
+_KINDS = ("gpu", "tpu", "cpu", "nvme", "node")
+
+
+class _Unparsed:
+    """A shipped spec file not parsed yet: its id, kind and references, and the spec once parsed."""
+
+    __slots__ = ("path", "id", "kind", "refs", "spec")
+
+    def __init__(self, path: Path, fields: dict):
+        self.path, self.id, self.kind = path, fields["id"], fields["kind"]
+        self.refs = {k: fields.get(k) for k in ("device", "host_cpu", "nvme")}
+        self.spec = None
+
+    def load(self):
+        if self.spec is None:
+            spec = load_spec_file(self.path)
+            if spec.id != self.id or spec.kind != self.kind:  # (not for a file the index reads right)
+                raise InputError(f"id and kind read as {self.id!r}, {self.kind!r} but parse as {spec.id!r}, {spec.kind!r}",
+                                 file=self.path, field="id")
+            self.spec = spec
+        return self.spec
+
+
+_UNPARSED: dict = {}  # shipped file -> its _Unparsed, once per process (as the directory's scan)
+
+
+def _unparsed(path: Path) -> _Unparsed | None:
+    """The index entry of a shipped spec file, or None where its top-level lines do not say it plainly."""
+    hit = _UNPARSED.get(path)
+    if hit is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            return None
+        found = dict(_INDEX_LINE.findall(text))
+        if (len(_INDEX_KEY.findall(text)) != len(found) or len(_INDEX_LINE.findall(text)) != len(found)
+                or "id" not in found or found.get("kind") not in _KINDS
+                or any(v.lower() in _YAML_WORDS for v in found.values())):
+            return None
+        hit = _UNPARSED[path] = _Unparsed(path, found)
+    return hit
+
+
+class _SpecTable(MutableMapping):
+    """HardwareLibrary.specs: id -> spec, a shipped spec parsed the first time it is read."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, items=()):
+        self._d = dict(items)
+
+    def __getitem__(self, spec_id):
+        v = self._d[spec_id]
+        if type(v) is _Unparsed:
+            v = self._d[spec_id] = v.load()
+        return v
+
+    def __setitem__(self, spec_id, spec):
+        self._d[spec_id] = spec
+
+    def __delitem__(self, spec_id):
+        del self._d[spec_id]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self):
+        return len(self._d)
+
+    def __contains__(self, spec_id):
+        return spec_id in self._d
+
+    def __repr__(self):
+        return f"_SpecTable({sorted(self._d)})"
+
+    def copy(self) -> "_SpecTable":
+        return _SpecTable(self._d)
+
+    def kind(self, spec_id: str) -> str:
+        """A spec's kind, without parsing it."""
+        return self._d[spec_id].kind
+
+    def refs(self, spec_id: str) -> dict:
+        """A node's device, host_cpu and nvme ids, without parsing it."""
+        v = self._d[spec_id]
+        if type(v) is _Unparsed:
+            return dict(v.refs)
+        return {k: getattr(v, k, None) for k in ("device", "host_cpu", "nvme")}
+
+
 def _search_dirs(extra: list[str | Path] | None = None) -> list[Path]:
     dirs = [package_data_dir("hardware")]
     env = os.environ.get("COSTMODEL_HARDWARE_PATH", "")
@@ -467,7 +570,7 @@ class HardwareLibrary:
     """
 
     def __init__(self, extra_files: list[str | Path] | None = None, extra_dirs: list[str | Path] | None = None):
-        self.specs: dict[str, AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec] = {}
+        self.specs: MutableMapping[str, AcceleratorSpec | CpuSpec | NvmeSpec | NodeSpec] = _SpecTable()
         self.files: dict[str, Path] = {}
         self.replaced: dict[str, tuple[Path, Path]] = {}
         shipped = package_data_dir("hardware")
@@ -482,13 +585,13 @@ class HardwareLibrary:
                 files = [d]
             else:
                 files = _spec_files(d, shipped=d == shipped)
-            self._add_group(files)
+            self._add_group(files, lazy=d == shipped)
         self._add_group([Path(f) for f in extra_files or []])
 
     def copy(self) -> "HardwareLibrary":
         """A library with the same specs whose tables a caller may change (the specs are frozen)."""
         new = object.__new__(HardwareLibrary)
-        new.specs, new.files, new.replaced = dict(self.specs), dict(self.files), dict(self.replaced)
+        new.specs, new.files, new.replaced = self.specs.copy(), dict(self.files), dict(self.replaced)
         new.__dict__["_origin"] = self.origin
         return new
 
@@ -497,11 +600,12 @@ class HardwareLibrary:
         """The library this one was copied from (itself if none): one per version of the spec files."""
         return self.__dict__.get("_origin", self)
 
-    def _add_group(self, files: list[Path]) -> None:
-        """Add the specs of one source; one id twice in it is an error."""
+    def _add_group(self, files: list[Path], lazy: bool = False) -> None:
+        """Add the specs of one source; one id twice in it is an error. ``lazy`` (the shipped
+        directory): each file parsed when its spec is first asked for (_Unparsed)."""
         seen: dict[str, Path] = {}
         for f in files:
-            spec = load_spec_file(f)
+            spec = (_unparsed(f) if lazy else None) or load_spec_file(f)
             first = seen.get(spec.id)
             if first is not None and not _same_path(first, f):
                 raise InputError(f"defines id {spec.id!r}, as {first} does: one of them must go (or take another id)",
@@ -517,17 +621,18 @@ class HardwareLibrary:
             line = f"hardware {spec.id!r}: the spec in {path} replaces {_display(self.replaced[spec.id][1])}"
             self.__dict__.setdefault("_noted", []).append(line)
             _note(line)
-        self.specs[spec.id] = spec
+        self.specs[spec.id] = spec  # (an _Unparsed one: parsed when read)
         self.files[spec.id] = path
 
     def notes(self, *ids: str) -> list[str]:
         """A line for each of ``ids`` (and a node's device) whose spec replaces another file's."""
+        if not self.replaced:  # (the lines come from replacements only)
+            return []
         out, todo = [], list(ids)
         while todo:
             i = todo.pop(0)
-            spec = self.specs.get(i)
-            if isinstance(spec, NodeSpec):
-                todo.append(spec.device)
+            if i in self.specs and self.specs.kind(i) == "node":
+                todo.append(self.specs.refs(i)["device"])
             if i in self.replaced:
                 new, old = self.replaced[i]
                 line = f"hardware {i!r}: the spec in {new} replaces {_display(old)}"
@@ -566,13 +671,15 @@ class HardwareLibrary:
 
     def check_references(self):
         """Every node names a device, CPU and NVMe that exist; raise InputError otherwise."""
-        for sid, spec in self.specs.items():
-            if isinstance(spec, NodeSpec):
-                for field, ref, kinds in (("device", spec.device, ("gpu", "tpu")), ("host_cpu", spec.host_cpu, ("cpu",)), ("nvme", spec.nvme, ("nvme",))):
+        specs = self.specs
+        for sid in specs:
+            if specs.kind(sid) == "node":  # (read without parsing a shipped spec: _SpecTable)
+                refs = specs.refs(sid)
+                for field, ref, kinds in (("device", refs["device"], ("gpu", "tpu")), ("host_cpu", refs["host_cpu"], ("cpu",)),
+                                          ("nvme", refs["nvme"], ("nvme",))):
                     if ref is None:
                         continue
-                    other = self.specs.get(ref)
-                    if other is None or other.kind not in kinds:
+                    if ref not in specs or specs.kind(ref) not in kinds:
                         raise InputError(f"refers to {ref!r}, which is not a known {'/'.join(kinds)} spec", file=self.files[sid], field=field)
 
 
@@ -599,8 +706,6 @@ _LIBRARIES: dict[tuple, HardwareLibrary] = {}
 
 
 def _library_key(hardware_files) -> tuple | None:
-    from .inputs import file_key
-
     env = os.environ.get("COSTMODEL_HARDWARE_PATH", "")
     parts: list = [env]
     for p in [p for p in env.split(os.pathsep) if p]:
@@ -616,7 +721,17 @@ def _library_key(hardware_files) -> tuple | None:
 def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
     """Every spec visible (HardwareLibrary): built once per set of unchanged sources, and a copy
     returned each time (its replacement notes reported again, as a fresh load reports them)."""
-    key = _library_key(hardware_files)
+    return library_origin(hardware_files).copy()
+
+
+def library_origin(hardware_files: list[str | Path] | None = None) -> HardwareLibrary:
+    """load_library's library itself, not a copy (its ``origin``): for a caller that only reads it
+    or compares versions; its replacement notes are reported as load_library reports them."""
+    try:
+        look = ("library-key", tuple(hardware_files) if hardware_files else None)
+        key = once_per_look(look, lambda: _library_key(hardware_files))  # (once per estimate: inputs.one_look)
+    except TypeError:  # a list of unhashable items: InputError below, as before
+        key = _library_key(hardware_files)
     lib = _LIBRARIES.get(key) if key is not None else None
     if lib is None:
         lib = HardwareLibrary(extra_files=hardware_files)
@@ -628,4 +743,4 @@ def load_library(hardware_files: list[str | Path] | None = None) -> HardwareLibr
     else:
         for line in lib.__dict__.get("_noted", ()):
             _note(line)
-    return lib.copy()
+    return lib

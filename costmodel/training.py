@@ -18,7 +18,7 @@ from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
-from .roofline import (attention_op, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op,
+from .roofline import (attention_op_s, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op_s,
                        prefetch_gemms, sdpa_backend_rates)
 from .specs import AcceleratorSpec, NodeSpec
 from .workload import Parallel, TrainJob
@@ -201,10 +201,10 @@ def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> f
     fitted elementwise_scale was fitted with."""
     logits = tokens * vocab / tp
     if job.framework == "pytorch":
-        return memory_op(eff, "loss", logits * (2 + 4 + 4 + 4) * 2).time_s * (1.0 + 1.5)
+        return memory_op_s(eff, logits * (2 + 4 + 4 + 4) * 2) * (1.0 + 1.5)
     if frameworks.resolve(job.profile or job.framework).step_model == "composed":
-        return memory_op(eff, "loss", logits * (2 + 4 + 4 + 4)).time_s * (1.0 + 1.5)
-    return memory_op(eff, "loss", logits * (MEGATRON_CE_BYTES_FWD + MEGATRON_CE_BYTES_BWD)).time_s
+        return memory_op_s(eff, logits * (2 + 4 + 4 + 4)) * (1.0 + 1.5)
+    return memory_op_s(eff, logits * (MEGATRON_CE_BYTES_FWD + MEGATRON_CE_BYTES_BWD))
 
 
 # transformers' eager attention (SCHEMA.md attention "standard" under PyTorch), per element of the
@@ -238,8 +238,8 @@ def _standard_attention_times(eff, model: ModelConfig, mb: int, heads: int, s_q:
     kv_grad = _gemm(eff, "attn_kv_grad", bh * s_kv, s_q, d, dtype)
     elems = bh * s_q * s_kv
     fwd_bytes, bwd_bytes = (EAGER_SCORE_BYTES_FWD, EAGER_SCORE_BYTES_BWD) if eager else (8.0, 16.0)
-    att_f = qk + pv + memory_op(eff, "scores", fwd_bytes * elems, max_bytes_per_s=max_bytes_per_s).time_s
-    att_b = qk + pv + 2 * kv_grad + memory_op(eff, "scores_bwd", bwd_bytes * elems, max_bytes_per_s=max_bytes_per_s).time_s
+    att_f = qk + pv + memory_op_s(eff, fwd_bytes * elems, max_bytes_per_s=max_bytes_per_s)
+    att_b = qk + pv + 2 * kv_grad + memory_op_s(eff, bwd_bytes * elems, max_bytes_per_s=max_bytes_per_s)
     return att_f, att_b
 
 
@@ -259,6 +259,8 @@ def grad_accum_params(params, zero_stage, pp, dp_world):
     ZeRO-2/3 / FSDP without pipeline parallelism (each micro-batch's gradients are reduce-scattered,
     then added to the shard), all of its stage otherwise (DDP; FSDP under PP keeps them unsharded
     until the step's last micro-batch). Vectorised."""
+    if type(zero_stage) is int and type(pp) is int and type(dp_world) is int:  # one layout: the same, on numbers
+        return params / float(dp_world) if (zero_stage >= 2 and pp == 1) else params
     return np.where((np.asarray(zero_stage) >= 2) & (np.asarray(pp) == 1), params / np.asarray(dp_world, dtype=float), params)
 
 
@@ -330,6 +332,8 @@ def zero2_extra_reductions(zero_stage, n_micro):
     self.is_gradient_accumulation_boundary"), n_micro - 1 more than ZeRO-0/1, which accumulate the
     full gradients locally (the memory model's unsharded gradients) and reduce them once. ZeRO-3 /
     FSDP is timed unit by unit elsewhere."""
+    if type(zero_stage) is int and type(n_micro) is int:  # one layout: the same, on numbers
+        return max(float(n_micro) - 1.0, 0.0) if zero_stage == 2 else 0.0
     return np.where(np.asarray(zero_stage) == 2, np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0), 0.0)
 
 
@@ -382,7 +386,9 @@ class SustainedClock:
         self._eff = eff
 
     def __getattr__(self, name):
-        return getattr(self._eff, name)
+        value = getattr(self._eff, name)
+        self.__dict__[name] = value  # the wrapped model is immutable: looked up once
+        return value
 
     def gemm_time_s(self, m, n, k, dtype, batch=1, interleaved: bool = False):
         return self._eff.gemm_time_s(m, n, k, dtype, batch, interleaved=False)
@@ -426,12 +432,26 @@ def step_efficiency(spec: AcceleratorSpec, calibration: str | None, prof) -> obj
     """The efficiency model a training step of framework profile ``prof`` runs on: GEMMs at the
     profile's clock, fused attention as the profile's kernel where the calibration names another."""
     eff = efficiency_for(spec, calibration)
-    if prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s"):
-        eff = SustainedClock(eff)
+    sustained = prof.settings.gemm_clock == "sustained" and hasattr(eff, "gemm_time_s")
     want = prof.settings.attention_backend
+    key = (id(eff), sustained, want)
+    hit = _STEP_EFFICIENCY.get(key)
+    if hit is not None and hit[0] is eff:
+        return hit[1]
+    base = eff
+    if sustained:
+        eff = SustainedClock(eff)
     if want is not None and getattr(eff, "attention_backend", None) not in (None, want):
         eff = AttentionBackend(eff, want)
+    if len(_STEP_EFFICIENCY) > 256:
+        _STEP_EFFICIENCY.clear()
+    _STEP_EFFICIENCY[key] = (base, eff)  # (the entry holds the model, so its id is not reused)
     return eff
+
+
+# The wrapped efficiency models step_efficiency made, per model and profile setting: the wrappers
+# hold nothing but the (immutable) model and the setting.
+_STEP_EFFICIENCY: dict = {}
 
 
 def _gemm(eff, name: str, *args, **kw) -> float:
@@ -524,22 +544,22 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                                                  eager=job.framework == "pytorch", max_bytes_per_s=cap)
     else:
         core = attention_core_flops(model, mb, seq_dev * par.cp, causal=True) / tp / par.cp
-        att_f = attention_op(eff, "attn", mb, heads, seq_dev, model.d_head, core, False).time_s
-        att_b = attention_op(eff, "attn_bwd", mb, heads, seq_dev, model.d_head, 3.5 * core, True).time_s - att_f
+        att_f = attention_op_s(eff, mb, heads, seq_dev, model.d_head, core, False)
+        att_b = attention_op_s(eff, mb, heads, seq_dev, model.d_head, 3.5 * core, True) - att_f
     amp = job.precision in ("amp-bf16", "amp-fp16", "fp8")
     wide, sharded = elementwise_bytes_per_token(model, job, amp)
     ew = tokens * (wide / (tp if par.sequence_parallel else 1) + sharded / tp)
-    ew_f = memory_op(eff, "elementwise", ew, max_bytes_per_s=cap).time_s
+    ew_f = memory_op_s(eff, ew, max_bytes_per_s=cap)
     ew_b = 2.0 * ew_f
     prof = frameworks.resolve(job.profile or job.framework)
     if job.precision == "fp8" and job.framework != "pytorch" and prof.step_model == "builtin":
         # Transformer Engine's FP8 casts (Megatron-LM, NeMo)
         f8_f, f8_b = te_fp8_bytes_per_token(model, tp, par.sequence_parallel)
-        ew_f += memory_op(eff, "fp8_casts", tokens * f8_f).time_s
-        ew_b += memory_op(eff, "fp8_casts_bwd", tokens * f8_b).time_s
+        ew_f += memory_op_s(eff, tokens * f8_f)
+        ew_b += memory_op_s(eff, tokens * f8_b)
     if job.framework == "pytorch" and amp:
         cast = AMP_CAST_BYTES_PER_PARAM / 2.0 * _cast_params_per_layer(model) / tp
-        cast_t = memory_op(eff, "amp_cast", cast).time_s
+        cast_t = memory_op_s(eff, cast)
         ew_f += cast_t  # weights cast in forward (again when a recompute re-runs it)
         ew_b += cast_t  # gradients cast back in backward
     kf = kernel_time_factor(prof)
@@ -770,7 +790,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                                   + dp_world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE,
                                   0.0)
                 reduce = np.array([link.collective_time_s("all_reduce", b, dp_world, intra=dp_intra, per_node=dp_per_node)
-                                   + memory_op(eff, "grad_bucket_copies", 4.0 * b).time_s for b in red_bytes])
+                                   + memory_op_s(eff, 4.0 * b) for b in red_bytes])
                 rec = recompute_f if job.recompute == "full" else 0.0
                 exposed, _ = deepspeed_zero3_exposed_s(gather, reduce, g_f + a_f + e_f, g_b + a_b + e_b + recompute_f,
                                                        rec, share, deepspeed_zero3_regather(model, par.tp, job.recompute),
@@ -815,7 +835,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     # Optimizer over the shard this device updates (optimizer_bytes_per_param).
     o_div = dp_world if par.zero_stage >= 1 else 1
     opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div
-    optimizer_t = memory_op(eff, "optimizer", opt_bytes).time_s * kf
+    optimizer_t = memory_op_s(eff, opt_bytes) * kf
     offload_t = 0.0
     lib = None
     if job.offload_optimizer != "none" or job.offload_params != "none":

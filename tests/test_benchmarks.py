@@ -126,7 +126,7 @@ def test_bench_train_estimate_first_time(benchmark):
     """Issue #23: a first-time train estimate at most 0.1 ms (median): the sequence one token shorter
     every round, so that neither the estimate nor any of its GEMM shapes has been seen (inputs
     parsed; what a sweep over sequence lengths or micro-batches pays per point). Not met yet: on the
-    development host (load 1.3) 0.37 ms fastest, 0.40 ms median (docs/usage.md, Speed; llm-analysis ~0.17 ms)."""
+    development host (load 1.2-1.4) 0.28 ms fastest, 0.30-0.34 ms median (docs/usage.md, Speed; llm-analysis ~0.17 ms)."""
     import itertools
 
     new = itertools.count(1)
@@ -138,8 +138,9 @@ def test_bench_train_estimate_first_time(benchmark):
 
 def test_bench_infer_estimate_first_time(benchmark):
     """Issue #23: a first-time infer estimate at most 0.2 ms (median): the prompt one token longer
-    every round (no estimate or prefill shape seen before). Not met yet: on the development host
-    (load 1.3) 0.40 ms fastest, 0.62 ms median (docs/usage.md, Speed; llm-analysis ~0.19 ms)."""
+    every round (no estimate seen before; a prompt of p at batch 2b shares the prefill shapes of a
+    later round's 2p at batch b). Not met yet: on the development host (load 1.2-1.4) 0.26-0.27 ms
+    fastest, 0.41-0.42 ms median (docs/usage.md, Speed; llm-analysis ~0.19 ms)."""
     import itertools
 
     new = itertools.count(1)

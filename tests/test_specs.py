@@ -97,6 +97,59 @@ def test_node_references_resolve(lib):
         assert isinstance(lib.device(spec_id), AcceleratorSpec)
 
 
+def test_shipped_index_reads_what_parsing_reads():
+    """A library parses a shipped spec when it is first asked for; until then its id, kind and a
+    node's references come from the file's top-level lines (specs._unparsed). For every shipped
+    file they must be what the parsed spec says (and every file must be read that way, or the
+    library parses it at once)."""
+    from costmodel.specs import _unparsed
+
+    for f in sorted(HW_DIR.rglob("*.yaml")):
+        if "calibrated" in f.relative_to(HW_DIR).parts:
+            continue
+        entry = _unparsed(f)
+        assert entry is not None, f
+        spec = load_spec_file(f)
+        assert (entry.id, entry.kind) == (spec.id, spec.kind), f
+        assert entry.refs == {k: getattr(spec, k, None) for k in ("device", "host_cpu", "nvme")}, f
+
+
+def test_library_parses_only_the_specs_it_is_asked_for():
+    from costmodel.specs import _Unparsed
+
+    lib = HardwareLibrary()
+    assert lib.ids() == sorted(p.stem for p in HW_DIR.rglob("*.yaml") if "calibrated" not in p.relative_to(HW_DIR).parts)
+    assert all(type(v) is _Unparsed for v in lib.specs._d.values())
+    assert lib.device("dgx-h100").id == "h100-sxm"  # a node and its device
+    parsed = {k for k, v in lib.specs._d.items() if type(v) is not _Unparsed}
+    assert parsed == {"dgx-h100", "h100-sxm"}
+    assert lib.copy().node_for("dgx-h100") is lib.node_for("dgx-h100")  # the same frozen spec
+
+
+def test_index_leaves_unplain_fields_to_the_parser(tmp_path):
+    """A file whose id, kind or references are not plain one-line values is parsed, not indexed."""
+    from costmodel.specs import _unparsed
+
+    gpu = yaml.safe_dump(_good_gpu(), sort_keys=False)
+    assert _unparsed(_write(tmp_path, "plain", gpu)).id == "test-gpu"
+    for name, text in (("quoted", gpu.replace("id: test-gpu", 'id: "test-gpu"')),
+                       ("twice", gpu + "id: other\n"),
+                       ("nulls", gpu.replace("kind: gpu", "kind: gpu\nnvme: null")),
+                       ("flow", gpu.replace("id: test-gpu", "id: {a: 1}")),
+                       ("no-kind", gpu.replace("kind: gpu\n", ""))):
+        assert _unparsed(_write(tmp_path, name, text)) is None, name
+
+
+def test_user_spec_of_another_kind_breaks_a_shipped_nodes_reference(tmp_path, monkeypatch):
+    """check_references reads the shipped nodes' references unparsed: a user's file that takes a
+    shipped device's id with another kind leaves the nodes built on it pointing at a CPU: an error naming one."""
+    cpu = _mutate(_good_cpu(), ["id"], "h100-sxm")
+    monkeypatch.setenv("COSTMODEL_HARDWARE_PATH", str(_write(tmp_path, "h100-sxm", cpu).parent))
+    with pytest.raises(InputError, match="refers to 'h100-sxm', which is not a known gpu/tpu spec") as exc:
+        load_library()
+    assert "hardware/nodes/" in str(exc.value) and "device" in str(exc.value)
+
+
 def test_cli_hardware_list_json_lists_every_required_id(capsys):
     code, out, err = run_cli(["hardware", "list", "--json"], capsys)
     assert code == 0, err

@@ -166,6 +166,12 @@ class GemmResidual:
         if pts is None:
             return 0.0
         x, num, den = pts
+        if type(m) is np.ndarray and m.ndim == 1 and type(n) is np.ndarray and type(k) is np.ndarray \
+                and m.shape == n.shape == k.shape and 0 < len(m) <= RESIDUAL_CHUNK_ELEMENTS // max(1, len(x)):
+            # one vector of shapes, in one chunk (a layer's GEMMs): the same sums with fewer array calls
+            q = np.log2(np.maximum(np.array((m, n, k)), 1.0))  # (3, Q)
+            kern = _gauss_kernel_t(q, x, self.length_octaves)
+            return (kern @ num) / (self.prior + kern @ den)
         mnk = [np.asarray(v, dtype=float) for v in (m, n, k)]
         if not mnk[0].shape == mnk[1].shape == mnk[2].shape:
             mnk = np.broadcast_arrays(*mnk)
@@ -193,6 +199,19 @@ def _gauss_kernel(q: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
     return np.exp(-0.5 * d2 / length**2)
 
 
+def _gauss_kernel_t(qt: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
+    """_gauss_kernel of the rows of ``qt.T`` ((3, Q) columns, as log_factor builds them): the same
+    squared distances, |q|^2 + |x|^2 - 2 q.x, with x's norms and transpose kept per point set."""
+    hit = _SQUARED_NORMS.get(id(x))
+    if hit is None or hit[0] is not x or len(hit) < 3:
+        if len(_SQUARED_NORMS) > 256:
+            _SQUARED_NORMS.clear()
+        hit = _SQUARED_NORMS[id(x)] = (x, np.sum(x * x, axis=1), np.ascontiguousarray(x.T))
+    q2 = qt * qt
+    d2 = np.maximum((q2[0] + q2[1] + q2[2])[:, None] + hit[1] - 2.0 * (qt.T @ hit[2]), 0.0)
+    return np.exp(-0.5 * d2 / length**2)
+
+
 @dataclass(frozen=True)
 class GemmCurve:
     dtypes: Mapping[str, GemmDtype]
@@ -210,17 +229,27 @@ class GemmCurve:
         """GPU time of one GEMM kernel: ``stream`` under sustained load (power-limited), ``burst``
         as the median call of a short burst of isolated calls (throttled only if the burst is long)."""
         d = self.dtypes[dtype]
-        m, n, k, batch = (np.asarray(v, dtype=float) for v in (m, n, k, batch))
+        m, n, k = (np.asarray(v, dtype=float) for v in (m, n, k))
+        one = type(batch) in (int, float) and batch == 1  # a batch of one multiplies nothing (exactly)
         e = DTYPE_BYTES[dtype]
         out_e = 2.0 if dtype in ("fp8", "int8") else e
-        flops = 2.0 * m * n * k * batch
-        nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
+        if one:
+            flops = 2.0 * m * n * k
+            nbytes = e * (m * k + k * n) + out_e * m * n
+        else:
+            batch = np.asarray(batch, dtype=float)
+            flops = 2.0 * m * n * k * batch
+            nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
         x = np.minimum(m, n)
-        a = self.wave_exponent if d.wave_exponent is None else d.wave_exponent
-        util = wave_utilisation(m, n, d.tile, self.units, k) ** a
-        rate = d.flops_per_s * x / (x + self.x_half) * k / (k + self.k_half) * util
-        t = (d.timing.kernel_min_s + pack_s(m, n, k, e, batch, self.pack_bytes_per_s)
-             + smoothmax(flops / rate, nbytes / self.memory_bytes_per_s, self.p))
+        rate = d.flops_per_s * x / (x + self.x_half) * k / (k + self.k_half)
+        if d.tile is not None and self.units:  # (wave_utilisation is 1 otherwise)
+            rate = rate * wave_utilisation(m, n, d.tile, self.units, k) ** (
+                self.wave_exponent if d.wave_exponent is None else d.wave_exponent)
+        t = smoothmax(flops / rate, nbytes / self.memory_bytes_per_s, self.p)
+        if self.pack_bytes_per_s is not None:  # (pack_s is 0 otherwise)
+            t = d.timing.kernel_min_s + pack_s(m, n, k, e, batch, self.pack_bytes_per_s) + t
+        else:
+            t = d.timing.kernel_min_s + t
         load = BURST_CALLS_TO_MEDIAN * t if mode == "burst" else None
         t = power_limited_s(t, flops, d.sustained_flops_per_s, self.p, load, self.throttle_s)
         if self.residual is not None:

@@ -29,6 +29,15 @@ MEMO_MAX_SHAPES = 200_000
 ATTENTION_BACKENDS = ("cudnn", "flash2")
 
 
+def _number(t):
+    """A 0-d result as a float, an array as it is."""
+    if type(t) is float:
+        return t
+    if type(t) is np.ndarray:
+        return float(t) if t.ndim == 0 else t
+    return float(t) if np.ndim(t) == 0 else t
+
+
 # ------------------------------------------------------------------------------------------------
 class DeviceEfficiency:
     """Achieved rates of one device. Immutable. Times are seconds, rates per second.
@@ -99,7 +108,7 @@ class DeviceEfficiency:
     def _gemm_time_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False):
         d = self._dtype(dtype)
         t = self.gemm.dtypes[d].timing.stream(self.gemm.kernel_s(m, n, k, d, batch, mode="burst" if interleaved else "stream"))
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     def gemm_times_s(self, m, n, k, dtype: str, batch=1, interleaved: bool = False) -> np.ndarray:
         """gemm_time_s of many shapes (sequences m, n, k of one length; ``batch`` a scalar) through
@@ -110,20 +119,20 @@ class DeviceEfficiency:
     def gemm_times_list(self, m, n, k, dtype: str, batch=1, interleaved: bool = False) -> list[float]:
         """gemm_times_s as a list of floats (the shapes in the memo looked up without numpy)."""
         memo = self._memo
-        keys = [(mi, ni, ki, dtype, batch, interleaved) for mi, ni, ki in zip(m, n, k)]
-        out = [memo.get(key) for key in keys]
+        tail = (dtype, batch, interleaved)
+        out = [memo.get(shape + tail) for shape in zip(m, n, k)]
         if None not in out:
             return out
         miss: dict = {}
-        for i, (key, v) in enumerate(zip(keys, out)):
+        for i, (shape, v) in enumerate(zip(zip(m, n, k), out)):
             if v is None:  # each distinct missing shape once
-                miss.setdefault(key[:3], []).append(i)
+                miss.setdefault(shape, []).append(i)
         cols = np.array(list(miss), dtype=float).T
         t = np.atleast_1d(self._gemm_time_s(cols[0], cols[1], cols[2], dtype, batch, interleaved)).tolist()
         if len(memo) > MEMO_MAX_SHAPES:
             memo.clear()
         for (shape, idx), ti in zip(miss.items(), t):
-            memo[shape + (dtype, batch, interleaved)] = ti
+            memo[shape + tail] = ti
             for i in idx:
                 out[i] = ti
         return out
@@ -141,14 +150,14 @@ class DeviceEfficiency:
         """Seconds for one isolated GEMM call (synchronise, launch, wait), as SCHEMA.md records time."""
         d = self._dtype(dtype)
         t = self.gemm.dtypes[d].timing.call(self.gemm.kernel_s(m, n, k, d, batch, mode="burst"))
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     def gemm_flops_per_s(self, m, n, k, dtype: str, batch=1):
         """Achieved FLOP/s of one GEMM, its memory-bound regime (small m) included."""
         if type(m) in _SCALAR and type(n) in _SCALAR and type(k) in _SCALAR and type(batch) in _SCALAR:
             return 2.0 * float(m) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)  # as below, one shape
         f = 2.0 * np.asarray(m, dtype=float) * n * k * batch / self.gemm_time_s(m, n, k, dtype, batch)
-        return float(f) if np.ndim(f) == 0 else f
+        return _number(f)
 
     # ---------------------------------------------------------------- memory
     def mem_time_s(self, nbytes, kind: str = "copy"):
@@ -164,23 +173,23 @@ class DeviceEfficiency:
     def _mem_time_s(self, nbytes, kind: str = "copy"):
         c = self.copy if kind == "copy" else self.read
         t = c.timing.stream(c.kernel_s(nbytes))
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     def mem_bytes_per_s(self, nbytes, kind: str = "copy"):
         """Achieved streaming bandwidth for a kernel moving ``nbytes`` (read + write counted)."""
         if type(nbytes) in _SCALAR:
             return float(nbytes) / self.mem_time_s(nbytes, kind)
         r = np.asarray(nbytes, dtype=float) / self.mem_time_s(nbytes, kind)
-        return float(r) if np.ndim(r) == 0 else r
+        return _number(r)
 
     def elementwise_time_s(self, nbytes, op: str = "elementwise_add"):
         c = self.elementwise.get(op) or self.elementwise.get("elementwise_add") or self.copy
         t = c.timing.stream(c.kernel_s(nbytes))
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     def elementwise_bytes_per_s(self, nbytes, op: str = "elementwise_add"):
         r = np.asarray(nbytes, dtype=float) / self.elementwise_time_s(nbytes, op)
-        return float(r) if np.ndim(r) == 0 else r
+        return _number(r)
 
     # ---------------------------------------------------------------- attention
     def attention_time_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
@@ -198,13 +207,13 @@ class DeviceEfficiency:
             raise InputError(f"{self.device} has no attention calibration (run `costmodel calibrate` on a GPU, or give a spec)",
                              field="attention")
         t = c.timing.stream(c.kernel_s(b, h, s, d, causal, backward))
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     def attention_flops_per_s(self, b, h, s, d, causal: bool = True, backward: bool = False):
         """Achieved FLOP/s of flash attention, FLOPs counted as SCHEMA.md does (4bhs^2d, /2 causal,
         x3.5 forward+backward)."""
         f = sdpa_flops(b, h, s, d, causal, backward) / self.attention_time_s(b, h, s, d, causal, backward)
-        return float(f) if np.ndim(f) == 0 else f
+        return _number(f)
 
     # ---------------------------------------------------------------- host link
     def h2d_bytes_per_s(self, pinned: bool = True, nbytes: float | None = None) -> float:
@@ -231,7 +240,7 @@ class DeviceEfficiency:
             return None
         w = world if world in fits else min(fits, key=lambda x: (abs(x - world), -x))
         t = fits[w].time_s(op, nbytes, world)
-        return float(t) if np.ndim(t) == 0 else t
+        return _number(t)
 
     # ---------------------------------------------------------------- records
     def predict_record_s(self, rec: Mapping[str, Any], stream: bool = False) -> float | None:
