@@ -84,6 +84,11 @@ class ProfileSettings(BaseModel):
     # (Megatron-LM: layers / pp each, the LM head on the last stage), "cost" (nanotron: blocks in
     # order until each stage holds 1/pp of the compute cost, the LM head counted as vocab x hidden)
     pipeline_balance: Literal["even", "cost"] = "even"
+    # the loss kernel (training.cross_entropy_s): None, the base framework's own (Megatron-LM's
+    # unfused vocab-parallel cross-entropy, eager PyTorch's log_softmax + nll_loss); "fused", one
+    # kernel each way over the bf16 logits (a torch.compile'd loss, Liger's or TE's fused
+    # cross-entropy)
+    loss_kernel: Optional[Literal["fused"]] = None
 
 
 class FrameworkProfile(BaseModel):

@@ -185,6 +185,11 @@ def te_fp8_bytes_per_token(model: ModelConfig, tp: int, sequence_parallel: bool)
 # Bytes per logit of Megatron-LM's vocab_parallel_cross_entropy, forward and backward (cross_entropy_s).
 MEGATRON_CE_BYTES_FWD = 38.0
 MEGATRON_CE_BYTES_BWD = 14.0
+# ... of a fused loss kernel (a profile's settings.loss_kernel "fused"), counted from what it must
+# move: forward, the bf16 logits read for the row maximum and read again for the sum of
+# exponentials (2 + 2; Inductor's two-pass reduction, an online softmax reads them once);
+# backward, read again and the bf16 gradient softmax - one-hot written (2 + 2).
+FUSED_CE_BYTES = 8.0
 
 
 def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> float:
@@ -198,11 +203,15 @@ def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> f
     multiply by the loss gradient (4 + 4) and autograd's cast of the fp32 gradient back to bf16
     (4 + 2): 14 bytes. Eager PyTorch: two 14-byte passes forward and 1.5 times that backward. A
     composed profile (costmodel.steptime: nanotron) keeps the one 14-byte pass, times 2.5, that its
-    fitted elementwise_scale was fitted with."""
+    fitted elementwise_scale was fitted with. A fused loss kernel (settings.loss_kernel):
+    FUSED_CE_BYTES."""
     logits = tokens * vocab / tp
+    prof = frameworks.resolve(job.profile or job.framework)
+    if prof.settings.loss_kernel == "fused":
+        return memory_op_s(eff, logits * FUSED_CE_BYTES)
     if job.framework == "pytorch":
         return memory_op_s(eff, logits * (2 + 4 + 4 + 4) * 2) * (1.0 + 1.5)
-    if frameworks.resolve(job.profile or job.framework).step_model == "composed":
+    if prof.step_model == "composed":
         return memory_op_s(eff, logits * (2 + 4 + 4 + 4)) * (1.0 + 1.5)
     return memory_op_s(eff, logits * (MEGATRON_CE_BYTES_FWD + MEGATRON_CE_BYTES_BWD))
 
