@@ -16,7 +16,7 @@ micro-batches of forward + backward (gradients accumulated) and one optimizer st
 more micro-batches run under the profiler and their CUDA kernels are summed by kind (GEMM,
 attention, Triton-fused elementwise, other), per micro-batch, into the diagnostics file.
 
-    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480]
+    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480] [--large]
 
 Records: SCHEMA.md ``train`` (devices 1, sharding none, framework ``torchtitan``, ``fused_note``
 saying what ran); OUT.diag.jsonl holds every step time, the kernel breakdown and any error;
@@ -47,6 +47,11 @@ CASES = [
     ("llama-4096h", "llama", 4, 4096, 32, 8, 14336, 128256, 4096, 1, 4),
     ("gpt-6144h", "gpt", 2, 6144, 48, 48, 24576, 50257, 2048, 2, 4),
     ("llama-2048h", "llama", 8, 2048, 16, 16, 8192, 32000, 4096, 2, 4),
+]
+# --large: whole models that need more than 80 GB with bf16 Adam states (an H200)
+LARGE = [
+    ("llama-4096h", "llama", 32, 4096, 32, 8, 14336, 128256, 4096, 1, 4),  # Llama 3 8B
+    ("llama-4096h", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, 1, 2),
 ]
 
 
@@ -209,6 +214,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--budget-s", type=float, default=480.0)
+    ap.add_argument("--large", action="store_true", help="also the whole-model cases of LARGE")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from costmodel.bench.torch_backend import hardware_id_from_name
@@ -230,7 +236,7 @@ def main(argv=None):
                    "cudnn": torch.backends.cudnn.version(), "cuda": torch.version.cuda}, f)
     t0 = time.monotonic()
     with open(a.out, "w") as out, open(stem + ".diag.jsonl", "w") as diag:
-        for case in CASES:
+        for case in CASES + (LARGE if a.large else []):
             if time.monotonic() - t0 > a.budget_s:
                 diag.write(json.dumps({"skipped": list(case), "why": "time budget"}) + "\n")
                 continue
