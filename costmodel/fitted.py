@@ -4,7 +4,8 @@ A constant fitted to measurements describes the hardware, host or framework it w
 not the model, so it lives in data next to what it was fitted on, in the schema of the framework
 profiles (``costmodel.frameworks.ProfileParameter``): ``value``, ``bounds`` (the range a refit keeps
 it in), ``unit``, ``meaning`` and ``source`` (the measurement file or paper it was fitted on, and
-its fit / held-out error). Framework-specific constants sit in ``data/frameworks/<id>.yaml``,
+its fit / held-out error); an entry whose value is not fitted (an allowance, a copy) says why in
+``not_fitted``. Framework-specific constants sit in ``data/frameworks/<id>.yaml``,
 device-wide kernel and collective defaults in ``data/fitted/*.yaml``. The formula modules keep
 their module-level names (``roofline.KERNEL_FLOOR_S = fitted.value(...)``), read once per process.
 """
@@ -41,6 +42,8 @@ def parameters(relpath: str) -> dict[str, dict]:
             raise InputError(f"expected bounds [lo, hi] around the value {v}, got {b!r}", file=path, field=f"{field}.bounds")
         if not str(p["source"]).strip():
             raise InputError("expected where the value was fitted or measured", file=path, field=f"{field}.source")
+        if "not_fitted" in p and not (isinstance(p["not_fitted"], str) and p["not_fitted"].strip()):
+            raise InputError("expected why the value is not fitted, in words", file=path, field=f"{field}.not_fitted")
     return params
 
 

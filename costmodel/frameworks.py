@@ -34,6 +34,10 @@ class ProfileParameter(BaseModel):
     unit: str = ""
     meaning: str
     source: str
+    # set where the value was not fitted to measurements (a value taken from a paper, a copy of another
+    # profile's value that serves as a fit's start, an engineering allowance): why, in a few words.
+    # tools/mutate_constants.py reports such a parameter as "not fitted" instead of testing it.
+    not_fitted: Optional[str] = None
 
     @model_validator(mode="after")
     def _in_bounds(self):

@@ -47,6 +47,23 @@ def test_every_fitted_parameter_has_bounds_meaning_and_source():
     assert n >= 40
 
 
+def test_parameters_marked_not_fitted_are_what_their_mark_says():
+    """``not_fitted:`` takes a parameter out of tools/mutate_constants.py's tested set, so the mark
+    must be true: no entry whose source says a fit produced it carries one, and an entry marked as
+    a copy of another profile's parameter holds that parameter's value (a refit of the original that
+    left the copy behind would make the mark false)."""
+    params = {(Path(f).stem, name): p for f, name, p in _parameters()}
+    marked = {k: p for k, p in params.items() if "not_fitted" in p}
+    assert len(marked) >= 8
+    for (stem, name), p in marked.items():
+        assert isinstance(p["not_fitted"], str) and p["not_fitted"].strip(), (stem, name)
+        assert not re.match(r"\s*fitted\b", str(p["source"]), re.I), (stem, name)
+        copy = re.match(r"a copy of ([\w-]+)\.yaml's (\w+)", p["not_fitted"])
+        if copy:
+            original = params[(copy.group(1), copy.group(2))]
+            assert float(p["value"]) == float(original["value"]), (stem, name, original["value"])
+
+
 def test_every_other_fitted_number_names_its_source():
     """Serving engines: the fitted MoE efficiency and the custom all-reduce table; calibration
     overlays: the record files they were fitted on; scaling laws: their paper."""

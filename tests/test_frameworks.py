@@ -194,6 +194,38 @@ def test_fit_profile_cli_writes_a_profile_that_validate_uses(tmp_path):
     assert len(errs) == len(recs) and max(errs) < 0.05
 
 
+def test_fit_profile_drops_the_not_fitted_mark_of_what_it_fits(tmp_path):
+    """A start profile may mark a value as not fitted (`not_fitted:`: copied or assumed, so
+    tools/mutate_constants.py leaves it out). Once fit-profile has fitted that parameter the mark is
+    false: the written profile names the fit as its source and carries no mark; a parameter the fit
+    cannot move (equal bounds) keeps its mark."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from costmodel.cli.app import app
+
+    start = yaml.safe_load((ROOT / "data" / "frameworks" / "nanotron.yaml").read_text())
+    start["parameters"]["tp_overlap"]["not_fitted"] = "assumed for this test"
+    fixed = start["parameters"]["pp_cross_node_tp_exponent"]
+    fixed.update(bounds=[fixed["value"], fixed["value"]], not_fitted="held at its value for this test")
+    start_file = tmp_path / "start.yaml"
+    start_file.write_text(yaml.safe_dump(start, sort_keys=False))
+    runs = tmp_path / "runs.jsonl"
+    recs = _records(30)
+    prof = frameworks.load_profile_file(start_file)
+    meas = profile_fit.predict(profile_fit.run_set(recs, prof), prof, {"tp_overlap": 0.5})
+    with runs.open("w") as f:
+        for (_, r), m in zip(recs, meas):
+            f.write(json.dumps(dict(r, measured={"step_seconds": float(m)})) + "\n")
+    out = tmp_path / "mine.yaml"
+    res = CliRunner().invoke(app, ["fit-profile", str(runs), "--framework", "nanotron", "--profile", str(start_file),
+                                   "--out", str(out), "--folds", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    written = yaml.safe_load(out.read_text())["parameters"]
+    assert "not_fitted" not in written["tp_overlap"] and "fit-profile" in written["tp_overlap"]["source"]
+    assert written["pp_cross_node_tp_exponent"]["not_fitted"] == "held at its value for this test"
+
+
 def _main(capsys, *args):
     from costmodel.cli.app import main
 

@@ -15,6 +15,12 @@ leaves the parameter's bounds) and runs the tests that read it (``pytest -x``; t
 of DEFAULT_TESTS, ENGINE_TESTS for an engine, test_scaling for a law). It prints one line per
 constant: killed (and by which test) or SURVIVED. A survivor is a constant no test checks.
 
+A number it finds that is not fitted to measurements is listed as "not fitted" with the reason and
+not mutated: a data parameter whose entry says why in ``not_fitted:`` (a value taken from a paper, a
+copy of another profile's value that serves only as a fit's start, an engineering allowance), and
+the module constants of NOT_FITTED (settings of an algorithm: a fit's robust scale, a search grid, a
+smoothing strength).
+
 Left out of every run: tests/test_golden.py and tests/test_validation_page.py, which fail on ANY
 change of a shipped prediction (they pin the numbers to rel 1e-9, not to a measurement): they would
 "kill" every mutation and say nothing about whether a test checks the constant against an
@@ -53,8 +59,18 @@ OVERLAY_KEYS = (
 ALSO = {"KERNEL_FLOOR_S", "CUDA_CONTEXT_BYTES", "FRAGMENTATION_FRACTION", "DECODE_SMALL_KERNELS_PER_LAYER",
         "DEFAULT_GEMM_BW_EFFICIENCY", "DEFAULT_COPY_BW_EFFICIENCY", "DEFAULT_READ_BW_EFFICIENCY",
         "DEFAULT_SCALE_OUT_EFFICIENCY", "TREE_BANDWIDTH_FACTOR", "DEFAULT_PUE"}
-NOT_FITTED = {"RESIDUAL_CHUNK_ELEMENTS", "HOST_FACTOR_STEPS_PER_OCTAVE", "PRIOR_WEIGHT", "STALL_START_S_PER_OP",
-              "STALL_MIN_RUNS"}
+NOT_FITTED = {
+    "RESIDUAL_CHUNK_ELEMENTS": "a memory bound of the residual's distance computation",
+    "HOST_FACTOR_STEPS_PER_OCTAVE": "the host-factor search's grid spacing",
+    "PRIOR_WEIGHT": "a fit's pull towards its start values",
+    "STALL_START_S_PER_OP": "the stall fit's first split of stalled runs",
+    "STALL_MIN_RUNS": "the fewest stalled runs the stall fit takes",
+    "RESIDUAL_EXACT_LENGTH_OCTAVES": "a smoothing length of the GEMM residual where cross-validation keeps no pair",
+    "RESIDUAL_EXACT_PRIOR": "a smoothing strength of the GEMM residual where cross-validation keeps no pair",
+    "LATENCY_MIN_RUNS": "the fewest multi-node runs the step-latency fit takes",
+    "ROBUST_SCALE": "the relative error where a fit's soft-L1 loss turns linear",
+    "STALL_S_PER_MICROBATCH": "the validation page's missed-stall threshold, in no prediction",
+}
 # the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
 DEFAULT_TESTS = [f"tests/test_{n}.py" for n in (
@@ -72,6 +88,7 @@ class Mutation:
     note: str
     mutate: object  # callable: original text -> mutated text
     halve: object = None  # the same at x0.5, tried when the file refuses x2 (a bounded exponent)
+    not_fitted: str | None = None  # why the number is not a fitted constant: listed, not mutated
 
 
 def _number(text: str) -> float | None:
@@ -114,7 +131,8 @@ def framework_mutations() -> list[Mutation]:
                 new, n = pat.subn(lambda m: m.group(1) + _yaml_float(new_value), text, count=1)
                 return new if n else None
             prefix = "fitted." if f.parent.name == "fitted" else ""
-            out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate))
+            out.append(Mutation(f"{prefix}{f.stem}.{name}", str(f.relative_to(ROOT)), note, mutate,
+                                not_fitted=str(p["not_fitted"]) if p.get("not_fitted") else None))
     return out
 
 
@@ -246,7 +264,7 @@ def module_mutations() -> list[Mutation]:
                     comment.append(lines[j])
                     j -= 1
             name, expr = m.group(1), m.group(2)
-            if name in NOT_FITTED or not (name in ALSO or WORDS.search(" ".join(comment))):
+            if not (name in ALSO or WORDS.search(" ".join(comment))):
                 continue
 
             def mutate(text, name=name, expr=expr, factor="2"):
@@ -254,7 +272,8 @@ def module_mutations() -> list[Mutation]:
                                  count=1, flags=re.M)
                 return new if n else None
             out.append(Mutation(f"{f.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}.{name}",
-                                str(f.relative_to(ROOT)), "x2", mutate, functools.partial(mutate, factor="0.5")))
+                                str(f.relative_to(ROOT)), "x2", mutate, functools.partial(mutate, factor="0.5"),
+                                not_fitted=NOT_FITTED.get(name)))
     return out
 
 
@@ -264,15 +283,16 @@ def discover() -> list[Mutation]:
 
 def tests_for(mut: Mutation, default: list[str]) -> list[str]:
     """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
-    (test_scaling), the engines only by the serving model (ENGINE_TESTS), the calibration package's
-    constants (fit start values, fallbacks of an overlay's missing fields) only by `costmodel
-    calibrate` (test_calibration); everything else by the prediction tests."""
+    (test_scaling), the engines only by the serving model (ENGINE_TESTS); the calibration package's
+    constants by the prediction tests and `costmodel calibrate`'s (test_calibration): some are fit
+    start values, but others shape every shipped overlay's curves (the GEMM's split-k threshold, the
+    bandwidth and attention curves' corner DEFAULT_Q); everything else by the prediction tests."""
     if mut.file == "data/scaling_laws.yaml":
         return ["tests/test_scaling.py"]
     if mut.file.startswith("data/engines/"):
         return ENGINE_TESTS
-    if mut.file.startswith("costmodel/calibration/"):  # start values and fallbacks of `costmodel calibrate`
-        return ["tests/test_calibration.py"]
+    if mut.file.startswith("costmodel/calibration/"):
+        return [*default, "tests/test_calibration.py"]
     return default
 
 
@@ -323,16 +343,22 @@ def main(argv=None) -> int:
         wanted = set()
         for line in Path(args.ids).read_text().splitlines():
             words = line.split()
-            if words:
+            if words[:2] == ["not", "fitted"] and len(words) > 2:
+                wanted.add(words[2])
+            elif words:
                 wanted.add(words[1] if words[0] in ("SURVIVED", "killed", "invalid", "timeout") and len(words) > 1
                            else words[0])
         muts = [m for m in muts if m.id in wanted]
+    unfitted = [m for m in muts if m.not_fitted]
     if args.list:
         for m in muts:
-            print(f"{m.id}\t{m.file}\t{m.note}")
-        print(f"{len(muts)} fitted constants", file=sys.stderr)
+            print(f"{m.id}\t{m.file}\t{'not fitted: ' + m.not_fitted if m.not_fitted else m.note}")
+        print(f"{len(muts) - len(unfitted)} fitted constants, {len(unfitted)} not fitted", file=sys.stderr)
         return 0
-    scratch = _scratch()
+    for m in unfitted:
+        print(f"{'not fitted':11s} {m.id} ({m.not_fitted})", flush=True)
+    muts = [m for m in muts if not m.not_fitted]
+    scratch = _scratch() if muts else None
     survivors = 0
     try:
         for m in muts:
@@ -343,8 +369,10 @@ def main(argv=None) -> int:
             survivors += status == "SURVIVED"
             print(f"{status:11s} {m.id} ({m.note}){' by ' + by if by else ''} [{secs:.0f} s]", flush=True)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    print(f"{survivors} of {len(muts)} mutations failed no test", flush=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"{survivors} of {len(muts)} mutations failed no test ({len(unfitted)} constants not fitted, not mutated)",
+          flush=True)
     return 1 if survivors else 0
 
 

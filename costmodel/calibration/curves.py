@@ -81,7 +81,8 @@ TILE_CANDIDATES = (None, (64, 128), (128, 128), (128, 256), (256, 128), (256, 25
 # Shortest k slice a split-k GEMM gives one CTA. An output of fewer tiles than processors is split
 # along k (cuBLAS/CUTLASS split-k, stream-k) only when k is long: measured H100/H200 tf32
 # 128x14336x4096 runs memory-bound (84-104 us, ~2.4-2.8 TB/s, so its 56 tiles of 128 x 256 filled
-# the 132 SMs), while 1024^3 (32 tiles, k = 1024) ran at the speed of its unsplit tiles.
+# the 132 SMs), while 1024^3 (32 tiles, k = 1024) ran at the speed of its unsplit tiles. Set by hand
+# from these two shapes, which bound it to 512 < SPLIT_K_MIN_K <= 2048 (1024^3 unsplit, 4096 split in 2).
 SPLIT_K_MIN_K = 1024
 
 
@@ -136,6 +137,8 @@ RESIDUAL_PRIORS = (0.3, 1.0, 3.0)
 # measured shapes themselves: a length of 0.15 octave leaves 0.1% of it at the nearest neighbour of
 # the harness grid (2048 -> 2560 cubed is 0.56 octave away), and a shrinkage of 0.1 observation
 # keeps ~90% of one full-weight record's miss (a noisy record, of lower weight, is trusted less).
+# Both are settings of `costmodel calibrate`'s residual, chosen by this arithmetic, not fitted; an
+# overlay carries the pair it was built with (gemm.residual).
 RESIDUAL_EXACT_LENGTH_OCTAVES = 0.15
 RESIDUAL_EXACT_PRIOR = 0.1
 RESIDUAL_CHUNK_ELEMENTS = 1 << 20  # query x point distances held at once (8 MiB)

@@ -38,7 +38,9 @@ DEFAULT_MEM_GAP_S = 10e-6
 # k slices; a tile's prologue and epilogue cost a few of them).
 K_HALF_START = 64.0
 DEFAULT_GEMM_X_HALF = 16.0
-# Smooth corners: compute/memory (p) and floor/kernel (q), fitted on the H100 records.
+# Smooth corners: compute/memory (p) and floor/kernel (q), fitted on the H100 records. A fit's
+# GEMM curve fits its own p and q from these; the bandwidth fit keeps q = DEFAULT_Q fixed, and every
+# overlay's bandwidth, elementwise and attention curves take it (overlay.efficiency_from_overlay).
 DEFAULT_P = 3.0
 DEFAULT_Q = 4.0
 # Flash attention (SDPA, bf16) on the H100: causal forward 556-584 TFLOP/s at d=128, s>=4096 and

@@ -63,7 +63,7 @@ def fit_profile_cmd(
     fitted = start.with_values(res.values, fit={"files": [str(f) for f in files], **res.summary()})
     fitted = fitted.model_copy(update={
         "id": profile_id or f"{base.id}-fitted",
-        "parameters": {k: (p.model_copy(update={"source": src}) if k in res.values else p)
+        "parameters": {k: (p.model_copy(update={"source": src, "not_fitted": None}) if k in res.values else p)
                        for k, p in fitted.parameters.items()},
         "cluster_step_latency_s": res.step_latency_s})
     if res.pipeline_stall is not None and fitted.cluster_scaling is not None:  # the network the runs ran on
