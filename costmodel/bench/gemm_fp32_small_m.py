@@ -7,29 +7,16 @@ harness's own grids time fp32 only on square shapes (m >= 256), where it does no
 
     python3 costmodel/bench/gemm_fp32_small_m.py OUT.jsonl
 """
-import random
 import sys
 from pathlib import Path
 
 
 def main(out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from costmodel.bench.records import merge_rounds, write_jsonl
-    from costmodel.bench.torch_backend import TorchBench
+    from costmodel.bench.gemm_small_k import time_gemm_shapes
 
-    bench = TorchBench()
-    shapes = [(m, n, k) for (k, n) in ((4096, 14336), (8192, 28672), (4096, 4096))
-              for m in (1, 4, 8, 16, 32, 64, 128, 256)]
-    raw = []
-    for rnd in range(3):
-        order = list(shapes)
-        random.Random(rnd).shuffle(order)
-        raw += [dict(bench.gemm("gemm_llm", "fp32", m, n, k), round=rnd) for m, n, k in order]
-    merged = merge_rounds(raw)
-    write_jsonl(merged, out)
-    for rec in merged:
-        print(f"{(rec['m'], rec['n'], rec['k'])}: {rec['s'] * 1e6:.1f} us, stream {rec['s_stream'] * 1e6:.1f} us, "
-              f"{rec['tflops']:.2f} TFLOP/s", flush=True)
+    time_gemm_shapes(out, "fp32", [(m, n, k) for (k, n) in ((4096, 14336), (8192, 28672), (4096, 4096))
+                                   for m in (1, 4, 8, 16, 32, 64, 128, 256)])
 
 
 if __name__ == "__main__":

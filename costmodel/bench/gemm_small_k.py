@@ -9,24 +9,30 @@ import sys
 from pathlib import Path
 
 
-def main(out: str) -> None:
+def time_gemm_shapes(out: str, dtype: str, shapes: list[tuple[int, int, int]], rounds: int = 3) -> None:
+    """Time ``shapes`` (m, n, k) of ``dtype`` with the torch harness in ``rounds`` shuffled rounds,
+    write the per-shape medians (records.merge_rounds) to ``out`` and print them."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from costmodel.bench.records import merge_rounds, write_jsonl
     from costmodel.bench.torch_backend import TorchBench
 
     bench = TorchBench()
-    shapes = [(m, n, k) for (k, n) in ((1024, 1024), (1024, 4096), (2048, 6144), (2048, 11008), (2048, 2048), (5504, 2048))
-              for m in (1024, 2048, 4096, 8192, 16384, 32768)]
     raw = []
-    for rnd in range(3):
+    for rnd in range(rounds):
         order = list(shapes)
         random.Random(rnd).shuffle(order)
-        raw += [dict(bench.gemm("gemm_llm", "bf16", m, n, k), round=rnd) for m, n, k in order]
+        raw += [dict(bench.gemm("gemm_llm", dtype, m, n, k), round=rnd) for m, n, k in order]
     merged = merge_rounds(raw)
     write_jsonl(merged, out)
     for rec in merged:
         print(f"{(rec['m'], rec['n'], rec['k'])}: {rec['s'] * 1e6:.1f} us, stream {rec['s_stream'] * 1e6:.1f} us, "
-              f"{rec['tflops']:.0f} TFLOP/s", flush=True)
+              f"{rec['tflops']:.3g} TFLOP/s", flush=True)
+
+
+def main(out: str) -> None:
+    time_gemm_shapes(out, "bf16", [(m, n, k) for (k, n) in ((1024, 1024), (1024, 4096), (2048, 6144), (2048, 11008),
+                                                              (2048, 2048), (5504, 2048))
+                                   for m in (1024, 2048, 4096, 8192, 16384, 32768)])
 
 
 if __name__ == "__main__":
