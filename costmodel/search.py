@@ -106,6 +106,9 @@ class SearchCandidate(BaseModel):
     step_breakdown_s: dict[str, float]
     memory_breakdown_bytes: dict[str, float]
     screen_step_s: float  # the vectorised screen's estimate (same model, fewer terms)
+    # where the cluster stalls cross-node pipeline sends (TrainEstimate.pipeline_stall), for the
+    # candidates re-estimated with estimate_train
+    pipeline_stall: dict | None = None
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -1252,7 +1255,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         peak_bytes=peak, required_bytes=req, capacity_bytes=cap, memory_fraction=req / cap,
         cost_per_million_tokens_usd=(step_s * lay.devices * price / 3600.0 / tokens_per_step * 1e6) if price else None,
         run_days=run_days, run_cost_usd=run_cost, step_breakdown_s=breakdown, memory_breakdown_bytes=membd,
-        screen_step_s=float(s["step_s"][i]))
+        screen_step_s=float(s["step_s"][i]), pipeline_stall=est.pipeline_stall if refine else None)
 
 
 # Refined candidates' estimates, by their inputs (a search repeated, or another objective over the

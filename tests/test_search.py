@@ -506,3 +506,19 @@ def test_screen_mirrors_the_pipeline_stall(tmp_path):
         assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
         stalled += any(n.startswith("pipeline stall risk") and "includes it" in n for n in est.notes)
     assert stalled > 0
+
+
+def test_search_shows_the_pipeline_stall_risk(capsys):
+    """Pipelined layouts over 64 nodes on the nanotron profile's cluster: every top candidate carries
+    the stall chance train gives the same layout (0.908 at 64 nodes, data/frameworks/nanotron.yaml),
+    in the result and under the table."""
+    res = search("llama2-7b", "dgx-h100", 512, global_batch=512, seq_len=4096, top=3, framework="nanotron", pp=[4])
+    assert res.top and all(c.pipeline_stall is not None for c in res.top)
+    for c in res.top:
+        assert c.pipeline_stall["probability"] == pytest.approx(0.1316 + 0.8684 / (1 + (34.14 / 64) ** 3.391))
+        assert c.to_dict()["pipeline_stall"] == c.pipeline_stall
+    with pytest.raises(SystemExit) as e:
+        main(["search", "llama2-7b", "--hardware", "dgx-h100", "--devices", "512", "--global-batch", "512",
+              "--seq-len", "4096", "--top", "3", "--framework", "nanotron", "--pp", "4"])
+    assert e.value.code in (None, 0)
+    assert "pipeline stall risk on this cluster" in capsys.readouterr().out

@@ -214,6 +214,11 @@ def _render(res) -> None:
         for c in res.top[:3]:
             b.add_row(str(c.rank), *(f"{c.step_breakdown_s.get(k, 0.0) / c.step_s:.0%}" for k in parts))
         print_table(b)
+    risky = [c for c in res.top if c.pipeline_stall and c.pipeline_stall["probability"] >= 0.05]
+    if risky:  # the cluster's stall risk (steptime.pipeline_stall): a planner should see it
+        console.print("pipeline stall risk on this cluster (cross-node pipeline sends): " + "; ".join(
+            f"#{c.rank} {c.pipeline_stall['probability']:.0%}, +{fmt_time(c.pipeline_stall['stalled_extra_s'])}"
+            f" ({'included' if c.pipeline_stall['included'] else 'not included'})" for c in risky), highlight=False)
     print_table(_rejected_table(res.rejected, "grid points"))
     if not res.top:
         console.print(styled("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
