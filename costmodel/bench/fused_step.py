@@ -16,7 +16,7 @@ micro-batches of forward + backward (gradients accumulated) and one optimizer st
 more micro-batches run under the profiler and their CUDA kernels are summed by kind (GEMM,
 attention, Triton-fused elementwise, other), per micro-batch, into the diagnostics file.
 
-    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480] [--large]
+    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480] [--large | --large-only]
 
 Records: SCHEMA.md ``train`` (devices 1, sharding none, framework ``torchtitan``, ``fused_note``
 saying what ran); OUT.diag.jsonl holds every step time, the kernel breakdown and any error;
@@ -215,6 +215,7 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--large", action="store_true", help="also the whole-model cases of LARGE")
+    ap.add_argument("--large-only", action="store_true", help="only the whole-model cases of LARGE")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from costmodel.bench.torch_backend import hardware_id_from_name
@@ -236,7 +237,7 @@ def main(argv=None):
                    "cudnn": torch.backends.cudnn.version(), "cuda": torch.version.cuda}, f)
     t0 = time.monotonic()
     with open(a.out, "w") as out, open(stem + ".diag.jsonl", "w") as diag:
-        for case in CASES + (LARGE if a.large else []):
+        for case in ([] if a.large_only else CASES) + (LARGE if a.large or a.large_only else []):
             if time.monotonic() - t0 > a.budget_s:
                 diag.write(json.dumps({"skipped": list(case), "why": "time budget"}) + "\n")
                 continue
