@@ -150,13 +150,8 @@ def without_stall(terms: steptime.StepTerms) -> steptime.StepTerms:
 
 def with_stall(terms: steptime.StepTerms, stall) -> steptime.StepTerms:
     """``terms`` on a cluster of pipeline stall ``stall`` (a specs.PipelineStall, or None: none)."""
-    from . import cluster
-
-    if stall is None:
-        return without_stall(terms)
-    ops = np.asarray(terms.stall_ops_slot, dtype=float)
-    return replace(terms, stall_slot_s=ops * stall.seconds_per_op_s,
-                   stall_p=np.where(ops > 0, cluster.pipeline_stall_probability(stall, terms.nodes), 0.0))
+    slot_s, p = steptime.pipeline_stall_terms(stall, terms.stall_ops_slot, terms.nodes)
+    return replace(terms, stall_slot_s=slot_s, stall_p=p)
 
 
 def _subset(terms: steptime.StepTerms, idx: np.ndarray) -> steptime.StepTerms:

@@ -569,7 +569,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     data-parallel points are in ``used`` (a chunk at a time, or a handful to report)."""
     from . import training as tr
 
-    eff = tr.step_efficiency(spec, calibration, frameworks.resolve(job.profile or job.framework))
+    prof = frameworks.resolve(job.profile or job.framework)
+    eff = tr.step_efficiency(spec, calibration, prof)
     dtype = _dtype_for(job, spec)
 
     # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
@@ -591,7 +592,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
         hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype)
-        return 3 * hf + tr.cross_entropy_s(eff, job, tokens_mb, model.vocab, tp_), hf
+        return 3 * hf + tr.cross_entropy_s(eff, job, tokens_mb, model.vocab, tp_, prof), hf
 
     head_tab = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)
 
@@ -719,7 +720,6 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
 
         off_lib = load_library()
         host_node, _ = _off.node_for_device(spec, node, off_lib)
-    prof = frameworks.resolve(job.profile or job.framework)
     regather = _memo(lambda t_, f_: tr.deepspeed_zero3_regather(model, t_, "full" if f_ else "none"))
     shares = _memo(lambda t_: tr.deepspeed_zero3_modules(model, t_)[0])
     composed_cache: dict = {}
@@ -924,11 +924,11 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
     loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
                         0.0)
-    cross_k = steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node) * v["v"]
-    stall_slot, stall_p = steptime.pipeline_stall_terms(link.scaling, cross_k, N, link.devices_per_node)
+    stall_ops = 2.0 * steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node) * v["v"]
+    nodes = np.ceil(N / link.devices_per_node)
+    stall_slot, stall_p = steptime.pipeline_stall_terms(getattr(link.scaling, "pipeline_stall", None), stall_ops, nodes)
     terms = steptime.StepTerms(
-        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * cross_k,
-        nodes=np.ceil(N / link.devices_per_node), head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes, head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
         loss_stage_apart=apart, loss_p2p_mb_s=loss_p2p, layer_stages=n_layer_stages,
         n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
         gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],

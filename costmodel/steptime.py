@@ -388,11 +388,11 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
                                                                  *block_costs(model))
     logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
     loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
-    cross_ops = place["pp_cross_neighbours"] * par.interleave  # an interleaved schedule crosses v times per slot
-    stall_slot, stall_p = pipeline_stall_terms(link.scaling, cross_ops, par.devices, link.devices_per_node)
+    stall_ops = 2.0 * place["pp_cross_neighbours"] * par.interleave  # an interleaved schedule crosses v times per slot
+    nodes = float(-(-par.devices // link.devices_per_node))
+    stall_slot, stall_p = pipeline_stall_terms(getattr(link.scaling, "pipeline_stall", None), stall_ops, nodes)
     return StepTerms(
-        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=2.0 * cross_ops,
-        nodes=float(-(-par.devices // link.devices_per_node)),
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes,
         head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
         loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
         n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
@@ -406,16 +406,15 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
 
 
-def pipeline_stall_terms(scaling, cross_neighbours, devices, devices_per_node):
-    """(seconds a stalled run adds per pipeline slot, chance of a stall) where the cluster's
-    scaling measured stalls (specs.PipelineStall), else (None, None). Each cross-node neighbour
-    (times the virtual stages of an interleaved schedule) costs the busiest stage a send and a
-    receive per slot (1F1B: the activation one way, its gradient back). Works on arrays."""
-    stall = getattr(scaling, "pipeline_stall", None) if scaling is not None else None
+def pipeline_stall_terms(stall, ops_slot, nodes):
+    """(seconds a stalled run adds per pipeline slot, chance of a stall) on a cluster whose
+    scaling measured stalls (``stall``, a specs.PipelineStall; None: (None, None)): ``ops_slot``
+    cross-node sends and receives of the busiest stage per slot (two per cross-node neighbour,
+    1F1B's activation one way and its gradient back, times the virtual stages of an interleaved
+    schedule), runs over ``nodes`` nodes. Works on arrays."""
     if stall is None:
         return None, None
     from . import cluster
 
-    k = np.asarray(cross_neighbours, dtype=float)
-    nodes = np.ceil(np.asarray(devices, dtype=float) / max(1, int(devices_per_node)))
-    return 2.0 * k * stall.seconds_per_op_s, np.where(k > 0, cluster.pipeline_stall_probability(stall, nodes), 0.0)
+    ops = np.asarray(ops_slot, dtype=float)
+    return ops * stall.seconds_per_op_s, np.where(ops > 0, cluster.pipeline_stall_probability(stall, nodes), 0.0)

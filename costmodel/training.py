@@ -192,7 +192,7 @@ MEGATRON_CE_BYTES_BWD = 14.0
 FUSED_CE_BYTES = 8.0
 
 
-def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> float:
+def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int, prof=None) -> float:
     """Forward + backward time of the loss over ``tokens`` tokens' logits (``vocab / tp`` of them
     per tensor-parallel rank), memory-bound. Megatron-LM's vocab_parallel_cross_entropy
     (megatron/core/tensor_parallel/cross_entropy.py at core_v0.8.0, cross_entropy_loss_fusion off by
@@ -204,9 +204,9 @@ def cross_entropy_s(eff, job: TrainJob, tokens: float, vocab: int, tp: int) -> f
     (4 + 2): 14 bytes. Eager PyTorch: two 14-byte passes forward and 1.5 times that backward. A
     composed profile (costmodel.steptime: nanotron) keeps the one 14-byte pass, times 2.5, that its
     fitted elementwise_scale was fitted with. A fused loss kernel (settings.loss_kernel):
-    FUSED_CE_BYTES."""
+    FUSED_CE_BYTES. ``prof``: the framework profile timing the step (default: the job's)."""
     logits = tokens * vocab / tp
-    prof = frameworks.resolve(job.profile or job.framework)
+    prof = prof if prof is not None else frameworks.resolve(job.profile or job.framework)
     if prof.settings.loss_kernel == "fused":
         return memory_op_s(eff, logits * FUSED_CE_BYTES)
     if job.framework == "pytorch":
@@ -700,7 +700,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                      "(framework pytorch); --framework megatron casts them")
     head_f = _gemm(eff, "lm_head", *head)
     head_b = 2 * head_f
-    loss_t = cross_entropy_s(eff, job, tokens_mb, model.vocab, par.tp)  # forward + backward passes
+    loss_t = cross_entropy_s(eff, job, tokens_mb, model.vocab, par.tp, prof)  # forward + backward passes
     head_f, head_b, loss_t = head_f * kf, head_b * kf, loss_t * kf
     recompute_f = 0.0
     rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
