@@ -63,7 +63,7 @@ class _DefaultEfficiency:
     """Fallback when costmodel.calibration is not importable: fixed fractions of the peaks.
 
     GEMM: 78% of dense peak for large shapes (the public H100 file: 773 of 989 TFLOP/s at 8192^3),
-    ramping with size as x / (x + x_half) in FLOPs; streaming bandwidth 90% of the datasheet
+    less for part-empty waves of tiles and short reductions (gemm_flops_per_s); streaming bandwidth 90% of the datasheet
     (3.0 of 3.35 TB/s measured copies), halved for ~1 MB transfers.
     """
 

@@ -48,7 +48,7 @@ WORDS = re.compile(r"\b(fitted|fit|measured|profiled)\b", re.I)
 # the overlay entries that set predicted times (rates, floors, gaps, the host factor); counts and
 # fit diagnostics (records, cv errors) are left alone
 OVERLAY_KEYS = (
-    "gemm.memory_bytes_per_s", "gemm.kernel_min_s", "gemm.x_half", "gemm.k_half",
+    "gemm.memory_bytes_per_s", "gemm.kernel_min_s", "gemm.k_half",
     "gemm.dtypes.bf16.flops_per_s", "gemm.dtypes.bf16.call_gap_s", "gemm.dtypes.bf16.call_floor_s",
     "gemm.dtypes.fp32.flops_per_s", "memory.copy.bytes_per_s", "memory.read.bytes_per_s",
     "elementwise.elementwise_add.bytes_per_s", "attention.sdpa_fwd.flops_per_s_max",
@@ -70,6 +70,7 @@ NOT_FITTED = {
     "LATENCY_MIN_RUNS": "the fewest multi-node runs the step-latency fit takes",
     "ROBUST_SCALE": "the relative error where a fit's soft-L1 loss turns linear",
     "STALL_S_PER_MICROBATCH": "the validation page's missed-stall threshold, in no prediction",
+    "DEFAULT_Q": "the start of a fit's floor/kernel corner (each overlay fits its own, for all its curves) and the corner of the datasheet defaults",
 }
 # the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).
@@ -285,8 +286,8 @@ def tests_for(mut: Mutation, default: list[str]) -> list[str]:
     """The test files a mutation runs: the scaling laws are read only by `costmodel scale`
     (test_scaling), the engines only by the serving model (ENGINE_TESTS); the calibration package's
     constants by the prediction tests and `costmodel calibrate`'s (test_calibration): some are fit
-    start values, but others shape every shipped overlay's curves (the GEMM's split-k threshold, the
-    bandwidth and attention curves' corner DEFAULT_Q); everything else by the prediction tests."""
+    start values, but others shape every shipped overlay's curves (the GEMM's split-k threshold);
+    everything else by the prediction tests."""
     if mut.file == "data/scaling_laws.yaml":
         return ["tests/test_scaling.py"]
     if mut.file.startswith("data/engines/"):

@@ -1,8 +1,9 @@
 """LLM-shaped fp32 GEMMs (true fp32, no TF32) with few rows (m = 1..256), timed the torch harness's way
 (``TorchBench.gemm``: rotated inputs, isolated calls and back-to-back), in 3 shuffled rounds, median
 kept. fp32 runs at ~1/15 of the bf16 rate, so its compute/memory ridge lies at ~18 FLOP/byte and a
-GEMM of m = 8..64 rows is neither purely memory- nor compute-bound: the shapes where the GEMM curve's
-small-tile half-point ``x_half`` (rate x min(m, n) / (min(m, n) + x_half)) sets the time. The
+GEMM of m = 8..64 rows is neither purely memory- nor compute-bound: the shapes where a small-tile
+half-point ``x_half`` (rate x min(m, n) / (min(m, n) + x_half)) would set the time (they did not pin
+one; the fits no longer carry it) and where an output of few tiles is split along k. The
 harness's own grids time fp32 only on square shapes (m >= 256), where it does not.
 
     python3 costmodel/bench/gemm_fp32_small_m.py OUT.jsonl

@@ -14,8 +14,11 @@ The kernel time model (one form for GEMMs, memory-bound kernels and attention)::
     t_call   = t_gap + t_stream                       # one isolated call (SCHEMA.md's ``s``)
 
 with ``smoothmax_p(a, b) = (a^p + b^p)^(1/p)``; W is the work in FLOPs, B the fewest bytes
-moved. For GEMMs ``P = P_dtype * x / (x + x_half)`` with x = min(m, n): the saturating
-efficiency of small tiles (a decode GEMM with m = 1 uses a sliver of each tile). For attention
+moved. For GEMMs ``P = P_dtype * k / (k + k_half) * u^a``: a short reduction's pipeline fill, and
+the wave utilisation u of the output tiles on the device's processors (a small output fills few of
+them; a small m is memory-bound first). The fits of the shipped GPU and host curves found no
+further small-output saturation x / (x + x_half) (x = min(m, n)) that the records pin, so fits
+write none; an overlay may still carry ``x_half``. For attention
 ``W`` counts the causal diagonal blocks (the kernel computes whole ``block`` x ``block`` tiles on
 the diagonal) and ``P = P_max * d / (d + d_half)`` (small heads keep the tensor cores less busy);
 non-causal kernels run ``noncausal_factor`` times faster per FLOP (no masking). Memory-bound

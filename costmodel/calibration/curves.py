@@ -9,7 +9,7 @@ import numpy as np
 
 from ..bench.records import DTYPE_BYTES, busbw_factor
 from .defaults import (
-    DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_P,
+    DEFAULT_GEMM_FLOOR_S, DEFAULT_GEMM_GAP_S, DEFAULT_KERNEL_MIN_S, DEFAULT_P,
     DEFAULT_Q,
 )
 
@@ -81,8 +81,10 @@ TILE_CANDIDATES = (None, (64, 128), (128, 128), (128, 256), (256, 128), (256, 25
 # Shortest k slice a split-k GEMM gives one CTA. An output of fewer tiles than processors is split
 # along k (cuBLAS/CUTLASS split-k, stream-k) only when k is long: measured H100/H200 tf32
 # 128x14336x4096 runs memory-bound (84-104 us, ~2.4-2.8 TB/s, so its 56 tiles of 128 x 256 filled
-# the 132 SMs), while 1024^3 (32 tiles, k = 1024) ran at the speed of its unsplit tiles. Set by hand
-# from these two shapes, which bound it to 512 < SPLIT_K_MIN_K <= 2048 (1024^3 unsplit, 4096 split in 2).
+# the 132 SMs), while 1024^3 (32 tiles, k = 1024) ran at the speed of its unsplit tiles; fp32
+# 32..128 x 4096 x 4096 (1-32 tiles, run 2026-12-07c) ran at the speed of a four-way split (a two-way
+# one predicts them 13-29% slow). Set by hand from these shapes, which bound it to
+# 512 < SPLIT_K_MIN_K <= 1024 (1024^3 unsplit, k = 4096 split in 4).
 SPLIT_K_MIN_K = 1024
 
 
@@ -219,7 +221,7 @@ def _gauss_kernel_t(qt: np.ndarray, x: np.ndarray, length: float) -> np.ndarray:
 class GemmCurve:
     dtypes: Mapping[str, GemmDtype]
     memory_bytes_per_s: float
-    x_half: float = DEFAULT_GEMM_X_HALF
+    x_half: float = 0.0  # a small-output saturation x / (x + x_half); fits no longer write one
     p: float = DEFAULT_P
     units: float | None = None  # streaming multiprocessors (GPU) for wave quantisation
     throttle_s: float = DEFAULT_THROTTLE_S  # load time after which the power controller lowers the clock

@@ -33,14 +33,14 @@ DEFAULT_GEMM_FLOOR_S = 18e-6
 DEFAULT_GEMM_GAP_S = 20e-6
 DEFAULT_KERNEL_MIN_S = 3e-6
 DEFAULT_MEM_GAP_S = 10e-6
-# GEMM small-tile saturation: x_half = 16 rows (fit to the H100 LLM-shaped GEMMs).
 # Starting value of the fitted k-pipeline ramp k / (k + k_half) (CUTLASS Hopper mainloops stage 64-wide
 # k slices; a tile's prologue and epilogue cost a few of them).
 K_HALF_START = 64.0
-DEFAULT_GEMM_X_HALF = 16.0
-# Smooth corners: compute/memory (p) and floor/kernel (q), fitted on the H100 records. A fit's
-# GEMM curve fits its own p and q from these; the bandwidth fit keeps q = DEFAULT_Q fixed, and every
-# overlay's bandwidth, elementwise and attention curves take it (overlay.efficiency_from_overlay).
+# Smooth corners: compute/memory (p, fitted on the H100 records) and floor/kernel (q). A fit's GEMM
+# curve fits its own p and q from these starts, and its bandwidth, elementwise and attention curves
+# take the GEMM's q (fit.fit_overlay: one corner per device, pinned by the many GEMM shapes; the
+# shipped fits find 13.1 on the H100, 5.8 on the H200, 5.7 on the H100's host CPU). DEFAULT_Q is
+# the start of that fit and the corner of the datasheet defaults' curves, not fitted itself.
 DEFAULT_P = 3.0
 DEFAULT_Q = 4.0
 # Flash attention (SDPA, bf16) on the H100: causal forward 556-584 TFLOP/s at d=128, s>=4096 and

@@ -236,7 +236,6 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw, init=None, pack: 
     bw0 = mem_bw or float(np.max(nbytes / t))
     i_bw = P.add("bw", bw0)
     i_k0 = P.add("k0", max(float(np.min(t)) * 0.1, 1e-7))
-    i_xh = P.add("x_half", 8.0)
     i_kh = P.add("k_half", K_HALF_START)
     # One utilisation exponent per tiled dtype: how much faster the tiles of a part-empty last wave
     # run differs between kernel families (SIMT fp32 is compute-bound, tensor-core tiles share HBM/L2).
@@ -250,9 +249,8 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw, init=None, pack: 
         Pd = np.array([v[ip[d][0]] for d in dtypes])[di]
         gap = np.array([v[ip[d][1]] for d in dtypes])[di]
         floor = np.array([v[ip[d][2]] for d in dtypes])[di]
-        x = np.minimum(m, n)
         wa = np.array([v[i_wa[d]] if d in i_wa else 1.0 for d in dtypes])[di]
-        rate = Pd * x / (x + v[i_xh]) * k / (k + v[i_kh]) * util ** wa
+        rate = Pd * k / (k + v[i_kh]) * util ** wa
         pp = 1 + v[i_p]
         tk = v[i_k0] + smoothmax(flops / rate, nbytes / v[i_bw], pp)
         if pack:
@@ -275,7 +273,6 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw, init=None, pack: 
     res = {"_cost": cost, "_x": fit,
         "memory_bytes_per_s": fit["bw"],
         "kernel_min_s": fit["k0"],
-        "x_half": fit["x_half"],
         "k_half": fit["k_half"],
         "p": 1 + fit["p_minus_1"],
         "q": 1 + fit["q_minus_1"],
@@ -303,7 +300,10 @@ def _fit_gemm_tiles(rows, dtypes, tiles, units, peaks, mem_bw, init=None, pack: 
     return res
 
 
-def fit_bandwidth(records, op: str) -> dict | None:
+def fit_bandwidth(records, op: str, q: float = DEFAULT_Q) -> dict | None:
+    """A streaming kernel's curve: floor, kernel and call gap around ``bytes / rate``, its
+    floor/kernel corner ``q`` given (a GEMM fit's: the same corner, pinned there by many shapes,
+    where a bandwidth op has a few sizes)."""
     rows = []
     for r in records:
         if r.get("op") != op or not r.get("bytes"):
@@ -326,7 +326,6 @@ def fit_bandwidth(records, op: str) -> dict | None:
     i_k0 = P.add("k0", max(tmin * 0.2, 1e-7))
     i_gap = P.add("gap", max(tmin * 0.5, 1e-7))
     i_fl = P.add("floor", max(tmin * 0.6, 1e-7))
-    q = DEFAULT_Q
 
     def model(v):
         ts = smoothmax(v[i_fl], v[i_k0] + B / v[i_bw], q)
@@ -334,10 +333,10 @@ def fit_bandwidth(records, op: str) -> dict | None:
 
     f = _fit(P, model, t)
     return {"bytes_per_s": f["bw"], "kernel_min_s": f["k0"], "call_gap_s": f["gap"],
-            "stream_floor_s": f["floor"], "records": len({r[0] for r in rows})}
+            "stream_floor_s": f["floor"], "q": q, "records": len({r[0] for r in rows})}
 
 
-def fit_attention(records, op: str, mem_bw: float, peak: float | None = None) -> dict | None:
+def fit_attention(records, op: str, mem_bw: float, peak: float | None = None, q: float = DEFAULT_Q) -> dict | None:
     rows = []
     for r in records:
         if r.get("op") != op:
@@ -370,14 +369,14 @@ def fit_attention(records, op: str, mem_bw: float, peak: float | None = None) ->
 
     def model(v):
         c = AttentionCurve(v[i_P], v[i_dh], v[i_blk], v[i_nc] if has_nc else 1.0, mem_bw,
-                           Timing(v[i_k0], v[i_gap], v[i_fl], DEFAULT_Q))
+                           Timing(v[i_k0], v[i_gap], v[i_fl], q))
         tk = c.kernel_s(b, h, s, d, causal, bwd)
         return np.where(st, c.timing.stream(tk), c.timing.call(tk))
 
     f = _fit(P, model, t)
     out = {"flops_per_s_max": f["P"], "head_dim_half": f["dh"], "causal_block": f["blk"],
            "noncausal_factor": f["nc"] if has_nc else 1.0, "kernel_min_s": f["k0"], "call_gap_s": f["gap"],
-           "stream_floor_s": f["floor"], "records": len({r[:5] for r in rows})}
+           "stream_floor_s": f["floor"], "q": q, "records": len({r[:5] for r in rows})}
     if peak:
         out["efficiency_max"] = f["P"] / peak
     return out
@@ -436,23 +435,25 @@ def fit_overlay(records: list[dict], *, device: str | None = None, spec=None, me
                           "created": _dt.date.today().isoformat()}
     if meta:
         ov["measured"] = dict(meta)
-    copy = fit_bandwidth(records, "mem_copy")
-    read = fit_bandwidth(records, "mem_read")
+    gemm = fit_gemm(records, peaks)
+    # one floor/kernel corner per device: the GEMM fit's, where there is one
+    q = gemm["q"] if gemm else DEFAULT_Q
+    copy = fit_bandwidth(records, "mem_copy", q)
+    read = fit_bandwidth(records, "mem_read", q)
     mem = {}
     if copy:
         mem["copy"] = copy
     if read:
         mem["read"] = read
-    gemm = fit_gemm(records, peaks)
     if gemm:
         ov["gemm"] = gemm
     if mem:
         ov["memory"] = mem
-    elem = {op: f for op in ELEMENTWISE_OPS if (f := fit_bandwidth(records, op))}
+    elem = {op: f for op in ELEMENTWISE_OPS if (f := fit_bandwidth(records, op, q))}
     if elem:
         ov["elementwise"] = elem
     mem_bw = (copy or {}).get("bytes_per_s") or (gemm or {}).get("memory_bytes_per_s") or 1e12
-    att = {op: f for op in ATTENTION_OPS if (f := fit_attention(records, op, mem_bw, peaks.get("bf16")))}
+    att = {op: f for op in ATTENTION_OPS if (f := fit_attention(records, op, mem_bw, peaks.get("bf16"), q))}
     if att:
         ov["attention"] = att
     host = {op: f for op in HOST_OPS if (f := fit_link(records, op))}

@@ -16,7 +16,7 @@ from .curves import (
     GemmResidual, LinkFit, Timing,
 )
 from .defaults import (
-    DEFAULT_GEMM_X_HALF, DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S,
+    DEFAULT_KERNEL_MIN_S, DEFAULT_LAUNCH_OVERHEAD_S, DEFAULT_MEM_GAP_S,
     DEFAULT_P, DEFAULT_Q, FORMAT,
 )
 from .efficiency import ATTENTION_BACKENDS, DeviceEfficiency, default_efficiency
@@ -65,7 +65,7 @@ class _Reader:
         return Timing(self.num(d, "kernel_min_s", field, base.kernel_min_s, positive=False),
                       self.num(d, "call_gap_s", field, base.gap_s, positive=False),
                       self.num(d, "stream_floor_s", field, base.floor_s, positive=False),
-                      q if q is not None else base.q,
+                      q if q is not None else self.num(d, "q", field, base.q),
                       self.num(d, "call_floor_s", field, positive=False) if d.get("call_floor_s") is not None else None)
 
 
@@ -94,7 +94,7 @@ def _read_gemm(rd: "_Reader", g: Mapping[str, Any], base_dtypes: Mapping[str, Ge
                             rd.num(d, "wave_exponent", fld, positive=False) if d.get("wave_exponent") is not None else None)
     units = rd.num(g, "units", "gemm") if g.get("units") is not None else None
     residual = _read_residual(rd, g["residual"]) if g.get("residual") is not None else None
-    return GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", DEFAULT_GEMM_X_HALF, positive=False), p,
+    return GemmCurve(out, rd.num(g, "memory_bytes_per_s", "gemm"), rd.num(g, "x_half", "gemm", 0.0, positive=False), p,
                      units, rd.num(g, "throttle_s", "gemm", DEFAULT_THROTTLE_S), rd.num(g, "k_half", "gemm", 0.0, positive=False),
                      rd.num(g, "wave_exponent", "gemm", 1.0, positive=False),
                      rd.num(g, "pack_bytes_per_s", "gemm") if g.get("pack_bytes_per_s") is not None else None, residual)

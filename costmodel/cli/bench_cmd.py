@@ -359,7 +359,7 @@ def _overlay_table(ov: dict):
         for dt, d in g["dtypes"].items():
             eff = f"{d['efficiency']:.0%} of peak" if "efficiency" in d else ""
             t.add_row(f"GEMM {dt}", fmt_si(d["flops_per_s"], "FLOP/s"), f"{eff} floor {fmt_time(d['stream_floor_s'])}".strip())
-        t.add_row("GEMM memory-bound", fmt_si(g["memory_bytes_per_s"], "B/s"), f"x_half {g['x_half']:.3g}")
+        t.add_row("GEMM memory-bound", fmt_si(g["memory_bytes_per_s"], "B/s"), f"x_half {g['x_half']:.3g}" if g.get("x_half") else "")
         if g.get("pack_bytes_per_s"):
             t.add_row("GEMM operand packing", fmt_si(g["pack_bytes_per_s"], "B/s"), "CPU BLAS, before each call's compute")
         res = g.get("residual")
