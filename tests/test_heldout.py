@@ -51,7 +51,10 @@ def test_moe_host_factors_are_the_profiled_op_ratios():
 # hardware/calibrated/h100-sxm.yaml was fitted on run 23e, h200-sxm.yaml on run 23f), and the mean
 # absolute error of each kernel kind over them with the shipped overlays (measured: H100 gemm 7.9%,
 # gemm_llm 7.9%, mem_read 12.6%, sdpa_fwd 5.1%, sdpa_fwd_bwd 4.3%, pinned copies 2.5-2.7%; H200
-# 4.8%, 3.8%, 10.8%, 5.3%, 3.8%, 0.3-0.6%). The bars leave a few points for the runs' own spread
+# 7.0%, 5.9%, 11.9%, 6.5%, 4.3%, 0.3-0.6%: until 2026-12-07 the H200 overlay had been fitted on run
+# 23y too, and scored 4.8%, 3.8%, 10.8%, 5.3%, 3.8% here). The bars leave a few points for the runs' own spread,
+# except the H200 GEMM bars, half a point above: run 23f pins the H200 GEMM curve's kernel_min_s
+# (0.92 us) only weakly, and twice it moves these means by 0.8-0.9 points (to 7.9% and 6.7%)
 # (the same H100 GEMM grid differs by up to 15% between days); doubling a fitted rate, floor or
 # call gap of the overlay moves its kind past them.
 _KERNEL_RUNS = {
@@ -68,7 +71,7 @@ _KERNEL_RUNS = {
 _KERNEL_BARS = {
     "h100-sxm": {"gemm": 0.10, "gemm_llm": 0.10, "mem_read": 0.16, "sdpa_fwd": 0.07, "sdpa_fwd_bwd": 0.06,
                  "h2d_pinned": 0.04, "d2h_pinned": 0.04},
-    "h200-sxm": {"gemm": 0.07, "gemm_llm": 0.06, "mem_read": 0.14, "sdpa_fwd": 0.07, "sdpa_fwd_bwd": 0.06,
+    "h200-sxm": {"gemm": 0.075, "gemm_llm": 0.064, "mem_read": 0.14, "sdpa_fwd": 0.085, "sdpa_fwd_bwd": 0.06,
                  "h2d_pinned": 0.02, "d2h_pinned": 0.02},
 }
 
