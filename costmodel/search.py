@@ -106,6 +106,9 @@ class SearchCandidate(BaseModel):
     step_breakdown_s: dict[str, float]
     memory_breakdown_bytes: dict[str, float]
     screen_step_s: float  # the vectorised screen's estimate (same model, fewer terms)
+    # the mean step time over runs of this layout, with the cluster's stall risk weighed in
+    # (TrainEstimate.expected_step_s; step_s where there is none): what the objective ranks by
+    expected_step_s: float | None = None
     # where the cluster stalls cross-node pipeline sends (TrainEstimate.pipeline_stall), for the
     # candidates re-estimated with estimate_train
     pipeline_stall: dict | None = None
@@ -462,6 +465,7 @@ class _Screened:
                 on_chunk(b // 2)
         self.fits = self.required <= capacity_bytes
         self.step_s = np.full(n, np.inf)
+        self.expected_s = np.full(n, np.inf)  # with the cluster's stall risk weighed in: what candidates are ranked by
         self.times = _time_model(model, spec, node, job, ax, used, calibration, used_layers)
         keep = np.flatnonzero(self.fits)
         kept_idx = np.concatenate(kept_idx, axis=1) if small and kept_idx else None
@@ -473,7 +477,9 @@ class _Screened:
                 c = _Flat(idx, {k: getattr(ax, k)[idx[k]] for k in ax.names})
             else:
                 c = _flat_of(ax, shape, flat[sel])
-            self.step_s[sel] = self.times(c)["step_s"]
+            got = self.times(c)
+            self.step_s[sel] = got["step_s"]
+            self.expected_s[sel] = got["expected_s"]
             if on_chunk is not None:
                 on_chunk(n // 2 + (a + len(sel)) * (n - n // 2) // max(len(keep), 1))
         if on_chunk is not None:
@@ -506,7 +512,7 @@ class _Screened:
         return _with_times(out, c, self.fits[np.asarray(rows, dtype=np.int64)], self.times)
 
 
-_TIME_KEYS = ("step_s", "compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s", "dp_comm_exposed_s",
+_TIME_KEYS = ("step_s", "expected_s", "compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s", "dp_comm_exposed_s",
               "fsdp_comm_exposed_s", "pp_comm_s", "bubble_s", "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")
 
 
@@ -849,7 +855,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
                 head_and_loss=head_and_loss, t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
                 other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
                 cp_comm=cp_comm, offload_t=offload_t))
-        return dict(step_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
+        return dict(step_s=total, expected_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
                     host_overhead_s=host_exposed, tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed,
                     fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm, bubble_s=bubble, optimizer_s=optimizer_t,
                     ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
@@ -942,7 +948,8 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
     k = steptime.compose(terms, {n: p.value for n, p in prof.parameters.items()}, prof.cluster_step_latency_s,
                          cuda_graphs=prof.settings.cuda_graphs)
-    return dict(step_s=k.total_s, compute_s=k.compute_s, attention_s=k.attention_s, elementwise_s=k.elementwise_s,
+    return dict(step_s=k.total_s, expected_s=steptime.expected_step_s(k.total_s, k.stall_s, k.stall_risk_s, k.stall_p),
+                compute_s=k.compute_s, attention_s=k.attention_s, elementwise_s=k.elementwise_s,
                 host_overhead_s=k.host_overhead_s, tp_comm_s=k.tp_comm_s, dp_comm_exposed_s=k.dp_comm_exposed_s,
                 fsdp_comm_exposed_s=a["fsdp_exposed"], pp_comm_s=k.pp_comm_s, bubble_s=k.bubble_s,
                 optimizer_s=k.optimizer_s, ep_comm_s=a["ep_comm"], cp_comm_s=a["cp_comm"], offload_s=a["offload_t"])
@@ -1134,8 +1141,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         rejected["memory"] = rejected.get("memory", 0) + len(flat) - nfit
         peak_flops = spec.peak(_dtype_for(job, spec))
         n_dev = s.devices
-        mfu = tflops / s.step_s / (n_dev * peak_flops)
-        obj = _objective_values(objective, s.step_s, n_dev, price, tokens_per_step, mfu)
+        # ranked by the expected step time (the stall risk weighed in; the step time elsewhere)
+        obj = _objective_values(objective, s.expected_s, n_dev, price, tokens_per_step,
+                                tflops / s.expected_s / (n_dev * peak_flops))
         cost_tok = (s.step_s * n_dev * price / 3600.0 / tokens_per_step) if price else None
         per_hw.append((hw, spec, node, price, None, s, fits, obj, cost_tok))
 
@@ -1161,9 +1169,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     for _, h, i in cand_rows:
         refined.append(_candidate(m, per_hw[h], i, job, tokens, steps, calibration, refine))
     refined = [r for r in refined if r is not None and r.memory_fraction <= max_memory_fraction]
-    refined.sort(key=lambda r: _objective_values(objective, r.step_s, r.layout.devices,
+    refined.sort(key=lambda r: _objective_values(objective, r.expected_step_s, r.layout.devices,
                                                  _price_of(per_hw, r.layout.hardware),
-                                                 float(global_batch * seq_len), r.mfu))
+                                                 float(global_batch * seq_len), r.mfu * r.step_s / r.expected_step_s))
     top_list = refined[:top]
     for n, r in enumerate(top_list, 1):
         r.rank = n
@@ -1227,14 +1235,14 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
     tokens_per_step = float(job.global_batch * job.seq_len)
     if refine:
         est, (breakdown, membd) = _estimate(m, spec, j, par, node, calibration)
-        step_s = est.step.total_s
+        step_s, expected_s = est.step.total_s, est.expected_step_s
         breakdown, membd = dict(breakdown), dict(membd)
         mem = est.memory
         peak, req = mem.peak_bytes, est.required_bytes
         mfu, tflops = est.mfu, est.tflops_per_device
         hfu, hw_tflops = est.hfu, est.hardware_flops_per_step / step_s / lay.devices / 1e12
     else:
-        step_s = float(s["step_s"][i])
+        step_s, expected_s = float(s["step_s"][i]), float(s["expected_s"][i])
         breakdown = {k: float(s[k][i]) for k in ("compute_s", "attention_s", "elementwise_s", "host_overhead_s", "tp_comm_s",
                                                  "dp_comm_exposed_s", "fsdp_comm_exposed_s", "pp_comm_s", "bubble_s",
                                                  "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")}
@@ -1255,7 +1263,8 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         peak_bytes=peak, required_bytes=req, capacity_bytes=cap, memory_fraction=req / cap,
         cost_per_million_tokens_usd=(step_s * lay.devices * price / 3600.0 / tokens_per_step * 1e6) if price else None,
         run_days=run_days, run_cost_usd=run_cost, step_breakdown_s=breakdown, memory_breakdown_bytes=membd,
-        screen_step_s=float(s["step_s"][i]), pipeline_stall=est.pipeline_stall if refine else None)
+        screen_step_s=float(s["step_s"][i]), pipeline_stall=est.pipeline_stall if refine else None,
+        expected_step_s=expected_s)
 
 
 # Refined candidates' estimates, by their inputs (a search repeated, or another objective over the

@@ -137,6 +137,14 @@ def pipeline_stall(total_s, slots, stall_slot_s, p):
     return np.where((risk > 0) & (p * a > (1.0 - p) * (a + risk)), risk, 0.0), risk
 
 
+def expected_step_s(total_s, stall_s, stall_risk_s, stall_p):
+    """The mean step time over runs of a layout that stalls with chance ``stall_p`` (what a planner
+    weighs layouts by; pipeline_stall's point estimate reports one outcome): the unstalled time plus
+    p times the stall, ``total_s - stall_s + stall_p * stall_risk_s``."""
+    return (np.asarray(total_s, dtype=float) - np.asarray(stall_s, dtype=float)
+            + np.asarray(stall_p, dtype=float) * np.asarray(stall_risk_s, dtype=float))
+
+
 def compose(t: StepTerms, p: dict[str, float], step_latency_s=None, cuda_graphs: bool = False) -> ComposedStep:
     """Step time from the terms and a composed profile's parameter values ``p`` (module docstring).
     ``step_latency_s`` replaces the cluster's cross-node step latency (a fit moves it);

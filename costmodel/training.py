@@ -103,6 +103,17 @@ class TrainEstimate:
     # seconds a stalled run adds, and whether the step time includes them
     pipeline_stall: dict | None = None
 
+    @property
+    def expected_step_s(self) -> float:
+        """The mean step time over runs of this layout: the step time where the cluster has no stall
+        risk, else the unstalled time plus the stall's chance times its seconds
+        (steptime.expected_step_s): what layouts are ranked by."""
+        st = self.pipeline_stall
+        if not st:
+            return self.step.total_s
+        return float(steptime.expected_step_s(self.step.total_s, st["stalled_extra_s"] if st["included"] else 0.0,
+                                              st["stalled_extra_s"], st["probability"]))
+
     def to_dict(self) -> dict:
         terms, self.terms = self.terms, None
         try:
@@ -111,6 +122,7 @@ class TrainEstimate:
             self.terms = terms
         d.pop("terms", None)
         d["memory"] = self.memory.to_dict()
+        d["expected_step_s"] = self.expected_step_s
         return d
 
 

@@ -42,6 +42,9 @@ class Case(BaseModel):
     predicted: float | bool
     rel_error: float
     group: str | None = None  # train / published records: the ranking group, group_key(rec)
+    # step_seconds of train / published records: the expected step time the layouts are ranked by
+    # (TrainEstimate.expected_step_s; None: the prediction); not written out
+    rank_s: float | None = Field(default=None, exclude=True)
 
 
 class MetricSummary(BaseModel):
@@ -191,8 +194,10 @@ def spearman(predicted, measured) -> float | None:
 def ranking(cases: list[Case]) -> dict[str, RankingGroup]:
     """Per group (``Case.group``), how well the predicted ``step_seconds`` order its layouts: ``n``,
     ``spearman`` and ``regret`` (the measured time of the layout predicted fastest, the first in
-    case order among equal predictions, over the group's best measured time, minus 1). Groups of
-    fewer than 2 cases are left out; keys are sorted by model, then device count."""
+    case order among equal predictions, over the group's best measured time, minus 1). Layouts are
+    ordered by their expected step time (``Case.rank_s``: with a cluster's stall risk weighed in, as
+    ``search`` ranks them), else by the prediction. Groups of fewer than 2 cases are left out; keys
+    are sorted by model, then device count."""
     groups: dict[str, list[tuple[float, float]]] = {}
     for c in cases:
         if c.group is None or c.metric != "step_seconds" or c.kind not in ("train", "published"):
@@ -201,7 +206,7 @@ def ranking(cases: list[Case]) -> dict[str, RankingGroup]:
             continue
         if not (math.isfinite(c.measured) and math.isfinite(c.predicted)):
             continue
-        groups.setdefault(c.group, []).append((float(c.predicted), float(c.measured)))
+        groups.setdefault(c.group, []).append((float(c.predicted if c.rank_s is None else c.rank_s), float(c.measured)))
     out: dict[str, RankingGroup] = {}
     for key in sorted(groups, key=_group_sort_key):
         pairs = groups[key]
@@ -317,7 +322,7 @@ def _train_cases(rec: dict, lib: HardwareLibrary, where: str, published: bool, c
     for metric, p in preds.items():
         if metric in meas and isinstance(meas[metric], (int, float)):
             out.append(Case(name=name, kind=kind, metric=metric, measured=float(meas[metric]), predicted=p, rel_error=_rel(p, meas[metric]),
-                            group=group))
+                            group=group, rank_s=est.expected_step_s if metric == "step_seconds" else None))
     return out
 
 

@@ -631,6 +631,42 @@ def test_pipeline_stall_reports_the_outcome_of_smaller_expected_relative_error()
         assert (float(added) > 0) == (miss_b < miss_a)
 
 
+def test_expected_step_time_weighs_the_stall_by_its_chance():
+    """The mean over runs: a 10 s unstalled step that a stall makes 20 s, with chance 0.3 (left out
+    of the point estimate): 10 + 0.3 x 10 = 13 s; with chance 0.9 (reported: 20 s): 20 - 10 + 9 = 19 s."""
+    assert float(steptime.expected_step_s(10.0, 0.0, 10.0, 0.3)) == pytest.approx(13.0)
+    assert float(steptime.expected_step_s(20.0, 10.0, 10.0, 0.9)) == pytest.approx(19.0)
+    assert float(steptime.expected_step_s(7.0, 0.0, 0.0, 0.0)) == 7.0  # no stall risk: the step time
+
+
+def test_train_and_search_rank_by_the_expected_step_time():
+    """Llama 3 8B on 32 nodes (256 H100s), nanotron, two pipeline stages: the shipped cluster stalls
+    52% of such runs (0.1316 + 0.8684 / (1 + (34.14 / 32)^3.391)), too few to report the stall, so
+    the step time leaves it out and the expected time adds p times it. search ranks by the expected
+    time, so a layout of a longer step can rank above one whose stall costs more, and each
+    candidate's expected time is train's for the same layout."""
+    import costmodel
+
+    res = costmodel.search("llama3-8b", "dgx-h100", 256, global_batch=256, seq_len=4096, framework="nanotron",
+                           pp=[2], top=4)
+    p = 0.1316 + 0.8684 / (1 + (34.14 / 32) ** 3.391)
+    exp = [c.expected_step_s for c in res.top]
+    assert exp == sorted(exp)
+    for c in res.top:
+        st = c.pipeline_stall
+        assert st["probability"] == pytest.approx(p, rel=1e-9) and not st["included"]
+        assert c.expected_step_s == pytest.approx(c.step_s + p * st["stalled_extra_s"], rel=1e-12)
+        lay = c.layout
+        est = costmodel.train("llama3-8b", "dgx-h100", devices=256, tp=lay.tp, pp=lay.pp, cp=lay.cp, ep=lay.ep,
+                              interleave=lay.interleave, sequence_parallel=lay.sequence_parallel,
+                              zero_stage=lay.zero_stage, micro_batch=lay.micro_batch, recompute=lay.recompute,
+                              offload_optimizer=lay.offload_optimizer, global_batch=256, seq_len=4096,
+                              framework="nanotron")
+        assert est.expected_step_s == pytest.approx(c.expected_step_s, rel=1e-12)
+    steps = [c.step_s for c in res.top]
+    assert steps != sorted(steps)  # a shorter step with a costlier stall ranks lower
+
+
 def test_compose_adds_the_stall_to_pipeline_time():
     t = _terms(stall_slot_s=0.5, stall_p=0.99, stall_ops_slot=2.0, nodes=64.0)
     base = steptime.compose(_terms(), PARAMS)

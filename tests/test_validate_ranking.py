@@ -24,6 +24,18 @@ def test_one_swap_of_four_layouts():
     assert g.regret == pytest.approx(0.25)
 
 
+def test_layouts_are_ranked_by_their_expected_step_time_where_given():
+    """A pipelined layout predicted 1.0 s but 1.5 s expected (a stall risk) and a flat one predicted
+    and expected 1.2 s; the pipelined run stalled (3.0 s measured), the flat one took 1.2 s. Ranked
+    by the expected times the pick is the flat layout (regret 0); by the predictions, the pipelined
+    one (regret 3.0 / 1.2 - 1 = 1.5)."""
+    cases = _cases(pred=[1.0, 1.2], meas=[3.0, 1.2])
+    assert ranking(cases)["m/8"].regret == pytest.approx(1.5)
+    cases[0].rank_s, cases[1].rank_s = 1.5, 1.2
+    assert ranking(cases)["m/8"].regret == 0.0
+    assert "rank_s" not in cases[0].model_dump()  # not written out
+
+
 def test_perfect_and_reversed_order():
     assert ranking(_cases([1, 2, 3], [10, 20, 30]))["m/8"].spearman == pytest.approx(1.0)
     g = ranking(_cases([3, 2, 1], [10, 20, 30]))["m/8"]

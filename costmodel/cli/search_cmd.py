@@ -218,7 +218,9 @@ def _render(res) -> None:
     if risky:  # the cluster's stall risk (steptime.pipeline_stall): a planner should see it
         console.print("pipeline stall risk on this cluster (cross-node pipeline sends): " + "; ".join(
             f"#{c.rank} {c.pipeline_stall['probability']:.0%}, +{fmt_time(c.pipeline_stall['stalled_extra_s'])}"
-            f" ({'included' if c.pipeline_stall['included'] else 'not included'})" for c in risky), highlight=False)
+            f" ({'included' if c.pipeline_stall['included'] else 'not included'})" for c in risky)
+            + "; layouts are ranked by their expected step time (the stall's chance times its seconds added)",
+            highlight=False)
     print_table(_rejected_table(res.rejected, "grid points"))
     if not res.top:
         console.print(styled("[bold red]no layout fits[/]: add devices, relax --max-memory-fraction, allow ZeRO 3 / full "
