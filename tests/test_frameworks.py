@@ -667,6 +667,23 @@ def test_train_and_search_rank_by_the_expected_step_time():
     assert steps != sorted(steps)  # a shorter step with a costlier stall ranks lower
 
 
+def test_search_table_shows_the_expected_step_time_it_ranks_by(capsys):
+    """Where a top layout's stall risk makes its expected step time differ from its step time, the
+    table shows both (an "expected" column) and says what the layouts are ranked by; elsewhere the
+    column is left out."""
+    from costmodel.cli.app import main
+
+    args = ["search", "llama3-8b", "-H", "dgx-h100", "--global-batch", "256", "--seq-len", "4096", "--top", "3"]
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--devices", "256", "--framework", "nanotron", "--pp", "2"])
+    assert (e.value.code or 0) == 0
+    out = capsys.readouterr().out
+    assert "expected" in out and "ranked by their expected step time" in out
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--devices", "8"])
+    assert "expected" not in capsys.readouterr().out
+
+
 def test_compose_adds_the_stall_to_pipeline_time():
     t = _terms(stall_slot_s=0.5, stall_p=0.99, stall_ops_slot=2.0, nodes=64.0)
     base = steptime.compose(_terms(), PARAMS)

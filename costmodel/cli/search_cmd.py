@@ -182,16 +182,20 @@ def _render(res) -> None:
     multi_hw = len(res.hardware) > 1
     priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
     has_run = any(c.run_days is not None for c in res.top)
+    # the expected step time the layouts are ranked by, where a stall risk makes it differ
+    risk = any(c.expected_step_s is not None and c.expected_step_s > c.step_s * 1.005 for c in res.top)
     t = Table(title=f"best layouts (global batch {res.global_batch} x {res.seq_len} tokens)")
-    cols = (["#"] + (["hardware"] if multi_hw else []) + ["dev", "layout", "mb x acc", "recompute", "step", "TF/s",
-            "MFU", "memory"] + (["$/Mtok"] if priced else []) + (["run"] if has_run else []))
+    cols = (["#"] + (["hardware"] if multi_hw else []) + ["dev", "layout", "mb x acc", "recompute", "step"]
+            + (["expected"] if risk else []) + ["TF/s", "MFU", "memory"] + (["$/Mtok"] if priced else [])
+            + (["run"] if has_run else []))
     for col in cols:
         t.add_column(col, justify="left" if col in ("hardware", "layout", "recompute") else "right", no_wrap=True)
     for c in res.top:
         lay = c.layout
         layout = layout_label(lay, per_micro_batch=False)
         row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
-            str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s),
+            str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s)] + (
+            [fmt_time(c.expected_step_s if c.expected_step_s is not None else c.step_s)] if risk else []) + [
             f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
         if priced:
             row.append(f"{c.cost_per_million_tokens_usd:.2f}" if c.cost_per_million_tokens_usd is not None else "-")
