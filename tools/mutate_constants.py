@@ -71,6 +71,8 @@ NOT_FITTED = {
     "ROBUST_SCALE": "the relative error where a fit's soft-L1 loss turns linear",
     "STALL_S_PER_MICROBATCH": "the validation page's missed-stall threshold, in no prediction",
     "DEFAULT_Q": "the start of a fit's floor/kernel corner (each overlay fits its own, for all its curves) and the corner of the datasheet defaults",
+    "DEFAULT_P": "the start of a fit's compute/memory corner (each overlay fits its own, for its GEMM and attention curves) and the corner of the datasheet defaults' GEMM curve",
+    "K_HALF_START": "the start of a fit's k-pipeline ramp (each overlay fits its own k_half)",
 }
 # the tests that check predictions, the likeliest to fail first (pytest -x stops at the first
 # failure); about a minute in all on one core. --tests adds others (test_calibration: minutes).

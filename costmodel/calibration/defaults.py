@@ -33,14 +33,15 @@ DEFAULT_GEMM_FLOOR_S = 18e-6
 DEFAULT_GEMM_GAP_S = 20e-6
 DEFAULT_KERNEL_MIN_S = 3e-6
 DEFAULT_MEM_GAP_S = 10e-6
-# Starting value of the fitted k-pipeline ramp k / (k + k_half) (CUTLASS Hopper mainloops stage 64-wide
-# k slices; a tile's prologue and epilogue cost a few of them).
+# Starting value of the k-pipeline ramp k / (k + k_half) that each GEMM fit fits (CUTLASS Hopper
+# mainloops stage 64-wide k slices; a tile's prologue and epilogue cost a few of them); not fitted itself.
 K_HALF_START = 64.0
-# Smooth corners: compute/memory (p, fitted on the H100 records) and floor/kernel (q). A fit's GEMM
-# curve fits its own p and q from these starts, and its bandwidth, elementwise and attention curves
-# take the GEMM's q (fit.fit_overlay: one corner per device, pinned by the many GEMM shapes; the
-# shipped fits find 13.1 on the H100, 5.8 on the H200, 5.7 on the H100's host CPU). DEFAULT_Q is
-# the start of that fit and the corner of the datasheet defaults' curves, not fitted itself.
+# Smooth corners: compute/memory (p) and floor/kernel (q). A fit's GEMM curve fits its own p and q
+# from these starts; its bandwidth, elementwise and attention curves take the GEMM's q, and its
+# attention curves the GEMM's p (fit.fit_overlay: one corner of each per device, pinned by the many
+# GEMM shapes; the shipped fits find p 2.9 / q 13.1 on the H100, 2.1 / 2.4 on the H200, 1.7 / 5.7 on
+# the H100's host CPU). DEFAULT_P and DEFAULT_Q are the starts of those fits and the corners of the
+# datasheet defaults' curves, not fitted themselves.
 DEFAULT_P = 3.0
 DEFAULT_Q = 4.0
 # Flash attention (SDPA, bf16) on the H100: causal forward 556-584 TFLOP/s at d=128, s>=4096 and

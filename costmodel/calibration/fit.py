@@ -336,7 +336,10 @@ def fit_bandwidth(records, op: str, q: float = DEFAULT_Q) -> dict | None:
             "stream_floor_s": f["floor"], "q": q, "records": len({r[0] for r in rows})}
 
 
-def fit_attention(records, op: str, mem_bw: float, peak: float | None = None, q: float = DEFAULT_Q) -> dict | None:
+def fit_attention(records, op: str, mem_bw: float, peak: float | None = None, q: float = DEFAULT_Q,
+                  p: float = DEFAULT_P) -> dict | None:
+    """A fused attention kernel's curve (AttentionCurve), its compute/memory corner ``p`` and
+    floor/kernel corner ``q`` given (a GEMM fit's: the same corners, pinned there by many shapes)."""
     rows = []
     for r in records:
         if r.get("op") != op:
@@ -369,14 +372,14 @@ def fit_attention(records, op: str, mem_bw: float, peak: float | None = None, q:
 
     def model(v):
         c = AttentionCurve(v[i_P], v[i_dh], v[i_blk], v[i_nc] if has_nc else 1.0, mem_bw,
-                           Timing(v[i_k0], v[i_gap], v[i_fl], q))
+                           Timing(v[i_k0], v[i_gap], v[i_fl], q), p)
         tk = c.kernel_s(b, h, s, d, causal, bwd)
         return np.where(st, c.timing.stream(tk), c.timing.call(tk))
 
     f = _fit(P, model, t)
     out = {"flops_per_s_max": f["P"], "head_dim_half": f["dh"], "causal_block": f["blk"],
            "noncausal_factor": f["nc"] if has_nc else 1.0, "kernel_min_s": f["k0"], "call_gap_s": f["gap"],
-           "stream_floor_s": f["floor"], "q": q, "records": len({r[:5] for r in rows})}
+           "stream_floor_s": f["floor"], "p": p, "q": q, "records": len({r[:5] for r in rows})}
     if peak:
         out["efficiency_max"] = f["P"] / peak
     return out
@@ -436,8 +439,9 @@ def fit_overlay(records: list[dict], *, device: str | None = None, spec=None, me
     if meta:
         ov["measured"] = dict(meta)
     gemm = fit_gemm(records, peaks)
-    # one floor/kernel corner per device: the GEMM fit's, where there is one
+    # one compute/memory corner p and one floor/kernel corner q per device: the GEMM fit's, where there is one
     q = gemm["q"] if gemm else DEFAULT_Q
+    p_corner = gemm["p"] if gemm else DEFAULT_P
     copy = fit_bandwidth(records, "mem_copy", q)
     read = fit_bandwidth(records, "mem_read", q)
     mem = {}
@@ -453,7 +457,7 @@ def fit_overlay(records: list[dict], *, device: str | None = None, spec=None, me
     if elem:
         ov["elementwise"] = elem
     mem_bw = (copy or {}).get("bytes_per_s") or (gemm or {}).get("memory_bytes_per_s") or 1e12
-    att = {op: f for op in ATTENTION_OPS if (f := fit_attention(records, op, mem_bw, peaks.get("bf16"), q))}
+    att = {op: f for op in ATTENTION_OPS if (f := fit_attention(records, op, mem_bw, peaks.get("bf16"), q, p_corner))}
     if att:
         ov["attention"] = att
     host = {op: f for op in HOST_OPS if (f := fit_link(records, op))}

@@ -172,7 +172,7 @@ def efficiency_from_overlay(data: object, file: str | Path = "<overlay>", base: 
             c = rd.mapping(c, fld)
             att[op] = AttentionCurve(rd.num(c, "flops_per_s_max", fld), rd.num(c, "head_dim_half", fld, 0.0, positive=False),
                                      rd.num(c, "causal_block", fld, 0.0, positive=False), rd.num(c, "noncausal_factor", fld, 1.0),
-                                     mem_bw, rd.timing(c, fld, gem_t0))
+                                     mem_bw, rd.timing(c, fld, gem_t0), rd.num(c, "p", fld, DEFAULT_P))
     host = dict(base.host) if base else {}
     if "host" in data:
         for op, c in rd.mapping(data["host"], "host").items():
