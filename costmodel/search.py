@@ -1054,7 +1054,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
            sequence_parallel: Sequence[bool] | None = None, offload: Sequence[bool] | None = None,
            calibration: str | None = None, hardware_files: list[str] | None = None, refine: bool = True,
            progress=None, profile: str | None = None) -> SearchResult:
-    """Every valid layout of `model` on `devices` of each `hardware`, ranked by `objective`.
+    """Every valid layout of `model` on `devices` of each `hardware`, ranked by `objective`,
+    computed from each layout's expected step time (its step time, plus, where the cluster stalls
+    cross-node pipeline sends, the stall's chance times its seconds: steptime.expected_step_s).
 
     `devices`: an int, a list, or "LO..HI" (powers of two in the range). The axes default to
     everything sensible (tp up to the node, every pp dividing the layers or a power of two, ...);
