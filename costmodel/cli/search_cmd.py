@@ -183,7 +183,7 @@ def _render(res) -> None:
     priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
     has_run = any(c.run_days is not None for c in res.top)
     # the expected step time the layouts are ranked by, where a stall risk makes it differ
-    risk = any(c.expected_step_s is not None and c.expected_step_s > c.step_s * 1.005 for c in res.top)
+    risk = any(c.expected_step_s is not None and abs(c.expected_step_s - c.step_s) > 0.005 * c.step_s for c in res.top)
     t = Table(title=f"best layouts (global batch {res.global_batch} x {res.seq_len} tokens)")
     cols = (["#"] + (["hardware"] if multi_hw else []) + ["dev", "layout", "mb x acc", "recompute", "step"]
             + (["expected"] if risk else []) + ["TF/s", "MFU", "memory"] + (["$/Mtok"] if priced else [])
