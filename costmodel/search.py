@@ -108,7 +108,7 @@ class SearchCandidate(BaseModel):
     screen_step_s: float  # the vectorised screen's estimate (same model, fewer terms)
     # the mean step time over runs of this layout, with the cluster's stall risk weighed in
     # (TrainEstimate.expected_step_s; step_s where there is none): what the objective ranks by
-    expected_step_s: float | None = None
+    expected_step_s: float
     # where the cluster stalls cross-node pipeline sends (TrainEstimate.pipeline_stall), for the
     # candidates re-estimated with estimate_train
     pipeline_stall: dict | None = None
@@ -930,9 +930,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
     loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
                         0.0)
-    stall_ops = 2.0 * steptime.pipeline_cross_neighbours(N // pp, pp, link.devices_per_node) * v["v"]
-    nodes = np.ceil(N / link.devices_per_node)
-    stall_slot, stall_p = steptime.pipeline_stall_terms(getattr(link.scaling, "pipeline_stall", None), stall_ops, nodes)
+    stall_slot, stall_p, stall_ops, nodes = steptime.pipeline_stall_inputs(link, N, pp, v["v"])
     terms = steptime.StepTerms(
         stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes, head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
         loss_stage_apart=apart, loss_p2p_mb_s=loss_p2p, layer_stages=n_layer_stages,

@@ -396,9 +396,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
                                                                  *block_costs(model))
     logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
     loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
-    stall_ops = 2.0 * place["pp_cross_neighbours"] * par.interleave  # an interleaved schedule crosses v times per slot
-    nodes = float(-(-par.devices // link.devices_per_node))
-    stall_slot, stall_p = pipeline_stall_terms(getattr(link.scaling, "pipeline_stall", None), stall_ops, nodes)
+    stall_slot, stall_p, stall_ops, nodes = pipeline_stall_inputs(link, par.devices, par.pp, par.interleave)
     return StepTerms(
         stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes,
         head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
@@ -412,6 +410,21 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=(1.0 + extra) * layers * (g_b + a_b + e_b + recompute_f),
         optimizer_s=optimizer_s, other_s=other_s,
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
+
+
+def pipeline_stall_inputs(link, devices, pp, interleave):
+    """StepTerms' stall fields of layouts of ``devices`` in ``pp`` stages (stages outermost) of
+    ``interleave`` virtual stages each, on ``link``'s cluster: (stall_slot_s, stall_p,
+    stall_ops_slot, nodes). Two sends or receives per cross-node neighbour of the busiest stage
+    (pipeline_cross_neighbours), times the virtual stages: an interleaved schedule crosses v times
+    per slot. Works on arrays; numbers for one layout."""
+    dpn = link.devices_per_node
+    ops = 2.0 * pipeline_cross_neighbours(np.asarray(devices) // np.asarray(pp), pp, dpn) * interleave
+    nodes = np.ceil(np.asarray(devices, dtype=float) / dpn)
+    if np.ndim(ops) == 0:
+        ops, nodes = float(ops), float(nodes)
+    slot, p = pipeline_stall_terms(getattr(link.scaling, "pipeline_stall", None), ops, nodes)
+    return slot, p, ops, nodes
 
 
 def pipeline_stall_terms(stall, ops_slot, nodes):

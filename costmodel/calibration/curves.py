@@ -245,8 +245,10 @@ class GemmCurve:
             batch = np.asarray(batch, dtype=float)
             flops = 2.0 * m * n * k * batch
             nbytes = batch * (e * (m * k + k * n) + out_e * m * n)
-        x = np.minimum(m, n)
-        rate = d.flops_per_s * x / (x + self.x_half) * k / (k + self.k_half)
+        rate = d.flops_per_s * k / (k + self.k_half)
+        if self.x_half:  # an older overlay's small-output saturation (fits write none)
+            x = np.minimum(m, n)
+            rate = rate * x / (x + self.x_half)
         if d.tile is not None and self.units:  # (wave_utilisation is 1 otherwise)
             rate = rate * wave_utilisation(m, n, d.tile, self.units, k) ** (
                 self.wave_exponent if d.wave_exponent is None else d.wave_exponent)

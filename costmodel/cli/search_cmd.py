@@ -183,7 +183,7 @@ def _render(res) -> None:
     priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
     has_run = any(c.run_days is not None for c in res.top)
     # the expected step time the layouts are ranked by, where a stall risk makes it differ
-    risk = any(c.expected_step_s is not None and abs(c.expected_step_s - c.step_s) > 0.005 * c.step_s for c in res.top)
+    risk = any(abs(c.expected_step_s - c.step_s) > 0.005 * c.step_s for c in res.top)
     t = Table(title=f"best layouts (global batch {res.global_batch} x {res.seq_len} tokens)")
     cols = (["#"] + (["hardware"] if multi_hw else []) + ["dev", "layout", "mb x acc", "recompute", "step"]
             + (["expected"] if risk else []) + ["TF/s", "MFU", "memory"] + (["$/Mtok"] if priced else [])
@@ -195,7 +195,7 @@ def _render(res) -> None:
         layout = layout_label(lay, per_micro_batch=False)
         row = [str(c.rank)] + ([lay.hardware] if multi_hw else []) + [
             str(lay.devices), layout, f"{lay.micro_batch}x{lay.grad_accum}", lay.recompute, fmt_time(c.step_s)] + (
-            [fmt_time(c.expected_step_s if c.expected_step_s is not None else c.step_s)] if risk else []) + [
+            [fmt_time(c.expected_step_s)] if risk else []) + [
             f"{c.tflops_per_device:.0f}", f"{c.mfu:.0%}", f"{c.required_bytes / 2**30:.0f}G {c.memory_fraction:.0%}"]
         if priced:
             row.append(f"{c.cost_per_million_tokens_usd:.2f}" if c.cost_per_million_tokens_usd is not None else "-")
