@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from . import fitted
 from .arch import GATED, ModelConfig
@@ -436,13 +437,25 @@ class InferEstimate:
     tokens_per_s: float
     max_batch_that_fits: int
     efficiency_source: str
-    throughput_curve: list[dict] = field(default_factory=list)
+    # the throughput curve (batch, tpot_s, tokens_per_s, e2e_tokens_per_s at batches 1, 2, 4, ... up
+    # to the largest that fits): a list, or a function that makes it when it is first read (most
+    # callers never read it, and it costs a prefill and a decode step per batch)
+    curve: list[dict] | Callable[[], list[dict]] = field(default_factory=list, repr=False, compare=False)
     eager_host_factor: float | None = None  # scale on eager host time (job x machine); None under a CUDA graph
     e2e_tokens_per_s: float = 0.0  # output tokens per second of the whole batch, prefill included
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def throughput_curve(self) -> list[dict]:
+        if callable(self.curve):
+            self.curve = self.curve()
+        return self.curve
+
     def to_dict(self) -> dict:
-        d = asdict(self)
+        curve = self.throughput_curve
+        d = {}
+        for k, v in asdict(self).items():
+            d["throughput_curve" if k == "curve" else k] = curve if k == "curve" else v
         d["memory"] = self.memory.to_dict()
         return d
 
@@ -526,37 +539,47 @@ def estimate_infer(model: ModelConfig, spec: AcceleratorSpec, job: InferJob, tp:
     mb = max_batch(model, spec, job, context, tp)
     curve_batches = [1 << i for i in range(max(1, mb).bit_length())]  # 1, 2, 4, ... <= max(1, mb)
 
-    # the job at each batch of the estimate
-    jobs = {b: job if b == job.batch else job.model_copy(update={"batch": b}) for b in sorted({job.batch, *curve_batches})}
+    # the job at each batch of the estimate (the curve's made with it)
+    batches = sorted({job.batch, *curve_batches})
+    jobs = {job.batch: job}
+
+    def job_at(b: int) -> InferJob:
+        if b not in jobs:
+            jobs[b] = job.model_copy(update={"batch": b})
+        return jobs[b]
     mid_ctx = job.prompt_len + job.gen_len // 2
 
-    def prefill_shapes(e):  # the prefills below, for their GEMM shapes
-        for j in jobs.values():
-            prefill_time_s(model, spec, j, tp, eff=e)
+    def prefill_shapes(e):  # the prefill below, for its GEMM shapes
+        prefill_time_s(model, spec, job, tp, eff=e)
 
-    def decode_shapes(e):  # the decode steps below: their GEMM shapes do not depend on the context
-        for j in jobs.values():
-            decode_step(model, spec, j, mid_ctx, tp, eff=e)
+    def decode_shapes(e):  # the decode steps below and the curve's: their GEMM shapes do not depend on the context
+        for b in batches:
+            decode_step(model, spec, job_at(b), mid_ctx, tp, eff=e)
 
     # all of the estimate's GEMM shapes through the calibrated curve in one vectorised call first
     # (the decode steps' once per batches and job apart from its lengths)
-    if not _prefetch_prefills(eff, model, spec, jobs.values(), tp):
+    if not _prefetch_prefills(eff, model, spec, [job], tp):
         prefetch_gemms(eff, prefill_shapes, key=("infer", id(model), id(spec), job, tp, mb))
     prefetch_gemms(eff, decode_shapes, key=("decode", id(model), id(spec), tuple(
-        v for k, v in job if k not in ("prompt_len", "gen_len")), tp, tuple(jobs)))
+        v for k, v in job if k not in ("prompt_len", "gen_len")), tp, tuple(batches)))
     ttft = _ttft_s(model, spec, job, tp, node, eff)
     tpot_of = _tpot_fn(model, spec, job, tp, node, eff, jobs)
     tpot, d = tpot_of(job.batch)
-    curve = []
-    for bsz in curve_batches:
-        st = tpot if bsz == job.batch else tpot_of(bsz)[0]
-        pre = ttft if bsz == job.batch else _ttft_s(model, spec, jobs[bsz], tp, node, eff)
-        curve.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
-                      "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
+
+    def curve() -> list[dict]:  # made when first read (InferEstimate.throughput_curve)
+        others = [job_at(b) for b in curve_batches if b != job.batch]
+        _prefetch_prefills(eff, model, spec, others, tp)
+        out = []
+        for bsz in curve_batches:
+            st = tpot if bsz == job.batch else tpot_of(bsz)[0]
+            pre = ttft if bsz == job.batch else _ttft_s(model, spec, job_at(bsz), tp, node, eff)
+            out.append({"batch": bsz, "tpot_s": st, "tokens_per_s": bsz / st,
+                        "e2e_tokens_per_s": end_to_end_tokens_per_s(bsz, job.gen_len, pre, st)})
+        return out
     return InferEstimate(model_id=model.id, hardware=spec.id, tp=tp, job=job.model_dump(), memory=mem, required_bytes=req,
                          capacity_bytes=spec.memory.capacity_bytes, fits=req <= spec.memory.capacity_bytes,
                          ttft_s=ttft, tpot_s=tpot, decode_bound=d.bound, tokens_per_s=job.batch / tpot,
-                         max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), throughput_curve=curve,
+                         max_batch_that_fits=mb, efficiency_source=getattr(eff, "source", "?"), curve=curve,
                          eager_host_factor=None if job.cuda_graph else eager_host_factor(eff, job),
                          e2e_tokens_per_s=end_to_end_tokens_per_s(job.batch, job.gen_len, ttft, tpot))
 

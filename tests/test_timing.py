@@ -32,6 +32,25 @@ def test_decode_is_bandwidth_bound_at_batch_1():
     assert est.tpot_s < 3 * 13.48e9 / 3.35e12
 
 
+def test_throughput_curve_is_each_batch_estimated_alone():
+    """infer's throughput curve (made when first read) holds, at every power-of-two batch up to the
+    largest that fits, the TPOT and TTFT an estimate at that batch gives on its own, and
+    batch x gen / (TTFT + gen x TPOT) as its end-to-end rate."""
+    from costmodel.plan import infer
+
+    est = infer("llama2-7b", "h100-sxm", batch=3, prompt_len=700, gen_len=64)
+    mb = est.max_batch_that_fits
+    curve = est.to_dict()["throughput_curve"]
+    assert [p["batch"] for p in curve] == [1 << i for i in range(mb.bit_length())]
+    for p in curve:
+        alone = infer("llama2-7b", "h100-sxm", batch=p["batch"], prompt_len=700, gen_len=64)
+        assert p["tpot_s"] == pytest.approx(alone.tpot_s, rel=1e-12)
+        assert p["tokens_per_s"] == pytest.approx(p["batch"] / alone.tpot_s, rel=1e-12)
+        assert p["e2e_tokens_per_s"] == pytest.approx(
+            p["batch"] * 64 / (alone.ttft_s + 64 * alone.tpot_s), rel=1e-12)
+    assert est.throughput_curve is est.throughput_curve  # made once
+
+
 def test_step_models_say_which_efficiency_they_used():
     # A device with a shipped overlay (hardware/calibrated/h100-sxm.yaml) uses it by default and says
     # so; one without (A100) uses the datasheet curves.
