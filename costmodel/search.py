@@ -597,7 +597,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
 
     def head_loss(tp_, mb_, cp_):
         tokens_mb = mb_ * seq_dev_of(cp_)
-        hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), dtype)
+        hf = tr._gemm(eff, "lm_head", tokens_mb, model.hidden, max(1, model.vocab // tp_), tr.head_dtype(dtype))
         return 3 * hf + tr.cross_entropy_s(eff, job, tokens_mb, model.vocab, tp_, prof), hf
 
     head_tab = _subgrid_table(head_loss, ax.tp, ax.mb, ax.cp, width=2)

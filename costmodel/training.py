@@ -389,6 +389,15 @@ def _cast_params_per_layer(model: ModelConfig) -> float:
     return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
 
 
+def head_dtype(dtype: str) -> str:
+    """The dtype of the LM head's GEMM in a step whose matmuls run in ``dtype``: fp8 training keeps
+    the output layer in bf16. Megatron-core's GPTModel builds it as tensor_parallel.ColumnParallelLinear,
+    a plain matmul outside Transformer Engine's fp8_autocast (megatron/core/models/gpt/gpt_model.py:
+    a TE layer only with fp8_output_proj under the MXFP8 recipe); torchtitan's float8 converter
+    leaves the "output" module out (filter_fqns, torchtitan/components/quantization/float8.md)."""
+    return "bf16" if dtype == "fp8" else dtype
+
+
 def step_dtype(job: TrainJob, spec) -> str:
     """The dtype a training step's matmuls run in (train and search): the precision's, or where the
     device has no such peak (no tf32: a CPU, Volta) fp32 at the fp32 rate, else bf16 / fp16."""
@@ -703,7 +712,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     sp = stage_params(model, par)
     layers = sp.layers
     tokens_mb = mb * seq_dev
-    head = (tokens_mb, model.hidden, max(1, model.vocab // par.tp), dtype)  # the lm_head's GEMM, timed with the layer's
+    head = (tokens_mb, model.hidden, max(1, model.vocab // par.tp), head_dtype(dtype))  # the lm_head's GEMM, timed with the layer's
     g_f, g_b, a_f, a_b, e_f, e_b = _layer_times(eff, model, job, par, mb, seq_dev, dtype, spec, also=(head,))
     kf = kernel_time_factor(prof)
     experts_fp32 = _expert_dtype(model, job, dtype) != dtype

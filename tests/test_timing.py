@@ -149,6 +149,36 @@ def test_transformer_engine_fp8_casts():
     assert times("fp8", "pytorch")[4:] == times("amp-bf16", "pytorch")[4:]
 
 
+def test_fp8_steps_keep_the_lm_head_in_bf16():
+    """Megatron-core's output layer is a plain ColumnParallelLinear outside Transformer Engine's
+    fp8 autocast, and torchtitan's float8 conversion leaves the "output" module out: an fp8 step's
+    LM head runs at the bf16 rate. So doubling the vocabulary adds the same GEMM time to an fp8
+    step as to a bf16 one (the decoder layers' fp8 GEMMs do not change), and less than an fp8
+    head would add."""
+    from costmodel.arch import load_model
+    from costmodel.roofline import efficiency_for, gemm_op_s
+    from costmodel.specs import load_library
+    from costmodel.training import estimate_train
+    from costmodel.workload import Parallel, TrainJob
+
+    spec = load_library().device("h100-sxm")
+    base = load_model("llama3-8b")
+    par = Parallel(tp=1, dp=1)
+
+    def head_added(precision):
+        t = [estimate_train(base.model_copy(update={"vocab": v}), spec,
+                            TrainJob(seq_len=4096, global_batch=1, precision=precision, framework="megatron"),
+                            par).step.compute_s for v in (base.vocab, 2 * base.vocab)]
+        return t[1] - t[0]
+
+    eff = efficiency_for(spec)
+    # forward and backward (twice the forward), at Megatron's sustained clock (gemm_clock: sustained)
+    bf16_head = 3 * (gemm_op_s(eff, 4096, base.hidden, 2 * base.vocab, "bf16")
+                     - gemm_op_s(eff, 4096, base.hidden, base.vocab, "bf16"))
+    assert head_added("fp8") == pytest.approx(head_added("amp-bf16"), rel=1e-9)
+    assert head_added("fp8") == pytest.approx(bf16_head, rel=1e-9)
+
+
 def test_megatron_cross_entropy_passes():
     """Megatron-LM's vocab_parallel_cross_entropy moves 38 bytes per logit forward (fp32 cast
     2 + 4, max 4, subtract 4 + 4, exp 4 + 4, sum 4, divide 4 + 4) and 14 backward (multiply
