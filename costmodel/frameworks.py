@@ -93,6 +93,13 @@ class ProfileSettings(BaseModel):
     # kernel each way over the bf16 logits (a torch.compile'd loss, Liger's or TE's fused
     # cross-entropy)
     loss_kernel: Optional[Literal["fused"]] = None
+    # how fp8 training casts the linear layers' operands (training._layer_times): None, the base
+    # framework's own ("megatron": Transformer Engine's fused cast-transposes, the weights cast once
+    # per step, training.te_fp8_bytes_per_token; "pytorch": none counted); "dynamic-tensorwise",
+    # torchao's Float8Linear as torchtitan's float8 converter runs it: every call scales the input and
+    # the weight by their absolute maximum and casts them, the output gradient likewise, with the
+    # transposed copies its backward GEMMs need (training.float8_dynamic_cast_s)
+    fp8_casts: Optional[Literal["dynamic-tensorwise"]] = None
 
 
 class FrameworkProfile(BaseModel):

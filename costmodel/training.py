@@ -194,6 +194,33 @@ def te_fp8_bytes_per_token(model: ModelConfig, tp: int, sequence_parallel: bool)
     return fwd, bwd
 
 
+def float8_dynamic_cast_s(eff, gemms) -> tuple[float, float]:
+    """(forward, backward) seconds of the casts of fp8 training with dynamic tensor-wise scales
+    (torchao's Float8Linear, torchao/float8/float8_linear.py, as torchtitan's float8 converter
+    runs it) for one decoder layer and micro-batch: ``gemms`` are the layer's linear layers as
+    (m, k, n, count) on one rank (m tokens, a k x n weight). Each is a kernel over the tensor
+    (roofline.memory_op_s: its bytes at the calibrated rate, its launch floor), per call:
+
+    - forward: the input's absolute maximum (read 2 m k) and its scaled cast to e4m3 (read 2 m k,
+      write m k); the same for the weight (2 k n, then 3 k n), cast again every call;
+    - backward: the output gradient's maximum (2 m n) and cast to e5m2 (3 m n), and three transposed
+      copies of fp8 tensors for the two GEMMs that need the other operand layout (Hopper's fp8 GEMM
+      takes A row-major, B column-major): the gradient (2 m n: read and write), the weight
+      (2 k n) and the input (2 m k).
+
+    Checked against torch.compile'd decoders on one H100 with such linears
+    (data/measurements/h100-sxm/2026-12-07d-fp8-fused-steps): Inductor fuses some of these into
+    the neighbouring kernels, not every one, and the measured extra kernel time is above this count
+    (1.1-1.2x for Llama blocks, 1.5-1.8x for GPT blocks with biases and GELU)."""
+    fwd = bwd = 0.0
+    for m, k, n, count in gemms:
+        fwd += count * (memory_op_s(eff, 2.0 * m * k) + memory_op_s(eff, 3.0 * m * k)
+                        + memory_op_s(eff, 2.0 * k * n) + memory_op_s(eff, 3.0 * k * n))
+        bwd += count * (memory_op_s(eff, 2.0 * m * n) + memory_op_s(eff, 3.0 * m * n) + memory_op_s(eff, 2.0 * m * n)
+                        + memory_op_s(eff, 2.0 * k * n) + memory_op_s(eff, 2.0 * m * k))
+    return fwd, bwd
+
+
 # Bytes per logit of Megatron-LM's vocab_parallel_cross_entropy, forward and backward (cross_entropy_s).
 MEGATRON_CE_BYTES_FWD = 38.0
 MEGATRON_CE_BYTES_BWD = 14.0
@@ -582,7 +609,14 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
     ew_f = memory_op_s(eff, ew, max_bytes_per_s=cap)
     ew_b = 2.0 * ew_f
     prof = frameworks.resolve(job.profile or job.framework)
-    if job.precision == "fp8" and job.framework != "pytorch" and prof.step_model == "builtin":
+    if job.precision == "fp8" and prof.settings.fp8_casts == "dynamic-tensorwise":
+        # torchao Float8Linear's per-call casts, on the linear layers of this rank (the layer's mix
+        # of dense and MoE layers as above)
+        f8_f, f8_b = float8_dynamic_cast_s(eff, [(m, k, n, weight * c) for (m, k, n, dt, c), weight
+                                                 in zip(gemms[::3], weights)])
+        ew_f += f8_f
+        ew_b += f8_b
+    elif job.precision == "fp8" and job.framework != "pytorch" and prof.step_model == "builtin":
         # Transformer Engine's FP8 casts (Megatron-LM, NeMo)
         f8_f, f8_b = te_fp8_bytes_per_token(model, tp, par.sequence_parallel)
         ew_f += memory_op_s(eff, tokens * f8_f)

@@ -179,6 +179,47 @@ def test_fp8_steps_keep_the_lm_head_in_bf16():
     assert head_added("fp8") == pytest.approx(bf16_head, rel=1e-9)
 
 
+def test_float8_dynamic_casts_by_hand():
+    """torchao's dynamic tensor-wise recipe per linear and call (training.float8_dynamic_cast_s):
+    forward, the input's maximum (2 m k bytes) and cast (3 m k), the weight's (2 k n, 3 k n);
+    backward, the gradient's maximum (2 m n), cast (3 m n) and transposed copy (2 m n), and
+    transposed copies of the weight (2 k n) and the input (2 m k). At 8192 x 8192 x 8192 every one
+    of these kernels streams 128-384 MiB, so each takes its bytes over the streaming rate; and a
+    torchtitan fp8 step counts them where Megatron's counts Transformer Engine's."""
+    from costmodel import training as tr
+    from costmodel.arch import load_model
+    from costmodel.roofline import efficiency_for, memory_op_s
+    from costmodel.specs import load_library
+    from costmodel.workload import Parallel, TrainJob
+
+    spec = load_library().device("h100-sxm")
+    eff = efficiency_for(spec)
+    e = 8192.0 ** 2
+    fwd, bwd = tr.float8_dynamic_cast_s(eff, [(8192, 8192, 8192, 2.0)])
+    assert fwd == pytest.approx(2 * (2 * memory_op_s(eff, 2 * e) + 2 * memory_op_s(eff, 3 * e)), rel=1e-12)
+    assert bwd == pytest.approx(2 * (4 * memory_op_s(eff, 2 * e) + memory_op_s(eff, 3 * e)), rel=1e-12)
+    rate = eff.mem_bytes_per_s(3 * e)
+    assert fwd == pytest.approx(2 * 10 * e / rate, rel=0.05) and bwd == pytest.approx(2 * 11 * e / rate, rel=0.05)
+
+    m = load_model("llama3-8b")
+    par = Parallel(tp=1)
+
+    def elementwise(framework, precision):
+        job = TrainJob(seq_len=4096, precision=precision, framework="megatron", profile=framework)
+        return sum(tr._layer_times(eff, m, job, par, 1, 4096, "fp8", spec)[4:])
+
+    h, f, kv = m.hidden, m.ffn, m.kv_dim
+    # q, k and v as three linears (torchtitan's wq, wk, wv; the step model times them apart), the
+    # attention output, the gate and up projections together, the down projection
+    lin = [(4096, h, h, 1.0), (4096, h, kv, 1.0), (4096, h, kv, 1.0), (4096, h, h, 1.0), (4096, h, 2 * f, 1.0),
+           (4096, f, h, 1.0)]
+    titan = elementwise("torchtitan-compile", "fp8") - elementwise("torchtitan-compile", "amp-bf16")
+    assert titan == pytest.approx(sum(tr.float8_dynamic_cast_s(eff, lin)), rel=1e-9)
+    te = elementwise("megatron", "fp8") - elementwise("megatron", "amp-bf16")
+    assert te == pytest.approx(memory_op_s(eff, 4096 * tr.te_fp8_bytes_per_token(m, 1, False)[0])
+                               + memory_op_s(eff, 4096 * tr.te_fp8_bytes_per_token(m, 1, False)[1]), rel=1e-9)
+
+
 def test_megatron_cross_entropy_passes():
     """Megatron-LM's vocab_parallel_cross_entropy moves 38 bytes per logit forward (fp32 cast
     2 + 4, max 4, subtract 4 + 4, exp 4 + 4, sum 4, divide 4 + 4) and 14 backward (multiply

@@ -16,7 +16,15 @@ micro-batches of forward + backward (gradients accumulated) and one optimizer st
 more micro-batches run under the profiler and their CUDA kernels are summed by kind (GEMM,
 attention, Triton-fused elementwise, other), per micro-batch, into the diagnostics file.
 
-    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480] [--large | --large-only]
+    python costmodel/bench/fused_step.py OUT.jsonl [--budget-s 480] [--large | --large-only] [--fp8]
+
+``--fp8``: the decoder blocks' linear layers run as float8 GEMMs with dynamic tensor-wise scaling,
+as torchao's Float8Linear (torchtitan's ``--model.converters float8``) does by default: per call
+the input and the weight are scaled by their absolute maximum and cast to e4m3, the output
+gradient to e5m2; ``torch._scaled_mm`` multiplies them (fast accumulation in forward only, as
+torchao's default GEMM configs), with the transposed copies the backward's two GEMMs need made
+inside the compiled block. The LM head stays bf16 (torchtitan filters the "output" module out).
+Records say precision ``fp8``.
 
 Records: SCHEMA.md ``train`` (devices 1, sharding none, framework ``torchtitan``, ``fused_note``
 saying what ran); OUT.diag.jsonl holds every step time, the kernel breakdown and any error;
@@ -55,12 +63,48 @@ LARGE = [
 ]
 
 
-def build(arch, layers, hidden, heads, kv_heads, ffn, vocab):
+def fp8_linear():
+    """(x, linear) -> linear(x) as a float8 GEMM with dynamic tensor-wise scales (module docstring)."""
+    import torch
+
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+    def cast(t, dtype):
+        top = torch.finfo(dtype).max
+        scale = top / torch.clamp(t.abs().amax().float(), min=1e-12)
+        return (t.float() * scale).clamp(-top, top).to(dtype), scale.reciprocal()
+
+    class Fp8Matmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):  # x (M, K), w (N, K): x @ w.T
+            xq, xs = cast(x, e4m3)
+            wq, ws = cast(w, e4m3)
+            ctx.save_for_backward(xq, xs, wq, ws)
+            return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16, use_fast_accum=True)
+
+        @staticmethod
+        def backward(ctx, go):
+            xq, xs, wq, ws = ctx.saved_tensors
+            gq, gs = cast(go.contiguous(), e5m2)
+            dx = torch._scaled_mm(gq, wq.t().contiguous().t(), scale_a=gs, scale_b=ws, out_dtype=torch.bfloat16)
+            dw = torch._scaled_mm(gq.t().contiguous(), xq.t().contiguous().t(), scale_a=gs, scale_b=xs,
+                                  out_dtype=torch.bfloat16)
+            return dx, dw
+
+    def linear(x, mod):
+        y = Fp8Matmul.apply(x.reshape(-1, x.shape[-1]), mod.weight).view(*x.shape[:-1], mod.weight.shape[0])
+        return y if mod.bias is None else y + mod.bias
+
+    return linear
+
+
+def build(arch, layers, hidden, heads, kv_heads, ffn, vocab, fp8=False):
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     hd = hidden // heads
+    lin = fp8_linear() if fp8 else (lambda x, mod: mod(x))
 
     class Block(nn.Module):
         def __init__(self):
@@ -75,7 +119,7 @@ def build(arch, layers, hidden, heads, kv_heads, ffn, vocab):
 
         def forward(self, x, cos, sin):
             b, s, _ = x.shape
-            q, k, v = self.qkv(self.n1(x)).split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+            q, k, v = lin(self.n1(x), self.qkv).split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
             q = q.view(b, s, heads, hd).transpose(1, 2)
             k = k.view(b, s, kv_heads, hd).transpose(1, 2)
             v = v.view(b, s, kv_heads, hd).transpose(1, 2)
@@ -85,14 +129,14 @@ def build(arch, layers, hidden, heads, kv_heads, ffn, vocab):
                     return t * cos + torch.cat([-t2, t1], dim=-1) * sin
                 q, k = rot(q), rot(k)
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads)
-            x = x + self.o(a.transpose(1, 2).reshape(b, s, hidden))
-            h = self.up(self.n2(x))
+            x = x + lin(a.transpose(1, 2).reshape(b, s, hidden), self.o)
+            h = lin(self.n2(x), self.up)
             if arch == "gpt":
                 h = F.gelu(h, approximate="tanh")
             else:
                 g, u = h.chunk(2, dim=-1)
                 h = F.silu(g) * u
-            return x + self.down(h)
+            return x + lin(h, self.down)
 
     class Model(nn.Module):
         def __init__(self):
@@ -106,7 +150,7 @@ def build(arch, layers, hidden, heads, kv_heads, ffn, vocab):
     return m, hd
 
 
-def run_case(case, out, diag, dev_name):
+def run_case(case, out, diag, dev_name, fp8=False):
     import torch
     import torch.nn.functional as F
 
@@ -114,7 +158,7 @@ def run_case(case, out, diag, dev_name):
     torch.manual_seed(0)
     torch.cuda.empty_cache()
     with torch.device("cuda"):
-        model, hd = build(arch, layers, hidden, heads, kv_heads, ffn, vocab)
+        model, hd = build(arch, layers, hidden, heads, kv_heads, ffn, vocab, fp8)
     model = model.to(torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters())
     pos = torch.arange(seq, device="cuda", dtype=torch.float32)
@@ -184,7 +228,7 @@ def run_case(case, out, diag, dev_name):
     opt.zero_grad(set_to_none=True)
     rec = {
         "kind": "train",
-        "name": f"fused-{name}/{layers}L/mb{mb}-ga{ga}-s{seq}",
+        "name": f"fused-{'fp8-' if fp8 else ''}{name}/{layers}L/mb{mb}-ga{ga}-s{seq}",
         "source": "costmodel/bench/fused_step.py (torch.compile'd decoder blocks, cuDNN SDPA, fused AdamW), this project",
         "model": {"arch": "llama" if arch == "llama" else "gpt", "layers": layers, "hidden": hidden, "heads": heads,
                   "kv_heads": kv_heads, "ffn": ffn, "vocab": vocab, "tied_embeddings": False,
@@ -192,11 +236,15 @@ def run_case(case, out, diag, dev_name):
                   "positions": "rope" if arch == "llama" else "learned", "bias": arch == "gpt", "params": int(n_params)},
         "hardware": dev_name, "devices": 1,
         "parallel": {"dp": 1, "tp": 1, "pp": 1, "sharding": "none"},
-        "micro_batch": mb, "global_batch": mb * ga, "seq_len": seq, "precision": "bf16", "optimizer": "adam",
-        "recompute": "none", "attention": "flash", "framework": "torchtitan",
+        "micro_batch": mb, "global_batch": mb * ga, "seq_len": seq, "precision": "fp8" if fp8 else "bf16",
+        "optimizer": "adam",
+        "recompute": "none", "attention": "flash", "framework": "torchtitan-compile",
         "fused_note": "each decoder block torch.compile'd (Inductor: Triton-fused norms, activations, residuals), "
                       "SDPA (cuDNN fused attention where it takes the inputs), fp32 logits into F.cross_entropy compiled with the head, "
-                      "AdamW(fused=True); bf16 parameters, gradients and states",
+                      "AdamW(fused=True); bf16 parameters, gradients and states"
+                      + ("; the blocks' linear layers as float8 GEMMs (torch._scaled_mm) with dynamic tensor-wise "
+                         "scales, e4m3 inputs and weights, e5m2 output gradients, as torchao's Float8Linear; "
+                         "the LM head bf16" if fp8 else ""),
         "measured": {"step_seconds": statistics.median(times)},
     }
     out.write(json.dumps(rec) + "\n")
@@ -216,6 +264,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--large", action="store_true", help="also the whole-model cases of LARGE")
     ap.add_argument("--large-only", action="store_true", help="only the whole-model cases of LARGE")
+    ap.add_argument("--fp8", action="store_true", help="the blocks' linear layers as float8 GEMMs (module docstring)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from costmodel.bench.torch_backend import hardware_id_from_name
@@ -242,7 +291,7 @@ def main(argv=None):
                 diag.write(json.dumps({"skipped": list(case), "why": "time budget"}) + "\n")
                 continue
             try:
-                run_case(case, out, diag, dev_name)
+                run_case(case, out, diag, dev_name, a.fp8)
             except Exception as exc:  # noqa: BLE001 - a case's failure is data, the run goes on
                 diag.write(json.dumps({"case": list(case), "error": f"{type(exc).__name__}: {exc}"[:2000]}) + "\n")
                 diag.flush()
