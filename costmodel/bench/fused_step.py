@@ -26,7 +26,7 @@ torchao's default GEMM configs), with the transposed copies the backward's two G
 inside the compiled block. The LM head stays bf16 (torchtitan filters the "output" module out).
 Records say precision ``fp8``.
 
-Records: SCHEMA.md ``train`` (devices 1, sharding none, framework ``torchtitan``, ``fused_note``
+Records: SCHEMA.md ``train`` (devices 1, sharding none, framework ``torchtitan-compile``, ``fused_note``
 saying what ran); OUT.diag.jsonl holds every step time, the kernel breakdown and any error;
 OUT-env.json the versions.
 """
