@@ -326,6 +326,30 @@ def test_nemo_24_07_table():
     assert [(r["devices"], r["measured"]["tflops_per_device"]) for r in gpt175] == [(128, 771), (512, 888)]
 
 
+def test_megatron_bridge_25_11_table():
+    """Megatron-Bridge 25.11 FP8-CS pre-training rows (DGX-H100): step_seconds is the global batch's
+    tokens over tokens/s/GPU x GPUs; the table's Model TFLOP/s over tokens/s is Megatron's FLOPs per
+    token with causal attention counted at half (the seq / h term halved) within 0.5%; vocabularies
+    padded to 128 x TP; the layout multiplies out to the GPUs. Predicted (held out): Llama 3 70B
+    on 64 GPUs +0.4%, Llama 3.1 405B on 1,024 GPUs -9.1%."""
+    from costmodel.validate import validate_file
+
+    recs = _load("megatron-bridge-25.11.jsonl")
+    assert [(r["devices"], r["measured"]["tokens_per_s_per_device"]) for r in recs] == [(64, 1602), (1024, 292)]
+    for r in recs:
+        m, p, meas = r["model"], r["parallel"], r["measured"]
+        assert meas["step_seconds"] == pytest.approx(
+            r["global_batch"] * r["seq_len"] / (meas["tokens_per_s_per_device"] * r["devices"]), rel=1e-12)
+        L, h, a, g, f, V, s_ = m["layers"], m["hidden"], m["heads"], m["kv_heads"], m["ffn"], m["vocab"], r["seq_len"]
+        per_token = 12 * L * h * h * ((1 + g / a + s_ / h / 2) + f / h * 1.5) + 6 * h * V
+        assert meas["model_tflops_per_device_causal"] * 1e12 / meas["tokens_per_s_per_device"] == pytest.approx(
+            per_token, rel=0.005), r["name"]
+        assert p["tp"] * p["pp"] * p["cp"] * p["dp"] == r["devices"]
+        assert m["vocab"] % (128 * p["tp"]) == 0 and m["vocab"] - m["vocab_unpadded"] < 128 * p["tp"]
+    errs = {c.name.split("/")[1]: c.rel_error for c in validate_file(DIR / "megatron-bridge-25.11.jsonl").cases}
+    assert abs(errs["llama3-70b"]) < 0.05 and abs(errs["llama3.1-405b"]) < 0.12, errs
+
+
 def test_h100_files_validate_and_skip_what_they_should():
     """Every H100 record is predicted except those whose inputs are inferred: the Megatron-LM
     strong-scaling end points (layout) and TorchTitan tables 4-5 (sequence length)."""
