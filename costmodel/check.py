@@ -73,6 +73,7 @@ class TrainingSection(BaseModel):
     profile: Optional[str] = None  # a framework profile YAML, relative to the plan
     overlap_grad_reduce: bool = True
     tp_comm_overlap: bool = False  # Megatron-LM --tp-comm-overlap (needs sequence_parallel)
+    grad_reduce_in_bf16: bool = False  # Megatron-LM --grad-reduce-in-bf16
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
     host_time_factor: float = Field(default=1.0, gt=0)  # eager host time vs the fitted H100 machines

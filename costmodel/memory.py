@@ -113,7 +113,7 @@ def optimizer_state_bytes(optimizer: str, state_dtype_bytes: float, hidden: int)
 
 
 def state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
-    key = (job.precision, job.framework, job.optimizer, hidden)
+    key = (job.precision, job.framework, job.optimizer, hidden, job.grad_reduce_in_bf16)
     hit = _STATE_BYTES.get(key)
     if hit is None:
         if len(_STATE_BYTES) > 1024:
@@ -122,7 +122,7 @@ def state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
     return hit
 
 
-_STATE_BYTES: dict = {}  # (precision, framework, optimizer, hidden) -> StateBytesPerParam (frozen)
+_STATE_BYTES: dict = {}  # (precision, framework, optimizer, hidden, bf16 reduce) -> StateBytesPerParam (frozen)
 
 
 def _state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
@@ -137,7 +137,8 @@ def _state_bytes_per_param(job: TrainJob, hidden: int) -> StateBytesPerParam:
     if p == "fp32":
         return StateBytesPerParam(4.0, 4.0, optimizer_state_bytes(job.optimizer, 4.0, hidden), 0.0)
     w = 2.0 + (1.0 if p == "fp8" else 0.0)
-    grads = 4.0 if fw == "megatron" else 2.0  # Megatron accumulates into fp32 main_grad
+    # Megatron accumulates into fp32 main_grad (bf16 under --grad-reduce-in-bf16)
+    grads = 4.0 if fw == "megatron" and not job.grad_reduce_in_bf16 else 2.0
     return StateBytesPerParam(w, grads, optimizer_state_bytes(job.optimizer, 4.0, hidden), 4.0)
 
 

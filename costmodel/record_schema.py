@@ -129,6 +129,7 @@ class TrainRecord(_Common):
     attention: Optional[StrictStr] = None
     overlap_grad_reduce: Optional[StrictBool] = None
     tp_comm_overlap: Optional[StrictBool] = None  # Megatron-LM --tp-comm-overlap
+    grad_reduce_in_bf16: Optional[StrictBool] = None  # Megatron-LM --grad-reduce-in-bf16
     flops_convention: Optional[StrictStr] = None
     unverified: Optional[list[StrictStr]] = None
 

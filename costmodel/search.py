@@ -1045,7 +1045,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
            precision: str = "amp-bf16", optimizer: str = "adamw", framework: str | None = None,
            attention: str = "flash", overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False,
-           tokens: float | None = None, steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+           grad_reduce_in_bf16: bool = False, tokens: float | None = None, steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
            tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
            cp: Sequence[int] | None = None, ep: Sequence[int] | None = None, zero_stage: Sequence[int] | None = None,
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
@@ -1085,7 +1085,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     try:
         job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, attention=attention, overlap_grad_reduce=overlap_grad_reduce,
-                       tp_comm_overlap=tp_comm_overlap, **frameworks.job_fields(framework if framework is not None or profile is not None
+                       tp_comm_overlap=tp_comm_overlap, grad_reduce_in_bf16=grad_reduce_in_bf16,
+                       **frameworks.job_fields(framework if framework is not None or profile is not None
                                                else frameworks.DEFAULT_FRAMEWORK, profile))
     except InputError:
         raise
@@ -1100,6 +1101,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
                          + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
+    from .training import check_grad_reduce
+
+    check_grad_reduce(job)
     zero_stage, interleave = _framework_axes(prof, zero_stage, interleave)
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}

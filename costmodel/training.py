@@ -395,7 +395,7 @@ def dp_grad_bytes_per_param(job: TrainJob) -> float:
     if job.framework == "pytorch":
         return 4.0 if job.precision != "bf16" else 2.0
     if job.framework == "megatron" and job.precision in ("amp-bf16", "bf16", "fp8"):
-        return 4.0
+        return 2.0 if job.grad_reduce_in_bf16 else 4.0  # --grad-reduce-in-bf16: Megatron-core grad_reduce_in_fp32 False
     return 2.0
 
 
@@ -414,6 +414,15 @@ def _cast_params_per_layer(model: ModelConfig) -> float:
         return float(dense)
     moe = model.layer_params(moe_layer=True) - model.moe.experts * model.expert_params()
     return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
+
+
+def check_grad_reduce(job: TrainJob) -> None:
+    """--grad-reduce-in-bf16 is Megatron-LM's: an InputError for a job of another base framework."""
+    if job.grad_reduce_in_bf16 and job.framework != "megatron":
+        raise InputError(f"--grad-reduce-in-bf16 is Megatron-LM's (its main_grad buffers and data-parallel reduction "
+                         f"in bf16); a {job.framework} step reduces gradients in "
+                         + ("the compute dtype" if job.framework == "deepspeed" else "their own dtype"),
+                         field="grad_reduce_in_bf16")
 
 
 def head_dtype(dtype: str) -> str:
@@ -737,6 +746,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                          + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
                             else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     prof.check_runs([par.zero_stage], [par.interleave])
+    check_grad_reduce(job)
     eff = step_efficiency(spec, calibration, prof)
     dtype = step_dtype(job, spec)
     notes: list[str] = []

@@ -263,6 +263,7 @@ def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, pr
                    framework=framework, profile=profile,
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)),
                    tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)),
+                   grad_reduce_in_bf16=bool(rec.get("grad_reduce_in_bf16", False)),
                    recompute_fraction=rec.get("recompute_fraction") or 1.0, host_time_factor=host_time_factor,
                    offload_optimizer=(rec.get("offload") or {}).get("optimizer") or "none",
                    offload_params=(rec.get("offload") or {}).get("params") or "none")

@@ -71,6 +71,11 @@ class TrainJob(BaseModel):
     # all-gather / reduce-scatter is split into tp chunks pipelined with the GEMM it feeds or
     # follows (steptime.tp_overlap_exposed_s). Needs sequence parallelism, as in Megatron-LM.
     tp_comm_overlap: bool = False
+    # Megatron-LM --grad-reduce-in-bf16 (Megatron-core DDP grad_reduce_in_fp32 False; Megatron-Bridge's
+    # and NeMo's performance recipes set it): the main_grad buffers accumulate and the data-parallel
+    # reduction runs in bf16, 2 bytes a parameter, where Megatron otherwise keeps and reduces fp32
+    # gradients for bf16 / fp8 training (memory.state_bytes_per_param, training.dp_grad_bytes_per_param)
+    grad_reduce_in_bf16: bool = False
     # Eager PyTorch's host (Python + dispatcher) time relative to the hosts the step model's host
     # constants were fitted on (training.HOST_*: H100 machines). Host speed differs by machine: the
     # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README.md).

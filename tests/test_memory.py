@@ -16,6 +16,26 @@ def test_zero_paper_model_states(stage, expected_gb):
     assert sum(d.values()) / 1e9 == pytest.approx(expected_gb, abs=0.05)  # the figure rounds to 3 digits
 
 
+def test_megatron_grad_reduce_in_bf16_halves_the_gradient_bytes():
+    """Megatron keeps fp32 main_grad buffers for bf16 / fp8 training (4 B a parameter) and reduces
+    them in fp32; --grad-reduce-in-bf16 (Megatron-core grad_reduce_in_fp32 False) keeps and reduces
+    them in bf16 (2 B). 7.5B parameters over dp 64 at ZeRO-1: 30 GB of gradients against 15 GB, the
+    rest unchanged; the reduction's bytes per parameter likewise. Other frameworks refuse the flag."""
+    from costmodel.errors import InputError
+    from costmodel.plan import train
+    from costmodel.training import dp_grad_bytes_per_param
+
+    par = Parallel(dp=64, zero_stage=1)
+    fp32 = model_state_bytes(7.5e9, TrainJob(framework="megatron"), par)
+    bf16 = model_state_bytes(7.5e9, TrainJob(framework="megatron", grad_reduce_in_bf16=True), par)
+    assert (fp32["grads"], bf16["grads"]) == (pytest.approx(30e9), pytest.approx(15e9))
+    assert {k: v for k, v in fp32.items() if k != "grads"} == {k: v for k, v in bf16.items() if k != "grads"}
+    assert dp_grad_bytes_per_param(TrainJob(framework="megatron", precision="fp8")) == 4.0
+    assert dp_grad_bytes_per_param(TrainJob(framework="megatron", precision="fp8", grad_reduce_in_bf16=True)) == 2.0
+    with pytest.raises(InputError, match="grad-reduce-in-bf16"):
+        train("llama3-8b", framework="pytorch", grad_reduce_in_bf16=True)
+
+
 def test_korthikanti_per_layer_formula():
     # Korthikanti et al. 2022 eq. (2)-(4): sbh(34 + 5as/h), sbh(10 + 24/t + 5as/(ht)), sbh/t(34 + 5as/h)
     m = load_model("gpt3-175b")

@@ -82,6 +82,8 @@ def search_cmd(
                                              help="Overlap the data-parallel gradient reduction with backward."),
     tp_comm_overlap: bool = typer.Option(False, "--tp-comm-overlap",
                                          help="Megatron-LM's TP communication overlapped with the GEMMs (layouts with tp > 1 need sequence parallelism)."),
+    grad_reduce_in_bf16: bool = typer.Option(False, "--grad-reduce-in-bf16",
+                                             help="Megatron-LM's gradient buffers and data-parallel reduction in bf16 (else fp32)."),
     tokens: Optional[float] = typer.Option(None, help="Tokens of the whole run (for days and cost)."),
     steps: Optional[int] = typer.Option(None, help="Steps of the whole run (alternative to --tokens)."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per device-hour (default: spec)."),
@@ -151,7 +153,8 @@ def search_cmd(
         rc = [r for r in recompute.replace(" ", "").split(",") if r]
     kwargs = dict(global_batch=global_batch, seq_len=seq_len, objective=objective, top=top, precision=precision,
                   optimizer=optimizer, framework=framework, profile=profile, attention=attention,
-                  overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
+                  overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,
+                  grad_reduce_in_bf16=grad_reduce_in_bf16, tokens=tokens, steps=steps, price_per_hour=price_per_hour,
                   max_memory_fraction=max_memory_fraction, tp=_ints(tp, "tp"), pp=_ints(pp, "pp"),
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
                   zero_stage=_ints(zero_stage, "zero-stage", minimum=0, maximum=3), micro_batch=_ints(micro_batch, "micro-batch"),

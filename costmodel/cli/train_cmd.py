@@ -42,6 +42,8 @@ def train_cmd(
                                              help="Overlap the data-parallel gradient reduction with backward (DDP buckets)."),
     tp_comm_overlap: bool = typer.Option(False, "--tp-comm-overlap",
                                          help="Megatron-LM's TP communication overlapped with the GEMMs, chunk by chunk (needs --sequence-parallel)."),
+    grad_reduce_in_bf16: bool = typer.Option(False, "--grad-reduce-in-bf16",
+                                             help="Megatron-LM's gradient buffers and data-parallel reduction in bf16 (else fp32)."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
     offload_params: str = typer.Option("none", help="none, cpu, nvme."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
@@ -79,7 +81,7 @@ def train_cmd(
                 micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                 overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
-                host_time_factor=host_time_factor, profile=profile,
+                host_time_factor=host_time_factor, profile=profile, grad_reduce_in_bf16=grad_reduce_in_bf16,
                 hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
@@ -178,6 +180,7 @@ def header(est) -> str:
     j = est.job
     return (f"{layout_label(est.parallel)}, framework {est.framework}"
             + (" (tp-comm-overlap)" if j.get("tp_comm_overlap") else "")
+            + (" (grad-reduce bf16)" if j.get("grad_reduce_in_bf16") else "")
             + f", {j['precision']}, recompute {j['recompute']}, micro-batch {j['micro_batch']}, seq {j['seq_len']}")
 
 
