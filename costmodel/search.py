@@ -1307,7 +1307,8 @@ def _estimate(m: ModelConfig, spec, job: TrainJob, par: Parallel, node, calibrat
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
                   framework: str = "megatron", precision: str = "amp-bf16", attention: str = "flash",
                   calibration: str | None = None, hardware_files: list[str] | None = None,
-                  tp_comm_overlap: bool = False, **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
+                  tp_comm_overlap: bool = False, grad_reduce_in_bf16: bool = False,
+                  **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
     """The screen's raw arrays for every valid layout (for tests, benchmarks and plots)."""
     m = model if isinstance(model, ModelConfig) else load_model(model)
     lib = load_library(hardware_files)
@@ -1319,7 +1320,8 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
     c = _flatten(ax, ok)
     job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
-                   attention=attention, tp_comm_overlap=tp_comm_overlap, **frameworks.job_fields(framework))
+                   attention=attention, tp_comm_overlap=tp_comm_overlap, grad_reduce_in_bf16=grad_reduce_in_bf16,
+                   **frameworks.job_fields(framework))
     return c, screen(m, spec, node, job, ax, c, calibration)
 
 

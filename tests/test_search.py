@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from costmodel import frameworks
 from costmodel.arch import load_model
 from costmodel.cli.app import main
 from costmodel.errors import InputError
@@ -320,14 +321,19 @@ def test_serve_search_load_needs_infer(capsys):
     assert e.value.code == 2 and "'infer'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("framework", ["megatron", "NanoTron"])
-def test_search_and_train_agree_on_every_number(framework):
+@pytest.mark.parametrize("framework, extra", [
+    ("megatron", {}), ("NanoTron", {}),
+    # fp8: the LM head at bf16 (training.head_dtype), torchao's casts (torchtitan) or Transformer
+    # Engine's with Megatron's gradients reduced in bf16
+    ("torchtitan-compile", {"precision": "fp8"}), ("megatron", {"precision": "fp8", "grad_reduce_in_bf16": True}),
+])
+def test_search_and_train_agree_on_every_number(framework, extra):
     """What search prints for a layout is what `train` says for the same layout and framework:
     step time, its parts, memory and MFU (the search re-estimates its best with estimate_train;
     a composed profile re-ranks a larger pool with it)."""
     import costmodel
 
-    res = search("llama2-7b", "dgx-h100", 32, global_batch=128, seq_len=4096, top=4, framework=framework)
+    res = search("llama2-7b", "dgx-h100", 32, global_batch=128, seq_len=4096, top=4, framework=framework, **extra)
     assert res.framework == framework.lower() and len(res.top) == 4
     for c in res.top:
         lay = c.layout
@@ -335,7 +341,7 @@ def test_search_and_train_agree_on_every_number(framework):
                               cp=lay.cp, ep=lay.ep, sequence_parallel=lay.sequence_parallel,
                               zero_stage=lay.zero_stage, interleave=lay.interleave, micro_batch=lay.micro_batch,
                               global_batch=128, seq_len=4096, recompute=lay.recompute,
-                              offload_optimizer=lay.offload_optimizer, framework=framework)
+                              offload_optimizer=lay.offload_optimizer, framework=framework, **extra)
         assert est.framework == framework.lower()
         assert c.step_s == pytest.approx(est.step.total_s, rel=1e-12)
         assert c.step_breakdown_s == pytest.approx(est.step.parts(), rel=1e-12)
@@ -382,6 +388,29 @@ def test_screen_mirrors_tp_comm_overlap():
                        tp_comm_overlap=True)
         est = estimate_train(m, spec, job, par, node=node)
         assert s["tp_comm_s"][i] == pytest.approx(est.step.tp_comm_s, rel=1e-9)
+        assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("framework, extra", [("torchtitan-compile", {}), ("megatron", {"grad_reduce_in_bf16": True})])
+def test_screen_mirrors_fp8_steps(framework, extra):
+    """fp8 on the screen's arrays: the LM head at the bf16 rate, torchao's casts (torchtitan) or
+    Transformer Engine's, Megatron's bf16 gradient reduction; step time and peak memory layout by
+    layout as estimate_train gives them (ZeRO-3 left out, as above)."""
+    c, s = evaluate_grid("llama2-7b", "dgx-h100", 16, global_batch=64, seq_len=4096, framework=framework,
+                         precision="fp8", cp=[1], ep=[1], **extra)
+    lib = load_library()
+    spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
+    idx = [i for i in range(len(c)) if c.val["zero"][i] < 3]
+    assert len(idx) > 20
+    fw = frameworks.job_fields(framework, None)
+    for i in idx[::9]:
+        v = {k: c.val[k][i] for k in c.val}
+        tp, pp = int(v["tp"]), int(v["pp"])
+        par = Parallel(tp=tp, pp=pp, dp=16 // (tp * pp), sequence_parallel=bool(v["sp"]) and tp > 1,
+                       zero_stage=int(v["zero"]), interleave=int(v["v"]))
+        job = TrainJob(micro_batch=int(v["mb"]), seq_len=4096, global_batch=64, precision="fp8",
+                       recompute=RC_NAMES[int(v["rc"])], offload_optimizer="cpu" if v["off"] else "none", **fw, **extra)
+        est = estimate_train(m, spec, job, par, node=node)
         assert s["step_s"][i] == pytest.approx(est.step.total_s, rel=1e-9)
 
 
