@@ -1096,14 +1096,10 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         raise from_validation_error(exc, file=None) if hasattr(exc, "errors") else exc
 
     prof = frameworks.resolve(job.profile or job.framework)
-    if tp_comm_overlap and (prof.step_model == "composed" or prof.base == "pytorch"):
-        raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
-                         + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
-                            else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
-    prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
-    from .training import check_grad_reduce
+    from .training import check_megatron_switches
 
-    check_grad_reduce(job)
+    check_megatron_switches(job, prof)
+    prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
     zero_stage, interleave = _framework_axes(prof, zero_stage, interleave)
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}

@@ -416,8 +416,13 @@ def _cast_params_per_layer(model: ModelConfig) -> float:
     return (model.dense_layers * dense + model.moe_layers * moe) / model.layers
 
 
-def check_grad_reduce(job: TrainJob) -> None:
-    """--grad-reduce-in-bf16 is Megatron-LM's: an InputError for a job of another base framework."""
+def check_megatron_switches(job: TrainJob, prof) -> None:
+    """Megatron-LM's --tp-comm-overlap and --grad-reduce-in-bf16 on a job timed as profile ``prof``:
+    an InputError where the framework has no such switch (train and search refuse alike)."""
+    if job.tp_comm_overlap and (prof.step_model == "composed" or prof.base == "pytorch"):
+        raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
+                         + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
+                            else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
     if job.grad_reduce_in_bf16 and job.framework != "megatron":
         raise InputError(f"--grad-reduce-in-bf16 is Megatron-LM's (its main_grad buffers and data-parallel reduction "
                          f"in bf16); a {job.framework} step reduces gradients in "
@@ -741,12 +746,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     an id, a YAML path or a FrameworkProfile) that replaces the job's own (``job.profile``, else
     the built-in profile of ``job.framework``)."""
     prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
-    if job.tp_comm_overlap and (prof.step_model == "composed" or prof.base == "pytorch"):
-        raise InputError(f"--tp-comm-overlap is Megatron-LM's (Transformer Engine userbuffers); {prof.id} "
-                         + ("carries its own tp_overlap parameter" if prof.step_model == "composed"
-                            else "runs tensor-parallel communication between the GEMMs"), field="tp_comm_overlap")
+    check_megatron_switches(job, prof)
     prof.check_runs([par.zero_stage], [par.interleave])
-    check_grad_reduce(job)
     eff = step_efficiency(spec, calibration, prof)
     dtype = step_dtype(job, spec)
     notes: list[str] = []
