@@ -100,6 +100,13 @@ class ProfileSettings(BaseModel):
     # the weight by their absolute maximum and casts them, the output gradient likewise, with the
     # transposed copies its backward GEMMs need (training.float8_dynamic_cast_s)
     fp8_casts: Optional[Literal["dynamic-tensorwise"]] = None
+    # how gradients are reduced where the optimizer state alone is sharded (ZeRO-1): "buckets", bucket by
+    # bucket during the last micro-batch's backward (DDP's hooks, Megatron's and DeepSpeed's
+    # overlapped reduction); "after-backward", the whole gradient buffer in one call once the backward
+    # is done, none of it hidden (nanotron with fp32 gradient accumulation and ZeRO-1 does not wrap
+    # the model in DDP, trainer.py make_ddp, and all-reduces its contiguous fp32 gradient buffer in
+    # sync_gradients_across_dp)
+    sharded_grad_sync: Literal["buckets", "after-backward"] = "buckets"
 
 
 class FrameworkProfile(BaseModel):

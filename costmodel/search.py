@@ -916,7 +916,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
             Pst = stage_total(tp_, pp_, ep_)
             place = steptime.placement(par, link.devices_per_node)
             args = (link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst, st.weights * Pst,
-                    prof.settings.dp_bucket_bytes)
+                    prof.settings.dp_bucket_bytes, prof.settings.sharded_grad_sync)
             dp_done[key] = steptime.dp_comm(*args) + steptime.dp_grad_reduction(*args)
         dp_rows[j] = dp_done[key]
     dp_w, dp_s, rs_w, rs_s = dp_rows[inv.ravel()].T
@@ -941,7 +941,8 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), host_layers_mb=layers.astype(float),
         dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
-        dp_window_s=(1.0 + extra) * layers * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
+        dp_window_s=steptime.dp_hidden(v["zero"], prof.settings.sharded_grad_sync) * (1.0 + extra) * layers
+        * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
         optimizer_s=a["optimizer_t"], other_s=a["other"],
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
     k = steptime.compose(terms, {n: p.value for n, p in prof.parameters.items()}, prof.cluster_step_latency_s,

@@ -332,17 +332,20 @@ def pp_p2p(link, act_bytes: float, tp: int, sequence_parallel: bool, interleave:
 
 
 def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: float, param_bytes: float,
-            bucket_bytes: float) -> tuple[float, float]:
+            bucket_bytes: float, sharded_sync: str = "buckets") -> tuple[float, float]:
     """The step's data-parallel reduction: (time without cross-node step latency, ring steps).
     Gradients are all-reduced bucket by bucket (``bucket_bytes`` of compute-dtype gradients per
     call, PyTorch DDP's 25 MiB by default: nanotron reduces its fp32 accumulators through a DDP
     hook, one call per bucket); under ZeRO-1 the updated parameters are all-gathered in one call.
-    ZeRO-2 reduce-scatters the buckets instead; ZeRO-3 / FSDP is timed unit by unit elsewhere."""
+    ZeRO-2 reduce-scatters the buckets instead; ZeRO-3 / FSDP is timed unit by unit elsewhere.
+    ``sharded_sync`` "after-backward" (frameworks.ProfileSettings.sharded_grad_sync): under ZeRO-1
+    the whole gradient buffer is all-reduced in one call after the backward."""
     if dp_world <= 1:
         return 0.0, 0.0
     if zero_stage >= 3:
         return 0.0, 0.0  # FSDP / ZeRO-3 gathers and reduces unit by unit (training.py's ShardedDataParallel)
-    wire, steps = dp_grad_reduction(link, dp_world, per_node, zero_stage, grad_bytes, param_bytes, bucket_bytes)
+    wire, steps = dp_grad_reduction(link, dp_world, per_node, zero_stage, grad_bytes, param_bytes, bucket_bytes,
+                                    sharded_sync)
     if zero_stage >= 1:
         t, n = _cross_split(link, "all_gather", param_bytes, dp_world, per_node)
         wire += t
@@ -351,21 +354,31 @@ def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: flo
 
 
 def dp_grad_reduction(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: float, param_bytes: float,
-                      bucket_bytes: float) -> tuple[float, float]:
+                      bucket_bytes: float, sharded_sync: str = "buckets") -> tuple[float, float]:
     """The gradient reduction of dp_comm alone (its buckets' all-reduces, or reduce-scatters under
     ZeRO-2), which ZeRO-2 makes every micro-batch (training.zero2_extra_reductions)."""
     if dp_world <= 1 or zero_stage >= 3:
         return 0.0, 0.0
+    if zero_stage == 1 and sharded_sync == "after-backward":
+        return _cross_split(link, "all_reduce", grad_bytes, dp_world, per_node)
     n_buckets = max(1.0, float(np.ceil(param_bytes / bucket_bytes)))
     t, n = _cross_split(link, "reduce_scatter" if zero_stage == 2 else "all_reduce", grad_bytes / n_buckets,
                         dp_world, per_node)
     return n_buckets * t, n_buckets * n
 
 
+def dp_hidden(zero_stage, sharded_sync: str):
+    """1 where the gradient reduction can hide behind the last backward, 0 where it runs after it
+    (``sharded_sync`` "after-backward" under ZeRO-1). Works on arrays."""
+    if sharded_sync != "after-backward":
+        return np.ones_like(np.asarray(zero_stage, dtype=float))
+    return np.where(np.asarray(zero_stage) == 1, 0.0, 1.0)
+
+
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
                 layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None,
-                pipeline_balance: str = "even") -> StepTerms:
+                pipeline_balance: str = "even", sharded_grad_sync: str = "buckets") -> StepTerms:
     """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
     search's screen builds the same terms on arrays from the same functions."""
@@ -385,12 +398,12 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     tp_i, tp_w, tp_s = tp_layer_comm(link, act, par.tp, par.sequence_parallel, job.recompute)
     p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
     dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
-                         param_bytes_gathered, dp_bucket_bytes)
+                         param_bytes_gathered, dp_bucket_bytes, sharded_grad_sync)
     n_micro = float(job.grad_accum_steps(par))
     extra = float(zero2_extra_reductions(par.zero_stage, n_micro))
     if extra:  # ZeRO-2: every micro-batch's gradients reduce-scattered, each behind its own backward
         rs_w, rs_s = dp_grad_reduction(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
-                                       param_bytes_gathered, dp_bucket_bytes)
+                                       param_bytes_gathered, dp_bucket_bytes, sharded_grad_sync)
         dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
     head_l, max_l, other_l, apart, n_layer_stages = stage_layers(model.layers, par.pp, pipeline_balance,
                                                                  *block_costs(model))
@@ -407,7 +420,9 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
         head_gemm_mb_s=head_s, head_other_mb_s=loss_s,
         tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
         p2p_mb_s=p2p, pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
-        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s, dp_window_s=(1.0 + extra) * layers * (g_b + a_b + e_b + recompute_f),
+        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
+        dp_window_s=float(dp_hidden(par.zero_stage, sharded_grad_sync)) * (1.0 + extra) * layers
+        * (g_b + a_b + e_b + recompute_f),
         optimizer_s=optimizer_s, other_s=other_s,
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
 

@@ -965,7 +965,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
             model, spec, job, par, node, eff, dtype, (g_f, g_b, a_f, a_b, e_f, e_b), head_f + head_b, loss_t,
             optimizer_t, offload_t + ep_comm + cp_comm + fsdp_exposed, grad_bytes=st.grads * sp.total,
             param_bytes_gathered=st.weights * sp.total, layers=layers, dp_bucket_bytes=prof.settings.dp_bucket_bytes,
-            cluster_scaling=prof.scaling, pipeline_balance=prof.settings.pipeline_balance)
+            cluster_scaling=prof.scaling, pipeline_balance=prof.settings.pipeline_balance,
+            sharded_grad_sync=prof.settings.sharded_grad_sync)
         c = steptime.compose(terms, {k: v.value for k, v in prof.parameters.items()}, prof.cluster_step_latency_s,
                              cuda_graphs=prof.settings.cuda_graphs)
         step = StepTime(float(c.compute_s), float(c.attention_s), float(c.elementwise_s), float(c.host_overhead_s),

@@ -489,8 +489,9 @@ def test_zero2_in_a_composed_profile():
 
 
 def _allreduce_wire(terms, m, spec, node):
-    """The bucketed gradient all-reduce part of a ZeRO-1 nanotron layout's data-parallel wire time
-    (steptime.dp_grad_reduction), tp 2 x dp 16 on DGX H100 nodes."""
+    """The gradient all-reduce part of a ZeRO-1 nanotron layout's data-parallel wire time
+    (steptime.dp_grad_reduction: one call after the backward, the profile's sharded_grad_sync),
+    tp 2 x dp 16 on DGX H100 nodes."""
     from costmodel import comm_bridge, frameworks, steptime
     from costmodel import training as tr
     from costmodel.memory import stage_params, state_bytes_per_param
@@ -504,7 +505,7 @@ def _allreduce_wire(terms, m, spec, node):
     st, total = state_bytes_per_param(job, m.hidden), stage_params(m, par).total
     place = steptime.placement(par, link.devices_per_node)
     return steptime.dp_grad_reduction(link, 16, place["dp_per_node"], 1, st.grads * total, st.weights * total,
-                                      prof.settings.dp_bucket_bytes)[0]
+                                      prof.settings.dp_bucket_bytes, prof.settings.sharded_grad_sync)[0]
 
 
 def test_screen_mirrors_the_pipeline_stall(tmp_path):
