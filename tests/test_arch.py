@@ -70,6 +70,9 @@ PUBLISHED: dict[str, tuple[int, int, str]] = {
     "mixtral-8x22b": (140_630_071_296, 0, "mistralai HF checkpoint, vocab 32768 (published 141B)"),
     "qwen2.5-7b": (7_615_616_512, 0, "HF checkpoint (model card 7.61B)"),
     "qwen2.5-72b": (72_706_203_648, 0, "HF checkpoint (model card 72.7B)"),
+    # Qwen3 MoE model cards (https://huggingface.co/Qwen/Qwen3-30B-A3B, .../Qwen3-235B-A22B), rounded.
+    "qwen3-30b-a3b": (30_500 * M, 50 * M, "30.5B, rounded to 0.1B"),
+    "qwen3-235b-a22b": (235 * B, B // 2, "235B, rounded to whole billions"),
     "gemma2-9b": (9_241_705_984, 0, "HF checkpoint"),
     "gemma2-27b": (27_227_128_320, 0, "HF checkpoint"),
     "falcon-7b": (6_921_720_704, 0, "unique parameters; HF checkpoint 7,217,189,760 less the stored tied lm_head"),
