@@ -59,6 +59,7 @@ class TrainingSection(BaseModel):
     dp: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)
     cp: int = Field(default=1, ge=1, le=MAX_COUNT)
     ep: int = Field(default=1, ge=1, le=MAX_COUNT)
+    etp: Optional[int] = Field(default=None, ge=1, le=MAX_COUNT)  # expert tensor parallel (default: tp)
     sequence_parallel: bool = False
     zero_stage: int = Field(default=0, ge=0, le=3)
     interleave: int = Field(default=1, ge=1, le=MAX_COUNT)

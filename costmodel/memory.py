@@ -75,10 +75,15 @@ class ParallelGrid:
     sequence_parallel: np.ndarray
     zero_stage: np.ndarray
     interleave: np.ndarray
+    etp: np.ndarray | None = None  # expert tensor parallel (Parallel.etp); None: tp
 
     @property
     def devices(self) -> np.ndarray:
         return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def expert_tp(self) -> np.ndarray:
+        return self.tp if self.etp is None else self.etp
 
 
 # ------------------------------------------------------------------------------ model states
@@ -172,11 +177,11 @@ class StageParams:
 def stage_params(model: ModelConfig, par) -> StageParams:
     """Split layers evenly over pp stages; the first stage also holds the input embedding and
     the last the LM head (Megatron-LM). Matmul weights and embeddings are split over tp, routed
-    experts over ep (and tp), norms are replicated.
+    experts over ep and etp (Parallel.etp: tp unless set), norms are replicated.
 
     `par` is a :class:`Parallel` or a :class:`ParallelGrid` of numpy arrays (layout search)."""
     if type(par) is Parallel:  # one layout: once per model (frozen) and split
-        key = (id(model), par.tp, par.pp, par.ep)
+        key = (id(model), par.tp, par.pp, par.ep, par.expert_tp)
         hit = _STAGE_PARAMS.get(key)
         if hit is None or hit[0] is not model:
             if len(_STAGE_PARAMS) > 1024:
@@ -186,7 +191,7 @@ def stage_params(model: ModelConfig, par) -> StageParams:
     return _stage_params(model, par)
 
 
-_STAGE_PARAMS: dict = {}  # (id(model), tp, pp, ep) -> (model, StageParams)
+_STAGE_PARAMS: dict = {}  # (id(model), tp, pp, ep, etp) -> (model, StageParams)
 
 
 def _stage_params(model: ModelConfig, par) -> StageParams:
@@ -197,7 +202,7 @@ def _stage_params(model: ModelConfig, par) -> StageParams:
     per_layer = (model.layer_params(moe_layer=moe_layer) - norm) / tp + norm
     if moe_layer:
         experts = model.moe.experts * model.expert_params()
-        per_layer = per_layer - experts / tp + experts / (tp * par.ep)
+        per_layer = per_layer - experts / tp + experts / (par.expert_tp * par.ep)
     emb = (model.vocab * model.hidden + (model.max_context * model.hidden if model.positions == "learned" else 0)) / tp
     head_split = model.vocab * model.hidden / tp
     single = par.pp == 1

@@ -169,12 +169,13 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
           overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
           hardware_files: list[str] | None = None, host_time_factor: float = 1.0,
-          profile: str | None = None, grad_reduce_in_bf16: bool = False) -> TrainEstimate:
+          profile: str | None = None, grad_reduce_in_bf16: bool = False, etp: int | None = None) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
     node's devices. dp defaults to devices / (tp * pp * cp). `framework`: a framework name
     (costmodel.frameworks, case-insensitive; default frameworks.DEFAULT_FRAMEWORK); `profile`: a
-    framework profile YAML (e.g. from fit-profile) that times the step instead of the built-in."""
-    require_positive(devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, interleave=interleave,
+    framework profile YAML (e.g. from fit-profile) that times the step instead of the built-in.
+    `etp`: Megatron-core's expert tensor-parallel size (Parallel.etp; default tp)."""
+    require_positive(devices=devices, nodes=nodes, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, interleave=interleave, etp=etp,
                      micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch)
     lib = load_library(hardware_files)
     spec = lib.device(hardware)
@@ -193,7 +194,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
                                else frameworks.DEFAULT_FRAMEWORK, profile)
     try:
         par = _parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, sequence_parallel=sequence_parallel, zero_stage=zero_stage,
-                        interleave=interleave)
+                        interleave=interleave, etp=etp)
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, **fw,
                        overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,

@@ -161,13 +161,15 @@ def infer_plot(est, path: str | Path, curve: list[dict] | None = None) -> Path:
 def layout_label(lay, per_micro_batch: bool = True, hardware: bool = False) -> str:
     """A search layout in one line, with every field that tells two layouts apart (the devices and
     gradient accumulation follow from them and the batch): 'tp2+sp pp4v4 dp8 cp2 z2 off mb1
-    selective'. +sp: sequence parallelism; vN: virtual pipeline stages; off: optimizer offloaded to
+    selective'. +sp: sequence parallelism; vN: virtual pipeline stages; etpN: experts split over N
+    ranks (where not tp); off: optimizer offloaded to
     the host. ``per_micro_batch``: add the micro-batch and recompute (the search table has columns
     for them); ``hardware``: prefix the hardware id (a search over several)."""
     g = lambda k, d: getattr(lay, k, d)  # noqa: E731
     s = f"tp{lay.tp}{'+sp' if g('sequence_parallel', False) else ''} pp{lay.pp}"
     s += f"v{g('interleave', 1)}" if g("interleave", 1) > 1 else ""
     s += f" dp{lay.dp}" + (f" cp{g('cp', 1)}" if g("cp", 1) > 1 else "") + (f" ep{g('ep', 1)}" if g("ep", 1) > 1 else "")
+    s += f" etp{g('etp', None)}" if g("etp", None) is not None and g("etp", None) != lay.tp else ""
     s += f" z{lay.zero_stage}" + (" off" if g("offload_optimizer", "none") != "none" else "")
     if per_micro_batch:
         s += f" mb{lay.micro_batch}" + (f" {lay.recompute}" if lay.recompute != "none" else "")

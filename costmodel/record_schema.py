@@ -56,6 +56,7 @@ class ParallelRecord(_Record):
     dp: Optional[Count] = None
     cp: Optional[Count] = None
     ep: Optional[Count] = None
+    etp: Optional[Count] = None  # Megatron-core --expert-tensor-parallel-size (default: tp)
     interleave: Optional[Count] = None
     zero_stage: Optional[Annotated[StrictInt, Field(ge=0, le=3)]] = None
     sharding: Optional[Literal["none", "full", "optimizer", "grad"]] = None

@@ -82,6 +82,7 @@ class SearchLayout(BaseModel):
     grad_accum: int
     recompute: str
     offload_optimizer: str
+    etp: int | None = None  # expert tensor parallel where the search set one (Parallel.etp; None: tp)
 
 
 class SearchCandidate(BaseModel):
@@ -193,8 +194,19 @@ class _Axes:
     rc: np.ndarray
     sp: np.ndarray
     off: np.ndarray
+    # Megatron-core's expert tensor-parallel size for every candidate (Parallel.etp): None, tp (the
+    # default); a number, that many where it divides tp (1: tp folded into ep). Not an axis.
+    etp: int | None = None
 
     names = ("devices", "tp", "pp", "v", "cp", "ep", "zero", "mb", "rc", "sp", "off")
+
+    def etp_of(self, tp):
+        """The expert tensor-parallel size of candidates of tensor-parallel size ``tp`` (works on
+        arrays; where etp does not divide tp, tp: such candidates are invalid, _valid_mask)."""
+        if self.etp is None:
+            return tp
+        return np.where(np.asarray(tp) % self.etp == 0, self.etp, tp) if np.ndim(tp) else (
+            self.etp if int(tp) % self.etp == 0 else int(tp))
 
     def shape(self) -> tuple[int, ...]:
         return tuple(len(getattr(self, n)) for n in self.names)
@@ -209,7 +221,7 @@ class _Axes:
 
 def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_batch: int, seq_len: int,
           *, tp=None, pp=None, interleave=None, cp=None, ep=None, zero=None, micro_batch=None,
-          recompute=None, sequence_parallel=None, offload=None) -> _Axes:
+          recompute=None, sequence_parallel=None, offload=None, etp=None) -> _Axes:
     hi = max(counts)
     # tensor parallelism inside a node's scale-up domain only (its per-layer collectives are exposed)
     tps = tp or [t for t in _pow2_upto(min(hi, max(devices_per_node, 1))) if t <= hi]
@@ -229,7 +241,7 @@ def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_b
     as_i = lambda xs: np.asarray(sorted(set(int(x) for x in xs)), dtype=np.int64)  # noqa: E731
     return _Axes(np.asarray(counts, dtype=np.int64), as_i(tps), as_i(pps), as_i(vs), as_i(cps), as_i(eps), as_i(zs),
                  as_i(mbs), as_i(rcs), np.asarray(sorted(set(bool(s) for s in sps))),
-                 np.asarray(sorted(set(bool(o) for o in offs))))
+                 np.asarray(sorted(set(bool(o) for o in offs))), None if etp is None else int(etp))
 
 
 def _check_grid(ax: _Axes) -> None:
@@ -260,7 +272,9 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
         ("interleaving needs pp > 1 and layers divisible by pp*v",
          (v == 1) | ((pp > 1) & (model.layers % (pp * v) == 0))),
         ("cp must split the sequence in 2*cp chunks", seq_len % (2 * cp) == 0),
-        ("ep must divide dp*cp", ((dp * cp) % ep == 0) & (dp >= 1)),
+        ("ep must divide dp*cp", ((dp * cp) % ep == 0) & (dp >= 1)) if ax.etp is None else
+        ("ep x etp must divide tp*dp*cp (etp dividing tp)",
+         (tp % ax.etp == 0) & ((tp * dp * cp) % (ep * ax.etp) == 0) & (dp >= 1)),
         ("global batch not divisible by micro-batch x dp", (dp >= 1) & (global_batch % np.maximum(mb * dp, 1) == 0)),
         ("interleaving needs micro-batches divisible by pp",
          (v == 1) | ((global_batch // np.maximum(mb * dp, 1)) % pp == 0)),
@@ -347,7 +361,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train.
     With `capacity_bytes`, step time is computed only for the candidates that fit (inf for the
     rest): memory rejects most of a large space and costs a fraction of the time terms."""
-    out = _memory_of(model, job, c)
+    out = _memory_of(model, job, c, ax)
     keep = np.flatnonzero(out["required_bytes"] <= capacity_bytes) if capacity_bytes is not None else np.arange(len(c))
     return _with_times(out, c, keep, lambda sub: _screen_time(model, spec, node, job, ax, sub, calibration))
 
@@ -371,19 +385,26 @@ SCREEN_CHUNK = 1 << 15
 
 
 def _flat_of(ax: _Axes, shape: tuple, flat: np.ndarray) -> _Flat:
-    """Candidates given by their flat indices in the grid, as _Flat (indices and values per axis)."""
+    """Candidates given by their flat indices in the grid, as _Flat (indices and values per axis;
+    and their expert tensor-parallel size, "etp", where the search sets one)."""
     idx = dict(zip(ax.names, np.unravel_index(flat, shape)))
-    return _Flat(idx, {n: getattr(ax, n)[idx[n]] for n in ax.names})
+    val = {n: getattr(ax, n)[idx[n]] for n in ax.names}
+    if ax.etp is not None:
+        val["etp"] = ax.etp_of(val["tp"])
+    return _Flat(idx, val)
 
 
-def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat) -> dict[str, np.ndarray]:
+def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat, ax: _Axes | None = None) -> dict[str, np.ndarray]:
     """Peak and required bytes per device of candidates (the formulas of costmodel.memory on arrays)."""
     v = c.val
     tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
     dp = N // (tp * pp * cp)
     n_micro = job.global_batch // (mb * dp)
+    etp = v.get("etp")
+    if etp is None and ax is not None and ax.etp is not None:
+        etp = ax.etp_of(tp)
     grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=v["ep"], sequence_parallel=v["sp"] & (tp > 1),
-                        zero_stage=v["zero"], interleave=v["v"])
+                        zero_stage=v["zero"], interleave=v["v"], etp=etp)
     mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
                              offload_optimizer=v["off"])
     peak = peak_of(mem["candidates"])
@@ -406,7 +427,7 @@ def _memory_chunks(model: ModelConfig, job: TrainJob, ax: _Axes, shape: tuple, f
     if ax.names[-k:] != _INNER_AXES:  # another order of axes: candidate by candidate
         for a in range(0, len(flat), chunk):
             c = _flat_of(ax, shape, flat[a:a + chunk])
-            yield a, min(len(flat), a + chunk), c, _memory_of(model, job, c)["required_bytes"]
+            yield a, min(len(flat), a + chunk), c, _memory_of(model, job, c, ax)["required_bytes"]
         return
     outer, inner = shape[:-k], shape[-k:]
     size = math.prod(inner)
@@ -427,7 +448,7 @@ def _memory_chunks(model: ModelConfig, job: TrainJob, ax: _Axes, shape: tuple, f
         bidx = np.unravel_index(blocks[s0:s1], outer)
         val = {n: getattr(ax, n)[i].reshape((-1,) + (1,) * k) for n, i in zip(ax.names, bidx)}
         val.update(zip(_INNER_AXES, inner_vals))
-        req = _memory_of(model, job, _Flat({}, val))["required_bytes"]
+        req = _memory_of(model, job, _Flat({}, val), ax)["required_bytes"]
         req = np.broadcast_to(req, (s1 - s0,) + inner).reshape(s1 - s0, size)
         row = np.repeat(np.arange(s1 - s0), np.diff(np.append(starts[s0:s1], b)))
         idx = {n: i[row] for n, i in zip(ax.names, bidx)}
@@ -508,7 +529,7 @@ class _Screened:
         if len(rows) == 1 and int(rows[0]) in self._kept:
             return self._kept[int(rows[0])]
         c = self.flat_of(rows)
-        out = _memory_of(self.model, self.job, c)
+        out = _memory_of(self.model, self.job, c, self.ax)
         return _with_times(out, c, self.fits[np.asarray(rows, dtype=np.int64)], self.times)
 
 
@@ -549,7 +570,7 @@ def _time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None
     digest = lambda a: None if a is None else (a.shape, hashlib.blake2b(np.packbits(a).tobytes(), digest_size=16).digest())  # noqa: E731
     try:
         key = (id(model), id(spec), id(node), id(eff), job, tuple(tuple(getattr(ax, n).tolist()) for n in ax.names),
-               digest(used), digest(used_layers))
+               ax.etp, digest(used), digest(used_layers))
         hit = _TIME_MODELS.get(key)
     except TypeError:  # an input that does not hash: build it
         return _build_time_model(model, spec, node, job, ax, used, calibration, used_layers)
@@ -583,14 +604,15 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
 
     def layer(tp_, ep_, mb_, cp_, sp_):
-        par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1)
+        par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1, etp=ax.etp_of(tp_))
         return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype, spec)
 
     # every GEMM shape of every sub-layout through the calibrated curve in one vectorised call first
     _prefetch_gemms(eff, lambda e: _subgrid_table(lambda *a: tr._layer_times(
-        e, model, job, Parallel(tp=a[0], ep=a[1], dp=a[1], cp=a[3], sequence_parallel=bool(a[4]) and a[0] > 1),
+        e, model, job, Parallel(tp=a[0], ep=a[1], dp=a[1], cp=a[3], sequence_parallel=bool(a[4]) and a[0] > 1,
+                                etp=ax.etp_of(a[0])),
         a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers),
-        key=("layers", id(model), job, dtype, id(spec), *(tuple(getattr(ax, n).tolist()) for n in _LAYER_AXES),
+        key=("layers", id(model), job, dtype, id(spec), ax.etp, *(tuple(getattr(ax, n).tolist()) for n in _LAYER_AXES),
              None if used_layers is None else np.packbits(used_layers).tobytes()))
     with prefetched():
         parts_tab = _subgrid_table(layer, ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers)
@@ -611,15 +633,24 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     rc_name = lambda r: RECOMPUTE_NAMES[int(r)]  # noqa: E731
     link_coll, link_p2p = _memo(link.collective_time_s), _memo(link.p2p_time_s)
 
-    def tp_layer(tp_, mb_, cp_, sp_, rc_):
-        """TP collectives of one layer and micro-batch (comm.tp_layer_collectives)."""
-        if tp_ <= 1:
+    def tp_collectives(group_tp, mb_, cp_, sp_, rc_):
+        if group_tp <= 1:
             return 0.0
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-        group = comm.Group(tp_, min(tp_, dpn))
-        return sum(cl.count * link_coll(cl.op, cl.nbytes, tp_, intra=True)
-                   for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and tp_ > 1,
+        group = comm.Group(group_tp, min(group_tp, dpn))
+        return sum(cl.count * link_coll(cl.op, cl.nbytes, group_tp, intra=True)
+                   for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and group_tp > 1,
                                                        recompute=rc_name(rc_)))
+
+    def tp_layer(tp_, mb_, cp_, sp_, rc_):
+        """TP collectives of one layer and micro-batch (comm.tp_layer_collectives; the MoE layers'
+        MLP half over etp ranks, training.moe_etp_share)."""
+        if tp_ <= 1:
+            return 0.0
+        etp_ = ax.etp_of(tp_)
+        share = tr.moe_etp_share(model, Parallel(tp=tp_, etp=etp_))
+        return (1.0 - share) * tp_collectives(tp_, mb_, cp_, sp_, rc_) + (
+            share * tp_collectives(etp_, mb_, cp_, sp_, rc_) if share else 0.0)
 
     tp_tab = _subgrid_table(tp_layer, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
 
@@ -629,8 +660,9 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             if ep_ <= 1:
                 return 0.0
             act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-            per_node = max(1, min(ep_, dpn // tp_))
-            return link_coll("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * tp_ <= dpn, per_node=per_node)
+            etp_ = ax.etp_of(tp_)  # the ep group's ranks are etp apart (training's ep_comm)
+            per_node = max(1, min(ep_, dpn // etp_))
+            return link_coll("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * etp_ <= dpn, per_node=per_node)
 
         a2a_tab = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)
 
@@ -655,7 +687,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     grad_per_param = tr.dp_grad_bytes_per_param(job)
     opt_per_param = tr.optimizer_bytes_per_param(job, st)
 
-    stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_)).total))
+    stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_,
+                                                                                   etp=ax.etp_of(tp_))).total))
     opt_time = _memo(lambda nbytes: memory_op(eff, "optimizer", nbytes).time_s)
 
     # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
@@ -681,7 +714,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         opt_pts[j] = opt_time(opt_per_param * Pst / (world if z_ >= 1 else 1))
         if world <= 1:
             continue
-        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_)
+        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_, etp=ax.etp_of(tp_))
         grad_bytes = grad_per_param * Pst
         g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
         if z_ >= 3 and deepspeed and pp_ == 1:  # DeepSpeed 2021 ZeRO-3, sub-module by sub-module
@@ -871,6 +904,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
     from dataclasses import replace
 
+    from . import training as tr
     from .training import zero2_extra_reductions
 
     # ``cache``: the tables of one time model, kept between calls (a search calls this chunk by
@@ -886,7 +920,9 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
 
     def tp_row(tp_, mb_, cp_, sp_, rc_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-        return steptime.tp_layer_comm(link, act, tp_, bool(sp_) and tp_ > 1, RECOMPUTE_NAMES[int(rc_)])
+        etp_ = ax.etp_of(tp_)
+        return steptime.tp_layer_comm_split(link, act, tp_, etp_, tr.moe_etp_share(model, Parallel(tp=tp_, etp=etp_)),
+                                            bool(sp_) and tp_ > 1, RECOMPUTE_NAMES[int(rc_)])
 
     if "tp" not in cache:
         cache["tp"] = _subgrid_table(tp_row, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc, width=3)
@@ -912,7 +948,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         key = tuple(int(x) for x in key)
         if key not in dp_done:
             N_, tp_, pp_, cp_, ep_, z_ = key
-            par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_)
+            par = Parallel(tp=tp_, pp=pp_, dp=N_ // (tp_ * pp_ * cp_), cp=cp_, ep=ep_, zero_stage=z_, etp=ax.etp_of(tp_))
             Pst = stage_total(tp_, pp_, ep_)
             place = steptime.placement(par, link.devices_per_node)
             args = (link, par.dp * par.cp, place["dp_per_node"], z_, st.grads * Pst, st.weights * Pst,
@@ -1052,7 +1088,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
            sequence_parallel: Sequence[bool] | None = None, offload: Sequence[bool] | None = None,
            calibration: str | None = None, hardware_files: list[str] | None = None, refine: bool = True,
-           progress=None, profile: str | None = None) -> SearchResult:
+           progress=None, profile: str | None = None, etp: int | None = None) -> SearchResult:
     """Every valid layout of `model` on `devices` of each `hardware`, ranked by `objective`,
     computed from each layout's expected step time (its step time, plus, where the cluster stalls
     cross-node pipeline sends, the stall's chance times its seconds: steptime.expected_step_s).
@@ -1064,7 +1100,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     the screen uses the framework's base semantics; where its profile composes the step
     (costmodel.steptime), a larger pool of the screen's best is re-ranked with it.
     `progress`: called as progress(done, total) while the layouts are screened (chunk by chunk, in
-    bounded memory): the valid layouts screened so far and in all.
+    bounded memory): the valid layouts screened so far and in all. `etp`: every layout's expert
+    tensor-parallel size (Parallel.etp: 1 folds tp into ep), where it divides tp; None: tp.
     """
     t0 = time.perf_counter()
     m = model if isinstance(model, ModelConfig) else load_model(model)
@@ -1077,6 +1114,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     if top < 1:
         raise InputError("top must be >= 1", field="top")
     require_run(tokens, steps, price_per_hour)
+    require_positive(etp=etp)
     for r in recompute or ():
         if r not in RECOMPUTE_CODES:
             raise InputError(f"recompute {r!r} is not one of none, selective, full", field="recompute")
@@ -1112,7 +1150,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         dpn = node.devices_per_node if node else 8
         ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
                    zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
-                   offload=offload)
+                   offload=offload, etp=etp)
         _check_grid(ax)
         ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
         grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
@@ -1220,7 +1258,8 @@ def layout_of(hw: str, c: _Flat, i: int, n_micro: int) -> SearchLayout:
     return SearchLayout(hardware=hw, devices=N, tp=tp, pp=pp, dp=N // (tp * pp * cp), cp=cp, ep=int(v["ep"][i]),
                         interleave=int(v["v"][i]), sequence_parallel=bool(v["sp"][i]) and tp > 1,
                         zero_stage=int(v["zero"][i]), micro_batch=int(v["mb"][i]), grad_accum=int(n_micro),
-                        recompute=RECOMPUTE_NAMES[int(v["rc"][i])], offload_optimizer="cpu" if v["off"][i] else "none")
+                        recompute=RECOMPUTE_NAMES[int(v["rc"][i])], offload_optimizer="cpu" if v["off"][i] else "none",
+                        etp=int(v["etp"][i]) if "etp" in v else None)
 
 
 def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, calibration, refine: bool):
@@ -1230,7 +1269,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         c, s, i = s.flat_of([i]), s.rows([i]), 0
     lay = layout_of(hw, c, i, int(s["n_micro"][i]))
     par = Parallel(tp=lay.tp, pp=lay.pp, dp=lay.dp, cp=lay.cp, ep=lay.ep, sequence_parallel=lay.sequence_parallel,
-                   zero_stage=lay.zero_stage, interleave=lay.interleave)
+                   zero_stage=lay.zero_stage, interleave=lay.interleave, etp=lay.etp)
     j = job.model_copy(update=dict(micro_batch=lay.micro_batch, recompute=lay.recompute,
                                    offload_optimizer=lay.offload_optimizer))
     tokens_per_step = float(job.global_batch * job.seq_len)

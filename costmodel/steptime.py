@@ -311,6 +311,17 @@ def tp_layer_comm(link, act_bytes: float, tp: int, sequence_parallel: bool, reco
     return intra, wire, steps
 
 
+def tp_layer_comm_split(link, act_bytes: float, tp: int, etp: int, share: float, sequence_parallel: bool,
+                        recompute: str) -> tuple[float, float, float]:
+    """tp_layer_comm where a ``share`` of a layer's collectives (training.moe_etp_share: the MoE
+    layers' MLP half) runs over the etp ranks that split the experts instead of tp (none for etp 1)."""
+    full = tp_layer_comm(link, act_bytes, tp, sequence_parallel, recompute)
+    if not share:
+        return full
+    part = tp_layer_comm(link, act_bytes, etp, sequence_parallel and etp > 1, recompute) if etp > 1 else (0.0, 0.0, 0.0)
+    return tuple((1.0 - share) * a + share * b for a, b in zip(full, part))
+
+
 def tp_overlap_exposed_s(comm_s, gemm_s, tp):
     """Exposed time of a layer's tensor-parallel communication ``comm_s`` when each collective is
     decomposed into ``tp`` chunks pipelined with its GEMM (``gemm_s`` of GEMM time in the same
@@ -383,7 +394,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
     search's screen builds the same terms on arrays from the same functions."""
     from . import comm_bridge
-    from .training import zero2_extra_reductions
+    from .training import moe_etp_share, zero2_extra_reductions
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
     rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
@@ -395,7 +406,8 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)
     act = job.micro_batch * max(1, job.seq_len // par.cp) * model.hidden * 2.0
-    tp_i, tp_w, tp_s = tp_layer_comm(link, act, par.tp, par.sequence_parallel, job.recompute)
+    tp_i, tp_w, tp_s = tp_layer_comm_split(link, act, par.tp, par.expert_tp, moe_etp_share(model, par),
+                                           par.sequence_parallel, job.recompute)
     p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
     dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
                          param_bytes_gathered, dp_bucket_bytes, sharded_grad_sync)

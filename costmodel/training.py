@@ -372,6 +372,17 @@ def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
     return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER * job.host_time_factor
 
 
+def moe_etp_share(model: ModelConfig, par) -> float:
+    """The share of a layer's tensor-parallel collectives that run over etp ranks instead of tp:
+    the MLP half of the MoE layers where the experts are split over fewer ranks than tp
+    (Parallel.etp; with etp 1 the MoE layer works on each rank's sequence-parallel share of the
+    tokens, Megatron-core's MoE parallel folding, and runs none). 0 for a parallel block, whose
+    attention and MLP share one collective."""
+    if model.moe is None or model.moe_layers == 0 or par.expert_tp == par.tp or model.parallel_block:
+        return 0.0
+    return 0.5 * model.moe_layers / model.layers
+
+
 def zero2_extra_reductions(zero_stage, n_micro):
     """Gradient reductions a step makes beyond the one at the accumulation boundary (vectorised):
     ZeRO-2 keeps only its shard of the gradients between micro-batches, so every micro-batch's
@@ -571,15 +582,19 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
         for g in layer_gemms(model, tokens, moe_layer):
             m = g.m
             k, n = g.k, g.n
+            # routed experts are split over etp ranks (Parallel.etp; tp unless set), the rest over tp
+            split = par.expert_tp if g.name in ("expert_in", "expert_out") else tp
             if g.name in ("qkv", "mlp_in", "expert_in", "shared_in", "q", "q_up", "kv_up"):
-                n = max(1, n // tp)
+                n = max(1, n // split)
             elif g.name in ("attn_out", "mlp_out", "expert_out", "shared_out"):
-                k = max(1, k // tp)
+                k = max(1, k // split)
             count = g.count
             g_dtype = dtype
             if g.name in ("expert_in", "expert_out"):
+                # each of a rank's experts / ep experts gets the tokens of ep ranks; with etp < tp a
+                # rank dispatches its sequence-parallel share (tokens / tp), gathered over etp ranks
                 count = g.count / par.ep
-                m = g.m * par.ep if par.ep > 1 else g.m
+                m = max(1, round(g.m * par.ep * par.expert_tp / tp)) if par.ep > 1 or split != tp else g.m
                 g_dtype = expert_dtype
             # HF blocks run q, k, v (and gate, up) as separate matmuls
             splits = 3 if (g.name == "qkv" and job.framework == "pytorch") else (
@@ -790,10 +805,15 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         # + 2 when full recompute re-runs the forward; with sequence parallelism all-gather +
         # reduce-scatter pairs of the same volume (Korthikanti et al. 2022, sec. 4.2.2). On the
         # critical path: Megatron-LM issues them synchronously between the GEMMs.
-        tp_group = comm.Group(par.tp, min(par.tp, link.devices_per_node))
-        per = sum(c.count * link.collective_time_s(c.op, c.nbytes, par.tp, intra=True)
-                  for c in comm.tp_layer_collectives(act_bytes, tp_group, sequence_parallel=par.sequence_parallel,
-                                                     recompute=job.recompute, parallel_block=model.parallel_block))
+        def tp_collectives_s(group_tp):
+            if group_tp <= 1:
+                return 0.0
+            group = comm.Group(group_tp, min(group_tp, link.devices_per_node))
+            return sum(c.count * link.collective_time_s(c.op, c.nbytes, group_tp, intra=True)
+                       for c in comm.tp_layer_collectives(act_bytes, group, sequence_parallel=par.sequence_parallel,
+                                                          recompute=job.recompute, parallel_block=model.parallel_block))
+        share = moe_etp_share(model, par)
+        per = tp_collectives_s(par.tp) * (1.0 - share) + (share * tp_collectives_s(par.expert_tp) if share else 0.0)
         if job.tp_comm_overlap:
             if not par.sequence_parallel:
                 raise InputError("--tp-comm-overlap needs sequence parallelism (Megatron-LM's arguments.py), "
@@ -805,11 +825,12 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         # Expert parallelism: dispatch + combine all-to-alls per MoE layer, forward and backward
         # (GShard, Lepikhin et al. 2020, sec. 3.2), tokens x top_k x hidden in the compute dtype;
         # the ep group is laid out after tp (Megatron-core: ep inside dp), so ep ranks are tp apart.
+        # The ep group's ranks are etp apart (etp: tp unless set, Parallel.etp).
         moe_layers_stage = model.moe_layers * layers / model.layers
-        per_node = max(1, min(par.ep, link.devices_per_node // par.tp))
+        per_node = max(1, min(par.ep, link.devices_per_node // par.expert_tp))
         n_a2a = 4 + (2 if job.recompute == "full" else 0)
         a2a = link.collective_time_s("all_to_all", act_bytes / par.tp * model.moe.top_k, par.ep,
-                                     intra=par.ep * par.tp <= link.devices_per_node, per_node=per_node)
+                                     intra=par.ep * par.expert_tp <= link.devices_per_node, per_node=per_node)
         ep_comm = n_micro * moe_layers_stage * n_a2a * a2a
     cp_comm = 0.0
     if par.cp > 1:

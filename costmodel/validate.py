@@ -238,7 +238,7 @@ def _parallel(rec: dict) -> Parallel:
         zero = p["zero_stage"]
     tp, pp, cp = p.get("tp") or 1, p.get("pp") or 1, p.get("cp") or 1
     dp = p.get("dp") or max(1, (rec.get("devices") or 1) // (tp * pp * cp))
-    return Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=p.get("ep") or 1,
+    return Parallel(tp=tp, pp=pp, dp=dp, cp=cp, ep=p.get("ep") or 1, etp=p.get("etp"),
                     sequence_parallel=bool(p.get("sequence_parallel")), zero_stage=zero,
                     interleave=p.get("interleave") or 1)
 

@@ -17,25 +17,47 @@ Framework = Literal["pytorch", "megatron", "deepspeed"]
 
 
 class Parallel(BaseModel):
-    """A parallel layout. devices = tp * pp * dp * cp (expert parallelism lives inside dp)."""
+    """A parallel layout. devices = tp * pp * dp * cp (expert parallelism lives inside dp, or inside
+    tp * dp * cp where etp folds tensor-parallel ranks into it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     tp: int = Field(default=1, ge=1)
     pp: int = Field(default=1, ge=1)
     dp: int = Field(default=1, ge=1)
     cp: int = Field(default=1, ge=1)  # context parallel (ring attention)
-    ep: int = Field(default=1, ge=1)  # expert parallel, a divisor of dp * cp
+    ep: int = Field(default=1, ge=1)  # expert parallel (see etp)
     sequence_parallel: bool = False
     zero_stage: int = Field(default=0, ge=0, le=3)  # 3 = FSDP full sharding
     interleave: int = Field(default=1, ge=1)  # virtual pipeline stages per device
+    # Megatron-core --expert-tensor-parallel-size: the tensor-parallel ranks that split each expert;
+    # None: tp (Megatron's default), so expert parallelism lives inside dp * cp. A smaller etp folds
+    # tensor-parallel ranks into the expert-parallel group ("MoE parallel folding", Megatron-core
+    # 0.10+: the expert layers' ranks are laid out etp, ep, expert-dp over a stage's tp * cp * dp):
+    # ep * etp must divide tp * dp * cp. With etp 1 each rank dispatches its own sequence-parallel
+    # share of the tokens and the MoE layer runs no tensor-parallel collectives.
+    etp: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _ep(self):
-        if (self.dp * self.cp) % self.ep:
-            raise ValueError(f"ep ({self.ep}) must divide dp*cp ({self.dp * self.cp})")
+        etp = self.tp if self.etp is None else self.etp
+        if self.tp % etp:
+            raise ValueError(f"etp ({etp}) must divide tp ({self.tp})")
+        if self.etp is None or self.etp == self.tp:
+            if (self.dp * self.cp) % self.ep:
+                fold = [e for e in range(self.tp - 1, 0, -1)  # the largest etp < tp that would fit
+                        if self.tp % e == 0 and (self.tp * self.dp * self.cp) % (self.ep * e) == 0]
+                hint = f"; with etp {fold[0]} (--expert-tensor-parallel-size) it may span tp*dp*cp" if fold else ""
+                raise ValueError(f"ep ({self.ep}) must divide dp*cp ({self.dp * self.cp}){hint}")
+        elif (self.tp * self.dp * self.cp) % (self.ep * etp):
+            raise ValueError(f"ep x etp ({self.ep} x {etp}) must divide tp*dp*cp ({self.tp * self.dp * self.cp})")
         if self.sequence_parallel and self.tp == 1:
             object.__setattr__(self, "sequence_parallel", False)
         return self
+
+    @property
+    def expert_tp(self) -> int:
+        """The tensor-parallel ranks that split each expert (etp; tp where not set)."""
+        return self.tp if self.etp is None else self.etp
 
     @property
     def devices(self) -> int:

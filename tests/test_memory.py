@@ -144,3 +144,31 @@ def test_fsdp_under_pipeline_keeps_the_stage_gathered():
     flat = train_memory(m, job, Parallel(pp=1, dp=8, zero_stage=3))
     per_layer = stage_params(m, Parallel(pp=1, dp=8)).per_layer
     assert flat.weight_copies_bytes == pytest.approx(2 * 2.0 * per_layer * 7 / 8)
+
+
+def test_expert_tensor_parallel_folds_tp_into_ep():
+    """Megatron-core's --expert-tensor-parallel-size (Parallel.etp): with etp 1 the expert-parallel
+    group may span tp * dp ranks (ep 32 on tp 2 x dp 16, Megatron-Bridge's Qwen3-235B-A22B H100
+    layout), each rank holding experts / ep whole experts. By hand for Qwen3-235B-A22B (128
+    SwiGLU experts of 3 x 4096 x 1536 = 18,874,368 parameters a layer): a rank of ep 32, etp 1
+    holds what a rank of ep 16, etp 2 (the default) does, and ep 16, etp 1 twice the experts,
+    128 x 18,874,368 / 32 = 75,497,472 more parameters a layer."""
+    from costmodel.errors import InputError
+    from costmodel.memory import stage_params
+    from costmodel.plan import train
+
+    m = load_model("qwen3-235b-a22b")
+    assert m.expert_params() == 3 * 4096 * 1536
+    folded = stage_params(m, Parallel(tp=2, pp=8, dp=16, ep=32, etp=1))
+    default = stage_params(m, Parallel(tp=2, pp=8, dp=16, ep=16))
+    fewer = stage_params(m, Parallel(tp=2, pp=8, dp=16, ep=16, etp=1))
+    assert folded.per_layer == default.per_layer
+    assert fewer.per_layer - folded.per_layer == 128 * 18_874_368 // 32
+    with pytest.raises(ValueError, match=r"ep \(32\) must divide dp\*cp \(16\)"):
+        Parallel(tp=2, pp=8, dp=16, ep=32)
+    with pytest.raises(ValueError, match=r"ep x etp \(64 x 1\) must divide tp\*dp\*cp \(32\)"):
+        Parallel(tp=2, dp=16, ep=64, etp=1)
+    with pytest.raises(ValueError, match=r"etp \(3\) must divide tp \(4\)"):
+        Parallel(tp=4, dp=4, etp=3)
+    with pytest.raises(InputError):  # the API names the field
+        train("qwen3-235b-a22b", "dgx-h100", devices=256, tp=2, pp=8, ep=32, etp=0, global_batch=2048, seq_len=4096)

@@ -587,3 +587,18 @@ def test_h200_machines_eager_infer_host():
         s = validate_file(MEASUREMENTS / f).summary
         assert s["infer.decode_seconds_per_token"].mape < 0.22, f
         assert s["infer.prefill_seconds"].mape < 0.18, f
+
+
+def test_expert_tensor_parallel_one_drops_the_moe_layers_tp_collectives():
+    """With etp 1 a MoE layer works on each rank's sequence-parallel share of the tokens: of a
+    layer's tensor-parallel collectives (an all-gather and a reduce-scatter around attention and
+    around the MLP) only attention's remain, so a model whose every layer is MoE (Qwen3-30B-A3B)
+    spends exactly half the time on them. The expert-parallel group of ranks one apart (etp 1)
+    stays inside a node where the default's, tp = 2 apart, does not (ep 8 x 2 > 8 GPUs)."""
+    kw = dict(devices=16, tp=2, pp=1, ep=8, sequence_parallel=True, micro_batch=1, global_batch=16, seq_len=4096,
+              precision="amp-bf16", framework="megatron")
+    folded = train("qwen3-30b-a3b", "dgx-h100", etp=1, **kw)
+    default = train("qwen3-30b-a3b", "dgx-h100", **kw)
+    assert folded.step.tp_comm_s == pytest.approx(0.5 * default.step.tp_comm_s, rel=1e-12)
+    assert 0 < folded.step.ep_comm_s < default.step.ep_comm_s
+    assert folded.parallel["etp"] == 1 and default.parallel["etp"] is None

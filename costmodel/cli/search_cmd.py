@@ -93,6 +93,8 @@ def search_cmd(
     interleave: Optional[str] = typer.Option(None, help="Restrict virtual pipeline stages."),
     cp: Optional[str] = typer.Option(None, "--cp", "--context-parallel-size", help="Restrict context parallelism."),
     ep: Optional[str] = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Restrict expert parallelism."),
+    etp: Optional[int] = typer.Option(None, "--etp", "--expert-tensor-parallel-size",
+                                      help="Every layout's expert tensor-parallel size where it divides tp (1 folds tp into ep; default: tp)."),
     zero_stage: Optional[str] = typer.Option(None, "--zero-stage", help="Restrict ZeRO stages, e.g. 0,1."),
     micro_batch: Optional[str] = typer.Option(None, "--micro-batch", "--micro-batch-size", help="Restrict micro-batch sizes."),
     recompute: Optional[str] = typer.Option(None, help="Restrict recompute modes, e.g. none,selective."),
@@ -159,7 +161,7 @@ def search_cmd(
                   interleave=_ints(interleave, "interleave"), cp=_ints(cp, "cp"), ep=_ints(ep, "ep"),
                   zero_stage=_ints(zero_stage, "zero-stage", minimum=0, maximum=3), micro_batch=_ints(micro_batch, "micro-batch"),
                   recompute=rc, sequence_parallel=None if sequence_parallel is None else [sequence_parallel],
-                  offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file)
+                  offload=_choice(offload, "offload"), calibration=calibration, hardware_files=hardware_file, etp=etp)
     with _layout_progress(f"{model} on {', '.join(hardware)}", enabled=not json_out) as progress:
         res = search(model, hardware, devices, progress=progress, **kwargs)
     written = None

@@ -24,6 +24,8 @@ def train_cmd(
     dp: Optional[int] = typer.Option(None, help="Data-parallel size (default: the rest)."),
     cp: int = typer.Option(1, "--cp", "--context-parallel-size", help="Context-parallel size."),
     ep: int = typer.Option(1, "--ep", "--expert-model-parallel-size", help="Expert-parallel size."),
+    etp: Optional[int] = typer.Option(None, "--etp", "--expert-tensor-parallel-size",
+                                      help="Tensor-parallel ranks that split each expert (default: tp; 1 folds tp into ep)."),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel/--no-sequence-parallel",
                                            help="Sequence parallelism with tp (Korthikanti et al. 2022); "
                                                 "--sequence-parallel on|off also works, as in search."),
@@ -82,7 +84,7 @@ def train_cmd(
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                 overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
                 host_time_factor=host_time_factor, profile=profile, grad_reduce_in_bf16=grad_reduce_in_bf16,
-                hardware_files=hardware_file)
+                etp=etp, hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
     run = None
@@ -169,6 +171,8 @@ def _render(est, run):
 def layout_label(par: dict) -> str:
     """A layout in Megatron's words: 'tp 8 pp 8 dp 2 (sp, ZeRO-1, 6 virtual stages)'."""
     words = [f"{k} {par[k]}" for k in ("tp", "pp", "dp", "cp", "ep") if k in ("tp", "pp", "dp") or par.get(k, 1) > 1]
+    if par.get("etp") is not None and par["etp"] != par.get("tp"):
+        words.append(f"etp {par['etp']}")
     extra = [x for x in ("sp" if par.get("sequence_parallel") else "",
                          f"ZeRO-{par['zero_stage']}" if par.get("zero_stage") else "",
                          f"{par['interleave']} virtual stages" if par.get("interleave", 1) > 1 else "") if x]
