@@ -172,3 +172,5 @@ def test_expert_tensor_parallel_folds_tp_into_ep():
         Parallel(tp=4, dp=4, etp=3)
     with pytest.raises(InputError):  # the API names the field
         train("qwen3-235b-a22b", "dgx-h100", devices=256, tp=2, pp=8, ep=32, etp=0, global_batch=2048, seq_len=4096)
+    with pytest.raises(InputError, match="llama3-8b has none"):  # a dense model has no experts to split
+        train("llama3-8b", "dgx-h100", tp=2, etp=1, global_batch=8)
