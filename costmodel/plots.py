@@ -162,9 +162,9 @@ def layout_label(lay, per_micro_batch: bool = True, hardware: bool = False) -> s
     """A search layout in one line, with every field that tells two layouts apart (the devices and
     gradient accumulation follow from them and the batch): 'tp2+sp pp4v4 dp8 cp2 z2 off mb1
     selective'. +sp: sequence parallelism; vN: virtual pipeline stages; etpN: experts split over N
-    ranks (where not tp); off: optimizer offloaded to
-    the host. ``per_micro_batch``: add the micro-batch and recompute (the search table has columns
-    for them); ``hardware``: prefix the hardware id (a search over several)."""
+    ranks (where not tp); off: optimizer offloaded to the host. ``per_micro_batch``: add the
+    micro-batch and recompute (the search table has columns for them); ``hardware``: prefix the
+    hardware id (a search over several)."""
     g = lambda k, d: getattr(lay, k, d)  # noqa: E731
     s = f"tp{lay.tp}{'+sp' if g('sequence_parallel', False) else ''} pp{lay.pp}"
     s += f"v{g('interleave', 1)}" if g("interleave", 1) > 1 else ""

@@ -594,7 +594,10 @@ def _layer_times(eff, model: ModelConfig, job: TrainJob, par: Parallel, mb: int,
                 # each of a rank's experts / ep experts gets the tokens of ep ranks; with etp < tp a
                 # rank dispatches its sequence-parallel share (tokens / tp), gathered over etp ranks
                 count = g.count / par.ep
-                m = max(1, round(g.m * par.ep * par.expert_tp / tp)) if par.ep > 1 or split != tp else g.m
+                if split != tp:
+                    m = max(1, round(g.m * par.ep * split / tp))
+                elif par.ep > 1:
+                    m = g.m * par.ep
                 g_dtype = expert_dtype
             # HF blocks run q, k, v (and gate, up) as separate matmuls
             splits = 3 if (g.name == "qkv" and job.framework == "pytorch") else (
@@ -824,8 +827,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
         # Expert parallelism: dispatch + combine all-to-alls per MoE layer, forward and backward
         # (GShard, Lepikhin et al. 2020, sec. 3.2), tokens x top_k x hidden in the compute dtype;
-        # the ep group is laid out after tp (Megatron-core: ep inside dp), so ep ranks are tp apart.
-        # The ep group's ranks are etp apart (etp: tp unless set, Parallel.etp).
+        # Megatron-core lays the expert ranks out etp, ep, expert-dp, so the ep group's ranks are
+        # etp apart (etp: tp unless set, Parallel.etp; ep then lives inside dp).
         moe_layers_stage = model.moe_layers * layers / model.layers
         per_node = max(1, min(par.ep, link.devices_per_node // par.expert_tp))
         n_a2a = 4 + (2 if job.recompute == "full" else 0)
