@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import numpy as np
@@ -195,8 +195,11 @@ class _Axes:
     sp: np.ndarray
     off: np.ndarray
     # Megatron-core's expert tensor-parallel size for every candidate (Parallel.etp): None, tp (the
-    # default); a number, that many where it divides tp (1: tp folded into ep). Not an axis.
+    # default); a number, that many where it divides tp (1: tp folded into ep). Not an axis: a
+    # search runs one grid per value. ``etp_folded_only``: this grid only adds the layouts the
+    # default grid cannot hold (ep not dividing dp x cp), the search having chosen etp itself.
     etp: int | None = None
+    etp_folded_only: bool = False
 
     names = ("devices", "tp", "pp", "v", "cp", "ep", "zero", "mb", "rc", "sp", "off")
 
@@ -221,7 +224,7 @@ class _Axes:
 
 def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_batch: int, seq_len: int,
           *, tp=None, pp=None, interleave=None, cp=None, ep=None, zero=None, micro_batch=None,
-          recompute=None, sequence_parallel=None, offload=None, etp=None) -> _Axes:
+          recompute=None, sequence_parallel=None, offload=None, etp=None, etp_folded_only=False) -> _Axes:
     hi = max(counts)
     # tensor parallelism inside a node's scale-up domain only (its per-layer collectives are exposed)
     tps = tp or [t for t in _pow2_upto(min(hi, max(devices_per_node, 1))) if t <= hi]
@@ -241,7 +244,8 @@ def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_b
     as_i = lambda xs: np.asarray(sorted(set(int(x) for x in xs)), dtype=np.int64)  # noqa: E731
     return _Axes(np.asarray(counts, dtype=np.int64), as_i(tps), as_i(pps), as_i(vs), as_i(cps), as_i(eps), as_i(zs),
                  as_i(mbs), as_i(rcs), np.asarray(sorted(set(bool(s) for s in sps))),
-                 np.asarray(sorted(set(bool(o) for o in offs))), None if etp is None else int(etp))
+                 np.asarray(sorted(set(bool(o) for o in offs))), None if etp is None else int(etp),
+                 bool(etp_folded_only))
 
 
 def _check_grid(ax: _Axes) -> None:
@@ -282,6 +286,8 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
         ("duplicate (sequence parallelism without tp)", (~sp) | (tp > 1)),
         ("--tp-comm-overlap needs sequence parallelism", (not tp_comm_overlap) | sp | (tp == 1)),
     ]
+    if ax.etp_folded_only:  # what only folding makes possible; the rest is the default grid's
+        rules.append(("duplicate (ep divides dp*cp: the default grid's)", (dp * cp) % ep != 0))
     shape = ax.shape()
     # No rule reads the recompute or offload axes: the rules are evaluated on the grid without them
     # (each point there stands for len(rc) * len(off) layouts) and the mask broadcast over them.
@@ -902,7 +908,6 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     """The step time of a composed framework profile on the screen's arrays: the terms of
     costmodel.steptime (its tp_layer_comm, pp_p2p, dp_comm and placement, once per distinct
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
-    from dataclasses import replace
 
     from . import training as tr
     from .training import zero2_extra_reductions
@@ -1145,17 +1150,25 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
     per_hw = []
-    grids = []  # per hardware: the valid layouts (checked first, so that progress knows the total)
+    # expert tensor parallelism: the one given, else for a MoE model Megatron's default (tp) and the
+    # layouts only folding makes possible (etp 1, ep not dividing dp x cp: ep over tp x dp x cp)
+    policies = [(etp, False)] if etp is not None or m.moe is None or m.moe_layers == 0 else [(None, False), (1, True)]
+    grids = []  # per hardware (and etp): the valid layouts (checked first, so that progress knows the total)
     for hw in hw_ids:
         spec = lib.device(hw)
         node = lib.node_for(hw)
         dpn = node.devices_per_node if node else 8
-        ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
-                   zero=zero_stage, micro_batch=micro_batch, recompute=recompute, sequence_parallel=sequence_parallel,
-                   offload=offload, etp=etp)
-        _check_grid(ax)
-        ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
-        grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
+        for e, folded_only in policies:
+            ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
+                       zero=zero_stage, micro_batch=micro_batch, recompute=recompute,
+                       sequence_parallel=sequence_parallel, offload=offload, etp=e, etp_folded_only=folded_only)
+            if folded_only:  # tp = 1 layouts are the default grid's
+                ax = replace(ax, tp=ax.tp[ax.tp > 1])
+                if len(ax.tp) == 0:
+                    continue
+            _check_grid(ax)
+            ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
+            grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
     total = sum(len(g[-1]) for g in grids)
     done = 0
     tflops = train_step_flops(m, global_batch, seq_len, "none").model_flops

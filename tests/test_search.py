@@ -585,3 +585,23 @@ def test_search_shows_the_pipeline_stall_risk(capsys):
               "--seq-len", "4096", "--top", "3", "--framework", "nanotron", "--pp", "4"])
     assert e.value.code in (None, 0)
     assert "pipeline stall risk on this cluster" in capsys.readouterr().out
+
+
+def test_moe_search_adds_the_layouts_only_folding_allows():
+    """For a MoE model the search also enumerates Megatron-core's folded layouts (etp 1) whose ep
+    does not divide dp x cp, as Megatron-Bridge runs Qwen3-235B-A22B on 256 H100s (tp 2, pp 8,
+    ep 32 over dp 16); the default grid keeps the rest, and the numbers are train's."""
+    kw = dict(global_batch=2048, seq_len=4096, precision="fp8", tp=[2], pp=[8], interleave=[1], cp=[1], ep=[16, 32],
+              zero_stage=[1], micro_batch=[1], recompute=["none"], sequence_parallel=[True], offload=[False], top=5)
+    res = search("qwen3-235b-a22b", "dgx-h100", 256, **kw)
+    lays = {(c.layout.ep, c.layout.etp) for c in res.top}
+    assert lays == {(16, None), (32, 1)}  # ep 16 fits dp 16 (default etp); ep 32 only folded
+    folded = next(c for c in res.top if c.layout.ep == 32)
+    from costmodel.plan import train
+
+    est = train("qwen3-235b-a22b", "dgx-h100", devices=256, tp=2, pp=8, ep=32, etp=1,
+                sequence_parallel=True, zero_stage=1, micro_batch=1, global_batch=2048, seq_len=4096, precision="fp8")
+    assert folded.step_s == pytest.approx(est.step.total_s, rel=1e-12)
+    assert folded.peak_bytes == pytest.approx(est.memory.peak_bytes, rel=1e-12)
+    only = search("qwen3-235b-a22b", "dgx-h100", 256, **{**kw, "ep": [32]}, etp=2)  # etp 2 = tp: 64 > 32 ranks
+    assert not only.top and only.rejected == {"ep x etp must divide tp*dp*cp (etp dividing tp)": 1}
