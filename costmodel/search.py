@@ -42,8 +42,11 @@ from .workload import Parallel, TrainJob
 
 Objective = Literal["step_time", "time_to_train", "cost", "cost_per_token", "mfu", "throughput"]
 RECOMPUTE_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
-# Interleaved (virtual) pipeline stages tried; Megatron-LM needs layers % (pp * v) == 0 and the
-# number of micro-batches a multiple of pp (megatron/core/pipeline_parallel/schedules.py).
+# Interleaved (virtual) pipeline stages tried; Megatron-LM needs the layers to split evenly over
+# pp * v stages, the input embedding and the loss each counted as a layer where
+# --account-for-embedding-in-pipeline-split / --account-for-loss-in-pipeline-split say so
+# (megatron/training/arguments.py: layers + 1 or + 2), and the number of micro-batches a multiple of
+# pp (megatron/core/pipeline_parallel/schedules.py).
 DEFAULT_INTERLEAVE = (1, 2, 3, 4, 6, 8)
 DEFAULT_CP = (1, 2, 4, 8)
 DEFAULT_ZERO = (0, 1, 2, 3)
@@ -273,8 +276,9 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
          (model.heads % tp == 0) & ((kv % tp == 0) | (tp % kv == 0))),
         ("tp larger than a node's scale-up domain", tp <= max(devices_per_node, 1)),
         ("devices not divisible by tp*pp*cp", N % mp == 0),
-        ("interleaving needs pp > 1 and layers divisible by pp*v",
-         (v == 1) | ((pp > 1) & (model.layers % (pp * v) == 0))),
+        ("interleaving needs pp > 1 and layers (+1, +2: embedding, loss) divisible by pp*v",
+         (v == 1) | ((pp > 1) & ((model.layers % (pp * v) == 0) | ((model.layers + 1) % (pp * v) == 0)
+                                 | ((model.layers + 2) % (pp * v) == 0)))),
         ("cp must split the sequence in 2*cp chunks", seq_len % (2 * cp) == 0),
         ("ep must divide dp*cp", ((dp * cp) % ep == 0) & (dp >= 1)) if ax.etp is None else
         ("ep x etp must divide tp*dp*cp (etp dividing tp)",
