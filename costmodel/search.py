@@ -643,24 +643,10 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     rc_name = lambda r: RECOMPUTE_NAMES[int(r)]  # noqa: E731
     link_coll, link_p2p = _memo(link.collective_time_s), _memo(link.p2p_time_s)
 
-    def tp_collectives(group_tp, mb_, cp_, sp_, rc_):
-        if group_tp <= 1:
-            return 0.0
-        act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-        group = comm.Group(group_tp, min(group_tp, dpn))
-        return sum(cl.count * link_coll(cl.op, cl.nbytes, group_tp, intra=True)
-                   for cl in comm.tp_layer_collectives(act, group, sequence_parallel=bool(sp_) and group_tp > 1,
-                                                       recompute=rc_name(rc_)))
-
     def tp_layer(tp_, mb_, cp_, sp_, rc_):
-        """TP collectives of one layer and micro-batch (comm.tp_layer_collectives; the MoE layers'
-        MLP half over etp ranks, training.moe_etp_share)."""
-        if tp_ <= 1:
-            return 0.0
-        etp_ = ax.etp_of(tp_)
-        share = tr.moe_etp_share(model, Parallel(tp=tp_, etp=etp_))
-        return (1.0 - share) * tp_collectives(tp_, mb_, cp_, sp_, rc_) + (
-            share * tp_collectives(etp_, mb_, cp_, sp_, rc_) if share else 0.0)
+        """TP collectives of one layer and micro-batch (training.tp_layer_comm_s)."""
+        return tr.tp_layer_comm_s(link_coll, model, mb_ * seq_dev_of(cp_) * model.hidden * 2.0, tp_, ax.etp_of(tp_),
+                                  dpn, bool(sp_) and tp_ > 1, rc_name(rc_))
 
     tp_tab = _subgrid_table(tp_layer, ax.tp, ax.mb, ax.cp, ax.sp, ax.rc)
 
@@ -930,7 +916,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     def tp_row(tp_, mb_, cp_, sp_, rc_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
         etp_ = ax.etp_of(tp_)
-        return steptime.tp_layer_comm_split(link, act, tp_, etp_, tr.moe_etp_share(model, Parallel(tp=tp_, etp=etp_)),
+        return steptime.tp_layer_comm_split(link, act, tp_, etp_, tr.moe_etp_share(model, tp_, etp_),
                                             bool(sp_) and tp_ > 1, RECOMPUTE_NAMES[int(rc_)])
 
     if "tp" not in cache:

@@ -406,7 +406,7 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)
     act = job.micro_batch * max(1, job.seq_len // par.cp) * model.hidden * 2.0
-    tp_i, tp_w, tp_s = tp_layer_comm_split(link, act, par.tp, par.expert_tp, moe_etp_share(model, par),
+    tp_i, tp_w, tp_s = tp_layer_comm_split(link, act, par.tp, par.expert_tp, moe_etp_share(model, par.tp, par.expert_tp),
                                            par.sequence_parallel, job.recompute)
     p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
     dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,

@@ -372,15 +372,33 @@ def moe_sync_exposed_s(model: ModelConfig, job: TrainJob, n_micro, layers):
     return n_micro * model.moe_layers * layers / model.layers * HF_MOE_AMP_SYNC_S_PER_LAYER * job.host_time_factor
 
 
-def moe_etp_share(model: ModelConfig, par) -> float:
-    """The share of a layer's tensor-parallel collectives that run over etp ranks instead of tp:
-    the MLP half of the MoE layers where the experts are split over fewer ranks than tp
+def moe_etp_share(model: ModelConfig, tp: int, etp: int) -> float:
+    """The share of a layer's tensor-parallel collectives that run over ``etp`` ranks instead of
+    ``tp``: the MLP half of the MoE layers where the experts are split over fewer ranks than tp
     (Parallel.etp; with etp 1 the MoE layer works on each rank's sequence-parallel share of the
     tokens, Megatron-core's MoE parallel folding, and runs none). 0 for a parallel block, whose
     attention and MLP share one collective."""
-    if model.moe is None or model.moe_layers == 0 or par.expert_tp == par.tp or model.parallel_block:
+    if model.moe is None or model.moe_layers == 0 or etp == tp or model.parallel_block:
         return 0.0
     return 0.5 * model.moe_layers / model.layers
+
+
+def tp_layer_comm_s(collective_time_s, model: ModelConfig, act_bytes: float, tp: int, etp: int,
+                    devices_per_node: int, sequence_parallel: bool, recompute: str,
+                    parallel_block: bool = False) -> float:
+    """Tensor-parallel collectives of one decoder layer and micro-batch (comm.tp_layer_collectives,
+    each timed by ``collective_time_s(op, nbytes, ranks, intra=True)``, a Links' or a memo of it),
+    over tp ranks, the MoE layers' MLP half over the etp ranks that split the experts
+    (moe_etp_share). train and search's screen both call it."""
+    def over(ranks: int) -> float:
+        if ranks <= 1:
+            return 0.0
+        group = comm.Group(ranks, min(ranks, devices_per_node))
+        return sum(c.count * collective_time_s(c.op, c.nbytes, ranks, intra=True)
+                   for c in comm.tp_layer_collectives(act_bytes, group, sequence_parallel=sequence_parallel,
+                                                      recompute=recompute, parallel_block=parallel_block))
+    share = moe_etp_share(model, tp, etp)
+    return over(tp) * (1.0 - share) + (share * over(etp) if share else 0.0)
 
 
 def zero2_extra_reductions(zero_stage, n_micro):
@@ -808,15 +826,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         # + 2 when full recompute re-runs the forward; with sequence parallelism all-gather +
         # reduce-scatter pairs of the same volume (Korthikanti et al. 2022, sec. 4.2.2). On the
         # critical path: Megatron-LM issues them synchronously between the GEMMs.
-        def tp_collectives_s(group_tp):
-            if group_tp <= 1:
-                return 0.0
-            group = comm.Group(group_tp, min(group_tp, link.devices_per_node))
-            return sum(c.count * link.collective_time_s(c.op, c.nbytes, group_tp, intra=True)
-                       for c in comm.tp_layer_collectives(act_bytes, group, sequence_parallel=par.sequence_parallel,
-                                                          recompute=job.recompute, parallel_block=model.parallel_block))
-        share = moe_etp_share(model, par)
-        per = tp_collectives_s(par.tp) * (1.0 - share) + (share * tp_collectives_s(par.expert_tp) if share else 0.0)
+        per = tp_layer_comm_s(link.collective_time_s, model, act_bytes, par.tp, par.expert_tp, link.devices_per_node,
+                              par.sequence_parallel, job.recompute, parallel_block=model.parallel_block)
         if job.tp_comm_overlap:
             if not par.sequence_parallel:
                 raise InputError("--tp-comm-overlap needs sequence parallelism (Megatron-LM's arguments.py), "
