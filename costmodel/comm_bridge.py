@@ -96,7 +96,9 @@ class Links:
         return par.tp * par.pp * par.dp * par.cp <= self.devices_per_node
 
     def pp_crosses_node(self, par) -> bool:
-        return par.tp * par.pp > self.devices_per_node or par.tp * par.dp * par.cp >= self.devices_per_node
+        from .steptime import pp_crosses_node
+
+        return bool(pp_crosses_node(par.pp, par.devices, self.devices_per_node))
 
     def group(self, world: int, intra: bool = True, per_node: int | None = None) -> comm.Group:
         """``world`` ranks; inside one node (``intra``) or ``per_node`` of them in each node."""

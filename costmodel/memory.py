@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import fitted
+from .arrays import maximum as _maximum, minimum as _minimum, where as _where
 from .arch import GATED, ModelConfig
 from .workload import DTYPE_BYTES, InferJob, Parallel, TrainJob
 
@@ -37,30 +38,9 @@ CUDA_CONTEXT_BYTES = fitted.value("fitted/memory.yaml", "cuda_context_bytes")
 FRAGMENTATION_FRACTION = fitted.value("fitted/memory.yaml", "fragmentation_fraction")
 
 
-# ------------------------------------------------------------------------------ array helpers
 # The formulas below take a Parallel (Python ints) or a ParallelGrid (numpy arrays, one entry per
-# candidate layout of a search), so one set of formulas serves one estimate and a million.
-
-_PY = (bool, int, float)  # Python scalars: one layout, taken without asking numpy
-
-
-def _where(cond, a, b):
-    """`a if cond else b`, elementwise when `cond` is an array."""
-    if type(cond) in _PY or np.ndim(cond) == 0:
-        return a if cond else b
-    return np.where(cond, a, b)
-
-
-def _maximum(a, b):
-    if (type(a) in _PY or np.ndim(a) == 0) and (type(b) in _PY or np.ndim(b) == 0):
-        return max(a, b)
-    return np.maximum(a, b)
-
-
-def _minimum(a, b):
-    if (type(a) in _PY or np.ndim(a) == 0) and (type(b) in _PY or np.ndim(b) == 0):
-        return min(a, b)
-    return np.minimum(a, b)
+# candidate layout of a search), so one set of formulas serves one estimate and a million
+# (costmodel.arrays).
 
 
 @dataclass(frozen=True)

@@ -695,7 +695,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     n_pts = len(points)
     opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
     req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
-    ddp_nvlink = np.zeros(n_pts)  # PyTorch DDP inside one node: overlap nets nothing (training.py)
+    ddp_nvlink = np.zeros(n_pts)  # the group inside one node (training.dp_overlap_share)
     # DeepSpeed ZeRO-3 (training.deepspeed_zero3_exposed_s): per point, each sub-module's gather
     # and gradient all-reduce
     deepspeed = job.framework == "deepspeed"
@@ -726,16 +726,10 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             units = max(1, -(-model.layers // pp_))
             req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
             req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
-        elif z_ >= 1 and job.framework != "pytorch":  # slot 2: the DP gradient op; slot 3: its reduce-scatter
-            req.setdefault("reduce_scatter", []).append((j, 2, 1.0, grad_bytes) + g)
-            req.setdefault("all_gather", []).append((j, 2, 1.0, st.weights * Pst) + g)
-            req.setdefault("reduce_scatter", []).append((j, 3, 1.0, grad_bytes) + g)
-        elif job.framework == "pytorch":  # DDP: bucketed all-reduce (training.ddp_buckets)
-            n_b, bucket = tr.ddp_buckets(grad_bytes)
-            req.setdefault("all_reduce", []).append((j, 2, float(n_b), float(bucket)) + g)
+        else:  # slot 2: the DP gradient reduction; slot 3: the reduce-scatter ZeRO-2 repeats
+            for part, op, calls, nbytes in tr.dp_collectives(job.framework, z_, grad_bytes, st.weights * Pst):
+                req.setdefault(op, []).append((j, 2 if part == "reduction" else 3, float(calls), float(nbytes)) + g)
             ddp_nvlink[j] = g[1]
-        else:
-            req.setdefault("all_reduce", []).append((j, 2, 1.0, grad_bytes) + g)
     slots = np.zeros((n_pts, 4))
     for op, rows in req.items():
         arr = np.array(rows, dtype=float)
@@ -786,7 +780,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
 
     def times(c: _Flat) -> dict[str, np.ndarray]:
         v = c.val
-        tp, pp, cp, ep, mb, N = v["tp"], v["pp"], v["cp"], v["ep"], v["mb"], v["devices"]
+        tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
         dp = N // (tp * pp * cp)
         full = v["rc"] == 2
         rec_any = v["rc"] != 0
@@ -799,36 +793,16 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         loss_t = head_and_loss - 3 * head_f
 
         layers = -(-model.layers // pp)
-        per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
-        t_mb = layers * per_layer + head_and_loss
-
         if job.tp_comm_overlap:  # Megatron-LM --tp-comm-overlap (training.estimate_train), with sequence parallelism
             tp_row = steptime.tp_overlap_exposed_s(tp_row, g_f + g_b + np.where(full, g_f, 0.0), v["tp"])
-        tp_comm = layers * tp_row * n_micro
-
-        ep_comm = np.zeros(len(c))
-        if a2a_tab is not None and np.any(ep > 1):
-            ep_comm = n_micro * (model.moe_layers * layers / model.layers) * (4 + 2 * full) * a2a_t
-
-        cp_comm = np.zeros(len(c))
-        if kv_tab is not None and np.any(cp > 1):
-            fwd_passes = np.where(rec_any, 2.0, 1.0)
-            exposed = (cp - 1) * (fwd_passes * np.maximum(0.0, f_step - a_f / cp) + np.maximum(0.0, b_step - a_b / cp))
-            cp_comm = np.where(cp > 1, n_micro * layers * exposed, 0.0)
-
-        crosses = (tp * pp > dpn) | (tp * dp * cp >= dpn)
+        crosses = steptime.pp_crosses_node(pp, N, dpn)
         p2p_mb = np.where(pp > 1, 2.0 * v["v"] * np.where(crosses, p2p_out, p2p_in), 0.0)
-        pp_comm = n_micro * p2p_mb
-        slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
-        # fill and drain through the stages without the LM head (training.estimate_train)
-        bubble = np.where(pp > 1, (pp - 1) / v["v"] * (slot - head_and_loss), 0.0)
 
         sub = c.idx[_DP_AXES[0]] * dp_strides[0]
         for n, stride in zip(_DP_AXES[1:], dp_strides[1:]):
             sub = sub + c.idx[n] * stride
         ag_u, rs_u, dp_op, optimizer_t, P, nvl, dp_rs = np.take(dp_columns, sub, axis=1)
-        ovl = tr.DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
-        ovl = np.where(nvl > 0, tr.DDP_NVLINK_NET_OVERLAP, ovl)
+        ovl = tr.dp_overlap_share(job, nvl > 0)
         # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
         # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
         # the first gather of the step is exposed.
@@ -851,9 +825,6 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
                 fsdp_exposed = fsdp_exposed.copy()
                 fsdp_exposed[ds] = exposed
         backward_time = layers * (g_b + a_b + e_b + recompute_f)
-        dp_exposed = np.maximum(dp_op - ovl * backward_time, (1 - ovl) * dp_op)
-        dp_exposed = dp_exposed + tr.zero2_extra_reductions(v["zero"], n_micro) * np.maximum(
-            dp_rs - ovl * backward_time, (1 - ovl) * dp_rs)
         o_div = np.where(v["zero"] >= 1, dp * cp, 1)
         # ZeRO-Offload (costmodel.offload.offload_step_s, as training.estimate_train): gradient shard
         # down behind backward, CPU Adam on the node's host, compute-dtype parameters up
@@ -868,26 +839,31 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
                 node=host_node, lib=off_lib, off_opt=v["off"])
         optimizer_t = np.where(v["off"], 0.0, optimizer_t)  # the optimizer step runs on the host
 
-        compute_s = n_micro * layers * (g_f + g_b) + n_micro * 3 * head_f + n_micro * layers * np.where(full, g_f, 0.0)
-        attention_s = n_micro * layers * (a_f + a_b + np.where(rec_any, a_f, 0.0))
-        elementwise_s = n_micro * (layers * (e_f + e_b + np.where(full, e_f, 0.0)) + loss_t) + tr.grad_accum_s(
-            eff, job, tr.grad_accum_params(P, v["zero"], pp, dp * cp), n_micro)
-        gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
-        host_exposed = np.zeros_like(gpu_total)
+        host = None
         if job.framework == "pytorch" and tr.HOST_S_PER_LAYER > 0:
-            _, host_exposed = tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
-                                                gpu_total, tr._expert_dtype(model, job, dtype) != dtype)
-        total = gpu_total + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm + bubble + ep_comm + cp_comm + offload_t
+            def host(gpu_total):
+                return tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
+                                         gpu_total, tr._expert_dtype(model, job, dtype) != dtype)[1]
+        b = steptime.compose_builtin(steptime.BuiltinTerms(
+            n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full, rec_any=rec_any,
+            recompute_fraction=job.recompute_fraction, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
+            recompute_f=recompute_f, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
+            moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
+            cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=dp_op, dp_rs_s=dp_rs, dp_overlap=ovl,
+            zero=v["zero"], fsdp_exposed_s=fsdp_exposed,
+            grad_accum_s=tr.grad_accum_s(eff, job, tr.grad_accum_params(P, v["zero"], pp, dp * cp), n_micro),
+            optimizer_s=optimizer_t, offload_s=offload_t), host)
         if prof.step_model == "composed":
             return _composed_screen(prof, model, job, ax, c, link, st, stage_total, cache=composed_cache, a=dict(
                 g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
-                head_and_loss=head_and_loss, t_mb=t_mb, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any, optimizer_t=optimizer_t,
-                other=offload_t + ep_comm + cp_comm + fsdp_exposed, fsdp_exposed=fsdp_exposed, ep_comm=ep_comm,
-                cp_comm=cp_comm, offload_t=offload_t))
-        return dict(step_s=total, expected_s=total, compute_s=compute_s, attention_s=attention_s, elementwise_s=elementwise_s,
-                    host_overhead_s=host_exposed, tp_comm_s=tp_comm, dp_comm_exposed_s=dp_exposed,
-                    fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=pp_comm, bubble_s=bubble, optimizer_s=optimizer_t,
-                    ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+                head_and_loss=head_and_loss, t_mb=b.slot_s, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any,
+                optimizer_t=optimizer_t, other=offload_t + b.ep_comm_s + b.cp_comm_s + fsdp_exposed,
+                fsdp_exposed=fsdp_exposed, ep_comm=b.ep_comm_s, cp_comm=b.cp_comm_s, offload_t=offload_t))
+        return dict(step_s=b.total_s, expected_s=b.total_s, compute_s=b.compute_s, attention_s=b.attention_s,
+                    elementwise_s=b.elementwise_s, host_overhead_s=b.host_overhead_s, tp_comm_s=b.tp_comm_s,
+                    dp_comm_exposed_s=b.dp_comm_exposed_s, fsdp_comm_exposed_s=fsdp_exposed, pp_comm_s=b.pp_comm_s,
+                    bubble_s=b.bubble_s, optimizer_s=optimizer_t, ep_comm_s=b.ep_comm_s, cp_comm_s=b.cp_comm_s,
+                    offload_s=offload_t)
 
     times.composed = prof.step_model == "composed"
     return times

@@ -47,6 +47,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import comm
+from .arrays import maximum, where
 from .calibration import smoothmax
 
 
@@ -262,7 +263,7 @@ def placement(par, devices_per_node: int) -> dict:
     stride = tp  # a data-parallel (x context) group's stride
     dp_per_node = 1 if stride >= dpn else max(1, min(dp_world, dpn // stride))
     dp_nodes = -(-dp_world // dp_per_node)
-    pp_cross = pp > 1 and tp * cp * dp * pp > dpn
+    pp_cross = bool(pp_crosses_node(pp, tp * cp * dp * pp, dpn))
     return {"tp_nodes": tp_nodes, "dp_per_node": dp_per_node, "dp_nodes": dp_nodes, "pp_cross": pp_cross,
             "pp_cross_neighbours": int(pipeline_cross_neighbours(tp * cp * dp, pp, dpn))}
 
@@ -333,6 +334,13 @@ def tp_overlap_exposed_s(comm_s, gemm_s, tp):
     all-gathers and reduce-scatters."""
     tp = np.maximum(np.asarray(tp, dtype=float), 1.0)
     return comm_s / tp + (tp - 1.0) / tp * np.maximum(0.0, comm_s - gemm_s)
+
+
+def pp_crosses_node(pp, devices, devices_per_node):
+    """Whether pipeline neighbours sit on different nodes somewhere along the pipeline: with the
+    stages outermost (Megatron-LM's tp-cp-dp-pp rank order, nanotron's) a layout over more than one
+    node puts a stage boundary between nodes, and every micro-batch passes it. Works on arrays."""
+    return (pp > 1) & (devices > devices_per_node)
 
 
 def pp_p2p(link, act_bytes: float, tp: int, sequence_parallel: bool, interleave: int, crosses: bool) -> float:
@@ -466,3 +474,137 @@ def pipeline_stall_terms(stall, ops_slot, nodes):
 
     ops = np.asarray(ops_slot, dtype=float)
     return ops * stall.seconds_per_op_s, np.where(ops > 0, cluster.pipeline_stall_probability(stall, nodes), 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The built-in step model (profiles of ``step_model: builtin``: Megatron-LM, DeepSpeed, PyTorch):
+# fixed overlap constants instead of fitted parameters. Its terms are per decoder layer and
+# micro-batch or per call; compose_builtin sums them into the step, for one layout (numbers: train)
+# or for a grid (arrays: the search's screen), with the same formulas.
+#
+#     slot     = layers x (g_f + g_b + a_f + a_b + e_f + e_b + recompute_f) + head + loss
+#              + layers x tp_layer + ep + cp + p2p                 one micro-batch through the last stage
+#     bubble   = (pp - 1) / v x (slot - head - loss)               1F1B fill and drain (Narayanan et al. 2021)
+#     dp       = max(op - overlap x backward, (1 - overlap) x op)  gradient reduction behind the backward
+#     step     = compute + attention + elementwise + host + n_micro x (tp + ep + cp + p2p) + bubble
+#              + dp + fsdp + optimizer + offload
+
+
+@dataclass
+class BuiltinTerms:
+    """What the built-in step model composes (numbers for one layout, arrays for a grid)."""
+    n_micro: object
+    layers: object  # decoder layers of the (last) pipeline stage
+    pp: object
+    interleave: object
+    cp: object
+    full: object  # full recompute (bool)
+    rec_any: object  # any recompute (bool): selective re-runs the attention
+    recompute_fraction: object  # share of the forward full recompute re-runs
+    # one decoder layer and micro-batch (training._layer_times): forward / backward GEMMs,
+    # attention, elementwise kernels, and the forward a recompute re-runs
+    g_f: object
+    g_b: object
+    a_f: object
+    a_b: object
+    e_f: object
+    e_b: object
+    recompute_f: object
+    head_f: object  # the LM head's forward GEMM (its backward is twice that)
+    loss_s: object  # cross entropy, forward and backward
+    tp_layer_s: object  # tensor-parallel collectives of one layer and micro-batch, after any overlap
+    ep_call_s: object  # one expert-parallel all-to-all (0 without ep)
+    moe_layers: object  # MoE layers of the stage
+    cp_f_step_s: object  # one ring-attention K/V exchange forward, and backward (0 without cp)
+    cp_b_step_s: object
+    p2p_mb_s: object  # pipeline sends of one micro-batch (0 without pp)
+    dp_op_s: object  # the data-parallel gradient reduction (+ parameter gather under ZeRO-1/2)
+    dp_rs_s: object  # its reduce-scatter, which ZeRO-2 repeats every micro-batch
+    dp_overlap: object  # the share of dp_op_s that may hide behind the backward
+    zero: object  # ZeRO stage
+    fsdp_exposed_s: object  # ZeRO-3 / FSDP communication left exposed
+    grad_accum_s: object  # eager gradient accumulation (training.grad_accum_s)
+    optimizer_s: object
+    offload_s: object
+
+
+@dataclass
+class BuiltinStep:
+    total_s: object
+    compute_s: object
+    attention_s: object
+    elementwise_s: object
+    host_overhead_s: object
+    tp_comm_s: object
+    dp_comm_exposed_s: object
+    fsdp_comm_exposed_s: object
+    pp_comm_s: object
+    bubble_s: object
+    optimizer_s: object
+    ep_comm_s: object
+    cp_comm_s: object
+    offload_s: object
+    slot_s: object  # GPU time of one micro-batch through the last stage (the composed model's t_mb)
+    gpu_s: object  # compute + attention + elementwise + optimizer: what the host races against
+
+
+def ep_comm_s(n_micro, moe_layers, full, call_s):
+    """Expert-parallel all-to-alls of a step: dispatch + combine per MoE layer, forward and backward,
+    and the forward again under full recompute (GShard, Lepikhin et al. 2020, sec. 3.2)."""
+    return n_micro * moe_layers * (4 + 2 * full) * call_s
+
+
+def cp_comm_s(n_micro, layers, cp, rec_any, f_step_s, b_step_s, a_f, a_b):
+    """Context parallelism's ring attention (Liu et al. 2023; Megatron-core context_parallel): per
+    layer cp - 1 exchanges of the local K and V block forward (twice where a recompute re-runs the
+    attention), K, V and their gradients backward; exchange i overlaps the attention of step i - 1,
+    and what exceeds that attention is exposed."""
+    fwd_passes = where(rec_any, 2.0, 1.0)
+    return n_micro * layers * ((cp - 1) * (fwd_passes * maximum(0.0, f_step_s - a_f / cp)
+                                           + maximum(0.0, b_step_s - a_b / cp)))
+
+
+def pipeline_bubble_s(pp, interleave, slot_s, head_and_loss_s):
+    """1F1B bubble (p - 1) / (v m) of the ideal time (Narayanan et al. 2021, sec. 2.2): p - 1
+    micro-batch slots of one chunk each, with their communication. The stages are not equal: the
+    last also runs the LM head and loss; every micro-batch passes that slowest stage, the fill and
+    drain pass the others once, so the p - 1 bubble slots are stages without the head."""
+    return (pp - 1) / interleave * (slot_s - head_and_loss_s)
+
+
+def dp_exposed_s(op_s, rs_s, overlap, backward_s, zero, n_micro):
+    """The data-parallel reduction left on the critical path: ``overlap`` of it may hide behind the
+    backward, none of it beyond the backward's length; ZeRO-2 also reduce-scatters the earlier
+    micro-batches' gradients, each behind its own backward (training.zero2_extra_reductions)."""
+    from .training import zero2_extra_reductions
+
+    exposed = maximum(op_s - overlap * backward_s, (1 - overlap) * op_s)
+    return exposed + zero2_extra_reductions(zero, n_micro) * maximum(rs_s - overlap * backward_s, (1 - overlap) * rs_s)
+
+
+def compose_builtin(t: BuiltinTerms, host=None) -> BuiltinStep:
+    """The built-in step model's step time from its terms (the section comment above). ``host``:
+    a function of the step's GPU time giving the host dispatch time it exposes (eager PyTorch,
+    training.host_exposed_s), or None where fused kernels hide it."""
+    n, L = t.n_micro, t.layers
+    head_and_loss = 3 * t.head_f + t.loss_s
+    per_layer = t.g_f + t.g_b + t.a_f + t.a_b + t.e_f + t.e_b + t.recompute_f
+    t_mb = L * per_layer + head_and_loss
+    tp_comm = L * t.tp_layer_s * n
+    ep_comm = ep_comm_s(n, t.moe_layers, t.full, t.ep_call_s)
+    cp_comm = cp_comm_s(n, L, t.cp, t.rec_any, t.cp_f_step_s, t.cp_b_step_s, t.a_f, t.a_b)
+    pp_comm = n * t.p2p_mb_s
+    slot = t_mb + (tp_comm + ep_comm + cp_comm) / n + t.p2p_mb_s
+    bubble = pipeline_bubble_s(t.pp, t.interleave, slot, head_and_loss)
+    backward = L * (t.g_b + t.a_b + t.e_b + t.recompute_f)
+    dp = dp_exposed_s(t.dp_op_s, t.dp_rs_s, t.dp_overlap, backward, t.zero, n)
+    rf = t.recompute_fraction
+    compute = n * L * (t.g_f + t.g_b) + n * 3 * t.head_f + n * L * where(t.full, rf * t.g_f, 0.0)
+    attention = n * L * (t.a_f + t.a_b + where(t.rec_any, where(t.full, rf, 1.0) * t.a_f, 0.0))
+    elementwise = n * (L * (t.e_f + t.e_b + where(t.full, rf * t.e_f, 0.0)) + t.loss_s) + t.grad_accum_s
+    gpu = compute + attention + elementwise + t.optimizer_s
+    host_exposed = 0.0 if host is None else host(gpu)
+    total = (compute + attention + elementwise + host_exposed + tp_comm + dp + t.fsdp_exposed_s + pp_comm
+             + bubble + t.optimizer_s + ep_comm + cp_comm + t.offload_s)
+    return BuiltinStep(total, compute, attention, elementwise, host_exposed, tp_comm, dp, t.fsdp_exposed_s, pp_comm,
+                       bubble, t.optimizer_s, ep_comm, cp_comm, t.offload_s, t_mb, gpu)

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import comm, comm_bridge, cpu, frameworks, offload, steptime
 from .arch import GATED, ModelConfig
+from .arrays import where
 from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
@@ -428,6 +429,33 @@ def dp_grad_bytes_per_param(job: TrainJob) -> float:
     return 2.0
 
 
+def dp_collectives(framework: str, zero_stage: int, grad_bytes: float, param_bytes: float) -> list[tuple]:
+    """The data-parallel collectives of a step without ZeRO-3 (which gathers unit by unit), as
+    (part, op, calls, bytes per call): part "reduction" is what may hide behind the backward,
+    "zero2" the reduce-scatter that ZeRO-2 repeats for every earlier micro-batch
+    (zero2_extra_reductions). Megatron-style ZeRO-1/2 reduce-scatter the gradients and all-gather
+    the updated parameters (distributed optimizer); PyTorch DDP all-reduces buckets (ddp_buckets);
+    the rest all-reduce the whole gradient."""
+    if zero_stage >= 1 and framework != "pytorch":
+        return [("reduction", "reduce_scatter", 1, grad_bytes), ("reduction", "all_gather", 1, param_bytes),
+                ("zero2", "reduce_scatter", 1, grad_bytes)]
+    if framework == "pytorch":
+        n_b, bucket = ddp_buckets(grad_bytes)
+        return [("reduction", "all_reduce", n_b, bucket)]
+    return [("reduction", "all_reduce", 1, grad_bytes)]
+
+
+def dp_overlap_share(job: TrainJob, intra):
+    """The share of the data-parallel reduction that may hide behind the backward: none without
+    overlap_grad_reduce; PyTorch DDP's where its group sits inside one node (DDP_NVLINK_NET_OVERLAP,
+    measured); DP_OVERLAP_FRACTION otherwise. ``intra``: a bool, or an array of them."""
+    if not job.overlap_grad_reduce:
+        return 0.0
+    if job.framework != "pytorch":
+        return DP_OVERLAP_FRACTION
+    return where(intra, DDP_NVLINK_NET_OVERLAP, DP_OVERLAP_FRACTION)
+
+
 def ddp_buckets(grad_bytes):
     """(calls, bytes per call) of PyTorch DDP's bucketed gradient all-reduce (comm.DDP_BUCKET_BYTES),
     as equal calls."""
@@ -812,15 +840,10 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     elif job.recompute == "selective":
         recompute_f = a_f
     per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
-    gpu_mb = layers * per_layer + head_f + head_b + loss_t  # the last stage also runs the head
-    # Host dispatch: eager PyTorch issues every op from Python; if the GPU work per op is short,
-    # the host is the bottleneck. Megatron-style fused kernels make the host negligible.
-    t_mb = gpu_mb
-    host_exposed = 0.0
     # Communication (costmodel.comm through comm_bridge; calls queued inside the step)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     act_bytes = tokens_mb * model.hidden * 2.0
-    tp_comm = 0.0
+    tp_layer = 0.0
     if par.tp > 1:
         # Megatron TP: 2 all-reduces forward + 2 backward per layer (Shoeybi et al. 2019, sec. 3),
         # + 2 when full recompute re-runs the forward; with sequence parallelism all-gather +
@@ -833,58 +856,38 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                 raise InputError("--tp-comm-overlap needs sequence parallelism (Megatron-LM's arguments.py), "
                                  "or no tensor parallelism", field="tp_comm_overlap")
             per = float(steptime.tp_overlap_exposed_s(per, g_f + g_b + recompute_f_gemm, par.tp))
-        tp_comm = layers * per * n_micro
-    ep_comm = 0.0
+        tp_layer = per
+    a2a = 0.0
     if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
-        # Expert parallelism: dispatch + combine all-to-alls per MoE layer, forward and backward
-        # (GShard, Lepikhin et al. 2020, sec. 3.2), tokens x top_k x hidden in the compute dtype;
-        # Megatron-core lays the expert ranks out etp, ep, expert-dp, so the ep group's ranks are
-        # etp apart (etp: tp unless set, Parallel.etp; ep then lives inside dp).
-        moe_layers_stage = model.moe_layers * layers / model.layers
+        # Expert parallelism: one dispatch or combine all-to-all (steptime.ep_comm_s counts them),
+        # tokens x top_k x hidden in the compute dtype; Megatron-core lays the expert ranks out etp,
+        # ep, expert-dp, so the ep group's ranks are etp apart (etp: tp unless set, Parallel.etp;
+        # ep then lives inside dp).
         per_node = max(1, min(par.ep, link.devices_per_node // par.expert_tp))
-        n_a2a = 4 + (2 if job.recompute == "full" else 0)
         a2a = link.collective_time_s("all_to_all", act_bytes / par.tp * model.moe.top_k, par.ep,
                                      intra=par.ep * par.expert_tp <= link.devices_per_node, per_node=per_node)
-        ep_comm = n_micro * moe_layers_stage * n_a2a * a2a
-    cp_comm = 0.0
+    f_step = b_step = 0.0
     if par.cp > 1:
-        # Context parallelism, ring attention (Liu et al. 2023; Megatron-core context_parallel):
-        # per layer cp - 1 exchanges of the local K and V block forward, K, V and their gradients
-        # backward. The exchange of step i overlaps the attention of step i - 1 (same source);
-        # what exceeds that attention compute is exposed.
+        # Context parallelism, ring attention (steptime.cp_comm_s): one exchange of the local K
+        # and V block forward, of K, V and their gradients backward
         kv_block = 2.0 * mb * seq_dev * model.kv_dim / par.tp * 2.0
         cp_cross = par.tp * par.cp > link.devices_per_node
         f_step = link.p2p_time_s(kv_block, crosses_node=cp_cross)
         b_step = link.p2p_time_s(2.0 * kv_block, crosses_node=cp_cross)
-        a_f_step, a_b_step = a_f / par.cp, a_b / par.cp
-        fwd_passes = 2 if job.recompute in ("full", "selective") else 1
-        exposed_per_layer = (par.cp - 1) * (fwd_passes * max(0.0, f_step - a_f_step) + max(0.0, b_step - a_b_step))
-        cp_comm = n_micro * layers * exposed_per_layer
-    pp_comm = 0.0
     p2p_mb = 0.0
     if par.pp > 1:
         # activation forward + gradient backward per micro-batch and model chunk; Megatron's
         # scatter/gather sends 1/t of it per tensor-parallel rank (Narayanan et al. 2021, sec. 4.1).
         msg = act_bytes / par.tp if (job.framework != "pytorch" or par.sequence_parallel) else act_bytes
         p2p_mb = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=link.pp_crosses_node(par))
-        pp_comm = n_micro * p2p_mb
-    bubble = 0.0
-    if par.pp > 1:
-        # 1F1B bubble (p - 1) / (v m) of the ideal time (Narayanan et al. 2021, sec. 2.2): p - 1
-        # micro-batch slots of one chunk each, with their tp / ep / cp / pp communication. Its
-        # stages are not equal: the last also runs the LM head and loss. Every micro-batch passes
-        # that slowest stage (n_micro x t_mb), the fill and drain pass the others once, so the
-        # p - 1 bubble slots are stages without the head.
-        slot = t_mb + (tp_comm + ep_comm + cp_comm) / n_micro + p2p_mb
-        bubble = (par.pp - 1) / par.interleave * (slot - (head_f + head_b + loss_t))
     st = state_bytes_per_param(job, model.hidden)
     grad_bytes = dp_grad_bytes_per_param(job) * sp.total
-    dp_exposed = fsdp_exposed = 0.0
+    fsdp_exposed = op_t = rs_t = 0.0
+    ovl = 0.0
     dp_world = par.dp * par.cp
     if dp_world > 1:
         dp_intra = link.dp_intra(par)
         dp_per_node = link.dp_ranks_per_node(par)
-        backward_time = layers * (g_b + a_b + e_b + recompute_f)
         if par.zero_stage >= 3:
             dp_group = link.group(dp_world, dp_intra, dp_per_node)
             units = max(1, int(layers))
@@ -924,24 +927,13 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                                efficiency=link._efficiency(), params=link.params)
                 fsdp_exposed = ct.exposed_s
         else:
-            op_t = link.collective_time_s("all_reduce", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
-            ovl = DP_OVERLAP_FRACTION if job.overlap_grad_reduce else 0.0
-            rs_t = 0.0
-            if par.zero_stage >= 1 and job.framework != "pytorch":
-                rs_t = link.collective_time_s("reduce_scatter", grad_bytes, dp_world, intra=dp_intra, per_node=dp_per_node)
-                op_t = rs_t + link.collective_time_s("all_gather", st.weights * sp.total, dp_world, intra=dp_intra,
-                                                     per_node=dp_per_node)
-            elif job.framework == "pytorch":
-                # PyTorch DDP all-reduces gradient buckets (each call pays its latency)
-                n_b, bucket = ddp_buckets(grad_bytes)
-                op_t = float(n_b) * link.collective_time_s("all_reduce", float(bucket), dp_world, intra=dp_intra,
-                                                           per_node=dp_per_node)
-                if dp_intra and job.overlap_grad_reduce:
-                    ovl = DDP_NVLINK_NET_OVERLAP
-            dp_exposed = max(op_t - ovl * backward_time, (1 - ovl) * op_t)
-            # ZeRO-2 reduce-scatters the earlier micro-batches' gradients too, each behind its own backward
-            dp_exposed += float(zero2_extra_reductions(par.zero_stage, n_micro) * max(
-                rs_t - ovl * backward_time, (1 - ovl) * rs_t))
+            for part, op, calls, nbytes in dp_collectives(job.framework, par.zero_stage, grad_bytes, st.weights * sp.total):
+                t = float(calls) * link.collective_time_s(op, float(nbytes), dp_world, intra=dp_intra, per_node=dp_per_node)
+                if part == "reduction":
+                    op_t += t
+                else:
+                    rs_t += t
+            ovl = dp_overlap_share(job, dp_intra)
     # Optimizer over the shard this device updates (optimizer_bytes_per_param).
     o_div = dp_world if par.zero_stage >= 1 else 1
     opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div
@@ -975,25 +967,35 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         if job.offload_params != "none":
             notes.append(f"parameters offloaded to {job.offload_params} (ZeRO-Infinity): fetched for {passes} passes, "
                          f"{float(off_parts['params_fetch_s']):.3g} s, prefetched behind compute")
-    compute_s = n_micro * layers * (g_f + g_b) + n_micro * (head_f + head_b) + (n_micro * layers * (rf * g_f if job.recompute == "full" else 0.0))
-    attention_s = n_micro * layers * (a_f + a_b + ((rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0))
-    elementwise_s = (n_micro * (layers * (e_f + e_b + (rf * e_f if job.recompute == "full" else 0.0)) + loss_t)
-                     + float(grad_accum_s(eff, job, grad_accum_params(sp.total, par.zero_stage, par.pp, dp_world), n_micro)))
-    gpu_total = compute_s + attention_s + elementwise_s + optimizer_t
+    host_fn = None
     if job.framework == "pytorch" and host_s_per_layer > 0:
-        host, host_exposed = (float(x) for x in host_exposed_s(
-            model, job, n_micro, layers, job.recompute == "full", par.zero_stage >= 3 and par.dp * par.cp > 1,
-            gpu_total, experts_fp32, host_s_per_layer))
-        if cpu.is_cpu(spec):  # the same cores dispatch and compute: nothing overlaps
-            host_exposed = host
-        elif host > gpu_total:
-            notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
-                         f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "
-                         f"{job.host_time_factor:g}), and a larger micro-batch or CUDA graphs would hide it")
-    total = (compute_s + attention_s + elementwise_s + host_exposed + tp_comm + dp_exposed + fsdp_exposed + pp_comm
-             + bubble + optimizer_t + ep_comm + cp_comm + offload_t)
-    step = StepTime(compute_s, attention_s, elementwise_s, host_exposed, tp_comm, dp_exposed, fsdp_exposed,
-                    pp_comm, bubble, optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+        def host_fn(gpu_total):
+            host, exposed = (float(x) for x in host_exposed_s(
+                model, job, n_micro, layers, job.recompute == "full", par.zero_stage >= 3 and par.dp * par.cp > 1,
+                gpu_total, experts_fp32, host_s_per_layer))
+            if cpu.is_cpu(spec):  # the same cores dispatch and compute: nothing overlaps
+                return host
+            if host > gpu_total:
+                notes.append(f"host-bound: eager PyTorch dispatch ({host * 1e3:.1f} ms) outlasts the GPU work "
+                             f"({gpu_total * 1e3:.1f} ms); host speed differs by machine (--host-time-factor, now "
+                             f"{job.host_time_factor:g}), and a larger micro-batch or CUDA graphs would hide it")
+            return exposed
+
+    full = job.recompute == "full"
+    b = steptime.compose_builtin(steptime.BuiltinTerms(
+        n_micro=n_micro, layers=layers, pp=par.pp, interleave=par.interleave, cp=par.cp, full=full,
+        rec_any=job.recompute != "none", recompute_fraction=rf, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
+        recompute_f=recompute_f, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_layer, ep_call_s=a2a,
+        moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
+        cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=op_t, dp_rs_s=rs_t, dp_overlap=ovl,
+        zero=par.zero_stage, fsdp_exposed_s=fsdp_exposed,
+        grad_accum_s=float(grad_accum_s(eff, job, grad_accum_params(sp.total, par.zero_stage, par.pp, dp_world), n_micro)),
+        optimizer_s=optimizer_t, offload_s=offload_t), host_fn)
+    ep_comm, cp_comm = float(b.ep_comm_s), float(b.cp_comm_s)
+    total = float(b.total_s)
+    step = StepTime(float(b.compute_s), float(b.attention_s), float(b.elementwise_s), float(b.host_overhead_s),
+                    float(b.tp_comm_s), float(b.dp_comm_exposed_s), fsdp_exposed, float(b.pp_comm_s), float(b.bubble_s),
+                    optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
     if prof.step_model == "composed":
         # the framework's own mechanisms (costmodel.steptime), from its profile's parameters
         terms = steptime.train_terms(
