@@ -655,25 +655,21 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         def a2a(tp_, ep_, mb_, cp_):
             if ep_ <= 1:
                 return 0.0
-            act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-            etp_ = ax.etp_of(tp_)  # the ep group's ranks are etp apart (training's ep_comm)
-            per_node = max(1, min(ep_, dpn // etp_))
-            return link_coll("all_to_all", act / tp_ * model.moe.top_k, ep_, intra=ep_ * etp_ <= dpn, per_node=per_node)
+            return steptime.ep_all_to_all_s(link_coll, model, mb_ * seq_dev_of(cp_) * model.hidden * 2.0, tp_, ep_,
+                                            ax.etp_of(tp_), dpn)
 
         a2a_tab = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)
 
     kv_tab = None
     if np.any(ax.cp > 1):
         def kv_steps(tp_, mb_, cp_):
-            kv_block = 2.0 * mb_ * seq_dev_of(cp_) * model.kv_dim / tp_ * 2.0
-            cross = tp_ * cp_ > dpn
-            return link_p2p(kv_block, crosses_node=cross), link_p2p(2.0 * kv_block, crosses_node=cross)
+            return steptime.cp_kv_exchange_s(link_p2p, model, mb_, seq_dev_of(cp_), tp_, cp_, dpn)
 
         kv_tab = _subgrid_table(kv_steps, ax.tp, ax.mb, ax.cp, width=2)
 
     def p2p_pair(tp_, mb_, cp_, sp_):
         act = mb_ * seq_dev_of(cp_) * model.hidden * 2.0
-        msg = act / tp_ if (job.framework != "pytorch" or (sp_ and tp_ > 1)) else act
+        msg = steptime.pp_message_bytes(act, tp_, job.framework, bool(sp_) and tp_ > 1)
         return link_p2p(msg, crosses_node=False), link_p2p(msg, crosses_node=True)
 
     p2p_tab = _subgrid_table(p2p_pair, ax.tp, ax.mb, ax.cp, ax.sp, width=2)

@@ -582,6 +582,33 @@ def dp_exposed_s(op_s, rs_s, overlap, backward_s, zero, n_micro):
     return exposed + zero2_extra_reductions(zero, n_micro) * maximum(rs_s - overlap * backward_s, (1 - overlap) * rs_s)
 
 
+def ep_all_to_all_s(collective_s, model, act_bytes, tp, ep, etp, devices_per_node):
+    """One expert-parallel all-to-all (dispatch or combine; ep_comm_s counts them): a micro-batch's
+    tokens x top_k x hidden in the compute dtype (``act_bytes`` = tokens x hidden x 2), a tensor-
+    parallel rank's 1/tp of it, over ``ep`` ranks. Megatron-core lays the expert ranks out etp, ep,
+    expert-dp, so the group's ranks sit ``etp`` apart (etp: tp unless set, Parallel.etp).
+    ``collective_s``: a link's collective_time_s."""
+    per_node = max(1, min(ep, devices_per_node // etp))
+    return collective_s("all_to_all", act_bytes / tp * model.moe.top_k, ep, intra=ep * etp <= devices_per_node,
+                        per_node=per_node)
+
+
+def cp_kv_exchange_s(p2p_s, model, micro_batch, seq_dev, tp, cp, devices_per_node):
+    """(forward, backward) time of one ring-attention step's exchange (cp_comm_s): the local K and V
+    block forward, K, V and their gradients backward, across nodes where the cp group leaves one.
+    ``p2p_s``: a link's p2p_time_s."""
+    kv_block = 2.0 * micro_batch * seq_dev * model.kv_dim / tp * 2.0
+    cross = tp * cp > devices_per_node
+    return p2p_s(kv_block, crosses_node=cross), p2p_s(2.0 * kv_block, crosses_node=cross)
+
+
+def pp_message_bytes(act_bytes, tp, framework: str, sequence_parallel):
+    """Bytes one tensor-parallel rank sends a pipeline neighbour per micro-batch and direction:
+    Megatron's scatter/gather sends 1/tp of the activation per rank (Narayanan et al. 2021, sec.
+    4.1), as does any framework under sequence parallelism; eager PyTorch without it sends all."""
+    return act_bytes / tp if (framework != "pytorch" or sequence_parallel) else act_bytes
+
+
 def compose_builtin(t: BuiltinTerms, host=None) -> BuiltinStep:
     """The built-in step model's step time from its terms (the section comment above). ``host``:
     a function of the step's GPU time giving the host dispatch time it exposes (eager PyTorch,

@@ -857,28 +857,18 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
                                  "or no tensor parallelism", field="tp_comm_overlap")
             per = float(steptime.tp_overlap_exposed_s(per, g_f + g_b + recompute_f_gemm, par.tp))
         tp_layer = per
-    a2a = 0.0
+    a2a = f_step = b_step = 0.0
     if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
-        # Expert parallelism: one dispatch or combine all-to-all (steptime.ep_comm_s counts them),
-        # tokens x top_k x hidden in the compute dtype; Megatron-core lays the expert ranks out etp,
-        # ep, expert-dp, so the ep group's ranks are etp apart (etp: tp unless set, Parallel.etp;
-        # ep then lives inside dp).
-        per_node = max(1, min(par.ep, link.devices_per_node // par.expert_tp))
-        a2a = link.collective_time_s("all_to_all", act_bytes / par.tp * model.moe.top_k, par.ep,
-                                     intra=par.ep * par.expert_tp <= link.devices_per_node, per_node=per_node)
-    f_step = b_step = 0.0
+        a2a = steptime.ep_all_to_all_s(link.collective_time_s, model, act_bytes, par.tp, par.ep, par.expert_tp,
+                                       link.devices_per_node)
     if par.cp > 1:
-        # Context parallelism, ring attention (steptime.cp_comm_s): one exchange of the local K
-        # and V block forward, of K, V and their gradients backward
-        kv_block = 2.0 * mb * seq_dev * model.kv_dim / par.tp * 2.0
-        cp_cross = par.tp * par.cp > link.devices_per_node
-        f_step = link.p2p_time_s(kv_block, crosses_node=cp_cross)
-        b_step = link.p2p_time_s(2.0 * kv_block, crosses_node=cp_cross)
+        f_step, b_step = steptime.cp_kv_exchange_s(link.p2p_time_s, model, mb, seq_dev, par.tp, par.cp,
+                                                   link.devices_per_node)
     p2p_mb = 0.0
     if par.pp > 1:
         # activation forward + gradient backward per micro-batch and model chunk; Megatron's
         # scatter/gather sends 1/t of it per tensor-parallel rank (Narayanan et al. 2021, sec. 4.1).
-        msg = act_bytes / par.tp if (job.framework != "pytorch" or par.sequence_parallel) else act_bytes
+        msg = steptime.pp_message_bytes(act_bytes, par.tp, job.framework, par.sequence_parallel)
         p2p_mb = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=link.pp_crosses_node(par))
     st = state_bytes_per_param(job, model.hidden)
     grad_bytes = dp_grad_bytes_per_param(job) * sp.total

@@ -1,0 +1,79 @@
+"""The built-in step model's composition (steptime.compose_builtin) on terms given by hand: the
+pipeline bubble, the exposed data-parallel reduction, the all-to-alls and ring attention as their
+formulas say, and one layout as numbers equal to the same layout as an entry of an array."""
+import numpy as np
+import pytest
+
+from costmodel import steptime
+from costmodel.arch import load_model
+from costmodel.plan import train
+
+
+def _terms(**over):
+    t = dict(n_micro=8, layers=4, pp=4, interleave=1, cp=1, full=False, rec_any=False, recompute_fraction=1.0,
+             g_f=1.0, g_b=2.0, a_f=0.5, a_b=1.0, e_f=0.25, e_b=0.5, recompute_f=0.0, head_f=0.2, loss_s=0.1,
+             tp_layer_s=0.05, ep_call_s=0.0, moe_layers=0.0, cp_f_step_s=0.0, cp_b_step_s=0.0, p2p_mb_s=0.01,
+             dp_op_s=3.0, dp_rs_s=0.0, dp_overlap=0.8, zero=0, fsdp_exposed_s=0.0, grad_accum_s=0.0,
+             optimizer_s=0.4, offload_s=0.0)
+    t.update(over)
+    return steptime.BuiltinTerms(**t)
+
+
+def test_pipeline_bubble_and_parts_by_hand():
+    b = steptime.compose_builtin(_terms())
+    # one micro-batch through the last stage: 4 layers x 5.25 + head 3 x 0.2 + loss 0.1 = 21.7
+    assert b.slot_s == pytest.approx(21.7)
+    # + 4 layers x 0.05 of TP collectives and 0.01 of pipeline sends: 21.91; bubble 3 x (21.91 - 0.7)
+    assert b.bubble_s == pytest.approx(3 * 21.21)
+    assert b.tp_comm_s == pytest.approx(8 * 4 * 0.05)
+    assert b.pp_comm_s == pytest.approx(8 * 0.01)
+    # backward 4 x (2 + 1 + 0.5) = 14 hides 0.8 of the 3 s reduction: 0.6 exposed
+    assert b.dp_comm_exposed_s == pytest.approx(0.6)
+    assert b.compute_s == pytest.approx(8 * 4 * 3.0 + 8 * 0.6)
+    assert b.total_s == pytest.approx(b.compute_s + b.attention_s + b.elementwise_s + b.tp_comm_s + 0.6
+                                      + b.pp_comm_s + b.bubble_s + 0.4)
+
+
+def test_reduction_longer_than_the_backward_is_exposed_beyond_it():
+    # backward 14 s, reduction 20 s: 0.8 of the backward (11.2 s) hides it, 8.8 s remain (not 0.2 x 20)
+    b = steptime.compose_builtin(_terms(dp_op_s=20.0))
+    assert b.dp_comm_exposed_s == pytest.approx(8.8)
+
+
+def test_all_to_alls_and_ring_attention_by_hand():
+    # 2 MoE layers, full recompute: 6 all-to-alls per layer and micro-batch
+    b = steptime.compose_builtin(_terms(ep_call_s=0.01, moe_layers=2.0, full=True, rec_any=True,
+                                        recompute_f=1.75))
+    assert b.ep_comm_s == pytest.approx(8 * 2 * 6 * 0.01)
+    # cp 4: 3 exchanges per layer; forward 0.3 against 0.5 / 4 of attention, twice (recompute),
+    # backward 0.2 against 1 / 4: 3 x (2 x 0.175 + 0) per layer
+    c = steptime.compose_builtin(_terms(cp=4, rec_any=True, recompute_f=0.5, cp_f_step_s=0.3, cp_b_step_s=0.2))
+    assert c.cp_comm_s == pytest.approx(8 * 4 * 3 * 2 * 0.175)
+
+
+def test_one_layout_as_numbers_equals_it_in_an_array():
+    one = steptime.compose_builtin(_terms(zero=2, dp_rs_s=1.0))
+    grid = steptime.compose_builtin(_terms(zero=np.array([0, 2]), dp_rs_s=np.array([0.0, 1.0]),
+                                           full=np.array([True, False]), rec_any=np.array([True, False])))
+    for name in ("total_s", "bubble_s", "dp_comm_exposed_s", "compute_s", "attention_s"):
+        assert float(np.asarray(getattr(grid, name))[1]) == pytest.approx(float(getattr(one, name)), rel=1e-12)
+    # ZeRO-2 reduce-scatters the 7 earlier micro-batches too: 7 x max(1 - 0.8 x 14, 0.2 x 1)
+    assert one.dp_comm_exposed_s == pytest.approx(0.6 + 7 * 0.2)
+
+
+def test_pipeline_crossing_nodes():
+    # stages outermost: a layout over two nodes puts a stage boundary between them
+    assert steptime.pp_crosses_node(4, 16, 8)  # tp 1 x dp 4 per stage, two stages a node
+    assert not steptime.pp_crosses_node(4, 8, 8)
+    assert not steptime.pp_crosses_node(1, 64, 8)
+    assert list(steptime.pp_crosses_node(np.array([2, 8, 1]), np.array([16, 8, 16]), 8)) == [True, False, False]
+
+
+def test_train_uses_the_crossing_link_for_a_pipeline_over_two_nodes():
+    """tp 1, pp 4, dp 4 on 16 GPUs of dgx-h100: its pipeline sends go over the network (NeMo 24.07's
+    Llama 2 13B layout), so they take longer than the same sends inside one node (pp 4 dp 2)."""
+    two = train("llama2-13b", "dgx-h100", tp=1, pp=4, dp=4, devices=16, global_batch=128, seq_len=4096, micro_batch=1)
+    one = train("llama2-13b", "dgx-h100", tp=1, pp=4, dp=2, global_batch=64, seq_len=4096, micro_batch=1)
+    per_mb = lambda e: e.step.pp_comm_s / (e.job["global_batch"] / e.job["micro_batch"] / e.parallel["dp"])  # noqa: E731
+    assert per_mb(two) > 3 * per_mb(one)
+    assert load_model("llama2-13b").layers == 40
