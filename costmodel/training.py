@@ -803,6 +803,133 @@ def deepspeed_zero3_exposed_s(gather_s, reduce_s, fwd_s, bwd_s, recompute_fwd_s,
     return layers * n_micro * per_layer, total
 
 
+def _data_parallel_terms(link, eff, model: ModelConfig, job: TrainJob, par: Parallel, sp, st, grad_bytes: float,
+                         layer_times, recompute_f: float, layers: float, n_micro: int):
+    """The data-parallel terms of one layout for steptime.compose_builtin: (ZeRO-3 / FSDP
+    communication left exposed, the gradient reduction, ZeRO-2's repeated reduce-scatter, the share
+    of the reduction that may hide behind the backward)."""
+    g_f, g_b, a_f, a_b, e_f, e_b = layer_times
+    fsdp_exposed = op_t = rs_t = ovl = 0.0
+    dp_world = par.dp * par.cp
+    if dp_world <= 1:
+        return fsdp_exposed, op_t, rs_t, ovl
+    dp_intra = link.dp_intra(par)
+    dp_per_node = link.dp_ranks_per_node(par)
+    if par.zero_stage >= 3:
+        dp_group = link.group(dp_world, dp_intra, dp_per_node)
+        units = max(1, int(layers))
+        if job.framework == "deepspeed" and par.pp == 1:
+            # DeepSpeed ZeRO-3 of 2021 (Narayanan et al.'s Table 2), sub-module by sub-module:
+            # blocking list all-gathers of the weights above the persistence threshold,
+            # gradients all-reduced lagging one sub-module (DEEPSPEED_* above)
+            share, gathered = deepspeed_zero3_modules(model, par.tp)
+            unit_bytes = 2.0 * sp.total / units * share
+            red_bytes = grad_bytes / units * share
+            gather = np.where(gathered, np.array([link.collective_time_s("all_gather", b, dp_world, intra=dp_intra,
+                                                                         per_node=dp_per_node) for b in unit_bytes])
+                              + dp_world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE,
+                              0.0)
+            reduce = np.array([link.collective_time_s("all_reduce", b, dp_world, intra=dp_intra, per_node=dp_per_node)
+                               + memory_op_s(eff, 4.0 * b) for b in red_bytes])
+            rec = recompute_f if job.recompute == "full" else 0.0
+            exposed, _ = deepspeed_zero3_exposed_s(gather, reduce, g_f + a_f + e_f, g_b + a_b + e_b + recompute_f,
+                                                   rec, share, deepspeed_zero3_regather(model, par.tp, job.recompute),
+                                                   layers, n_micro)
+            fsdp_exposed = float(exposed)
+        else:
+            # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each
+            # layer's parameters are all-gathered before its forward and again before its
+            # backward, its gradients reduce-scattered after it; the next unit's gather overlaps
+            # this unit's compute (prefetch), the link time per unit includes the latency of
+            # every call, and a group spanning nodes runs over the NICs with its real ranks per
+            # node. Under pipeline parallelism, once per step instead
+            # (comm.ShardedDataParallel.once_per_step).
+            fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
+                                            unit_grad_bytes=grad_bytes / units, group=dp_group,
+                                            once_per_step=par.pp > 1,
+                                            time_fn=(lambda op, nbytes: link.collective_time_s(
+                                                op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
+                                            if link.scaling is not None else None)
+            ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
+                           efficiency=link._efficiency(), params=link.params)
+            fsdp_exposed = ct.exposed_s
+    else:
+        for part, op, calls, nbytes in dp_collectives(job.framework, par.zero_stage, grad_bytes, st.weights * sp.total):
+            t = float(calls) * link.collective_time_s(op, float(nbytes), dp_world, intra=dp_intra, per_node=dp_per_node)
+            if part == "reduction":
+                op_t += t
+            else:
+                rs_t += t
+        ovl = dp_overlap_share(job, dp_intra)
+    return fsdp_exposed, op_t, rs_t, ovl
+
+
+def _offload_terms(spec, node, eff, job: TrainJob, par: Parallel, sp, st, layer_times, recompute_f: float,
+                   layers: float, n_micro: int, head_s: float, optimizer_t: float, notes: list):
+    """ZeRO-Offload / ZeRO-Infinity of one layout (costmodel.offload): (seconds the step adds, the
+    optimizer's seconds left on the device, the hardware library where it was read); notes added."""
+    if job.offload_optimizer == "none" and job.offload_params == "none":
+        return 0.0, optimizer_t, None
+    g_f, g_b, a_f, a_b, e_f, e_b = layer_times
+    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
+    dp_world = par.dp * par.cp
+    # ZeRO-Offload / ZeRO-Infinity (costmodel.offload): gradients down behind backward, CPU Adam
+    # on the node's cores, NVMe traffic, parameters up / fetched behind compute
+    from .specs import load_library
+
+    lib = load_library()
+    host_node, _ = offload.node_for_device(spec, node, lib)
+    per_node = min(par.devices, host_node.devices_per_node) if host_node is not None else 1
+    shard = sp.total / (dp_world if par.zero_stage >= 1 or job.offload_params != "none" else 1)
+    passes = n_micro * (2 + (1 if job.recompute == "full" else 0))
+    offload_t, off_parts = offload.offload_step_s(
+        st, shard, per_node, job.offload_optimizer, job.offload_params, h2d=eff.h2d_bytes_per_s(True),
+        d2h=getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True), backward_s=n_micro * layers * (g_b + a_b + e_b + recompute_f),
+        compute_s=n_micro * (layers * per_layer + head_s), passes=passes, node=host_node, lib=lib)
+    offload_t = float(offload_t)
+    optimizer_t = 0.0 if job.offload_optimizer != "none" else optimizer_t  # the step runs on the host
+    if job.offload_optimizer != "none":
+        notes.append(f"optimizer offloaded to {job.offload_optimizer} (ZeRO-Offload): gradients down "
+                     f"{float(off_parts['grads_down_s']):.3g} s (behind backward), CPU Adam {float(off_parts['cpu_adam_s']):.3g} s"
+                     + (f", NVMe optimizer states {float(off_parts['nvme_optimizer_s']):.3g} s" if job.offload_optimizer == "nvme" else "")
+                     + (f", parameters up {float(off_parts['params_up_s']):.3g} s" if job.offload_params == "none" else ""))
+    if job.offload_params != "none" and par.zero_stage < 3 and dp_world > 1:
+        notes.append(f"DeepSpeed offloads parameters only under ZeRO-3 (offload_param); at ZeRO stage {par.zero_stage} "
+                     f"each of the {dp_world} data-parallel replicas offloads a whole copy here")
+    if job.offload_params != "none":
+        notes.append(f"parameters offloaded to {job.offload_params} (ZeRO-Infinity): fetched for {passes} passes, "
+                     f"{float(off_parts['params_fetch_s']):.3g} s, prefetched behind compute")
+    return offload_t, optimizer_t, lib
+
+
+def _composed_step(prof, model: ModelConfig, spec, job: TrainJob, par: Parallel, node, eff, dtype: str, layer_times,
+                   head_s: float, loss_s: float, optimizer_t: float, st, sp, layers: float, builtin: StepTime,
+                   notes: list):
+    """A composed framework profile's step (costmodel.steptime: its own mechanisms, from its
+    parameters) for one layout: (StepTime, its StepTerms, the pipeline stall risk or None); the
+    terms it does not model (ZeRO-3 gathers, all-to-alls, ring attention, offload) come from the
+    built-in model's ``builtin``; a stall note added."""
+    other = builtin.offload_s + builtin.ep_comm_s + builtin.cp_comm_s + builtin.fsdp_comm_exposed_s
+    terms = steptime.train_terms(
+        model, spec, job, par, node, eff, dtype, layer_times, head_s, loss_s, optimizer_t, other,
+        grad_bytes=st.grads * sp.total, param_bytes_gathered=st.weights * sp.total, layers=layers,
+        dp_bucket_bytes=prof.settings.dp_bucket_bytes, cluster_scaling=prof.scaling,
+        pipeline_balance=prof.settings.pipeline_balance, sharded_grad_sync=prof.settings.sharded_grad_sync)
+    c = steptime.compose(terms, {k: v.value for k, v in prof.parameters.items()}, prof.cluster_step_latency_s,
+                         cuda_graphs=prof.settings.cuda_graphs)
+    step = StepTime(float(c.compute_s), float(c.attention_s), float(c.elementwise_s), float(c.host_overhead_s),
+                    float(c.tp_comm_s), float(c.dp_comm_exposed_s), builtin.fsdp_comm_exposed_s, float(c.pp_comm_s),
+                    float(c.bubble_s), float(c.optimizer_s), float(c.total_s), ep_comm_s=builtin.ep_comm_s,
+                    cp_comm_s=builtin.cp_comm_s, offload_s=builtin.offload_s)
+    note = stall_note(float(c.stall_p), float(c.stall_risk_s), float(c.stall_s), float(c.total_s - c.stall_s),
+                      float(terms.nodes))
+    if note:
+        notes.append(note)
+    stall = ({"probability": float(c.stall_p), "stalled_extra_s": float(c.stall_risk_s),
+              "included": bool(float(c.stall_s) > 0)} if float(c.stall_risk_s) > 0 else None)
+    return step, terms, stall
+
+
 def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par: Parallel,
                    node: NodeSpec | None = None, calibration: str | None = None,
                    host_s_per_layer: float = HOST_S_PER_LAYER, profile=None) -> TrainEstimate:
@@ -839,7 +966,6 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         recompute_f = rf * (g_f + a_f + e_f)
     elif job.recompute == "selective":
         recompute_f = a_f
-    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
     # Communication (costmodel.comm through comm_bridge; calls queued inside the step)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     act_bytes = tokens_mb * model.hidden * 2.0
@@ -872,91 +998,15 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
         p2p_mb = 2.0 * par.interleave * link.p2p_time_s(msg, crosses_node=link.pp_crosses_node(par))
     st = state_bytes_per_param(job, model.hidden)
     grad_bytes = dp_grad_bytes_per_param(job) * sp.total
-    fsdp_exposed = op_t = rs_t = 0.0
-    ovl = 0.0
     dp_world = par.dp * par.cp
-    if dp_world > 1:
-        dp_intra = link.dp_intra(par)
-        dp_per_node = link.dp_ranks_per_node(par)
-        if par.zero_stage >= 3:
-            dp_group = link.group(dp_world, dp_intra, dp_per_node)
-            units = max(1, int(layers))
-            if job.framework == "deepspeed" and par.pp == 1:
-                # DeepSpeed ZeRO-3 of 2021 (Narayanan et al.'s Table 2), sub-module by sub-module:
-                # blocking list all-gathers of the weights above the persistence threshold,
-                # gradients all-reduced lagging one sub-module (DEEPSPEED_* above)
-                share, gathered = deepspeed_zero3_modules(model, par.tp)
-                unit_bytes = 2.0 * sp.total / units * share
-                red_bytes = grad_bytes / units * share
-                gather = np.where(gathered, np.array([link.collective_time_s("all_gather", b, dp_world, intra=dp_intra,
-                                                                             per_node=dp_per_node) for b in unit_bytes])
-                                  + dp_world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE,
-                                  0.0)
-                reduce = np.array([link.collective_time_s("all_reduce", b, dp_world, intra=dp_intra, per_node=dp_per_node)
-                                   + memory_op_s(eff, 4.0 * b) for b in red_bytes])
-                rec = recompute_f if job.recompute == "full" else 0.0
-                exposed, _ = deepspeed_zero3_exposed_s(gather, reduce, g_f + a_f + e_f, g_b + a_b + e_b + recompute_f,
-                                                       rec, share, deepspeed_zero3_regather(model, par.tp, job.recompute),
-                                                       layers, n_micro)
-                fsdp_exposed = float(exposed)
-            else:
-                # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each
-                # layer's parameters are all-gathered before its forward and again before its
-                # backward, its gradients reduce-scattered after it; the next unit's gather overlaps
-                # this unit's compute (prefetch), the link time per unit includes the latency of
-                # every call, and a group spanning nodes runs over the NICs with its real ranks per
-                # node. Under pipeline parallelism, once per step instead
-                # (comm.ShardedDataParallel.once_per_step).
-                fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
-                                                unit_grad_bytes=grad_bytes / units, group=dp_group,
-                                                once_per_step=par.pp > 1,
-                                                time_fn=(lambda op, nbytes: link.collective_time_s(
-                                                    op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
-                                                if link.scaling is not None else None)
-                ct = fsdp.step(g_f + a_f + e_f, g_b + a_b + e_b + recompute_f, n_micro, link.comm_links,
-                               efficiency=link._efficiency(), params=link.params)
-                fsdp_exposed = ct.exposed_s
-        else:
-            for part, op, calls, nbytes in dp_collectives(job.framework, par.zero_stage, grad_bytes, st.weights * sp.total):
-                t = float(calls) * link.collective_time_s(op, float(nbytes), dp_world, intra=dp_intra, per_node=dp_per_node)
-                if part == "reduction":
-                    op_t += t
-                else:
-                    rs_t += t
-            ovl = dp_overlap_share(job, dp_intra)
+    fsdp_exposed, op_t, rs_t, ovl = _data_parallel_terms(link, eff, model, job, par, sp, st, grad_bytes,
+                                                         (g_f, g_b, a_f, a_b, e_f, e_b), recompute_f, layers, n_micro)
     # Optimizer over the shard this device updates (optimizer_bytes_per_param).
     o_div = dp_world if par.zero_stage >= 1 else 1
     opt_bytes = optimizer_bytes_per_param(job, st) * sp.total / o_div
     optimizer_t = memory_op_s(eff, opt_bytes) * kf
-    offload_t = 0.0
-    lib = None
-    if job.offload_optimizer != "none" or job.offload_params != "none":
-        # ZeRO-Offload / ZeRO-Infinity (costmodel.offload): gradients down behind backward, CPU Adam
-        # on the node's cores, NVMe traffic, parameters up / fetched behind compute
-        from .specs import load_library
-
-        lib = load_library()
-        host_node, _ = offload.node_for_device(spec, node, lib)
-        per_node = min(par.devices, host_node.devices_per_node) if host_node is not None else 1
-        shard = sp.total / (dp_world if par.zero_stage >= 1 or job.offload_params != "none" else 1)
-        passes = n_micro * (2 + (1 if job.recompute == "full" else 0))
-        offload_t, off_parts = offload.offload_step_s(
-            st, shard, per_node, job.offload_optimizer, job.offload_params, h2d=eff.h2d_bytes_per_s(True),
-            d2h=getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True), backward_s=n_micro * layers * (g_b + a_b + e_b + recompute_f),
-            compute_s=n_micro * (layers * per_layer + head_f + head_b), passes=passes, node=host_node, lib=lib)
-        offload_t = float(offload_t)
-        optimizer_t = 0.0 if job.offload_optimizer != "none" else optimizer_t  # the step runs on the host
-        if job.offload_optimizer != "none":
-            notes.append(f"optimizer offloaded to {job.offload_optimizer} (ZeRO-Offload): gradients down "
-                         f"{float(off_parts['grads_down_s']):.3g} s (behind backward), CPU Adam {float(off_parts['cpu_adam_s']):.3g} s"
-                         + (f", NVMe optimizer states {float(off_parts['nvme_optimizer_s']):.3g} s" if job.offload_optimizer == "nvme" else "")
-                         + (f", parameters up {float(off_parts['params_up_s']):.3g} s" if job.offload_params == "none" else ""))
-        if job.offload_params != "none" and par.zero_stage < 3 and dp_world > 1:
-            notes.append(f"DeepSpeed offloads parameters only under ZeRO-3 (offload_param); at ZeRO stage {par.zero_stage} "
-                         f"each of the {dp_world} data-parallel replicas offloads a whole copy here")
-        if job.offload_params != "none":
-            notes.append(f"parameters offloaded to {job.offload_params} (ZeRO-Infinity): fetched for {passes} passes, "
-                         f"{float(off_parts['params_fetch_s']):.3g} s, prefetched behind compute")
+    offload_t, optimizer_t, lib = _offload_terms(spec, node, eff, job, par, sp, st, (g_f, g_b, a_f, a_b, e_f, e_b),
+                                                 recompute_f, layers, n_micro, head_f + head_b, optimizer_t, notes)
     host_fn = None
     if job.framework == "pytorch" and host_s_per_layer > 0:
         def host_fn(gpu_total):
@@ -986,29 +1036,11 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     step = StepTime(float(b.compute_s), float(b.attention_s), float(b.elementwise_s), float(b.host_overhead_s),
                     float(b.tp_comm_s), float(b.dp_comm_exposed_s), fsdp_exposed, float(b.pp_comm_s), float(b.bubble_s),
                     optimizer_t, total, ep_comm_s=ep_comm, cp_comm_s=cp_comm, offload_s=offload_t)
+    terms = stall = None
     if prof.step_model == "composed":
-        # the framework's own mechanisms (costmodel.steptime), from its profile's parameters
-        terms = steptime.train_terms(
-            model, spec, job, par, node, eff, dtype, (g_f, g_b, a_f, a_b, e_f, e_b), head_f + head_b, loss_t,
-            optimizer_t, offload_t + ep_comm + cp_comm + fsdp_exposed, grad_bytes=st.grads * sp.total,
-            param_bytes_gathered=st.weights * sp.total, layers=layers, dp_bucket_bytes=prof.settings.dp_bucket_bytes,
-            cluster_scaling=prof.scaling, pipeline_balance=prof.settings.pipeline_balance,
-            sharded_grad_sync=prof.settings.sharded_grad_sync)
-        c = steptime.compose(terms, {k: v.value for k, v in prof.parameters.items()}, prof.cluster_step_latency_s,
-                             cuda_graphs=prof.settings.cuda_graphs)
-        step = StepTime(float(c.compute_s), float(c.attention_s), float(c.elementwise_s), float(c.host_overhead_s),
-                        float(c.tp_comm_s), float(c.dp_comm_exposed_s), fsdp_exposed, float(c.pp_comm_s),
-                        float(c.bubble_s), float(c.optimizer_s), float(c.total_s), ep_comm_s=ep_comm,
-                        cp_comm_s=cp_comm, offload_s=offload_t)
+        step, terms, stall = _composed_step(prof, model, spec, job, par, node, eff, dtype, (g_f, g_b, a_f, a_b, e_f, e_b),
+                                            head_f + head_b, loss_t, optimizer_t, st, sp, layers, step, notes)
         total = step.total_s
-        note = stall_note(float(c.stall_p), float(c.stall_risk_s), float(c.stall_s), float(c.total_s - c.stall_s),
-                          float(terms.nodes))
-        if note:
-            notes.append(note)
-        stall = ({"probability": float(c.stall_p), "stalled_extra_s": float(c.stall_risk_s),
-                  "included": bool(float(c.stall_s) > 0)} if float(c.stall_risk_s) > 0 else None)
-    else:
-        terms = stall = None
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
