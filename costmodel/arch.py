@@ -38,6 +38,12 @@ class MoEConfig(BaseModel):
     shared_expert_ffn: int | None = Field(default=None, ge=1, le=MAX_DIM)  # default: expert_ffn
     dense_layers: int = Field(default=0, ge=0, le=MAX_LAYERS)  # first layers with a dense MLP (DeepSeek)
     router_bias: bool = False
+    # Group-limited routing (DeepSeek-V3's node-limited routing, arXiv:2412.19437 sec. 2.1.2; HF
+    # n_group / topk_group; Megatron-core --moe-router-num-groups / --moe-router-group-topk): the
+    # experts form router_groups equal groups of consecutive experts and a token's top_k experts
+    # come from its router_group_topk best groups. None: any experts.
+    router_groups: int | None = Field(default=None, ge=1, le=MAX_DIM)
+    router_group_topk: int | None = Field(default=None, ge=1, le=MAX_DIM, validate_default=True)
 
     @field_validator("top_k")
     @classmethod
@@ -47,6 +53,21 @@ class MoEConfig(BaseModel):
         if experts is not None and top_k > experts:
             raise ValueError(f"top_k ({top_k}) cannot exceed experts ({experts})")
         return top_k
+
+    @field_validator("router_group_topk")
+    @classmethod
+    def _groups(cls, group_topk, info):
+        groups, experts, k = info.data.get("router_groups"), info.data.get("experts"), info.data.get("top_k")
+        if (groups is None) != (group_topk is None):
+            raise ValueError("router_groups and router_group_topk come together (or neither)")
+        if groups is None or experts is None or k is None:
+            return group_topk
+        if experts % groups:
+            raise ValueError(f"router_groups ({groups}) must divide experts ({experts})")
+        if group_topk > groups or k > group_topk * (experts // groups):
+            raise ValueError(f"router_group_topk ({group_topk}) must be at most router_groups ({groups}) and its "
+                             f"groups must hold top_k ({k}) experts")
+        return group_topk
 
 
 class MLAConfig(BaseModel):
@@ -426,6 +447,8 @@ class HFConfig(BaseModel):
     n_shared_experts: Annotated[StrictInt, Field(ge=0, le=MAX_DIM)] | None = None
     first_k_dense_replace: Annotated[StrictInt, Field(ge=0, le=MAX_LAYERS)] | None = None
     topk_method: StrictStr | None = None
+    n_group: _Count | None = None
+    topk_group: _Count | None = None
     kv_lora_rank: _Count | None = None
     q_lora_rank: _Count | None = None
     qk_nope_head_dim: _Count | None = None
@@ -522,6 +545,8 @@ def from_hf_config(path: str | Path, model_id: str | None = None) -> ModelConfig
             # (arXiv:2412.19437 section 2.1.2), stored in the checkpoint for every MoE layer
             router_bias=cfg.get("topk_method") == "noaux_tc",
         )
+        if (cfg.get("n_group") or 1) > 1:  # group-limited routing (DeepSeek-V2/V3: n_group, topk_group)
+            data["moe"].update(router_groups=cfg["n_group"], router_group_topk=first("topk_group", default=cfg["n_group"]))
     if cfg.get("kv_lora_rank") is not None:
         for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
             if cfg.get(k) is None:

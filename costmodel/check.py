@@ -75,6 +75,7 @@ class TrainingSection(BaseModel):
     overlap_grad_reduce: bool = True
     tp_comm_overlap: bool = False  # Megatron-LM --tp-comm-overlap (needs sequence_parallel)
     grad_reduce_in_bf16: bool = False  # Megatron-LM --grad-reduce-in-bf16
+    moe_enable_deepep: bool = False  # Megatron-core --moe-enable-deepep (MoE all-to-alls through DeepEP)
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
     host_time_factor: float = Field(default=1.0, gt=0)  # eager host time vs the fitted H100 machines

@@ -169,7 +169,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
           recompute: str = "none", attention: str = "flash", framework: str | None = None,
           overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False, offload_optimizer: str = "none", offload_params: str = "none", calibration: str | None = None,
           hardware_files: list[str] | None = None, host_time_factor: float = 1.0,
-          profile: str | None = None, grad_reduce_in_bf16: bool = False, etp: int | None = None) -> TrainEstimate:
+          profile: str | None = None, grad_reduce_in_bf16: bool = False, etp: int | None = None,
+          moe_enable_deepep: bool = False) -> TrainEstimate:
     """Estimate one training step. `hardware` is a device id or a node id; `nodes` multiplies a
     node's devices. dp defaults to devices / (tp * pp * cp). `framework`: a framework name
     (costmodel.frameworks, case-insensitive; default frameworks.DEFAULT_FRAMEWORK); `profile`: a
@@ -198,7 +199,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         job = TrainJob(micro_batch=micro_batch, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, recompute=recompute, attention=attention, **fw,
                        overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap,
-                       grad_reduce_in_bf16=grad_reduce_in_bf16, offload_optimizer=offload_optimizer,
+                       grad_reduce_in_bf16=grad_reduce_in_bf16, moe_enable_deepep=moe_enable_deepep,
+                       offload_optimizer=offload_optimizer,
                        offload_params=offload_params, host_time_factor=host_time_factor)
     except ValidationError as exc:
         raise from_validation_error(exc, None) from None

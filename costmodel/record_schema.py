@@ -131,6 +131,7 @@ class TrainRecord(_Common):
     overlap_grad_reduce: Optional[StrictBool] = None
     tp_comm_overlap: Optional[StrictBool] = None  # Megatron-LM --tp-comm-overlap
     grad_reduce_in_bf16: Optional[StrictBool] = None  # Megatron-LM --grad-reduce-in-bf16
+    moe_enable_deepep: Optional[StrictBool] = None  # Megatron-core --moe-enable-deepep
     flops_convention: Optional[StrictStr] = None
     unverified: Optional[list[StrictStr]] = None
 

@@ -656,7 +656,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             if ep_ <= 1:
                 return 0.0
             return steptime.ep_all_to_all_s(link_coll, model, mb_ * seq_dev_of(cp_) * model.hidden * 2.0, tp_, ep_,
-                                            ax.etp_of(tp_), dpn)
+                                            ax.etp_of(tp_), dpn, job.moe_enable_deepep)
 
         a2a_tab = _subgrid_table(a2a, ax.tp, ax.ep, ax.mb, ax.cp)
 
@@ -1049,7 +1049,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
            global_batch: int, seq_len: int = 2048, objective: Objective = "step_time", top: int = 10,
            precision: str = "amp-bf16", optimizer: str = "adamw", framework: str | None = None,
            attention: str = "flash", overlap_grad_reduce: bool = True, tp_comm_overlap: bool = False,
-           grad_reduce_in_bf16: bool = False, tokens: float | None = None, steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
+           grad_reduce_in_bf16: bool = False, moe_enable_deepep: bool = False, tokens: float | None = None, steps: int | None = None, price_per_hour: float | None = None, max_memory_fraction: float = 1.0,
            tp: Sequence[int] | None = None, pp: Sequence[int] | None = None, interleave: Sequence[int] | None = None,
            cp: Sequence[int] | None = None, ep: Sequence[int] | None = None, zero_stage: Sequence[int] | None = None,
            micro_batch: Sequence[int] | None = None, recompute: Sequence[str] | None = None,
@@ -1094,6 +1094,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
                        optimizer=optimizer, attention=attention, overlap_grad_reduce=overlap_grad_reduce,
                        tp_comm_overlap=tp_comm_overlap, grad_reduce_in_bf16=grad_reduce_in_bf16,
+                       moe_enable_deepep=moe_enable_deepep,
                        **frameworks.job_fields(framework if framework is not None or profile is not None
                                                else frameworks.DEFAULT_FRAMEWORK, profile))
     except InputError:
@@ -1320,7 +1321,7 @@ def _estimate(m: ModelConfig, spec, job: TrainJob, par: Parallel, node, calibrat
 def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_batch: int, seq_len: int = 2048,
                   framework: str = "megatron", precision: str = "amp-bf16", attention: str = "flash",
                   calibration: str | None = None, hardware_files: list[str] | None = None,
-                  tp_comm_overlap: bool = False, grad_reduce_in_bf16: bool = False,
+                  tp_comm_overlap: bool = False, grad_reduce_in_bf16: bool = False, moe_enable_deepep: bool = False,
                   **axes) -> tuple[_Flat, dict[str, np.ndarray]]:
     """The screen's raw arrays for every valid layout (for tests, benchmarks and plots)."""
     m = model if isinstance(model, ModelConfig) else load_model(model)
@@ -1334,6 +1335,7 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     c = _flatten(ax, ok)
     job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
                    attention=attention, tp_comm_overlap=tp_comm_overlap, grad_reduce_in_bf16=grad_reduce_in_bf16,
+                   moe_enable_deepep=moe_enable_deepep,
                    **frameworks.job_fields(framework))
     return c, screen(m, spec, node, job, ax, c, calibration)
 

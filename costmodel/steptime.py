@@ -42,6 +42,7 @@ a fit may move the cluster's step latency with the framework's parameters.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -582,15 +583,64 @@ def dp_exposed_s(op_s, rs_s, overlap, backward_s, zero, n_micro):
     return exposed + zero2_extra_reductions(zero, n_micro) * maximum(rs_s - overlap * backward_s, (1 - overlap) * rs_s)
 
 
-def ep_all_to_all_s(collective_s, model, act_bytes, tp, ep, etp, devices_per_node):
+def expert_node_hit_probability(moe, nodes: int) -> float:
+    """The chance that one token's top_k routed experts include one held on a given node, with
+    the experts in consecutive blocks over ``nodes`` nodes (Megatron-core places expert e on EP rank
+    e // (experts / ep)) and routing balanced over the experts a token may use (force-balanced, as
+    the published MoE benchmarks run it): 1 - C(pool - here, k) / C(pool, k), ``here`` of the
+    token's candidate ``pool`` on the node. Under group-limited routing (MoEConfig.router_groups)
+    the pool is the router_group_topk groups the token picks, each group equally likely: with whole
+    groups on a node, averaged over how many of them were picked (hypergeometric); with a group over
+    several nodes, the node's block counts only when its group was picked."""
+    E, k, N = moe.experts, moe.top_k, int(nodes)
+    if N <= 1:
+        return 1.0
+    here = E / N
+
+    def miss(pool, part):  # C(pool - part, k) / C(pool, k): none of k drawn from pool lands in part
+        pool, part = int(round(pool)), int(round(part))
+        return math.comb(pool - part, k) / math.comb(pool, k) if pool - part >= k else 0.0
+
+    R, G = moe.router_groups, moe.router_group_topk
+    if R is None or E % N:
+        return 1.0 - miss(E, here)
+    pool = G * E / R
+    if R % N == 0:  # g whole groups a node
+        g = R // N
+        return sum(math.comb(g, j) * math.comb(R - g, G - j) / math.comb(R, G) * (1.0 - miss(pool, j * E / R))
+                   for j in range(1, min(g, G) + 1))
+    if N % R == 0:  # a group over N / R nodes
+        return G / R * (1.0 - miss(pool, here))
+    return 1.0 - miss(E, here)  # groups and nodes not aligned: as if any expert
+
+
+def deepep_wire_share(moe, ep: int, ep_per_node: int) -> float:
+    """DeepEP's bytes across nodes against a per-expert all-to-all's (DeepSeek-AI 2025, DeepEP's
+    "normal" kernels; arXiv:2412.19437 sec. 3.2.2): a token goes once to each other node that holds
+    one of its experts and is forwarded over NVLink there, so a rank sends (nodes - 1) x P(node hit)
+    copies across nodes (expert_node_hit_probability) where a per-expert exchange sends top_k x
+    (nodes - 1) / nodes. 1 where the group stays in one node or does not fill its nodes evenly."""
+    if ep_per_node <= 0 or ep % ep_per_node or ep // ep_per_node <= 1:
+        return 1.0
+    nodes = ep // ep_per_node
+    return nodes * expert_node_hit_probability(moe, nodes) / moe.top_k
+
+
+def ep_all_to_all_s(collective_s, model, act_bytes, tp, ep, etp, devices_per_node, deepep: bool = False):
     """One expert-parallel all-to-all (dispatch or combine; ep_comm_s counts them): a micro-batch's
     tokens x top_k x hidden in the compute dtype (``act_bytes`` = tokens x hidden x 2), a tensor-
     parallel rank's 1/tp of it, over ``ep`` ranks. Megatron-core lays the expert ranks out etp, ep,
     expert-dp, so the group's ranks sit ``etp`` apart (etp: tp unless set, Parallel.etp).
+    ``deepep``: DeepEP's dispatcher (Megatron-core --moe-enable-deepep / the flex dispatcher), one
+    copy of a token per node across the network (deepep_wire_share scales the bytes: the NIC, 9x
+    slower than NVLink, bounds the exchange; the forwarding inside nodes is left out).
     ``collective_s``: a link's collective_time_s."""
     per_node = max(1, min(ep, devices_per_node // etp))
-    return collective_s("all_to_all", act_bytes / tp * model.moe.top_k, ep, intra=ep * etp <= devices_per_node,
-                        per_node=per_node)
+    intra = ep * etp <= devices_per_node
+    nbytes = act_bytes / tp * model.moe.top_k
+    if deepep and not intra:
+        nbytes = nbytes * deepep_wire_share(model.moe, ep, per_node)
+    return collective_s("all_to_all", nbytes, ep, intra=intra, per_node=per_node)
 
 
 def cp_kv_exchange_s(p2p_s, model, micro_batch, seq_dev, tp, cp, devices_per_node):

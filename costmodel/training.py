@@ -986,7 +986,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     a2a = f_step = b_step = 0.0
     if par.ep > 1 and model.moe is not None and model.moe_layers > 0:
         a2a = steptime.ep_all_to_all_s(link.collective_time_s, model, act_bytes, par.tp, par.ep, par.expert_tp,
-                                       link.devices_per_node)
+                                       link.devices_per_node, job.moe_enable_deepep)
     if par.cp > 1:
         f_step, b_step = steptime.cp_kv_exchange_s(link.p2p_time_s, model, mb, seq_dev, par.tp, par.cp,
                                                    link.devices_per_node)

@@ -264,6 +264,7 @@ def train_inputs(rec: dict, lib: HardwareLibrary, where: str, framework: str, pr
                    overlap_grad_reduce=bool(rec.get("overlap_grad_reduce", True)),
                    tp_comm_overlap=bool(rec.get("tp_comm_overlap", False)),
                    grad_reduce_in_bf16=bool(rec.get("grad_reduce_in_bf16", False)),
+                   moe_enable_deepep=bool(rec.get("moe_enable_deepep", False)),
                    recompute_fraction=rec.get("recompute_fraction") or 1.0, host_time_factor=host_time_factor,
                    offload_optimizer=(rec.get("offload") or {}).get("optimizer") or "none",
                    offload_params=(rec.get("offload") or {}).get("params") or "none")

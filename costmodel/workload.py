@@ -98,6 +98,10 @@ class TrainJob(BaseModel):
     # reduction runs in bf16, 2 bytes a parameter, where Megatron otherwise keeps and reduces fp32
     # gradients for bf16 / fp8 training (memory.state_bytes_per_param, training.dp_grad_bytes_per_param)
     grad_reduce_in_bf16: bool = False
+    # Megatron-core --moe-enable-deepep (the flex token dispatcher with the DeepEP backend): MoE
+    # tokens cross the network once per node that holds one of their experts and are forwarded
+    # over NVLink there (steptime.deepep_wire_share), instead of once per expert
+    moe_enable_deepep: bool = False
     # Eager PyTorch's host (Python + dispatcher) time relative to the hosts the step model's host
     # constants were fitted on (training.HOST_*: H100 machines). Host speed differs by machine: the
     # same host-bound steps ran up to 1.3x apart on our device hosts (data/measurements/README.md).

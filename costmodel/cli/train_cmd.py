@@ -46,6 +46,8 @@ def train_cmd(
                                          help="Megatron-LM's TP communication overlapped with the GEMMs, chunk by chunk (needs --sequence-parallel)."),
     grad_reduce_in_bf16: bool = typer.Option(False, "--grad-reduce-in-bf16",
                                              help="Megatron-LM's gradient buffers and data-parallel reduction in bf16 (else fp32)."),
+    moe_enable_deepep: bool = typer.Option(False, "--moe-enable-deepep",
+                                           help="MoE all-to-alls through DeepEP: one copy of a token per node across the network."),
     offload_optimizer: str = typer.Option("none", help="none, cpu, nvme."),
     offload_params: str = typer.Option("none", help="none, cpu, nvme."),
     host_time_factor: float = typer.Option(1.0, "--host-time-factor", min=0.01,
@@ -84,6 +86,7 @@ def train_cmd(
                 optimizer=optimizer, recompute=recompute, attention=attention, framework=framework,
                 overlap_grad_reduce=overlap_grad_reduce, tp_comm_overlap=tp_comm_overlap, offload_optimizer=offload_optimizer, offload_params=offload_params, calibration=calibration,
                 host_time_factor=host_time_factor, profile=profile, grad_reduce_in_bf16=grad_reduce_in_bf16,
+                moe_enable_deepep=moe_enable_deepep,
                 etp=etp, hardware_files=hardware_file)
     spec = load_library(hardware_file).device(hardware)
     price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
@@ -185,6 +188,7 @@ def header(est) -> str:
     return (f"{layout_label(est.parallel)}, framework {est.framework}"
             + (" (tp-comm-overlap)" if j.get("tp_comm_overlap") else "")
             + (" (grad-reduce bf16)" if j.get("grad_reduce_in_bf16") else "")
+            + (" (DeepEP)" if j.get("moe_enable_deepep") else "")
             + f", {j['precision']}, recompute {j['recompute']}, micro-batch {j['micro_batch']}, seq {j['seq_len']}")
 
 
