@@ -792,6 +792,86 @@ def _paced_closed_loop(cost, sim: SimResult, c: int, sim_kw: dict) -> SimResult:
     return sim
 
 
+def _speculative_cost(cost, model: ModelConfig, spec, job: InferJob, tp: int, node, eng: EngineConfig, calibration,
+                      spec_decode: str, spec_tokens: int, spec_acceptance: float, draft_model, *, max_tokens: int,
+                      max_context_tokens: int):
+    """(the iteration cost with ``spec_tokens`` drafted a step, the expected tokens a step yields):
+    the model's MTP module, or a draft model at the same tp with the target's weight dtype
+    (SpeculativeCost, expected_tokens_per_step)."""
+    draft = None
+    if spec_decode == "draft":
+        draft = IterationCost(draft_model, spec, job, tp, node, max_tokens=max_tokens,
+                              max_context_tokens=max_context_tokens, max_prompt=2, graph_sizes=eng.cuda_graph_sizes,
+                              calibration=calibration, custom_allreduce=eng.custom_allreduce)
+    return (SpeculativeCost(cost, spec_tokens, model.layers, draft),
+            expected_tokens_per_step(spec_acceptance, spec_tokens))
+
+
+def _measured_window(sim: SimResult, load: str, ramp: str, num_requests: int, c: int, notes: list):
+    """What a run's statistics cover: (start, duration, requests done, the requests' slice, the
+    inter-token gaps kept). Every request, but for a closed loop in its steady state ("steady"
+    ramp): from the first request after the clients' ramp to the last arrival (c requests in flight
+    throughout), whose completions are its arrivals; a note added."""
+    start = float(np.min(sim.arrival))
+    window = (start, float(np.max(sim.finish)) - start, num_requests, slice(0, num_requests),
+              np.ones(sim.itl.size, dtype=bool))
+    if not (load == "concurrency" and ramp == "steady" and num_requests >= 3 * c):
+        return window
+    t_a, t_b = float(sim.arrival[c]), float(sim.arrival[num_requests - 1])
+    if t_b <= t_a:
+        return window
+    notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
+                 f"{t_b - t_a:.3g} s), the clients' ramp and drain left out")
+    return t_a, t_b - t_a, num_requests - 1 - c, slice(c, num_requests - c), (sim.itl_end > t_a) & (sim.itl_end <= t_b)
+
+
+def _length_ranges(input_len_range, output_len_range) -> dict:
+    """{"input_len" / "output_len": (lo, hi)} of the ranges given (estimate_serve), each checked."""
+    ranges = {}
+    for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
+        if rng_ is not None:
+            lo_, hi_ = (int(x) for x in rng_)
+            if not 1 <= lo_ <= hi_:
+                raise InputError(f"expected a range lo:hi with 1 <= lo <= hi (got {lo_}:{hi_})", field=f"{name}_range")
+            ranges[name] = (lo_, hi_)
+    return ranges
+
+
+def _check_serve_inputs(model: ModelConfig, *, tp, pp, ep, load, value, ramp, prefix_hit_rate, dp_attention,
+                        spec_decode, spec_tokens, spec_acceptance, draft_model):
+    """estimate_serve's arguments checked (InputError naming the field); returns the speculative
+    acceptance rate (MTP's default where none is given)."""
+    if pp < 1 or pp > model.layers:
+        raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
+    if not 0.0 <= prefix_hit_rate < 1.0:
+        raise InputError(f"prefix-cache hit rate must be in [0, 1) (got {prefix_hit_rate})", field="prefix_hit_rate")
+    if ramp not in RAMPS:
+        raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
+    if load not in LOADS:
+        raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
+    if load != "max_load" and (value is None or value <= 0):
+        raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
+    if model.heads % tp:
+        raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
+    if dp_attention and tp < 2:
+        raise InputError("data-parallel attention needs tp >= 2 (it spreads the attention over the tp devices)",
+                         field="dp_attention")
+    if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
+        raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
+    if spec_decode not in (None, "mtp", "draft"):
+        raise InputError(f"unknown speculative decoding {spec_decode!r}; expected mtp or draft", field="spec")
+    if spec_decode:
+        if spec_acceptance is None:
+            if spec_decode == "draft":
+                raise InputError("a draft model needs its acceptance rate (--spec-acceptance)", field="spec_acceptance")
+            spec_acceptance = MTP_DEFAULT_ACCEPTANCE
+        if not 0.0 <= spec_acceptance <= 1.0 or spec_tokens < 1:
+            raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
+        if spec_decode == "draft" and draft_model is None:
+            raise InputError("--spec draft needs --draft-model", field="draft_model")
+    return spec_acceptance
+
+
 def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, input_len: int, output_len: int,
                    load: str, value: float | None = None, num_requests: int | None = None, engine: str = "vllm",
                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", node: NodeSpec | None = None,
@@ -828,46 +908,16 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     engine's API server's serial time per request (simulate's ``api_server_s``; engine default); a
     static ``batch`` runs offline, without the server. ``host_s_per_sequence_step``: the server's
     host time per sequence per iteration (HostBoundCost; engine default; not for a static batch)."""
-    ranges = {}
-    for name, rng_ in (("input_len", input_len_range), ("output_len", output_len_range)):
-        if rng_ is not None:
-            lo_, hi_ = (int(x) for x in rng_)
-            if not 1 <= lo_ <= hi_:
-                raise InputError(f"expected a range lo:hi with 1 <= lo <= hi (got {lo_}:{hi_})", field=f"{name}_range")
-            ranges[name] = (lo_, hi_)
+    ranges = _length_ranges(input_len_range, output_len_range)
     nominal_in, nominal_out = input_len, output_len
     if "input_len" in ranges:  # the longest bounds the tables and the KV check; the mean is reported
         nominal_in, input_len = int(round(sum(ranges["input_len"]) / 2)), ranges["input_len"][1]
     if "output_len" in ranges:
         nominal_out, output_len = int(round(sum(ranges["output_len"]) / 2)), ranges["output_len"][1]
-    if pp < 1 or pp > model.layers:
-        raise InputError(f"pp ({pp}) must be between 1 and the model's {model.layers} layers", field="pp")
-    if not 0.0 <= prefix_hit_rate < 1.0:
-        raise InputError(f"prefix-cache hit rate must be in [0, 1) (got {prefix_hit_rate})", field="prefix_hit_rate")
-    if ramp not in RAMPS:
-        raise InputError(f"unknown ramp {ramp!r}; expected one of {', '.join(RAMPS)}", field="ramp")
-    if load not in LOADS:
-        raise InputError(f"unknown load {load!r}; expected one of {', '.join(LOADS)}", field="load")
-    if load != "max_load" and (value is None or value <= 0):
-        raise InputError(f"--{load.replace('_', '-')} needs a positive value", field=load)
-    if model.heads % tp:
-        raise InputError(f"tp ({tp}) must divide the model's {model.heads} heads", field="tp")
-    if dp_attention and tp < 2:
-        raise InputError("data-parallel attention needs tp >= 2 (it spreads the attention over the tp devices)",
-                         field="dp_attention")
-    if ep < 1 or tp % ep or (ep > 1 and (model.moe is None or model.moe.experts % ep)):
-        raise InputError(f"ep ({ep}) must divide tp ({tp}) and the model's experts", field="ep")
-    if spec_decode not in (None, "mtp", "draft"):
-        raise InputError(f"unknown speculative decoding {spec_decode!r}; expected mtp or draft", field="spec")
-    if spec_decode:
-        if spec_acceptance is None:
-            if spec_decode == "draft":
-                raise InputError("a draft model needs its acceptance rate (--spec-acceptance)", field="spec_acceptance")
-            spec_acceptance = MTP_DEFAULT_ACCEPTANCE
-        if not 0.0 <= spec_acceptance <= 1.0 or spec_tokens < 1:
-            raise InputError("acceptance must be in [0, 1] and drafted tokens >= 1", field="spec_acceptance")
-        if spec_decode == "draft" and draft_model is None:
-            raise InputError("--spec draft needs --draft-model", field="draft_model")
+    spec_acceptance = _check_serve_inputs(model, tp=tp, pp=pp, ep=ep, load=load, value=value, ramp=ramp,
+                                          prefix_hit_rate=prefix_hit_rate, dp_attention=dp_attention,
+                                          spec_decode=spec_decode, spec_tokens=spec_tokens,
+                                          spec_acceptance=spec_acceptance, draft_model=draft_model)
     eng = load_engine(engine, spec, tp, max_num_seqs=max_num_seqs, max_tokens_per_iteration=max_tokens_per_iteration,
                       intake_iterations=intake_iterations, api_server_s_per_request=api_server_s_per_request,
                       host_s_per_sequence_step=host_s_per_sequence_step)
@@ -929,15 +979,9 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     I_mean, O_mean = float(I_arr.mean()), float(O_arr.mean())
     tau, steps, kv_sim = 1.0, O_arr, kv_tokens
     if spec_decode:
-        draft = None
-        if spec_decode == "draft":
-            djob = job.model_copy(update={"weight_dtype": weight_dtype})
-            draft = IterationCost(draft_model, spec, djob, tp, node, max_tokens=max(min(seqs_bound, kv_seqs + 1), 16),
-                                  max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)),
-                                  max_prompt=2, graph_sizes=eng.cuda_graph_sizes, calibration=calibration,
-                                  custom_allreduce=eng.custom_allreduce)
-        cost = SpeculativeCost(cost, spec_tokens, model.layers, draft)
-        tau = expected_tokens_per_step(spec_acceptance, spec_tokens)
+        cost, tau = _speculative_cost(cost, model, spec, job, tp, node, eng, calibration, spec_decode, spec_tokens,
+                                      spec_acceptance, draft_model, max_tokens=max(min(seqs_bound, kv_seqs + 1), 16),
+                                      max_context_tokens=min(kv_tokens, max(seqs_bound, 1) * (input_len + output_len)))
         steps = 1 + np.ceil((O_arr - 1) / tau).astype(np.int64)
         kv_sim = int(kv_tokens * (I_mean + steps.mean()) / (I_mean + O_mean))
         notes.append(f"speculative decoding ({spec_decode}): {spec_tokens} drafted, acceptance {spec_acceptance:g}, "
@@ -959,21 +1003,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
         sim = _paced_closed_loop(cost, sim, c, sim_kw)
         notes.append("closed loop: the clients out of phase send a Poisson stream of requests at the rate "
                      "Little's law gives (c / mean latency), each waiting for a free client")
-    start = float(np.min(sim.arrival))
-    duration = float(np.max(sim.finish)) - start
-    done = num_requests
-    reqs = slice(0, num_requests)
-    itl_keep = np.ones(sim.itl.size, dtype=bool)
-    if load == "concurrency" and ramp == "steady" and num_requests >= 3 * c:
-        # the steady state: from the first request after the clients' ramp to the last arrival
-        # (c requests in flight throughout); its completions are its arrivals
-        t_a, t_b = float(sim.arrival[c]), float(sim.arrival[num_requests - 1])
-        if t_b > t_a:
-            start, duration, done = t_a, t_b - t_a, num_requests - 1 - c
-            reqs = slice(c, num_requests - c)
-            itl_keep = (sim.itl_end > t_a) & (sim.itl_end <= t_b)
-            notes.append(f"closed loop: statistics over its steady state (requests {c + 1} to {num_requests - c}, "
-                         f"{duration:.3g} s), the clients' ramp and drain left out")
+    start, duration, done, reqs, itl_keep = _measured_window(sim, load, ramp, num_requests, c, notes)
     out_tok = done * O_mean * ve  # the busy virtual engines together
     tot_tok = done * (I_mean + O_mean) * ve
     devices = tp * pp
