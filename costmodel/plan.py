@@ -212,6 +212,8 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
     if etp is not None and (m.moe is None or m.moe_layers == 0):
         raise InputError(f"etp splits experts; {m.id} has none", field="etp")
+    if moe_enable_deepep and (m.moe is None or m.moe_layers == 0):
+        raise InputError(f"DeepEP dispatches tokens to experts; {m.id} has none", field="moe_enable_deepep")
     est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))
     est.notes.extend(_spec_notes(lib, hardware))

@@ -1087,6 +1087,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
             raise InputError(f"recompute {r!r} is not one of none, selective, full", field="recompute")
     if etp is not None and (m.moe is None or m.moe_layers == 0):
         raise InputError(f"etp splits experts; {m.id} has none", field="etp")
+    if moe_enable_deepep and (m.moe is None or m.moe_layers == 0):
+        raise InputError(f"DeepEP dispatches tokens to experts; {m.id} has none", field="moe_enable_deepep")
     counts = device_counts(devices)
     hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
     lib = load_library(hardware_files)

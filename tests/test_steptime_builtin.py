@@ -106,3 +106,13 @@ def test_deepep_takes_a_deepseek_v3_layout_toward_the_published_step():
     dee = train("deepseek-v3", "dgx-h100", moe_enable_deepep=True, **kw)
     assert 0.45 < dee.step.ep_comm_s / base.step.ep_comm_s < 0.55
     assert dee.step.compute_s == base.step.compute_s and dee.step.tp_comm_s == base.step.tp_comm_s
+
+
+@pytest.mark.parametrize("cmd", [["train", "llama3-8b", "--moe-enable-deepep"],
+                                 ["search", "llama3-8b", "--devices", "8", "--global-batch", "64", "--moe-enable-deepep"]])
+def test_deepep_on_a_dense_model_is_refused(cmd, capsys):
+    from costmodel.cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(cmd)
+    assert exc.value.code == 2 and "moe_enable_deepep" in capsys.readouterr().err
