@@ -956,6 +956,35 @@ def overlap_units_time_s(compute_s, pre_s, post_s, *, prefetch: int = FSDP_PREFE
     return max(comp_free, comm_free), sum(pre) + sum(post)
 
 
+def fsdp_exposed_s(gather_s, reduce_s, fwd_s, bwd_s, units, micro_batches, once_per_step):
+    """FSDP / ZeRO-3 communication left exposed by a step of equal units (vectorised): the closed
+    form of overlap_units_time_s with one unit of prefetch, as ShardedDataParallel.step runs it.
+    Each micro-batch: ``units`` forwards of ``fwd_s`` after gathers of ``gather_s``, then as many
+    backwards of ``bwd_s``, each after a re-gather and followed by a reduce-scatter of ``reduce_s``
+    on the one communication stream. With A, R, F, B those four times and U units, the recurrence
+    s(j+1) = s(j) + max(c(j), post(j-1) + pre(j+1)) of the units' start times gives
+
+        one micro-batch  e1 = A + (U-1) max(F, A) + max(F, A) + max(B, A) + (U-2) max(B, R+A) + max(R, B) + R
+        each further one d  = max(B, R+A) + max(F, R+A) + (U-2) max(F, A) + max(F, A) + max(B, A) + (U-2) max(B, R+A)
+
+    (U = 1: e1 = A + max(F, A) + B + R, d = max(B, A) + max(F, R+A)), and the exposed time
+    min(m U (2A + R), max(0, e1 + (m-1) d - m U (F + B))). ``once_per_step`` (under pipeline
+    parallelism: gathered once, no backward re-gather, ShardedDataParallel.once_per_step):
+    e1 = A + (U-1) max(F, A) + F + max(U B + R, B + U R) against U (F + B), at most U (A + R)."""
+    A, R, F, B = (np.asarray(x, dtype=float) for x in (gather_s, reduce_s, fwd_s, bwd_s))
+    U = np.asarray(units, dtype=float)
+    m = np.asarray(micro_batches, dtype=float)
+    mx = np.maximum
+    one = U == 1
+    e1 = np.where(one, A + mx(F, A) + B + R,
+                  A + U * mx(F, A) + mx(B, A) + (U - 2) * mx(B, R + A) + mx(R, B) + R)
+    d = np.where(one, mx(B, A) + mx(F, R + A),
+                 mx(B, R + A) + mx(F, R + A) + (U - 1) * mx(F, A) + mx(B, A) + (U - 2) * mx(B, R + A))
+    each = np.minimum(m * U * (2 * A + R), mx(0.0, e1 + (m - 1) * d - m * U * (F + B)))
+    once = np.minimum(U * (A + R), mx(0.0, A + (U - 1) * mx(F, A) + F + mx(U * B + R, B + U * R) - U * (F + B)))
+    return np.where(once_per_step, once, each)
+
+
 @dataclass(frozen=True)
 class ShardedDataParallel:
     """Per-step communication of ZeRO-3 / FSDP over the data-parallel group, unit by unit.

@@ -799,17 +799,14 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             sub = sub + c.idx[n] * stride
         ag_u, rs_u, dp_op, optimizer_t, P, nvl, dp_rs = np.take(dp_columns, sub, axis=1)
         ovl = tr.dp_overlap_share(job, nvl > 0)
-        # FSDP unit by unit (closed form of comm.ShardedDataParallel for equal units): the gather of
-        # the next unit hides behind this unit's forward, gather + reduce-scatter behind its backward;
-        # the first gather of the step is exposed.
+        # FSDP unit by unit (comm.fsdp_exposed_s, as training.estimate_train): each unit's gather
+        # prefetched behind the previous unit's compute, its reduce-scatter behind the next one's;
+        # under pipeline parallelism once per step, without the backward re-gather
         unit_f = g_f + a_f + e_f
         unit_b = g_b + a_b + e_b + recompute_f
-        # Under pipeline parallelism once per step, without the backward re-gather (once_per_step).
         once = pp > 1
         per_step = np.where(once, 1.0, n_micro)
-        fsdp_exposed = np.where(ag_u > 0, per_step * layers * (np.maximum(0.0, ag_u - unit_f)
-                                                               + np.maximum(0.0, np.where(once, 0.0, ag_u) + rs_u - unit_b)) + ag_u, 0.0)
-        fsdp_exposed = np.minimum(fsdp_exposed, per_step * layers * (np.where(once, 1.0, 2.0) * ag_u + rs_u))
+        fsdp_exposed = np.where(ag_u > 0, comm.fsdp_exposed_s(ag_u, rs_u, unit_f, unit_b, layers, n_micro, once), 0.0)
         if deepspeed:
             ds = (v["zero"] >= 3) & (pp == 1) & (dp * cp > 1)
             if np.any(ds):

@@ -606,3 +606,28 @@ def test_frontier_node_package_pairs_and_slowest_hop():
     eff = CommParams().ring_efficiency
     assert L.collective_time_s("all_reduce", GiB, 2) == pytest.approx(GiB / (200e9 * eff), rel=0.02)
     assert L.collective_time_s("all_reduce", GiB, 8) == pytest.approx(2 * 7 / 8 * GiB / (50e9 * eff), rel=0.02)
+
+
+def test_fsdp_exposed_closed_form_is_the_unit_by_unit_simulation():
+    """comm.fsdp_exposed_s (what train and the search's screen both use) equals the unit-by-unit
+    schedule of overlap_units_time_s as ShardedDataParallel.step runs it, for random unit times,
+    unit counts (1 included), micro-batches, and once-per-step gathering."""
+    import random
+
+    from costmodel.comm import fsdp_exposed_s, overlap_units_time_s
+
+    def scheduled(A, R, F, B, U, m, once):
+        pre, post, c = [A] * U + [0.0 if once else A] * U, [0.0] * U + [R] * U, [F] * U + [B] * U
+        if once:
+            e1, c1 = overlap_units_time_s(c, pre, post, prefetch=1)
+            return min(c1, max(0.0, e1 - U * (F + B)))
+        e1, c1 = overlap_units_time_s(c, pre, post, prefetch=1)
+        e2, _ = overlap_units_time_s(c * 2, pre * 2, post * 2, prefetch=1)
+        return min(c1 * m, max(0.0, e1 + (m - 1) * (e2 - e1) - m * U * (F + B)))
+
+    rng = random.Random(7)
+    for _ in range(400):
+        A, R, F, B = (rng.uniform(0.01, 2.0) for _ in range(4))
+        U, m, once = rng.randint(1, 30), rng.randint(1, 5), rng.random() < 0.3
+        assert float(fsdp_exposed_s(A, R, F, B, U, m, once)) == pytest.approx(scheduled(A, R, F, B, U, m, once),
+                                                                              rel=1e-9, abs=1e-12)

@@ -354,6 +354,25 @@ def test_serve_search_load_needs_infer(capsys):
     assert e.value.code == 2 and "'infer'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("framework", ["megatron", "pytorch"])
+def test_screen_times_fsdp_as_train_does(framework):
+    """The screen's ZeRO-3 / FSDP exposure is train's (comm.fsdp_exposed_s for both, the closed
+    form of the unit-by-unit schedule), with and without pipeline parallelism."""
+    c, s = evaluate_grid("llama2-7b", "dgx-h100", 64, global_batch=256, seq_len=4096, framework=framework, cp=[1])
+    lib = load_library()
+    spec, node, m = lib.device("h100-sxm"), lib.node_for("dgx-h100"), load_model("llama2-7b")
+    idx = [i for i in range(len(c)) if c.val["zero"][i] == 3]
+    assert len(idx) > 100 and any(c.val["pp"][i] > 1 for i in idx)
+    for i in idx[::37]:
+        v = {k: int(c.val[k][i]) for k in c.val}
+        par = Parallel(tp=v["tp"], pp=v["pp"], dp=64 // (v["tp"] * v["pp"]), sequence_parallel=bool(v["sp"]) and v["tp"] > 1,
+                       zero_stage=3, interleave=v["v"])
+        job = TrainJob(micro_batch=v["mb"], seq_len=4096, global_batch=256, framework=framework,
+                       recompute=RC_NAMES[v["rc"]], offload_optimizer="cpu" if v["off"] else "none")
+        est = estimate_train(m, spec, job, par, node=node)
+        assert s["fsdp_comm_exposed_s"][i] == pytest.approx(est.step.fsdp_comm_exposed_s, rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("framework, extra", [
     ("megatron", {}), ("NanoTron", {}),
     # fp8: the LM head at bf16 (training.head_dtype), torchao's casts (torchtitan) or Transformer
