@@ -837,13 +837,13 @@ def _data_parallel_terms(link, eff, model: ModelConfig, job: TrainJob, par: Para
                                                    layers, n_micro)
             fsdp_exposed = float(exposed)
         else:
-            # FSDP / ZeRO-3, unit by unit (comm.ShardedDataParallel): per micro-batch each
-            # layer's parameters are all-gathered before its forward and again before its
-            # backward, its gradients reduce-scattered after it; the next unit's gather overlaps
-            # this unit's compute (prefetch), the link time per unit includes the latency of
+            # FSDP / ZeRO-3, unit by unit: per micro-batch each layer's parameters are
+            # all-gathered before its forward and again before its backward, its gradients
+            # reduce-scattered after it; the next unit's gather overlaps this unit's compute
+            # (prefetch). A unit's link time (comm.ShardedDataParallel) includes the latency of
             # every call, and a group spanning nodes runs over the NICs with its real ranks per
-            # node. Under pipeline parallelism, once per step instead
-            # (comm.ShardedDataParallel.once_per_step).
+            # node; what is left exposed is comm.fsdp_exposed_s, the search's screen's formula
+            # too. Under pipeline parallelism, once per step instead (once_per_step).
             fsdp = comm.ShardedDataParallel(units=units, unit_param_bytes=2.0 * sp.total / units,
                                             unit_grad_bytes=grad_bytes / units, group=dp_group,
                                             once_per_step=par.pp > 1,
