@@ -849,7 +849,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         if prof.step_model == "composed":
             return _composed_screen(prof, model, job, ax, c, link, st, stage_total, cache=composed_cache, a=dict(
                 g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b, recompute_f=recompute_f, head_f=head_f,
-                head_and_loss=head_and_loss, t_mb=b.slot_s, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any,
+                head_and_loss=head_and_loss, layers=layers, n_micro=n_micro, full=full, rec_any=rec_any,
                 optimizer_t=optimizer_t, other=offload_t + b.ep_comm_s + b.cp_comm_s + fsdp_exposed,
                 fsdp_exposed=fsdp_exposed, ep_comm=b.ep_comm_s, cp_comm=b.cp_comm_s, offload_t=offload_t))
         return dict(step_s=b.total_s, expected_s=b.total_s, compute_s=b.compute_s, attention_s=b.attention_s,
@@ -869,7 +869,6 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     sub-layout) composed by steptime.compose, the same code that times one layout in train."""
 
     from . import training as tr
-    from .training import zero2_extra_reductions
 
     # ``cache``: the tables of one time model, kept between calls (a search calls this chunk by
     # chunk and then for each candidate it reports)
@@ -900,7 +899,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
     if "p2p" not in cache:
         cache["p2p"] = _subgrid_table(p2p_row, ax.tp, ax.mb, ax.cp, ax.sp, width=2)
     p_in, p_out = cache["p2p"][c.idx["tp"], c.idx["mb"], c.idx["cp"], c.idx["sp"]].T
-    pp_cross = (pp > 1) & (N > link.devices_per_node)  # steptime.placement: stages outermost
+    pp_cross = steptime.pp_crosses_node(pp, N, link.devices_per_node)  # stages outermost, as steptime.placement
     p2p = np.where(pp > 1, v["v"] * np.where(pp_cross, p_out, p_in), 0.0)
 
     # data-parallel reduction per (devices, tp, pp, cp, ep, zero) point
@@ -919,31 +918,23 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
                     prof.settings.dp_bucket_bytes, prof.settings.sharded_grad_sync)
             dp_done[key] = steptime.dp_comm(*args) + steptime.dp_grad_reduction(*args)
         dp_rows[j] = dp_done[key]
-    dp_w, dp_s, rs_w, rs_s = dp_rows[inv.ravel()].T
-    extra = zero2_extra_reductions(v["zero"], a["n_micro"])  # ZeRO-2: every micro-batch's reduce-scatter
-    dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
     full, rec_any = a["full"], a["rec_any"]
     split = {int(q): steptime.stage_layers(model.layers, int(q), prof.settings.pipeline_balance,
                                            *steptime.block_costs(model)) for q in np.unique(pp)}
-    head_l, max_l, other_l, apart, n_layer_stages = (
-        np.array([split[int(q)][i] for q in np.ravel(pp)], dtype=float).reshape(np.shape(pp)) for i in range(5))
+    stage_split = tuple(np.array([split[int(q)][i] for q in np.ravel(pp)], dtype=float).reshape(np.shape(pp))
+                        for i in range(5))
     logits = v["mb"] * np.maximum(1, job.seq_len // cp) * model.vocab / tp * 2.0  # bf16 logits per tp rank
-    loss_p2p = np.where(apart > 0, 2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits),
-                        0.0)
-    stall_slot, stall_p, stall_ops, nodes = steptime.pipeline_stall_inputs(link, N, pp, v["v"])
-    terms = steptime.StepTerms(
-        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes, head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l,
-        loss_stage_apart=apart, loss_p2p_mb_s=loss_p2p, layer_stages=n_layer_stages,
-        n_micro=a["n_micro"].astype(float), pp=pp.astype(float), interleave=v["v"].astype(float), tp=tp.astype(float),
-        gpu_mb_s=a["t_mb"], gemm_mb_s=layers * (a["g_f"] + a["g_b"] + np.where(full, a["g_f"], 0.0)) + 3 * a["head_f"],
-        head_gemm_mb_s=3 * a["head_f"], head_other_mb_s=a["head_and_loss"] - 3 * a["head_f"],
-        attention_mb_s=layers * (a["a_f"] + a["a_b"] + np.where(rec_any, a["a_f"], 0.0)),
-        tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
-        p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), host_layers_mb=layers.astype(float),
-        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
-        dp_window_s=steptime.dp_hidden(v["zero"], prof.settings.sharded_grad_sync) * (1.0 + extra) * layers
-        * (a["g_b"] + a["a_b"] + a["e_b"] + a["recompute_f"]),
-        optimizer_s=a["optimizer_t"], other_s=a["other"],
+    loss_p2p = np.where(stage_split[3] > 0,
+                        2.0 * np.vectorize(lambda b: link.p2p_time_s(float(b), crosses_node=False))(logits), 0.0)
+    terms = steptime.layout_terms(
+        layers=layers.astype(float), n_micro=a["n_micro"].astype(float), pp=pp.astype(float),
+        interleave=v["v"].astype(float), tp=tp.astype(float),
+        layer_times=(a["g_f"], a["g_b"], a["a_f"], a["a_b"], a["e_f"], a["e_b"]),
+        recompute=(a["recompute_f"], np.where(full, a["g_f"], 0.0), np.where(rec_any, a["a_f"], 0.0)),
+        head_s=3 * a["head_f"], loss_s=a["head_and_loss"] - 3 * a["head_f"], tp_split=(tp_i, tp_w, tp_s),
+        p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), dp_split=dp_rows[inv.ravel()].T, zero=v["zero"],
+        sharded_grad_sync=prof.settings.sharded_grad_sync, stage_split=stage_split, loss_p2p_mb_s=loss_p2p,
+        stall=steptime.pipeline_stall_inputs(link, N, pp, v["v"]), optimizer_s=a["optimizer_t"], other_s=a["other"],
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
     k = steptime.compose(terms, {n: p.value for n, p in prof.parameters.items()}, prof.cluster_step_latency_s,
                          cuda_graphs=prof.settings.cuda_graphs)

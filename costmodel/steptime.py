@@ -395,55 +395,83 @@ def dp_hidden(zero_stage, sharded_sync: str):
     return np.where(np.asarray(zero_stage) == 1, 0.0, 1.0)
 
 
+def layout_terms(*, layers, n_micro, pp, interleave, tp, layer_times, recompute, head_s, loss_s, tp_split, p2p_mb_s,
+                 pp_cross, dp_split, zero, sharded_grad_sync, stage_split, loss_p2p_mb_s, stall, optimizer_s, other_s,
+                 step_latency_s) -> StepTerms:
+    """StepTerms of one layout (numbers) or of many (arrays), from what the hardware and layout cost:
+    ``layer_times`` (training._layer_times: forward/backward GEMM, attention and elementwise time of
+    one layer and micro-batch); ``recompute`` the forward a recompute re-runs per layer, as (all of
+    it, its GEMMs, its attention); ``head_s`` / ``loss_s`` the LM head's GEMMs and the loss per
+    micro-batch; ``tp_split`` one layer's TP collectives (tp_layer_comm_split); ``p2p_mb_s`` the
+    pipeline sends of a micro-batch; ``dp_split`` the data-parallel reduction and its reduce-scatter
+    as (wire, steps, wire, steps) (dp_comm + dp_grad_reduction: ZeRO-2 repeats the latter every
+    earlier micro-batch); ``stage_split`` stage_layers's five numbers; ``stall``
+    pipeline_stall_inputs's four. train_terms (one layout) and the search's screen (arrays) both
+    build their terms here."""
+    from .training import zero2_extra_reductions
+
+    g_f, g_b, a_f, a_b, e_f, e_b = layer_times
+    rec_f, rec_g, rec_a = recompute
+    tp_i, tp_w, tp_s = tp_split
+    dp_w, dp_s, rs_w, rs_s = dp_split
+    head_l, max_l, other_l, apart, n_layer_stages = stage_split
+    def num(x):  # a number for one layout, an array for many
+        return float(x) if np.ndim(x) == 0 else x
+
+    extra = num(zero2_extra_reductions(zero, n_micro))  # ZeRO-2: every micro-batch's gradients reduce-scattered
+    hidden = num(dp_hidden(zero, sharded_grad_sync))
+    stall_slot, stall_p, stall_ops, nodes = stall
+    return StepTerms(
+        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes,
+        head_stage_layers=head_l, max_stage_layers=max_l, other_stage_layers=other_l, loss_stage_apart=apart,
+        loss_p2p_mb_s=loss_p2p_mb_s, layer_stages=n_layer_stages, n_micro=n_micro, pp=pp, interleave=interleave, tp=tp,
+        gpu_mb_s=layers * (g_f + g_b + a_f + a_b + e_f + e_b + rec_f) + head_s + loss_s,
+        gemm_mb_s=layers * (g_f + g_b + rec_g) + head_s, attention_mb_s=layers * (a_f + a_b + rec_a),
+        head_gemm_mb_s=head_s, head_other_mb_s=loss_s,
+        tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
+        p2p_mb_s=p2p_mb_s, pp_cross=pp_cross, host_layers_mb=layers,
+        dp_comm_wire_s=dp_w + extra * rs_w, dp_comm_steps=dp_s + extra * rs_s,
+        dp_window_s=hidden * (1.0 + extra) * layers * (g_b + a_b + e_b + rec_f),
+        optimizer_s=optimizer_s, other_s=other_s, step_latency_s=step_latency_s)
+
+
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
                 layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None,
                 pipeline_balance: str = "even", sharded_grad_sync: str = "buckets") -> StepTerms:
-    """The terms of one layout (module docstring). ``layer_times``: training._layer_times's
-    forward/backward GEMM, attention and elementwise time of one layer and micro-batch. The
-    search's screen builds the same terms on arrays from the same functions."""
+    """The terms of one layout (module docstring, layout_terms). ``layer_times``:
+    training._layer_times's forward/backward GEMM, attention and elementwise time of one layer and
+    micro-batch."""
     from . import comm_bridge
-    from .training import moe_etp_share, zero2_extra_reductions
+    from .training import moe_etp_share
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
     rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
-    recompute_f = {"full": rf * (g_f + a_f + e_f), "selective": a_f}.get(job.recompute, 0.0)
-    recompute_g = rf * g_f if job.recompute == "full" else 0.0
-    recompute_a = (rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0
-    per_layer = g_f + g_b + a_f + a_b + e_f + e_b + recompute_f
+    recompute = ({"full": rf * (g_f + a_f + e_f), "selective": a_f}.get(job.recompute, 0.0),
+                 rf * g_f if job.recompute == "full" else 0.0,
+                 (rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)
     act = job.micro_batch * max(1, job.seq_len // par.cp) * model.hidden * 2.0
-    tp_i, tp_w, tp_s = tp_layer_comm_split(link, act, par.tp, par.expert_tp, moe_etp_share(model, par.tp, par.expert_tp),
-                                           par.sequence_parallel, job.recompute)
+    tp_split = tp_layer_comm_split(link, act, par.tp, par.expert_tp, moe_etp_share(model, par.tp, par.expert_tp),
+                                   par.sequence_parallel, job.recompute)
     p2p = pp_p2p(link, act, par.tp, par.sequence_parallel, par.interleave, place["pp_cross"]) if par.pp > 1 else 0.0
-    dp_w, dp_s = dp_comm(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
-                         param_bytes_gathered, dp_bucket_bytes, sharded_grad_sync)
+    dp_args = (link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes, param_bytes_gathered,
+               dp_bucket_bytes, sharded_grad_sync)
     n_micro = float(job.grad_accum_steps(par))
-    extra = float(zero2_extra_reductions(par.zero_stage, n_micro))
-    if extra:  # ZeRO-2: every micro-batch's gradients reduce-scattered, each behind its own backward
-        rs_w, rs_s = dp_grad_reduction(link, par.dp * par.cp, place["dp_per_node"], par.zero_stage, grad_bytes,
-                                       param_bytes_gathered, dp_bucket_bytes, sharded_grad_sync)
-        dp_w, dp_s = dp_w + extra * rs_w, dp_s + extra * rs_s
+    rs = dp_grad_reduction(*dp_args) if par.zero_stage == 2 and n_micro > 1 else (0.0, 0.0)
     head_l, max_l, other_l, apart, n_layer_stages = stage_layers(model.layers, par.pp, pipeline_balance,
                                                                  *block_costs(model))
     logits = job.micro_batch * max(1, job.seq_len // par.cp) * model.vocab / par.tp * 2.0  # bf16, per tp rank
     loss_p2p = 2.0 * link.p2p_time_s(logits, crosses_node=False) if apart else 0.0  # adjacent ranks share a node
-    stall_slot, stall_p, stall_ops, nodes = pipeline_stall_inputs(link, par.devices, par.pp, par.interleave)
-    return StepTerms(
-        stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes,
-        head_stage_layers=float(head_l), max_stage_layers=float(max_l), other_stage_layers=other_l,
-        loss_stage_apart=1.0 if apart else 0.0, loss_p2p_mb_s=loss_p2p, layer_stages=float(n_layer_stages),
-        n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave),
-        tp=float(par.tp), gpu_mb_s=layers * per_layer + head_s + loss_s,
-        gemm_mb_s=layers * (g_f + g_b + recompute_g) + head_s, attention_mb_s=layers * (a_f + a_b + recompute_a),
-        head_gemm_mb_s=head_s, head_other_mb_s=loss_s,
-        tp_intra_mb_s=layers * tp_i, tp_cross_wire_mb_s=layers * tp_w, tp_cross_steps_mb=layers * tp_s,
-        p2p_mb_s=p2p, pp_cross=1.0 if place["pp_cross"] else 0.0, host_layers_mb=float(layers),
-        dp_comm_wire_s=dp_w, dp_comm_steps=dp_s,
-        dp_window_s=float(dp_hidden(par.zero_stage, sharded_grad_sync)) * (1.0 + extra) * layers
-        * (g_b + a_b + e_b + recompute_f),
+    return layout_terms(
+        layers=float(layers), n_micro=n_micro, pp=float(par.pp), interleave=float(par.interleave), tp=float(par.tp),
+        layer_times=layer_times, recompute=recompute, head_s=head_s, loss_s=loss_s, tp_split=tp_split, p2p_mb_s=p2p,
+        pp_cross=1.0 if place["pp_cross"] else 0.0, dp_split=(*dp_comm(*dp_args), *rs), zero=par.zero_stage,
+        sharded_grad_sync=sharded_grad_sync,
+        stage_split=(float(head_l), float(max_l), other_l, 1.0 if apart else 0.0, float(n_layer_stages)),
+        loss_p2p_mb_s=loss_p2p, stall=pipeline_stall_inputs(link, par.devices, par.pp, par.interleave),
         optimizer_s=optimizer_s, other_s=other_s,
         step_latency_s=link.scaling.step_latency_s if link.scaling is not None else 0.0)
 
