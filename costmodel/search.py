@@ -710,14 +710,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         grad_bytes = grad_per_param * Pst
         g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
         if z_ >= 3 and deepspeed and pp_ == 1:  # DeepSpeed 2021 ZeRO-3, sub-module by sub-module
-            units = max(1, -(-model.layers // pp_))
-            share, gathered = tr.deepspeed_zero3_modules(model, tp_)
-            ub, rb = 2.0 * Pst / units * share, grad_bytes / units * share
-            ds_gather[j] = np.where(gathered, np.array([link_coll("all_gather", float(b), world, intra=g[1], per_node=g[2])
-                                                        for b in ub]) + world * tr.DEEPSPEED_LIST_GATHER_S_PER_RANK
-                                    + ub * tr.DEEPSPEED_LIST_GATHER_S_PER_BYTE, 0.0)
-            ds_reduce[j] = [link_coll("all_reduce", float(b), world, intra=g[1], per_node=g[2])
-                            + memory_op(eff, "grad_bucket_copies", 4.0 * b).time_s for b in rb]
+            ds_gather[j], ds_reduce[j] = tr.deepspeed_zero3_calls_s(link_coll, eff, model, tp_, Pst, grad_bytes,
+                                                                    max(1, -(-model.layers // pp_)), *g)
         elif z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
             units = max(1, -(-model.layers // pp_))
             req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)

@@ -765,6 +765,22 @@ def deepspeed_zero3_modules(model: ModelConfig, tp: int = 1) -> tuple[np.ndarray
     return sizes / sizes.sum(), sizes >= DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD
 
 
+def deepspeed_zero3_calls_s(collective_s, eff, model: ModelConfig, tp: int, stage_params: float, grad_bytes: float,
+                            units: int, world: int, intra: bool, per_node: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gather, reduce) seconds of each sub-module of a layer (deepspeed_zero3_modules order) under
+    DeepSpeed 2021 ZeRO-3: the list all-gather of its bf16 weights where gathered (NCCL's time plus
+    DEEPSPEED_LIST_GATHER_* per rank and byte), and the all-reduce of its gradients with their
+    flatten copy and copy back. ``collective_s``: a link's collective_time_s."""
+    share, gathered = deepspeed_zero3_modules(model, tp)
+    unit_bytes = 2.0 * stage_params / units * share
+    gather = np.where(gathered, np.array([collective_s("all_gather", float(b), world, intra=intra, per_node=per_node)
+                                          for b in unit_bytes])
+                      + world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE, 0.0)
+    reduce = np.array([collective_s("all_reduce", float(b), world, intra=intra, per_node=per_node) + memory_op_s(eff, 4.0 * b)
+                       for b in grad_bytes / units * share])
+    return gather, reduce
+
+
 def deepspeed_zero3_regather(model: ModelConfig, tp: int, recompute: str) -> np.ndarray:
     """1.0 per sub-module (deepspeed_zero3_modules order) that is gathered again for its backward,
     0.0 where DeepSpeed keeps it (stage3_max_reuse_distance) or never releases it (persistent):
@@ -822,15 +838,9 @@ def _data_parallel_terms(link, eff, model: ModelConfig, job: TrainJob, par: Para
             # DeepSpeed ZeRO-3 of 2021 (Narayanan et al.'s Table 2), sub-module by sub-module:
             # blocking list all-gathers of the weights above the persistence threshold,
             # gradients all-reduced lagging one sub-module (DEEPSPEED_* above)
-            share, gathered = deepspeed_zero3_modules(model, par.tp)
-            unit_bytes = 2.0 * sp.total / units * share
-            red_bytes = grad_bytes / units * share
-            gather = np.where(gathered, np.array([link.collective_time_s("all_gather", b, dp_world, intra=dp_intra,
-                                                                         per_node=dp_per_node) for b in unit_bytes])
-                              + dp_world * DEEPSPEED_LIST_GATHER_S_PER_RANK + unit_bytes * DEEPSPEED_LIST_GATHER_S_PER_BYTE,
-                              0.0)
-            reduce = np.array([link.collective_time_s("all_reduce", b, dp_world, intra=dp_intra, per_node=dp_per_node)
-                               + memory_op_s(eff, 4.0 * b) for b in red_bytes])
+            share = deepspeed_zero3_modules(model, par.tp)[0]
+            gather, reduce = deepspeed_zero3_calls_s(link.collective_time_s, eff, model, par.tp, sp.total, grad_bytes,
+                                                     units, dp_world, dp_intra, dp_per_node)
             rec = recompute_f if job.recompute == "full" else 0.0
             exposed, _ = deepspeed_zero3_exposed_s(gather, reduce, g_f + a_f + e_f, g_b + a_b + e_b + recompute_f,
                                                    rec, share, deepspeed_zero3_regather(model, par.tp, job.recompute),
