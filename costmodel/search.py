@@ -597,6 +597,67 @@ def _time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None
 _LAYER_AXES = ("tp", "ep", "mb", "cp", "sp")
 
 
+def _dp_point_table(model: ModelConfig, job: TrainJob, ax: _Axes, used: np.ndarray, link, link_coll, eff, st,
+                    stage_total, opt_per_param: float, opt_time):
+    """The data-parallel terms of every used (devices, tp, pp, cp, ep, zero) point of the grid
+    (_DP_AXES), as training.estimate_train has them for a layout: (table of 7 columns per point
+    index: an FSDP unit's gather and reduce-scatter, the gradient reduction, the optimizer step, the
+    stage's parameters, whether the group sits in one node, ZeRO-2's repeated reduce-scatter; the
+    point's row of the DeepSpeed tables per point index; DeepSpeed ZeRO-3's per-sub-module gathers
+    and reductions per row)."""
+    from . import training as tr
+
+    grad_per_param = tr.dp_grad_bytes_per_param(job)
+    # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
+    # point by point (link.dp_intra / dp_ranks_per_node), the collectives evaluated in one
+    # vectorised call per op (_batched_collectives, the bridge's model on arrays).
+    shape = used.shape
+    points = np.argwhere(used)
+    n_pts = len(points)
+    opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
+    req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
+    ddp_nvlink = np.zeros(n_pts)  # the group inside one node (training.dp_overlap_share)
+    # DeepSpeed ZeRO-3 (training.deepspeed_zero3_exposed_s): per point, each sub-module's gather
+    # and gradient all-reduce
+    deepspeed = job.framework == "deepspeed"
+    n_mod = len(tr.deepspeed_zero3_modules(model)[0])
+    ds_gather, ds_reduce = np.zeros((n_pts, n_mod)), np.zeros((n_pts, n_mod))
+    for j, idx in enumerate(points):
+        N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in zip(_DP_AXES, idx))
+        dp_ = N_ // (tp_ * pp_ * cp_)
+        world = dp_ * cp_
+        Pst = stage_total(tp_, pp_, ep_)
+        P_pts[j] = Pst
+        opt_pts[j] = opt_time(opt_per_param * Pst / (world if z_ >= 1 else 1))
+        if world <= 1:
+            continue
+        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_, etp=ax.etp_of(tp_))
+        grad_bytes = grad_per_param * Pst
+        g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
+        if z_ >= 3 and deepspeed and pp_ == 1:  # DeepSpeed 2021 ZeRO-3, sub-module by sub-module
+            ds_gather[j], ds_reduce[j] = tr.deepspeed_zero3_calls_s(link_coll, eff, model, tp_, Pst, grad_bytes,
+                                                                    max(1, -(-model.layers // pp_)), *g)
+        elif z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
+            units = max(1, -(-model.layers // pp_))
+            req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
+            req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
+        else:  # slot 2: the DP gradient reduction; slot 3: the reduce-scatter ZeRO-2 repeats
+            for part, op, calls, nbytes in tr.dp_collectives(job.framework, z_, grad_bytes, st.weights * Pst):
+                req.setdefault(op, []).append((j, 2 if part == "reduction" else 3, float(calls), float(nbytes)) + g)
+            ddp_nvlink[j] = g[1]
+    slots = np.zeros((n_pts, 4))
+    for op, rows in req.items():
+        arr = np.array(rows, dtype=float)
+        t = _batched_collectives(link, op, arr[:, 3], arr[:, 4].astype(int), arr[:, 5].astype(bool), arr[:, 6].astype(int))
+        np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
+    tabs = np.zeros(shape + (7,))
+    tabs[tuple(points.T)] = np.column_stack([slots[:, :3], opt_pts, P_pts, ddp_nvlink, slots[:, 3]])
+    tabs = tabs.reshape(-1, 7)
+    pt_of = np.full(int(np.prod(shape)), -1)
+    pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
+    return tabs, pt_of, ds_gather, ds_reduce
+
+
 def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job: TrainJob, ax: _Axes,
                       used: np.ndarray, calibration: str | None = None, used_layers: np.ndarray | None = None):
     """The step time of candidates as a function of them: the terms that depend on a few axes only
@@ -676,60 +737,16 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
 
     # data parallel and optimizer: per (devices, tp, pp, cp, ep, zero), only where a candidate is
     st = state_bytes_per_param(job, model.hidden)
-    grad_per_param = tr.dp_grad_bytes_per_param(job)
     opt_per_param = tr.optimizer_bytes_per_param(job, st)
 
     stage_total = _memo(lambda tp_, pp_, ep_: float(stage_params(model, Parallel(tp=tp_, pp=pp_, ep=ep_, dp=ep_,
                                                                                    etp=ax.etp_of(tp_))).total))
     opt_time = _memo(lambda nbytes: memory_op(eff, "optimizer", nbytes).time_s)
 
-    # Data-parallel traffic per used (devices, tp, pp, cp, ep, zero) point: the groups are set up
-    # point by point (link.dp_intra / dp_ranks_per_node), the collectives evaluated in one
-    # vectorised call per op (_batched_collectives, the bridge's model on arrays).
+    tabs, pt_of, ds_gather, ds_reduce = _dp_point_table(model, job, ax, used, link, link_coll, eff, st, stage_total,
+                                                         opt_per_param, opt_time)
     shape = used.shape
-    points = np.argwhere(used)
-    n_pts = len(points)
-    opt_pts, P_pts = np.zeros(n_pts), np.zeros(n_pts)
-    req: dict[str, list] = {}  # op -> [(point, slot, weight, nbytes, world, intra, per_node)]
-    ddp_nvlink = np.zeros(n_pts)  # the group inside one node (training.dp_overlap_share)
-    # DeepSpeed ZeRO-3 (training.deepspeed_zero3_exposed_s): per point, each sub-module's gather
-    # and gradient all-reduce
     deepspeed = job.framework == "deepspeed"
-    n_mod = len(tr.deepspeed_zero3_modules(model)[0])
-    ds_gather, ds_reduce = np.zeros((n_pts, n_mod)), np.zeros((n_pts, n_mod))
-    for j, idx in enumerate(points):
-        N_, tp_, pp_, cp_, ep_, z_ = (int(getattr(ax, n)[i]) for n, i in zip(_DP_AXES, idx))
-        dp_ = N_ // (tp_ * pp_ * cp_)
-        world = dp_ * cp_
-        Pst = stage_total(tp_, pp_, ep_)
-        P_pts[j] = Pst
-        opt_pts[j] = opt_time(opt_per_param * Pst / (world if z_ >= 1 else 1))
-        if world <= 1:
-            continue
-        par = Parallel(tp=tp_, pp=pp_, dp=dp_, cp=cp_, ep=ep_, zero_stage=z_, etp=ax.etp_of(tp_))
-        grad_bytes = grad_per_param * Pst
-        g = (world, link.dp_intra(par), link.dp_ranks_per_node(par))
-        if z_ >= 3 and deepspeed and pp_ == 1:  # DeepSpeed 2021 ZeRO-3, sub-module by sub-module
-            ds_gather[j], ds_reduce[j] = tr.deepspeed_zero3_calls_s(link_coll, eff, model, tp_, Pst, grad_bytes,
-                                                                    max(1, -(-model.layers // pp_)), *g)
-        elif z_ >= 3:  # slots 0 and 1: gather and reduce-scatter of one FSDP unit (a layer)
-            units = max(1, -(-model.layers // pp_))
-            req.setdefault("all_gather", []).append((j, 0, 1.0, 2.0 * Pst / units) + g)
-            req.setdefault("reduce_scatter", []).append((j, 1, 1.0, grad_bytes / units) + g)
-        else:  # slot 2: the DP gradient reduction; slot 3: the reduce-scatter ZeRO-2 repeats
-            for part, op, calls, nbytes in tr.dp_collectives(job.framework, z_, grad_bytes, st.weights * Pst):
-                req.setdefault(op, []).append((j, 2 if part == "reduction" else 3, float(calls), float(nbytes)) + g)
-            ddp_nvlink[j] = g[1]
-    slots = np.zeros((n_pts, 4))
-    for op, rows in req.items():
-        arr = np.array(rows, dtype=float)
-        t = _batched_collectives(link, op, arr[:, 3], arr[:, 4].astype(int), arr[:, 5].astype(bool), arr[:, 6].astype(int))
-        np.add.at(slots, (arr[:, 0].astype(int), arr[:, 1].astype(int)), arr[:, 2] * t)
-    tabs = np.zeros(shape + (7,))
-    tabs[tuple(points.T)] = np.column_stack([slots[:, :3], opt_pts, P_pts, ddp_nvlink, slots[:, 3]])
-    tabs = tabs.reshape(-1, 7)
-    pt_of = np.full(int(np.prod(shape)), -1)
-    pt_of[np.ravel_multi_index(tuple(points.T), shape)] = np.arange(n_pts)
     h2d = eff.h2d_bytes_per_s(True)
     d2h = getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True)
     host_node = off_lib = None
