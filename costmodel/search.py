@@ -130,6 +130,7 @@ class SearchResult(BaseModel):
     seq_len: int
     framework: str = "megatron"  # the framework profile the layouts were timed as
     precision: str = "amp-bf16"
+    switches: list[str] = Field(default_factory=list)  # Megatron-style switches set (TrainJob.switches)
     objective: str
     enumerated: int  # grid points, before divisibility rules
     evaluated: int  # layouts whose memory and time were computed
@@ -1205,7 +1206,8 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
             c_arr = np.array([p.cost_per_million_tokens_usd for p in pc])
             pareto = [pc[i] for i in _pareto_indices(t_arr, c_arr)]
     return SearchResult(model=m.id, hardware=hw_ids, devices=counts, global_batch=global_batch, seq_len=seq_len,
-                        framework=frameworks.label(job), precision=job.precision, objective=objective, enumerated=enumerated, evaluated=evaluated, feasible=feasible,
+                        framework=frameworks.label(job), precision=job.precision, switches=job.switches(),
+                        objective=objective, enumerated=enumerated, evaluated=evaluated, feasible=feasible,
                         seconds=time.perf_counter() - t0, rejected=rejected, top=top_list, pareto=pareto)
 
 

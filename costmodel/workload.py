@@ -117,6 +117,12 @@ class TrainJob(BaseModel):
             raise InputError(f"global batch {gb} is not a multiple of micro_batch x dp = {self.micro_batch * par.dp}",
                              field="global_batch")
 
+    def switches(self) -> list[str]:
+        """The Megatron-style switches this job sets, as the train and search headers name them."""
+        return [name for on, name in ((self.tp_comm_overlap, "tp-comm-overlap"),
+                                      (self.grad_reduce_in_bf16, "grad-reduce bf16"),
+                                      (self.moe_enable_deepep, "DeepEP")) if on]
+
     def grad_accum_steps(self, par: Parallel) -> int:
         gb = self.global_batch_for(par)
         return max(1, gb // (self.micro_batch * par.dp))

@@ -1,6 +1,8 @@
 """The built-in step model's composition (steptime.compose_builtin) on terms given by hand: the
 pipeline bubble, the exposed data-parallel reduction, the all-to-alls and ring attention as their
 formulas say, and one layout as numbers equal to the same layout as an entry of an array."""
+import json
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,18 @@ def test_deepep_on_a_dense_model_is_refused(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main(cmd)
     assert exc.value.code == 2 and "moe_enable_deepep" in capsys.readouterr().err
+
+
+def test_headers_name_the_switches(capsys):
+    """train and search name the Megatron-style switches a job sets (TrainJob.switches) in their
+    headers and search's JSON: the numbers below them rest on them."""
+    from costmodel.cli.app import main
+
+    args = ["--hardware", "dgx-h100", "--global-batch", "1024", "--seq-len", "4096", "--moe-enable-deepep"]
+    for cmd in (["train", "mixtral-8x7b", "--devices", "64", "--ep", "8", "--tp", "2", "--zero-stage", "1", *args],
+                ["search", "mixtral-8x7b", "--devices", "64", "--top", "1", "--json", *args]):
+        with pytest.raises(SystemExit) as exc:
+            main(cmd)
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "(DeepEP)" in " ".join(out.split()) if cmd[0] == "train" else json.loads(out)["switches"] == ["DeepEP"]

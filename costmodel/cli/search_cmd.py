@@ -185,7 +185,8 @@ def _render(res) -> None:
     rate = res.evaluated / res.seconds if res.seconds else float("nan")
     console.print(f"{res.model}: {res.enumerated:,} grid points, {res.evaluated:,} valid layouts evaluated, "
                   f"{res.feasible:,} fit; {res.seconds:.2f} s ({rate:,.0f} layouts/s). Objective: {res.objective}.")
-    console.print(f"framework {res.framework}, {res.precision}; recompute per layout (column)")
+    console.print(f"framework {res.framework}" + "".join(f" ({s})" for s in res.switches)
+                  + f", {res.precision}; recompute per layout (column)")
     multi_hw = len(res.hardware) > 1
     priced = any(c.cost_per_million_tokens_usd is not None for c in res.top)
     has_run = any(c.run_days is not None for c in res.top)

@@ -11,6 +11,7 @@ from rich.table import Table
 from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
+from ..workload import TrainJob
 from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
 
 
@@ -186,9 +187,7 @@ def header(est) -> str:
     """The assumptions a train estimate rests on, in one line."""
     j = est.job
     return (f"{layout_label(est.parallel)}, framework {est.framework}"
-            + (" (tp-comm-overlap)" if j.get("tp_comm_overlap") else "")
-            + (" (grad-reduce bf16)" if j.get("grad_reduce_in_bf16") else "")
-            + (" (DeepEP)" if j.get("moe_enable_deepep") else "")
+            + "".join(f" ({s})" for s in TrainJob(**j).switches())
             + f", {j['precision']}, recompute {j['recompute']}, micro-batch {j['micro_batch']}, seq {j['seq_len']}")
 
 
