@@ -14,7 +14,7 @@ from .arch import load_model
 from .errors import InputError, from_validation_error, require_positive
 from .inputs import file_key, one_look
 from .specs import claim_notes, library_origin, load_library
-from .training import TrainEstimate, estimate_train
+from .training import TrainEstimate, check_moe_switches, estimate_train
 from .workload import InferJob, Parallel, TrainJob
 
 
@@ -210,10 +210,7 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         raise InputError(f"tp ({tp}) must divide the model's {m.heads} heads", field="tp")
     if pp > m.layers:
         raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
-    if etp is not None and (m.moe is None or m.moe_layers == 0):
-        raise InputError(f"etp splits experts; {m.id} has none", field="etp")
-    if moe_enable_deepep and (m.moe is None or m.moe_layers == 0):
-        raise InputError(f"DeepEP dispatches tokens to experts; {m.id} has none", field="moe_enable_deepep")
+    check_moe_switches(m, etp, moe_enable_deepep)
     est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))
     est.notes.extend(_spec_notes(lib, hardware))

@@ -372,7 +372,7 @@ def screen(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec | None, job
     """Memory and step time of every candidate in `c` (arrays), term by term as estimate_train.
     With `capacity_bytes`, step time is computed only for the candidates that fit (inf for the
     rest): memory rejects most of a large space and costs a fraction of the time terms."""
-    out = _memory_of(model, job, c, ax)
+    out = _memory_of(model, job, c)
     keep = np.flatnonzero(out["required_bytes"] <= capacity_bytes) if capacity_bytes is not None else np.arange(len(c))
     return _with_times(out, c, keep, lambda sub: _screen_time(model, spec, node, job, ax, sub, calibration))
 
@@ -405,17 +405,14 @@ def _flat_of(ax: _Axes, shape: tuple, flat: np.ndarray) -> _Flat:
     return _Flat(idx, val)
 
 
-def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat, ax: _Axes | None = None) -> dict[str, np.ndarray]:
+def _memory_of(model: ModelConfig, job: TrainJob, c: _Flat) -> dict[str, np.ndarray]:
     """Peak and required bytes per device of candidates (the formulas of costmodel.memory on arrays)."""
     v = c.val
     tp, pp, cp, mb, N = v["tp"], v["pp"], v["cp"], v["mb"], v["devices"]
     dp = N // (tp * pp * cp)
     n_micro = job.global_batch // (mb * dp)
-    etp = v.get("etp")
-    if etp is None and ax is not None and ax.etp is not None:
-        etp = ax.etp_of(tp)
     grid = ParallelGrid(tp=tp, pp=pp, dp=dp, cp=cp, ep=v["ep"], sequence_parallel=v["sp"] & (tp > 1),
-                        zero_stage=v["zero"], interleave=v["v"], etp=etp)
+                        zero_stage=v["zero"], interleave=v["v"], etp=v.get("etp"))
     mem = train_memory_terms(model, job, grid, micro_batch=mb, n_micro=n_micro, recompute=v["rc"],
                              offload_optimizer=v["off"])
     peak = peak_of(mem["candidates"])
@@ -438,7 +435,7 @@ def _memory_chunks(model: ModelConfig, job: TrainJob, ax: _Axes, shape: tuple, f
     if ax.names[-k:] != _INNER_AXES:  # another order of axes: candidate by candidate
         for a in range(0, len(flat), chunk):
             c = _flat_of(ax, shape, flat[a:a + chunk])
-            yield a, min(len(flat), a + chunk), c, _memory_of(model, job, c, ax)["required_bytes"]
+            yield a, min(len(flat), a + chunk), c, _memory_of(model, job, c)["required_bytes"]
         return
     outer, inner = shape[:-k], shape[-k:]
     size = math.prod(inner)
@@ -459,7 +456,9 @@ def _memory_chunks(model: ModelConfig, job: TrainJob, ax: _Axes, shape: tuple, f
         bidx = np.unravel_index(blocks[s0:s1], outer)
         val = {n: getattr(ax, n)[i].reshape((-1,) + (1,) * k) for n, i in zip(ax.names, bidx)}
         val.update(zip(_INNER_AXES, inner_vals))
-        req = _memory_of(model, job, _Flat({}, val), ax)["required_bytes"]
+        if ax.etp is not None:  # as _flat_of sets it
+            val["etp"] = ax.etp_of(val["tp"])
+        req = _memory_of(model, job, _Flat({}, val))["required_bytes"]
         req = np.broadcast_to(req, (s1 - s0,) + inner).reshape(s1 - s0, size)
         row = np.repeat(np.arange(s1 - s0), np.diff(np.append(starts[s0:s1], b)))
         idx = {n: i[row] for n, i in zip(ax.names, bidx)}
@@ -540,7 +539,7 @@ class _Screened:
         if len(rows) == 1 and int(rows[0]) in self._kept:
             return self._kept[int(rows[0])]
         c = self.flat_of(rows)
-        out = _memory_of(self.model, self.job, c, self.ax)
+        out = _memory_of(self.model, self.job, c)
         return _with_times(out, c, self.fits[np.asarray(rows, dtype=np.int64)], self.times)
 
 
@@ -675,15 +674,13 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     # --- per-layer operator times per (tp, ep, mb, cp): the scalar roofline, once per value
     seq_dev_of = lambda cp_: max(1, job.seq_len // cp_)  # noqa: E731
 
-    def layer(tp_, ep_, mb_, cp_, sp_):
+    def layer(tp_, ep_, mb_, cp_, sp_, eff_=eff):
         par = Parallel(tp=tp_, ep=ep_, dp=ep_, cp=cp_, sequence_parallel=bool(sp_) and tp_ > 1, etp=ax.etp_of(tp_))
-        return tr._layer_times(eff, model, job, par, mb_, seq_dev_of(cp_), dtype, spec)
+        return tr._layer_times(eff_, model, job, par, mb_, seq_dev_of(cp_), dtype, spec)
 
     # every GEMM shape of every sub-layout through the calibrated curve in one vectorised call first
-    _prefetch_gemms(eff, lambda e: _subgrid_table(lambda *a: tr._layer_times(
-        e, model, job, Parallel(tp=a[0], ep=a[1], dp=a[1], cp=a[3], sequence_parallel=bool(a[4]) and a[0] > 1,
-                                etp=ax.etp_of(a[0])),
-        a[2], seq_dev_of(a[3]), dtype, spec), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp, width=6, only=used_layers),
+    _prefetch_gemms(eff, lambda e: _subgrid_table(lambda *a: layer(*a, eff_=e), ax.tp, ax.ep, ax.mb, ax.cp, ax.sp,
+                                                  width=6, only=used_layers),
         key=("layers", id(model), job, dtype, id(spec), ax.etp, *(tuple(getattr(ax, n).tolist()) for n in _LAYER_AXES),
              None if used_layers is None else np.packbits(used_layers).tobytes()))
     with prefetched():
@@ -1085,10 +1082,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     for r in recompute or ():
         if r not in RECOMPUTE_CODES:
             raise InputError(f"recompute {r!r} is not one of none, selective, full", field="recompute")
-    if etp is not None and (m.moe is None or m.moe_layers == 0):
-        raise InputError(f"etp splits experts; {m.id} has none", field="etp")
-    if moe_enable_deepep and (m.moe is None or m.moe_layers == 0):
-        raise InputError(f"DeepEP dispatches tokens to experts; {m.id} has none", field="moe_enable_deepep")
+    from .training import check_megatron_switches, check_moe_switches
+
+    check_moe_switches(m, etp, moe_enable_deepep)
     counts = device_counts(devices)
     hw_ids = [hardware] if isinstance(hardware, str) else list(hardware)
     lib = load_library(hardware_files)
@@ -1107,8 +1103,6 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
         raise from_validation_error(exc, file=None) if hasattr(exc, "errors") else exc
 
     prof = frameworks.resolve(job.profile or job.framework)
-    from .training import check_megatron_switches
-
     check_megatron_switches(job, prof)
     prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
     zero_stage, interleave = _framework_axes(prof, zero_stage, interleave)

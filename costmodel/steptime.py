@@ -48,7 +48,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import comm
-from .arrays import maximum, where
+from .arrays import maximum, scalar, where
 from .calibration import smoothmax
 
 
@@ -376,7 +376,7 @@ def dp_comm(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: flo
 def dp_grad_reduction(link, dp_world: int, per_node: int, zero_stage: int, grad_bytes: float, param_bytes: float,
                       bucket_bytes: float, sharded_sync: str = "buckets") -> tuple[float, float]:
     """The gradient reduction of dp_comm alone (its buckets' all-reduces, or reduce-scatters under
-    ZeRO-2), which ZeRO-2 makes every micro-batch (training.zero2_extra_reductions)."""
+    ZeRO-2), which ZeRO-2 makes every micro-batch (zero2_extra_reductions)."""
     if dp_world <= 1 or zero_stage >= 3:
         return 0.0, 0.0
     if zero_stage == 1 and sharded_sync == "after-backward":
@@ -387,11 +387,26 @@ def dp_grad_reduction(link, dp_world: int, per_node: int, zero_stage: int, grad_
     return n_buckets * t, n_buckets * n
 
 
+def zero2_extra_reductions(zero_stage, n_micro):
+    """Gradient reductions a step makes beyond the one at the accumulation boundary (numbers for one
+    layout, arrays for many): ZeRO-2 keeps only its shard of the gradients between micro-batches, so
+    every micro-batch's gradients are reduce-scattered in its backward (DeepSpeed,
+    runtime/zero/stage_1_and_2.py, reduce_ready_partitions_and_remove_grads: "if
+    self.partition_gradients or self.is_gradient_accumulation_boundary"), n_micro - 1 more than
+    ZeRO-0/1, which accumulate the full gradients locally (the memory model's unsharded gradients)
+    and reduce them once. ZeRO-3 / FSDP is timed unit by unit elsewhere."""
+    if scalar(zero_stage) and scalar(n_micro):
+        return max(float(n_micro) - 1.0, 0.0) if zero_stage == 2 else 0.0
+    return np.where(np.asarray(zero_stage) == 2, np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0), 0.0)
+
+
 def dp_hidden(zero_stage, sharded_sync: str):
     """1 where the gradient reduction can hide behind the last backward, 0 where it runs after it
-    (``sharded_sync`` "after-backward" under ZeRO-1). Works on arrays."""
+    (``sharded_sync`` "after-backward" under ZeRO-1). Numbers for one layout, arrays for many."""
     if sharded_sync != "after-backward":
-        return np.ones_like(np.asarray(zero_stage, dtype=float))
+        return 1.0
+    if scalar(zero_stage):
+        return 0.0 if zero_stage == 1 else 1.0
     return np.where(np.asarray(zero_stage) == 1, 0.0, 1.0)
 
 
@@ -408,18 +423,13 @@ def layout_terms(*, layers, n_micro, pp, interleave, tp, layer_times, recompute,
     earlier micro-batch); ``stage_split`` stage_layers's five numbers; ``stall``
     pipeline_stall_inputs's four. train_terms (one layout) and the search's screen (arrays) both
     build their terms here."""
-    from .training import zero2_extra_reductions
-
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
     rec_f, rec_g, rec_a = recompute
     tp_i, tp_w, tp_s = tp_split
     dp_w, dp_s, rs_w, rs_s = dp_split
     head_l, max_l, other_l, apart, n_layer_stages = stage_split
-    def num(x):  # a number for one layout, an array for many
-        return float(x) if np.ndim(x) == 0 else x
-
-    extra = num(zero2_extra_reductions(zero, n_micro))  # ZeRO-2: every micro-batch's gradients reduce-scattered
-    hidden = num(dp_hidden(zero, sharded_grad_sync))
+    extra = zero2_extra_reductions(zero, n_micro)  # ZeRO-2: every micro-batch's gradients reduce-scattered
+    hidden = dp_hidden(zero, sharded_grad_sync)
     stall_slot, stall_p, stall_ops, nodes = stall
     return StepTerms(
         stall_slot_s=stall_slot, stall_p=stall_p, stall_ops_slot=stall_ops, nodes=nodes,
@@ -573,8 +583,7 @@ class BuiltinStep:
     ep_comm_s: object
     cp_comm_s: object
     offload_s: object
-    slot_s: object  # GPU time of one micro-batch through the last stage (the composed model's t_mb)
-    gpu_s: object  # compute + attention + elementwise + optimizer: what the host races against
+    slot_s: object  # GPU time of one micro-batch through the last stage
 
 
 def ep_comm_s(n_micro, moe_layers, full, call_s):
@@ -604,9 +613,7 @@ def pipeline_bubble_s(pp, interleave, slot_s, head_and_loss_s):
 def dp_exposed_s(op_s, rs_s, overlap, backward_s, zero, n_micro):
     """The data-parallel reduction left on the critical path: ``overlap`` of it may hide behind the
     backward, none of it beyond the backward's length; ZeRO-2 also reduce-scatters the earlier
-    micro-batches' gradients, each behind its own backward (training.zero2_extra_reductions)."""
-    from .training import zero2_extra_reductions
-
+    micro-batches' gradients, each behind its own backward (zero2_extra_reductions)."""
     exposed = maximum(op_s - overlap * backward_s, (1 - overlap) * op_s)
     return exposed + zero2_extra_reductions(zero, n_micro) * maximum(rs_s - overlap * backward_s, (1 - overlap) * rs_s)
 
@@ -712,4 +719,4 @@ def compose_builtin(t: BuiltinTerms, host=None) -> BuiltinStep:
     total = (compute + attention + elementwise + host_exposed + tp_comm + dp + t.fsdp_exposed_s + pp_comm
              + bubble + t.optimizer_s + ep_comm + cp_comm + t.offload_s)
     return BuiltinStep(total, compute, attention, elementwise, host_exposed, tp_comm, dp, t.fsdp_exposed_s, pp_comm,
-                       bubble, t.optimizer_s, ep_comm, cp_comm, t.offload_s, t_mb, gpu)
+                       bubble, t.optimizer_s, ep_comm, cp_comm, t.offload_s, t_mb)

@@ -402,19 +402,6 @@ def tp_layer_comm_s(collective_time_s, model: ModelConfig, act_bytes: float, tp:
     return over(tp) * (1.0 - share) + (share * over(etp) if share else 0.0)
 
 
-def zero2_extra_reductions(zero_stage, n_micro):
-    """Gradient reductions a step makes beyond the one at the accumulation boundary (vectorised):
-    ZeRO-2 keeps only its shard of the gradients between micro-batches, so every micro-batch's
-    gradients are reduce-scattered in its backward (DeepSpeed, runtime/zero/stage_1_and_2.py,
-    reduce_ready_partitions_and_remove_grads: "if self.partition_gradients or
-    self.is_gradient_accumulation_boundary"), n_micro - 1 more than ZeRO-0/1, which accumulate the
-    full gradients locally (the memory model's unsharded gradients) and reduce them once. ZeRO-3 /
-    FSDP is timed unit by unit elsewhere."""
-    if type(zero_stage) is int and type(n_micro) is int:  # one layout: the same, on numbers
-        return max(float(n_micro) - 1.0, 0.0) if zero_stage == 2 else 0.0
-    return np.where(np.asarray(zero_stage) == 2, np.maximum(np.asarray(n_micro, dtype=float) - 1.0, 0.0), 0.0)
-
-
 def dp_grad_bytes_per_param(job: TrainJob) -> float:
     """Bytes per parameter the data-parallel gradient reduction moves. Eager PyTorch under amp keeps
     fp32 gradients (4; pure bf16: 2). Megatron-LM reduces its main_grad buffer, fp32 for bf16
@@ -433,7 +420,7 @@ def dp_collectives(framework: str, zero_stage: int, grad_bytes: float, param_byt
     """The data-parallel collectives of a step without ZeRO-3 (which gathers unit by unit), as
     (part, op, calls, bytes per call): part "reduction" is what may hide behind the backward,
     "zero2" the reduce-scatter that ZeRO-2 repeats for every earlier micro-batch
-    (zero2_extra_reductions). Megatron-style ZeRO-1/2 reduce-scatter the gradients and all-gather
+    (steptime.zero2_extra_reductions). Megatron-style ZeRO-1/2 reduce-scatter the gradients and all-gather
     the updated parameters (distributed optimizer); PyTorch DDP all-reduces buckets (ddp_buckets);
     the rest all-reduce the whole gradient."""
     if zero_stage >= 1 and framework != "pytorch":
@@ -485,6 +472,17 @@ def check_megatron_switches(job: TrainJob, prof) -> None:
                          f"in bf16); a {job.framework} step reduces gradients in "
                          + ("the compute dtype" if job.framework == "deepspeed" else "their own dtype"),
                          field="grad_reduce_in_bf16")
+
+
+def check_moe_switches(model: ModelConfig, etp: int | None, moe_enable_deepep: bool) -> None:
+    """--expert-tensor-parallel-size and --moe-enable-deepep on ``model``: an InputError (naming the
+    field) where it has no experts for them to act on (train and search refuse alike)."""
+    if model.moe is not None and model.moe_layers > 0:
+        return
+    if etp is not None:
+        raise InputError(f"etp splits experts; {model.id} has none", field="etp")
+    if moe_enable_deepep:
+        raise InputError(f"DeepEP dispatches tokens to experts; {model.id} has none", field="moe_enable_deepep")
 
 
 def head_dtype(dtype: str) -> str:
