@@ -107,6 +107,14 @@ class ProfileSettings(BaseModel):
     # the model in DDP, trainer.py make_ddp, and all-reduces its contiguous fp32 gradient buffer in
     # sync_gradients_across_dp)
     sharded_grad_sync: Literal["buckets", "after-backward"] = "buckets"
+    # how the optimizer runs on the host (--offload-optimizer; costmodel.memory.offload_placement,
+    # costmodel.offload.offload_step_s): "zero-offload", DeepSpeed's ZeRO-Offload (Ren et al. 2021
+    # sec. 4.1): the gradients stream down bucket by bucket during the backward, the GPU keeps two
+    # buckets; "hybrid-optimizer", Megatron-core's --optimizer-cpu-offload
+    # (megatron/core/optimizer/cpu_offloading/hybrid_optimizer.py): the fp32 master and Adam moments
+    # live on the host, the GPU keeps its whole gradient buffer and the reduced gradient shard is
+    # copied down once the backward is done; "none": the framework has no optimizer offload
+    optimizer_offload: Literal["zero-offload", "hybrid-optimizer", "none"] = "zero-offload"
 
 
 class FrameworkProfile(BaseModel):
@@ -128,10 +136,12 @@ class FrameworkProfile(BaseModel):
     cluster_step_latency_s: float | None = Field(default=None, gt=0)
     fit: dict | None = None  # how the values were fitted (file, records, errors), written by fit-profile
 
-    def check_runs(self, zero_stages, interleaves=(), zero_field: str = "zero_stage") -> None:
-        """InputError where a layout asks for a ZeRO stage or an interleaved pipeline schedule this
-        framework has no code for (``settings.zero_stages``, ``settings.interleaved_pipeline``);
-        ``train`` checks its one layout, ``search`` the stages and interleavings it is told to try."""
+    def check_runs(self, zero_stages, interleaves=(), zero_field: str = "zero_stage", offload: bool = False,
+                   offload_field: str = "offload_optimizer") -> None:
+        """InputError where a layout asks for a ZeRO stage, an interleaved pipeline schedule or an
+        optimizer offload this framework has no code for (``settings.zero_stages``,
+        ``settings.interleaved_pipeline``, ``settings.optimizer_offload``); ``train`` checks its one
+        layout, ``search`` the stages, interleavings and offload it is told to try."""
         bad = sorted({int(z) for z in zero_stages} - set(self.settings.zero_stages))
         if bad:
             raise InputError(f"{self.id} runs ZeRO stages {', '.join(map(str, self.settings.zero_stages))} only "
@@ -139,6 +149,9 @@ class FrameworkProfile(BaseModel):
         if not self.settings.interleaved_pipeline and any(int(v) > 1 for v in interleaves):
             raise InputError(f"{self.id} has no interleaved pipeline schedule (its profile's settings.interleaved_pipeline)",
                              field="interleave")
+        if offload and self.settings.optimizer_offload == "none":
+            raise InputError(f"{self.id} has no optimizer offload (its profile's settings.optimizer_offload)",
+                             field=offload_field)
 
     @property
     def scaling(self):

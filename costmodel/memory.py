@@ -337,8 +337,10 @@ DEEPSPEED_PREFETCH_BUCKET_PARAMS = 5e7
 
 
 def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, master, grads, per_layer, off_opt,
-                      opt_tier: str, params_tier: str, largest_module: float = 0.0) -> dict:
-    """Where each model state lives under ZeRO-Offload / ZeRO-Infinity, per device.
+                      opt_tier: str, params_tier: str, largest_module: float = 0.0, keep_grads: bool = False,
+                      shard_params=0.0) -> dict:
+    """Where each model state lives under ZeRO-Offload / ZeRO-Infinity (or Megatron-core's
+    hybrid optimizer, ``keep_grads``), per device.
 
     ZeRO-Offload (Ren et al. 2021, arXiv:2101.06840, sec. 4.1, fig. 2): the fp16 parameters stay on
     the GPU; the gradients (2M), fp32 master (4M) and Adam moments (8M) of the device's ZeRO-2
@@ -352,15 +354,24 @@ def offload_placement(st: "StateBytesPerParam", params, weights, optimizer, mast
     parameters (DEEPSPEED_MAX_LIVE_PARAMETERS, or ``largest_module``'s parameters where one
     sub-module is larger) plus a prefetch bucket.
 
+    Megatron-core's --optimizer-cpu-offload (``keep_grads``; HybridDeviceOptimizer,
+    megatron/core/optimizer/cpu_offloading/hybrid_optimizer.py) moves the fp32 master and Adam
+    moments of the device's optimizer shard (``shard_params`` parameters) to the host, where the
+    reduced gradient shard is copied as fp32 after the backward: the GPU keeps its whole gradient
+    buffer.
+
     ``weights``, ``optimizer``, ``master``, ``grads``: the device's sharded bytes without offload;
     ``off_opt``: bool or array (vectorised over layouts). Returns the on-device weights, optimizer,
     master and grads, and the bytes per device in host memory (``off_cpu``) and on NVMe (``off_nvme``)."""
-    bucket = _minimum(grads, OFFLOAD_GRAD_BUCKETS * OFFLOAD_GRAD_BUCKET_ELEMENTS * st.grads)
     states = optimizer + master
-    off_cpu = _where(off_opt, states + grads if opt_tier == "cpu" else 0.0, 0.0)
-    off_nvme = _where(off_opt, states + grads if opt_tier == "nvme" else 0.0, 0.0)
+    if keep_grads:
+        gpu_grads, host_grads = grads, DTYPE_BYTES["fp32"] * shard_params
+    else:
+        gpu_grads, host_grads = _minimum(grads, OFFLOAD_GRAD_BUCKETS * OFFLOAD_GRAD_BUCKET_ELEMENTS * st.grads), grads
+    off_cpu = _where(off_opt, states + host_grads if opt_tier == "cpu" else 0.0, 0.0)
+    off_nvme = _where(off_opt, states + host_grads if opt_tier == "nvme" else 0.0, 0.0)
     out = dict(optimizer=_where(off_opt, 0.0, optimizer), master=_where(off_opt, 0.0, master),
-               grads=_where(off_opt, bucket, grads), weights=weights)
+               grads=_where(off_opt, gpu_grads, grads), weights=weights)
     if params_tier != "none":
         live = _minimum(per_layer * OFFLOAD_RESIDENT_LAYERS,
                         np.maximum(DEEPSPEED_MAX_LIVE_PARAMETERS, largest_module) + DEEPSPEED_PREFETCH_BUCKET_PARAMS)
@@ -377,6 +388,14 @@ def largest_module_params(model: ModelConfig, tp: int = 1) -> float:
     """Parameters of a model's largest sub-module per tensor-parallel rank, the unit ZeRO-3 gathers
     whole: the MLP's up projection (h x ffn, gated: each of gate and up) or the embedding (V x h)."""
     return max(model.hidden * model.ffn, model.vocab * model.hidden) / np.maximum(1, tp)
+
+
+def optimizer_offload(job: TrainJob) -> str:
+    """How the job's framework offloads an optimizer (frameworks.ProfileSettings.optimizer_offload),
+    whether or not this job offloads one."""
+    from . import frameworks
+
+    return frameworks.resolve(job.profile or job.framework).settings.optimizer_offload
 
 
 @dataclass
@@ -463,7 +482,8 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     # the gradient shard leave the device (the GPU keeps gradient buckets only); offloaded
     # parameters leave it too, but for the layers being streamed.
     place = offload_placement(st, P, weights, optimizer, master, grads_full, sp.per_layer, off_opt, off_tier,
-                              job.offload_params, largest_module=largest_module_params(model, par.tp))
+                              job.offload_params, largest_module=largest_module_params(model, par.tp),
+                              keep_grads=optimizer_offload(job) == "hybrid-optimizer", shard_params=P / o_div)
     optimizer, master, weights = place["optimizer"], place["master"], place["weights"]
     persistent_grads = _where(off_opt, place["grads"], persistent_grads)
     created_grads = _where(off_opt, 0.0, created_grads)

@@ -169,7 +169,7 @@ def cpu_adam_s(params_on_node, st, node, lib, fraction: float = CPU_ADAM_BANDWID
 
 
 def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, *, h2d: float, d2h: float,
-                   backward_s, compute_s, passes, node, lib, off_opt=None):
+                   backward_s, compute_s, passes, node, lib, off_opt=None, hybrid: bool = False):
     """(exposed seconds, parts) that offloading adds to one step, per device; vectorised over
     layouts where the arguments are arrays (``off_opt``: bool or array, default ``opt_tier !=
     'none'``).
@@ -182,6 +182,11 @@ def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, 
     the node's drives, pipelined with the CPU step: the slower of the two counts. The one-step
     delayed update (ZeRO-Offload sec. 4.2, an option) is not modelled.
 
+    Megatron-core's hybrid optimizer (``hybrid``: --optimizer-cpu-offload, HybridDeviceOptimizer.step)
+    copies the reduced gradient shard down as fp32 once the backward is done, steps on the host and
+    copies the updated fp32 shard back up; without --overlap-cpu-optimizer-d2h-h2d (off by default,
+    optimizer_config.py) the three run one after the other, none behind the backward.
+
     Parameter offload (ZeRO-Infinity sec. 6.1-6.2): the device's parameter shard comes up over PCIe
     (from NVMe through host memory: the slower of PCIe and the device's share of the drives) for
     each of ``passes`` passes (forward, backward, and a recompute forward), each layer prefetched
@@ -191,8 +196,12 @@ def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, 
         off_opt = opt_tier != "none"
     shard = np.asarray(shard_params, dtype=float)
     zero = np.zeros_like(shard)
-    grads_down = st.grads * shard / d2h
-    grads_exposed = np.maximum(0.0, grads_down - np.asarray(backward_s, dtype=float))
+    if hybrid:
+        grads_down = 4.0 * shard / d2h
+        grads_exposed = grads_down
+    else:
+        grads_down = st.grads * shard / d2h
+        grads_exposed = np.maximum(0.0, grads_down - np.asarray(backward_s, dtype=float))
     adam = cpu_adam_s(shard * per_node, st, node, lib)
     nvme_opt = zero
     bw = nvme_bytes_per_s(node, lib) if (opt_tier == "nvme" or params_tier == "nvme") else None
@@ -200,7 +209,7 @@ def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, 
         rd, wr = bw if bw is not None else (7e9, 3.8e9)
         state = (st.optimizer + (st.master or 4.0)) * shard * per_node
         nvme_opt = (state + st.grads * shard * per_node) / rd + state / wr  # gradients in, states in and out
-    params_up = zero if params_tier != "none" else st.weights * shard / h2d
+    params_up = zero if params_tier != "none" else (4.0 if hybrid else st.weights) * shard / h2d
     opt = np.where(off_opt, grads_exposed + np.maximum(adam, nvme_opt) + params_up, 0.0)
     fetch = zero
     if params_tier != "none":

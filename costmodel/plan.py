@@ -313,15 +313,17 @@ def fix_suggestions(est: TrainEstimate) -> list[str]:
     over = est.required_bytes - est.capacity_bytes
     tips = []
     par, job = est.parallel, est.job
+    runs = frameworks.resolve(job.get("profile") or job["framework"]).settings
     if mem.optimizer_bytes + mem.master_bytes > over and par["zero_stage"] < 1 and par["dp"] > 1:
         tips.append(f"--zero-stage 1 shards {(mem.optimizer_bytes + mem.master_bytes) / 2**30:.1f} GiB of optimizer state over dp={par['dp']}")
-    if par["zero_stage"] < 3 and par["dp"] > 1:
+    if par["zero_stage"] < 3 and par["dp"] > 1 and 3 in runs.zero_stages:
         tips.append("--zero-stage 3 (FSDP) shards weights, gradients and optimizer states")
     if job["recompute"] != "full" and mem.activations_bytes > 0.2 * over:
         tips.append("--recompute full keeps only each layer's input for backward")
     if job["micro_batch"] > 1:
         tips.append("a smaller --micro-batch (with gradient accumulation) cuts activations proportionally")
     tips.append("more --tp / --pp splits weights and activations over more devices")
-    if job["offload_optimizer"] == "none":
-        tips.append("--offload-optimizer cpu moves optimizer states to host DRAM (ZeRO-Offload)")
+    if job["offload_optimizer"] == "none" and runs.optimizer_offload != "none":
+        tips.append("--offload-optimizer cpu moves optimizer states to host DRAM ("
+                    + ("Megatron-core --optimizer-cpu-offload" if runs.optimizer_offload == "hybrid-optimizer" else "ZeRO-Offload") + ")")
     return tips

@@ -34,7 +34,7 @@ from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
-from .memory import (RECOMPUTE_CODES, ParallelGrid, peak_of, required_device_bytes, stage_params,
+from .memory import (RECOMPUTE_CODES, ParallelGrid, optimizer_offload, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec, load_library
@@ -838,7 +838,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             offload_t, _ = _off.offload_step_s(
                 st, P / o_div, off_per_node, job.offload_optimizer if job.offload_optimizer != "none" else "cpu",
                 "none", h2d=h2d, d2h=d2h, backward_s=n_micro * backward_time, compute_s=0.0, passes=0,
-                node=host_node, lib=off_lib, off_opt=v["off"])
+                node=host_node, lib=off_lib, off_opt=v["off"], hybrid=optimizer_offload(job) == "hybrid-optimizer")
         optimizer_t = np.where(v["off"], 0.0, optimizer_t)  # the optimizer step runs on the host
 
         host = None
@@ -1031,15 +1031,17 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return order[c < best_before]
 
 
-def _framework_axes(prof, zero_stage, interleave) -> tuple:
-    """The ZeRO stages and interleavings to enumerate: those given, else every stage the framework
-    runs (settings.zero_stages); no interleaving where it has no interleaved schedule (None: the
-    default axis)."""
+def _framework_axes(prof, zero_stage, interleave, offload=None) -> tuple:
+    """The ZeRO stages, interleavings and optimizer offloads to enumerate: those given, else every
+    stage the framework runs (settings.zero_stages); no interleaving where it has no interleaved
+    schedule, no offload where it has no optimizer offload (None: the default axis)."""
     if zero_stage is None:
         zero_stage = [z for z in DEFAULT_ZERO if z in prof.settings.zero_stages]
     if interleave is None and not prof.settings.interleaved_pipeline:
         interleave = [1]
-    return zero_stage, interleave
+    if offload is None and prof.settings.optimizer_offload == "none":
+        offload = [False]
+    return zero_stage, interleave, offload
 
 
 def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm", devices: str | int | Sequence[int] = 8, *,
@@ -1104,8 +1106,9 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
 
     prof = frameworks.resolve(job.profile or job.framework)
     check_megatron_switches(job, prof)
-    prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage")
-    zero_stage, interleave = _framework_axes(prof, zero_stage, interleave)
+    prof.check_runs(zero_stage or (), interleave or (), zero_field="zero-stage", offload=any(offload or ()),
+                    offload_field="offload")
+    zero_stage, interleave, offload = _framework_axes(prof, zero_stage, interleave, offload)
     enumerated = evaluated = feasible = 0
     rejected: dict[str, int] = {}
     per_hw = []
@@ -1326,7 +1329,8 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     spec, node = lib.device(hardware), lib.node_for(hardware)
     dpn = node.devices_per_node if node else 8
     counts = device_counts(devices)
-    axes["zero"], axes["interleave"] = _framework_axes(frameworks.resolve(framework), axes.get("zero"), axes.get("interleave"))
+    axes["zero"], axes["interleave"], axes["offload"] = _framework_axes(
+        frameworks.resolve(framework), axes.get("zero"), axes.get("interleave"), axes.get("offload"))
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
     ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
     c = _flatten(ax, ok)

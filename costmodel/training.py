@@ -18,7 +18,7 @@ from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
-from .memory import TrainMemory, required_device_bytes, stage_params, state_bytes_per_param, train_memory
+from .memory import TrainMemory, optimizer_offload, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import (attention_op_s, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op_s,
                        prefetch_gemms, sdpa_backend_rates)
 from .specs import AcceleratorSpec, NodeSpec
@@ -891,15 +891,18 @@ def _offload_terms(spec, node, eff, job: TrainJob, par: Parallel, sp, st, layer_
     per_node = min(par.devices, host_node.devices_per_node) if host_node is not None else 1
     shard = sp.total / (dp_world if par.zero_stage >= 1 or job.offload_params != "none" else 1)
     passes = n_micro * (2 + (1 if job.recompute == "full" else 0))
+    hybrid = optimizer_offload(job) == "hybrid-optimizer"
     offload_t, off_parts = offload.offload_step_s(
         st, shard, per_node, job.offload_optimizer, job.offload_params, h2d=eff.h2d_bytes_per_s(True),
         d2h=getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True), backward_s=n_micro * layers * (g_b + a_b + e_b + recompute_f),
-        compute_s=n_micro * (layers * per_layer + head_s), passes=passes, node=host_node, lib=lib)
+        compute_s=n_micro * (layers * per_layer + head_s), passes=passes, node=host_node, lib=lib, hybrid=hybrid)
     offload_t = float(offload_t)
     optimizer_t = 0.0 if job.offload_optimizer != "none" else optimizer_t  # the step runs on the host
     if job.offload_optimizer != "none":
-        notes.append(f"optimizer offloaded to {job.offload_optimizer} (ZeRO-Offload): gradients down "
-                     f"{float(off_parts['grads_down_s']):.3g} s (behind backward), CPU Adam {float(off_parts['cpu_adam_s']):.3g} s"
+        notes.append(f"optimizer offloaded to {job.offload_optimizer} "
+                     + ("(Megatron-core --optimizer-cpu-offload): fp32 gradient shard down " if hybrid else "(ZeRO-Offload): gradients down ")
+                     + f"{float(off_parts['grads_down_s']):.3g} s " + ("(after backward)" if hybrid else "(behind backward)")
+                     + f", CPU Adam {float(off_parts['cpu_adam_s']):.3g} s"
                      + (f", NVMe optimizer states {float(off_parts['nvme_optimizer_s']):.3g} s" if job.offload_optimizer == "nvme" else "")
                      + (f", parameters up {float(off_parts['params_up_s']):.3g} s" if job.offload_params == "none" else ""))
     if job.offload_params != "none" and par.zero_stage < 3 and dp_world > 1:
@@ -947,7 +950,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     the built-in profile of ``job.framework``)."""
     prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
     check_megatron_switches(job, prof)
-    prof.check_runs([par.zero_stage], [par.interleave])
+    prof.check_runs([par.zero_stage], [par.interleave], offload=job.offload_optimizer != "none")
     eff = step_efficiency(spec, calibration, prof)
     dtype = step_dtype(job, spec)
     notes: list[str] = []

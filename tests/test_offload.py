@@ -142,3 +142,42 @@ def test_zero_offload_largest_model_on_one_v100(layers, fits):
                          node=lib.node_for("dgx-2"))
     assert est.fits is fits
     assert est.host["host_fits"]  # the host is never the limit here: 14 B x 15B = 212 GB of 1.5 TB
+
+
+def test_megatron_optimizer_offload_keeps_the_gradient_buffer():
+    """Megatron-core's --optimizer-cpu-offload (HybridDeviceOptimizer) moves the fp32 master and Adam
+    moments of the distributed optimizer's shard to the host and copies the reduced fp32 gradient
+    shard there after the backward; the GPU keeps its whole fp32 gradient buffer. Llama 3 8B on 8
+    GPUs, ZeRO-1: 4 bytes of gradient per parameter stay on the GPU; (4 master + 8 moments + 4
+    gradient) / 8 = 2 bytes per parameter go to each GPU's host share. DeepSpeed's ZeRO-Offload
+    streams the gradients down instead and keeps two 5e8-element buckets."""
+    from costmodel.arch import load_model
+    from costmodel.plan import train
+
+    P = load_model("llama3-8b").params
+    kw = dict(devices=8, zero_stage=1, global_batch=8, micro_batch=1, seq_len=4096, offload_optimizer="cpu")
+    mg = train("llama3-8b", "dgx-h100", framework="megatron", **kw)
+    assert mg.memory.grads_bytes == pytest.approx(4.0 * P, rel=1e-9)
+    assert mg.memory.optimizer_bytes == 0 and mg.memory.master_bytes == 0
+    assert mg.memory.offloaded_cpu_bytes == pytest.approx((4.0 + 8.0 + 4.0) * P / 8, rel=1e-9)
+    # the fp32 shard down and back up, one after the other, none behind the backward
+    parts = [n for n in mg.notes if "--optimizer-cpu-offload" in n]
+    assert parts and "after backward" in parts[0]
+    ds = train("llama3-8b", "dgx-h100", framework="deepspeed", **kw)
+    assert ds.memory.grads_bytes == pytest.approx(OFFLOAD_GRAD_BUCKETS * OFFLOAD_GRAD_BUCKET_ELEMENTS * 2.0, rel=1e-9)
+
+
+def test_offload_refused_where_the_framework_has_none(capsys):
+    """nanotron steps its optimizer on the GPU only: --offload-optimizer is refused (exit 2, the
+    field named) and search enumerates no offloaded layouts for it."""
+    from costmodel.search import search
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "llama3-8b", "--framework", "nanotron", "--offload-optimizer", "cpu"])
+    assert exc.value.code == 2
+    assert "offload_optimizer" in capsys.readouterr().err
+    res = search("llama3-8b", "dgx-h100", 8, global_batch=64, seq_len=4096, framework="nanotron", top=50)
+    assert res.top and not any(c.layout.offload_optimizer != "none" for c in res.top)
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "llama3-8b", "--framework", "nanotron", "--global-batch", "64", "--offload", "on"])
+    assert exc.value.code == 2
