@@ -483,7 +483,8 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     # parameters leave it too, but for the layers being streamed.
     place = offload_placement(st, P, weights, optimizer, master, grads_full, sp.per_layer, off_opt, off_tier,
                               job.offload_params, largest_module=largest_module_params(model, par.tp),
-                              keep_grads=optimizer_offload(job) == "hybrid-optimizer", shard_params=P / o_div)
+                              keep_grads=bool(np.any(off_opt)) and optimizer_offload(job) == "hybrid-optimizer",
+                              shard_params=P / o_div)
     optimizer, master, weights = place["optimizer"], place["master"], place["weights"]
     persistent_grads = _where(off_opt, place["grads"], persistent_grads)
     created_grads = _where(off_opt, 0.0, created_grads)
