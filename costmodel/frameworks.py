@@ -113,8 +113,13 @@ class ProfileSettings(BaseModel):
     # buckets; "hybrid-optimizer", Megatron-core's --optimizer-cpu-offload
     # (megatron/core/optimizer/cpu_offloading/hybrid_optimizer.py): the fp32 master and Adam moments
     # live on the host, the GPU keeps its whole gradient buffer and the reduced gradient shard is
-    # copied down once the backward is done; "none": the framework has no optimizer offload
-    optimizer_offload: Literal["zero-offload", "hybrid-optimizer", "none"] = "zero-offload"
+    # copied down once the backward is done; "with-params": only together with the parameters under
+    # ZeRO-3 (FSDP2's CPUOffloadPolicy: sharded parameters, gradients and the optimizer step on the
+    # host; timed as ZeRO-Infinity's parameter and optimizer offload); "none": no optimizer offload
+    optimizer_offload: Literal["zero-offload", "hybrid-optimizer", "with-params", "none"] = "zero-offload"
+    # the ZeRO stages the framework runs together with pipeline parallelism (None: every one it runs;
+    # DeepSpeed's PipelineEngine refuses ZeRO-2 and ZeRO-3)
+    pipeline_zero_stages: Optional[tuple[int, ...]] = None
 
 
 class FrameworkProfile(BaseModel):
@@ -137,11 +142,13 @@ class FrameworkProfile(BaseModel):
     fit: dict | None = None  # how the values were fitted (file, records, errors), written by fit-profile
 
     def check_runs(self, zero_stages, interleaves=(), zero_field: str = "zero_stage", offload: bool = False,
-                   offload_field: str = "offload_optimizer") -> None:
-        """InputError where a layout asks for a ZeRO stage, an interleaved pipeline schedule or an
-        optimizer offload this framework has no code for (``settings.zero_stages``,
+                   offload_field: str = "offload_optimizer", offload_params: bool = False, pipelined: bool = False) -> None:
+        """InputError where a layout asks for a ZeRO stage (alone or beside a pipeline,
+        ``pipelined``), an interleaved pipeline schedule or an optimizer offload this framework has no
+        code for (``settings.zero_stages``, ``settings.pipeline_zero_stages``,
         ``settings.interleaved_pipeline``, ``settings.optimizer_offload``); ``train`` checks its one
-        layout, ``search`` the stages, interleavings and offload it is told to try."""
+        layout, ``search`` the stages, interleavings and offload it is told to try (the stages beside a
+        pipeline are a rule of its grid)."""
         bad = sorted({int(z) for z in zero_stages} - set(self.settings.zero_stages))
         if bad:
             raise InputError(f"{self.id} runs ZeRO stages {', '.join(map(str, self.settings.zero_stages))} only "
@@ -149,9 +156,20 @@ class FrameworkProfile(BaseModel):
         if not self.settings.interleaved_pipeline and any(int(v) > 1 for v in interleaves):
             raise InputError(f"{self.id} has no interleaved pipeline schedule (its profile's settings.interleaved_pipeline)",
                              field="interleave")
-        if offload and self.settings.optimizer_offload == "none":
+        with_pp = self.settings.pipeline_zero_stages
+        bad = sorted({int(z) for z in zero_stages} - set(with_pp)) if pipelined and with_pp is not None else []
+        if bad:
+            raise InputError(f"with pipeline parallelism {self.id} runs ZeRO stages {', '.join(map(str, with_pp))} only "
+                             f"(its profile's settings.pipeline_zero_stages), not {', '.join(map(str, bad))}",
+                             field=zero_field)
+        how = self.settings.optimizer_offload
+        if offload and how == "none":
             raise InputError(f"{self.id} has no optimizer offload (its profile's settings.optimizer_offload)",
                              field=offload_field)
+        if offload and how == "with-params" and not (offload_params and all(int(z) == 3 for z in zero_stages)):
+            raise InputError(f"{self.id} offloads its optimizer only with its parameters under ZeRO-3 (FSDP2's "
+                             "CPUOffloadPolicy; its profile's settings.optimizer_offload): add --offload-params cpu "
+                             "and --zero-stage 3", field=offload_field)
 
     @property
     def scaling(self):

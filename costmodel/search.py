@@ -264,9 +264,10 @@ def _check_grid(ax: _Axes) -> None:
 
 
 def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, devices_per_node: int,
-                tp_comm_overlap: bool = False):
+                tp_comm_overlap: bool = False, pipeline_zero=None):
     """Boolean grid of layouts that satisfy every rule, and grid points rejected per reason
-    (the first failed rule counts)."""
+    (the first failed rule counts). ``pipeline_zero``: the ZeRO stages the framework runs beside a
+    pipeline (None: any; settings.pipeline_zero_stages)."""
     N, tp, pp, v, cp, ep = (ax.along(n) for n in ("devices", "tp", "pp", "v", "cp", "ep"))
     zero, mb, sp = ax.along("zero"), ax.along("mb"), ax.along("sp")
     mp = tp * pp * cp
@@ -291,6 +292,9 @@ def _valid_mask(model: ModelConfig, ax: _Axes, global_batch: int, seq_len: int, 
         ("duplicate (sequence parallelism without tp)", (~sp) | (tp > 1)),
         ("--tp-comm-overlap needs sequence parallelism", (not tp_comm_overlap) | sp | (tp == 1)),
     ]
+    if pipeline_zero is not None:
+        rules.append((f"ZeRO stage not run beside a pipeline (the framework's: {', '.join(map(str, pipeline_zero))})",
+                      (pp == 1) | np.isin(zero, list(pipeline_zero))))
     if ax.etp_folded_only:  # what only folding makes possible; the rest is the default grid's
         rules.append(("duplicate (ep divides dp*cp: the default grid's)", (dp * cp) % ep != 0))
     shape = ax.shape()
@@ -1034,13 +1038,13 @@ def _pareto_indices(t: np.ndarray, cost: np.ndarray) -> np.ndarray:
 def _framework_axes(prof, zero_stage, interleave, offload=None) -> tuple:
     """The ZeRO stages, interleavings and optimizer offloads to enumerate: those given, else every
     stage the framework runs (settings.zero_stages); no interleaving where it has no interleaved
-    schedule, no offload where it has no optimizer offload (None: the default axis)."""
+    schedule, no offload where it offloads no optimizer alone (None: the default axis)."""
     if zero_stage is None:
         zero_stage = [z for z in DEFAULT_ZERO if z in prof.settings.zero_stages]
     if interleave is None and not prof.settings.interleaved_pipeline:
         interleave = [1]
-    if offload is None and prof.settings.optimizer_offload == "none":
-        offload = [False]
+    if offload is None and prof.settings.optimizer_offload in ("none", "with-params"):
+        offload = [False]  # the search offloads the optimizer alone
     return zero_stage, interleave, offload
 
 
@@ -1129,7 +1133,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
                 if len(ax.tp) == 0:
                     continue
             _check_grid(ax)
-            ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
+            ok, rej = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap, prof.settings.pipeline_zero_stages)
             grids.append((hw, spec, node, ax, ok, rej, _valid_flat(ax, ok)))
     total = sum(len(g[-1]) for g in grids)
     done = 0
@@ -1329,10 +1333,11 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     spec, node = lib.device(hardware), lib.node_for(hardware)
     dpn = node.devices_per_node if node else 8
     counts = device_counts(devices)
+    prof = frameworks.resolve(framework)
     axes["zero"], axes["interleave"], axes["offload"] = _framework_axes(
-        frameworks.resolve(framework), axes.get("zero"), axes.get("interleave"), axes.get("offload"))
+        prof, axes.get("zero"), axes.get("interleave"), axes.get("offload"))
     ax = _axes(m, counts, dpn, global_batch, seq_len, **axes)
-    ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap)
+    ok, _ = _valid_mask(m, ax, global_batch, seq_len, dpn, tp_comm_overlap, prof.settings.pipeline_zero_stages)
     c = _flatten(ax, ok)
     job = TrainJob(micro_batch=1, seq_len=seq_len, global_batch=global_batch, precision=precision,
                    attention=attention, tp_comm_overlap=tp_comm_overlap, grad_reduce_in_bf16=grad_reduce_in_bf16,

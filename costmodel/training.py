@@ -950,7 +950,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     the built-in profile of ``job.framework``)."""
     prof = frameworks.resolve(profile if profile is not None else (job.profile or job.framework))
     check_megatron_switches(job, prof)
-    prof.check_runs([par.zero_stage], [par.interleave], offload=job.offload_optimizer != "none")
+    prof.check_runs([par.zero_stage], [par.interleave], offload=job.offload_optimizer != "none",
+                    offload_params=job.offload_params != "none", pipelined=par.pp > 1)
     eff = step_efficiency(spec, calibration, prof)
     dtype = step_dtype(job, spec)
     notes: list[str] = []

@@ -181,3 +181,33 @@ def test_offload_refused_where_the_framework_has_none(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["search", "llama3-8b", "--framework", "nanotron", "--global-batch", "64", "--offload", "on"])
     assert exc.value.code == 2
+
+
+def test_what_torchtitan_and_deepspeed_run(capsys):
+    """torchtitan offloads its optimizer only with its FSDP2-sharded parameters (CPUOffloadPolicy)
+    and runs DDP or FSDP (ZeRO 0 or 3); DeepSpeed's PipelineEngine runs 1F1B only and refuses ZeRO-2/3
+    beside a pipeline. train refuses the rest (exit 2), search never proposes it."""
+    from costmodel.plan import train
+    from costmodel.search import search
+
+    for argv in (["train", "llama3-8b", "--framework", "torchtitan", "--offload-optimizer", "cpu"],
+                 ["train", "llama3-8b", "--framework", "torchtitan", "--zero-stage", "1"],
+                 ["train", "llama3-8b", "--framework", "deepspeed", "--pp", "2", "--zero-stage", "2"],
+                 ["train", "llama3-8b", "--framework", "deepspeed", "--pp", "2", "--interleave", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: field") and "\n" == err[-1] and err.count("\n") == 1, err
+    est = train("llama3-8b", "dgx-h100", framework="torchtitan", zero_stage=3, offload_optimizer="cpu",
+                offload_params="cpu")
+    assert est.memory.offloaded_cpu_bytes > 0
+    for fw in ("torchtitan", "deepspeed"):
+        res = search("llama3-70b", "dgx-h100", 64, global_batch=512, seq_len=4096, framework=fw, top=200)
+        lays = [c.layout for c in res.top]
+        assert lays
+        if fw == "torchtitan":
+            assert {lay.zero_stage for lay in lays} <= {0, 3} and all(lay.offload_optimizer == "none" for lay in lays)
+        else:
+            assert all(lay.interleave == 1 for lay in lays)
+            assert not any(lay.pp > 1 and lay.zero_stage >= 2 for lay in lays)
