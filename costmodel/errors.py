@@ -5,6 +5,7 @@ in :class:`InputError`, which names the file, the field and what was expected.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -48,7 +49,11 @@ def from_validation_error(exc, file: str | Path | None, drop_first: tuple[str, .
             msg = "missing required field"
         elif inp is not None and not isinstance(inp, (dict, list)):
             msg = f"{msg} (got {inp!r})"
-        items.append((".".join(parts) or None, msg))
+        field = ".".join(parts) or None
+        named = re.match(r"([a-z_][a-z0-9_]*): (.+)", msg, re.S) if field is None else None
+        if named:  # a model-level check names its field first ("ep: ep (3) must divide ...")
+            field, msg = named.group(1), named.group(2)
+        items.append((field, msg))
     field, msg = items[0]
     rest = [f"field '{f}': {m}" if f else m for f, m in items[1:]]
     if rest:

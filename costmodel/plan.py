@@ -210,6 +210,11 @@ def train(model: str, hardware: str = "h100-sxm", *, devices: int | None = None,
         raise InputError(f"tp ({tp}) must divide the model's {m.heads} heads", field="tp")
     if pp > m.layers:
         raise InputError(f"pp ({pp}) exceeds the model's {m.layers} layers", field="pp")
+    if cp > 1 and seq_len % (2 * cp):
+        # Megatron-core / Transformer Engine context parallelism splits the sequence into 2 x cp
+        # chunks, each rank taking one from each end (load-balanced causal attention)
+        raise InputError(f"cp ({cp}) must split the {seq_len}-token sequence into 2 x cp = {2 * cp} equal chunks",
+                         field="cp")
     check_moe_switches(m, etp, moe_enable_deepep)
     est = estimate_train(m, spec, job, par, node=node, calibration=calibration)
     est.notes.extend(context_notes(m, seq_len, "--seq-len"))

@@ -41,15 +41,15 @@ class Parallel(BaseModel):
     def _ep(self):
         etp = self.tp if self.etp is None else self.etp
         if self.tp % etp:
-            raise ValueError(f"etp ({etp}) must divide tp ({self.tp})")
+            raise ValueError(f"etp: etp ({etp}) must divide tp ({self.tp})")
         if self.etp is None or self.etp == self.tp:
             if (self.dp * self.cp) % self.ep:
                 fold = [e for e in range(self.tp - 1, 0, -1)  # the largest etp < tp that would fit
                         if self.tp % e == 0 and (self.tp * self.dp * self.cp) % (self.ep * e) == 0]
                 hint = f"; with etp {fold[0]} (--expert-tensor-parallel-size) it may span tp*dp*cp" if fold else ""
-                raise ValueError(f"ep ({self.ep}) must divide dp*cp ({self.dp * self.cp}){hint}")
+                raise ValueError(f"ep: ep ({self.ep}) must divide dp*cp ({self.dp * self.cp}){hint}")
         elif (self.tp * self.dp * self.cp) % (self.ep * etp):
-            raise ValueError(f"ep x etp ({self.ep} x {etp}) must divide tp*dp*cp ({self.tp * self.dp * self.cp})")
+            raise ValueError(f"ep: ep x etp ({self.ep} x {etp}) must divide tp*dp*cp ({self.tp * self.dp * self.cp})")
         if self.sequence_parallel and self.tp == 1:
             object.__setattr__(self, "sequence_parallel", False)
         return self

@@ -143,7 +143,7 @@ def test_invalid_plan_exits_2_naming_file_and_field(capsys):
     ({"limits": {"max_days": 3}}, "limits.max_days", "run.steps or run.tokens"),
     ({"training": {"tp": 3}}, "devices", "tp*pp*cp"),
     ({"inference": {"batch": 1}}, "training", "exactly one"),
-    ({"training": {"ep": 3}}, "training", "ep (3) must divide"),
+    ({"training": {"ep": 3}}, "training.ep", "ep (3) must divide"),
 ])
 def test_bad_plans_exit_2(tmp_path, capsys, change, field, words):
     data = {"model": "llama2-7b", "hardware": "dgx-h100", "nodes": 1,

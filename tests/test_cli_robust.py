@@ -78,6 +78,11 @@ def test_help_and_bare_command_still_print_help(capsys):
     (("search", "llama-110m", "--global-batch", "8", "--tp", "1" + "0" * 20), "tp"),
     (("scale", "--model", "llama-110m", "--tokens", "-5"), "tokens"),
     (("scale", "--budget-flops", "inf"), "budget-flops"),
+    # layouts the frameworks cannot build: a model-level check names its field
+    (("train", "mixtral-8x7b", "--ep", "3"), "ep"),
+    (("train", "mixtral-8x7b", "--tp", "4", "--etp", "3", "--dp", "2"), "etp"),
+    # Megatron / Transformer Engine context parallelism cuts the sequence into 2 x cp equal chunks
+    (("train", "llama-110m", "--cp", "3", "--seq-len", "2048"), "cp"),
 ])
 def test_numbers_out_of_range_exit_2_naming_the_flag(capsys, args, field):
     code, out, err = run(capsys, *args)
