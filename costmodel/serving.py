@@ -54,6 +54,7 @@ class EngineConfig:
     api_server_s_per_request: float = 0.0  # the API server's serial handling of one request (fitted)
     reserve_output: bool = False  # admission holds KV blocks for the prompt and every output token
     host_s_per_sequence_step: float = 0.0  # the server's host time per running sequence per iteration (fitted)
+    chunked_prefill: bool = True  # a prompt may be split over iterations; False: admitted whole only
 
 
 def engines_dir() -> Path:
@@ -88,7 +89,8 @@ def load_engine(name: str, spec: AcceleratorSpec, tp: int = 1, **overrides) -> E
                        api_server_s_per_request=_bounded(d.get("api_server_s_per_request", 0.0), path,
                                                          "api_server_s_per_request", 0.0, 0.05),
                        host_s_per_sequence_step=_bounded(d.get("host_s_per_sequence_step", 0.0), path,
-                                                         "host_s_per_sequence_step", 0.0, 1e-3))
+                                                         "host_s_per_sequence_step", 0.0, 1e-3),
+                       chunked_prefill=_flag(d.get("chunked_prefill", True), path, "chunked_prefill"))
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -365,7 +367,7 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
              kv_capacity_tokens: int, block_tokens: int = 16, mixed: bool = True, load: str = "max_load",
              value: float | None = None, seed: int = 0, ramp: str = "burst", cached_prefix: int = 0,
              intake_iterations: float = 0.0, api_server_s: float = 0.0, reserve_output: bool = False,
-             paced_rate: float | None = None) -> SimResult:
+             paced_rate: float | None = None, chunked_prefill: bool = True) -> SimResult:
     """Run the scheduler over ``num_requests`` requests of ``input_len`` + ``output_len`` tokens.
 
     Load: ``batch`` (static batches of ``value``: all prefilled together, then decoded together;
@@ -385,6 +387,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
     the engine sees it only then, and its TTFT counts the wait (EngineConfig.api_server_s_per_request).
     ``paced_rate`` (a closed loop): the clients' requests are sent as a Poisson stream at this rate
     (seeded), request k no earlier than request k - c finished (estimate_serve's steady closed loop).
+    ``chunked_prefill`` False (TensorRT-LLM's default): a new prompt is admitted only whole, when it
+    fits the iteration's token budget left (one longer than the budget alone in its iteration).
     ``reserve_output``: a request is admitted only when the KV cache has blocks for its whole prompt
     and output, which it holds until it finishes, so nothing is preempted (TensorRT-LLM's
     GUARANTEED_NO_EVICT capacity scheduler); otherwise blocks are taken as tokens come.
@@ -624,6 +628,8 @@ def simulate(cost, *, num_requests: int, input_len, output_len, max_num_seqs: in
                 c = int(min(budget, Lc))  # vLLM V1: a new request's chunk is scheduled only if its blocks fit
                 if int(held(pre + c, full_a)) > free:
                     c = 0
+                if not chunked_prefill and not (Lc > token_budget and tokens == nd):
+                    c = 0  # whole prompts only (one longer than the budget alone in its iteration)
                 if a < b_same and seats > 0 and 0 < c < Lc:  # a chunk of the next prompt
                     add_lo.append(a); add_hi.append(a + 1); add_ctx.append(pre + c); add_pf.append(Lc - c)
                     add_dec.append(d0)
@@ -993,6 +999,7 @@ def estimate_serve(model: ModelConfig, spec: AcceleratorSpec, *, tp: int = 1, in
     sim_kw = dict(num_requests=num_requests, input_len=I_arr, output_len=steps, max_num_seqs=seqs_bound,
                   token_budget=max(eng.max_tokens_per_iteration, 1), kv_capacity_tokens=kv_sim,
                   block_tokens=eng.block_tokens, mixed=eng.mixed_batches, load=load, value=value, seed=seed,
+                  chunked_prefill=eng.chunked_prefill,
                   ramp=ramp, cached_prefix=int(round(prefix_hit_rate * I_mean)),
                   intake_iterations=eng.intake_iterations,
                   api_server_s=eng.api_server_s_per_request if load != "batch" else 0.0,

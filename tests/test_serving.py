@@ -33,6 +33,25 @@ def test_three_requests_chunked_prefill_by_hand():
     assert np.isclose((r.itl * r.itl_weight).sum() / r.itl_weight.sum(), 7.7 / 6)
 
 
+def test_whole_prompts_only_by_hand():
+    # TensorRT-LLM's default (chunked context off): a prompt is admitted only whole. Budget 6, prompts
+    # of 4, 3 tokens out each:
+    # it1: r0 prefill 4 (r1 does not fit the 2 left), 1.4 s -> 1.4 (r0's first token)
+    # it2: r0 decode 1 + r1 prefill 4 = 5, 1.5 s -> 2.9 (r1 first token; r2 does not fit the 1 left)
+    # it3: r0, r1 decode 2 + r2 prefill 4 = 6, 1.6 s -> 4.5 (r0 done, r2 first token)
+    # it4: r1, r2 decode 2, 1.2 s -> 5.7 (r1 done); it5: r2 decode 1, 1.1 s -> 6.8
+    r = simulate(LinearCost(), num_requests=3, input_len=4, output_len=3, max_num_seqs=8, token_budget=6,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load", chunked_prefill=False)
+    assert np.allclose(r.first_token, [1.4, 2.9, 4.5])
+    assert np.allclose(r.finish, [4.5, 5.7, 6.8])
+    assert r.iterations == 5
+    # a prompt longer than the whole budget still runs, alone, over as many iterations as it needs:
+    # it1: r0's first 6 tokens (1.6 s), it2: its last 2 with r1's whole 4 (1.6 s) -> both first at 3.2
+    r = simulate(LinearCost(), num_requests=2, input_len=[8, 4], output_len=2, max_num_seqs=8, token_budget=6,
+                 kv_capacity_tokens=1000, block_tokens=1, load="max_load", chunked_prefill=False)
+    assert np.allclose(r.first_token, [3.2, 3.2])
+
+
 def test_static_batch_by_hand():
     # batch 2 of 4+3: one prefill of 8 tokens (1.8 s), then two decode steps of 2 tokens (1.2 s each)
     r = simulate(LinearCost(), num_requests=4, input_len=4, output_len=3, max_num_seqs=99, token_budget=2,
