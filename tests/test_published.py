@@ -58,7 +58,7 @@ def test_every_record_is_cited_and_consistent():
     for r in recs:
         assert r["kind"] == "published"
         assert r["source"] and ("arXiv:" in r["source"] or "https://" in r["source"]), r["name"]
-        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb", "v100-sxm3-32gb-h")
+        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb", "v100-sxm3-32gb-h", "b200")
         assert r["measured"]
         par = r.get("parallel")
         if par and r.get("devices"):
@@ -397,3 +397,22 @@ def test_nemo_automodel_llama3_70b_fsdp_row():
     assert meas["step_seconds"] == pytest.approx(18.90, abs=0.005)  # the table's step time, rounded
     (case,) = validate_file(DIR / "nemo-automodel-2025.jsonl").cases
     assert -0.25 < case.rel_error < -0.10, case.rel_error
+
+
+def test_megatron_bridge_25_11_b200_rows():
+    """Megatron-Bridge 25.11's DGX-B200 table (FP8-CS): Llama 3 8B on 8 GPUs at 30,624 tokens/s per
+    GPU and Llama 3.1 405B on 128 at 661, the layouts of the 25.11 workload configs (8B: dp 8,
+    micro-batch 2; 405B: tp 4 pp 8 vp 8 cp 2, dp 2). Held out, and timed without a B200 calibration
+    (datasheet defaults): both come out slow, the attention-heavy 8B (8,192 tokens, no tp) most."""
+    from costmodel.validate import validate_file
+
+    recs = _load("megatron-bridge-25.11-b200.jsonl")
+    assert [(r["devices"], r["measured"]["tokens_per_s_per_device"]) for r in recs] == [(8, 30624), (128, 661)]
+    for r in recs:
+        p, meas = r["parallel"], r["measured"]
+        assert p["tp"] * p["pp"] * p["cp"] * p["dp"] == r["devices"]
+        assert meas["step_seconds"] == pytest.approx(r["global_batch"] * 8192 / (meas["tokens_per_s_per_device"] * r["devices"]))
+    rep = validate_file(DIR / "megatron-bridge-25.11-b200.jsonl")
+    assert rep.efficiency["b200"].startswith("datasheet defaults")
+    errs = {c.name.split("/")[1]: c.rel_error for c in rep.cases}
+    assert 0.0 < errs["llama3.1-405b"] < errs["llama3-8b"] < 0.5, errs

@@ -34,10 +34,10 @@ HW_DIR = ROOT / "hardware"
 
 REQUIRED = {
     "a100-40gb-sxm": "gpu", "a100-80gb-sxm": "gpu", "a100-80gb-pcie": "gpu", "h100-sxm": "gpu",
-    "h100-pcie": "gpu", "h200-sxm": "gpu", "mi250x": "gpu", "mi300x": "gpu",
+    "h100-pcie": "gpu", "h200-sxm": "gpu", "b200": "gpu", "mi250x": "gpu", "mi300x": "gpu",
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
-    "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "frontier-node": "node",
+    "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "dgx-b200": "node", "frontier-node": "node",
     "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node", "tpu-v5e-pod": "node",
 }
 
@@ -261,7 +261,8 @@ def test_mi300x_dense_bf16_from_cu_count_and_clock(lib):
     assert dev.scale_up.bandwidth_bytes_per_s == pytest.approx(7 * 64e9)   # 7 xGMI links x 64 GB/s
 
 
-@pytest.mark.parametrize("spec_id", ["a100-40gb-sxm", "a100-80gb-sxm", "a100-80gb-pcie", "h100-sxm", "h100-pcie", "h200-sxm", "mi300x"])
+@pytest.mark.parametrize("spec_id", ["a100-40gb-sxm", "a100-80gb-sxm", "a100-80gb-pcie", "h100-sxm", "h100-pcie", "h200-sxm", "b200",
+                                     "mi300x"])
 def test_sparse_peaks_are_twice_dense(lib, spec_id):
     dev = lib.device(spec_id)
     assert dev.sparse_flops is not None
@@ -343,6 +344,23 @@ def test_nvidia_nodes(lib):
     assert h200.scale_out.bandwidth_per_device_bytes_per_s == pytest.approx(400e9 / 8)
     assert h200.scale_up.bandwidth_bytes_per_s == pytest.approx(900e9 / 2)              # NVLink 4
     assert lib.node_for("dgx-h100").scale_out.bandwidth_per_device_bytes_per_s == pytest.approx(50e9)
+
+
+def test_b200_from_nvidias_per_gpu_table_and_the_driver(lib):
+    """HGX B200's per-GPU figures (NVIDIA's GB200 NVL72 / HGX B200 specification table): FP4 18,
+    FP8 9, BF16 4.5 PFLOPS with sparsity (dense half), 180 GB HBM3e at 7.7 TB/s, 1,000 W, NVLink 5
+    at 1.8 TB/s; the driver's 148 SMs and 183359 MiB; 7680 bits x 3996 MHz x 2 = 7.67 TB/s."""
+    b = lib.device("b200")
+    assert b.peak("bf16") == pytest.approx(4.5e15 / 2) and b.peak("fp8") == pytest.approx(9e15 / 2)
+    assert b.peak("fp4") == pytest.approx(18e15 / 2)
+    assert b.memory.capacity_bytes == 183359 * MiB
+    assert b.memory.bandwidth_bytes_per_s == pytest.approx(7680 / 8 * 3996e6 * 2, rel=0.005)
+    assert (b.tdp_w, b.compute_units) == (1000, 148)
+    assert b.scale_up.bandwidth_bytes_per_s == pytest.approx(1.8e12 / 2)
+    node = lib.node_for("dgx-b200")
+    assert (node.device, node.devices_per_node) == ("b200", 8)
+    assert node.scale_out.bandwidth_per_device_bytes_per_s == pytest.approx(400e9 / 8)
+    assert node.scale_up.bandwidth_bytes_per_s * 2 * 8 == pytest.approx(14.4e12)  # the datasheet's NVLink total
 
 
 def test_pcie_server_has_no_nvlink(lib):
