@@ -168,6 +168,11 @@ def cpu_adam_s(params_on_node, st, node, lib, fraction: float = CPU_ADAM_BANDWID
     return np.asarray(params_on_node, dtype=float) * cpu_adam_bytes_per_param(st) / (host_dram_bytes_per_s(node, lib) * fraction)
 
 
+# Megatron-core's hybrid optimizer moves its shard as fp32 both ways: the reduced gradients down
+# (decoupled_grad copied to the CPU parameter's dtype) and the updated parameters up.
+HYBRID_SHARD_BYTES_PER_PARAM = 4.0
+
+
 def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, *, h2d: float, d2h: float,
                    backward_s, compute_s, passes, node, lib, off_opt=None, hybrid: bool = False):
     """(exposed seconds, parts) that offloading adds to one step, per device; vectorised over
@@ -197,7 +202,7 @@ def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, 
     shard = np.asarray(shard_params, dtype=float)
     zero = np.zeros_like(shard)
     if hybrid:
-        grads_down = 4.0 * shard / d2h
+        grads_down = HYBRID_SHARD_BYTES_PER_PARAM * shard / d2h
         grads_exposed = grads_down
     else:
         grads_down = st.grads * shard / d2h
@@ -209,7 +214,7 @@ def offload_step_s(st, shard_params, per_node, opt_tier: str, params_tier: str, 
         rd, wr = bw if bw is not None else (7e9, 3.8e9)
         state = (st.optimizer + (st.master or 4.0)) * shard * per_node
         nvme_opt = (state + st.grads * shard * per_node) / rd + state / wr  # gradients in, states in and out
-    params_up = zero if params_tier != "none" else (4.0 if hybrid else st.weights) * shard / h2d
+    params_up = zero if params_tier != "none" else (HYBRID_SHARD_BYTES_PER_PARAM if hybrid else st.weights) * shard / h2d
     opt = np.where(off_opt, grads_exposed + np.maximum(adam, nvme_opt) + params_up, 0.0)
     fetch = zero
     if params_tier != "none":
