@@ -115,9 +115,16 @@ def test_cli_plans_across_hardware_and_exits_1_when_nothing_meets(capsys):
     for c in ok:
         assert c["replicas"] == math.ceil(20 / c["max_rate_per_replica"])
         assert c["usd_per_hour"] == pytest.approx(c["replicas"] * c["price_per_device_hour_usd"])
+    # -H repeated is the same plan as -H with commas (the last -H alone used to be planned)
+    rep = ["-H" if a == "-H" else ("h100-sxm" if a == "h100-sxm,a100-80gb-sxm" else a) for a in args] + ["-H", "a100-80gb-sxm"]
+    code2, out2, _ = run(rep + ["--json"], capsys)
+    assert code2 == 0 and json.loads(out2)["candidates"] == d["candidates"]
     code, out, err = run(args, capsys)
     assert code == 0 and "cheapest:" in out
     assert max(len(line) for line in out.splitlines()) <= 80
+    # one serving run is on one hardware: two are refused, naming the flag
+    code, _, err = run(["serve", "llama3.1-8b", "--batch", "2", "-H", "h100-sxm", "-H", "a100-80gb-sxm"], capsys)
+    assert code == 2 and "'hardware'" in err
     # a 1 ms TTFT cannot be met: exit 1, and the reason is printed
     code, out, err = run(["serve", "llama3.1-8b", "--target-rate", "5", "--ttft-p99-ms", "1", "--tp", "1",
                           "--input-len", "512", "--output-len", "16", "--num-requests", "50"], capsys)

@@ -12,7 +12,8 @@ from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table
 
 def serve_cmd(
     model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
-    hardware: str = typer.Option("h100-sxm", "--hardware", "-H", help="Device id; with --target-rate a comma-separated list to compare."),
+    hardware: list[str] = typer.Option(["h100-sxm"], "--hardware", "-H",
+                                       help="Device id; with --target-rate several to compare (repeat -H, or separate by commas)."),
     tp: Optional[int] = typer.Option(None, "--tp", help="Tensor-parallel size (default 1; with --target-rate: searched)."),
     ep: Optional[int] = typer.Option(None, "--ep", help="Expert-parallel size inside the TP group (MoE models)."),
     pp: Optional[int] = typer.Option(None, "--pp", help="Pipeline-parallel stages (of --tp devices each)."),
@@ -52,6 +53,7 @@ def serve_cmd(
     from ..serving import estimate_serve
     from ..specs import load_library
 
+    hardware = ",".join(hardware)  # -H a -H b and -H a,b alike
     loads = {"batch": batch, "concurrency": concurrency, "request_rate": request_rate, "max_load": max_load or None}
     given = [k for k, v in loads.items() if v is not None]
     if target_rate is not None or ttft_p99_ms is not None or tpot_p99_ms is not None:
@@ -80,6 +82,9 @@ def serve_cmd(
         if val is not None and val < 1:
             raise InputError(f"must be >= 1 (got {val})", field=name)
     load = given[0]
+    if "," in hardware:
+        raise InputError(f"serves on one hardware (got {hardware}); several are compared by a plan (--target-rate)",
+                         field="hardware")
     lib = load_library(hardware_file)
     spec = lib.device(hardware)
     est = estimate_serve(m, spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
