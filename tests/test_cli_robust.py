@@ -83,6 +83,10 @@ def test_help_and_bare_command_still_print_help(capsys):
     (("train", "mixtral-8x7b", "--tp", "4", "--etp", "3", "--dp", "2"), "etp"),
     # Megatron / Transformer Engine context parallelism cuts the sequence into 2 x cp equal chunks
     (("train", "llama-110m", "--cp", "3", "--seq-len", "2048"), "cp"),
+    # one hardware given twice is an error, not the last one silently
+    (("train", "llama-110m", "-H", "h100-sxm", "-H", "a100-80gb-sxm"), "hardware"),
+    (("infer", "llama-110m", "-H", "h100-sxm", "--hardware", "h200-sxm"), "hardware"),
+    (("roofline", "llama-110m", "-H", "h100-sxm", "-H", "h200-sxm"), "hardware"),
 ])
 def test_numbers_out_of_range_exit_2_naming_the_flag(capsys, args, field):
     code, out, err = run(capsys, *args)

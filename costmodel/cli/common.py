@@ -126,6 +126,20 @@ def progress_bar(disable: bool = False):
                     console=_console("err_console"), disable=disable)
 
 
+def one_hardware(values: list[str]) -> str:
+    """The one hardware id of a command that runs on one (-H given once, as train / infer / roofline
+    take it); given several times it is an error naming the flag, not the last one silently."""
+    from ..errors import InputError
+
+    if isinstance(values, str):  # called from Python with one id
+        return values
+    ids = [v for v in values if v]
+    if len(ids) != 1:
+        raise InputError(f"takes one hardware id (got {', '.join(ids) or 'none'}); `search` and `serve --target-rate` "
+                         "compare several", field="hardware")
+    return ids[0]
+
+
 def library(hardware_file: Optional[list[str]] = None):
     from ..specs import load_library
 
