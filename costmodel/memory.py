@@ -390,12 +390,13 @@ def largest_module_params(model: ModelConfig, tp: int = 1) -> float:
     return max(model.hidden * model.ffn, model.vocab * model.hidden) / np.maximum(1, tp)
 
 
-def optimizer_offload(job: TrainJob) -> str:
-    """How the job's framework offloads an optimizer (frameworks.ProfileSettings.optimizer_offload),
-    whether or not this job offloads one."""
+def hybrid_offload(job: TrainJob) -> bool:
+    """Whether the job's framework offloads an optimizer as Megatron-core's hybrid optimizer does
+    (frameworks.ProfileSettings.optimizer_offload "hybrid-optimizer"), whether or not this job
+    offloads one."""
     from . import frameworks
 
-    return frameworks.resolve(job.profile or job.framework).settings.optimizer_offload
+    return frameworks.resolve(job.profile or job.framework).settings.optimizer_offload == "hybrid-optimizer"
 
 
 @dataclass
@@ -483,7 +484,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
     # parameters leave it too, but for the layers being streamed.
     place = offload_placement(st, P, weights, optimizer, master, grads_full, sp.per_layer, off_opt, off_tier,
                               job.offload_params, largest_module=largest_module_params(model, par.tp),
-                              keep_grads=bool(np.any(off_opt)) and optimizer_offload(job) == "hybrid-optimizer",
+                              keep_grads=bool(np.any(off_opt)) and hybrid_offload(job),
                               shard_params=P / o_div)
     optimizer, master, weights = place["optimizer"], place["master"], place["weights"]
     persistent_grads = _where(off_opt, place["grads"], persistent_grads)

@@ -34,7 +34,7 @@ from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
-from .memory import (RECOMPUTE_CODES, ParallelGrid, optimizer_offload, peak_of, required_device_bytes, stage_params,
+from .memory import (RECOMPUTE_CODES, ParallelGrid, hybrid_offload, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec, load_library
@@ -842,7 +842,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             offload_t, _ = _off.offload_step_s(
                 st, P / o_div, off_per_node, job.offload_optimizer if job.offload_optimizer != "none" else "cpu",
                 "none", h2d=h2d, d2h=d2h, backward_s=n_micro * backward_time, compute_s=0.0, passes=0,
-                node=host_node, lib=off_lib, off_opt=v["off"], hybrid=optimizer_offload(job) == "hybrid-optimizer")
+                node=host_node, lib=off_lib, off_opt=v["off"], hybrid=hybrid_offload(job))
         optimizer_t = np.where(v["off"], 0.0, optimizer_t)  # the optimizer step runs on the host
 
         host = None

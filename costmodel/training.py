@@ -18,7 +18,7 @@ from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
 from .flops import attention_core_flops, layer_gemms, train_step_flops
-from .memory import TrainMemory, optimizer_offload, required_device_bytes, stage_params, state_bytes_per_param, train_memory
+from .memory import TrainMemory, hybrid_offload, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import (attention_op_s, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op_s,
                        prefetch_gemms, sdpa_backend_rates)
 from .specs import AcceleratorSpec, NodeSpec
@@ -891,7 +891,7 @@ def _offload_terms(spec, node, eff, job: TrainJob, par: Parallel, sp, st, layer_
     per_node = min(par.devices, host_node.devices_per_node) if host_node is not None else 1
     shard = sp.total / (dp_world if par.zero_stage >= 1 or job.offload_params != "none" else 1)
     passes = n_micro * (2 + (1 if job.recompute == "full" else 0))
-    hybrid = optimizer_offload(job) == "hybrid-optimizer"
+    hybrid = hybrid_offload(job)
     offload_t, off_parts = offload.offload_step_s(
         st, shard, per_node, job.offload_optimizer, job.offload_params, h2d=eff.h2d_bytes_per_s(True),
         d2h=getattr(eff, "d2h_bytes_per_s", eff.h2d_bytes_per_s)(True), backward_s=n_micro * layers * (g_b + a_b + e_b + recompute_f),

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from ..units import fmt_bytes, fmt_time
-from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table
+from .common import one_hardware, HardwareFileOpt, JsonOpt, console, emit_json, print_table
 
 
 def serve_cmd(
@@ -82,9 +82,7 @@ def serve_cmd(
         if val is not None and val < 1:
             raise InputError(f"must be >= 1 (got {val})", field=name)
     load = given[0]
-    if "," in hardware:
-        raise InputError(f"serves on one hardware (got {hardware}); several are compared by a plan (--target-rate)",
-                         field="hardware")
+    hardware = one_hardware(hardware.split(","))
     lib = load_library(hardware_file)
     spec = lib.device(hardware)
     est = estimate_serve(m, spec, tp=tp, input_len=input_len, output_len=output_len, load=load,
