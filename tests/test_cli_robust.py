@@ -95,6 +95,34 @@ def test_numbers_out_of_range_exit_2_naming_the_flag(capsys, args, field):
     assert f"'{field}'" in line or f"'--{field}'" in line, err
 
 
+@pytest.mark.parametrize("args, field, says", [
+    (("train", "llama-110m", "--tp", "2", "--tp", "4"), "tp", "given 2 times"),
+    (("train", "llama-110m", "--tp=2", "--tensor-model-parallel-size", "4"), "tp", "given 2 times"),
+    (("infer", "llama-110m", "--batch", "1", "--batch", "8", "--batch", "2"), "batch", "given 3 times"),
+    (("serve", "llama-110m", "-H", "h100-sxm", "--concurrency", "4", "--concurrency", "8"), "concurrency", "given 2"),
+    (("search", "llama-110m", "--global-batch", "8", "--global-batch", "16"), "global-batch", "given 2 times"),
+    (("train", "llama-110m", "--tp", "2", "--sequence-parallel", "--no-sequence-parallel"), "sequence-parallel",
+     "given both --sequence-parallel and --no-sequence-parallel"),
+])
+def test_a_one_value_option_given_twice_is_refused(capsys, args, field, says):
+    """click keeps the last of a repeated option silently (`--tp 2 --tp 4` ran at tp 4): a
+    one-value option (or a switch given both ways) repeated is an error naming it, exit 2."""
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "", (code, out[-300:], err)
+    one_line(err, f"'{field}'", says)
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "llama-110m", "--json", "--json"),  # the same switch twice says one thing
+    ("search", "llama-110m", "--global-batch", "8", "--devices", "1", "-H", "h100-sxm", "-H", "a100-80gb-sxm",
+     "--top", "1", "--json"),  # a list option repeats
+])
+def test_repeatable_options_still_repeat(capsys, args):
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "error" not in err, err
+    json.loads(out)
+
+
 def test_a_search_grid_too_large_is_refused_at_once(capsys):
     devices = ",".join(str(i) for i in range(1, 4097))
     mbs = ",".join(str(i) for i in range(1, 65))

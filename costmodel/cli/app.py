@@ -11,7 +11,7 @@ import os
 import sys
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import CostModelError, InputError
 
@@ -211,11 +211,53 @@ def _numbers_checked(fn):
     return command
 
 
+def repeated_option(command, ctx, args: list[str]) -> InputError | None:
+    """The error for an option of ``command`` that takes one value given more than once in ``args``
+    (``--tp 2 --tp 4``; a switch given both ways, ``--sp --no-sp``), else None. click keeps the last
+    such value silently; a list option (``-H a -H b``) may repeat. Arguments click cannot parse are
+    left to click's own error."""
+    try:
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+    except Exception:  # noqa: BLE001 - click reports its own parse errors when the command parses
+        return None
+    seen: dict[str, int] = {}
+    for param in order:
+        if getattr(param, "param_type_name", "") == "option" and not param.multiple and not param.count:
+            seen[param.name] = seen.get(param.name, 0) + 1
+    for param in command.params:
+        n = seen.get(param.name, 0)
+        if n < 2:
+            continue
+        used = [a.partition("=")[0] for a in args if a.partition("=")[0] in param.opts]
+        flag = used[0] if used else max(param.opts, key=len)  # as the user spelled it
+        if param.is_flag:
+            on = [a for a in args if a in param.opts]
+            off = [a for a in args if a in param.secondary_opts]
+            if on and off:
+                return InputError(f"given both {on[0]} and {off[0]}; give one", field=flag.lstrip("-"))
+            continue  # the same switch twice says the same thing
+        return InputError(f"given {n} times; it takes one value", field=flag.lstrip("-"))
+    return None
+
+
+class _OnceCommand(TyperCommand):
+    """A command whose one-value options are refused when repeated (repeated_option)."""
+
+    def parse_args(self, ctx, args):
+        if not ctx.resilient_parsing:
+            err = repeated_option(self, ctx, args)
+            if err is not None:
+                raise err
+        return super().parse_args(ctx, args)
+
+
 def _guard_commands(typer_app: typer.Typer) -> None:
     for info in typer_app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "_numbers_checked", False):
             info.callback = _numbers_checked(info.callback)
             info.callback._numbers_checked = True
+        if info.cls in (None, TyperCommand):
+            info.cls = _OnceCommand
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _guard_commands(group.typer_instance)
