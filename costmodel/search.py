@@ -226,6 +226,13 @@ class _Axes:
         return getattr(self, name).reshape(shape)
 
 
+def scale_up_domain(node) -> int:
+    """The devices one tensor-parallel group may span on the scale-up fabric: the node's NVLink / ICI
+    domain, which may exceed one host (a GB200 NVL72 rack: 72 GPUs over 4-GPU trays; a TPU pod's
+    torus over 4-chip hosts); 8 (an HGX baseboard) without a node spec."""
+    return max(node.devices_per_node, node.scale_up.size) if node is not None else 8
+
+
 def _axes(model: ModelConfig, counts: list[int], devices_per_node: int, global_batch: int, seq_len: int,
           *, tp=None, pp=None, interleave=None, cp=None, ep=None, zero=None, micro_batch=None,
           recompute=None, sequence_parallel=None, offload=None, etp=None, etp_folded_only=False) -> _Axes:
@@ -1123,7 +1130,7 @@ def search(model: str | ModelConfig, hardware: str | Sequence[str] = "h100-sxm",
     for hw in hw_ids:
         spec = lib.device(hw)
         node = lib.node_for(hw)
-        dpn = node.devices_per_node if node else 8
+        dpn = scale_up_domain(node)
         for e, folded_only in policies:
             ax = _axes(m, counts, dpn, global_batch, seq_len, tp=tp, pp=pp, interleave=interleave, cp=cp, ep=ep,
                        zero=zero_stage, micro_batch=micro_batch, recompute=recompute,
@@ -1331,7 +1338,7 @@ def evaluate_grid(model: str | ModelConfig, hardware: str, devices, *, global_ba
     m = model if isinstance(model, ModelConfig) else load_model(model)
     lib = load_library(hardware_files)
     spec, node = lib.device(hardware), lib.node_for(hardware)
-    dpn = node.devices_per_node if node else 8
+    dpn = scale_up_domain(node)
     counts = device_counts(devices)
     prof = frameworks.resolve(framework)
     axes["zero"], axes["interleave"], axes["offload"] = _framework_axes(
@@ -1444,7 +1451,7 @@ def search_infer(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
     rows: list[InferCandidate] = []
     for hw in hw_ids:
         spec, node = lib.device(hw), lib.node_for(hw)
-        dpn = node.devices_per_node if node else 8
+        dpn = scale_up_domain(node)
         eff = efficiency_for(spec, calibration)
         price = price_per_hour if price_per_hour is not None else spec.price_per_hour_usd
         cap = spec.memory.capacity_bytes * max_memory_fraction
@@ -1614,7 +1621,7 @@ def search_serve(model: str | ModelConfig, hardware: str | Sequence[str] = "h100
 
     for hw in hw_ids:
         spec, node = lib.device(hw), lib.node_for(hw)
-        lays = plan_layouts(m, node.devices_per_node if node is not None else 8, tp_sizes=tp)
+        lays = plan_layouts(m, scale_up_domain(node), tp_sizes=tp)
         bad = [t for t in set(tp or ()) if m.heads % t]
         if bad:
             reject("tp must divide the heads", len(bad) * len(wds) * len(kvs))

@@ -28,6 +28,7 @@ RC_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
     ("llama-1.3b", "dgx-h100", 16, 64, "pytorch", {"attention": "standard", "precision": "amp-fp16"}),
     ("llama2-7b", "dgx-h100", 32, 64, "nanotron", {}),
     ("gpt3-13b", "dgx-a100", 64, 256, "deepspeed", {"attention": "standard", "precision": "amp-fp16"}),
+    ("llama2-7b", "gb200-nvl72", 64, 64, "megatron", {}),  # tp up to 32 inside the rack's NVLink domain
 ])
 def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, extra):
     """The screen uses the memory formulas of costmodel.memory exactly, and estimate_train's step
@@ -178,6 +179,26 @@ def test_moe_search_uses_expert_parallel():
     assert any(c.layout.ep > 1 for c in res.top)
 
 
+def test_tensor_parallel_spans_the_scale_up_domain_not_the_host():
+    """A GB200 NVL72 rack is one NVLink domain of 72 GPUs over compute trays (hosts) of 4: the search
+    tries tensor parallelism beyond a tray (up to the domain), where a DGX H100 stops at its 8; and
+    a tp 16 group inside the rack talks over NVLink, not the trays' NICs."""
+    c, _ = evaluate_grid("llama2-7b", "gb200-nvl72", 64, global_batch=64, seq_len=2048, cp=[1], pp=[1])
+    assert set(np.unique(c.val["tp"])) == {1, 2, 4, 8, 16, 32}  # llama2-7b's 32 heads bound it
+    c, _ = evaluate_grid("llama2-7b", "dgx-h100", 64, global_batch=64, seq_len=2048, cp=[1], pp=[1])
+    assert set(np.unique(c.val["tp"])) == {1, 2, 4, 8}
+    lib = load_library()
+    spec, rack = lib.device("gb200"), lib.node_for("gb200-nvl72")
+    trays = rack.model_copy(update={"scale_up": rack.scale_up.model_copy(update={"size": 4})})  # NVLink per tray only
+    job = TrainJob(micro_batch=1, seq_len=2048, global_batch=64)
+    par = Parallel(tp=16, pp=1, dp=4, sequence_parallel=True)
+    m = load_model("llama2-7b")
+    nvl72 = estimate_train(m, spec, job, par, node=rack).step.tp_comm_s
+    over_ib = estimate_train(m, spec, job, par, node=trays).step.tp_comm_s
+    # NVLink carries 900 GB/s per GPU against the NIC's 50 GB/s (18x); per-call latencies narrow it
+    assert nvl72 * 3 < over_ib
+
+
 def test_device_ranges():
     assert device_counts("8..64") == [8, 16, 32, 64]
     assert device_counts("24..100") == [24, 32, 64, 100]
@@ -298,9 +319,10 @@ def test_serve_search_excludes_what_breaks_the_limits(capsys):
     rc, res = _search_json(capsys, args + ["--max-ttft-ms", "1"])  # a 2048-token prefill alone takes longer
     assert rc == 1 and res["top"] == [] and res["rejected"] == {"TTFT target": 2}
     top = _serve_json(capsys, base + ["--max-load"])["requests_per_s"]
-    rc, res = _search_json(capsys, args[:-1] + [f"{2 * top}", "--tp", "1"])
+    tp1 = ["--tp", "1"] + args[2:-1]  # (a flag given twice is refused: --tp 1 in place of --tp 1,2)
+    rc, res = _search_json(capsys, tp1 + [f"{2 * top}"])
     assert rc == 1 and res["rejected"] == {"cannot sustain the request rate": 1}
-    rc, res = _search_json(capsys, args[:-1] + [f"{0.5 * top}", "--tp", "1"])
+    rc, res = _search_json(capsys, tp1 + [f"{0.5 * top}"])
     assert rc == 0 and res["top"][0]["max_load_requests_per_s"] == pytest.approx(top, rel=1e-9)
 
 

@@ -34,10 +34,10 @@ HW_DIR = ROOT / "hardware"
 
 REQUIRED = {
     "a100-40gb-sxm": "gpu", "a100-80gb-sxm": "gpu", "a100-80gb-pcie": "gpu", "h100-sxm": "gpu",
-    "h100-pcie": "gpu", "h200-sxm": "gpu", "b200": "gpu", "mi250x": "gpu", "mi300x": "gpu",
+    "h100-pcie": "gpu", "h200-sxm": "gpu", "b200": "gpu", "gb200": "gpu", "mi250x": "gpu", "mi300x": "gpu",
     "tpu-v4": "tpu", "tpu-v5e": "tpu", "tpu-v5p": "tpu",
     "cpu-epyc-9654": "cpu", "cpu-xeon-8480": "cpu", "nvme-gen4": "nvme", "nvme-gen5": "nvme",
-    "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "dgx-b200": "node", "frontier-node": "node",
+    "dgx-a100": "node", "dgx-h100": "node", "hgx-h200": "node", "dgx-b200": "node", "gb200-nvl72": "node", "frontier-node": "node",
     "tpu-v4-pod-slice": "node", "server-8x-a100-80gb-pcie": "node", "tpu-v4-pod": "node", "mi300x-node": "node", "tpu-v5p-pod": "node", "tpu-v4-4x4x4": "node", "tpu-v5e-pod": "node",
 }
 
@@ -361,6 +361,23 @@ def test_b200_from_nvidias_per_gpu_table_and_the_driver(lib):
     assert (node.device, node.devices_per_node) == ("b200", 8)
     assert node.scale_out.bandwidth_per_device_bytes_per_s == pytest.approx(400e9 / 8)
     assert node.scale_up.bandwidth_bytes_per_s * 2 * 8 == pytest.approx(14.4e12)  # the datasheet's NVLink total
+
+
+def test_gb200_is_the_nvl72_rack_per_gpu(lib):
+    """GB200 NVL72's per-rack figures (NVIDIA's specification table) over its 72 GPUs: BF16 360,
+    FP8 720, FP4 1,440 PFLOPS with sparsity (dense half), 13.4 TB HBM3e at 576 TB/s, NVLink 130
+    TB/s; one NVLink domain of 72 GPUs over compute trays of 4 (2 superchips), one 400 Gb/s NIC per
+    GPU; NVLink-C2C 900 GB/s bidirectional per superchip, shared by its 2 GPUs."""
+    g = lib.device("gb200")
+    assert g.peak("bf16") == pytest.approx(360e15 / 72 / 2) and g.peak("fp8") == pytest.approx(720e15 / 72 / 2)
+    assert g.peak("fp4") == pytest.approx(1440e15 / 72 / 2)
+    assert g.memory.capacity_bytes == pytest.approx(13.4e12 / 72, rel=0.001)  # 186 GB
+    assert g.memory.bandwidth_bytes_per_s == pytest.approx(576e12 / 72)
+    assert g.scale_up.bandwidth_bytes_per_s * 2 * 72 == pytest.approx(130e12, rel=0.005)
+    assert g.host_link.bandwidth_bytes_per_s == pytest.approx(900e9 / 2 / 2)
+    rack = lib.node_for("gb200-nvl72")
+    assert (rack.device, rack.devices_per_node, rack.scale_up.size) == ("gb200", 4, 72)
+    assert rack.scale_out.bandwidth_per_device_bytes_per_s == pytest.approx(400e9 / 8)
 
 
 def test_pcie_server_has_no_nvlink(lib):
