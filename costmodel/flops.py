@@ -86,6 +86,42 @@ def _layer_gemms(model: ModelConfig, tokens: float, moe_layer: bool) -> list[Gem
     return out
 
 
+def every_other_matmul_flops(model: ModelConfig, tokens: float, moe_layer: bool) -> float:
+    """Forward matmul FLOPs of one decoder layer that per-op selective activation checkpointing as
+    torchtitan runs it re-executes in the backward: every op's output is saved but every second
+    matmul's of a block, the count restarting in each block (torchtitan/distributed/activation_checkpoint.py
+    at b5bcd76, SelectiveAC: "Save all compute/comm ops, except every second mm/linear"; the same policy in
+    parallelize_llama.py's _save_list at 9dec370 and e7c0cae). A Llama block calls wq, wk, wv, wo, then
+    w1, w3, w2 (w2(silu(w1(x)) * w3(x))), or w1, w2 without a gate: wk, wo and w3 (w2) re-run. A MoE
+    layer's routed and shared experts (grouped matmuls) and an MLA layer's projections are counted as
+    saved: only wk and wo are placed."""
+    gated = model.activation in GATED
+    out = 0.0
+    for g in layer_gemms(model, tokens, moe_layer):
+        if g.name == "qkv":  # wq, wk, wv as one matmul here: wk's share
+            out += g.flops * model.kv_dim / (model.q_dim + 2 * model.kv_dim)
+        elif g.name == "attn_out":
+            out += g.flops
+        elif g.name == "mlp_in" and gated:  # w1 and w3 as one matmul here: w3's half
+            out += g.flops / 2.0
+        elif g.name == "mlp_out" and not gated:
+            out += g.flops
+    return out
+
+
+def every_other_matmul_share(model: ModelConfig) -> float:
+    """every_other_matmul_flops over all of a layer's forward matmul FLOPs, the model's dense and MoE
+    layers weighted by their counts: the share of a layer's forward GEMM time that per-op selective
+    checkpointing re-runs (timed as that share of the GEMM time: the matmuls' shapes differ little in
+    efficiency against the error of the rest)."""
+    redo = total = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n:
+            redo += n * every_other_matmul_flops(model, 1.0, moe_layer)
+            total += n * sum(g.flops for g in layer_gemms(model, 1.0, moe_layer))
+    return redo / total if total > 0 else 0.0
+
+
 def attention_core_flops(model: ModelConfig, batch: float, seq: int, causal: bool, kv_len: int | None = None) -> float:
     """Forward FLOPs of scores (Q K^T) and weighted values (P V) for `batch` sequences.
 
@@ -125,13 +161,15 @@ class TrainFlops:
 
 
 def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str = "none",
-                     attention: str = "flash", recompute_fraction: float = 1.0) -> TrainFlops:
+                     attention: str = "flash", recompute_fraction: float = 1.0,
+                     selective: str = "attention-core") -> TrainFlops:
     """FLOPs of forward + backward for `batch` sequences of length `seq`.
 
     Model FLOPs: 3 x forward, attention over the full s x s score matrix (PaLM appendix B,
     Korthikanti et al. 2022 appendix A). Hardware FLOPs: the model FLOPs plus recompute, one more
     forward of the layers ("full") or of the attention core ("selective", Korthikanti et al. 2022
-    sec. 5), in the same attention convention. ``attention`` (flash or standard) changes how long
+    sec. 5), in the same attention convention; ``selective`` "every-other-matmul": torchtitan's per-op
+    selective checkpointing, every second matmul of a block instead (every_other_matmul_flops). ``attention`` (flash or standard) changes how long
     the scores take, not how they are counted, so it does not change either count.
     """
     tokens = batch * seq
@@ -154,6 +192,9 @@ def train_step_flops(model: ModelConfig, batch: float, seq: int, recompute: str 
     recompute_flops = 0.0
     if recompute == "full":
         recompute_flops = layers_fwd * recompute_fraction  # a partial policy re-runs part of it
+    elif recompute == "selective" and selective == "every-other-matmul":
+        recompute_flops = sum(n * every_other_matmul_flops(model, tokens, moe_layer)
+                              for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)) if n)
     elif recompute == "selective":
         recompute_flops = model.layers * core
     # model + a non-negative term: HFU >= MFU holds exactly, rounding included

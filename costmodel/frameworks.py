@@ -120,6 +120,13 @@ class ProfileSettings(BaseModel):
     # the ZeRO stages the framework runs together with pipeline parallelism (None: every one it runs;
     # DeepSpeed's PipelineEngine refuses ZeRO-2 and ZeRO-3)
     pipeline_zero_stages: Optional[tuple[int, ...]] = None
+    # what --recompute selective re-runs in the backward (steptime.recompute_forward_s): "attention-core",
+    # Korthikanti et al. 2022's selective recompute (Megatron-LM, NeMo: the attention's softmax core);
+    # "every-other-matmul", torchtitan's per-op selective checkpointing (activation_checkpoint mode
+    # selective, option "op"): every op's output saved but every second matmul's of a block, which
+    # re-run with the elementwise ops around them (flops.every_other_matmul_flops). The activation
+    # memory stays the attention-core policy's, more than per-op checkpointing keeps.
+    selective_recompute: Literal["attention-core", "every-other-matmul"] = "attention-core"
 
 
 class FrameworkProfile(BaseModel):

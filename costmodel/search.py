@@ -33,7 +33,7 @@ from .comm import divisors as _divisors
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
-from .flops import train_step_flops
+from .flops import every_other_matmul_share, train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, hybrid_offload, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
@@ -784,7 +784,10 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     rc_vals = ax.rc.reshape(1, 1, 1, 1, 1, -1)
     pf = spread(parts_tab, ("tp", "ep", "mb", "cp", "sp"))
     # the recompute share of a layer per (sub-layout, recompute mode): as the candidates' arrays had it
-    rec_col = np.where(rc_vals == 2, pf[..., 0] + pf[..., 2] + pf[..., 4], np.where(rc_vals == 1, pf[..., 2], 0.0))
+    selective = prof.settings.selective_recompute
+    share = every_other_matmul_share(model) if selective == "every-other-matmul" else 0.0
+    rec_col = steptime.recompute_forward_s(rc_vals, 1.0, pf[..., 0], pf[..., 2], pf[..., 4], selective, share)[0]
+    # (the screen's full recompute re-runs the whole forward: recompute_fraction 1)
     columns = np.concatenate([
         pf, spread(head_tab, ("tp", "mb", "cp")), spread(tp_tab[..., None], ("tp", "mb", "cp", "sp", "rc")),
         spread(a2a_tab[..., None], ("tp", "ep", "mb", "cp")) if a2a_tab is not None else zeros1,
@@ -857,10 +860,12 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             def host(gpu_total):
                 return tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
                                          gpu_total, tr._expert_dtype(model, job, dtype) != dtype)[1]
+        _, rec_g, rec_a, rec_e = steptime.recompute_forward_s(v["rc"], job.recompute_fraction, g_f, a_f, e_f,
+                                                              selective, share)
         b = steptime.compose_builtin(steptime.BuiltinTerms(
-            n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full, rec_any=rec_any,
-            recompute_fraction=job.recompute_fraction, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
-            recompute_f=recompute_f, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
+            n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full, rec_any=rec_a > 0,
+            g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
+            recompute_f=recompute_f, recompute_g=rec_g, recompute_a=rec_a, recompute_e=rec_e, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
             moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
             cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=dp_op, dp_rs_s=dp_rs, dp_overlap=ovl,
             zero=v["zero"], fsdp_exposed_s=fsdp_exposed,
@@ -938,7 +943,6 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
                     prof.settings.dp_bucket_bytes, prof.settings.sharded_grad_sync)
             dp_done[key] = steptime.dp_comm(*args) + steptime.dp_grad_reduction(*args)
         dp_rows[j] = dp_done[key]
-    full, rec_any = a["full"], a["rec_any"]
     split = {int(q): steptime.stage_layers(model.layers, int(q), prof.settings.pipeline_balance,
                                            *steptime.block_costs(model)) for q in np.unique(pp)}
     stage_split = tuple(np.array([split[int(q)][i] for q in np.ravel(pp)], dtype=float).reshape(np.shape(pp))
@@ -950,7 +954,9 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         layers=layers.astype(float), n_micro=a["n_micro"].astype(float), pp=pp.astype(float),
         interleave=v["v"].astype(float), tp=tp.astype(float),
         layer_times=(a["g_f"], a["g_b"], a["a_f"], a["a_b"], a["e_f"], a["e_b"]),
-        recompute=(a["recompute_f"], np.where(full, a["g_f"], 0.0), np.where(rec_any, a["a_f"], 0.0)),
+        recompute=(a["recompute_f"], *steptime.recompute_forward_s(
+            v["rc"], 1.0, a["g_f"], a["a_f"], a["e_f"], prof.settings.selective_recompute,
+            every_other_matmul_share(model) if prof.settings.selective_recompute == "every-other-matmul" else 0.0)[1:3]),
         head_s=3 * a["head_f"], loss_s=a["head_and_loss"] - 3 * a["head_f"], tp_split=(tp_i, tp_w, tp_s),
         p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), dp_split=dp_rows[inv.ravel()].T, zero=v["zero"],
         sharded_grad_sync=prof.settings.sharded_grad_sync, stage_split=stage_split, loss_p2p_mb_s=loss_p2p,
@@ -1277,7 +1283,8 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
                                                  "optimizer_s", "ep_comm_s", "cp_comm_s", "offload_s")}
         peak, req = float(s["peak_bytes"][i]), float(s["required_bytes"][i])
         membd = {}
-        tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute, job.attention)
+        tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute, job.attention,
+                              selective=frameworks.resolve(job.profile or job.framework).settings.selective_recompute)
         mfu = tf.model_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         hfu = tf.hardware_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         tflops = tf.model_flops / step_s / lay.devices / 1e12

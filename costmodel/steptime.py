@@ -50,6 +50,7 @@ import numpy as np
 from . import comm
 from .arrays import maximum, scalar, where
 from .calibration import smoothmax
+from .flops import every_other_matmul_share
 
 
 @dataclass
@@ -445,21 +446,44 @@ def layout_terms(*, layers, n_micro, pp, interleave, tp, layer_times, recompute,
         optimizer_s=optimizer_s, other_s=other_s, step_latency_s=step_latency_s)
 
 
+def recompute_forward_s(mode, rf, g_f, a_f, e_f, selective: str = "attention-core", matmul_share=0.0):
+    """The forward a recompute policy re-runs per layer and micro-batch, as (all of it, its GEMMs, its
+    attention, its elementwise kernels); ``mode`` a recompute name or memory.RECOMPUTE_CODES code
+    (arrays of codes for many layouts). "full": ``rf`` of the whole forward (TrainJob.recompute_fraction); "selective" as the
+    framework means it (ProfileSettings.selective_recompute): the attention core (Korthikanti et al.
+    2022), or every second matmul of a block, ``matmul_share`` of the GEMM time
+    (flops.every_other_matmul_share), with the elementwise ops around them (torchtitan)."""
+    from .memory import RECOMPUTE_CODES
+
+    code = RECOMPUTE_CODES.get(mode, 0) if isinstance(mode, str) else mode
+    per_matmul = selective == "every-other-matmul"
+    if scalar(code):  # one layout (or one mode for all): the branch taken
+        if code == 2:
+            return rf * (g_f + a_f + e_f), rf * g_f, rf * a_f, rf * e_f
+        if code == 1:
+            return ((matmul_share * g_f + e_f, matmul_share * g_f, 0.0 * a_f, e_f) if per_matmul
+                    else (a_f, 0.0 * g_f, a_f, 0.0 * e_f))
+        return 0.0 * g_f, 0.0 * g_f, 0.0 * a_f, 0.0 * e_f
+    full, sel = np.equal(code, 2), np.equal(code, 1)
+    sel_parts = ((matmul_share * g_f + e_f, matmul_share * g_f, 0.0, e_f) if per_matmul else (a_f, 0.0, a_f, 0.0))
+    return tuple(np.where(full, rf * x, np.where(sel, y, 0.0)) for x, y in zip((g_f + a_f + e_f, g_f, a_f, e_f), sel_parts))
+
+
 def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_s: float, loss_s: float,
                 optimizer_s: float, other_s: float, grad_bytes: float, param_bytes_gathered: float,
                 layers: float, dp_bucket_bytes: float = comm.DDP_BUCKET_BYTES, cluster_scaling=None,
-                pipeline_balance: str = "even", sharded_grad_sync: str = "buckets") -> StepTerms:
+                pipeline_balance: str = "even", sharded_grad_sync: str = "buckets",
+                selective_recompute: str = "attention-core") -> StepTerms:
     """The terms of one layout (module docstring, layout_terms). ``layer_times``:
     training._layer_times's forward/backward GEMM, attention and elementwise time of one layer and
-    micro-batch."""
+    micro-batch; ``selective_recompute`` what the framework's selective recompute re-runs
+    (recompute_forward_s)."""
     from . import comm_bridge
     from .training import moe_etp_share
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
-    rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
-    recompute = ({"full": rf * (g_f + a_f + e_f), "selective": a_f}.get(job.recompute, 0.0),
-                 rf * g_f if job.recompute == "full" else 0.0,
-                 (rf if job.recompute == "full" else 1.0) * a_f if job.recompute != "none" else 0.0)
+    share = every_other_matmul_share(model) if selective_recompute == "every-other-matmul" else 0.0
+    recompute = recompute_forward_s(job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective_recompute, share)[:3]
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)
@@ -538,8 +562,7 @@ class BuiltinTerms:
     interleave: object
     cp: object
     full: object  # full recompute (bool)
-    rec_any: object  # any recompute (bool): selective re-runs the attention
-    recompute_fraction: object  # share of the forward full recompute re-runs
+    rec_any: object  # a recompute re-runs the attention (bool): full, or Megatron's selective
     # one decoder layer and micro-batch (training._layer_times): forward / backward GEMMs,
     # attention, elementwise kernels, and the forward a recompute re-runs
     g_f: object
@@ -549,6 +572,10 @@ class BuiltinTerms:
     e_f: object
     e_b: object
     recompute_f: object
+    # its parts (recompute_forward_s): GEMMs, attention and elementwise kernels re-run
+    recompute_g: object
+    recompute_a: object
+    recompute_e: object
     head_f: object  # the LM head's forward GEMM (its backward is twice that)
     loss_s: object  # cross entropy, forward and backward
     tp_layer_s: object  # tensor-parallel collectives of one layer and micro-batch, after any overlap
@@ -710,10 +737,9 @@ def compose_builtin(t: BuiltinTerms, host=None) -> BuiltinStep:
     bubble = pipeline_bubble_s(t.pp, t.interleave, slot, head_and_loss)
     backward = L * (t.g_b + t.a_b + t.e_b + t.recompute_f)
     dp = dp_exposed_s(t.dp_op_s, t.dp_rs_s, t.dp_overlap, backward, t.zero, n)
-    rf = t.recompute_fraction
-    compute = n * L * (t.g_f + t.g_b) + n * 3 * t.head_f + n * L * where(t.full, rf * t.g_f, 0.0)
-    attention = n * L * (t.a_f + t.a_b + where(t.rec_any, where(t.full, rf, 1.0) * t.a_f, 0.0))
-    elementwise = n * (L * (t.e_f + t.e_b + where(t.full, rf * t.e_f, 0.0)) + t.loss_s) + t.grad_accum_s
+    compute = n * L * (t.g_f + t.g_b) + n * 3 * t.head_f + n * L * t.recompute_g
+    attention = n * L * (t.a_f + t.a_b + t.recompute_a)
+    elementwise = n * (L * (t.e_f + t.e_b + t.recompute_e) + t.loss_s) + t.grad_accum_s
     gpu = compute + attention + elementwise + t.optimizer_s
     host_exposed = 0.0 if host is None else host(gpu)
     total = (compute + attention + elementwise + host_exposed + tp_comm + dp + t.fsdp_exposed_s + pp_comm

@@ -17,7 +17,7 @@ from .arrays import where
 from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
-from .flops import attention_core_flops, layer_gemms, train_step_flops
+from .flops import attention_core_flops, every_other_matmul_share, layer_gemms, train_step_flops
 from .memory import TrainMemory, hybrid_offload, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import (attention_op_s, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op_s,
                        prefetch_gemms, sdpa_backend_rates)
@@ -926,7 +926,8 @@ def _composed_step(prof, model: ModelConfig, spec, job: TrainJob, par: Parallel,
         model, spec, job, par, node, eff, dtype, layer_times, head_s, loss_s, optimizer_t, other,
         grad_bytes=st.grads * sp.total, param_bytes_gathered=st.weights * sp.total, layers=layers,
         dp_bucket_bytes=prof.settings.dp_bucket_bytes, cluster_scaling=prof.scaling,
-        pipeline_balance=prof.settings.pipeline_balance, sharded_grad_sync=prof.settings.sharded_grad_sync)
+        pipeline_balance=prof.settings.pipeline_balance, sharded_grad_sync=prof.settings.sharded_grad_sync,
+        selective_recompute=prof.settings.selective_recompute)
     c = steptime.compose(terms, {k: v.value for k, v in prof.parameters.items()}, prof.cluster_step_latency_s,
                          cuda_graphs=prof.settings.cuda_graphs)
     step = StepTime(float(c.compute_s), float(c.attention_s), float(c.elementwise_s), float(c.host_overhead_s),
@@ -972,13 +973,12 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     head_b = 2 * head_f
     loss_t = cross_entropy_s(eff, job, tokens_mb, model.vocab, par.tp, prof)  # forward + backward passes
     head_f, head_b, loss_t = head_f * kf, head_b * kf, loss_t * kf
-    recompute_f = 0.0
-    rf = job.recompute_fraction  # share of the forward a "full" policy re-runs (1: all of it)
-    recompute_f_gemm = rf * g_f if job.recompute == "full" else 0.0
-    if job.recompute == "full":
-        recompute_f = rf * (g_f + a_f + e_f)
-    elif job.recompute == "selective":
-        recompute_f = a_f
+    # what the recompute policy re-runs of a layer's forward (steptime.recompute_forward_s): all of it,
+    # the attention core, or (torchtitan's per-op checkpointing) every second matmul
+    selective = prof.settings.selective_recompute
+    recompute_f, recompute_f_gemm, recompute_f_attn, recompute_f_ew = steptime.recompute_forward_s(
+        job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective,
+        every_other_matmul_share(model) if selective == "every-other-matmul" else 0.0)
     # Communication (costmodel.comm through comm_bridge; calls queued inside the step)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     act_bytes = tokens_mb * model.hidden * 2.0
@@ -1037,8 +1037,9 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     full = job.recompute == "full"
     b = steptime.compose_builtin(steptime.BuiltinTerms(
         n_micro=n_micro, layers=layers, pp=par.pp, interleave=par.interleave, cp=par.cp, full=full,
-        rec_any=job.recompute != "none", recompute_fraction=rf, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
-        recompute_f=recompute_f, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_layer, ep_call_s=a2a,
+        rec_any=recompute_f_attn > 0, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
+        recompute_f=recompute_f, recompute_g=recompute_f_gemm, recompute_a=recompute_f_attn,
+        recompute_e=recompute_f_ew, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_layer, ep_call_s=a2a,
         moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
         cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=op_t, dp_rs_s=rs_t, dp_overlap=ovl,
         zero=par.zero_stage, fsdp_exposed_s=fsdp_exposed,
@@ -1057,7 +1058,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
 
     mem = train_memory(model, job, par)
     gb = job.global_batch_for(par)
-    tf = train_step_flops(model, gb, job.seq_len, job.recompute, job.attention, job.recompute_fraction)
+    tf = train_step_flops(model, gb, job.seq_len, job.recompute, job.attention, job.recompute_fraction,
+                          prof.settings.selective_recompute)
     devices = par.devices
     peak = spec.peak(dtype)
     mfu = tf.model_flops / total / (devices * peak)

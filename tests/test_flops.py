@@ -111,3 +111,19 @@ def test_partial_recompute_fraction():
 
     none, f1, f076 = step(recompute="none"), step(recompute="full"), step(recompute="full", recompute_fraction=0.76)
     assert f076 - none == pytest.approx(0.76 * (f1 - none), rel=0.01)
+
+
+def test_every_other_matmul_share_by_hand():
+    """torchtitan's per-op selective checkpointing re-runs every second matmul of a block: of a
+    Llama block's wq, wk, wv, wo, w1, w3, w2 the wk, wo and w3; of a GELU block's wq, wk, wv, wo,
+    w1, w2 the wk, wo and w2. Its hardware FLOPs count those forwards again."""
+    from costmodel.flops import every_other_matmul_share
+
+    m = load_model("llama3.1-8b")  # hidden 4096, q 4096, kv 8 x 128 = 1024, ffn 14336
+    assert every_other_matmul_share(m) == pytest.approx((1024 + 4096 + 14336) / (4096 + 2 * 1024 + 4096 + 3 * 14336))
+    g = load_model("gpt3-175b")  # kv = q = h, ffn 4h: (h + h + 4h) / (4h + 8h)
+    assert every_other_matmul_share(g) == pytest.approx(0.5)
+    tf = train_step_flops(m, 4, 2048, "selective", selective="every-other-matmul")
+    assert tf.recompute_flops == pytest.approx(32 * 2 * 4 * 2048 * 4096 * (1024 + 4096 + 14336))
+    assert train_step_flops(m, 4, 2048, "selective").recompute_flops == pytest.approx(
+        32 * attention_core_flops(m, 4, 2048, causal=False))

@@ -839,3 +839,42 @@ def test_nanotron_zero1_reduces_gradients_in_one_call_after_the_backward():
     assert z0.terms.dp_comm_steps == pytest.approx(10 * buckets, rel=0.01)
     assert z0.terms.dp_window_s > 0.0
     assert z0.step.dp_comm_exposed_s < z0.terms.dp_comm_wire_s + z0.terms.dp_comm_steps * lat
+
+
+@pytest.mark.parametrize("framework, per_matmul", [("megatron", False), ("torchtitan", True), ("torchtitan-compile", True)])
+def test_selective_recompute_as_the_framework_means_it(framework, per_matmul):
+    """--recompute selective re-runs the attention core under Megatron (Korthikanti et al. 2022);
+    under torchtitan's per-op checkpointing the attention is saved and every second matmul of a
+    block re-runs with the elementwise ops: the step grows by the layers' share of the forward GEMM
+    time (flops.every_other_matmul_share) and their elementwise forward, per micro-batch."""
+    from costmodel.arch import load_model
+    from costmodel.flops import every_other_matmul_share
+    from costmodel.specs import load_library
+    from costmodel.workload import TrainJob
+
+    lib = load_library()
+    spec, m = lib.device("h100-sxm"), load_model("llama3.1-8b")
+    par = Parallel(tp=1, pp=1, dp=1)
+    jobs = {rc: TrainJob(micro_batch=1, seq_len=4096, global_batch=4, recompute=rc, **frameworks.job_fields(framework))
+            for rc in ("none", "selective")}
+    none, sel = (training.estimate_train(m, spec, jobs[rc], par) for rc in ("none", "selective"))
+    prof = frameworks.resolve(framework)
+    assert prof.settings.selective_recompute == ("every-other-matmul" if per_matmul else "attention-core")
+    eff = training.step_efficiency(spec, None, prof)
+    g_f, _, a_f, _, e_f, _ = training._layer_times(eff, m, jobs["none"], par, 1, 4096, "bf16", spec)
+    layers, n_micro = m.layers, 4
+    d_compute, d_attention = sel.step.compute_s - none.step.compute_s, sel.step.attention_s - none.step.attention_s
+    d_elementwise = sel.step.elementwise_s - none.step.elementwise_s
+    if per_matmul:
+        assert d_compute == pytest.approx(n_micro * layers * every_other_matmul_share(m) * g_f, rel=1e-9)
+        assert d_elementwise == pytest.approx(n_micro * layers * e_f, rel=1e-9) and d_attention == 0.0
+    else:
+        assert d_attention == pytest.approx(n_micro * layers * a_f, rel=1e-9) and d_compute == 0.0
+    # hardware FLOPs count what re-runs: wk, wo and w3 of 32 layers for 4 x 4096 tokens, or the
+    # attention core (scores over the full s x s, the model-FLOPs convention)
+    from costmodel.flops import attention_core_flops
+
+    redo = (2 * 4 * 4096 * 4096 * (1024 + 4096 + 14336) * 32 if per_matmul
+            else 32 * attention_core_flops(m, 4, 4096, causal=False))
+    assert sel.hardware_flops_per_step - sel.model_flops_per_step == pytest.approx(redo, rel=1e-9)
+    assert sel.mfu < none.mfu

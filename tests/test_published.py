@@ -58,7 +58,7 @@ def test_every_record_is_cited_and_consistent():
     for r in recs:
         assert r["kind"] == "published"
         assert r["source"] and ("arXiv:" in r["source"] or "https://" in r["source"]), r["name"]
-        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb", "v100-sxm3-32gb-h", "b200", "gb200")
+        assert r["hardware"] in ("a100-80gb-sxm", "h100-sxm", "tpu-v4", "mi250x", "v100-sxm3-32gb", "v100-sxm3-32gb-h", "b200", "gb200", "h200-sxm")
         assert r["measured"]
         par = r.get("parallel")
         if par and r.get("devices"):
@@ -453,3 +453,21 @@ def test_megatron_bridge_25_11_gb200_row():
     assert rep.efficiency["gb200"].startswith("datasheet defaults")
     (case,) = rep.cases
     assert abs(case.rel_error) < 0.10, case.rel_error
+
+
+def test_torchtitan_trainy_h200_rows():
+    """Trainy's torchtitan Llama 3.1 8B on 4 and 8 nodes of 8 H200 (June 2025): FSDP over every GPU,
+    local batch 2, 8,192 tokens, compiled, Float8, op-level selective checkpointing, at 10,938 and
+    10,753 tokens/s per GPU. Held out on the calibrated H200 with torchtitan-compile: fast, as NeMo
+    AutoModel's FSDP2 row is (test_nemo_automodel_llama3_70b_fsdp_row), within 25%."""
+    from costmodel.validate import validate_file
+
+    recs = _load("torchtitan-trainy-h200-2025.jsonl")
+    assert [(r["devices"], r["global_batch"], r["measured"]["tokens_per_s_per_device"]) for r in recs] == [
+        (32, 64, 10938), (64, 128, 10753)]
+    for r in recs:
+        assert r["measured"]["step_seconds"] == pytest.approx(r["global_batch"] * 8192 / (
+            r["measured"]["tokens_per_s_per_device"] * r["devices"]))
+    rep = validate_file(DIR / "torchtitan-trainy-h200-2025.jsonl")
+    assert rep.efficiency["h200-sxm"].startswith("calibrated")
+    assert all(-0.25 < c.rel_error < -0.10 for c in rep.cases), [c.rel_error for c in rep.cases]

@@ -29,6 +29,7 @@ RC_NAMES = {v: k for k, v in RECOMPUTE_CODES.items()}
     ("llama2-7b", "dgx-h100", 32, 64, "nanotron", {}),
     ("gpt3-13b", "dgx-a100", 64, 256, "deepspeed", {"attention": "standard", "precision": "amp-fp16"}),
     ("llama2-7b", "gb200-nvl72", 64, 64, "megatron", {}),  # tp up to 32 inside the rack's NVLink domain
+    ("llama2-7b", "dgx-h100", 16, 64, "torchtitan-compile", {}),  # selective: every other matmul re-run
 ])
 def test_screen_matches_scalar_model(model, hardware, devices, gb, framework, extra):
     """The screen uses the memory formulas of costmodel.memory exactly, and estimate_train's step
