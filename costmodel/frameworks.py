@@ -124,8 +124,8 @@ class ProfileSettings(BaseModel):
     # Korthikanti et al. 2022's selective recompute (Megatron-LM, NeMo: the attention's softmax core);
     # "every-other-matmul", torchtitan's per-op selective checkpointing (activation_checkpoint mode
     # selective, option "op"): every op's output saved but every second matmul's of a block, which
-    # re-run with the elementwise ops around them (flops.every_other_matmul_flops). The activation
-    # memory stays the attention-core policy's, more than per-op checkpointing keeps.
+    # re-run with the elementwise ops around them (flops.every_other_matmul_flops); the activations
+    # kept are what that policy saves (memory.every_other_matmul_activation_bytes)
     selective_recompute: Literal["attention-core", "every-other-matmul"] = "attention-core"
 
 

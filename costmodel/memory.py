@@ -280,6 +280,29 @@ def korthikanti_layer_activation_bytes(model: ModelConfig, micro_batch: int, seq
     return s * b * per_token / par.cp
 
 
+def every_other_matmul_activation_bytes(model: ModelConfig, tokens, par) -> float:
+    """What one decoder layer keeps for its backward under per-op selective checkpointing as
+    torchtitan runs it (every op's output saved but every second matmul's, flops.every_other_matmul_flops),
+    for ``tokens`` tokens of a micro-batch on one device, 2-byte (bf16) activations: the block's input
+    (h, split by tp under sequence parallelism), the saved matmuls' outputs, wq (q) and wv (kv) and the
+    MLP's first input projection w1 (ffn), split by tp, the attention's output (q, split by tp) and,
+    with a gated MLP, w2's (h: the row-parallel matmul's partial sum, whole on every tp rank, and its
+    reduce-scatter's h / tp under sequence parallelism). wk, wo, w3 (w2 without a gate) and the
+    elementwise ops are re-run, not kept. A MoE layer keeps its attention part and the router's
+    logits; its experts' grouped matmuls are not among the saved ops (re-run)."""
+    h, q, kv, t = model.hidden, model.q_dim, model.kv_dim, par.tp
+    sp = np.logical_and(par.sequence_parallel, np.greater(t, 1))  # (numbers or a grid's arrays)
+    attention = h / _where(sp, t, 1) + (2.0 * q + kv) / t
+    gated = model.activation in GATED
+    mlp = model.ffn / t + ((h + _where(sp, h / t, 0.0)) if gated else 0.0)
+    per_token = 0.0
+    for moe_layer, n in ((False, model.dense_layers), (True, model.moe_layers)):
+        if n:
+            extra = (model.moe.experts / t) if (moe_layer and model.moe) else mlp
+            per_token += n * (attention + extra)
+    return 2.0 * tokens * per_token / model.layers
+
+
 def logits_bytes(model: ModelConfig, tokens: float, tp: int, precision: str, phase: str) -> float:
     """Loss-side buffers for a vocab-sized output (they dominate at large vocab).
 
@@ -518,6 +541,11 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
             act_layer = _where(selective, korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "selective", False),
                                act_layer)
         ckpt_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "full", True)
+    from .frameworks import resolve
+
+    if resolve(job.profile or job.framework).settings.selective_recompute == "every-other-matmul":
+        # torchtitan's selective checkpointing keeps what its per-op policy saves, not what Megatron's selective recompute keeps
+        act_layer = _where(selective, every_other_matmul_activation_bytes(model, tokens, par), act_layer)
     inflight = in_flight_microbatches(par, n_micro)
     saved_all = layers * _where(full, ckpt_layer, act_layer) * inflight
     live_layer = _where(full, act_layer, 0.0)
