@@ -33,7 +33,7 @@ from .comm import divisors as _divisors
 from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
-from .flops import every_other_matmul_share, train_step_flops
+from .flops import train_step_flops
 from .memory import (RECOMPUTE_CODES, ParallelGrid, hybrid_offload, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
@@ -785,7 +785,7 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
     pf = spread(parts_tab, ("tp", "ep", "mb", "cp", "sp"))
     # the recompute share of a layer per (sub-layout, recompute mode): as the candidates' arrays had it
     selective = prof.settings.selective_recompute
-    share = every_other_matmul_share(model) if selective == "every-other-matmul" else 0.0
+    share = steptime.selective_matmul_share(selective, model)
     rec_col = steptime.recompute_forward_s(rc_vals, 1.0, pf[..., 0], pf[..., 2], pf[..., 4], selective, share)[0]
     # (the screen's full recompute re-runs the whole forward: recompute_fraction 1)
     columns = np.concatenate([
@@ -865,7 +865,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         b = steptime.compose_builtin(steptime.BuiltinTerms(
             n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full, rec_any=rec_a > 0,
             g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
-            recompute_f=recompute_f, recompute_g=rec_g, recompute_a=rec_a, recompute_e=rec_e, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
+            recompute_f=recompute_f, recompute_g=rec_g, recompute_a=rec_a, recompute_e=rec_e, head_f=head_f,
+            loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
             moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
             cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=dp_op, dp_rs_s=dp_rs, dp_overlap=ovl,
             zero=v["zero"], fsdp_exposed_s=fsdp_exposed,
@@ -956,7 +957,7 @@ def _composed_screen(prof, model: ModelConfig, job: TrainJob, ax: _Axes, c: _Fla
         layer_times=(a["g_f"], a["g_b"], a["a_f"], a["a_b"], a["e_f"], a["e_b"]),
         recompute=(a["recompute_f"], *steptime.recompute_forward_s(
             v["rc"], 1.0, a["g_f"], a["a_f"], a["e_f"], prof.settings.selective_recompute,
-            every_other_matmul_share(model) if prof.settings.selective_recompute == "every-other-matmul" else 0.0)[1:3]),
+            steptime.selective_matmul_share(prof.settings.selective_recompute, model))[1:3]),
         head_s=3 * a["head_f"], loss_s=a["head_and_loss"] - 3 * a["head_f"], tp_split=(tp_i, tp_w, tp_s),
         p2p_mb_s=p2p, pp_cross=pp_cross.astype(float), dp_split=dp_rows[inv.ravel()].T, zero=v["zero"],
         sharded_grad_sync=prof.settings.sharded_grad_sync, stage_split=stage_split, loss_p2p_mb_s=loss_p2p,

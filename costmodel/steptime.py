@@ -446,6 +446,12 @@ def layout_terms(*, layers, n_micro, pp, interleave, tp, layer_times, recompute,
         optimizer_s=optimizer_s, other_s=other_s, step_latency_s=step_latency_s)
 
 
+def selective_matmul_share(selective: str, model) -> float:
+    """The share of a layer's forward GEMM time a framework's selective recompute re-runs: every
+    second matmul's (flops.every_other_matmul_share) under "every-other-matmul", none otherwise."""
+    return every_other_matmul_share(model) if selective == "every-other-matmul" else 0.0
+
+
 def recompute_forward_s(mode, rf, g_f, a_f, e_f, selective: str = "attention-core", matmul_share=0.0):
     """The forward a recompute policy re-runs per layer and micro-batch, as (all of it, its GEMMs, its
     attention, its elementwise kernels); ``mode`` a recompute name or memory.RECOMPUTE_CODES code
@@ -482,8 +488,8 @@ def train_terms(model, spec, job, par, node, eff, dtype: str, layer_times, head_
     from .training import moe_etp_share
 
     g_f, g_b, a_f, a_b, e_f, e_b = layer_times
-    share = every_other_matmul_share(model) if selective_recompute == "every-other-matmul" else 0.0
-    recompute = recompute_forward_s(job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective_recompute, share)[:3]
+    recompute = recompute_forward_s(job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective_recompute,
+                                    selective_matmul_share(selective_recompute, model))[:3]
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     link.fallback_scaling = cluster_scaling  # the profile's network where the node has none measured
     place = placement(par, link.devices_per_node)

@@ -17,7 +17,7 @@ from .arrays import where
 from .bench.records import sdpa_flops
 from .errors import InputError
 from .calibration import smoothmax
-from .flops import attention_core_flops, every_other_matmul_share, layer_gemms, train_step_flops
+from .flops import attention_core_flops, layer_gemms, train_step_flops
 from .memory import TrainMemory, hybrid_offload, required_device_bytes, stage_params, state_bytes_per_param, train_memory
 from .roofline import (attention_op_s, eager_elementwise_bytes_per_s, efficiency_for, gemm_op_s, gemm_ops_s, memory_op_s,
                        prefetch_gemms, sdpa_backend_rates)
@@ -977,8 +977,7 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     # the attention core, or (torchtitan's per-op checkpointing) every second matmul
     selective = prof.settings.selective_recompute
     recompute_f, recompute_f_gemm, recompute_f_attn, recompute_f_ew = steptime.recompute_forward_s(
-        job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective,
-        every_other_matmul_share(model) if selective == "every-other-matmul" else 0.0)
+        job.recompute, job.recompute_fraction, g_f, a_f, e_f, selective, steptime.selective_matmul_share(selective, model))
     # Communication (costmodel.comm through comm_bridge; calls queued inside the step)
     link = comm_bridge.Links.from_specs(spec, node, eff, queued=True)
     act_bytes = tokens_mb * model.hidden * 2.0
