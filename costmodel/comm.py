@@ -985,6 +985,38 @@ def fsdp_exposed_s(gather_s, reduce_s, fwd_s, bwd_s, units, micro_batches, once_
     return np.where(once_per_step, once, each)
 
 
+# NCCL's collective kernels run on the GPU's SMs: a collective that overlaps compute holds its CTAs'
+# SMs, so the compute beside it runs on the rest. Profiled on an H100 (132 SMs) overlapping a GEMM
+# with an FSDP-style prefetch all-gather: the ncclAllGather kernel held 24 blocks (NVIDIA developer
+# forum, "Compute-Communication Overlap Causes Severe GEMM Performance Degradation because of Tail
+# Effect", https://forums.developer.nvidia.com/t/compute-communication-overlap-causes-severe-gemm-performance-degradation-because-of-tail-effect/337991).
+# A count, not fitted; the SMs are the device spec's compute_units.
+NCCL_OVERLAP_CTAS = 24
+
+
+def overlap_interference_s(hidden_s, compute_units):
+    """Compute time added while collectives run hidden behind it (vectorised): the compute of that
+    window runs on the SMs the collective's NCCL_OVERLAP_CTAS leave, f = CTAs / SMs of the device,
+    so it takes 1 / (1 - f) as long: ``hidden_s`` x f / (1 - f). 0 where the device names no SM
+    count (compute_units None)."""
+    if not compute_units:
+        return 0.0 * np.asarray(hidden_s, dtype=float)
+    f = min(NCCL_OVERLAP_CTAS / float(compute_units), 0.5)
+    return np.maximum(np.asarray(hidden_s, dtype=float), 0.0) * f / (1.0 - f)
+
+
+def fsdp_overlapped_s(gather_s, reduce_s, fwd_s, bwd_s, units, micro_batches, once_per_step, compute_units=None):
+    """FSDP / ZeRO-3 communication's cost to a step (vectorised): what fsdp_exposed_s leaves
+    exposed, plus the compute its hidden part slows (overlap_interference_s). The step's traffic is
+    m U (2A + R) per step (U (A + R) ``once_per_step``), of which the exposed time is not hidden."""
+    A, R = (np.asarray(x, dtype=float) for x in (gather_s, reduce_s))
+    U = np.asarray(units, dtype=float)
+    m = np.asarray(micro_batches, dtype=float)
+    exposed = fsdp_exposed_s(A, R, fwd_s, bwd_s, U, m, once_per_step)
+    total = np.where(once_per_step, U * (A + R), m * U * (2 * A + R))
+    return exposed + overlap_interference_s(total - exposed, compute_units)
+
+
 @dataclass(frozen=True)
 class ShardedDataParallel:
     """Per-step communication of ZeRO-3 / FSDP over the data-parallel group, unit by unit.

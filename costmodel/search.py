@@ -829,7 +829,8 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
         unit_b = g_b + a_b + e_b + recompute_f
         once = pp > 1
         per_step = np.where(once, 1.0, n_micro)
-        fsdp_exposed = np.where(ag_u > 0, comm.fsdp_exposed_s(ag_u, rs_u, unit_f, unit_b, layers, n_micro, once), 0.0)
+        fsdp_exposed = np.where(ag_u > 0, comm.fsdp_overlapped_s(ag_u, rs_u, unit_f, unit_b, layers, n_micro, once,
+                                                                 spec.compute_units), 0.0)
         if deepspeed:
             ds = (v["zero"] >= 3) & (pp == 1) & (dp * cp > 1)
             if np.any(ds):

@@ -859,9 +859,9 @@ def _data_parallel_terms(link, eff, model: ModelConfig, job: TrainJob, par: Para
                                                 op, nbytes, dp_world, intra=dp_intra, per_node=dp_per_node))
                                             if link.scaling is not None else None)
             kw = dict(efficiency=link._efficiency(), params=link.params)
-            fsdp_exposed = float(comm.fsdp_exposed_s(
+            fsdp_exposed = float(comm.fsdp_overlapped_s(
                 fsdp.gather_s(link.comm_links, **kw), fsdp.reduce_s(link.comm_links, **kw), g_f + a_f + e_f,
-                g_b + a_b + e_b + recompute_f, units, n_micro, par.pp > 1))
+                g_b + a_b + e_b + recompute_f, units, n_micro, par.pp > 1, link.spec.compute_units))
     else:
         for part, op, calls, nbytes in dp_collectives(job.framework, par.zero_stage, grad_bytes, st.weights * sp.total):
             t = float(calls) * link.collective_time_s(op, float(nbytes), dp_world, intra=dp_intra, per_node=dp_per_node)

@@ -631,3 +631,21 @@ def test_fsdp_exposed_closed_form_is_the_unit_by_unit_simulation():
         U, m, once = rng.randint(1, 30), rng.randint(1, 5), rng.random() < 0.3
         assert float(fsdp_exposed_s(A, R, F, B, U, m, once)) == pytest.approx(scheduled(A, R, F, B, U, m, once),
                                                                               rel=1e-9, abs=1e-12)
+
+
+def test_overlapped_collectives_slow_the_compute_beside_them():
+    """While an NCCL collective overlaps compute its 24 CTAs hold 24 of an H100's 132 SMs: the
+    compute of that window runs on 108 and takes 132 / 108 as long, 24 / 108 more; a device that
+    names no SM count gets none. FSDP's cost to a step is then its exposed time plus that share of
+    its hidden time."""
+    from costmodel import comm
+
+    assert comm.overlap_interference_s(1.0, 132) == pytest.approx(24 / 108)
+    assert comm.overlap_interference_s(1.0, None) == 0.0
+    # one micro-batch of 4 units, gathers of 0.1 s and reduce-scatters of 0.2 s hidden behind
+    # forwards of 1 s and backwards of 2 s: 4 x (2 x 0.1 + 0.2) = 1.6 s of traffic, 0.1 s of it
+    # exposed (the first gather), 1.5 s hidden
+    exposed = float(comm.fsdp_exposed_s(0.1, 0.2, 1.0, 2.0, 4, 1, False))
+    assert exposed == pytest.approx(0.1 + 0.2)  # the first gather and the last reduce-scatter
+    assert float(comm.fsdp_overlapped_s(0.1, 0.2, 1.0, 2.0, 4, 1, False, 132)) == pytest.approx(
+        exposed + (1.6 - exposed) * 24 / 108)

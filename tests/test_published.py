@@ -385,9 +385,11 @@ def test_h100_files_validate_and_skip_what_they_should():
 def test_nemo_automodel_llama3_70b_fsdp_row():
     """NeMo AutoModel's BF16 Llama 3 70B pre-training row on 64 H100s (FSDP2 over dp 32 x cp 2, full
     activation checkpointing, compiled): 18.90 s a step is 128 x 8192 / 64 / 18.90 = 866.77 tokens/s
-    per GPU, as the table prints (the step derived from the tokens/s, 18.902 s). Held out (nothing is fitted on it): timed as torchtitan's compiled
-    profile the step is 15.5 s, 18% fast; the FSDP gathers hide behind the recomputed layers (well
-    under 1% of the step exposed), so the gap is the GPU kernels', not the network's."""
+    per GPU, as the table prints (the step derived from the tokens/s, 18.902 s). Held out (nothing
+    is fitted on it): timed as torchtitan's compiled profile the step is 18.2 s, 3.6% fast. The FSDP
+    gathers hide behind the recomputed layers, but while they run their NCCL kernels hold SMs the
+    compute beside them loses (comm.overlap_interference_s): without that the step was 15.5 s, 18%
+    fast."""
     from costmodel.validate import validate_file
 
     (r,) = _load("nemo-automodel-2025.jsonl")
@@ -396,7 +398,7 @@ def test_nemo_automodel_llama3_70b_fsdp_row():
     assert 128 * 8192 / 64 / meas["step_seconds"] == pytest.approx(meas["tokens_per_s_per_device"], rel=1e-9)
     assert meas["step_seconds"] == pytest.approx(18.90, abs=0.005)  # the table's step time, rounded
     (case,) = validate_file(DIR / "nemo-automodel-2025.jsonl").cases
-    assert -0.25 < case.rel_error < -0.10, case.rel_error
+    assert -0.10 < case.rel_error < 0.0, case.rel_error
 
 
 def test_megatron_bridge_25_11_b200_rows():
@@ -458,8 +460,8 @@ def test_megatron_bridge_25_11_gb200_row():
 def test_torchtitan_trainy_h200_rows():
     """Trainy's torchtitan Llama 3.1 8B on 4 and 8 nodes of 8 H200 (June 2025): FSDP over every GPU,
     local batch 2, 8,192 tokens, compiled, Float8, op-level selective checkpointing, at 10,938 and
-    10,753 tokens/s per GPU. Held out on the calibrated H200 with torchtitan-compile: fast, as NeMo
-    AutoModel's FSDP2 row is (test_nemo_automodel_llama3_70b_fsdp_row), within 25%."""
+    10,753 tokens/s per GPU. Held out on the calibrated H200 with torchtitan-compile: 17-18% fast
+    (fast as NeMo AutoModel's FSDP2 row was, test_nemo_automodel_llama3_70b_fsdp_row), within 25%."""
     from costmodel.validate import validate_file
 
     recs = _load("torchtitan-trainy-h200-2025.jsonl")
