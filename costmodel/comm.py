@@ -994,15 +994,20 @@ def fsdp_exposed_s(gather_s, reduce_s, fwd_s, bwd_s, units, micro_batches, once_
 NCCL_OVERLAP_CTAS = 24
 
 
+def overlap_slowdown(compute_units) -> float:
+    """f / (1 - f), f = NCCL_OVERLAP_CTAS / the device's SMs: the compute time a second of hidden
+    collective adds (0 where the device names no SM count, compute_units None)."""
+    if not compute_units:
+        return 0.0
+    f = min(NCCL_OVERLAP_CTAS / float(compute_units), 0.5)
+    return f / (1.0 - f)
+
+
 def overlap_interference_s(hidden_s, compute_units):
     """Compute time added while collectives run hidden behind it (vectorised): the compute of that
     window runs on the SMs the collective's NCCL_OVERLAP_CTAS leave, f = CTAs / SMs of the device,
-    so it takes 1 / (1 - f) as long: ``hidden_s`` x f / (1 - f). 0 where the device names no SM
-    count (compute_units None)."""
-    if not compute_units:
-        return 0.0 * np.asarray(hidden_s, dtype=float)
-    f = min(NCCL_OVERLAP_CTAS / float(compute_units), 0.5)
-    return np.maximum(np.asarray(hidden_s, dtype=float), 0.0) * f / (1.0 - f)
+    so it takes 1 / (1 - f) as long: ``hidden_s`` x f / (1 - f) (overlap_slowdown)."""
+    return np.maximum(np.asarray(hidden_s, dtype=float), 0.0) * overlap_slowdown(compute_units)
 
 
 def fsdp_overlapped_s(gather_s, reduce_s, fwd_s, bwd_s, units, micro_batches, once_per_step, compute_units=None):
