@@ -413,13 +413,18 @@ def largest_module_params(model: ModelConfig, tp: int = 1) -> float:
     return max(model.hidden * model.ffn, model.vocab * model.hidden) / np.maximum(1, tp)
 
 
+def framework_settings(job: TrainJob):
+    """The settings of the framework profile that runs ``job`` (frameworks.ProfileSettings)."""
+    from . import frameworks
+
+    return frameworks.resolve(job.profile or job.framework).settings
+
+
 def hybrid_offload(job: TrainJob) -> bool:
     """Whether the job's framework offloads an optimizer as Megatron-core's hybrid optimizer does
     (frameworks.ProfileSettings.optimizer_offload "hybrid-optimizer"), whether or not this job
     offloads one."""
-    from . import frameworks
-
-    return frameworks.resolve(job.profile or job.framework).settings.optimizer_offload == "hybrid-optimizer"
+    return framework_settings(job).optimizer_offload == "hybrid-optimizer"
 
 
 @dataclass
@@ -541,9 +546,7 @@ def train_memory_terms(model: ModelConfig, job: TrainJob, par, *, micro_batch=No
             act_layer = _where(selective, korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "selective", False),
                                act_layer)
         ckpt_layer = korthikanti_layer_activation_bytes(model, mb, job.seq_len, par, "full", True)
-    from .frameworks import resolve
-
-    if resolve(job.profile or job.framework).settings.selective_recompute == "every-other-matmul":
+    if np.any(selective) and framework_settings(job).selective_recompute == "every-other-matmul":
         # torchtitan's selective checkpointing keeps what its per-op policy saves, not what Megatron's selective recompute keeps
         act_layer = _where(selective, every_other_matmul_activation_bytes(model, tokens, par), act_layer)
     inflight = in_flight_microbatches(par, n_micro)

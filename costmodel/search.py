@@ -34,7 +34,7 @@ from .arch import ModelConfig, load_model
 from . import _callable_module
 from .errors import InputError, require_positive, require_run
 from .flops import train_step_flops
-from .memory import (RECOMPUTE_CODES, ParallelGrid, hybrid_offload, peak_of, required_device_bytes, stage_params,
+from .memory import (RECOMPUTE_CODES, ParallelGrid, framework_settings, hybrid_offload, peak_of, required_device_bytes, stage_params,
                      state_bytes_per_param, train_memory_terms)
 from .roofline import efficiency_for, memory_op, prefetched, prefetch_gemms as _prefetch_gemms
 from .specs import AcceleratorSpec, NodeSpec, load_library
@@ -861,12 +861,11 @@ def _build_time_model(model: ModelConfig, spec: AcceleratorSpec, node: NodeSpec 
             def host(gpu_total):
                 return tr.host_exposed_s(model, job, n_micro, layers, full, (v["zero"] >= 3) & (dp * cp > 1),
                                          gpu_total, tr._expert_dtype(model, job, dtype) != dtype)[1]
-        _, rec_g, rec_a, rec_e = steptime.recompute_forward_s(v["rc"], job.recompute_fraction, g_f, a_f, e_f,
-                                                              selective, share)
+        _, rec_g, rec_a, rec_e = steptime.recompute_forward_s(v["rc"], 1.0, g_f, a_f, e_f, selective, share)
         b = steptime.compose_builtin(steptime.BuiltinTerms(
-            n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full, rec_any=rec_a > 0,
+            n_micro=n_micro, layers=layers, pp=pp, interleave=v["v"], cp=cp, full=full,
             g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
-            recompute_f=recompute_f, recompute_g=rec_g, recompute_a=rec_a, recompute_e=rec_e, head_f=head_f,
+            recompute_g=rec_g, recompute_a=rec_a, recompute_e=rec_e, head_f=head_f,
             loss_s=loss_t, tp_layer_s=tp_row, ep_call_s=a2a_t,
             moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
             cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=dp_op, dp_rs_s=dp_rs, dp_overlap=ovl,
@@ -1286,7 +1285,7 @@ def _candidate(m: ModelConfig, hw_row, i: int, job: TrainJob, tokens, steps, cal
         peak, req = float(s["peak_bytes"][i]), float(s["required_bytes"][i])
         membd = {}
         tf = train_step_flops(m, job.global_batch, job.seq_len, lay.recompute, job.attention,
-                              selective=frameworks.resolve(job.profile or job.framework).settings.selective_recompute)
+                              selective=framework_settings(job).selective_recompute)
         mfu = tf.model_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         hfu = tf.hardware_flops / step_s / (lay.devices * spec.peak(_dtype_for(job, spec)))
         tflops = tf.model_flops / step_s / lay.devices / 1e12

@@ -51,6 +51,7 @@ from . import comm
 from .arrays import maximum, scalar, where
 from .calibration import smoothmax
 from .flops import every_other_matmul_share
+from .memory import RECOMPUTE_CODES
 
 
 @dataclass
@@ -459,8 +460,6 @@ def recompute_forward_s(mode, rf, g_f, a_f, e_f, selective: str = "attention-cor
     framework means it (ProfileSettings.selective_recompute): the attention core (Korthikanti et al.
     2022), or every second matmul of a block, ``matmul_share`` of the GEMM time
     (flops.every_other_matmul_share), with the elementwise ops around them (torchtitan)."""
-    from .memory import RECOMPUTE_CODES
-
     code = RECOMPUTE_CODES.get(mode, 0) if isinstance(mode, str) else mode
     per_matmul = selective == "every-other-matmul"
     if scalar(code):  # one layout (or one mode for all): the branch taken
@@ -568,7 +567,6 @@ class BuiltinTerms:
     interleave: object
     cp: object
     full: object  # full recompute (bool)
-    rec_any: object  # a recompute re-runs the attention (bool): full, or Megatron's selective
     # one decoder layer and micro-batch (training._layer_times): forward / backward GEMMs,
     # attention, elementwise kernels, and the forward a recompute re-runs
     g_f: object
@@ -577,8 +575,8 @@ class BuiltinTerms:
     a_b: object
     e_f: object
     e_b: object
-    recompute_f: object
-    # its parts (recompute_forward_s): GEMMs, attention and elementwise kernels re-run
+    # the forward a recompute re-runs, in its parts (recompute_forward_s): GEMMs, attention and
+    # elementwise kernels (recompute_f, their sum)
     recompute_g: object
     recompute_a: object
     recompute_e: object
@@ -598,6 +596,17 @@ class BuiltinTerms:
     grad_accum_s: object  # eager gradient accumulation (training.grad_accum_s)
     optimizer_s: object
     offload_s: object
+
+
+    @property
+    def recompute_f(self):
+        """The forward a recompute re-runs per layer and micro-batch."""
+        return self.recompute_g + self.recompute_a + self.recompute_e
+
+    @property
+    def rec_any(self):
+        """Whether a recompute re-runs the attention (full, or Megatron's selective)."""
+        return self.recompute_a > 0
 
 
 @dataclass

@@ -1036,9 +1036,8 @@ def estimate_train(model: ModelConfig, spec: AcceleratorSpec, job: TrainJob, par
     full = job.recompute == "full"
     b = steptime.compose_builtin(steptime.BuiltinTerms(
         n_micro=n_micro, layers=layers, pp=par.pp, interleave=par.interleave, cp=par.cp, full=full,
-        rec_any=recompute_f_attn > 0, g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
-        recompute_f=recompute_f, recompute_g=recompute_f_gemm, recompute_a=recompute_f_attn,
-        recompute_e=recompute_f_ew, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_layer, ep_call_s=a2a,
+        g_f=g_f, g_b=g_b, a_f=a_f, a_b=a_b, e_f=e_f, e_b=e_b,
+        recompute_g=recompute_f_gemm, recompute_a=recompute_f_attn, recompute_e=recompute_f_ew, head_f=head_f, loss_s=loss_t, tp_layer_s=tp_layer, ep_call_s=a2a,
         moe_layers=model.moe_layers * layers / model.layers if model.moe is not None else 0.0,
         cp_f_step_s=f_step, cp_b_step_s=b_step, p2p_mb_s=p2p_mb, dp_op_s=op_t, dp_rs_s=rs_t, dp_overlap=ovl,
         zero=par.zero_stage, fsdp_exposed_s=fsdp_exposed,

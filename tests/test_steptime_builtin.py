@@ -12,9 +12,9 @@ from costmodel.plan import train
 
 
 def _terms(**over):
-    t = dict(n_micro=8, layers=4, pp=4, interleave=1, cp=1, full=False, rec_any=False,
-             g_f=1.0, g_b=2.0, a_f=0.5, a_b=1.0, e_f=0.25, e_b=0.5, recompute_f=0.0, recompute_g=0.0,
-             recompute_a=0.0, recompute_e=0.0, head_f=0.2, loss_s=0.1,
+    t = dict(n_micro=8, layers=4, pp=4, interleave=1, cp=1, full=False,
+             g_f=1.0, g_b=2.0, a_f=0.5, a_b=1.0, e_f=0.25, e_b=0.5, recompute_g=0.0, recompute_a=0.0,
+             recompute_e=0.0, head_f=0.2, loss_s=0.1,
              tp_layer_s=0.05, ep_call_s=0.0, moe_layers=0.0, cp_f_step_s=0.0, cp_b_step_s=0.0, p2p_mb_s=0.01,
              dp_op_s=3.0, dp_rs_s=0.0, dp_overlap=0.8, zero=0, fsdp_exposed_s=0.0, grad_accum_s=0.0,
              optimizer_s=0.4, offload_s=0.0)
@@ -45,14 +45,14 @@ def test_reduction_longer_than_the_backward_is_exposed_beyond_it():
 
 def test_all_to_alls_and_ring_attention_by_hand():
     # 2 MoE layers, full recompute: 6 all-to-alls per layer and micro-batch
-    b = steptime.compose_builtin(_terms(ep_call_s=0.01, moe_layers=2.0, full=True, rec_any=True,
-                                        recompute_f=1.75, recompute_g=1.0, recompute_a=0.5, recompute_e=0.25))
+    b = steptime.compose_builtin(_terms(ep_call_s=0.01, moe_layers=2.0, full=True,
+                                        recompute_g=1.0, recompute_a=0.5, recompute_e=0.25))
     # the re-run forward in its parts: 8 x 4 x (1 GEMM, 0.5 attention, 0.25 elementwise) more
     assert b.compute_s - steptime.compose_builtin(_terms(ep_call_s=0.01, moe_layers=2.0)).compute_s == pytest.approx(8 * 4 * 1.0)
     assert b.ep_comm_s == pytest.approx(8 * 2 * 6 * 0.01)
     # cp 4: 3 exchanges per layer; forward 0.3 against 0.5 / 4 of attention, twice (recompute),
     # backward 0.2 against 1 / 4: 3 x (2 x 0.175 + 0) per layer
-    c = steptime.compose_builtin(_terms(cp=4, rec_any=True, recompute_f=0.5, recompute_a=0.5, cp_f_step_s=0.3,
+    c = steptime.compose_builtin(_terms(cp=4, recompute_a=0.5, cp_f_step_s=0.3,
                                         cp_b_step_s=0.2))
     assert c.cp_comm_s == pytest.approx(8 * 4 * 3 * 2 * 0.175)
 
@@ -60,8 +60,7 @@ def test_all_to_alls_and_ring_attention_by_hand():
 def test_one_layout_as_numbers_equals_it_in_an_array():
     one = steptime.compose_builtin(_terms(zero=2, dp_rs_s=1.0))
     grid = steptime.compose_builtin(_terms(zero=np.array([0, 2]), dp_rs_s=np.array([0.0, 1.0]),
-                                           full=np.array([True, False]), rec_any=np.array([True, False]),
-                                           recompute_f=np.array([1.75, 0.0]), recompute_g=np.array([1.0, 0.0]),
+                                           full=np.array([True, False]), recompute_g=np.array([1.0, 0.0]),
                                            recompute_a=np.array([0.5, 0.0]), recompute_e=np.array([0.25, 0.0])))
     for name in ("total_s", "bubble_s", "dp_comm_exposed_s", "compute_s", "attention_s"):
         assert float(np.asarray(getattr(grid, name))[1]) == pytest.approx(float(getattr(one, name)), rel=1e-12)

@@ -229,7 +229,8 @@ def repeated_option(command, ctx, args: list[str]) -> InputError | None:
         if n < 2:
             continue
         used = [a.partition("=")[0] for a in args if a.partition("=")[0] in param.opts]
-        flag = used[0] if used else max(param.opts, key=len)  # as the user spelled it
+        # as the user spelled it, a short flag (-H) by its long name
+        flag = used[0] if used and used[0].startswith("--") else max(param.opts, key=len)
         if param.is_flag:
             on = [a for a in args if a in param.opts]
             off = [a for a in args if a in param.secondary_opts]

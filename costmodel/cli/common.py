@@ -127,12 +127,11 @@ def progress_bar(disable: bool = False):
 
 
 def one_hardware(values: list[str]) -> str:
-    """The one hardware id of a command that runs on one (-H given once, as train / infer / roofline
-    take it); given several times it is an error naming the flag, not the last one silently."""
+    """The one hardware id of `serve` without --target-rate, whose -H takes several for a plan;
+    given several it is an error naming the flag. (train, infer and roofline take -H once: the
+    command line refuses it repeated, cli.app.repeated_option.)"""
     from ..errors import InputError
 
-    if isinstance(values, str):  # called from Python with one id
-        return values
     ids = [v for v in values if v]
     if len(ids) != 1:
         raise InputError(f"takes one hardware id (got {', '.join(ids) or 'none'}); `search` and `serve --target-rate` "

@@ -9,12 +9,12 @@ from rich.table import Table
 
 from ..plan import infer, largest_batch_under_tpot
 from ..units import fmt_bytes, fmt_time
-from .common import one_hardware, HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
 
 
 def infer_cmd(
     model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
-    hardware: list[str] = typer.Option(["h100-sxm"], "--hardware", "-H"),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
     tp: int = typer.Option(1, help="Tensor-parallel size."),
     batch: int = typer.Option(1, help="Concurrent sequences."),
     prompt_len: int = typer.Option(1024, "--prompt-len"),
@@ -32,7 +32,6 @@ def infer_cmd(
 ):
     """Weights + KV cache per device, prefill (TTFT) and decode (TPOT) time, throughput vs batch;
     says when it does not fit (a result: exit 0; `costmodel check` fails on limits)."""
-    hardware = one_hardware(hardware)
     from ..errors import InputError
 
     check_plot(plot)

@@ -12,12 +12,12 @@ from ..errors import require_positive
 from ..flops import attention_core_flops, layer_gemms
 from ..roofline import attention_op, efficiency_for, gemm_op, memory_op
 from ..units import fmt_time
-from .common import one_hardware, HardwareFileOpt, JsonOpt, emit_json, library, print_table, check_plot, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, emit_json, library, print_table, check_plot, wrote_plot
 
 
 def roofline_cmd(
     model: str = typer.Argument(...),
-    hardware: list[str] = typer.Option(["h100-sxm"], "--hardware", "-H"),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H"),
     micro_batch: int = typer.Option(1, "--micro-batch"),
     seq_len: int = typer.Option(2048, "--seq-len"),
     dtype: str = typer.Option("bf16"),
@@ -27,7 +27,6 @@ def roofline_cmd(
     hardware_file: Optional[list[str]] = HardwareFileOpt,
 ):
     """Forward operators of one layer: FLOPs, bytes, arithmetic intensity, bound and time."""
-    hardware = one_hardware(hardware)
     require_positive(micro_batch=micro_batch, seq_len=seq_len)
     check_plot(plot)
     m = load_model(model)

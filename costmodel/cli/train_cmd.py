@@ -12,12 +12,12 @@ from .. import energy
 from ..plan import fix_suggestions, train
 from ..units import fmt_bytes, fmt_time
 from ..workload import TrainJob
-from .common import one_hardware, HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
+from .common import HardwareFileOpt, JsonOpt, console, emit_json, print_table, styled, check_plot, wrote_plot
 
 
 def train_cmd(
     model: str = typer.Argument(..., help="Model preset id, preset YAML or HF config.json."),
-    hardware: list[str] = typer.Option(["h100-sxm"], "--hardware", "-H", help="Device or node spec id."),
+    hardware: str = typer.Option("h100-sxm", "--hardware", "-H", help="Device or node spec id."),
     devices: Optional[int] = typer.Option(None, help="Total devices (default: nodes x devices per node, or tp*pp*dp)."),
     nodes: Optional[int] = typer.Option(None, help="Number of nodes of a node spec."),
     tp: int = typer.Option(1, "--tp", "--tensor-model-parallel-size", help="Tensor-parallel size."),
@@ -70,7 +70,6 @@ def train_cmd(
 
     from ..errors import require_run
 
-    hardware = one_hardware(hardware)
     check_plot(plot)
     require_run(tokens, steps, price_per_hour)
     energy.check_energy_inputs(pue, power_fraction)
